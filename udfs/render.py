@@ -59,7 +59,12 @@ def render(
 
 @pxt.udf
 def render_prompt(
-    template: str, fields: pxt.Json, *, demos: pxt.Json | None = None, labels: pxt.Json | None = None, instructions: str = ''
+    template: str,
+    fields: pxt.Json,
+    *,
+    demos: pxt.Json | None = None,
+    labels: pxt.Json | None = None,
+    instructions: str = '',
 ) -> str:
     """Template and input fields (plus demos, labels, instructions) in; rendered prompt text out."""
     return render(template, fields, demos=demos or (), labels=labels or (), instructions=instructions)

@@ -123,7 +123,7 @@ def json_valid(prediction: str | None, schema: pxt.Json | None = None) -> float:
     return float(validator is None or validator.is_valid(value))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _rouge_scorer(rouge_type: str) -> rouge_scorer.RougeScorer:
     return rouge_scorer.RougeScorer([rouge_type], use_stemmer=True)
 
@@ -154,12 +154,12 @@ def rouge_l(prediction: str | None, expected: pxt.Json | None) -> float:
     return _rouge('rougeL', prediction, expected)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _bleu_metric() -> sacrebleu.metrics.BLEU:
     return sacrebleu.metrics.BLEU(effective_order=True)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _chrf_metric() -> sacrebleu.metrics.CHRF:
     return sacrebleu.metrics.CHRF()
 

@@ -217,9 +217,11 @@ def _box(parts: list[str]) -> str:
 def _unified(d: VersionDiff, name: str, ops: list[tuple[Op, str]], context: int) -> list[str]:
     """Return the unified diff lines of one text, rebuilt from its ops; split on '\\n' so every change shows."""
     old, new = (''.join(t for op, t in ops if op in ('equal', side)) for side in ('delete', 'insert'))
-    return list(difflib.unified_diff(
-        old.split('\n'), new.split('\n'), f'{d.a_id}/{name}', f'{d.b_id}/{name}', n=context, lineterm=''
-    ))
+    return list(
+        difflib.unified_diff(
+            old.split('\n'), new.split('\n'), f'{d.a_id}/{name}', f'{d.b_id}/{name}', n=context, lineterm=''
+        )
+    )
 
 
 def _count_words(ops: list[tuple[Op, str]], kind: Op) -> int:

