@@ -187,7 +187,8 @@ def test_html_lists_field_changes() -> None:
 
 def test_public_names_are_exported_and_documented() -> None:
     assert sorted(diff.__all__) == sorted(
-        name for name, value in vars(diff).items()
+        name
+        for name, value in vars(diff).items()
         if not name.startswith('_') and getattr(value, '__module__', None) == diff.__name__ and callable(value)
     )
     for name in diff.__all__:

@@ -1,7 +1,4 @@
-import os
-import tempfile
-
-os.environ.setdefault('PIXELTABLE_HOME', tempfile.mkdtemp(prefix='pxt-test-'))
+"""Scorers against their reference libraries (rouge-score, sacrebleu, jsonschema), and as computed columns."""
 
 import uuid
 from collections.abc import Callable
@@ -248,7 +245,9 @@ def test_get_scorer_unknown_name():
 def test_scores_as_computed_columns():
     import pixeltable as pxt
 
-    pxt.init({'pixeltable.verbosity': 0})
+    from workspace import config
+
+    config.connect()
     name = f'scores_test_{uuid.uuid4().hex[:8]}'
     t = pxt.create_table(name, {'prediction': pxt.String | None, 'expected': pxt.Json})
     # Explicit column names: Pixeltable lowercases them, so a column named after `rougeL` would read back as 'rougel'.

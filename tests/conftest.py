@@ -1,0 +1,75 @@
+"""Test session setup: a fresh Pixeltable home per session, an empty workspace per test that asks for one."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+# Before anything imports Pixeltable: it reads its home once per process.
+os.environ['PIXELTABLE_HOME'] = tempfile.mkdtemp(prefix='pw-test-pxt-')
+os.environ.setdefault('LITELLM_LOCAL_MODEL_COST_MAP', 'True')
+for name in ('GROQ_API_KEY', 'GROQ_BASE_URL', 'OPENAI_API_KEY', 'OPENAI_BASE_URL'):
+    os.environ.pop(name, None)
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / 'shared' / 'datasets'
+TICKETS_CSV = ROOT / 'datasets' / 'support_tickets.csv'
+
+
+@pytest.fixture
+def ws() -> Iterator[object]:
+    """The workspace package over an empty workspace (its Pixeltable directory dropped before and after)."""
+    import pixeltable as pxt
+
+    import workspace
+    from workspace import config
+
+    config.connect()
+    pxt.drop_dir(config.ROOT_DIR, force=True, if_not_exists='ignore')
+    yield workspace
+    pxt.drop_dir(config.ROOT_DIR, force=True, if_not_exists='ignore')
+
+
+@pytest.fixture
+def tiny_tickets(tmp_path: Path) -> Path:
+    """A 12-ticket CSV over three categories: dev 6 rows, train 6 rows."""
+    import csv
+
+    rows = [
+        ('a1', 'I was charged twice for the same order.', 'BILLING', 'dev'),
+        ('a2', 'My card was billed but the invoice shows the wrong amount.', 'BILLING', 'dev'),
+        ('a3', 'The parcel has not arrived and tracking has not moved for a week.', 'DELIVERY', 'dev'),
+        ('a4', 'The courier left my package at the wrong address.', 'DELIVERY', 'dev'),
+        ('a5', 'The app crashes every time I open my basket.', 'TECHNICAL', 'dev'),
+        ('a6', 'The checkout page shows an error when I press pay.', 'TECHNICAL', 'dev'),
+        ('b1', 'Why is there an extra fee on my statement?', 'BILLING', 'train'),
+        ('b2', 'I paid with PayPal but was charged on my card too.', 'BILLING', 'train'),
+        ('b3', 'My order says delivered but nothing came.', 'DELIVERY', 'train'),
+        ('b4', 'The box arrived crushed and wet.', 'DELIVERY', 'train'),
+        ('b5', 'The website will not load on my phone.', 'TECHNICAL', 'train'),
+        ('b6', 'I never get the login code by SMS, the app just spins.', 'TECHNICAL', 'train'),
+    ]
+    path = tmp_path / 'tiny_tickets.csv'
+    with path.open('w', newline='') as f:
+        writer = csv.writer(f)
+        writer.writerow(['id', 'text', 'category', 'split'])
+        writer.writerows(rows)
+    return path
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Stop the session's embedded PostgreSQL server so test runs do not leave servers behind."""
+    try:
+        from pixeltable.env import Env
+
+        env = Env._instance
+        server = env._db_server if env is not None else None
+        if server is not None:
+            server.cleanup_mode = 'stop'
+            server._cleanup()
+    except Exception:
+        pass

@@ -1,0 +1,217 @@
+"""Model backends: model specs, the embedded model's label constraint, and the Groq and OpenAI-compatible
+backends against a local server speaking their protocol (retries, rate limits, errors, keys kept secret)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from openai_server import Canned, OpenAICompatibleServer, completion_body
+
+from workspace import backends
+from workspace.backends import ChatBackend, RetryPolicy, _RateLimiter, parse_model
+from workspace.errors import BackendError
+
+SECRET = 'gsk_test_secret_value_123'
+
+
+@pytest.mark.parametrize(
+    'spec,expected',
+    [
+        ('local', ('local', '')),
+        ('local:/models/x.gguf', ('local', '/models/x.gguf')),
+        ('groq:llama-3.1-8b-instant', ('groq', 'llama-3.1-8b-instant')),
+        ('openai:qwen2.5:0.5b', ('openai', 'qwen2.5:0.5b')),
+    ],
+)
+def test_parse_model(spec, expected):
+    assert parse_model(spec) == expected
+
+
+@pytest.mark.parametrize('spec', ['gpt4', 'groq:', 'openai', 'hf:model'])
+def test_parse_model_refuses_unknown_forms(spec):
+    with pytest.raises(BackendError, match=r"use 'local', 'local:/path/to/model.gguf', 'groq:<model>'"):
+        parse_model(spec)
+
+
+def test_model_identity(tmp_path, monkeypatch):
+    assert backends.model_identity('local').startswith('local:gemma-3-270m-q4_k_m.gguf@a5fd3b62230a')
+    model = tmp_path / 'tiny.gguf'
+    model.write_bytes(b'x' * 10)
+    assert backends.model_identity(f'local:{model}') == 'local:tiny.gguf@10'
+    with pytest.raises(BackendError, match=r'does not exist; give the path of a .gguf file'):
+        backends.model_identity(f'local:{tmp_path / "missing.gguf"}')
+    monkeypatch.setenv('OPENAI_BASE_URL', 'http://127.0.0.1:9/v1')
+    assert backends.model_identity('openai:m') == 'openai:m@http://127.0.0.1:9/v1'
+
+
+def test_label_constraint_spells_exactly_one_label():
+    local = backends.get_backend('local')
+    labels = ['yes', 'no', 'yesterday', 'TECHNICAL']
+    for prompt in ['Is the sky blue? Answer:', 'When was it? Answer:', 'Which team? Answer:', 'Reply:']:
+        out = local.complete({'prompt': prompt, 'params': {'max_tokens': 16}, 'constraint': {'choice': labels}})
+        assert out['text'].strip() in labels
+        assert out['completion_tokens'] <= 4
+    assert backends.choice_grammar(['a"b', 'c']) == 'root ::= " "? ("a\\"b" | "c")'
+
+
+def test_groq_backend_end_to_end_against_local_server(ws, tiny_tickets, monkeypatch):
+    monkeypatch.setenv('GROQ_API_KEY', SECRET)
+    monkeypatch.setenv('WORKSPACE_GROQ_RPM', '0')
+    with OpenAICompatibleServer() as server:
+        monkeypatch.setenv('GROQ_BASE_URL', server.url)
+        tiny = ws.import_dataset('tiny', tiny_tickets, input=['text'], expected='category', split='split', id='id')
+        v1 = ws.create_version(
+            'router',
+            template='Ticket: {{ text }}\nCategory:',
+            model='groq:fake-model',
+            output=ws.choice(['BILLING', 'DELIVERY', 'TECHNICAL']),
+        )
+        run = ws.evaluate(v1, tiny, 'dev', progress=False)
+        assert run.calls == 6 and run.errors == 0
+        assert run.predictions()['output'].notna().all()
+        assert {r['path'] for r in server.received} == {'/openai/v1/chat/completions'}
+        assert all(r['headers']['Authorization'] == f'Bearer {SECRET}' for r in server.received)
+        assert server.received[0]['body']['model'] == 'fake-model'
+        assert ws.evaluate(v1, tiny, 'dev', progress=False).calls == 0
+        # the key goes over the wire and nowhere else: not in any table
+        import pixeltable as pxt
+
+        from workspace import config
+
+        for path in pxt.list_tables(config.ROOT_DIR, recursive=True):
+            assert SECRET not in pxt.get_table(path).collect().to_pandas().to_json()
+
+
+def test_openai_compatible_backend(ws, tiny_tickets, monkeypatch):
+    with OpenAICompatibleServer() as server:
+        monkeypatch.setenv('OPENAI_BASE_URL', f'{server.url}/v1')
+        tiny = ws.import_dataset('tiny', tiny_tickets, input=['text'], expected='category', split='split', id='id')
+        v1 = ws.create_version(
+            'router',
+            template='Ticket: {{ text }}\nCategory:',
+            model='openai:local-gemma',
+            output=ws.choice(['BILLING', 'DELIVERY', 'TECHNICAL']),
+        )
+        run = ws.evaluate(v1, tiny, 'dev', progress=False)
+        assert run.calls == 6 and run.errors == 0
+        assert {r['path'] for r in server.received} == {'/v1/chat/completions'}
+        assert ws.lineage(v1, 'tiny', 'a1')['model_id'] == f'openai:local-gemma@{server.url}/v1'
+
+
+def _backend(server: OpenAICompatibleServer, sleeps: list[float], **kwargs) -> ChatBackend:
+    return ChatBackend(
+        'groq',
+        'fake-model',
+        key_env='GROQ_API_KEY',
+        base_url=server.url,
+        key_required=True,
+        retry=RetryPolicy(max_attempts=4, base_delay=0.01),
+        sleep=sleeps.append,
+        **kwargs,
+    )
+
+
+REQUEST = {'prompt': 'Hello', 'params': {'max_tokens': 4}}
+
+
+def test_retry_on_429_then_success_honours_retry_after(monkeypatch):
+    monkeypatch.setenv('GROQ_API_KEY', SECRET)
+    with OpenAICompatibleServer(lambda body: Canned(200, completion_body('ok'))) as server:
+        server.script = [Canned(429, {'error': {'message': 'rate limited'}}, {'retry-after': '0.25'})]
+        sleeps: list[float] = []
+        backend = _backend(server, sleeps)
+        out = backend.complete(REQUEST)
+        assert out['text'] == 'ok' and backend.calls == 1 and backend.attempts == 2
+        assert sleeps == [0.25] and len(server.received) == 2
+
+
+def test_retry_on_5xx_and_timeouts_with_exponential_backoff(monkeypatch):
+    monkeypatch.setenv('GROQ_API_KEY', SECRET)
+    with OpenAICompatibleServer(lambda body: Canned(200, completion_body('ok'))) as server:
+        server.script = [
+            Canned(500, {'error': {'message': 'boom'}}),
+            Canned(200, completion_body('late'), delay=1.0),  # slower than the timeout
+            Canned(503, {'error': {'message': 'unavailable'}}),
+        ]
+        sleeps: list[float] = []
+        backend = _backend(server, sleeps, timeout=0.3)
+        assert backend.complete(REQUEST)['text'] == 'ok'
+        assert backend.attempts == 4
+        assert len(sleeps) == 3 and all(0.5 * 0.01 * 2**i <= s <= 0.01 * 2**i for i, s in enumerate(sleeps))
+
+
+def test_errors_that_retrying_cannot_fix_fail_at_once_without_leaking_the_key(monkeypatch):
+    monkeypatch.setenv('GROQ_API_KEY', SECRET)
+    with OpenAICompatibleServer(lambda body: Canned(401, {'error': {'message': f'invalid key {SECRET}'}})) as server:
+        backend = _backend(server, [])
+        with pytest.raises(BackendError) as excinfo:
+            backend.complete(REQUEST)
+        assert backend.attempts == 1
+        assert 'groq request failed after 1 attempt(s)' in str(excinfo.value)
+        assert SECRET not in str(excinfo.value) and '***' in str(excinfo.value)
+
+
+def test_gives_up_after_max_attempts(monkeypatch):
+    monkeypatch.setenv('GROQ_API_KEY', SECRET)
+    with OpenAICompatibleServer(lambda body: Canned(503, {'error': {'message': 'down'}})) as server:
+        backend = _backend(server, [])
+        with pytest.raises(BackendError, match=r'failed after 4 attempt\(s\)'):
+            backend.complete(REQUEST)
+
+
+def test_missing_key_fails_before_any_call(ws, tiny_tickets, monkeypatch):
+    monkeypatch.delenv('GROQ_API_KEY', raising=False)
+    tiny = ws.import_dataset('tiny', tiny_tickets, input=['text'], expected='category', split='split', id='id')
+    v1 = ws.create_version('router', template='{{ text }}', model='groq:llama-3.1-8b-instant')
+    with pytest.raises(BackendError, match=r'GROQ_API_KEY is not set; export it'):
+        ws.evaluate(v1, tiny, 'dev', progress=False)
+    assert ws.list_runs().empty
+
+
+def test_a_failing_row_is_recorded_and_the_run_goes_on(ws, tiny_tickets, monkeypatch):
+    monkeypatch.setenv('GROQ_API_KEY', SECRET)
+    monkeypatch.setenv('WORKSPACE_GROQ_RPM', '0')
+    monkeypatch.setenv('WORKSPACE_MAX_ATTEMPTS', '2')
+    monkeypatch.setenv('WORKSPACE_RETRY_BASE_DELAY', '0.01')
+
+    def answer(body):
+        if 'crashes' in body['messages'][-1]['content']:
+            return Canned(500, {'error': {'message': 'upstream exploded'}})
+        return Canned(200, completion_body('TECHNICAL'))
+
+    with OpenAICompatibleServer(answer) as server:
+        monkeypatch.setenv('GROQ_BASE_URL', server.url)
+        tiny = ws.import_dataset('tiny', tiny_tickets, input=['text'], expected='category', split='split', id='id')
+        v1 = ws.create_version(
+            'router',
+            template='{{ text }}',
+            model='groq:fake-model',
+            output=ws.choice(['BILLING', 'DELIVERY', 'TECHNICAL']),
+        )
+        run = ws.evaluate(v1, tiny, 'dev', progress=False)
+        frame = run.predictions().set_index('example_id')
+        assert run.errors == 1 and frame.loc['a5', 'error'].startswith('BackendError: groq request failed after 2')
+        assert frame.drop(index='a5')['prediction'].eq('TECHNICAL').all()
+
+
+def test_rate_limiter_spaces_requests():
+    sleeps: list[float] = []
+    limiter = _RateLimiter(requests_per_minute=120)
+    for _ in range(3):
+        limiter.wait(sleeps.append)
+    # the fake sleep does not pass time, so the third request is booked one interval after the second
+    assert len(sleeps) == 2 and 0.45 < sleeps[0] <= 0.5 and 0.95 < sleeps[1] <= 1.0
+    unlimited = _RateLimiter(requests_per_minute=0)
+    unlimited.wait(sleeps.append)
+    assert len(sleeps) == 2
+
+
+def test_request_hash_ignores_the_spec_and_keys():
+    from workspace.evaluate import request_hash
+
+    a = {'model': 'local', 'model_id': 'm@1', 'params': {'t': 0}, 'prompt': 'p', 'constraint': None}
+    b = {**a, 'model': 'local:/path/same.gguf'}
+    assert request_hash(a) == request_hash(b)
+    assert request_hash(a) != request_hash({**a, 'prompt': 'p '})
+    assert json.dumps(a)  # requests are plain JSON
