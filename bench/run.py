@@ -1,0 +1,77 @@
+"""Run the benchmarks and print their figures as Markdown (copy them into docs/benchmarks.md).
+
+Every benchmark runs in a fresh, temporary Pixeltable home, so the request store starts empty.
+
+    python bench/run.py                 # all sections
+    python bench/run.py contract        # one section
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SECTIONS = ['contract']
+
+
+def _machine() -> str:
+    try:
+        cpu = next(
+            line.split(':', 1)[1].strip()
+            for line in Path('/proc/cpuinfo').read_text().splitlines()
+            if line.startswith('model name')
+        )
+    except (OSError, StopIteration):
+        cpu = platform.processor() or 'unknown CPU'
+    memory = ''
+    try:
+        kib = int(
+            next(
+                line.split()[1]
+                for line in Path('/proc/meminfo').read_text().splitlines()
+                if line.startswith('MemTotal')
+            )
+        )
+        memory = f', {kib / 2**20:.0f} GiB'
+    except (OSError, StopIteration, ValueError):
+        pass
+    return f'{os.cpu_count()} cores ({cpu}){memory}, Python {platform.python_version()}, {platform.system()}'
+
+
+def main(argv: list[str]) -> int:
+    wanted = argv or SECTIONS
+    unknown = [s for s in wanted if s not in SECTIONS]
+    if unknown:
+        print(f'unknown section(s) {unknown}; choose from {SECTIONS}', file=sys.stderr)
+        return 2
+    home = tempfile.mkdtemp(prefix='pw-bench-')
+    os.environ['PIXELTABLE_HOME'] = home
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    print(f'# Benchmark run {datetime.date.today().isoformat()}\n\nMachine: {_machine()}\n')
+    try:
+        for name in wanted:
+            module = __import__(name)
+            start = time.perf_counter()
+            print('\n'.join(module.run()))
+            print(f'\n(section took {time.perf_counter() - start:.0f} s)\n', flush=True)
+    finally:
+        try:
+            from pixeltable.env import Env
+
+            if Env._instance is not None and Env._instance._db_server is not None:
+                Env._instance._db_server.cleanup_mode = 'stop'
+                Env._instance._db_server._cleanup()
+        except Exception:
+            pass
+        shutil.rmtree(home, ignore_errors=True)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main(sys.argv[1:]))
