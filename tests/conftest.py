@@ -73,3 +73,51 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             server._cleanup()
     except Exception:
         pass
+
+
+TINY_LABELS = {
+    'a1': 'BILLING',
+    'a2': 'BILLING',
+    'a3': 'DELIVERY',
+    'a4': 'DELIVERY',
+    'a5': 'TECHNICAL',
+    'a6': 'TECHNICAL',
+    'b1': 'BILLING',
+    'b2': 'BILLING',
+    'b3': 'DELIVERY',
+    'b4': 'DELIVERY',
+    'b5': 'TECHNICAL',
+    'b6': 'TECHNICAL',
+}
+
+
+@pytest.fixture
+def scripted_versions(ws, tiny_tickets, monkeypatch):
+    """Three versions of `router` on the tiny tickets, answered by a scripted OpenAI-compatible server:
+    v1 always says BILLING (right on 2 of 6 dev rows), v2 is always right, v3 is right but fails on 'crashes'."""
+    import csv
+
+    from openai_server import Canned, OpenAICompatibleServer, completion_body
+
+    texts = {row['text']: row['category'] for row in csv.DictReader(tiny_tickets.open())}
+
+    def answer(body):
+        prompt = body['messages'][-1]['content']
+        text = prompt.split('Ticket: ', 1)[-1].split('\n', 1)[0]
+        if prompt.startswith('v1'):
+            return Canned(200, completion_body('BILLING'))
+        if prompt.startswith('v3') and 'crashes' in text:
+            return Canned(500, {'error': {'message': 'scripted failure'}})
+        return Canned(200, completion_body(texts.get(text, 'BILLING')))
+
+    monkeypatch.setenv('WORKSPACE_MAX_ATTEMPTS', '1')
+    with OpenAICompatibleServer(answer) as server:
+        monkeypatch.setenv('OPENAI_BASE_URL', f'{server.url}/v1')
+        tiny = ws.import_dataset('tiny', tiny_tickets, input=['text'], expected='category', split='split', id='id')
+        labels = ws.choice(['BILLING', 'DELIVERY', 'TECHNICAL'])
+        v1 = ws.create_version(
+            'router', template='v1\nTicket: {{ text }}\nCategory:', model='openai:fake', output=labels
+        )
+        v2 = ws.edit(v1, template='v2\nTicket: {{ text }}\nCategory:')
+        v3 = ws.edit(v2, template='v3\nTicket: {{ text }}\nCategory:')
+        yield tiny, v1, v2, v3, server

@@ -12,13 +12,15 @@ import functools
 import json
 import re
 import unicodedata
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jsonschema
 import pixeltable as pxt
-import sacrebleu
-from jsonschema.protocols import Validator
-from rouge_score import rouge_scorer
+
+# jsonschema, rouge-score and sacrebleu take seconds to import; they load on the first score that needs them.
+if TYPE_CHECKING:
+    import sacrebleu
+    from jsonschema.protocols import Validator
+    from rouge_score import rouge_scorer
 
 __all__ = [
     'exact_match',
@@ -100,6 +102,8 @@ def _reject_constant(name: str) -> Any:
 
 @functools.lru_cache(maxsize=64)
 def _validator(schema_text: str) -> Validator:
+    import jsonschema
+
     schema = json.loads(schema_text)
     cls = jsonschema.validators.validator_for(schema)
     try:
@@ -125,6 +129,8 @@ def json_valid(prediction: str | None, schema: pxt.Json | None = None) -> float:
 
 @functools.cache
 def _rouge_scorer(rouge_type: str) -> rouge_scorer.RougeScorer:
+    from rouge_score import rouge_scorer
+
     return rouge_scorer.RougeScorer([rouge_type], use_stemmer=True)
 
 
@@ -156,11 +162,15 @@ def rouge_l(prediction: str | None, expected: pxt.Json | None) -> float:
 
 @functools.cache
 def _bleu_metric() -> sacrebleu.metrics.BLEU:
+    import sacrebleu
+
     return sacrebleu.metrics.BLEU(effective_order=True)
 
 
 @functools.cache
 def _chrf_metric() -> sacrebleu.metrics.CHRF:
+    import sacrebleu
+
     return sacrebleu.metrics.CHRF()
 
 

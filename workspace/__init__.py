@@ -9,9 +9,16 @@
 >>> print(run.summary())
 """
 
-from .datasets import Dataset, get_dataset, import_dataset, list_datasets
-from .diff import VersionDiff, diff_versions, render_diff_html, render_diff_text
-from .errors import (
+import warnings
+
+# platformdirs warns on import (through Pixeltable) when XDG_RUNTIME_DIR is unset, as in containers and CI.
+warnings.filterwarnings('ignore', message='XDG_RUNTIME_DIR is not set')
+
+from .ab import ABReport, Assigner, ab_report, assign, log_outcome, log_outcomes  # noqa: E402
+from .compare import VersionComparison, build_comparison, compare_table, diff, flips, significance  # noqa: E402
+from .datasets import Dataset, get_dataset, import_dataset, list_datasets  # noqa: E402
+from .diff import VersionDiff, diff_versions, render_diff_html, render_diff_text  # noqa: E402
+from .errors import (  # noqa: E402
     BackendError,
     ComparisonError,
     DatasetError,
@@ -21,10 +28,13 @@ from .errors import (
     VersionError,
     WorkspaceError,
 )
-from .evaluate import add_scorer, evaluate
-from .labels import label_history, list_labels, rollback, set_label
-from .runs import Run, Summary, get_run, lineage, list_runs
-from .versions import Version, choice, create_version, edit, get_version, json_object, list_versions, text
+from .evaluate import add_scorer, evaluate  # noqa: E402
+from .history import LineageGraph, lineage_graph  # noqa: E402
+from .labels import label_history, list_labels, rollback, set_label  # noqa: E402
+from .report import export_report  # noqa: E402
+from .runs import Run, Summary, get_run, lineage, list_runs  # noqa: E402
+from .versions import Version, choice, create_version, edit, get_version, json_object, list_versions, text  # noqa: E402
+from .widgets import CompareView, compare  # noqa: E402
 
 resolve = get_version
 
@@ -57,6 +67,25 @@ __all__ = [
     'get_run',
     'list_runs',
     'lineage',
+    'lineage_graph',
+    'LineageGraph',
+    # comparison
+    'compare',
+    'CompareView',
+    'build_comparison',
+    'VersionComparison',
+    'compare_table',
+    'flips',
+    'significance',
+    'diff',
+    'export_report',
+    # A/B experiments
+    'Assigner',
+    'assign',
+    'log_outcome',
+    'log_outcomes',
+    'ab_report',
+    'ABReport',
     # diff
     'VersionDiff',
     'diff_versions',

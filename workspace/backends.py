@@ -15,13 +15,14 @@ request is sent; they are never part of a request, a table or an error message.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import logging
 import os
 import random
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypedDict
@@ -132,6 +133,23 @@ def choice_grammar(labels: list[str]) -> str:
     return 'root ::= " "? (' + ' | '.join(f'"{_escape_gbnf(label)}"' for label in labels) + ')'
 
 
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Send file descriptor 2 to /dev/null for the duration (C libraries write there directly)."""
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    try:
+        with open(os.devnull, 'w') as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 class LocalBackend:
     """llama.cpp in-process: loads the GGUF once, decodes label outputs under a grammar."""
 
@@ -157,9 +175,10 @@ class LocalBackend:
                     "llama-cpp-python is not installed; run 'make run', which builds it with "
                     'CMAKE_ARGS="-DGGML_NATIVE=OFF"'
                 ) from e
-            self._llm = llama_cpp.Llama(
-                model_path=str(self.path), n_ctx=self.n_ctx, n_threads=self.n_threads, seed=0, verbose=False
-            )
+            with _quiet_stderr():  # llama.cpp logs context setup to fd 2 even when not verbose
+                self._llm = llama_cpp.Llama(
+                    model_path=str(self.path), n_ctx=self.n_ctx, n_threads=self.n_threads, seed=0, verbose=False
+                )
             # Free the model before the interpreter tears down the modules its destructor needs.
             atexit.register(self.close)
         return self._llm

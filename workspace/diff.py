@@ -83,6 +83,12 @@ class VersionDiff:
         """Return how many words the template and instructions lost."""
         return _count_words(self.template_ops + self.instructions_ops, 'delete')
 
+    def __str__(self) -> str:
+        return render_diff_text(self)
+
+    def _repr_html_(self) -> str:
+        return render_diff_html(self)
+
 
 def diff_versions(a: _Version, b: _Version) -> VersionDiff:
     """Diff version `a` against version `b`: template and instructions word by word, then model, params, output, demos.

@@ -19,7 +19,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import jinja2
@@ -185,16 +185,22 @@ def _store_row(
     }
 
 
+Progress = bool | Callable[[int, int], None]
+
+
 def _answer(
     store: pxt.Table,
     new: Sequence[tuple[str, dict[str, Any]]],
     origin: Mapping[str, tuple[str, str]],
     dataset: str,
-    progress: bool,
+    progress: Progress,
 ) -> None:
-    """Insert new requests into the store in batches; the store's computed column calls the model."""
+    """Insert new requests into the store in batches; the store's computed column calls the model.
+
+    `progress` is True for a progress bar, or a callback given (calls done, calls to make) after each batch.
+    """
     bar = None
-    if progress and new:
+    if progress is True and new:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(new), desc='model calls', unit='call')
@@ -205,6 +211,8 @@ def _answer(
             store.insert(rows, on_error='ignore')
             if bar is not None:
                 bar.update(len(batch))
+            elif callable(progress):
+                progress(start + len(batch), len(new))
     finally:
         if bar is not None:
             bar.close()
@@ -268,13 +276,14 @@ def evaluate(
     dataset: Dataset | str,
     split: str | None = None,
     *,
-    progress: bool = True,
+    progress: Progress = True,
     retry_errors: bool = False,
 ) -> Run:
     """Evaluate `version` on a dataset split (all rows if `split` is None) and return the run.
 
     Only requests the store has not answered reach the model. Rows whose model call failed keep the error and
-    count in the summary; `retry_errors=True` sends those requests again.
+    count in the summary; `retry_errors=True` sends those requests again. `progress` shows a progress bar (True),
+    nothing (False), or calls a function with (calls done, calls to make) after each batch.
 
     >>> run = evaluate('ticket_router:v2', 'support_tickets', split='dev')
     >>> run.summary()

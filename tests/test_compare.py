@@ -1,0 +1,123 @@
+"""Comparing versions: the metrics table with paired intervals, flips, significance, and clear errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from workspace import metrics, stats
+from workspace.compare import _macro_f1_diff_ci, build_comparison, compare_table, flips, significance
+
+
+def test_compare_table_differences_and_intervals(scripted_versions):
+    tiny, v1, v2, v3, server = scripted_versions
+    table = compare_table(tiny, [v1, v2], 'dev')
+    assert list(table.index) == [v1.id, v2.id]
+    assert table.loc[v1.id, 'accuracy'] == pytest.approx(2 / 6)
+    assert table.loc[v2.id, 'accuracy'] == 1.0
+    row = table.loc[v2.id]
+    assert row['diff'] == pytest.approx(4 / 6)
+    assert row['ci_low'] <= row['diff'] <= row['ci_high']
+    assert row['p_value'] == pytest.approx(0.125)  # McNemar exact: 4 discordant pairs, all in v2's favour
+    assert row['verdict'].startswith('no detectable difference at n = 6 (+66.7 points')
+    assert table.loc[v1.id, 'verdict'] == 'baseline'
+    assert row['calls'] == 6 and row['reused'] == 0 and row['errors'] == 0
+    assert table.loc[v2.id, 'macro_f1'] == 1.0
+
+
+def test_comparison_evaluates_incrementally(scripted_versions):
+    tiny, v1, v2, v3, server = scripted_versions
+    first = build_comparison(tiny, [v1, v2], 'dev')
+    assert [r.calls for r in first.runs] == [6, 6]
+    again = build_comparison(tiny, [v1, v2], 'dev')
+    assert [r.calls for r in again.runs] == [0, 0] and len(server.received) == 12
+
+
+def test_flips_and_significance(scripted_versions):
+    import workspace as ws
+
+    tiny, v1, v2, v3, _ = scripted_versions
+    run1, run2 = ws.evaluate(v1, tiny, 'dev', progress=False), ws.evaluate(v2, tiny, 'dev', progress=False)
+    frame = flips(run1, run2)
+    assert frame['change'].value_counts().to_dict() == {'fixed': 4, 'same': 2}
+    assert set(frame.loc[frame['change'] == 'same', 'expected']) == {'BILLING'}
+    assert set(frame.columns) >= {
+        'example_id',
+        'text',
+        'expected',
+        'prediction_a',
+        'prediction_b',
+        'score_a',
+        'score_b',
+        'error_a',
+        'error_b',
+    }
+    back = flips(run2, run1)
+    assert back['change'].value_counts().to_dict() == {'broken': 4, 'same': 2}
+    result = significance(run1, run2)
+    reference = stats.compare_scores([1, 1, 0, 0, 0, 0], [1] * 6, name_a=v1.id, name_b=v2.id, split='dev')
+    assert (result.diff, result.p_value, result.verdict) == (reference.diff, reference.p_value, reference.verdict)
+
+
+def test_rows_with_errors_are_shown_and_counted(scripted_versions):
+    import workspace as ws
+
+    tiny, v1, v2, v3, _ = scripted_versions
+    cmp = build_comparison(tiny, [v2, v3], 'dev')
+    assert cmp.table.loc[v3.id, 'errors'] == 1
+    assert cmp.table.loc[v3.id, 'accuracy'] == pytest.approx(5 / 6)  # the failed row counts as wrong
+    assert any('has 1 rows with a model error' in note for note in cmp.notes)
+    frame = cmp.flips(v3.id)
+    broken = frame[frame['change'] == 'broken']
+    assert list(broken['example_id']) == ['a5'] and broken['error_b'].iloc[0].startswith('BackendError')
+    assert len(frame) == 6  # not silently dropped
+    assert ws.evaluate(v3, tiny, 'dev', progress=False).errors == 1
+
+
+def test_different_splits_or_datasets_are_refused(scripted_versions):
+    import workspace as ws
+
+    tiny, v1, v2, v3, _ = scripted_versions
+    dev, train = ws.evaluate(v1, tiny, 'dev', progress=False), ws.evaluate(v2, tiny, 'train', progress=False)
+    with pytest.raises(ws.ComparisonError, match=r'evaluated on tiny/dev and router:v2 on tiny/train; compare runs of'):
+        flips(dev, train)
+    with pytest.raises(ws.ComparisonError, match=r'give at least two versions'):
+        build_comparison(tiny, [v1], 'dev')
+    with pytest.raises(ws.ComparisonError, match=r'versions repeat'):
+        build_comparison(tiny, [v1, v1.id], 'dev')
+    with pytest.raises(ws.LabelError, match=r'router@nope does not exist'):
+        build_comparison(tiny, ['router@nope', v2], 'dev')
+    with pytest.raises(ws.ComparisonError, match=r"baseline 'router:v3' is not among the compared versions"):
+        build_comparison(tiny, [v1, v2], 'dev', baseline=v3)
+
+
+def test_runs_over_different_rows_compare_on_the_common_ones(scripted_versions):
+    import workspace as ws
+
+    tiny, v1, v2, v3, _ = scripted_versions
+    before = ws.evaluate(v1, tiny, 'dev', progress=False)
+    tiny.append([{'id': 'c1', 'text': 'Refund the extra charge.', 'category': 'BILLING', 'split': 'dev'}])
+    after = ws.evaluate(v2, tiny, 'dev', progress=False)
+    frame = flips(before, after)
+    assert len(frame) == 6 and 'c1' not in set(frame['example_id'])
+    from workspace.compare import _check_same_examples
+
+    _, notes = _check_same_examples(before, after)
+    assert notes == [
+        "compared on the 6 examples both runs cover (0 only in router:v1's run, 1 only in "
+        "router:v2's); evaluate both again to cover all rows"
+    ]
+
+
+def test_macro_f1_bootstrap_matches_the_point_estimate():
+    expected = ['a', 'a', 'b', 'b', 'c', 'c', 'a', 'b']
+    pred_a = ['a', 'b', 'b', 'b', 'a', None, 'a', 'c']
+    pred_b = ['a', 'a', 'b', 'c', 'c', 'c', 'a', 'b']
+    diff, low, high = _macro_f1_diff_ci(expected, pred_a, pred_b, confidence=0.95, resamples=500, seed=1)
+    truth = (
+        metrics.classification_summary(expected, pred_b)['macro_f1']
+        - metrics.classification_summary(expected, pred_a)['macro_f1']
+    )
+    assert diff == pytest.approx(truth)
+    assert low <= diff <= high and low < high
+    same = _macro_f1_diff_ci(expected, pred_a, pred_a, confidence=0.95, resamples=200, seed=1)
+    assert same == (0.0, 0.0, 0.0)

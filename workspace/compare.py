@@ -1,0 +1,358 @@
+"""Comparing versions on the same examples: a metrics table with paired intervals, flips, significance.
+
+Everything here computes and returns data (DataFrames, dataclasses); `views.py` renders it and `widgets.py`
+wires it to controls.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from . import metrics, stats, tables
+from .datasets import Dataset, get_dataset
+from .diff import VersionDiff, diff_versions
+from .errors import ComparisonError
+from .evaluate import evaluate
+from .runs import Run, main_score_name
+from .versions import Version, get_version
+
+__all__ = [
+    'Change',
+    'VersionComparison',
+    'build_comparison',
+    'compare_table',
+    'flips',
+    'significance',
+    'row_score_name',
+    'prompts_for',
+    'diff',
+]
+
+log = logging.getLogger(__name__)
+
+Change = Literal['fixed', 'broken', 'changed', 'same']
+_ROW_SCORE = {'choice': 'exact_match', 'text': 'rouge_l', 'json': 'json_valid'}
+
+
+def row_score_name(task: str) -> str:
+    """Return the per-example score a task's main metric averages: exact match, ROUGE-L or JSON validity."""
+    return _ROW_SCORE[task]
+
+
+def _frame(run: Run) -> pd.DataFrame:
+    frame = run.predictions().set_index('example_id', drop=False)
+    score = row_score_name(run.task)
+    frame['score'] = frame[score].fillna(0.0).astype(float)
+    return frame
+
+
+def _predictions(frame: pd.DataFrame) -> list[str | None]:
+    return [None if pd.isna(p) else str(p) for p in frame['prediction']]
+
+
+def _check_same_examples(a: Run, b: Run) -> tuple[list[str], list[str]]:
+    """Raise ComparisonError unless both runs cover the same dataset and split; return (common ids, notes)."""
+    if a.dataset != b.dataset or a.split != b.split:
+        raise ComparisonError(
+            f'{a.version.id} was evaluated on {a.dataset}/{a.split or "all"} and {b.version.id} on '
+            f'{b.dataset}/{b.split or "all"}; compare runs of the same dataset and split '
+            f'(ws.evaluate(version, {a.dataset!r}, {a.split!r}) gives one)'
+        )
+    in_b = set(b.example_ids)
+    common = [ex for ex in a.example_ids if ex in in_b]
+    notes = []
+    only_a, only_b = len(a.example_ids) - len(common), len(in_b) - len(common)
+    if only_a or only_b:
+        notes.append(
+            f"compared on the {len(common)} examples both runs cover ({only_a} only in {a.version.id}'s run, "
+            f"{only_b} only in {b.version.id}'s); evaluate both again to cover all rows"
+        )
+    if not common:
+        raise ComparisonError(f'the runs of {a.version.id} and {b.version.id} share no examples')
+    return common, notes
+
+
+def _changes(a: pd.DataFrame, b: pd.DataFrame) -> pd.Series:
+    better, worse = b['score'] > a['score'], b['score'] < a['score']
+    differs = a['prediction'].fillna('\0').astype(str) != b['prediction'].fillna('\0').astype(str)
+    differs |= a['error'].notna() != b['error'].notna()
+    return pd.Series(np.select([better, worse, differs], ['fixed', 'broken', 'changed'], default='same'), index=a.index)
+
+
+def flips(run_a: Run, run_b: Run) -> pd.DataFrame:
+    """Return one row per example both runs cover: inputs, expected, both predictions, scores and errors, and
+    `change`: 'fixed' (b better), 'broken' (b worse), 'changed' (other output, same score) or 'same'.
+
+    Rows where a model call failed are kept, with the error, and score 0.
+
+    >>> flips(run_v1, run_v3).query("change == 'broken'")
+    """
+    common, _ = _check_same_examples(run_a, run_b)
+    a, b = _frame(run_a).loc[common], _frame(run_b).loc[common]
+    inputs = list(get_dataset(run_a.dataset).inputs)
+    out = a[['example_id', *inputs, 'expected']].copy()
+    for side, frame in (('a', a), ('b', b)):
+        for column in ('prediction', 'score', 'error', 'request_hash'):
+            out[f'{column}_{side}'] = frame[column]
+    out['change'] = _changes(a, b)
+    return out.reset_index(drop=True)
+
+
+def significance(run_a: Run, run_b: Run, *, confidence: float = 0.95, resamples: int = 10_000) -> stats.Comparison:
+    """Return the paired comparison of run b against run a on their common examples: difference of the main
+    score, bootstrap interval, p-value (McNemar's exact test for labels) and a plain-words verdict.
+
+    >>> print(significance(run_v1, run_v3).verdict)
+    """
+    common, _ = _check_same_examples(run_a, run_b)
+    a, b = _frame(run_a).loc[common], _frame(run_b).loc[common]
+    task = run_a.task
+    return stats.compare_scores(
+        a['score'].tolist(),
+        b['score'].tolist(),
+        name_a=run_a.version.id,
+        name_b=run_b.version.id,
+        split=run_a.split or 'all rows',
+        metric=main_score_name(task),
+        binary=task != 'text',
+        confidence=confidence,
+        resamples=resamples,
+    )
+
+
+def _macro_f1_diff_ci(
+    expected: Sequence[str],
+    pred_a: Sequence[str | None],
+    pred_b: Sequence[str | None],
+    *,
+    confidence: float,
+    resamples: int,
+    seed: int,
+) -> tuple[float, float, float]:
+    """Return (macro-F1 of b - a, low, high) by a paired bootstrap over examples, vectorised over resamples."""
+    labels = sorted(set(expected))
+    index = {label: i for i, label in enumerate(labels)}
+    n, k = len(expected), len(labels)
+    truth = np.zeros((n, k))
+    truth[np.arange(n), [index[e] for e in expected]] = 1
+
+    def one_hot(pred: Sequence[str | None]) -> tuple[np.ndarray, np.ndarray]:
+        guessed = np.zeros((n, k))
+        for i, p in enumerate(pred):
+            if p in index:
+                guessed[i, index[p]] = 1
+        return guessed, truth * guessed
+
+    rng = np.random.default_rng(seed)
+    weights = np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(resamples)]).astype(float)
+    weights = np.vstack([np.ones(n), weights])  # row 0: the observed sample
+
+    def macro(pred: Sequence[str | None]) -> np.ndarray:
+        guessed, hits = one_hot(pred)
+        support, predicted, tp = weights @ truth, weights @ guessed, weights @ hits
+        f1 = np.divide(2 * tp, support + predicted, out=np.zeros_like(tp), where=(support + predicted) > 0)
+        present = support > 0
+        return (f1 * present).sum(axis=1) / np.maximum(present.sum(axis=1), 1)
+
+    diffs = macro(pred_b) - macro(pred_a)
+    alpha = (1 - confidence) / 2
+    low, high = np.quantile(diffs[1:], [alpha, 1 - alpha])
+    return float(diffs[0]), float(low), float(high)
+
+
+@dataclass(frozen=True)
+class VersionComparison:
+    """Several versions evaluated on the same dataset split, aligned example by example."""
+
+    dataset: Dataset
+    split: str | None
+    runs: list[Run]
+    baseline: str
+    common_ids: list[str]
+    frames: dict[str, pd.DataFrame]
+    table: pd.DataFrame
+    pairwise: dict[str, stats.Comparison]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def task(self) -> str:
+        return self.dataset.task
+
+    @property
+    def version_ids(self) -> list[str]:
+        return [run.version.id for run in self.runs]
+
+    def run(self, version_id: str) -> Run:
+        """Return the run of one compared version."""
+        for run in self.runs:
+            if run.version.id == version_id:
+                return run
+        raise ComparisonError(f'{version_id!r} is not in this comparison; it has {", ".join(self.version_ids)}')
+
+    def version(self, version_id: str) -> Version:
+        return self.run(version_id).version
+
+    def flips(self, candidate: str, baseline: str | None = None) -> pd.DataFrame:
+        """Return the flips of `candidate` against the baseline (or another compared version)."""
+        return flips(self.run(baseline or self.baseline), self.run(candidate))
+
+    def labels(self) -> list[str]:
+        """Return the label order for per-category views: the baseline's label set, then any other label seen."""
+        first = self.version(self.baseline).labels
+        seen = set(first)
+        rest = set()
+        for frame in self.frames.values():
+            rest |= {str(v) for v in frame['expected']} | {str(p) for p in frame['prediction'].dropna()}
+        return first + sorted(rest - seen)
+
+    def with_baseline(self, baseline: str, *, confidence: float = 0.95, resamples: int = 10_000) -> VersionComparison:
+        """Return the same comparison measured against another baseline (no model call)."""
+        return _measure(self.dataset, self.split, self.runs, baseline, confidence=confidence, resamples=resamples)
+
+
+def _measure(
+    dataset: Dataset, split: str | None, runs: list[Run], baseline: str, *, confidence: float, resamples: int
+) -> VersionComparison:
+    by_id = {run.version.id: run for run in runs}
+    if baseline not in by_id:
+        raise ComparisonError(f'baseline {baseline!r} is not among the compared versions: {", ".join(by_id)}')
+    base = by_id[baseline]
+    notes: list[str] = []
+    common = list(base.example_ids)
+    for run in runs:
+        shared, more = _check_same_examples(base, run)
+        common = [ex for ex in common if ex in set(shared)]
+        notes += more
+    frames = {run.version.id: _frame(run).loc[common] for run in runs}
+    task = dataset.task
+    main = main_score_name(task)
+    rows, pairwise = [], {}
+    for run in runs:
+        frame = frames[run.version.id]
+        row: dict[str, Any] = {
+            'version': run.version.id,
+            'n': len(frame),
+            main: float(frame['score'].mean()),
+        }
+        if task == 'choice':
+            row['macro_f1'] = metrics.classification_summary([str(e) for e in frame['expected']], _predictions(frame))[
+                'macro_f1'
+            ]
+        row.update(
+            mean_latency_s=float(frame['latency_s'].fillna(0).mean()),
+            mean_tokens=float((frame['prompt_tokens'].fillna(0) + frame['completion_tokens'].fillna(0)).mean()),
+            calls=run.calls,
+            reused=run.reused,
+            errors=int(frame['error'].notna().sum()),
+        )
+        if run.version.id != baseline:
+            cmp = stats.compare_scores(
+                frames[baseline]['score'].tolist(),
+                frame['score'].tolist(),
+                name_a=baseline,
+                name_b=run.version.id,
+                split=split or 'all rows',
+                metric=main,
+                binary=task != 'text',
+                confidence=confidence,
+                resamples=resamples,
+            )
+            pairwise[run.version.id] = cmp
+            row.update(diff=cmp.diff, ci_low=cmp.ci_low, ci_high=cmp.ci_high, p_value=cmp.p_value)
+            if task == 'choice':
+                base_frame = frames[baseline]
+                d, lo, hi = _macro_f1_diff_ci(
+                    [str(e) for e in base_frame['expected']],
+                    _predictions(base_frame),
+                    _predictions(frame),
+                    confidence=confidence,
+                    resamples=min(resamples, 2_000),
+                    seed=0,
+                )
+                row.update(macro_f1_diff=d, macro_f1_ci_low=lo, macro_f1_ci_high=hi)
+            latency = stats.paired_bootstrap_ci(
+                frames[baseline]['latency_s'].fillna(0).tolist(),
+                frame['latency_s'].fillna(0).tolist(),
+                confidence=confidence,
+                resamples=min(resamples, 2_000),
+            )
+            row.update(latency_diff=latency[0], latency_ci_low=latency[1], latency_ci_high=latency[2])
+            row['verdict'] = cmp.verdict
+        else:
+            row['verdict'] = 'baseline'
+        rows.append(row)
+        if row['errors']:
+            notes.append(f'{run.version.id} has {row["errors"]} rows with a model error; they count as wrong')
+    table = pd.DataFrame(rows).set_index('version')
+    return VersionComparison(
+        dataset, split, runs, baseline, common, frames, table, pairwise, list(dict.fromkeys(notes))
+    )
+
+
+def build_comparison(
+    dataset: Dataset | str,
+    versions: Sequence[Version | str],
+    split: str | None = None,
+    *,
+    baseline: Version | str | None = None,
+    progress: bool | Callable[[int, int], None] = False,
+    confidence: float = 0.95,
+    resamples: int = 10_000,
+) -> VersionComparison:
+    """Evaluate each version on the split (incrementally: only missing requests reach the model) and align them.
+
+    The baseline defaults to the first version. Versions are references like 'ticket_router@production'.
+
+    >>> cmp = build_comparison('support_tickets', ['ticket_router@production', 'ticket_router:v3'], 'dev')
+    """
+    ds = get_dataset(dataset)
+    resolved = [get_version(v) for v in versions]
+    if len(resolved) < 2:
+        raise ComparisonError('give at least two versions to compare, e.g. [baseline, candidate]')
+    ids = [v.id for v in resolved]
+    if len(set(ids)) != len(ids):
+        raise ComparisonError(f'versions repeat: {ids}; give each version once')
+    runs = [evaluate(v, ds, split, progress=progress) for v in resolved]
+    base = get_version(baseline).id if baseline is not None else ids[0]
+    return _measure(ds, split, runs, base, confidence=confidence, resamples=resamples)
+
+
+def compare_table(
+    dataset: Dataset | str,
+    versions: Sequence[Version | str],
+    split: str | None = None,
+    *,
+    baseline: Version | str | None = None,
+    confidence: float = 0.95,
+) -> pd.DataFrame:
+    """Return one row per version: main score, macro-F1, latency, tokens, calls, reuse, errors, and each
+    difference to the baseline with its paired bootstrap interval, p-value and verdict.
+
+    >>> compare_table(tickets, ['ticket_router:v1', 'ticket_router:v3'], 'dev')
+    """
+    return build_comparison(dataset, versions, split, baseline=baseline, confidence=confidence).table
+
+
+def prompts_for(hashes: Sequence[str]) -> dict[str, str]:
+    """Return the rendered prompt of each request hash, from the request store."""
+    keys = sorted({h for h in hashes if isinstance(h, str)})
+    if not keys:
+        return {}
+    store = tables.requests()
+    rows = store.where(store.request_hash.isin(keys)).select(store.request_hash, store.request).collect()
+    return {r['request_hash']: r['request'].get('prompt', '') for r in rows}
+
+
+def diff(a: Version | str, b: Version | str) -> VersionDiff:
+    """Diff two versions: word-level template changes, then model, params, output spec and demos. In a notebook
+    it displays as highlighted HTML; `print()` gives a unified diff for terminals and logs.
+
+    >>> ws.diff('ticket_router:v1', 'ticket_router@production')
+    """
+    return diff_versions(get_version(a), get_version(b))
