@@ -11,6 +11,7 @@ prompt_workspace/
   requests            the content-addressed request store: one row per distinct request, the model call as a
                       computed column
   runs                one row per evaluation of a version on a dataset split
+  ab_outcomes         one row per outcome logged by serving code in an A/B experiment: unit, arm, version, outcome
 ```
 """
 
@@ -38,6 +39,8 @@ __all__ = [
     'labels',
     'label_history',
     'runs',
+    'AB_OUTCOMES',
+    'ab_outcomes',
 ]
 
 ROOT = config.ROOT_DIR
@@ -177,6 +180,94 @@ def runs() -> pxt.Table:
             'wall_s': pxt.Float,
             'metrics': pxt.Json | None,
             'example_ids': pxt.Json | None,
+        },
+        'run_id',
+    )
+
+
+AB_OUTCOMES = f'{ROOT}/ab_outcomes'
+
+
+def ab_outcomes() -> pxt.Table:
+    return _open_or_create(
+        AB_OUTCOMES,
+        {
+            'event_id': pxt.String,
+            'prompt': pxt.String,
+            'experiment': pxt.String,
+            'unit_id': pxt.String,
+            'arm': pxt.String,
+            'version_id': pxt.String,
+            'outcome': pxt.Float,
+            'logged_at': pxt.Timestamp,
+        },
+        'event_id',
+    )
+
+
+TRIALS = f'{ROOT}/trials'
+OPTIMIZE_RUNS = f'{ROOT}/optimize_runs'
+
+__all__ += ['TRIALS', 'OPTIMIZE_RUNS', 'trials', 'optimize_runs']
+
+
+def trials() -> pxt.Table:
+    """One row per candidate evaluation of an optimizer run: its content, scores, cost and status."""
+    return _open_or_create(
+        TRIALS,
+        {
+            'run_id': pxt.String,
+            'trial': pxt.Int,
+            'kind': pxt.String,  # baseline, candidate or final
+            'optimizer': pxt.String,
+            'parent_id': pxt.String,
+            'candidate': pxt.String,  # content hash: equal candidates share it
+            'template': pxt.String,
+            'instructions': pxt.String | None,
+            'demos': pxt.Json | None,
+            'scope': pxt.String,  # dev, dev_sample or train: the examples it was scored on
+            'n': pxt.Int,
+            'score': pxt.Float | None,
+            'dev_score': pxt.Float | None,
+            'example_scores': pxt.Json | None,
+            'requests': pxt.Int,
+            'calls': pxt.Int,
+            'tokens': pxt.Int,
+            'wall_s': pxt.Float,
+            'status': pxt.String,  # ok, failed or stopped
+            'errors': pxt.Int,
+            'error': pxt.String | None,
+            'started_at': pxt.Timestamp,
+        },
+        ['run_id', 'trial'],
+    )
+
+
+def optimize_runs() -> pxt.Table:
+    """One row per optimizer run (its id derives from its arguments, so a resumed run keeps its row)."""
+    return _open_or_create(
+        OPTIMIZE_RUNS,
+        {
+            'run_id': pxt.String,
+            'optimizer': pxt.String,
+            'prompt': pxt.String,
+            'baseline_id': pxt.String,
+            'dataset': pxt.String,
+            'config': pxt.Json | None,
+            'status': pxt.String,  # running, done, stopped or failed
+            'stopped_by': pxt.String | None,
+            'best_version_id': pxt.String | None,
+            'baseline_score': pxt.Float | None,
+            'best_score': pxt.Float | None,
+            'trials': pxt.Int,
+            'requests': pxt.Int,
+            'calls': pxt.Int,
+            'tokens': pxt.Int,
+            'errors': pxt.Int,
+            'error': pxt.String | None,
+            'wall_s': pxt.Float,
+            'started_at': pxt.Timestamp,
+            'finished_at': pxt.Timestamp | None,
         },
         'run_id',
     )
