@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-SECTIONS = ['contract']
+SECTIONS = ['contract', 'compare']
 
 
 def _machine() -> str:

@@ -28,7 +28,10 @@ def test_initial_view(view):
         'Edit',
     ]
     assert 'router:v1 (baseline)' in view.panes['Summary'].value
+    assert view.panes['Per category'].value == ''  # rendered when opened: charts take a moment
+    view.tabs.selected_index = 1
     assert 'pw-chart' in view.panes['Per category'].value
+    view.tabs.selected_index = 4
     assert '<ins' in view.panes['Diff'].value
 
 
@@ -44,12 +47,14 @@ def test_changing_baseline_recomputes_without_model_calls(view):
 
 def test_focus_and_filter_drive_the_flips_pane(view):
     view, _ = view
+    view.tabs.selected_index = 3
     view.flip_filter.value = 'fixed'
     assert view.panes['Flips'].value.count('<details>') == 4
     view.focus.value = 'router:v3'
     view.flip_filter.value = 'errors'
     assert view.panes['Flips'].value.count('<details>') == 1
-    assert 'v3\nTicket' in view.panes['Diff'].value or '<ins' in view.panes['Diff'].value
+    view.tabs.selected_index = 4
+    assert '>v3</ins>' in view.panes['Diff'].value
 
 
 def test_removing_every_candidate_is_refused_in_the_status_line(view):

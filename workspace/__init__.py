@@ -17,7 +17,6 @@ warnings.filterwarnings('ignore', message='XDG_RUNTIME_DIR is not set')
 from .ab import ABReport, Assigner, ab_report, assign, log_outcome, log_outcomes  # noqa: E402
 from .compare import VersionComparison, build_comparison, compare_table, diff, flips, significance  # noqa: E402
 from .datasets import Dataset, get_dataset, import_dataset, list_datasets  # noqa: E402
-from .diff import VersionDiff, diff_versions, render_diff_html, render_diff_text  # noqa: E402
 from .errors import (  # noqa: E402
     BackendError,
     ComparisonError,
@@ -31,6 +30,7 @@ from .errors import (  # noqa: E402
 from .evaluate import add_scorer, evaluate  # noqa: E402
 from .history import LineageGraph, lineage_graph  # noqa: E402
 from .labels import label_history, list_labels, rollback, set_label  # noqa: E402
+from .prompt_diff import VersionDiff, diff_versions, render_diff_html, render_diff_text  # noqa: E402
 from .report import export_report  # noqa: E402
 from .runs import Run, Summary, get_run, lineage, list_runs  # noqa: E402
 from .versions import Version, choice, create_version, edit, get_version, json_object, list_versions, text  # noqa: E402

@@ -16,9 +16,9 @@ import pandas as pd
 
 from . import metrics, stats, tables
 from .datasets import Dataset, get_dataset
-from .diff import VersionDiff, diff_versions
 from .errors import ComparisonError
 from .evaluate import evaluate
+from .prompt_diff import VersionDiff, diff_versions
 from .runs import Run, main_score_name
 from .versions import Version, get_version
 

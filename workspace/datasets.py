@@ -208,7 +208,7 @@ def _infer_task(values: list[Any]) -> Task:
         return 'text'
     # Short answers drawn from a small set are labels; anything longer is text to be scored by overlap.
     distinct = {str(v) for v in values}
-    if len(distinct) <= 100 and all(len(v) <= 40 and len(v.split()) <= 4 for v in distinct):
+    if len(distinct) <= 100 and all(len(v) <= 64 and len(v.split()) <= 4 for v in distinct):
         return 'choice'
     return 'text'
 

@@ -22,6 +22,10 @@ from .versions import Version, get_version, parent_chain
 
 __all__ = ['Run', 'Summary', 'get_run', 'list_runs', 'lineage', 'main_score_name', 'summarize']
 
+#: Recently read prediction frames, keyed by run and the versions of the tables they were read from.
+_frames: dict[tuple[str, str, int, int], pd.DataFrame] = {}
+_FRAMES_KEPT = 16
+
 _MAIN_SCORE = {'choice': 'accuracy', 'text': 'rouge_l', 'json': 'json_valid'}
 _ROW_SCORE = {'choice': 'exact_match', 'text': 'rouge_l', 'json': 'json_valid'}
 
@@ -65,19 +69,28 @@ class Run:
         return get_dataset(self.dataset).task
 
     def predictions(self) -> pd.DataFrame:
-        """Return one row per example: inputs, expected, prediction, raw output, error, scores, latency, tokens."""
+        """Return one row per example: inputs, expected, prediction, raw output, error, scores, latency, tokens.
+
+        Read live: a corrected expected output or a new scorer shows here at once.
+        """
         ds = get_dataset(self.dataset)
         evals = tables.open_table(tables.eval_path(ds.name))
         if evals is None:
             raise WorkspaceError(f'dataset {ds.name!r} has no evaluations; run ws.evaluate first')
-        ids = list(self.example_ids)
-        result = evals.where((evals.version_id == self.version.id) & evals.example_id.isin(ids)).collect()
-        frame = result.to_pandas()
-        inputs = ds.to_pandas()[['example_id', *ds.inputs]]
-        frame = frame.drop(columns=[c for c in ds.inputs if c in frame.columns]).merge(inputs, on='example_id')
-        order = {ex: i for i, ex in enumerate(ids)}
-        frame = frame.sort_values('example_id', key=lambda s: s.map(order)).reset_index(drop=True)
-        return frame
+        # Any change to either table bumps its version, so a read at the same versions is the same frame.
+        key = (self.run_id, self.version.id, evals.get_metadata()['version'], ds.version)
+        if key not in _frames:
+            ids = list(self.example_ids)
+            result = evals.where((evals.version_id == self.version.id) & evals.example_id.isin(ids)).collect()
+            frame = result.to_pandas()
+            inputs = ds.to_pandas()[['example_id', *ds.inputs]]
+            frame = frame.drop(columns=[c for c in ds.inputs if c in frame.columns]).merge(inputs, on='example_id')
+            order = {ex: i for i, ex in enumerate(ids)}
+            frame = frame.sort_values('example_id', key=lambda s: s.map(order)).reset_index(drop=True)
+            while len(_frames) >= _FRAMES_KEPT:
+                _frames.pop(next(iter(_frames)))
+            _frames[key] = frame
+        return _frames[key].copy()
 
     def score_columns(self) -> list[str]:
         """Return the names of the score columns of this run's dataset."""

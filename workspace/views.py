@@ -10,11 +10,12 @@ import io
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from . import metrics
 from .compare import VersionComparison, prompts_for
-from .diff import diff_versions, render_diff_html
+from .prompt_diff import diff_versions, render_diff_html
 from .runs import main_score_name
 
 __all__ = [
@@ -26,6 +27,10 @@ __all__ = [
     'render_prompt_diff',
     'render_report',
 ]
+
+#: Charts stay readable: beyond these, they show the labels that matter most and the tables show the rest.
+MAX_CHART_LABELS = 25
+MAX_MATRIX_LABELS = 20
 
 FLIP_FILTERS = ('all changes', 'fixed', 'broken', 'changed', 'errors', 'all')
 
@@ -151,18 +156,22 @@ def render_per_category(cmp: VersionComparison) -> str:
     tables = _per_category(cmp)
     joined = pd.concat({v: t[['precision', 'recall', 'f1']] for v, t in tables.items()}, axis=1)
     joined[('', 'support')] = next(iter(tables.values()))['support']
-    labels = list(joined.index)
+    f1 = pd.DataFrame({v: t['f1'] for v, t in tables.items()})
+    labels, note = list(f1.index), ''
+    if len(labels) > MAX_CHART_LABELS:  # a readable chart: the labels whose F1 differs most between versions
+        labels = list((f1.max(axis=1) - f1.min(axis=1)).sort_values(ascending=False).index[:MAX_CHART_LABELS])
+        note = f'<p>Chart: the {MAX_CHART_LABELS} of {len(f1)} labels whose F1 differs most; the table has all.</p>'
     width = 0.8 / len(tables)
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(labels) + 2), 3.2))
-    for i, (version, table) in enumerate(tables.items()):
-        ax.bar([x + i * width for x in range(len(labels))], table['f1'], width, label=version)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.5 * len(labels) * len(tables) + 2), 3.2))
+    for i, version in enumerate(tables):
+        ax.bar([x + i * width for x in range(len(labels))], f1.loc[labels, version], width, label=version)
     ax.set_xticks([x + width * (len(tables) - 1) / 2 for x in range(len(labels))], labels, rotation=30, ha='right')
     ax.set_ylim(0, 1)
     ax.set_ylabel('F1')
     ax.legend(fontsize=8)
     ax.set_title('F1 per category')
     chart = _img(_png(fig), 'F1 per category, grouped by version')
-    return _wrap(chart + joined.round(3).to_html(classes='pw-category-table'), 'pw-per-category')
+    return _wrap(chart + note + joined.round(3).to_html(classes='pw-category-table'), 'pw-per-category')
 
 
 def render_confusions(cmp: VersionComparison) -> str:
@@ -181,28 +190,31 @@ def render_confusions(cmp: VersionComparison) -> str:
         )
         for version, frame in cmp.frames.items()
     }
-    size = 0.45 * len(labels) + 2
+    note = ''
+    if len(labels) > MAX_MATRIX_LABELS:  # keep the labels involved in the most confusions, in any version
+        off_diagonal = [m.loc[labels, labels].to_numpy() * (1 - np.eye(len(labels))) for m in matrices.values()]
+        confusions = sum(o.sum(axis=0) + o.sum(axis=1) for o in off_diagonal)
+        keep = {labels[i] for i in np.argsort(-confusions, kind='stable')[:MAX_MATRIX_LABELS]}
+        labels = [label for label in labels if label in keep]
+        matrices = {v: m.loc[labels, [c for c in m.columns if c in keep or c == metrics.NONE_COLUMN]]
+                    for v, m in matrices.items()}
+        note = (f'<p>Showing the {len(labels)} of {len(cmp.labels())} labels involved in the most confusions; '
+                'run.confusion_matrix() has them all.</p>')
+    size = min(0.45 * len(labels) + 2, 11.0)
     fig, axes = plt.subplots(1, len(matrices), figsize=(size * len(matrices), size), squeeze=False)
     for ax, (version, matrix) in zip(axes[0], matrices.items()):
         values = matrix.to_numpy()
         ax.imshow(values, cmap='Blues')
         ax.set_xticks(range(len(matrix.columns)), list(matrix.columns), rotation=60, ha='right', fontsize=7)
         ax.set_yticks(range(len(matrix.index)), list(matrix.index), fontsize=7)
-        for (r, c), count in pd.DataFrame(values).stack().items():
-            if count:
-                ax.text(
-                    c,
-                    r,
-                    str(count),
-                    ha='center',
-                    va='center',
-                    fontsize=7,
-                    color='white' if count > values.max() / 2 else 'black',
-                )
+        for r, c in zip(*np.nonzero(values)):
+            count = values[r, c]
+            color = 'white' if count > values.max() / 2 else 'black'
+            ax.text(c, r, str(count), ha='center', va='center', fontsize=7, color=color)
         ax.set_title(version, fontsize=9)
         ax.set_xlabel('predicted', fontsize=8)
         ax.set_ylabel('expected', fontsize=8)
-    return _wrap(_img(_png(fig), 'confusion matrices'), 'pw-confusions')
+    return _wrap(_img(_png(fig), 'confusion matrices') + note, 'pw-confusions')
 
 
 def _filter(frame: pd.DataFrame, which: str) -> pd.DataFrame:

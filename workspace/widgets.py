@@ -103,6 +103,7 @@ class CompareView(w.VBox):
         self.status = w.HTML()
         self._saved: str | None = None
         self._syncing = False
+        self._stale: set[str] = set()
         edit_tab = w.VBox(
             [self.template, self.note, w.HBox([self.save_button, self.evaluate_button]), self.progress, self.status]
         )
@@ -123,14 +124,22 @@ class CompareView(w.VBox):
         self.candidates.observe(self._on_selection, names='value')
         self.focus.observe(self._on_focus, names='value')
         self.flip_filter.observe(self._on_filter, names='value')
+        self.tabs.observe(self._render_visible, names='selected_index')
         self.save_button.on_click(self._on_save)
         self.evaluate_button.on_click(self._on_evaluate)
         self.refresh()
 
     def refresh(self) -> None:
-        """Re-render every pane from the state."""
-        for tab, pane in self.panes.items():
-            pane.value = self.state.render(tab)
+        """Re-render the visible pane now and the others when they are opened (charts take a moment)."""
+        self._stale = set(self.panes)
+        self._render_visible()
+
+    def _render_visible(self, _change: object = None) -> None:
+        index = self.tabs.selected_index or 0
+        tab = TABS[index]
+        if tab in self._stale:
+            self.panes[tab].value = self.state.render(tab)
+            self._stale.discard(tab)
 
     def _sync_controls(self) -> None:
         ids = list(self.state.available)
@@ -159,12 +168,13 @@ class CompareView(w.VBox):
     def _on_focus(self, change: dict) -> None:
         if change['new'] and not self._syncing:
             self.state.focus = change['new']
-            self.panes['Flips'].value = self.state.render('Flips')
-            self.panes['Diff'].value = self.state.render('Diff')
+            self._stale |= {'Flips', 'Diff'}
+            self._render_visible()
 
     def _on_filter(self, change: dict) -> None:
         self.state.flip_filter = change['new']
-        self.panes['Flips'].value = self.state.render('Flips')
+        self._stale.add('Flips')
+        self._render_visible()
 
     def _on_save(self, _button: object) -> None:
         try:

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from workspace import diff
-from workspace.diff import FieldChange, diff_versions, render_diff_html, render_diff_text
+from workspace import prompt_diff as diff
+from workspace.prompt_diff import FieldChange, diff_versions, render_diff_html, render_diff_text
 
 
 def version(id: str = 'ticket_router:v1', **changes: Any) -> SimpleNamespace:

@@ -1,0 +1,93 @@
+"""Benchmark: building the comparison of 3 versions on 1,000 rows when every prediction already exists.
+
+The predictions are made once by a local OpenAI-compatible server that answers instantly (tests/openai_server.py),
+so the figure measures the workspace, not a model: evaluation bookkeeping, reads, statistics and rendering.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+import workspace as ws
+from workspace import views
+from workspace.compare import build_comparison
+from workspace.widgets import CompareState, CompareView
+
+ROOT = Path(__file__).resolve().parent.parent
+BANKING = ROOT.parent / 'shared' / 'datasets' / 'banking77' / 'train.csv'
+N = 1_000
+
+
+def _rows() -> tuple[pd.DataFrame, str]:
+    if BANKING.is_file():
+        frame = pd.read_csv(BANKING).sample(n=N, random_state=0).reset_index(drop=True)
+        return frame.rename(columns={'category': 'label'}), 'banking77 (1,000 rows sampled from train.csv)'
+    tickets = pd.read_csv(ROOT / 'datasets' / 'support_tickets.csv')
+    frame = pd.concat([tickets] * (N // len(tickets) + 1)).head(N).reset_index(drop=True)
+    frame['text'] = [f'{t} (copy {i})' for i, t in enumerate(frame['text'])]
+    return frame.rename(columns={'category': 'label'})[['text', 'label']], 'support_tickets repeated to 1,000 rows'
+
+
+def _timed(fn: Any) -> tuple[Any, float]:
+    start = time.perf_counter()
+    result = fn()
+    return result, time.perf_counter() - start
+
+
+def run() -> list[str]:
+    sys.path.insert(0, str(ROOT / 'tests'))
+    from openai_server import Canned, OpenAICompatibleServer, completion_body
+
+    frame, source = _rows()
+    labels = sorted(frame['label'].unique())
+    truth = dict(zip(frame['text'], frame['label']))
+
+    def answer(body: dict[str, Any]) -> Canned:
+        prompt = body['messages'][-1]['content']
+        text = prompt.split('Query: ', 1)[-1].split('\n', 1)[0]
+        right = truth.get(text, labels[0])
+        # v1 is right on a third of rows, v2 on half, v3 on two thirds: the comparison has flips to show
+        bucket = {'A': 3, 'B': 2, 'C': 3}[prompt[0]]
+        ok = hash(text) % bucket != 0 if prompt[0] == 'C' else hash(text) % bucket == 0
+        return Canned(200, completion_body(right if ok else labels[hash(text) % len(labels)]))
+
+    with OpenAICompatibleServer(answer) as server:
+        os.environ['OPENAI_BASE_URL'] = f'{server.url}/v1'
+        data = ws.import_dataset('bench_compare', frame, input='text', expected='label', split_ratios={'dev': 1.0},
+                                 if_exists='replace')
+        v1 = ws.create_version('bench_cmp', template='A\nQuery: {{ text }}\nIntent:', model='openai:instant',
+                               output=ws.choice(labels))
+        v2 = ws.edit(v1, template='B\nQuery: {{ text }}\nIntent:')
+        v3 = ws.edit(v1, template='C\nQuery: {{ text }}\nIntent:')
+        _, fill = _timed(lambda: [ws.evaluate(v, data, progress=False) for v in (v1, v2, v3)])
+        calls_before = len(server.received)
+        cmp, build = _timed(lambda: build_comparison(data, [v1, v2, v3]))
+        calls = len(server.received) - calls_before
+        renders = {}
+        for name, fn in [('summary', views.render_summary), ('per category', views.render_per_category),
+                         ('confusion matrices', views.render_confusions)]:
+            _, renders[name] = _timed(lambda fn=fn: fn(cmp))
+        _, renders['flips'] = _timed(lambda: views.render_flips(cmp, v3.id))
+        _, widget = _timed(lambda: CompareView(CompareState(cmp)))
+        _, again = _timed(lambda: build_comparison(data, [v1, v2, v3]))
+    return [
+        '## Comparison of 3 versions on 1,000 rows (`bench/compare.py`)',
+        '',
+        f'Data: {source}, {len(labels)} labels; predictions made beforehand by an instant local server '
+        f'({fill:.1f} s for 3,000 requests, i.e. {1000 * fill / 3000:.0f} ms of workspace overhead per request).',
+        '',
+        '| step | wall s |',
+        '|---|---:|',
+        f'| build the comparison (3 incremental evaluations, reads, paired bootstrap and McNemar for 2 pairs, '
+        f'macro-F1 intervals): {calls} model calls | {build:.2f} |',
+        f'| the same again (warm) | {again:.2f} |',
+        *[f'| render {name} | {seconds:.2f} |' for name, seconds in renders.items()],
+        f'| build the widget (renders the summary; other panes render when opened) | {widget:.2f} |',
+        f'| **total from call to widget** | **{build + widget:.2f}** |',
+    ]
