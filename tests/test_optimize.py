@@ -1,0 +1,331 @@
+"""Optimization with DSPy on the real embedded model: each optimizer makes a new version with lineage and fills the
+trials table, the optimizer's dev requests are exactly the evaluation's, budgets stop a run with the best trial so
+far, model errors fail trials up to max_errors, a teacher proposes instructions, and a killed run resumes without
+repeating a call.
+
+The tests share one workspace, so its request store: a later test reuses answers an earlier one paid for, as a
+user's notebook would. Call counts are asserted where they are the point (evaluation of the best version, resume).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import ROOT
+from openai_server import Canned, OpenAICompatibleServer, completion_body
+
+from workspace.errors import OptimizeError
+from workspace.optimize import list_optimizations, optimize
+
+LABELS = ['BILLING', 'DELIVERY', 'TECHNICAL']
+TEMPLATE = 'Ticket: {{ text }}\nCategory:'
+TEACHER_INSTRUCTION = (
+    'Charges, fees and invoices are BILLING. Parcels, boxes and couriers are DELIVERY. '
+    'Apps, websites and logins are TECHNICAL.'
+)
+
+
+@pytest.fixture(scope='module')
+def ws():
+    """One workspace for the module, dropped before and after."""
+    import pixeltable as pxt
+
+    import workspace
+    from workspace import config
+
+    config.connect()
+    pxt.drop_dir(config.ROOT_DIR, force=True, if_not_exists='ignore')
+    yield workspace
+    pxt.drop_dir(config.ROOT_DIR, force=True, if_not_exists='ignore')
+
+
+@pytest.fixture
+def tiny(ws, tiny_tickets):
+    return ws.import_dataset('tiny', tiny_tickets, input=['text'], expected='category', split='split', id='id')
+
+
+@pytest.fixture
+def v1(ws):
+    return ws.create_version('router', template=TEMPLATE, output=ws.choice(LABELS))
+
+
+@pytest.fixture
+def local():
+    from workspace.backends import get_backend
+
+    return get_backend('local')
+
+
+def _calls(local, fn):
+    before = local.calls
+    result = fn()
+    return result, local.calls - before
+
+
+def _content(version):
+    return version.template, version.instructions, version.demos, version.params, version.model
+
+
+@pytest.mark.parametrize(
+    'optimizer,budget,options',
+    [
+        ('labeled_fewshot', None, None),
+        ('bootstrap_fewshot', None, None),
+        ('bootstrap_random_search', {'max_candidates': 3}, None),
+        ('mipro_v2', {'max_candidates': 4}, {'data_aware_proposer': False, 'max_bootstrapped_demos': 2}),
+        ('copro', {'max_candidates': 3}, None),
+    ],
+)
+def test_optimizer_makes_a_version_with_lineage_and_trials(ws, tiny, local, optimizer, budget, options):
+    # a prompt per optimizer: two optimizers that find the same content would otherwise share one version
+    v1 = ws.create_version(f'router_{optimizer}', template=TEMPLATE, output=ws.choice(LABELS))
+    before = _content(ws.get_version(v1.id))
+    res, calls = _calls(
+        local,
+        lambda: optimize(v1, tiny, optimizer=optimizer, budget=budget, options=options, seed=0, progress=False),
+    )
+    assert calls == res.calls <= res.requests and res.stopped_by is None and res.errors == 0
+
+    # the winner is a new version whose parent is the baseline; the baseline is unchanged
+    best = res.best
+    assert best.id != v1.id and best.parent_id == v1.id and best.prompt == v1.prompt
+    assert _content(ws.get_version(v1.id)) == before
+    meta = best.meta
+    assert meta['optimizer'] == optimizer and meta['optimizer_run_id'] == res.run_id and meta['seed'] == 0
+    assert meta['train'] == {'dataset': 'tiny', 'split': 'train', 'dataset_version': tiny.version, 'n': 6}
+    assert meta['dev'] == {'dataset': 'tiny', 'split': 'dev', 'dataset_version': tiny.version, 'n': 6}
+    assert meta['dev_score'] == res.best_score and meta['baseline_score'] == res.baseline_score
+    assert meta['calls'] == res.calls and meta['requests'] == res.requests and meta['metric'] == 'accuracy'
+    assert meta['tokens'] >= 0 and meta['wall_s'] > 0 and isinstance(meta['config'], dict)
+
+    # one trials row per candidate evaluation, the baseline first, the winner's content and scores among them
+    trials = res.trials
+    assert list(trials['trial']) == list(range(res.n_trials)) and set(trials['run_id']) == {res.run_id}
+    assert trials.loc[0, 'kind'] == 'baseline' and trials.loc[0, 'dev_score'] == res.baseline_score
+    assert set(trials['status']) == {'ok'} and set(trials['parent_id']) == {v1.id}
+    assert (trials['scope'] == 'dev').sum() >= 2 and (trials['calls'] <= trials['requests']).all()
+    won = trials.set_index('trial').loc[res.best_trial]
+    assert won['dev_score'] == res.best_score and won['template'] == best.template
+    assert won['instructions'] == best.instructions and won['demos'] == best.demos
+    assert set(won['example_scores']) == {r['example_id'] for r in tiny.rows('dev')}
+    assert sum(won['example_scores'].values()) / 6 == pytest.approx(res.best_score)
+    assert res.run_id in repr(res) and best.id in str(res)
+
+    # the optimizer scored the winner with the very requests an evaluation sends: evaluating it costs nothing
+    run, calls = _calls(local, lambda: ws.evaluate(best, tiny, 'dev', progress=False))
+    assert calls == 0 and run.summary().metrics['accuracy'] == pytest.approx(res.best_score)
+    # each of its requests traces back to the optimizer run and trial that first asked it
+    asked_by = run.lineage('a1')['first_requested_by']
+    assert asked_by['version'].startswith('opt-') and '/t' in asked_by['version']
+    assert asked_by['dataset'] == 'tiny' and asked_by['example_id'] == 'a1'
+
+    # the run is listed with its outcome
+    runs = list_optimizations(v1.prompt).set_index('run_id')
+    assert runs.loc[res.run_id, 'status'] == 'done' and runs.loc[res.run_id, 'best_version_id'] == best.id
+
+
+def test_a_template_without_demos_gets_a_demo_loop(ws, tiny, v1, local):
+    res = optimize(v1, tiny, optimizer='labeled_fewshot', progress=False)
+    best = res.best
+    assert len(best.demos) == 4 and 'demos' in best.template and best.template.endswith(TEMPLATE)
+    demo = best.demos[0]
+    prompt = best.render({'text': 'Where is my parcel?'})
+    assert prompt.startswith(f'Ticket: {demo["text"]}\nCategory: {demo["expected"]}\n\n')
+    assert prompt.endswith('Ticket: Where is my parcel?\nCategory:')
+    # same arguments, same run: no call, no new trials, the same version
+    again, calls = _calls(local, lambda: optimize(v1, tiny, optimizer='labeled_fewshot', progress=False))
+    assert calls == 0 and again.run_id == res.run_id and again.best.id == best.id
+    assert len(again.trials) == len(res.trials)
+
+
+def test_budget_stops_the_run_with_the_best_trial_so_far(ws, tiny):
+    v1 = ws.create_version('budgeted', template=TEMPLATE, output=ws.choice(LABELS))
+    res = optimize(v1, tiny, optimizer='bootstrap_random_search', budget={'max_calls': 20}, progress=False)
+    assert res.stopped_by == 'max_calls' and res.requests == 20 and res.calls <= 20
+    assert 'stopped by max_calls' in repr(res)
+    trials = res.trials
+    scored = trials[trials['scope'] == 'dev'].dropna(subset=['dev_score'])
+    best = scored.sort_values(['dev_score', 'trial'], ascending=[False, True]).iloc[0]
+    assert res.best_trial == best['trial'] and res.best_score == best['dev_score']
+    assert res.best.meta['stopped_by'] == 'max_calls'
+    runs = list_optimizations('budgeted').set_index('run_id')
+    assert runs.loc[res.run_id, 'status'] == 'stopped' and runs.loc[res.run_id, 'stopped_by'] == 'max_calls'
+
+    # options ask for more candidates than the budget allows: the budget wins
+    capped = optimize(
+        v1,
+        tiny,
+        optimizer='bootstrap_random_search',
+        budget={'max_candidates': 3},
+        options={'num_candidate_programs': 5},
+        progress=False,
+    )
+    assert capped.stopped_by == 'max_candidates' and capped.trials['candidate'].nunique() == 4  # baseline + 3
+
+    with pytest.raises(OptimizeError, match=r'stopped before the baseline was scored on .dev.*raise the budget'):
+        optimize(v1, tiny, optimizer='labeled_fewshot', budget={'max_calls': 3}, progress=False)
+
+
+def _fake_model(body):
+    """An OpenAI-compatible model that answers from keywords and refuses tickets about couriers and websites."""
+    ticket = body['messages'][-1]['content'].rsplit('Ticket:', 1)[-1].lower()
+    if 'courier' in ticket or 'website' in ticket:
+        return Canned(400, {'error': {'message': 'the model refused this input', 'type': 'invalid_request_error'}})
+    billing = any(word in ticket for word in ('charg', 'fee', 'invoice', 'paid', 'bill'))
+    delivery = any(word in ticket for word in ('parcel', 'box', 'deliver', 'courier', 'package'))
+    label = 'BILLING' if billing else 'DELIVERY' if delivery else 'TECHNICAL'
+    return Canned(200, completion_body(f' {label}'))
+
+
+def test_model_errors_fail_their_trials_and_max_errors_stops_the_run(ws, tiny, monkeypatch):
+    with OpenAICompatibleServer(_fake_model) as server:
+        monkeypatch.setenv('OPENAI_BASE_URL', f'{server.url}/v1')
+        monkeypatch.setenv('WORKSPACE_MAX_ATTEMPTS', '1')
+        remote = ws.create_version('remote_router', template=TEMPLATE, model='openai:fake', output=ws.choice(LABELS))
+        budget = {'max_candidates': 3}
+        res = optimize(remote, tiny, optimizer='bootstrap_random_search', budget=budget, max_errors=50)
+        assert res.errors > 0 and res.stopped_by is None and res.best_score > 0
+        trials = res.trials
+        dev = trials[trials['scope'] == 'dev']
+        # every dev trial meets the refused ticket a4: it is marked failed with the error, and the run goes on
+        assert len(dev) >= 3 and set(dev['status']) == {'failed'}
+        assert dev['error'].str.contains('the model refused this input').all() and (dev['errors'] >= 1).all()
+        assert (dev['example_scores'].map(lambda s: s['a4']) == 0.0).all()
+
+        with pytest.raises(
+            OptimizeError, match=r'3 model calls failed, more than max_errors=2; the last error: .*refused'
+        ):
+            optimize(remote, tiny, optimizer='bootstrap_random_search', budget=budget, max_errors=2)
+        runs = list_optimizations('remote_router')
+        assert 'failed' in set(runs['status'])
+
+
+def test_teacher_proposes_the_instruction_a_student_adopts(ws, tiny, local, monkeypatch):
+    """GEPA with a teacher: the teacher (an OpenAI-compatible server here, Groq in real use) writes instructions,
+    the embedded student is scored with them; a misleading baseline instruction loses to the teacher's."""
+    with OpenAICompatibleServer(lambda body: Canned(200, completion_body(TEACHER_INSTRUCTION))) as server:
+        monkeypatch.setenv('OPENAI_BASE_URL', f'{server.url}/v1')
+        misled = ws.create_version(
+            'misled', template=TEMPLATE, output=ws.choice(LABELS), instructions='Every ticket is TECHNICAL.'
+        )
+        res, student_calls = _calls(
+            local,
+            lambda: optimize(misled, tiny, optimizer='gepa', teacher='openai:fake', budget={'max_candidates': 3}),
+        )
+        assert res.best.parent_id == misled.id and res.best.instructions == TEACHER_INSTRUCTION
+        assert res.best_score > res.baseline_score and res.best.meta['teacher'] == 'openai:fake'
+        asked = [r['body']['messages'][-1]['content'] for r in server.received]
+        assert asked and all(prompt.endswith('New Instruction:') for prompt in asked)
+        assert 'Every ticket is TECHNICAL.' in asked[0]  # the teacher reads the instruction it improves
+        # the teacher only proposed; the embedded student answered every task request
+        assert student_calls > 0 and student_calls + len(asked) == res.calls
+        assert TEACHER_INSTRUCTION in set(res.trials['instructions'])
+
+
+@pytest.mark.parametrize(
+    'kwargs,match',
+    [
+        ({'optimizer': 'mipro'}, r"unknown optimizer 'mipro'. Did you mean 'mipro_v2'\? Known optimizers: label"),
+        ({'train': 'test'}, r"no examples in split 'test'.*pass train= and dev= naming splits with examples"),
+        ({'metric': 'acuracy'}, r"unknown scorer 'acuracy'.*or accuracy, or pass a function"),
+        ({'metric': 'regex_match'}, r"scorer 'regex_match' needs knobs"),
+        ({'budget': {'max_calls': 0}}, r'budget max_calls=0 is not valid; give a whole number above 0'),
+        ({'budget': {'max_minutes': 'soon'}}, r"budget max_minutes='soon' is not valid; give a number of minutes"),
+        ({'budget': {'calls': 10}}, r"unknown budget key 'calls'; a budget has max_candidates, max_calls"),
+        ({'max_errors': -1}, r'max_errors=-1 is not valid'),
+        ({'teacher': 'nobody:v9'}, r"teacher 'nobody:v9' is neither a model .* nor a version"),
+        ({'options': {'bogus_knob': 1}}, r"options for 'bootstrap_random_search' are not valid: .*bogus_knob"),
+    ],
+)
+def test_bad_arguments_name_the_value_and_the_fix(ws, tiny, v1, local, kwargs, match):
+    before, versions = local.calls, len(ws.list_versions())
+    with pytest.raises(OptimizeError, match=match):
+        optimize(v1, tiny, progress=False, **kwargs)
+    assert local.calls == before and len(ws.list_versions()) == versions
+
+
+def test_metric_for_text_tasks_and_as_a_function(ws, local):
+    summaries = ws.import_dataset(
+        'summaries', ROOT / 'datasets' / 'ticket_summaries.jsonl', input='ticket', expected='summary', id='id'
+    )
+    writer = ws.create_version(
+        'writer', template='Ticket: {{ ticket }}\nSummary:', output=ws.text(), params={'max_tokens': 24}
+    )
+    with pytest.raises(OptimizeError, match=r"metric 'accuracy' needs a label dataset.*use metric='rouge_l'"):
+        optimize(writer, summaries, metric='accuracy', progress=False)
+
+    def shorter_is_better(prediction, expected):
+        return 1.0 / (1 + len(prediction or ''))
+
+    small = ws.import_dataset(
+        'summaries_small',
+        [{**r, 'split': 'train' if i < 2 else 'dev'} for i, r in enumerate(summaries.rows()[:4])],
+        input='ticket',
+        expected='expected',
+        split='split',
+        id='example_id',
+        task='text',
+    )
+    res = optimize(writer, small, optimizer='labeled_fewshot', metric=shorter_is_better, options={'k': 1})
+    assert res.metric == 'shorter_is_better' and 0 < res.best_score <= 1
+    run = ws.evaluate(res.best, small, 'dev', progress=False)
+    outputs = run.predictions()['prediction']
+    assert res.best_score == pytest.approx(sum(1 / (1 + len(o or '')) for o in outputs) / len(outputs))
+
+
+RESUME = {'optimizer': 'bootstrap_random_search', 'budget': {'max_candidates': 4}, 'seed': 3, 'progress': False}
+
+
+def test_killed_run_resumes_without_repeating_a_call(ws, tiny, local):
+    """Run once uninterrupted, forget its answers, run it again in a subprocess killed mid-way, then resume."""
+    from workspace import tables
+
+    baseline = ws.create_version('resumable', template='Support ticket: {{ text }}\nTeam:', output=ws.choice(LABELS))
+    store = tables.requests()
+
+    def answered(run_id):
+        rows = store.select(store.request_hash, store.first_version_id).collect()
+        return {r['request_hash'] for r in rows if (r['first_version_id'] or '').startswith(run_id)}
+
+    reference = optimize(baseline, tiny, **RESUME)
+    reference_trials = reference.trials[['trial', 'candidate', 'dev_score']]
+    first = answered(reference.run_id)
+    assert reference.calls == len(first) >= 12
+
+    # forget what the reference run asked and recorded, so that the next run has to call the model again
+    store.delete(where=store.request_hash.isin(sorted(first)))
+    trials, runs = tables.trials(), tables.optimize_runs()
+    trials.delete(where=trials.run_id == reference.run_id)
+    runs.delete(where=runs.run_id == reference.run_id)
+
+    code = f'from workspace.optimize import optimize\noptimize({baseline.id!r}, {tiny.name!r}, **{RESUME!r})\n'
+    child = subprocess.Popen([sys.executable, '-c', code], cwd=ROOT, env=dict(os.environ))
+    try:
+        deadline = time.monotonic() + 300
+        while len(answered(reference.run_id)) < 5:
+            assert child.poll() is None, 'the optimizer finished before it could be killed'
+            assert time.monotonic() < deadline, 'the optimizer made no calls in 300 s'
+            time.sleep(0.1)
+        child.send_signal(signal.SIGKILL)
+    finally:
+        if child.poll() is None:
+            child.kill()
+        child.wait()
+    before = answered(reference.run_id)
+    assert 5 <= len(before) < len(first)
+
+    rows_before = store.count()
+    res, calls = _calls(local, lambda: optimize(baseline, tiny, **RESUME))
+    after = answered(reference.run_id)
+    # every call made a new row: none repeated a request the killed run had answered
+    assert calls == res.calls == store.count() - rows_before == len(after - before) == len(first) - len(before)
+    assert after == first
+    # and it ends where the uninterrupted run ended, with the same trials, recorded once
+    assert res.run_id == reference.run_id and res.best.id == reference.best.id
+    assert _content(res.best) == _content(reference.best) and res.best_score == reference.best_score
+    assert res.trials[['trial', 'candidate', 'dev_score']].equals(reference_trials)
