@@ -80,10 +80,8 @@ def test_different_splits_or_datasets_are_refused(scripted_versions):
     dev, train = ws.evaluate(v1, tiny, 'dev', progress=False), ws.evaluate(v2, tiny, 'train', progress=False)
     with pytest.raises(ws.ComparisonError, match=r'evaluated on tiny/dev and router:v2 on tiny/train; compare runs of'):
         flips(dev, train)
-    with pytest.raises(ws.ComparisonError, match=r'give at least two versions'):
-        build_comparison(tiny, [v1], 'dev')
-    with pytest.raises(ws.ComparisonError, match=r'versions repeat'):
-        build_comparison(tiny, [v1, v1.id], 'dev')
+    with pytest.raises(ws.ComparisonError, match=r'give the versions to compare'):
+        build_comparison(tiny, [], 'dev')
     with pytest.raises(ws.LabelError, match=r'router@nope does not exist'):
         build_comparison(tiny, ['router@nope', v2], 'dev')
     with pytest.raises(ws.ComparisonError, match=r"baseline 'router:v3' is not among the compared versions"):
@@ -121,3 +119,14 @@ def test_macro_f1_bootstrap_matches_the_point_estimate():
     assert low <= diff <= high and low < high
     same = _macro_f1_diff_ci(expected, pred_a, pred_a, confidence=0.95, resamples=200, seed=1)
     assert same == (0.0, 0.0, 0.0)
+
+
+def test_a_version_given_twice_is_compared_once(scripted_versions):
+    tiny, v1, v2, v3, _ = scripted_versions
+    alone = build_comparison(tiny, [v1, v1.id], 'dev')  # e.g. an optimizer that kept its baseline
+    assert alone.version_ids == [v1.id] and alone.pairwise == {}
+    assert alone.notes == [
+        'router:v1 given more than once: compared once',
+        'only router:v1 to show: give another version to compare it with',
+    ]
+    assert list(alone.table.index) == [v1.id] and alone.table.loc[v1.id, 'verdict'] == 'baseline'

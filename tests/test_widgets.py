@@ -57,11 +57,17 @@ def test_focus_and_filter_drive_the_flips_pane(view):
     assert '>v3</ins>' in view.panes['Diff'].value
 
 
-def test_removing_every_candidate_is_refused_in_the_status_line(view):
+def test_removing_every_candidate_leaves_the_baseline_alone(view):
     view, _ = view
     view.candidates.value = ()
-    assert 'pick at least one candidate' in view.status.value
-    assert view.state.candidates == ['router:v2', 'router:v3']
+    assert view.state.candidates == [] and view.state.focus is None and view.focus.options == ()
+    assert 'router:v2' not in view.panes['Summary'].value and 'router:v1 (baseline)' in view.panes['Summary'].value
+    view.tabs.selected_index = 3
+    assert 'Pick a candidate' in view.panes['Flips'].value
+    view.candidates.value = ('router:v3',)
+    assert view.state.focus == 'router:v3' and 'router:v3' in view.panes['Flips'].value
+    view.tabs.selected_index = 0  # panes that are not visible render when opened
+    assert 'router:v3' in view.panes['Summary'].value
 
 
 def test_save_then_evaluate_adds_the_new_version_with_progress(view):

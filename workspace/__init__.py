@@ -23,16 +23,21 @@ from .errors import (  # noqa: E402
     DatasetError,
     LabelError,
     OptimizeError,
+    RegressionError,
     TemplateError,
     VersionError,
     WorkspaceError,
 )
 from .evaluate import add_scorer, evaluate  # noqa: E402
 from .history import LineageGraph, lineage_graph  # noqa: E402
-from .labels import label_history, list_labels, rollback, set_label  # noqa: E402
+from .labels import Promotion, label_history, list_labels, promote_if_better, rollback, set_label  # noqa: E402
+from .notebooks import NotebookRun, list_notebook_runs, run_notebook  # noqa: E402
+from .optimize import Budget, OptimizeResult, list_optimizations, list_trials, optimize  # noqa: E402
 from .prompt_diff import VersionDiff, diff_versions, render_diff_html, render_diff_text  # noqa: E402
 from .report import export_report  # noqa: E402
 from .runs import Run, Summary, get_run, lineage, list_runs  # noqa: E402
+from .schedule import ScheduledEval, scheduled_eval, scheduled_history  # noqa: E402
+from .suggest import Suggestion, suggest  # noqa: E402
 from .versions import Version, choice, create_version, edit, get_version, json_object, list_versions, text  # noqa: E402
 from .widgets import CompareView, compare  # noqa: E402
 
@@ -59,6 +64,8 @@ __all__ = [
     'rollback',
     'label_history',
     'list_labels',
+    'promote_if_better',
+    'Promotion',
     # evaluation
     'evaluate',
     'add_scorer',
@@ -79,6 +86,22 @@ __all__ = [
     'significance',
     'diff',
     'export_report',
+    # optimization
+    'optimize',
+    'OptimizeResult',
+    'Budget',
+    'list_trials',
+    'list_optimizations',
+    'suggest',
+    'Suggestion',
+    # notebooks and schedules
+    'run_notebook',
+    'NotebookRun',
+    'list_notebook_runs',
+    'scheduled_eval',
+    'ScheduledEval',
+    'scheduled_history',
+    'RegressionError',
     # A/B experiments
     'Assigner',
     'assign',

@@ -1,15 +1,257 @@
-"""The `prompt-workspace` command line."""
+"""The `prompt-workspace` command line: the library's main calls, one line of error on failure."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
+import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 from .errors import WorkspaceError
 
-__all__ = ['main']
+__all__ = ['main', 'build_parser']
+
+#: Exit codes: 0 ok, 1 failed (a cell, a command), 2 bad input, 3 regression flagged.
+EXIT_FAILED, EXIT_USAGE, EXIT_REGRESSION = 1, 2, 3
+
+
+def _out(frame: Any) -> None:
+    import pandas as pd
+
+    with pd.option_context('display.width', 160, 'display.max_columns', 20, 'display.max_colwidth', 60):
+        print(
+            frame.to_string(index=False)
+            if isinstance(frame, pd.DataFrame) and not frame.empty
+            else frame
+            if not isinstance(frame, pd.DataFrame)
+            else '(none)'
+        )
+
+
+def _init(args: argparse.Namespace) -> int:
+    from . import config, tables
+    from .datasets import import_dataset
+
+    config.connect()
+    for table in (tables.versions, tables.labels, tables.label_history, tables.requests, tables.runs):
+        table()
+    print(f'workspace data in {config.pixeltable_home()}')
+    if not args.no_examples:
+        root = config.project_root() / 'datasets'
+        if (root / 'support_tickets.csv').is_file():
+            import_dataset(
+                'support_tickets',
+                root / 'support_tickets.csv',
+                input=['text'],
+                expected='category',
+                split='split',
+                id='id',
+            )
+            print('dataset support_tickets (200 tickets) ready')
+        if (root / 'ticket_summaries.jsonl').is_file():
+            import_dataset(
+                'ticket_summaries',
+                root / 'ticket_summaries.jsonl',
+                input=['ticket'],
+                expected='references',
+                split='split',
+                id='id',
+            )
+            print('dataset ticket_summaries (60 tickets with reference summaries) ready')
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    from .datasets import import_dataset
+
+    data = import_dataset(
+        args.name,
+        args.path,
+        input=args.input,
+        expected=args.expected,
+        split=args.split,
+        id=args.id,
+        task=args.task,
+        seed=args.seed,
+        if_exists='replace' if args.replace else 'error',
+    )
+    print(f'{data!r}; splits: {data.splits()}')
+    return 0
+
+
+def _versions(args: argparse.Namespace) -> int:
+    from .history import lineage_graph
+    from .versions import get_version, list_versions
+
+    if args.action == 'list':
+        _out(list_versions(args.ref))
+    elif args.action == 'show':
+        if not args.ref:
+            raise WorkspaceError("give the version to show, e.g. 'prompt-workspace versions show ticket_router:v2'")
+        v = get_version(args.ref)
+        print(f'{v.id}  (parent {v.parent_id or "none"}, created {v.created_at:%Y-%m-%d %H:%M} by {v.author})')
+        print(f'model {v.model}, params {json.dumps(v.params)}, output {json.dumps(v.output)}, {len(v.demos)} demos')
+        if v.note:
+            print(f'note: {v.note}')
+        if v.instructions:
+            print(f'instructions: {v.instructions}')
+        print('--- template ---')
+        print(v.template)
+    else:
+        if not args.ref:
+            raise WorkspaceError("give the prompt, e.g. 'prompt-workspace versions lineage ticket_router'")
+        _out(lineage_graph(args.ref.split(':')[0].split('@')[0]).table)
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate
+
+    run = evaluate(args.version, args.dataset, args.split, progress=not args.quiet, retry_errors=args.retry_errors)
+    summary = run.summary()
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    'run_id': run.run_id,
+                    'version': run.version.id,
+                    'calls': run.calls,
+                    'reused': run.reused,
+                    'errors': summary.errors,
+                    'metrics': summary.metrics,
+                },
+                default=str,
+            )
+        )
+        return 0
+    print(summary)
+    if args.failures:
+        print('\nfailures:')
+        _out(run.failures(limit=args.failures))
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from .compare import build_comparison
+    from .views import render_report
+
+    cmp = build_comparison(args.dataset, args.versions, args.split, baseline=args.baseline)
+    columns = [c for c in cmp.table.columns if not c.endswith(('_ci_low', '_ci_high')) and c != 'verdict']
+    _out(cmp.table[columns].reset_index().round(4))
+    for verdict in (c.verdict for c in cmp.pairwise.values()):
+        print(f'- {verdict}')
+    for note in cmp.notes:
+        print(f'note: {note}')
+    if args.html:
+        path = Path(args.html)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(render_report(cmp), encoding='utf-8')
+        print(f'report: {path.resolve()}')
+    return 0
+
+
+def _optimize(args: argparse.Namespace) -> int:
+    from .optimize import optimize
+
+    budget = {
+        k: v
+        for k, v in (
+            ('max_candidates', args.max_candidates),
+            ('max_calls', args.max_calls),
+            ('max_minutes', args.max_minutes),
+        )
+        if v is not None
+    }
+    result = optimize(
+        args.version,
+        args.dataset,
+        optimizer=args.optimizer,
+        metric=args.metric,
+        train=args.train,
+        dev=args.dev,
+        budget=budget or None,
+        teacher=args.teacher,
+        seed=args.seed,
+        progress=not args.quiet,
+    )
+    print(result)
+    return 0
+
+
+def _label(args: argparse.Namespace) -> int:
+    from .labels import label_history, rollback, set_label
+
+    if args.action in ('set', 'move'):
+        if not args.label:
+            raise WorkspaceError("give the label, e.g. 'prompt-workspace label set ticket_router:v3 production'")
+        previous = set_label(args.target, args.label, note=args.note or '')
+        print(f'{args.label} -> {args.target}' + (f' (was {previous})' if previous else ''))
+    elif args.action == 'history':
+        _out(label_history(args.target, args.label))
+    else:
+        if not args.label:
+            raise WorkspaceError("give the label, e.g. 'prompt-workspace label rollback ticket_router production'")
+        print(f'{args.target}@{args.label} -> {rollback(args.target, args.label, note=args.note or "")}')
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .notebooks import parse_value, run_notebook
+
+    parameters = {key: parse_value(value) for key, value in args.parameter}
+    result = run_notebook(args.notebook, parameters, output_dir=args.output_dir, progress=not args.quiet)
+    print(f'{result.status}: {result.notebook} in {result.duration_s:.1f} s; executed notebook: {result.output_path}')
+    if result.error:
+        print(f'error: {result.error}', file=sys.stderr)
+    return {'ok': 0, 'regression': EXIT_REGRESSION}.get(result.status, EXIT_FAILED)
+
+
+def _runs(args: argparse.Namespace) -> int:
+    from .notebooks import list_notebook_runs
+    from .schedule import scheduled_history
+
+    if args.scheduled:
+        frame = scheduled_history(args.prompt)
+        columns = ['started_at', 'status', 'version_id', 'main_score', 'previous_score', 'calls', 'duration_s']
+    else:
+        frame = list_notebook_runs(args.notebook)
+        columns = ['started_at', 'notebook', 'status', 'duration_s', 'parameters', 'output_path']
+    _out(frame[columns].head(args.limit) if not frame.empty else frame)
+    return 0
+
+
+def _lab(args: argparse.Namespace) -> int:
+    from . import config
+
+    root = config.project_root()
+    env = {**os.environ, 'PIXELTABLE_HOME': str(config.pixeltable_home())}
+    # A named kernel for this environment, so a JupyterLab started elsewhere can run the notebooks too.
+    subprocess.run(
+        [
+            sys.executable,
+            '-m',
+            'ipykernel',
+            'install',
+            '--user',
+            '--name',
+            'prompt-workspace',
+            '--display-name',
+            'Python (prompt-workspace)',
+        ],
+        check=True,
+        capture_output=True,
+    )
+    command = [sys.executable, '-m', 'jupyterlab', f'--ServerApp.root_dir={root}', *args.extra]
+    if args.port:
+        command.append(f'--port={args.port}')
+    if args.no_browser:
+        command.append('--no-browser')
+    return subprocess.call(command, env=env, cwd=root)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -17,7 +259,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     report = run_demo(args.data, model=args.model, progress=not args.quiet)
     print(report)
-    return 0 if all(step.within_contract for step in report.steps) else 1
+    return 0 if report.ok else EXIT_FAILED
 
 
 def _doctor(args: argparse.Namespace) -> int:
@@ -27,50 +269,227 @@ def _doctor(args: argparse.Namespace) -> int:
     for name, passed, detail in run_checks():
         ok &= passed
         print(f'{"ok  " if passed else "FAIL"} {name}: {detail}')
-    return 0 if ok else 1
+    return 0 if ok else EXIT_FAILED
+
+
+def _command(
+    commands: Any,
+    name: str,
+    func: Callable[[argparse.Namespace], int],
+    summary: str,
+    example: str,
+    description: str | None = None,
+) -> argparse.ArgumentParser:
+    parser = commands.add_parser(
+        name,
+        help=summary,
+        description=description or summary,
+        epilog=f'example:\n  {example}',
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.set_defaults(func=func)
+    return parser
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog='prompt-workspace',
-        description='Evaluate, compare, optimize and schedule prompts; data lives in Pixeltable.',
+        description='Evaluate, compare, optimize and schedule prompts; the data lives in Pixeltable.',
+        epilog='example:\n  prompt-workspace eval ticket_router@production support_tickets --split dev',
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument('-v', '--verbose', action='store_true', help='log what the workspace does')
+    parser.add_argument('-v', '--verbose', action='store_true', help='log what the workspace does; show tracebacks')
     commands = parser.add_subparsers(dest='command', required=True, metavar='COMMAND')
 
-    demo = commands.add_parser(
-        'demo',
-        help='run the main job on the bundled tickets and the embedded model',
-        description='Import the bundled support tickets, evaluate a baseline prompt, edit it, evaluate again '
-        'incrementally, and print the summary and the model calls each change made.',
-        epilog='example: prompt-workspace demo',
+    p = _command(
+        commands, 'init', _init, 'create the workspace tables and import the bundled datasets', 'prompt-workspace init'
     )
-    demo.add_argument('--data', help='tickets CSV (default: datasets/support_tickets.csv)')
-    demo.add_argument('--model', default='local', help="model spec (default: 'local', the embedded model)")
-    demo.add_argument('-q', '--quiet', action='store_true', help='no progress bars')
-    demo.set_defaults(func=_demo)
+    p.add_argument('--no-examples', action='store_true', help='do not import the bundled datasets')
 
-    doctor = commands.add_parser(
-        'doctor',
-        help='check the installation: Pixeltable, llama.cpp, the embedded model',
-        description='Check that Pixeltable starts, llama-cpp-python loads and the embedded model decodes.',
-        epilog='example: prompt-workspace doctor',
+    p = _command(
+        commands,
+        'import',
+        _import,
+        'import a CSV, JSONL or JSON file as a dataset',
+        'prompt-workspace import tickets datasets/support_tickets.csv --input text --expected category '
+        '--split split --id id',
     )
-    doctor.set_defaults(func=_doctor)
+    p.add_argument('name', help='dataset name')
+    p.add_argument('path', help='CSV, JSONL or JSON file')
+    p.add_argument('--input', action='append', required=True, help='an input field (repeat for several)')
+    p.add_argument('--expected', required=True, help='the expected-output column')
+    p.add_argument('--split', help='the split column (default: a seeded train/dev/test split)')
+    p.add_argument('--id', help='the example-id column (default: ids derived from the inputs)')
+    p.add_argument('--task', choices=['choice', 'text', 'json'], help='default: inferred from the expected values')
+    p.add_argument('--seed', type=int, default=0, help='seed of the split made on import')
+    p.add_argument('--replace', action='store_true', help='replace a dataset of that name (drops its evaluations)')
+
+    p = _command(
+        commands,
+        'versions',
+        _versions,
+        "list versions, show one, or show a prompt's lineage",
+        'prompt-workspace versions show ticket_router@production',
+    )
+    p.add_argument('action', choices=['list', 'show', 'lineage'])
+    p.add_argument('ref', nargs='?', help='a prompt (list, lineage) or a version reference (show)')
+
+    p = _command(
+        commands,
+        'eval',
+        _eval,
+        'evaluate a version on a dataset split (only new requests call the model)',
+        'prompt-workspace eval ticket_router:v2 support_tickets --split dev --failures 10',
+    )
+    p.add_argument('version', help="a version reference: 'ticket_router:v2', 'ticket_router@production'")
+    p.add_argument('dataset')
+    p.add_argument('--split', help='default: every row')
+    p.add_argument('--retry-errors', action='store_true', help='send requests that failed before again')
+    p.add_argument('--failures', type=int, default=0, metavar='N', help='also print N failed examples')
+    p.add_argument('--json', action='store_true', help='print the metrics as JSON')
+    p.add_argument('-q', '--quiet', action='store_true', help='no progress bar')
+
+    p = _command(
+        commands,
+        'compare',
+        _compare,
+        'compare versions on a dataset split, with paired intervals',
+        'prompt-workspace compare support_tickets ticket_router:v1 ticket_router:v3 --split dev --html reports/v3.html',
+    )
+    p.add_argument('dataset')
+    p.add_argument('versions', nargs='+', help='two or more version references; the first is the baseline')
+    p.add_argument('--split')
+    p.add_argument('--baseline', help='default: the first version')
+    p.add_argument('--html', metavar='PATH', help='also write the standalone HTML report here')
+
+    p = _command(
+        commands,
+        'optimize',
+        _optimize,
+        'optimize a version with a DSPy optimizer',
+        'prompt-workspace optimize ticket_router:v2 support_tickets --optimizer bootstrap_random_search '
+        '--max-calls 400',
+    )
+    p.add_argument('version')
+    p.add_argument('dataset')
+    p.add_argument('--optimizer', default='bootstrap_random_search')
+    p.add_argument('--metric', default='accuracy')
+    p.add_argument('--train', default='train')
+    p.add_argument('--dev', default='dev')
+    p.add_argument('--max-candidates', type=int)
+    p.add_argument('--max-calls', type=int)
+    p.add_argument('--max-minutes', type=float)
+    p.add_argument(
+        '--teacher', help='a version reference or model spec that bootstraps demos and proposes instructions'
+    )
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('-q', '--quiet', action='store_true', help='no progress bar')
+
+    p = _command(
+        commands,
+        'label',
+        _label,
+        'set or move a label, show its history, or roll it back',
+        'prompt-workspace label set ticket_router:v3 production --note "beats v1 on test"',
+    )
+    p.add_argument('action', choices=['set', 'move', 'history', 'rollback'])
+    p.add_argument('target', help='a version reference (set, move) or a prompt (history, rollback)')
+    p.add_argument('label', nargs='?')
+    p.add_argument('--note')
+
+    p = _command(
+        commands,
+        'run',
+        _run,
+        'execute a notebook headless with papermill and record the run',
+        'prompt-workspace run notebooks/05_scheduled_eval.ipynb -p label production',
+        'Execute a notebook with papermill, writing it to runs/<date>/<name>-<time>.ipynb and recording the '
+        'run (parameters, status, duration, output path). Exit code: 0 ok, 1 a cell failed, 3 a '
+        'regression was flagged.',
+    )
+    p.add_argument('notebook')
+    p.add_argument(
+        '-p',
+        '--parameter',
+        nargs=2,
+        action='append',
+        default=[],
+        metavar=('KEY', 'VALUE'),
+        help='a notebook parameter (repeat); values are read as numbers, true/false, none or text',
+    )
+    p.add_argument('--output-dir', help='default: runs/ in the project')
+    p.add_argument('-q', '--quiet', action='store_true', help='no progress bar')
+
+    p = _command(
+        commands,
+        'runs',
+        _runs,
+        'list past notebook runs (or scheduled evaluations)',
+        'prompt-workspace runs --scheduled --prompt ticket_router',
+    )
+    p.add_argument('--notebook', help='only runs of notebooks whose path contains this')
+    p.add_argument('--scheduled', action='store_true', help='list scheduled evaluations instead')
+    p.add_argument('--prompt', help='with --scheduled: only this prompt')
+    p.add_argument('--limit', type=int, default=20)
+
+    p = _command(
+        commands,
+        'lab',
+        _lab,
+        "start JupyterLab in the project with this environment's kernel",
+        'prompt-workspace lab --port 8888',
+        'Register this environment as the Jupyter kernel '
+        '"prompt-workspace" and start JupyterLab in the project folder; options it does not know go to '
+        'jupyter lab (e.g. --ServerApp.ip=0.0.0.0).',
+    )
+    p.add_argument('--port', type=int)
+    p.add_argument('--no-browser', action='store_true')
+
+    p = _command(
+        commands,
+        'demo',
+        _demo,
+        'run the main job on the bundled tickets and the embedded model',
+        'prompt-workspace demo',
+        'Run the quickstart notebook headless, edit its prompt, evaluate incrementally, print the summary '
+        'and the model calls each change made, and write the comparison report.',
+    )
+    p.add_argument('--data', help='tickets CSV (default: datasets/support_tickets.csv)')
+    p.add_argument('--model', default='local', help="model spec (default: 'local', the embedded model)")
+    p.add_argument('-q', '--quiet', action='store_true', help='no progress bars')
+
+    _command(
+        commands,
+        'doctor',
+        _doctor,
+        'check the installation: llama.cpp, the embedded model, Pixeltable',
+        'prompt-workspace doctor',
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != 'lab':  # only `lab` passes further options on (to jupyter lab)
+        parser.error(f'unrecognized arguments: {" ".join(extra)}')
+    args.extra = extra
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format='%(levelname)s %(message)s')
     try:
         return int(args.func(args))
     except WorkspaceError as e:
+        if args.verbose:
+            raise
         print(f'error: {e}', file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print('interrupted', file=sys.stderr)
         return 130
+    except Exception as e:  # a bug or an environment problem: one line, the traceback with -v
+        if args.verbose:
+            raise
+        print(f'error: {type(e).__name__}: {e} (run with -v for the traceback)', file=sys.stderr)
+        return EXIT_FAILED
 
 
 if __name__ == '__main__':

@@ -6,6 +6,7 @@ wires it to controls.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -312,15 +313,21 @@ def build_comparison(
     >>> cmp = build_comparison('support_tickets', ['ticket_router@production', 'ticket_router:v3'], 'dev')
     """
     ds = get_dataset(dataset)
-    resolved = [get_version(v) for v in versions]
-    if len(resolved) < 2:
-        raise ComparisonError('give at least two versions to compare, e.g. [baseline, candidate]')
-    ids = [v.id for v in resolved]
-    if len(set(ids)) != len(ids):
-        raise ComparisonError(f'versions repeat: {ids}; give each version once')
+    given = [get_version(v) for v in versions]
+    if not given:
+        raise ComparisonError('give the versions to compare, e.g. [baseline, candidate]')
+    # The same version twice (an optimizer that kept its baseline, a label on a listed version) is shown once.
+    resolved = list({v.id: v for v in given}.values())
     runs = [evaluate(v, ds, split, progress=progress) for v in resolved]
-    base = get_version(baseline).id if baseline is not None else ids[0]
-    return _measure(ds, split, runs, base, confidence=confidence, resamples=resamples)
+    base = get_version(baseline).id if baseline is not None else resolved[0].id
+    cmp = _measure(ds, split, runs, base, confidence=confidence, resamples=resamples)
+    notes = list(cmp.notes)
+    if len(resolved) < len(given):
+        repeated = sorted({v.id for v in given if [g.id for g in given].count(v.id) > 1})
+        notes.append(f'{", ".join(repeated)} given more than once: compared once')
+    if len(resolved) == 1:
+        notes.append(f'only {resolved[0].id} to show: give another version to compare it with')
+    return dataclasses.replace(cmp, notes=notes)
 
 
 def compare_table(

@@ -342,6 +342,21 @@ class Dataset:
             )
         return rows
 
+    def demos(self, per_label: int = 1, split: str = 'train') -> list[dict[str, Any]]:
+        """Return few-shot demos from a split: `per_label` examples of each expected output (first by example id),
+        as dicts of input fields and `expected`, grouped by label. For a text task, `per_label` examples in all.
+
+        >>> v2 = ws.edit(v1, template=FEW_SHOT_TEMPLATE, demos=tickets.demos(per_label=1))
+        """
+        by_label: dict[str, list[dict[str, Any]]] = {}
+        for row in self.rows(split):
+            by_label.setdefault(str(row['expected']) if self.task == 'choice' else '', []).append(row)
+        return [
+            {**{k: row[k] for k in self.inputs}, 'expected': row['expected']}
+            for label in sorted(by_label)
+            for row in by_label[label][:per_label]
+        ]
+
     def to_pandas(self, split: str | None = None) -> pd.DataFrame:
         """Return the examples as a DataFrame."""
         return pd.DataFrame(self.rows(split))

@@ -11,6 +11,7 @@ __all__ = [
     'BackendError',
     'ComparisonError',
     'OptimizeError',
+    'RegressionError',
 ]
 
 
@@ -44,3 +45,7 @@ class ComparisonError(WorkspaceError):
 
 class OptimizeError(WorkspaceError):
     "An optimizer run cannot start or continue as asked."
+
+
+class RegressionError(WorkspaceError):
+    "A scheduled evaluation scored more than its threshold below the previous run with the same parameters."

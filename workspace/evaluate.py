@@ -194,8 +194,9 @@ def _answer(
     origin: Mapping[str, tuple[str, str]],
     dataset: str,
     progress: Progress,
-) -> None:
-    """Insert new requests into the store in batches; the store's computed column calls the model.
+) -> set[str]:
+    """Insert new requests into the store in batches (the store's computed column calls the model); return the
+    hashes this process inserted, which another process evaluating at the same time may make fewer than asked.
 
     `progress` is True for a progress bar, or a callback given (calls done, calls to make) after each batch.
     """
@@ -204,11 +205,12 @@ def _answer(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(new), desc='model calls', unit='call')
+    inserted: set[str] = set()
     try:
         for start in range(0, len(new), BATCH_SIZE):
             batch = new[start : start + BATCH_SIZE]
             rows = [_store_row(key, request, (origin[key][0], dataset, origin[key][1])) for key, request in batch]
-            store.insert(rows, on_error='ignore')
+            inserted |= tables.insert_new(store, rows, 'request_hash', on_error='ignore')
             if bar is not None:
                 bar.update(len(batch))
             elif callable(progress):
@@ -216,6 +218,7 @@ def _answer(
     finally:
         if bar is not None:
             bar.close()
+    return inserted
 
 
 def _responses(store: pxt.Table, hashes: Iterable[str]) -> dict[str, dict[str, Any]]:
@@ -259,12 +262,7 @@ def answer(
     store = tables.requests()
     reused = key in _known_hashes(store, [key])
     if not reused:
-        try:
-            store.insert([_store_row(key, body, origin)], on_error='ignore')
-        except Exception as e:  # another process answered it first
-            if 'Duplicate primary key' not in str(e):
-                raise
-            reused = True
+        reused = not tables.insert_new(store, [_store_row(key, body, origin)], 'request_hash', on_error='ignore')
     row = _responses(store, [key])[key]
     response = row['response'] or {}
     error = None if row['response'] is not None else f'{row["errortype"]}: {row["errormsg"]}'
@@ -322,7 +320,7 @@ def evaluate(
             origin[key] = (v.id, ex)
     if new or failed:
         backends.get_backend(v.model).check()
-    _answer(store, list(new.items()), origin, ds.name, progress)
+    answered = _answer(store, list(new.items()), origin, ds.name, progress)
     retried = sorted({requests[ex]['hash'] for ex in failed})
     if retried:
         store.recompute_columns('response', where=store.request_hash.isin(retried), errors_only=True)
@@ -354,16 +352,16 @@ def evaluate(
                 'completion_tokens': response.get('completion_tokens'),
                 'answered_at': answer['created_at'],
                 'evaluated_at': evaluated_at,
-                'reused': key not in new and key not in retried,
+                'reused': key not in answered and key not in retried,
                 'output_spec': dict(v.output),
                 'expected': by_id[ex]['expected'],
             }
         )
     if updates:
-        table.batch_update(updates, if_not_exists='insert')
+        tables.upsert(table, updates)
 
-    calls = len(new) + len(retried)
-    answered_now = {ex for ex in requests if requests[ex]['hash'] in new or requests[ex]['hash'] in retried}
+    calls = len(answered) + len(retried)
+    answered_now = {ex for ex in requests if requests[ex]['hash'] in answered or requests[ex]['hash'] in retried}
     run = Run(
         run_id=uuid.uuid4().hex[:12],
         version=v,

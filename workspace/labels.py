@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from dataclasses import dataclass
 
 import pandas as pd
 
@@ -11,7 +12,7 @@ from . import tables
 from .config import current_user, utc_now
 from .errors import LabelError
 
-__all__ = ['set_label', 'label_target', 'label_history', 'rollback', 'list_labels']
+__all__ = ['set_label', 'label_target', 'label_history', 'rollback', 'list_labels', 'Promotion', 'promote_if_better']
 
 _LABEL_NAME = re.compile(r'^[A-Za-z][A-Za-z0-9_.-]{0,63}$')
 
@@ -115,3 +116,55 @@ def list_labels(prompt: str | None = None) -> pd.DataFrame:
         .collect()
         .to_pandas()
     )
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """What `promote_if_better` decided, and the comparison it decided on."""
+
+    promoted: bool
+    label: str
+    candidate: str
+    baseline: str
+    verdict: str
+    diff: float
+    p_value: float
+
+    def __str__(self) -> str:
+        action = f'moved {self.label} to {self.candidate}' if self.promoted else f'kept {self.label} on {self.baseline}'
+        return f'{action}: {self.verdict}'
+
+
+def promote_if_better(
+    candidate: object,
+    label: str,
+    *,
+    dataset: object,
+    split: str | None,
+    baseline: object | None = None,
+    confidence: float = 0.95,
+    by: str | None = None,
+) -> Promotion:
+    """Move `label` to `candidate` only if it is significantly better than `baseline` on a dataset split.
+
+    The baseline defaults to the version the label points at now. Both are evaluated incrementally (only missing
+    requests reach the model); the decision uses the paired test of `ws.significance` and is recorded in the
+    label's history with the verdict as its note.
+
+    >>> promote_if_better(result.best, 'production', dataset=tickets, split='test')
+    """
+    from .compare import significance
+    from .evaluate import evaluate
+    from .versions import get_version
+
+    cand = get_version(candidate)  # type: ignore[arg-type]
+    if baseline is None:
+        base = get_version(label_target(cand.prompt, label))
+    else:
+        base = get_version(baseline)  # type: ignore[arg-type]
+    runs = [evaluate(v, dataset, split, progress=False) for v in (base, cand)]  # type: ignore[arg-type]
+    result = significance(*runs, confidence=confidence)
+    better = result.significant and result.diff > 0 and cand.id != base.id
+    if better:
+        set_label(cand, label, note=result.verdict, by=by)
+    return Promotion(better, label, cand.id, base.id, result.verdict, result.diff, result.p_value)

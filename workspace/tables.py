@@ -32,6 +32,9 @@ __all__ = [
     'REQUESTS',
     'RUNS',
     'dataset_path',
+    'insert_new',
+    'upsert',
+    'is_duplicate_key',
     'eval_path',
     'open_table',
     'requests',
@@ -71,6 +74,43 @@ def open_table(path: str) -> pxt.Table | None:
     """Return the table at `path`, or None if there is none."""
     config.connect()
     return pxt.get_table(path, if_not_exists='ignore')
+
+
+def is_duplicate_key(error: Exception) -> bool:
+    """Return whether an insert failed because another process wrote the same primary key first."""
+    return 'Duplicate primary key' in str(error) or 'duplicate key value' in str(error)
+
+
+def insert_new(table: pxt.Table, rows: list[dict[str, Any]], key: str, **kwargs: Any) -> set[str]:
+    """Insert the rows whose `key` the table does not hold yet; return the keys this call inserted.
+
+    Two processes may insert the same key at once (two evaluations of one version, a retried scheduled run):
+    the loser re-reads which keys exist and inserts the rest, so neither fails and no row is written twice.
+    """
+    pending = list(rows)
+    for _ in range(5):
+        if not pending:
+            return set()
+        try:
+            table.insert(pending, **kwargs)
+            return {r[key] for r in pending}
+        except Exception as e:
+            if not is_duplicate_key(e):
+                raise
+        present = {r[key] for r in table.where(table[key].isin([r[key] for r in pending])).select(table[key]).collect()}
+        pending = [r for r in pending if r[key] not in present]
+    raise RuntimeError(f'could not insert {len(pending)} rows into {table._name} after 5 attempts')
+
+
+def upsert(table: pxt.Table, rows: list[dict[str, Any]]) -> None:
+    """Insert or update rows by primary key, retrying when another process inserts the same key at once."""
+    for attempt in range(5):
+        try:
+            table.batch_update(rows, if_not_exists='insert')
+            return
+        except Exception as e:
+            if not is_duplicate_key(e) or attempt == 4:
+                raise
 
 
 def _open_or_create(path: str, schema: dict[str, Any], primary_key: str | list[str], **kwargs: Any) -> pxt.Table:
@@ -268,6 +308,57 @@ def optimize_runs() -> pxt.Table:
             'wall_s': pxt.Float,
             'started_at': pxt.Timestamp,
             'finished_at': pxt.Timestamp | None,
+        },
+        'run_id',
+    )
+
+
+SCHEDULED_RUNS = f'{ROOT}/scheduled_runs'
+NOTEBOOK_RUNS = f'{ROOT}/notebook_runs'
+
+__all__ += ['SCHEDULED_RUNS', 'NOTEBOOK_RUNS', 'scheduled_runs', 'notebook_runs']
+
+
+def scheduled_runs() -> pxt.Table:
+    """One row per scheduled evaluation: parameters, version, metrics, cost, and whether it regressed."""
+    return _open_or_create(
+        SCHEDULED_RUNS,
+        {
+            'run_id': pxt.String,
+            'started_at': pxt.Timestamp,
+            'parameters': pxt.Json,
+            'params_key': pxt.String,
+            'version_id': pxt.String | None,
+            'eval_run_id': pxt.String | None,
+            'dataset_version': pxt.Int | None,
+            'metrics': pxt.Json | None,
+            'main_score': pxt.Float | None,
+            'previous_score': pxt.Float | None,
+            'calls': pxt.Int | None,
+            'reused': pxt.Int | None,
+            'duration_s': pxt.Float,
+            'status': pxt.String,  # ok, regression or failed
+            'error': pxt.String | None,
+        },
+        'run_id',
+    )
+
+
+def notebook_runs() -> pxt.Table:
+    """One row per notebook executed by `prompt-workspace run`: parameters, status, duration, output path."""
+    return _open_or_create(
+        NOTEBOOK_RUNS,
+        {
+            'run_id': pxt.String,
+            'notebook': pxt.String,
+            'parameters': pxt.Json | None,
+            'status': pxt.String,  # running, ok, failed or regression
+            'started_at': pxt.Timestamp,
+            'finished_at': pxt.Timestamp | None,
+            'duration_s': pxt.Float | None,
+            'output_path': pxt.String,
+            'error': pxt.String | None,
+            'host': pxt.String | None,
         },
         'run_id',
     )

@@ -29,7 +29,7 @@ class CompareState:
         self.cmp = cmp
         self.available: dict[str, Version] = {run.version.id: run.version for run in cmp.runs}
         self.runs = {run.version.id: run for run in cmp.runs}
-        self.focus = next(v for v in cmp.version_ids if v != cmp.baseline)
+        self.focus: str | None = next((v for v in cmp.version_ids if v != cmp.baseline), None)
         self.flip_filter = 'all changes'
 
     @property
@@ -43,12 +43,10 @@ class CompareState:
     def select(self, baseline: str, candidates: Sequence[str]) -> None:
         """Compare `candidates` against `baseline` (versions already in the view; no model call)."""
         chosen = [baseline] + [c for c in candidates if c != baseline]
-        if len(chosen) < 2:
-            raise WorkspaceError('pick at least one candidate besides the baseline')
         runs = [self.runs[v] for v in chosen]
         self.cmp = _measure(self.cmp.dataset, self.cmp.split, runs, baseline, confidence=0.95, resamples=10_000)
         if self.focus not in chosen[1:]:
-            self.focus = chosen[1]
+            self.focus = chosen[1] if len(chosen) > 1 else None
 
     def save(self, template: str, *, parent: str | None = None, note: str = '') -> Version:
         """Save `template` as a new version whose parent is `parent` (default: the baseline)."""
@@ -71,10 +69,12 @@ class CompareState:
             return views.render_per_category(self.cmp)
         if tab == 'Confusion':
             return views.render_confusions(self.cmp)
+        if tab in ('Flips', 'Diff') and self.focus is None:
+            return '<p>Pick a candidate to see its flips and its diff against the baseline.</p>'
         if tab == 'Flips':
-            return views.render_flips(self.cmp, self.focus, self.flip_filter)
+            return views.render_flips(self.cmp, self.focus, self.flip_filter)  # type: ignore[arg-type]
         if tab == 'Diff':
-            return views.render_prompt_diff(self.cmp, self.focus)
+            return views.render_prompt_diff(self.cmp, self.focus)  # type: ignore[arg-type]
         raise KeyError(f'unknown tab {tab!r}; tabs are {TABS}')
 
 

@@ -1,0 +1,106 @@
+"""The notebooks: well-formed (parameters cell first, no outputs, only the workspace API), and each one run
+headless under papermill on small parameters, in order, as a user would."""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+from conftest import ROOT
+
+NOTEBOOKS = sorted((ROOT / 'notebooks').glob('*.ipynb'))
+
+
+def test_there_are_five_notebooks():
+    assert [p.name for p in NOTEBOOKS] == [
+        '01_quickstart.ipynb',
+        '02_iterate.ipynb',
+        '03_optimize.ipynb',
+        '04_diff_report.ipynb',
+        '05_scheduled_eval.ipynb',
+    ]
+
+
+@pytest.mark.parametrize('path', NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_is_thin_parameterized_and_clean(path: Path):
+    book = nbformat.read(path, as_version=4)
+    nbformat.validate(book)
+    code = [c for c in book.cells if c.cell_type == 'code']
+    assert 'parameters' in code[0].metadata.get('tags', []), 'the first code cell must be tagged parameters'
+    for cell in code:
+        assert cell.outputs == [] and cell.execution_count is None, 'notebooks are committed without outputs'
+        tree = ast.parse(cell.source)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                assert [a.name for a in node.names] == ['workspace'], f'{path.name} imports {node.names[0].name}'
+            assert not isinstance(node, (ast.ImportFrom, ast.FunctionDef, ast.ClassDef, ast.For, ast.While)), (
+                f'{path.name} has logic that belongs in the library: {ast.dump(node)[:80]}'
+            )
+    for node in ast.walk(ast.parse(code[0].source)):
+        assert not isinstance(node, ast.Call), 'the parameters cell holds plain values only'
+
+
+def _run(notebook: str, **parameters):
+    import workspace as ws
+
+    result = ws.run_notebook(ROOT / 'notebooks' / notebook, parameters)
+    assert result.status == 'ok', f'{notebook}: {result.error}'
+    return result, nbformat.read(result.output_path, as_version=4)
+
+
+def _text(book) -> str:
+    parts = []
+    for cell in book.cells:
+        for out in cell.get('outputs', []):
+            parts.append(out.get('text', ''))
+            parts.extend(str(v) for v in out.get('data', {}).values())
+    return '\n'.join(parts)
+
+
+def test_notebooks_run_in_order_under_papermill(ws, tiny_tickets, tmp_path):
+    """01 imports and evaluates, 02 edits and labels, 03 optimizes, 04 diffs and reports, 05 schedules."""
+    first, book = _run('01_quickstart.ipynb', dataset_name='nb_tiny', dataset_path=str(tiny_tickets), fresh=True)
+    assert 'accuracy' in _text(book) and 'ticket_router:v1' in _text(book)
+    assert first.output_path.parent.parent == ROOT / 'runs' and first.output_path.name.startswith('01_quickstart-')
+    runs = ws.list_notebook_runs('01_quickstart')
+    assert runs.iloc[0]['status'] == 'ok' and json.loads(json.dumps(runs.iloc[0]['parameters']))['fresh'] is True
+
+    _, book = _run('02_iterate.ipynb', dataset_name='nb_tiny')
+    assert 'rows reused' in _text(book) and ws.get_version('ticket_router@staging').id == 'ticket_router:v2'
+    assert '0 model calls, 6 rows reused' in _text(book)
+
+    _, book = _run('03_optimize.ipynb', dataset_name='nb_tiny', max_calls=80, max_candidates=2, test='dev')
+    best = ws.get_version(ws.list_optimizations('ticket_router').iloc[0]['best_version_id'])
+    assert 'ticket_router:v2' in (best.id, best.parent_id)  # the optimizer's choice, or its baseline if none won
+    assert 'production' in _text(book)  # the promotion decision is printed either way
+
+    report = tmp_path / 'report.html'
+    _, book = _run('04_diff_report.ipynb', dataset_name='nb_tiny', report_path=str(report))
+    assert report.read_text().startswith('<!DOCTYPE html>') and 'report written to' in _text(book)
+
+    ws.set_label('ticket_router:v2', 'production')
+    _, book = _run('05_scheduled_eval.ipynb', dataset='nb_tiny')
+    assert 'no regression' in _text(book)
+    assert ws.scheduled_history('ticket_router').iloc[0]['status'] == 'ok'
+
+
+def test_scheduled_notebook_flags_a_regression(scripted_versions):
+    import workspace as ws
+
+    tiny, v1, v2, v3, _ = scripted_versions
+    ws.set_label(v2, 'production')
+    params = {'prompt': 'router', 'dataset': 'tiny', 'split': 'dev'}
+    good = ws.run_notebook(ROOT / 'notebooks' / '05_scheduled_eval.ipynb', params)
+    assert good.status == 'ok'
+    ws.set_label(v1, 'production')  # a bad release: v1 is right on 2 of 6
+    bad = ws.run_notebook(ROOT / 'notebooks' / '05_scheduled_eval.ipynb', params)
+    assert bad.status == 'regression' and 'accuracy fell from 1.000 to 0.333' in bad.error
+    history = ws.scheduled_history('router')
+    assert list(history['status'][:2]) == ['regression', 'ok']
+    assert list(history['version_id'][:2]) == [v1.id, v2.id]
+    assert history.iloc[0]['previous_score'] == 1.0
+    runs = ws.list_notebook_runs('05_scheduled_eval')
+    assert list(runs['status'][:2]) == ['regression', 'ok'] and runs.iloc[0]['output_path'] == str(bad.output_path)
