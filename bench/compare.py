@@ -59,10 +59,12 @@ def run() -> list[str]:
 
     with OpenAICompatibleServer(answer) as server:
         os.environ['OPENAI_BASE_URL'] = f'{server.url}/v1'
-        data = ws.import_dataset('bench_compare', frame, input='text', expected='label', split_ratios={'dev': 1.0},
-                                 if_exists='replace')
-        v1 = ws.create_version('bench_cmp', template='A\nQuery: {{ text }}\nIntent:', model='openai:instant',
-                               output=ws.choice(labels))
+        data = ws.import_dataset(
+            'bench_compare', frame, input='text', expected='label', split_ratios={'dev': 1.0}, if_exists='replace'
+        )
+        v1 = ws.create_version(
+            'bench_cmp', template='A\nQuery: {{ text }}\nIntent:', model='openai:instant', output=ws.choice(labels)
+        )
         v2 = ws.edit(v1, template='B\nQuery: {{ text }}\nIntent:')
         v3 = ws.edit(v1, template='C\nQuery: {{ text }}\nIntent:')
         _, fill = _timed(lambda: [ws.evaluate(v, data, progress=False) for v in (v1, v2, v3)])
@@ -70,8 +72,11 @@ def run() -> list[str]:
         cmp, build = _timed(lambda: build_comparison(data, [v1, v2, v3]))
         calls = len(server.received) - calls_before
         renders = {}
-        for name, fn in [('summary', views.render_summary), ('per category', views.render_per_category),
-                         ('confusion matrices', views.render_confusions)]:
+        for name, fn in [
+            ('summary', views.render_summary),
+            ('per category', views.render_per_category),
+            ('confusion matrices', views.render_confusions),
+        ]:
             _, renders[name] = _timed(lambda fn=fn: fn(cmp))
         _, renders['flips'] = _timed(lambda: views.render_flips(cmp, v3.id))
         _, widget = _timed(lambda: CompareView(CompareState(cmp)))

@@ -196,10 +196,14 @@ def render_confusions(cmp: VersionComparison) -> str:
         confusions = sum(o.sum(axis=0) + o.sum(axis=1) for o in off_diagonal)
         keep = {labels[i] for i in np.argsort(-confusions, kind='stable')[:MAX_MATRIX_LABELS]}
         labels = [label for label in labels if label in keep]
-        matrices = {v: m.loc[labels, [c for c in m.columns if c in keep or c == metrics.NONE_COLUMN]]
-                    for v, m in matrices.items()}
-        note = (f'<p>Showing the {len(labels)} of {len(cmp.labels())} labels involved in the most confusions; '
-                'run.confusion_matrix() has them all.</p>')
+        matrices = {
+            v: m.loc[labels, [c for c in m.columns if c in keep or c == metrics.NONE_COLUMN]]
+            for v, m in matrices.items()
+        }
+        note = (
+            f'<p>Showing the {len(labels)} of {len(cmp.labels())} labels involved in the most confusions; '
+            'run.confusion_matrix() has them all.</p>'
+        )
     size = min(0.45 * len(labels) + 2, 11.0)
     fig, axes = plt.subplots(1, len(matrices), figsize=(size * len(matrices), size), squeeze=False)
     for ax, (version, matrix) in zip(axes[0], matrices.items()):
