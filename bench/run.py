@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-SECTIONS = ['contract', 'compare']
+SECTIONS = ['contract', 'compare', 'optimize']
 
 
 def _machine() -> str:
