@@ -89,6 +89,9 @@ def test_incremental_contract_call_counts(ws, tiny, local):
     # every run is recorded with its cost
     runs = ws.list_runs('router')
     assert len(runs) == 8 and sorted(runs['calls']) == sorted([6, 0, k, 2, 1, 0, 0, 0])
+    both = ws.list_runs('router', tiny.name)  # two filters make one predicate (Pixeltable takes one where())
+    assert list(both['run_id']) == list(runs['run_id'])
+    assert ws.list_runs('router', 'no_such_dataset').empty and ws.list_runs('no_such_prompt', tiny.name).empty
 
 
 def test_summary_confusion_and_failures(ws, tiny):

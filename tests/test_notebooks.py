@@ -104,3 +104,20 @@ def test_scheduled_notebook_flags_a_regression(scripted_versions):
     assert history.iloc[0]['previous_score'] == 1.0
     runs = ws.list_notebook_runs('05_scheduled_eval')
     assert list(runs['status'][:2]) == ['regression', 'ok'] and runs.iloc[0]['output_path'] == str(bad.output_path)
+
+
+def test_runs_started_in_the_same_millisecond_get_separate_files(tmp_path: Path):
+    """The output name is reserved atomically, so concurrent runs never write the same notebook file."""
+    import datetime
+    from concurrent.futures import ThreadPoolExecutor
+
+    from workspace.notebooks import _output_path
+
+    started = datetime.datetime(2026, 11, 25, 3, 0, 0, 123456)
+    book = ROOT / 'notebooks' / '05_scheduled_eval.ipynb'
+    with ThreadPoolExecutor(8) as pool:
+        paths = list(pool.map(lambda _: _output_path(book, started, tmp_path), range(16)))
+    assert len(set(paths)) == 16 and all(p.is_file() for p in paths)
+    names = {p.name for p in paths}
+    assert '05_scheduled_eval-030000.123.ipynb' in names and '05_scheduled_eval-030000.123-16.ipynb' in names
+    assert all(p.parent == tmp_path / '2026-11-25' for p in paths)

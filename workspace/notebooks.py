@@ -76,12 +76,15 @@ def _output_path(notebook: Path, started: Any, output_dir: Path | None) -> Path:
     folder = (output_dir or config.project_root() / 'runs') / started.strftime('%Y-%m-%d')
     folder.mkdir(parents=True, exist_ok=True)
     stamp = started.strftime('%H%M%S') + f'.{started.microsecond // 1000:03d}'
-    path = folder / f'{notebook.stem}-{stamp}.ipynb'
-    suffix = 2
-    while path.exists():  # two runs in the same millisecond
-        path = folder / f'{notebook.stem}-{stamp}-{suffix}.ipynb'
-        suffix += 1
-    return path
+    suffix = 1
+    while True:
+        name = f'{notebook.stem}-{stamp}.ipynb' if suffix == 1 else f'{notebook.stem}-{stamp}-{suffix}.ipynb'
+        path = folder / name
+        try:  # reserve the name atomically: two processes started in the same millisecond must not share a file
+            path.open('x').close()
+            return path
+        except FileExistsError:
+            suffix += 1
 
 
 def run_notebook(

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import html
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -267,10 +269,13 @@ def list_runs(prompt: str | None = None, dataset: str | None = None) -> pd.DataF
     """Return past evaluation runs, newest first, with their cost and headline metrics."""
     t = tables.runs()
     query: Any = t
+    conditions = []
     if prompt:
-        query = query.where(t.prompt == prompt)
+        conditions.append(t.prompt == prompt)
     if dataset:
-        query = query.where(t.dataset == dataset)
+        conditions.append(t.dataset == dataset)
+    if conditions:  # Pixeltable takes one where() per query, so the filters are combined into one predicate
+        query = query.where(functools.reduce(operator.and_, conditions))
     result = (
         query.select(
             t.run_id,
