@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ for name in ('GROQ_API_KEY', 'GROQ_BASE_URL', 'OPENAI_API_KEY', 'OPENAI_BASE_URL
     os.environ.pop(name, None)
 
 ROOT = Path(__file__).resolve().parent.parent
+CLI = [sys.executable, '-m', 'workspace.cli']  # the prompt-workspace command, run in a new process
 SHARED = ROOT.parent / 'shared' / 'datasets'
 TICKETS_CSV = ROOT / 'datasets' / 'support_tickets.csv'
 

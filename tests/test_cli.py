@@ -8,12 +8,11 @@ import os
 import re
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 
 import pytest
-from conftest import ROOT
+from conftest import CLI, ROOT
 
 from workspace.cli import build_parser, main
 
@@ -31,7 +30,6 @@ COMMANDS = [
     'demo',
     'doctor',
 ]
-CLI = [sys.executable, '-m', 'workspace.cli']
 
 
 @pytest.mark.parametrize('command', COMMANDS)

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import ast
 import json
+import subprocess
 from pathlib import Path
 
 import nbformat
 import pytest
-from conftest import ROOT
+from conftest import CLI, ROOT
 
 NOTEBOOKS = sorted((ROOT / 'notebooks').glob('*.ipynb'))
 
@@ -44,11 +45,17 @@ def test_notebook_is_thin_parameterized_and_clean(path: Path):
 
 
 def _run(notebook: str, **parameters):
+    """Run a notebook as a user or cron would: `prompt-workspace run NOTEBOOK -p key value ...` in a new process."""
     import workspace as ws
 
-    result = ws.run_notebook(ROOT / 'notebooks' / notebook, parameters)
-    assert result.status == 'ok', f'{notebook}: {result.error}'
-    return result, nbformat.read(result.output_path, as_version=4)
+    args = [*CLI, 'run', str(ROOT / 'notebooks' / notebook), '-q']
+    for key, value in parameters.items():
+        args += ['-p', key, str(value)]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=1800)
+    assert done.returncode == 0, f'{notebook}: {done.stdout}{done.stderr}'
+    record = ws.list_notebook_runs(Path(notebook).stem).iloc[0]
+    assert record['status'] == 'ok' and f'executed notebook: {record["output_path"]}' in done.stdout
+    return record, nbformat.read(record['output_path'], as_version=4)
 
 
 def _text(book) -> str:
@@ -64,7 +71,8 @@ def test_notebooks_run_in_order_under_papermill(ws, tiny_tickets, tmp_path):
     """01 imports and evaluates, 02 edits and labels, 03 optimizes, 04 diffs and reports, 05 schedules."""
     first, book = _run('01_quickstart.ipynb', dataset_name='nb_tiny', dataset_path=str(tiny_tickets), fresh=True)
     assert 'accuracy' in _text(book) and 'ticket_router:v1' in _text(book)
-    assert first.output_path.parent.parent == ROOT / 'runs' and first.output_path.name.startswith('01_quickstart-')
+    output = Path(first['output_path'])
+    assert output.parent.parent == ROOT / 'runs' and output.name.startswith('01_quickstart-')
     runs = ws.list_notebook_runs('01_quickstart')
     assert runs.iloc[0]['status'] == 'ok' and json.loads(json.dumps(runs.iloc[0]['parameters']))['fresh'] is True
 
