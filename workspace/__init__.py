@@ -21,6 +21,7 @@ from .errors import (  # noqa: E402
     BackendError,
     ComparisonError,
     DatasetError,
+    EmbedderError,
     LabelError,
     OptimizeError,
     RegressionError,
@@ -123,4 +124,5 @@ __all__ = [
     'BackendError',
     'ComparisonError',
     'OptimizeError',
+    'EmbedderError',
 ]
