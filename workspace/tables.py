@@ -116,10 +116,16 @@ def upsert(table: pxt.Table, rows: list[dict[str, Any]]) -> None:
 
 
 def _open_or_create(path: str, schema: dict[str, Any], primary_key: str | list[str], **kwargs: Any) -> pxt.Table:
+    """Return the table at `path`, creating it with `schema`; a table made by an earlier release gets the nullable
+    columns added since (a column is only ever added, so its rows keep their meaning)."""
     table = open_table(path)
     if table is None:
         _ensure_dirs()
         table = pxt.create_table(path, schema, primary_key=primary_key, if_exists='ignore', **kwargs)
+        return table
+    missing = {name: kind for name, kind in schema.items() if name not in table.columns()}
+    if missing:
+        table.add_columns(missing, if_exists='ignore')
     return table
 
 
@@ -336,6 +342,8 @@ def trials() -> pxt.Table:
             'score': pxt.Float | None,
             'dev_score': pxt.Float | None,
             'example_scores': pxt.Json | None,
+            'example_predictions': pxt.Json | None,
+            'flags': pxt.Json | None,  # why a candidate may not win: one label takes most predictions, ...
             'requests': pxt.Int,
             'calls': pxt.Int,
             'tokens': pxt.Int,
@@ -365,6 +373,7 @@ def optimize_runs() -> pxt.Table:
             'best_version_id': pxt.String | None,
             'baseline_score': pxt.Float | None,
             'best_score': pxt.Float | None,
+            'decision': pxt.String | None,
             'trials': pxt.Int,
             'requests': pxt.Int,
             'calls': pxt.Int,

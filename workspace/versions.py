@@ -18,6 +18,7 @@ from udfs import render as render_udfs
 
 from . import backends, tables
 from .config import current_user, utc_now
+from .demos import DemoPolicy, check_policy, is_policy
 from .errors import LabelError, TemplateError, VersionError
 
 __all__ = [
@@ -118,7 +119,7 @@ class Version:
     model: str
     params: Params
     output: OutputSpec
-    demos: list[dict[str, Any]] = field(default_factory=list)
+    demos: list[dict[str, Any]] | DemoPolicy = field(default_factory=list)
     instructions: str = ''
     content_hash: str = ''
     created_at: datetime.datetime | None = None
@@ -139,10 +140,22 @@ class Version:
         """Return the dataset fields the template reads (the reserved `demos`, `labels`, `instructions` excluded)."""
         return render_udfs.template_variables(self.template) - render_udfs.RESERVED_VARIABLES
 
-    def render(self, fields: Mapping[str, Any]) -> str:
-        """Return the prompt this version sends for one example's input fields."""
+    @property
+    def demo_policy(self) -> DemoPolicy | None:
+        """Return the version's demo policy (demos picked per example), or None if its demos are fixed."""
+        return self.demos if is_policy(self.demos) else None  # type: ignore[return-value]
+
+    def render(self, fields: Mapping[str, Any], *, demos: Sequence[Mapping[str, Any]] | None = None) -> str:
+        """Return the prompt this version sends for one example's input fields; a version with a demo policy
+        needs the `demos` retrieved for that example (see `workspace.demos.retrieve`)."""
+        if demos is None and self.demo_policy is not None:
+            raise VersionError(f'{self.id} picks its demos per example; render it with the demos retrieved for it')
         return render_udfs.render(
-            self.template, fields, demos=self.demos, labels=self.labels, instructions=self.instructions
+            self.template,
+            fields,
+            demos=self.demos if demos is None else demos,  # type: ignore[arg-type]
+            labels=self.labels,
+            instructions=self.instructions,
         )
 
 
@@ -183,8 +196,13 @@ def _check(
             raise VersionError(f'unknown param {name!r}; known params are: {", ".join(_PARAM_TYPES)}')
         if not isinstance(value, _PARAM_TYPES[name]) or isinstance(value, bool):
             raise VersionError(f'param {name!r} must be {_PARAM_TYPES[name][0].__name__}, got {value!r}')
-    if not isinstance(demos, list) or any(not isinstance(d, dict) for d in demos):
-        raise VersionError('demos must be a list of dicts, each with input fields and an expected output')
+    if is_policy(demos):
+        check_policy(demos)
+    elif not isinstance(demos, list) or any(not isinstance(d, dict) for d in demos):
+        raise VersionError(
+            'demos must be a list of dicts, each with input fields and an expected output, or a policy such as '
+            "ws.nearest('dataset', k=8)"
+        )
 
 
 def _row_to_version(row: Mapping[str, Any]) -> Version:
@@ -220,7 +238,7 @@ def create_version(
     model: str = 'local',
     params: Params | None = None,
     output: OutputSpec | None = None,
-    demos: Sequence[Mapping[str, Any]] = (),
+    demos: Sequence[Mapping[str, Any]] | DemoPolicy = (),
     instructions: str = '',
     parent: Version | str | None = None,
     author: str | None = None,
@@ -236,7 +254,7 @@ def create_version(
     """
     spec: OutputSpec = OutputSpec(**(output or text()))
     merged: dict[str, Any] = {**_default_params(spec), **(params or {})}
-    demo_list = [dict(d) for d in demos]
+    demo_list: Any = dict(demos) if is_policy(demos) else [dict(d) for d in demos]  # type: ignore[union-attr]
     _check(prompt, template, model, merged, spec, demo_list)
     parent_id = parent.id if isinstance(parent, Version) else parent
     content_hash = _content(template, model, merged, spec, demo_list, instructions)
@@ -285,7 +303,7 @@ def edit(
     model: str | None = None,
     params: Params | None = None,
     output: OutputSpec | None = None,
-    demos: Sequence[Mapping[str, Any]] | None = None,
+    demos: Sequence[Mapping[str, Any]] | DemoPolicy | None = None,
     instructions: str | None = None,
     author: str | None = None,
     note: str = '',
@@ -368,7 +386,9 @@ def list_versions(prompt: str | None = None) -> pd.DataFrame:
                 'parent': v.parent_id,
                 'model': v.model,
                 'output': v.output['kind'],
-                'demos': len(v.demos),
+                'demos': f'nearest {v.demo_policy["k"]} of {v.demo_policy["dataset"]}'
+                if v.demo_policy
+                else len(v.demos),
                 'created_at': v.created_at,
                 'author': v.author,
                 'note': v.note,
