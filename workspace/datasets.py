@@ -428,6 +428,9 @@ class Dataset:
         """Return the Pixeltable table holding the examples."""
         table = tables.open_table(tables.dataset_path(self.name))
         if table is None:
+            _recover_staging()  # a replace-import may have died between its two moves
+            table = tables.open_table(tables.dataset_path(self.name))
+        if table is None:
             raise DatasetError(f'dataset {self.name!r} no longer exists')
         return table
 
