@@ -161,16 +161,6 @@ def run_notebook(
     return result
 
 
-def _stale_after_s() -> float:
-    value = os.environ.get('WORKSPACE_STALE_RUN_HOURS', '')
-    try:
-        return float(value or 24) * 3600
-    except ValueError:
-        raise WorkspaceError(
-            f'WORKSPACE_STALE_RUN_HOURS={value!r} is not a number; set it to a number of hours or unset it'
-        ) from None
-
-
 def mark_interrupted(runs: pxt.Table | None = None) -> int:
     """Mark as `interrupted` the notebook runs still `running` whose process is gone; return how many.
 
@@ -179,11 +169,12 @@ def mark_interrupted(runs: pxt.Table | None = None) -> int:
     `WORKSPACE_STALE_RUN_HOURS` (default 24).
     """
     runs = runs if runs is not None else tables.notebook_runs()
+    stale_after_s = config.settings().stale_run_hours * 3600
     running = runs.where(runs.status == 'running').select(runs.run_id, runs.host, runs.pid, runs.started_at).collect()
     gone = [
         r
         for r in running
-        if Owner.of(r['host'], r['pid'], r['started_at'].timestamp()).is_gone(stale_after_s=_stale_after_s())
+        if Owner.of(r['host'], r['pid'], r['started_at'].timestamp()).is_gone(stale_after_s=stale_after_s)
     ]
     if gone:
         runs.batch_update(
