@@ -171,6 +171,7 @@ def test_save_then_evaluate_shows_progress_and_disables_the_controls(view):
     assert '<ins>Support ticket text, </ins>Ticket:' in view.preview.value
     assert view.evaluate_button.description == 'Evaluate (6 model calls)' and not view.evaluate_button.disabled
     assert 'router:v4' in view.candidate_boxes and not view.candidate_boxes['router:v4'].value
+    assert 'editing <b>router:v4</b> (saved, not evaluated yet)' in view.editing.value  # further edits start here
 
     during = []
     view.progress.observe(
@@ -193,7 +194,7 @@ def test_save_then_evaluate_shows_progress_and_disables_the_controls(view):
     assert view.progress.value == view.progress.max == 6 and view.progress_label.value == '6 / 6 calls'
     assert 'Evaluated <b>router:v4</b> on dev: 6 model calls, 0 rows reused' in view.edit_status.value
     assert view.state.candidates == ['router:v2', 'router:v3', 'router:v4'] and view.focus.value == 'router:v4'
-    assert '>v4</b>' in view.panes['Summary'].value
+    assert '>v4</b>' in view.panes['Summary'].value and view.editing.value.endswith('editing <b>router:v4</b></div>')
     assert not view.save_button.disabled and not view.candidate_boxes['router:v2'].disabled
     assert view.evaluate_button.disabled and view.progress_row.layout.display == 'none'
 

@@ -245,7 +245,7 @@ def _verdict(
         word = 'better' if low > 0 else 'worse'
         return f'{name_b} is {word} than {name_a} on {split} ({_points(diff)} points, {ci}, n = {n})'
     target = f'{effect * 100:.3g} points'
-    more = f'about {needed} examples would be needed to detect {target}'
+    more = f'about {needed:,} examples would be needed to detect {target}'
     if needed is None:
         more = f'the scores do not vary enough to estimate how many examples would detect {target}'
     return (

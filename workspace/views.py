@@ -65,6 +65,8 @@ _MONO = "ui-monospace, SFMono-Regular, Menlo, Consolas, 'Liberation Mono', 'Deja
 STYLESHEET = f"""<style>
 .pw-pane, .pw-pane > .widget-html-content {{ min-width: 0; max-width: 100%; line-height: normal; }}
 .pw-code textarea {{ font-family: {_MONO}; font-size: 12px; line-height: 18px; }}
+.pw-compare {{ --jp-widgets-container-padding: 10px 12px; }}
+.pw-compare .jupyter-button.mod-active {{ background-color: #dbeafe; color: #1e40af; box-shadow: inset 0 -2px 0 #1e40af; }}
 .pw-view {{ font-family: {_SANS}; font-size: 13px; line-height: 1.45; color: #1f2328; max-width: 100%;
   min-width: 0; white-space: normal; box-sizing: border-box; }}
 .pw-view *, .pw-view *::before, .pw-view *::after {{ box-sizing: border-box; }}
@@ -77,15 +79,17 @@ STYLESHEET = f"""<style>
 .pw-view .pw-scroll {{ max-width: 100%; overflow-x: auto; }}
 .pw-view table {{ border-collapse: collapse; margin: 4px 0 8px; font-variant-numeric: tabular-nums;
   table-layout: auto; width: auto; font-size: 13px; color: inherit; }}
-.pw-view th, .pw-view td {{ border: none; border-bottom: 1px solid #e5e7eb; padding: 3px 7px; text-align: right;
+.pw-view th, .pw-view td {{ border: none; border-bottom: 1px solid #e5e7eb; padding: 3px 6px; text-align: right;
   white-space: nowrap; vertical-align: baseline; line-height: 1.4; max-width: none; }}
 .pw-view th {{ font-weight: 600; background: #f6f8fa; }}
+.pw-view table.pw-summary-table {{ font-size: 12.5px; }}
+.pw-view table.pw-summary-table td, .pw-view table.pw-summary-table th {{ padding: 3px 5px; }}
 .pw-view thead tr:first-child th {{ border-bottom: none; }}
 .pw-view th.pw-group {{ text-align: center; border-left: 1px solid #e5e7eb; }}
 .pw-view td.pw-first, .pw-view th.pw-first {{ border-left: 1px solid #e5e7eb; }}
 .pw-view th:first-child, .pw-view td:first-child {{ text-align: left; }}
 .pw-view tbody tr:hover td {{ background: #f6f8fa; }}
-.pw-view .pw-ci {{ font-size: 11px; color: #59636e; }}
+.pw-view .pw-ci {{ font-size: 10.5px; color: #59636e; }}
 .pw-view .pw-better {{ color: #1a7f37; font-weight: 600; }}
 .pw-view .pw-worse {{ color: #c62828; font-weight: 600; }}
 .pw-view .pw-muted {{ color: #8c959f; }}

@@ -113,7 +113,7 @@ class CompareState:
         self.cmp = _measure(self.cmp.dataset, self.cmp.split, runs, baseline, confidence=0.95, resamples=10_000)
         if self.focus not in chosen[1:]:
             self.focus = chosen[1] if len(chosen) > 1 else None
-        if self.editing not in chosen:
+        if self.editing in self.runs and self.editing not in chosen:  # it left the comparison
             self.editing = baseline
         self.flip_page = 0
 
@@ -251,7 +251,7 @@ class CompareView(w.VBox):
         self._syncing = False
         self._stale: set[str] = set()
         self._saved: str | None = None
-        full = w.Layout(width='100%')
+        self._dirty = False  # the template differs from the version being edited
         self.baseline = w.Dropdown(
             description='Baseline', layout=w.Layout(width='340px'), style={'description_width': '70px'}
         )
@@ -266,15 +266,17 @@ class CompareView(w.VBox):
         )
         self.candidate_boxes: dict[str, w.Checkbox] = {}
         self.candidates = w.Box(
-            layout=w.Layout(display='flex', flex_flow='row wrap', width='100%', max_height='120px', overflow_y='auto')
+            layout=w.Layout(
+                display='flex', flex_flow='row wrap', flex='1 1 auto', max_height='120px', overflow_y='auto'
+            )
         )
-        self.status = w.HTML(layout=full)
+        self.status = w.HTML(layout=w.Layout(flex='1 1 auto', min_width='0'))
         self.status.add_class('pw-pane')
         self.progress = w.IntProgress(value=0, min=0, max=1, layout=w.Layout(width='260px'))
         self.progress_label = w.HTML()
         self.progress_row = w.HBox([self.progress, self.progress_label], layout=w.Layout(display='none'))
 
-        self.panes = {tab: w.HTML(layout=full) for tab in TABS if tab != 'Edit'}
+        self.panes = {tab: w.HTML() for tab in TABS if tab != 'Edit'}
         for pane in self.panes.values():
             pane.add_class('pw-pane')
         self.flip_filter = w.ToggleButtons(style={'button_width': 'auto'})
@@ -285,12 +287,12 @@ class CompareView(w.VBox):
             description='Edit', layout=w.Layout(width='340px'), style={'description_width': '40px'}
         )
         self.editing = w.HTML()
-        self.template = w.Textarea(layout=w.Layout(width='100%', height='200px'))
+        self.template = w.Textarea(layout=w.Layout(width='auto', height='200px'))
         self.template.add_class('pw-code')
         self.note = w.Text(
             description='Note',
             placeholder='what this edit tries',
-            layout=w.Layout(width='100%'),
+            layout=w.Layout(width='auto'),
             style={'description_width': '40px'},
         )
         self.save_button = w.Button(
@@ -300,13 +302,14 @@ class CompareView(w.VBox):
             description='Evaluate', icon='play', disabled=True, layout=w.Layout(width='220px')
         )
         self.revert_button = w.Button(description='Revert', icon='undo', layout=w.Layout(width='100px'))
-        self.edit_status = w.HTML(layout=full)
+        self.edit_status = w.HTML()
         self.edit_status.add_class('pw-pane')
-        self.preview = w.HTML(layout=full)
+        self.preview = w.HTML()
         self.preview.add_class('pw-pane')
 
+        pager = w.HBox([self.previous_page, self.next_page], layout=w.Layout(margin='0 0 0 12px'))
         flips_tab = w.VBox(
-            [w.HBox([self.flip_filter]), w.HBox([self.previous_page, self.next_page]), self.panes['Flips']]
+            [w.HBox([self.flip_filter, pager], layout=w.Layout(flex_flow='row wrap')), self.panes['Flips']]
         )
         edit_tab = w.VBox(
             [
@@ -326,16 +329,14 @@ class CompareView(w.VBox):
             self.panes['Diff'],
             edit_tab,
         ]
-        self.tabs = w.Tab(children=children, layout=full)
+        self.tabs = w.Tab(children=children)
         for i, tab in enumerate(TABS):
             self.tabs.set_title(i, tab)
         top = w.HBox([self.baseline, self.focus, self.reload_button], layout=w.Layout(flex_flow='row wrap'))
-        pickers = w.HBox(
-            [w.HTML('<b>Candidates</b>', layout=w.Layout(width='80px', flex='0 0 auto')), self.candidates], layout=full
-        )
+        pickers = w.HBox([w.HTML('<b>Candidates</b>', layout=w.Layout(width='90px', flex='0 0 auto')), self.candidates])
         super().__init__(
-            [w.HTML(views.STYLESHEET), top, pickers, w.HBox([self.status, self.progress_row], layout=full), self.tabs],
-            layout=w.Layout(width='100%', max_width='100%'),
+            [w.HTML(views.STYLESHEET), top, pickers, w.HBox([self.status, self.progress_row]), self.tabs],
+            layout=w.Layout(max_width='100%'),
         )
         self.add_class('pw-compare')
         self._controls: list[w.DOMWidget] = [
@@ -420,10 +421,8 @@ class CompareView(w.VBox):
             self.candidates.children = boxes
             self.focus.options = [(self._option(v), v) for v in s.candidates]
             self.focus.value = s.focus
-            chosen = [s.baseline, *s.candidates]
-            self.edit_source.options = [
-                (self._option(v) + (' (baseline)' if v == s.baseline else ''), v) for v in chosen
-            ]
+            editable = list(dict.fromkeys([s.baseline, *s.candidates, s.editing]))
+            self.edit_source.options = [(self._option(v) + self._role(v), v) for v in editable]
             self.edit_source.value = s.editing
             self._sync_flip_filter()
         finally:
@@ -469,10 +468,13 @@ class CompareView(w.VBox):
     # --- pickers ------------------------------------------------------------------------------------------------
 
     def _apply(self, what: str, change: Callable[[Progress], None]) -> None:
+        editing = self.state.editing
         if self._run(what, change):
             self.status.value = self._state_message()
         self._sync_controls()
-        self._load_template()
+        if self.state.editing != editing:
+            self._load_template()
+        self._show_editing()
         self.refresh()
 
     def _on_baseline(self, change: dict) -> None:
@@ -524,12 +526,20 @@ class CompareView(w.VBox):
 
     # --- edit ---------------------------------------------------------------------------------------------------
 
+    def _role(self, version: str) -> str:
+        s = self.state
+        if version == s.baseline:
+            return ' (baseline)'
+        return '' if version in s.candidates else ' (saved, not evaluated yet)'
+
+    def _show_editing(self) -> None:
+        self.editing.value = _message(f'editing <b>{_esc(self.state.editing)}</b>{self._role(self.state.editing)}')
+
     def _load_template(self) -> None:
         s = self.state
         source = s.version(s.editing)
-        role = ' (baseline)' if s.editing == s.baseline else ''
-        self.editing.value = _message(f'editing <b>{_esc(source.id)}</b>{role}')
-        self._syncing = True
+        self._show_editing()
+        self._syncing, self._dirty = True, False
         try:
             self.template.value = source.template
         finally:
@@ -554,12 +564,14 @@ class CompareView(w.VBox):
     def _on_template(self, _change: dict) -> None:
         if self._syncing:
             return
-        unchanged = self.template.value == self.state.version(self.state.editing).template
-        self.edit_status.value = _message(
-            f'unchanged from {_esc(self.state.editing)}'
-            if unchanged
-            else f'unsaved changes to {_esc(self.state.editing)}: Save version checks and stores them'
-        )
+        dirty = self.template.value != self.state.version(self.state.editing).template
+        if dirty:
+            self.edit_status.value = _message(
+                f'unsaved changes to {_esc(self.state.editing)}: Save version checks and stores them'
+            )
+        elif self._dirty:  # typed back to what is stored
+            self.edit_status.value = _message(f'unchanged from {_esc(self.state.editing)}')
+        self._dirty = dirty
 
     def _on_revert(self, _button: object) -> None:
         self._saved = None
@@ -580,8 +592,10 @@ class CompareView(w.VBox):
             self.edit_status.value = _message(f'Not saved: {_esc(e)}', 'error')
             self.preview.value = ''
             return
-        self._saved = version.id
+        self._saved, self._dirty = version.id, False
+        s.editing = version.id  # further edits start from what was saved
         self._sync_controls()
+        self._show_editing()
         self.preview.value = views.render_edit_preview(
             checked.example_id,
             checked.before,
@@ -629,6 +643,7 @@ class CompareView(w.VBox):
                 'ok',
             )
             self.status.value = self._state_message()
+            self._show_editing()
         else:
             self.edit_status.value = self.status.value
         self.evaluate_button.disabled = ok
