@@ -23,6 +23,7 @@ def test_summary_reads_plainly(runs):
     assert summary.metrics['exact_match'] == summary.metrics['accuracy']  # the data still has both
     text = str(summary)
     assert 'exact_match' not in text  # the display shows accuracy once
+    assert repr(summary) == text  # a notebook's plain-text view reads the same
     assert re.search(rf'^dataset +tiny \(table version {tiny.version}\), split dev, n = 6$', text, re.M)
     assert 'macro-F1' in text and 'mean latency' in text and ' ms' in text
     tokens = next(line for line in text.splitlines() if line.startswith('mean prompt tokens'))

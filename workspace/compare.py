@@ -32,6 +32,7 @@ __all__ = [
     'significance',
     'row_score_name',
     'prompts_for',
+    'version_labels',
     'diff',
 ]
 
@@ -354,6 +355,18 @@ def prompts_for(hashes: Sequence[str]) -> dict[str, str]:
     store = tables.requests()
     rows = store.where(store.request_hash.isin(keys)).select(store.request_hash, store.request).collect()
     return {r['request_hash']: r['request'].get('prompt', '') for r in rows}
+
+
+def version_labels(prompts: Sequence[str]) -> dict[str, list[str]]:
+    """Return the labels on each version of `prompts` (version id to sorted label names), from the labels table."""
+    from .labels import list_labels
+
+    found: dict[str, list[str]] = {}
+    for prompt in dict.fromkeys(prompts):
+        on = list_labels(prompt)
+        for version, label in zip(on['version_id'], on['label']):
+            found.setdefault(version, []).append(label)
+    return {version: sorted(names) for version, names in found.items()}
 
 
 def diff(a: Version | str, b: Version | str) -> VersionDiff:

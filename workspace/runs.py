@@ -245,6 +245,8 @@ class Lineage(Mapping[str, Any]):
             return f'{value.get("version")} on {value.get("dataset")} / {value.get("example_id")}'
         if key == 'reused':
             return 'yes: answered earlier, no model call' if value else 'no: this evaluation called the model'
+        if key == 'error' and value is None:
+            return 'none'
         if key in ('params', 'scores'):
             return ', '.join(f'{k} {v:.3g}' if isinstance(v, float) else f'{k} {v}' for k, v in (value or {}).items())
         if isinstance(value, str) and key.endswith('_at'):
@@ -298,7 +300,7 @@ def _predicted(frame: pd.DataFrame) -> list[str | None]:
     return [None if pd.isna(p) else str(p) for p in frame['prediction']]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Summary:
     """A run's headline numbers, ready to print or to display in a notebook."""
 
@@ -345,6 +347,9 @@ class Summary:
         ]
         return rows
 
+    def __repr__(self) -> str:
+        return str(self)
+
     def __str__(self) -> str:
         width = max(len(k) for k, _ in self._header())
         lines = [f'{k:<{width}}  {v}' for k, v in self._header()]
@@ -364,11 +369,9 @@ class Summary:
         )
         parts = [f'<table class="pw-summary">{head}</table>']
         if self.per_category is not None:
-            table = (
-                self.per_category.style.format({'precision': '{:.2f}', 'recall': '{:.2f}', 'f1': '{:.2f}'})
-                .bar(subset=['f1'], vmin=0, vmax=1, color='#c8e1ff')
-                .to_html()
-            )
+            table = self.per_category.style.format(
+                {'precision': '{:.2f}', 'recall': '{:.2f}', 'f1': '{:.2f}'}
+            ).to_html()
             parts.append('<h4>Per category</h4>' + table)
         if self.confusion is not None:
             parts.append(

@@ -819,9 +819,13 @@ def render_edit_preview(example_id: str, before: str, after: str, *, source: str
 # --- the report -----------------------------------------------------------------------------------------------
 
 
-def render_report(cmp: VersionComparison, *, title: str | None = None) -> str:
+def render_report(
+    cmp: VersionComparison, *, title: str | None = None, labels: Mapping[str, Sequence[str]] | None = None
+) -> str:
     """Render a standalone HTML document: summary, per-category chart and table, confusion matrices, and for
-    each candidate its prompt diff and first page of flips. It opens in any browser, without a kernel."""
+    each candidate its prompt diff and first page of flips. It opens in any browser, without a kernel.
+
+    `labels` maps a version id to its labels (`production`, ...), shown beside it in the summary."""
     name = title or f'Prompt comparison: {cmp.dataset.name} / {cmp.split or "all rows"}'
     parts = [
         f'<h1>{html.escape(name)}</h1>',
@@ -829,7 +833,7 @@ def render_report(cmp: VersionComparison, *, title: str | None = None) -> str:
         f'{html.escape(cmp.dataset.name)} (table version {cmp.dataset.version}); versions '
         f'{html.escape(", ".join(cmp.version_ids))}.</p>',
         '<h2>Summary</h2>',
-        _summary_body(cmp, {}),
+        _summary_body(cmp, labels or {}),
         '<h2>Per category</h2>',
         _per_category_body(cmp),
         '<h2>Confusion matrices</h2>',

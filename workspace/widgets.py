@@ -18,11 +18,10 @@ import jinja2
 from udfs import render as render_udfs
 
 from . import tables, views
-from .compare import VersionComparison, _measure, build_comparison
+from .compare import VersionComparison, _measure, build_comparison, version_labels
 from .datasets import Dataset
 from .errors import TemplateError, WorkspaceError
 from .evaluate import build_request, check_template, evaluate
-from .labels import list_labels
 from .runs import Run
 from .versions import Version, edit, get_version, list_versions
 
@@ -82,16 +81,12 @@ class CompareState:
         """Read every version of the compared prompts and their labels from the tables, so versions made in
         another kernel or notebook are offered too."""
         found: list[str] = []
-        labels: dict[str, list[str]] = {}
         for prompt in self.prompts:
             listed = list_versions(prompt)
             found += list(listed['version'])
             self.notes.update({v: str(n or '') for v, n in zip(listed['version'], listed['note'])})
-            on = list_labels(prompt)
-            for version, label in zip(on['version_id'], on['label']):
-                labels.setdefault(version, []).append(label)
         self.available = list(dict.fromkeys(found + self.cmp.version_ids))
-        self.labels = {v: sorted(names) for v, names in labels.items()}
+        self.labels = version_labels(self.prompts)
 
     def version(self, version_id: str) -> Version:
         """Return a version by id, read once."""
