@@ -210,6 +210,7 @@ def test_comparison_widget_in_jupyterlab_fits_every_tab_and_checks_edits(jupyter
     """Four versions in a real JupyterLab at 1440x900: each tab fits its pane (wide content scrolls inside it),
     the Edit tab refuses a template reading an undefined variable before storing a version, and a good edit is
     saved and evaluated. Screenshots of every tab land in the test's tmp dir."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
     from playwright.sync_api import sync_playwright
 
     import workspace as ws
@@ -274,6 +275,11 @@ def test_comparison_widget_in_jupyterlab_fits_every_tab_and_checks_edits(jupyter
             assert 0 < calls < 16  # only the rows that mention a refund
             _shot(page, shots / '8-edit-saved.png')
             evaluate.click()
+            try:  # the bar while the model works, if the screenshot is quick enough to catch it
+                page.wait_for_selector('.pw-compare .widget-progress', state='visible', timeout=10_000)
+                _shot(page, shots / '8b-edit-evaluating.png')
+            except PlaywrightTimeoutError:
+                pass
             done = page.wait_for_selector('text=added to the comparison as a candidate', timeout=120_000)
             assert f'{calls} model call' in done.inner_text()
             _assert_fits(page, 'Edit (evaluated)')
@@ -287,4 +293,4 @@ def test_comparison_widget_in_jupyterlab_fits_every_tab_and_checks_edits(jupyter
         finally:
             browser.close()
     assert [m for m in console_errors if 'pw-' in m or 'widget' in m.lower()] == []
-    assert len(list(shots.glob('*.png'))) == 9
+    assert len(list(shots.glob('[1-9]-*.png'))) == 9

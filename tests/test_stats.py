@@ -204,6 +204,11 @@ VERDICT = {'name_a': 'v1', 'name_b': 'v3', 'split': 'dev', 'confidence': 0.95, '
             'about 380 examples would be needed to detect 5 points',
         ),
         (
+            {'n': 48, 'diff': 0.146, 'low': -0.042, 'high': 0.333, 'p': 0.21, 'significant': False, 'needed': 1503},
+            'no detectable difference between v3 and v1 on dev at n = 48 (+14.6 points, 95% CI -4.2 to +33.3, '
+            'p = 0.21); about 1,503 examples would be needed to detect 5 points',
+        ),
+        (
             {'n': 500, 'diff': 0.2, 'low': 0.15, 'high': 0.25, 'p': 2e-9, 'significant': True, 'needed': 90},
             'v3 is better than v1 on dev (+20.0 points, 95% CI +15.0 to +25.0, p < 0.001, n = 500)',
         ),

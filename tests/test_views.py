@@ -50,9 +50,10 @@ def test_format_change(diff, kwargs, shown):
 @pytest.mark.parametrize(
     ('low', 'high', 'kwargs', 'shown'),
     [
-        (0.375, 0.667, {}, '[+37.5, +66.7]'),
-        (-0.042, 0.333, {}, '[-4.2, +33.3]'),
-        (-0.0101, 0.0502, {'scale': 1000.0, 'digits': 0}, '[-10, +50]'),
+        (0.375, 0.667, {}, '[37.5, 66.7]'),
+        (-0.042, 0.333, {}, '[-4.2, 33.3]'),
+        (-0.0004, 0.2, {}, '[0.0, 20.0]'),  # a rounded -0.0 reads 0.0
+        (-0.0101, 0.0502, {'scale': 1000.0, 'digits': 0}, '[-10, 50]'),
         (None, 0.2, {}, ''),
         (float('nan'), float('nan'), {}, ''),
     ],
@@ -124,7 +125,7 @@ def test_summary_reads_at_a_glance(cmp):
     assert 'pw-tag-baseline">baseline' in _row(html, 'v1') and 'pw-tag-label">@production' in _row(html, 'v2')
     v2 = _row(html, 'v2')
     # accuracy and its change on one scale (percent and points), the interval in small type, p formatted once
-    assert '<td class="pw-first">100.0</td>' in v2 and '+66.7</span> <span class="pw-ci">[+' in v2
+    assert '<td class="pw-first">100.0</td>' in v2 and '+66.7</span> <span class="pw-ci">[' in v2
     assert '<td>0.12</td>' in v2  # McNemar's exact p = 0.125
     assert 'e-0' not in html and 'p = ' not in v2
     for comparison in cmp.pairwise.values():
@@ -140,8 +141,15 @@ def test_summary_colours_a_latency_increase_red_and_a_decrease_green(cmp):
     table.loc['router:v2', ['latency_diff', 'latency_ci_low', 'latency_ci_high']] = [0.05, 0.02, 0.08]
     table.loc['router:v3', ['latency_diff', 'latency_ci_low', 'latency_ci_high']] = [-0.05, -0.08, -0.02]
     html = views.render_summary(dataclasses.replace(cmp, table=table))
-    assert '<span class="pw-worse">+50</span> <span class="pw-ci">[+20, +80]</span>' in _row(html, 'v2')
+    assert '<span class="pw-worse">+50</span> <span class="pw-ci">[20, 80]</span>' in _row(html, 'v2')
     assert '<span class="pw-better">-50</span> <span class="pw-ci">[-80, -20]</span>' in _row(html, 'v3')
+
+
+def test_summary_shows_the_exact_token_change_red_when_it_grows(cmp):
+    frames = dict(cmp.frames)
+    frames['router:v2'] = frames['router:v2'].assign(prompt_tokens=frames['router:v2']['prompt_tokens'] + 40)
+    html = views.render_summary(dataclasses.replace(cmp, frames=frames))
+    assert '<td><span class="pw-worse">+40</span></td>' in _row(html, 'v2')  # no interval: the count is exact
 
 
 def test_summary_shows_a_headline_interval_when_the_table_has_one(cmp):

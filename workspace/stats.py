@@ -245,9 +245,10 @@ def _verdict(
         word = 'better' if low > 0 else 'worse'
         return f'{name_b} is {word} than {name_a} on {split} ({_points(diff)} points, {ci}, n = {n})'
     target = f'{effect * 100:.3g} points'
-    more = f'about {needed:,} examples would be needed to detect {target}'
     if needed is None:
         more = f'the scores do not vary enough to estimate how many examples would detect {target}'
+    else:
+        more = f'about {needed:,} examples would be needed to detect {target}'
     return (
         f'no detectable difference between {name_b} and {name_a} on {split} at n = {n} '
         f'({_points(diff)} points, {ci}); {more}'

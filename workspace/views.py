@@ -162,14 +162,16 @@ def format_change(diff: float | None, *, scale: float = 100.0, digits: int = 1) 
 
 
 def format_interval(low: float | None, high: float | None, *, scale: float = 100.0, digits: int = 1) -> str:
-    """Return an interval on the metric's display scale, `[+3.1, +20.8]`; '' when either end is missing.
+    """Return an interval on the metric's display scale, `[3.1, 20.8]` or `[-10, 50]`; '' when either end is
+    missing. Only negative ends carry a sign, as intervals are usually written.
 
     >>> format_interval(0.031, 0.208), format_interval(-0.0101, 0.0502, scale=1000, digits=0)
-    ('[+3.1, +20.8]', '[-10, +50]')
+    ('[3.1, 20.8]', '[-10, 50]')
     """
     if _missing(low) or _missing(high):
         return ''
-    return f'[{format_change(low, scale=scale, digits=digits)}, {format_change(high, scale=scale, digits=digits)}]'
+    ends = (f'{round(v * scale, digits) + 0.0:.{digits}f}' for v in (low, high))  # type: ignore[operator]
+    return '[{}, {}]'.format(*ends)
 
 
 def change_class(low: float | None, high: float | None, *, higher_is_better: bool = True) -> str:
@@ -262,6 +264,7 @@ class _Metric:
     higher_is_better: bool = True
     p: bool = False
     interval: tuple[str, str] | None = None  # the table's columns holding an interval of the mean, if any
+    exact: bool = False  # the change is known exactly on these examples: no interval, coloured by its sign
 
 
 def _summary_metrics(cmp: VersionComparison) -> list[_Metric]:
@@ -271,26 +274,20 @@ def _summary_metrics(cmp: VersionComparison) -> list[_Metric]:
     if cmp.task == 'choice':
         found.append(_Metric('macro-F1 %', 'macro_f1', 'macro_f1_', 100.0, 1))
     found.append(_Metric('latency ms', 'mean_latency_s', 'latency_', 1000.0, 0, higher_is_better=False))
-    found.append(_Metric('tokens per request', 'mean_tokens', 'tokens_', 1.0, 0, higher_is_better=False))
+    # Token counts do not vary between runs of the same requests, so their change is exact on these examples
+    found.append(_Metric('tokens per request', 'mean_tokens', 'tokens_', 1.0, 0, higher_is_better=False, exact=True))
     return found
 
 
 def _token_changes(cmp: VersionComparison) -> pd.DataFrame:
-    """Return each candidate's change in tokens per request against the baseline, with a paired interval.
+    """Return each candidate's change in tokens per request against the baseline, on the aligned examples."""
 
-    The comparison table carries no token interval, so it is computed here from the aligned rows.
-    """
-
-    def tokens(frame: pd.DataFrame) -> list[float]:
-        return (frame['prompt_tokens'].fillna(0) + frame['completion_tokens'].fillna(0)).astype(float).tolist()
+    def tokens(frame: pd.DataFrame) -> float:
+        return float((frame['prompt_tokens'].fillna(0) + frame['completion_tokens'].fillna(0)).mean())
 
     base = tokens(cmp.frames[cmp.baseline])
-    rows = {}
-    for version in cmp.version_ids:
-        if version != cmp.baseline:
-            diff, low, high = stats.paired_bootstrap_ci(base, tokens(cmp.frames[version]), resamples=2_000)
-            rows[version] = {'tokens_diff': diff, 'tokens_ci_low': low, 'tokens_ci_high': high}
-    return pd.DataFrame.from_dict(rows, orient='index')
+    changes = {v: tokens(cmp.frames[v]) - base for v in cmp.version_ids if v != cmp.baseline}
+    return pd.DataFrame({'tokens_diff': changes})
 
 
 def _mean_cell(row: Mapping[str, Any], metric: _Metric) -> str:
@@ -299,7 +296,7 @@ def _mean_cell(row: Mapping[str, Any], metric: _Metric) -> str:
         return '<td class="pw-first"></td>'
     shown = f'{value * metric.scale:.{metric.digits}f}'
     low, high = (row.get(metric.interval[0]), row.get(metric.interval[1])) if metric.interval else (None, None)
-    interval = format_interval(low, high, scale=metric.scale, digits=metric.digits).replace('+', '')
+    interval = format_interval(low, high, scale=metric.scale, digits=metric.digits)
     small = f' <span class="pw-ci">{interval}</span>' if interval else ''
     return f'<td class="pw-first">{shown}{small}</td>'
 
@@ -308,14 +305,15 @@ def _change_cell(row: Mapping[str, Any], metric: _Metric, css: str | None = None
     diff = row.get(f'{metric.prefix}diff')
     if _missing(diff):
         return '<td><span class="pw-muted">–</span></td>'
-    low, high = row.get(f'{metric.prefix}ci_low'), row.get(f'{metric.prefix}ci_high')
+    low, high = (
+        (diff, diff) if metric.exact else (row.get(f'{metric.prefix}ci_low'), row.get(f'{metric.prefix}ci_high'))
+    )
     if css is None:
         css = change_class(low, high, higher_is_better=metric.higher_is_better)
-    interval = format_interval(low, high, scale=metric.scale, digits=metric.digits)
-    return (
-        f'<td><span class="{css}">{format_change(diff, scale=metric.scale, digits=metric.digits)}</span> '
-        f'<span class="pw-ci">{interval}</span></td>'
-    )
+    change = f'<span class="{css}">{format_change(diff, scale=metric.scale, digits=metric.digits)}</span>'
+    if metric.exact:
+        return f'<td>{change}</td>'
+    return f'<td>{change} <span class="pw-ci">{format_interval(low, high, scale=metric.scale, digits=metric.digits)}</span></td>'
 
 
 def _verdict_class(comparison: stats.Comparison) -> str:
@@ -334,7 +332,8 @@ def _summary_body(cmp: VersionComparison, labels: Mapping[str, Sequence[str]]) -
     for spec in specs:
         span = 3 if spec.p else 2
         top += f'<th class="pw-group" colspan="{span}">{html.escape(spec.title)}</th>'
-        sub += '<th class="pw-first">mean</th><th>Δ [95% CI]</th>' + ('<th>p</th>' if spec.p else '')
+        change = 'Δ' if spec.exact else 'Δ [95% CI]'
+        sub += f'<th class="pw-first">mean</th><th>{change}</th>' + ('<th>p</th>' if spec.p else '')
     top += '<th class="pw-group" colspan="3">requests</th>'
     sub += '<th class="pw-first">calls</th><th>reused</th><th>errors</th>'
     body = []
@@ -803,10 +802,8 @@ def render_edit_preview(example_id: str, before: str, after: str, *, source: str
     the prompt `source` sends highlighted, and how many of the split's requests the edit changes."""
     ops = word_ops(before, after)
     same = all(op == 'equal' for op, _ in ops)
-    note = (
-        f"{changed:,} of {total:,} requests differ from {html.escape(source)}'s: evaluating makes at most "
-        f'{changed:,} model calls.'
-    )
+    note = f"{changed:,} of {total:,} requests differ from {html.escape(source)}'s."
+
     body = (
         f'<p class="pw-sub">{note}</p>'
         f'<div class="pw-label">rendered for example {html.escape(example_id)}'

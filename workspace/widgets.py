@@ -611,10 +611,10 @@ class CompareView(w.VBox):
         calls = _count(checked.new, 'model call')
         self.evaluate_button.description = f'Evaluate ({calls})'
         self.evaluate_button.disabled = False
+        reused = checked.total - checked.new
         self.edit_status.value = _message(
-            f'{made}. Not evaluated yet: Evaluate runs it on {_esc(s.split_name)}, {calls} '
-            f"({checked.changed:,} of {checked.total:,} requests differ from {_esc(checked.source)}'s; the "
-            'store answers the rest).',
+            f'{made}. Not evaluated yet: Evaluate runs it on {_esc(s.split_name)} with {calls}; the store answers '
+            f'the other {_count(reused, "request")}.',
             'ok',
         )
 
