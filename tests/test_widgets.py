@@ -187,9 +187,12 @@ def test_save_then_evaluate_shows_progress_and_disables_the_controls(view):
         ),
         names='value',
     )
+    labels = []
+    view.progress_label.observe(lambda change: labels.append(change['new']), names='value')
     before = len(server.received)
     view.evaluate_button.click()
     assert len(server.received) - before == 6
+    assert labels == ['0 / 6 calls', '6 / 6 calls']  # the count is known before the first call
     assert during and all(d == (True, True, True, True, True, 'flex') for d in during)
     assert view.progress.value == view.progress.max == 6 and view.progress_label.value == '6 / 6 calls'
     assert 'Evaluated <b>router:v4</b> on dev: 6 model calls, 0 rows reused' in view.edit_status.value
@@ -221,3 +224,17 @@ def test_saving_content_that_exists_returns_that_version(view):
     view.save_button.click()
     assert 'This content is already <b>router:v2</b>: no new version saved' in view.edit_status.value
     assert 'already in the comparison' in view.edit_status.value
+
+
+def test_progress_label_counts_calls_and_time_left():
+    import ipywidgets as w
+
+    from workspace.widgets import _Clock
+
+    bar, label = w.IntProgress(), w.HTML()
+    clock = _Clock(bar, label)
+    clock.start -= 2.0  # two seconds in
+    clock(8, 24)
+    assert (bar.value, bar.max) == (8, 24) and label.value == '8 / 24 calls, about 4 s left'
+    clock(24, 24)
+    assert label.value == '24 / 24 calls'

@@ -247,6 +247,7 @@ class CompareView(w.VBox):
         self._stale: set[str] = set()
         self._saved: str | None = None
         self._dirty = False  # the template differs from the version being edited
+        self._expected_calls: int | None = None  # the model calls evaluating the saved version needs
         self.baseline = w.Dropdown(
             description='Baseline', layout=w.Layout(width='340px'), style={'description_width': '70px'}
         )
@@ -444,11 +445,12 @@ class CompareView(w.VBox):
         self.evaluate_button.disabled = busy or self._saved is None or self._saved in self.state.runs
         self.progress_row.layout.display = 'flex' if busy else 'none'
 
-    def _run(self, what: str, work: Callable[[Progress], object]) -> bool:
-        """Run model work with the controls disabled and the progress bar showing; return whether it worked."""
+    def _run(self, what: str, work: Callable[[Progress], object], calls: int | None = None) -> bool:
+        """Run model work with the controls disabled and the progress bar showing; return whether it worked.
+        `calls` is how many model calls the work will make, when known beforehand."""
         clock = _Clock(self.progress, self.progress_label)
-        self.progress.value, self.progress.max = 0, 1
-        self.progress_label.value = 'checking which requests the store has answered…'
+        self.progress.value, self.progress.max = 0, max(calls or 1, 1)
+        self.progress_label.value = f'0 / {calls:,} calls' if calls else 'reading which requests are answered…'
         self.status.value = _message(f'{what}…')
         self._busy(True)
         try:
@@ -609,6 +611,7 @@ class CompareView(w.VBox):
             self.edit_status.value = _message(f'{made}; it is already in the comparison.', 'ok')
             return
         calls = _count(checked.new, 'model call')
+        self._expected_calls = checked.new
         self.evaluate_button.description = f'Evaluate ({calls})'
         self.evaluate_button.disabled = False
         reused = checked.total - checked.new
@@ -628,6 +631,7 @@ class CompareView(w.VBox):
         ok = self._run(
             f'evaluating {_esc(version_id)} on {_esc(s.split_name)}',
             lambda progress: ran.append(s.evaluate(version_id, progress)),
+            self._expected_calls,
         )
         self.evaluate_button.description = 'Evaluate'
         if ok:
