@@ -30,7 +30,7 @@ def test_summary_reads_plainly(runs):
     assert tokens.split()[-1].count('.') == 1 and len(tokens.split()[-1].split('.')[1]) == 1  # one decimal
     page = summary._repr_html_()
     assert 'exact_match' not in page and 'table version' in page
-    assert 'Rows: expected label' in page and 'background-color' in page  # the confusion matrix is a heatmap
+    assert 'Rows: expected category' in page and 'background-color' in page  # the confusion matrix is a heatmap
 
 
 def test_failures_show_left_aligned_wrapped_without_empty_or_repeated_columns(runs):

@@ -375,7 +375,7 @@ class Summary:
             parts.append('<h4>Per category</h4>' + table)
         if self.confusion is not None:
             parts.append(
-                '<h4>Confusion matrix</h4><p>Rows: expected label; columns: predicted label.</p>'
+                '<h4>Confusion matrix</h4><p>Rows: expected category; columns: predicted category.</p>'
                 + _confusion_heatmap(self.confusion).to_html()
             )
         parts += [f'<p>{html.escape(n)}</p>' for n in self.notes]

@@ -440,8 +440,8 @@ def _per_category(cmp: VersionComparison) -> dict[str, pd.DataFrame]:
 
 
 def _f1_chart(f1: pd.DataFrame, cmp: VersionComparison, names: Mapping[str, str]) -> str:
-    """Draw F1 per label as a dot plot: one row per label, one marker per version, so the width never depends
-    on the number of labels or versions (the height grows with the labels)."""
+    """Draw F1 per category as a dot plot: one row per category, one marker per version, so the width never depends
+    on the number of categories or versions (the height grows with the categories)."""
     plt = _pyplot()
     labels = list(f1.index)[::-1]  # the first label at the top
     versions = list(f1.columns)
@@ -476,7 +476,7 @@ def _f1_chart(f1: pd.DataFrame, cmp: VersionComparison, names: Mapping[str, str]
 
 def _category_table(tables: Mapping[str, pd.DataFrame], names: Mapping[str, str], baseline: str) -> str:
     first = next(iter(tables.values()))
-    top = '<th rowspan="2">label</th><th rowspan="2">support</th>'
+    top = '<th rowspan="2">category</th><th rowspan="2">support</th>'
     sub = ''
     for version in tables:
         mark = ' (baseline)' if version == baseline else ''
@@ -516,25 +516,25 @@ def _per_category_body(cmp: VersionComparison) -> str:
         keep = (f1.max(axis=1) - f1.min(axis=1)).sort_values(ascending=False, kind='stable').index[:MAX_CHART_LABELS]
         f1 = f1.loc[[label for label in f1.index if label in set(keep)]]
         note = (
-            f'<p class="pw-sub">Chart: the {MAX_CHART_LABELS} of {len(tables[cmp.baseline])} labels whose F1 '
+            f'<p class="pw-sub">Chart: the {MAX_CHART_LABELS} of {len(tables[cmp.baseline])} categories whose F1 '
             'differs most between versions; the table has all.</p>'
         )
     changed = (
         '<p class="pw-sub">F1 in <span class="pw-better">green</span> or <span class="pw-worse">red</span>: '
-        'higher or lower than the baseline on that label.</p>'
+        'higher or lower than the baseline on that category.</p>'
     )
     return (
         _f1_chart(f1, cmp, names)
         + note
-        + '<h4>Precision, recall and F1 per label</h4>'
+        + '<h4>Precision, recall and F1 per category</h4>'
         + changed
         + _category_table(tables, names, cmp.baseline)
     )
 
 
 def render_per_category(cmp: VersionComparison) -> str:
-    """Render F1 per label as a dot plot (one marker per version) and precision, recall and F1 per label and
-    version as a table."""
+    """Render F1 per category as a dot plot (one marker per version) and precision, recall and F1 per category
+    and version as a table."""
     return _wrap(_per_category_body(cmp), 'pw-per-category')
 
 
@@ -560,7 +560,7 @@ def _matrices(cmp: VersionComparison) -> tuple[dict[str, pd.DataFrame], str]:
         v: m.loc[kept, [c for c in m.columns if c in keep or c == metrics.NONE_COLUMN]] for v, m in matrices.items()
     }
     note = (
-        f'<p class="pw-sub">Showing the {len(kept)} of {len(labels)} labels involved in the most confusions; '
+        f'<p class="pw-sub">Showing the {len(kept)} of {len(labels)} categories involved in the most confusions; '
         'run.confusion_matrix() has them all.</p>'
     )
     return matrices, note
@@ -619,7 +619,7 @@ def _confusions_body(cmp: VersionComparison) -> str:
         + '</div>'
     )
     head = (
-        '<p class="pw-sub">Rows: expected label; columns: predicted label ((none): no answer). One colour scale for '
+        '<p class="pw-sub">Rows: expected category; columns: predicted category ((none): no answer). One colour scale for '
         f'every matrix (0 to {vmax} examples), so the matrices compare directly.</p>'
     )
     return head + grid + note
