@@ -192,7 +192,8 @@ def test_save_then_evaluate_shows_progress_and_disables_the_controls(view):
     before = len(server.received)
     view.evaluate_button.click()
     assert len(server.received) - before == 6
-    assert labels == ['0 / 6 calls', '6 / 6 calls']  # the count is known before the first call
+    assert labels[0] == '0 / 6 calls' and labels[-1] == '6 / 6 calls'  # the count is known before the first call
+    assert [label.split(' / ')[0] for label in labels] == sorted(label.split(' / ')[0] for label in labels)
     assert during and all(d == (True, True, True, True, True, 'flex') for d in during)
     assert view.progress.value == view.progress.max == 6 and view.progress_label.value == '6 / 6 calls'
     assert 'Evaluated <b>router:v4</b> on dev: 6 model calls, 0 rows reused' in view.edit_status.value
@@ -236,5 +237,8 @@ def test_progress_label_counts_calls_and_time_left():
     clock.start -= 2.0  # two seconds in
     clock(8, 24)
     assert (bar.value, bar.max) == (8, 24) and label.value == '8 / 24 calls, about 4 s left'
+    clock.start += 1.9
+    clock(23, 24)
+    assert label.value == '23 / 24 calls, under a second left'
     clock(24, 24)
     assert label.value == '24 / 24 calls'

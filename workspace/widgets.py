@@ -17,7 +17,7 @@ import jinja2
 
 from udfs import render as render_udfs
 
-from . import tables, views
+from . import store, views
 from .compare import VersionComparison, _measure, build_comparison, version_labels
 from .datasets import Dataset
 from .errors import TemplateError, WorkspaceError
@@ -139,7 +139,8 @@ class CompareState:
             raise TemplateError(f'the template failed to render in the sandbox: {e}') from None
         before = {row['example_id']: build_request(base, row) for row in rows}
         differ = [ex for ex in after if after[ex]['hash'] != before[ex]['hash']]
-        new = set(h for h in (after[ex]['hash'] for ex in differ)) - _answered([after[ex]['hash'] for ex in differ])
+        hashes = {after[ex]['hash'] for ex in differ}
+        new = hashes - set(store.lookup(hashes))  # answered before (errors included) are not sent again
         shown = differ[0] if differ else rows[0]['example_id']
         return TemplateCheck(
             base.id,
@@ -201,15 +202,6 @@ class CompareState:
         raise KeyError(f'unknown tab {tab!r}; tabs are {TABS}')
 
 
-def _answered(hashes: Sequence[str]) -> set[str]:
-    """Return which request hashes the request store has answered (one read, no model call)."""
-    keys = sorted(set(hashes))
-    if not keys:
-        return set()
-    store = tables.requests()
-    return {r['request_hash'] for r in store.where(store.request_hash.isin(keys)).select(store.request_hash).collect()}
-
-
 def _message(text: str, kind: str = '') -> str:
     """Return a one-line status in the view's style; kind is '', 'error' or 'ok'."""
     color = {'error': '#c62828', 'ok': '#1a7f37'}.get(kind, '#1f2328')
@@ -234,7 +226,7 @@ class _Clock:
         self.bar.max, self.bar.value = max(total, 1), done
         elapsed = time.perf_counter() - self.start
         left = elapsed / done * (total - done) if done else 0.0
-        eta = f', about {left:.0f} s left' if done < total and done else ''
+        eta = '' if not done or done >= total else ', under a second left' if left < 1 else f', about {left:.0f} s left'
         self.label.value = f'{done:,} / {total:,} calls{eta}'
 
 
