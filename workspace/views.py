@@ -146,8 +146,15 @@ _MARKERS = ('o', 's', 'D', '^', 'v', 'P', 'X', 'h', '*')
 # --- formatting (pure, table-tested) -------------------------------------------------------------------------
 
 
+def _number(value: Any) -> float | None:
+    """Return `value` as a float, or None when it is missing (None or NaN)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return float(value)
+
+
 def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
+    return _number(value) is None
 
 
 def format_change(diff: float | None, *, scale: float = 100.0, digits: int = 1) -> str:
@@ -156,9 +163,10 @@ def format_change(diff: float | None, *, scale: float = 100.0, digits: int = 1) 
     >>> format_change(0.125), format_change(-0.0004), format_change(0.035, scale=1000, digits=0)
     ('+12.5', '+0.0', '+35')
     """
-    if _missing(diff):
+    value = _number(diff)
+    if value is None:
         return ''
-    return f'{round(diff * scale, digits) + 0.0:+.{digits}f}'  # + 0.0 turns a rounded -0.0 into +0.0
+    return f'{round(value * scale, digits) + 0.0:+.{digits}f}'  # + 0.0 turns a rounded -0.0 into +0.0
 
 
 def format_interval(low: float | None, high: float | None, *, scale: float = 100.0, digits: int = 1) -> str:
@@ -168,10 +176,11 @@ def format_interval(low: float | None, high: float | None, *, scale: float = 100
     >>> format_interval(0.031, 0.208), format_interval(-0.0101, 0.0502, scale=1000, digits=0)
     ('[3.1, 20.8]', '[-10, 50]')
     """
-    if _missing(low) or _missing(high):
+    ends = [_number(low), _number(high)]
+    if None in ends:
         return ''
-    ends = (f'{round(v * scale, digits) + 0.0:.{digits}f}' for v in (low, high))  # type: ignore[operator]
-    return '[{}, {}]'.format(*ends)
+    shown = [f'{round(v * scale, digits) + 0.0:.{digits}f}' for v in ends if v is not None]
+    return f'[{shown[0]}, {shown[1]}]'
 
 
 def change_class(low: float | None, high: float | None, *, higher_is_better: bool = True) -> str:
@@ -182,11 +191,12 @@ def change_class(low: float | None, high: float | None, *, higher_is_better: boo
     >>> change_class(0.01, 0.2), change_class(0.01, 0.2, higher_is_better=False), change_class(-0.1, 0.2)
     ('pw-better', 'pw-worse', '')
     """
-    if _missing(low) or _missing(high):
+    lo, hi = _number(low), _number(high)
+    if lo is None or hi is None:
         return ''
-    if low > 0:
+    if lo > 0:
         return 'pw-better' if higher_is_better else 'pw-worse'
-    if high < 0:
+    if hi < 0:
         return 'pw-worse' if higher_is_better else 'pw-better'
     return ''
 
@@ -291,8 +301,8 @@ def _token_changes(cmp: VersionComparison) -> pd.DataFrame:
 
 
 def _mean_cell(row: Mapping[str, Any], metric: _Metric) -> str:
-    value = row.get(metric.mean)
-    if _missing(value):
+    value = _number(row.get(metric.mean))
+    if value is None:
         return '<td class="pw-first"></td>'
     shown = f'{value * metric.scale:.{metric.digits}f}'
     low, high = (row.get(metric.interval[0]), row.get(metric.interval[1])) if metric.interval else (None, None)
