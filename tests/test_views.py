@@ -13,6 +13,13 @@ from workspace.compare import build_comparison
 # --- formatting, table-driven ----------------------------------------------------------------------------------
 
 
+def test_docstring_examples_run():
+    import doctest
+
+    result = doctest.testmod(views)
+    assert result.attempted >= 6 and result.failed == 0
+
+
 @pytest.mark.parametrize(
     ('p', 'shown'),
     [
