@@ -18,7 +18,9 @@ def test_compare_table_differences_and_intervals(scripted_versions):
     assert row['diff'] == pytest.approx(4 / 6)
     assert row['ci_low'] <= row['diff'] <= row['ci_high']
     assert row['p_value'] == pytest.approx(0.125)  # McNemar exact: 4 discordant pairs, all in v2's favour
-    assert row['verdict'].startswith('no detectable difference at n = 6 (+66.7 points')
+    assert row['verdict'].startswith(
+        f'no detectable difference between {v2.id} and {v1.id} on dev at n = 6 (+66.7 points'
+    )
     assert table.loc[v1.id, 'verdict'] == 'baseline'
     assert row['calls'] == 6 and row['reused'] == 0 and row['errors'] == 0
     assert table.loc[v2.id, 'macro_f1'] == 1.0

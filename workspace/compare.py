@@ -33,6 +33,7 @@ __all__ = [
     'significance',
     'row_score_name',
     'prompts_for',
+    'version_labels',
     'diff',
     'Promotion',
     'promote_if_better',
@@ -353,6 +354,18 @@ def prompts_for(hashes: Sequence[str]) -> dict[str, str]:
     """Return the rendered prompt of each request hash, from the request store."""
     found = store.requests_for(h for h in hashes if isinstance(h, str))
     return {key: row['request'].get('prompt', '') for key, row in found.items()}
+
+
+def version_labels(prompts: Sequence[str]) -> dict[str, list[str]]:
+    """Return the labels on each version of `prompts` (version id to sorted label names), from the labels table."""
+    from .labels import list_labels
+
+    found: dict[str, list[str]] = {}
+    for prompt in dict.fromkeys(prompts):
+        on = list_labels(prompt)
+        for version, label in zip(on['version_id'], on['label']):
+            found.setdefault(version, []).append(label)
+    return {version: sorted(names) for version, names in found.items()}
 
 
 def diff(a: Version | str, b: Version | str) -> VersionDiff:
