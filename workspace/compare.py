@@ -245,10 +245,17 @@ def _measure(
             'n': len(frame),
             main: float(frame['score'].mean()),
         }
+        # The headline's own 95% interval: Wilson for a proportion (accuracy, validity), bootstrap for a mean.
+        if task == 'text':
+            row[f'{main}_low'], row[f'{main}_high'] = stats.bootstrap_interval(frame['score'].tolist())
+        elif len(frame):
+            row[f'{main}_low'], row[f'{main}_high'] = stats.proportion_interval(int(frame['score'].sum()), len(frame))
         if task == 'choice':
-            row['macro_f1'] = metrics.classification_summary([str(e) for e in frame['expected']], _predictions(frame))[
-                'macro_f1'
-            ]
+            expected, predicted = [str(e) for e in frame['expected']], _predictions(frame)
+            row['macro_f1'] = metrics.classification_summary(expected, predicted)['macro_f1']
+            skew = metrics.label_skew(expected, predicted)
+            if skew is not None:
+                notes.append(f'{run.version.id} {skew["message"]}: it may have collapsed onto one answer')
         row.update(
             mean_latency_s=float(frame['latency_s'].fillna(0).mean()),
             mean_tokens=float((frame['prompt_tokens'].fillna(0) + frame['completion_tokens'].fillna(0)).mean()),
