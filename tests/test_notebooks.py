@@ -101,6 +101,9 @@ def test_notebooks_run_in_order_under_papermill(ws, tiny_tickets, tmp_path):
     _, book = _run('03_optimize.ipynb', dataset_name='nb_tiny', max_calls=80, max_candidates=2, test='dev')
     best = ws.get_version(ws.list_optimizations('ticket_router').iloc[0]['best_version_id'])
     assert 'ticket_router:v2' in (best.id, best.parent_id)  # the optimizer's choice, or its baseline if none won
+    decision = _text(book, 'import workspace')
+    assert 'kept ticket_router:v2: ' in decision or 'replaces ticket_router:v2: macro_f1' in decision
+    assert 'BILLING' in _text(book, 'result.label_shares()')  # the share of each trial's answers on each label
     assert 'production' in _text(book)  # the promotion decision is printed either way
 
     report = tmp_path / 'report.html'
