@@ -15,15 +15,19 @@ import warnings
 warnings.filterwarnings('ignore', message='XDG_RUNTIME_DIR is not set')
 
 from .ab import ABReport, Assigner, ab_report, assign, log_outcome, log_outcomes  # noqa: E402
+from .audit_log import audit  # noqa: E402
 from .compare import VersionComparison, build_comparison, compare_table, diff, flips, significance  # noqa: E402
 from .datasets import Dataset, get_dataset, import_dataset, list_datasets  # noqa: E402
 from .errors import (  # noqa: E402
     BackendError,
     ComparisonError,
     DatasetError,
+    GuardrailViolation,
     LabelError,
     OptimizeError,
     RegressionError,
+    RuleError,
+    ServeError,
     TemplateError,
     VersionError,
     WorkspaceError,
@@ -35,6 +39,7 @@ from .notebooks import NotebookRun, list_notebook_runs, run_notebook  # noqa: E4
 from .optimize import Budget, OptimizeResult, list_optimizations, list_trials, optimize  # noqa: E402
 from .prompt_diff import VersionDiff, diff_versions, render_diff_html, render_diff_text  # noqa: E402
 from .report import export_report  # noqa: E402
+from .rules import Rule, get_rule, list_rules, set_rule  # noqa: E402
 from .runs import Run, Summary, get_run, lineage, list_runs  # noqa: E402
 from .schedule import ScheduledEval, scheduled_eval, scheduled_history  # noqa: E402
 from .suggest import Suggestion, suggest  # noqa: E402
@@ -114,6 +119,13 @@ __all__ = [
     'diff_versions',
     'render_diff_html',
     'render_diff_text',
+    # guardrails
+    'set_rule',
+    'get_rule',
+    'list_rules',
+    'Rule',
+    # audit
+    'audit',
     # errors
     'WorkspaceError',
     'DatasetError',
@@ -123,4 +135,7 @@ __all__ = [
     'BackendError',
     'ComparisonError',
     'OptimizeError',
+    'RuleError',
+    'GuardrailViolation',
+    'ServeError',
 ]

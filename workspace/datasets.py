@@ -24,7 +24,7 @@ from typing import Any, Literal, TypeAlias
 import pandas as pd
 import pixeltable as pxt
 
-from . import tables
+from . import audit_log, tables
 from .errors import DatasetError
 
 __all__ = ['Dataset', 'Task', 'import_dataset', 'get_dataset', 'list_datasets', 'DEFAULT_SPLIT_RATIOS']
@@ -389,6 +389,7 @@ class Dataset:
                 'use dataset.correct(id, expected) to change an expected output'
             )
         t.insert(rows)
+        audit_log.record('dataset.appended', self.name, after={'rows': len(rows), 'version': self.version})
         return len(rows)
 
     def correct(self, example_id: str, expected: Any) -> int:
@@ -398,7 +399,8 @@ class Dataset:
         >>> tickets.correct('t017', 'REFUND')
         """
         t = self.table
-        if not len(t.where(t.example_id == example_id).select(t.example_id).collect()):
+        found = t.where(t.example_id == example_id).select(t.expected).collect()
+        if not len(found):
             raise DatasetError(f'dataset {self.name!r} has no example {example_id!r}')
         if _is_empty(expected):
             raise DatasetError(f'the expected output for {example_id!r} is empty; give a value')
@@ -408,6 +410,7 @@ class Dataset:
         evals = tables.open_table(tables.eval_path(self.name))
         if evals is not None:
             evals.update({'expected': value, 'dataset_version': version}, where=evals.example_id == example_id)
+        audit_log.record('dataset.corrected', f'{self.name}/{example_id}', before=found[0]['expected'], after=value)
         return version
 
 
@@ -527,6 +530,7 @@ def import_dataset(
         pxt.drop_table(tables.dataset_path(name))
     pxt.move(staging, tables.dataset_path(name))
     log.info('imported %d examples into dataset %r', len(rows), name)
+    audit_log.record('dataset.imported', name, after={'rows': len(rows), 'source': meta['source']})
     return get_dataset(name)
 
 

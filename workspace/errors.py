@@ -12,6 +12,9 @@ __all__ = [
     'ComparisonError',
     'OptimizeError',
     'RegressionError',
+    'RuleError',
+    'GuardrailViolation',
+    'ServeError',
 ]
 
 
@@ -49,3 +52,27 @@ class OptimizeError(WorkspaceError):
 
 class RegressionError(WorkspaceError):
     "A scheduled evaluation scored more than its threshold below the previous run with the same parameters."
+
+
+class RuleError(WorkspaceError):
+    "A guardrail rule cannot be created or changed as asked."
+
+
+class GuardrailViolation(WorkspaceError):
+    "A blocking rule failed on a served request; `violation` names the rule and the matched span."
+
+    def __init__(self, violation: dict, violations: list[dict] | None = None) -> None:
+        self.violation = violation
+        self.violations = violations if violations is not None else [violation]
+        where = f' in field {violation["field"]!r}' if violation.get('field') else ''
+        span = ''
+        if violation.get('span'):
+            start, end = violation['span']
+            span = f' at characters {start}-{end} ({violation.get("match")!r})'
+        super().__init__(
+            f'rule {violation["rule"]!r} blocks this {violation["stage"]}{where}{span}: {violation["message"]}'
+        )
+
+
+class ServeError(WorkspaceError):
+    "A prompt cannot be served as asked (an unknown version, missing fields, a model error)."

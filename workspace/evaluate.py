@@ -27,7 +27,7 @@ import pixeltable as pxt
 
 from udfs import parse, scores
 
-from . import backends, tables
+from . import backends, rules, tables
 from .config import utc_now
 from .datasets import Dataset, get_dataset
 from .errors import TemplateError, WorkspaceError
@@ -111,6 +111,7 @@ def eval_table(dataset: Dataset) -> pxt.Table:
     path = tables.eval_path(dataset.name)
     table = tables.open_table(path)
     if table is not None:
+        rules.sync_table(table)
         return table
     table = pxt.create_table(
         path,
@@ -131,6 +132,8 @@ def eval_table(dataset: Dataset) -> pxt.Table:
             'reused': pxt.Bool | None,
             'output_spec': pxt.Json | None,
             'expected': pxt.Json | None,
+            'input_fields': pxt.Json | None,  # what input rules check
+            'rendered_prompt': pxt.String | None,  # what prompt rules check
         },
         primary_key=['version_id', 'example_id'],
         if_exists='ignore',
@@ -145,6 +148,7 @@ def eval_table(dataset: Dataset) -> pxt.Table:
             on_error='ignore',
             if_exists='ignore',
         )
+    rules.sync_table(table)
     return table
 
 
@@ -355,6 +359,8 @@ def evaluate(
                 'reused': key not in answered and key not in retried,
                 'output_spec': dict(v.output),
                 'expected': by_id[ex]['expected'],
+                'input_fields': {name: by_id[ex][name] for name in ds.inputs},
+                'rendered_prompt': requests[ex]['prompt'],
             }
         )
     if updates:

@@ -33,7 +33,7 @@ import pandas as pd
 
 from udfs import scores
 
-from . import backends, tables
+from . import audit_log, backends, tables
 from .config import utc_now
 from .datasets import Dataset, get_dataset
 from .errors import DatasetError, OptimizeError, VersionError, WorkspaceError
@@ -487,6 +487,9 @@ def optimize(
     runs_table = tables.optimize_runs()
     runs_table.batch_update([_run_row(run_row, ledger, recorder, clock)], if_not_exists='insert')
     log.info('optimizer run %s: %s on %s (train %d, dev %d)', run_id, name, ds.name, len(trainset), len(devset))
+    audit_log.record(
+        'optimizer.started', run_id, after={'optimizer': name, 'baseline': baseline.id, 'dataset': ds.name}
+    )
 
     import dspy
 
@@ -591,6 +594,7 @@ def optimize(
         meta=meta,
     )
     status = 'stopped' if stop else 'done'
+    audit_log.record('optimizer.finished', run_id, before=baseline.id, after={'status': status, 'best': best.id})
     runs_table.batch_update(
         [
             _run_row(

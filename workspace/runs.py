@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from . import metrics, tables
+from . import metrics, rules, tables
 from .datasets import get_dataset
 from .errors import WorkspaceError
 from .versions import Version, get_version, parent_chain
@@ -213,7 +213,7 @@ class Summary:
 def summarize(run: Run) -> Summary:
     """Compute a run's summary from its evaluation rows."""
     ds = get_dataset(run.dataset)
-    frame = run.predictions()
+    frame, ruled = rules.apply_blocks(run.predictions(), run.score_columns())
     errors = int(frame['error'].notna().sum())
     values: dict[str, Any] = {}
     per_cat = confusion = None
@@ -234,7 +234,8 @@ def summarize(run: Run) -> Summary:
     for column in ('latency_s', 'prompt_tokens', 'completion_tokens'):
         series = frame[column].dropna()
         values[f'mean_{column}'] = float(series.mean()) if len(series) else 0.0
-    notes = []
+    values.update(ruled.metrics())
+    notes = ruled.notes()
     if errors:
         notes.append(f'{errors} of {len(frame)} rows have a model error; they count as wrong (see failures())')
     return Summary(run=run, metrics=values, errors=errors, per_category=per_cat, confusion=confusion, notes=notes)
