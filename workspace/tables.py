@@ -466,6 +466,7 @@ def api_keys() -> pxt.Table:
             'key_id': pxt.String,  # the public part of the key, used to find its row
             'name': pxt.String,
             'scope': pxt.String,  # read, serve or admin
+            'rate': pxt.Float,  # requests per second
             'key_hash': pxt.String,
             'created_at': pxt.Timestamp,
             'created_by': pxt.String,
