@@ -85,6 +85,48 @@ class _Bucket:
             return (1 - tokens) / rate
 
 
+class _BodyLimit:
+    """Refuse request bodies over `limit` bytes with a JSON 413, whether or not they declare their length.
+
+    Bodies here are small (a version reference and some fields), so the body is read up to the limit and handed
+    on whole. Starlette's own limit answers in plain text, which would break the promise of JSON errors.
+    """
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope['type'] != 'http':
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get('headers') or []).get(b'content-length')
+        too_large = declared is not None and declared.isdigit() and int(declared) > self.limit
+        chunks: list[bytes] = []
+        size = 0
+        while not too_large:
+            message = await receive()
+            if message['type'] != 'http.request':
+                return await self.app(scope, receive, send)
+            chunks.append(message.get('body', b''))
+            size += len(chunks[-1])
+            too_large = size > self.limit
+            if not message.get('more_body'):
+                break
+        if too_large:
+            response = _json_error(413, 'body_too_large', f'the body is larger than {self.limit} bytes')
+            return await response(scope, receive, send)
+        body = b''.join(chunks)
+        sent = False
+
+        async def replay() -> Any:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {'type': 'http.request', 'body': body, 'more_body': False}
+            return await receive()
+
+        return await self.app(scope, replay, send)
+
+
 class _Error(Exception):
     def __init__(self, status: int, kind: str, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
@@ -175,8 +217,8 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         title='prompt-workspace',
         summary='Prompt versions served to applications: resolve a label, render, check rules, complete.',
         version='1',
-        max_body_size=settings.max_body,
     )
+    app.add_middleware(_BodyLimit, limit=settings.max_body)
     app.state.server = server
     app.state.buckets = _Bucket()
     app.router.on_shutdown.append(server.close)
@@ -206,11 +248,8 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
 
     @app.exception_handler(HTTPException)
     async def _on_http(request: Request, e: HTTPException) -> JSONResponse:
-        kind = {404: 'not_found', 405: 'method_not_allowed', 413: 'body_too_large'}.get(e.status_code, 'http_error')
-        message = str(e.detail)
-        if e.status_code == 413:
-            message = f'the body is larger than {settings.max_body} bytes'
-        return _json_error(e.status_code, kind, message, getattr(e, 'headers', None))
+        kind = {404: 'not_found', 405: 'method_not_allowed'}.get(e.status_code, 'http_error')
+        return _json_error(e.status_code, kind, str(e.detail), getattr(e, 'headers', None))
 
     @app.exception_handler(Exception)
     async def _on_bug(request: Request, e: Exception) -> JSONResponse:
