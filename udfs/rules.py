@@ -202,13 +202,22 @@ def _recognizers() -> dict[str, Any]:
     return found
 
 
+#: The fewest digits a text must hold for an entity to be possible in it: a cheap test that spares the costly
+#: recognizers (the phone recognizer tries several regions' numbering plans) on texts with too few digits.
+_MIN_DIGITS = {'PHONE_NUMBER': 7, 'CREDIT_CARD': 12, 'IBAN_CODE': 10, 'US_SSN': 9, 'UK_NINO': 6, 'ES_NIF': 8}
+_DIGIT = re.compile(r'\d')
+
+
 def _pii(rule: Mapping[str, Any], text: str) -> list[Violation]:
     config = rule['config']
     entities = list(config.get('entities') or PII_ENTITIES)
     min_score = float(config.get('min_score', 0.4))
     recognizers = _recognizers()
+    digits = len(_DIGIT.findall(text))
     hits = []
     for entity in entities:
+        if digits < _MIN_DIGITS.get(entity, 0):
+            continue
         for r in recognizers[entity].analyze(text, [entity], None):
             if r.score >= min_score:
                 hits.append((r.start, r.end, entity))

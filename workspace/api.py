@@ -18,11 +18,13 @@ Every error is JSON, `{"error": {"type": ..., "message": ...}}`, never a stack t
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import threading
 import time
 import uuid
+from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Request
@@ -177,7 +179,7 @@ def _served(result: Any) -> dict[str, Any]:
 def _guard(needed: str) -> Any:
     """Return a dependency that admits a request whose key has at least the scope `needed`, within its rate."""
 
-    def check(request: Request) -> keys.ApiKey:
+    async def check(request: Request) -> keys.ApiKey:
         server: Server = request.app.state.server
         header = request.headers.get('authorization', '')
         key = header[7:] if header.lower().startswith('bearer ') else request.headers.get('x-api-key', '')
@@ -213,7 +215,14 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
     """
     settings = settings or ServeSettings.from_env()
     server = Server(settings, background=True)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        server.close()  # writes the buffered executions
+
     app = FastAPI(
+        lifespan=lifespan,
         title='prompt-workspace',
         summary='Prompt versions served to applications: resolve a label, render, check rules, complete.',
         version='1',
@@ -221,7 +230,6 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
     app.add_middleware(_BodyLimit, limit=settings.max_body)
     app.state.server = server
     app.state.buckets = _Bucket()
-    app.router.on_shutdown.append(server.close)
 
     @app.exception_handler(_Error)
     async def _on_error(request: Request, e: _Error) -> JSONResponse:
@@ -285,8 +293,10 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
             'variables': sorted(version.variables()),
         }
 
+    # Rendering is CPU work on cached state, so it runs on the event loop rather than hopping to a worker thread;
+    # only a version or prompt seen for the first time reads the store.
     @app.post('/v1/render')
-    def render(body: RenderBody, key: ServeKey) -> dict[str, Any]:
+    async def render(body: RenderBody, key: ServeKey) -> dict[str, Any]:
         """Resolve the version (or the unit's A/B arm), render it, check input and prompt rules."""
         return _served(server.render(body.version, body.fields, unit_id=body.unit_id, caller=f'key:{key.name}'))
 

@@ -49,10 +49,13 @@ def _hash(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def create_key(name: str, scope: Scope = 'serve', *, rate: float = 50.0) -> str:
+def create_key(
+    name: str, scope: Scope = 'serve', *, rate: float = 50.0, if_exists: Literal['error', 'replace'] = 'error'
+) -> str:
     """Create an API key and return it; it is shown only now (the table keeps its SHA-256).
 
-    `rate` is the key's limit in requests per second (bursts up to twice that are allowed).
+    `rate` is the key's limit in requests per second (bursts up to twice that are allowed). With
+    `if_exists='replace'` an active key of the same name is revoked first (a notebook cell run twice).
 
     >>> key = create_key('checkout-service', 'serve')
     """
@@ -64,7 +67,9 @@ def create_key(name: str, scope: Scope = 'serve', *, rate: float = 50.0) -> str:
         raise WorkspaceError(f'rate {rate!r} must be a positive number of requests per second')
     t = tables.api_keys()
     taken = t.where((t.name == name) & (t.revoked_at == None)).select(t.key_id).collect()  # noqa: E711
-    if len(taken):
+    if len(taken) and if_exists == 'replace':
+        revoke_key(name)
+    elif len(taken):
         raise WorkspaceError(f'an active key is already named {name!r}; revoke it first or choose another name')
     key_id = secrets.token_hex(6)
     key = f'pw_{key_id}_{secrets.token_urlsafe(32)}'

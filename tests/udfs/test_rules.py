@@ -100,3 +100,18 @@ def test_input_fields_are_checked_field_by_field():
 def test_count_tokens_counts_words_and_punctuation():
     assert rules.count_tokens('Hello, world!') == 4
     assert rules.count_tokens('') == 0
+
+
+def test_injection_pack_precision_and_recall_on_its_labelled_set():
+    """The figures in docs/benchmarks.md; the set was written alongside the pack, so they are optimistic."""
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / 'datasets' / 'injection_prompts.jsonl'
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert sum(r['label'] == 'injection' for r in rows) >= 60 and sum(r['label'] == 'benign' for r in rows) >= 60
+    flagged = [bool(rules.check(rule('injection'), r['text'])) for r in rows]
+    truth = [r['label'] == 'injection' for r in rows]
+    tp = sum(f and t for f, t in zip(flagged, truth))
+    precision, recall = tp / sum(flagged), tp / sum(truth)
+    assert precision >= 0.9 and recall >= 0.9, (precision, recall)
