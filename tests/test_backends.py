@@ -135,7 +135,8 @@ def test_retry_on_5xx_and_timeouts_with_exponential_backoff(monkeypatch):
             Canned(503, {'error': {'message': 'unavailable'}}),
         ]
         sleeps: list[float] = []
-        backend = _backend(server, sleeps, timeout=0.3)
+        monkeypatch.setenv('WORKSPACE_REQUEST_TIMEOUT', '0.3')
+        backend = _backend(server, sleeps)
         assert backend.complete(REQUEST)['text'] == 'ok'
         assert backend.attempts == 4
         assert len(sleeps) == 3 and all(0.5 * 0.01 * 2**i <= s <= 0.01 * 2**i for i, s in enumerate(sleeps))
@@ -208,7 +209,7 @@ def test_rate_limiter_spaces_requests():
 
 
 def test_request_hash_ignores_the_spec_and_keys():
-    from workspace.evaluate import request_hash
+    from workspace.store import request_hash
 
     a = {'model': 'local', 'model_id': 'm@1', 'params': {'t': 0}, 'prompt': 'p', 'constraint': None}
     b = {**a, 'model': 'local:/path/same.gguf'}

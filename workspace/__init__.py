@@ -18,7 +18,16 @@ from .ab import ABReport, Assigner, ab_report, assign, log_outcome, log_outcomes
 from .api import RunningServer, start_server  # noqa: E402
 from .audit_log import audit  # noqa: E402
 from .client import Client  # noqa: E402
-from .compare import VersionComparison, build_comparison, compare_table, diff, flips, significance  # noqa: E402
+from .compare import (  # noqa: E402
+    Promotion,
+    VersionComparison,
+    build_comparison,
+    compare_table,
+    diff,
+    flips,
+    promote_if_better,
+    significance,
+)
 from .datasets import Dataset, get_dataset, import_dataset, list_datasets  # noqa: E402
 from .errors import (  # noqa: E402
     BackendError,
@@ -38,7 +47,7 @@ from .evaluate import add_scorer, evaluate  # noqa: E402
 from .experiments import list_experiments, start_experiment, stop_experiment  # noqa: E402
 from .history import LineageGraph, lineage_graph  # noqa: E402
 from .keys import create_key, list_keys, revoke_key  # noqa: E402
-from .labels import Promotion, label_history, list_labels, promote_if_better, rollback, set_label  # noqa: E402
+from .labels import label_history, list_labels, rollback, set_label  # noqa: E402
 from .notebooks import NotebookRun, list_notebook_runs, run_notebook  # noqa: E402
 from .optimize import Budget, OptimizeResult, list_optimizations, list_trials, optimize  # noqa: E402
 from .prompt_diff import VersionDiff, diff_versions, render_diff_html, render_diff_text  # noqa: E402

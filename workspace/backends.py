@@ -20,13 +20,16 @@ import json
 import logging
 import os
 import random
+import re
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypedDict
 
+from .config import settings
 from .errors import BackendError
 
 __all__ = [
@@ -39,6 +42,8 @@ __all__ = [
     'model_identity',
     'parse_model',
     'choice_grammar',
+    'public_url',
+    'is_remote',
 ]
 
 log = logging.getLogger(__name__)
@@ -104,8 +109,12 @@ def _local_path(name: str) -> Path:
 def model_identity(spec: str) -> str:
     """Return the identity of the model a spec names, as it goes into a request hash.
 
-    The embedded model is identified by its file's checksum, a GGUF file by its name and size, an
-    OpenAI-compatible model by its name and endpoint: the same spec can never hit another model's cache entries.
+    The embedded model is identified by its file's checksum, a GGUF file by its name and size, a remote model by
+    its name and the endpoint that answers it (Groq's too: `GROQ_BASE_URL` can point at another server), so the
+    same spec can never hit another model's cache entries. Credentials in an endpoint URL are never part of it.
+
+    >>> model_identity('groq:llama-3.1-8b-instant')
+    'groq:llama-3.1-8b-instant@https://api.groq.com'
     """
     kind, name = parse_model(spec)
     if kind == 'local' and not name:
@@ -115,9 +124,28 @@ def model_identity(spec: str) -> str:
     if kind == 'local':
         path = _local_path(name)
         return f'local:{path.name}@{path.stat().st_size}'
-    if kind == 'openai':
-        return f'openai:{name}@{_openai_base_url()}'
-    return spec
+    return f'{kind}:{name}@{public_url(_base_url(kind))}'
+
+
+#: Query parameters whose values are credentials (Azure's `api-key`, signed URLs' `sig`, `token=` and the like).
+_SECRET_QUERY = re.compile(r'key|token|secret|passw|sig|auth|credential', re.IGNORECASE)
+
+
+def public_url(url: str) -> str:
+    """Return `url` without credentials: no user or password, secret-looking query values replaced by `***`.
+
+    >>> public_url('http://user:secret@host:8080/v1?api-key=abc&version=2')
+    'http://host:8080/v1?api-key=***&version=2'
+    """
+    parts = urllib.parse.urlsplit(url)
+    netloc = parts.hostname or ''
+    if parts.port is not None:
+        netloc = f'{netloc}:{parts.port}'
+    query = urllib.parse.urlencode(
+        [(k, '***' if _SECRET_QUERY.search(k) else v) for k, v in urllib.parse.parse_qsl(parts.query, True)],
+        safe='*',
+    )
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path.rstrip('/'), query, ''))
 
 
 def _escape_gbnf(text: str) -> str:
@@ -150,13 +178,43 @@ def _quiet_stderr() -> Iterator[None]:
         os.close(saved)
 
 
-class LocalBackend:
-    """llama.cpp in-process: loads the GGUF once, decodes label outputs under a grammar."""
+_llama_log = logging.getLogger('workspace.llama_cpp')
+_log_callback: Any = None
 
-    def __init__(self, path: Path, *, n_ctx: int = 4096, n_threads: int | None = None) -> None:
+
+def _route_llama_log(llama_cpp: Any) -> None:
+    """Send llama.cpp's own log (context set-up, "using full-size SWA cache", ...) to the `workspace.llama_cpp`
+    logger at DEBUG instead of stderr, where a notebook shows it in red. `logging.getLogger('workspace.llama_cpp')
+    .setLevel(logging.DEBUG)` with a handler shows it again."""
+    global _log_callback
+    if _log_callback is not None:
+        return
+
+    @llama_cpp.llama_log_callback
+    def callback(level: int, text: bytes, user_data: Any) -> None:
+        _llama_log.debug('%s', text.decode('utf-8', 'replace').rstrip())
+
+    _log_callback = callback  # ctypes calls it for the life of the process: keep a reference
+    llama_cpp.llama_log_set(callback, None)
+
+
+class LocalBackend:
+    """llama.cpp in-process: loads the GGUF once, decodes label outputs under a token mask, one request at a time.
+
+    Every request is decoded from an empty context. llama.cpp would otherwise reuse the previous prompt's cached
+    prefix, and decoding only the new suffix gives slightly different logits than decoding the whole prompt: the
+    same request could get another answer depending on what came before it (1 of 59 rows on poem_sentiment). A
+    store that keys answers by content must get the same answer in any order, so determinism wins over the prefix
+    reuse (its cost is in docs/benchmarks.md). `reuse_prefix=True` turns reuse back on, for benchmarks.
+    """
+
+    def __init__(
+        self, path: Path, *, n_ctx: int = 4096, n_threads: int | None = None, reuse_prefix: bool = False
+    ) -> None:
         self.path = path
         self.n_ctx = n_ctx
         self.n_threads = n_threads or max(1, os.cpu_count() or 1)
+        self.reuse_prefix = reuse_prefix
         self.calls = 0
         self._llm: Any = None
         self._grammars: dict[str, Any] = {}
@@ -175,7 +233,8 @@ class LocalBackend:
                     "llama-cpp-python is not installed; run 'make run', which builds it with "
                     'CMAKE_ARGS="-DGGML_NATIVE=OFF"'
                 ) from e
-            with _quiet_stderr():  # llama.cpp logs context setup to fd 2 even when not verbose
+            _route_llama_log(llama_cpp)
+            with _quiet_stderr():  # llama.cpp's Metal/CPU probes can still write to fd 2 directly
                 self._llm = llama_cpp.Llama(
                     model_path=str(self.path), n_ctx=self.n_ctx, n_threads=self.n_threads, seed=0, verbose=False
                 )
@@ -244,6 +303,8 @@ class LocalBackend:
             mask = self._label_mask(llm, request.get('constraint'))
             start = time.perf_counter()
             self.calls += 1
+            if not self.reuse_prefix:
+                llm.reset()  # decode from an empty context: see the class docstring
             out = llm.create_completion(
                 prompt=request['prompt'],
                 max_tokens=params.get('max_tokens', 64),
@@ -312,7 +373,13 @@ def _retryable(exc: Exception) -> tuple[bool, float | None]:
 
 
 class ChatBackend:
-    """A chat-completions API (Groq or OpenAI-compatible), with client-side rate limiting and retries."""
+    """A chat-completions API (Groq or OpenAI-compatible), with client-side rate limiting and retries.
+
+    Thread-safe: the request store sends up to `settings().concurrency` requests at once through one backend.
+    The retries are the workspace's rather than the SDK's (which are switched off) because a timed-out attempt
+    gets its own, smaller budget (`timeout_attempts`): the SDK retries a hung endpoint like a 429, for minutes per
+    request. Timeouts and attempts are read from `settings()` at each request.
+    """
 
     def __init__(
         self,
@@ -322,9 +389,8 @@ class ChatBackend:
         key_env: str,
         base_url: str | None,
         key_required: bool,
-        retry: RetryPolicy = RetryPolicy(),
+        retry: RetryPolicy | None = None,
         requests_per_minute: float = 0.0,
-        timeout: float = 60.0,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.kind = kind
@@ -333,12 +399,12 @@ class ChatBackend:
         self.base_url = base_url
         self.key_required = key_required
         self.retry = retry
-        self.timeout = timeout
         self.calls = 0
         self.attempts = 0
         self._sleep = sleep
         self._limiter = _RateLimiter(requests_per_minute)
         self._client: Any = None
+        self._lock = threading.Lock()
 
     def _key(self) -> str | None:
         key = os.environ.get(self.key_env)
@@ -354,18 +420,29 @@ class ChatBackend:
         if self.kind == 'groq':
             import groq
 
-            return groq.Groq(api_key=key, base_url=self.base_url, max_retries=0, timeout=self.timeout)
+            return groq.Groq(api_key=key, base_url=self.base_url, max_retries=0)
         import openai
 
-        return openai.OpenAI(api_key=key or 'no-key', base_url=self.base_url, max_retries=0, timeout=self.timeout)
+        return openai.OpenAI(api_key=key or 'no-key', base_url=self.base_url, max_retries=0)
 
     def _redact(self, text: str) -> str:
         key = os.environ.get(self.key_env)
-        return text.replace(key, '***') if key else text
+        text = text.replace(key, '***') if key else text
+        if self.base_url:
+            text = text.replace(self.base_url, public_url(self.base_url))
+        return text
+
+    def _policy(self) -> tuple[RetryPolicy, int, float]:
+        knobs = settings()
+        policy = self.retry or RetryPolicy(max_attempts=knobs.max_attempts, base_delay=knobs.retry_base_delay)
+        return policy, knobs.timeout_attempts, knobs.request_timeout
 
     def complete(self, request: Mapping[str, Any]) -> Completion:
-        if self._client is None:
-            self._client = self._make_client()
+        with self._lock:
+            if self._client is None:
+                self._client = self._make_client()
+            self.calls += 1
+        client = self._client
         params = dict(request.get('params') or {})
         messages = [{'role': 'user', 'content': request['prompt']}]
         if request.get('system'):
@@ -381,25 +458,34 @@ class ChatBackend:
                 kwargs[name] = params[name]
         if (request.get('constraint') or {}).get('json_schema') is not None:
             kwargs['response_format'] = {'type': 'json_object'}
-        self.calls += 1
-        for attempt in range(1, self.retry.max_attempts + 1):
+        policy, timeout_attempts, timeout = self._policy()
+        attempt = timeouts = 0
+        while True:
+            attempt += 1
             self._limiter.wait(self._sleep)
-            self.attempts += 1
+            with self._lock:
+                self.attempts += 1
             start = time.perf_counter()
             try:
-                out = self._client.chat.completions.create(**kwargs)
+                out = client.chat.completions.create(**kwargs, timeout=timeout)
             except Exception as exc:
                 retry, retry_after = _retryable(exc)
-                if not retry or attempt == self.retry.max_attempts:
+                timed_out = type(exc).__name__ == 'APITimeoutError'
+                timeouts += timed_out
+                spent = timeouts >= timeout_attempts if timed_out else attempt >= policy.max_attempts
+                if not retry or spent:
+                    what = f'timed out after {timeout:g} s' if timed_out else self._redact(str(exc))
                     raise BackendError(
-                        f'{self.kind} request failed after {attempt} attempt(s): {self._redact(str(exc))}'
+                        f'{self.kind} request failed after {attempt} attempt(s): {type(exc).__name__}: {what}'
                     ) from None
-                wait = self.retry.delay(attempt, retry_after)
+                wait = policy.delay(attempt, retry_after)
                 log.info('%s: %s; retry %d in %.2f s', self.kind, type(exc).__name__, attempt, wait)
                 self._sleep(wait)
                 continue
             usage = out.usage
-            choice = out.choices[0]
+            choice = out.choices[0] if out.choices else None
+            if choice is None or choice.message is None:
+                raise BackendError(f'{self.kind} answered without a choice; the endpoint is not chat-completions')
             return Completion(
                 text=choice.message.content or '',
                 prompt_tokens=getattr(usage, 'prompt_tokens', None),
@@ -407,19 +493,14 @@ class ChatBackend:
                 latency_s=time.perf_counter() - start,
                 finish_reason=choice.finish_reason,
             )
-        raise AssertionError('unreachable')  # the loop returns or raises
 
 
-def _openai_base_url() -> str:
-    return os.environ.get('OPENAI_BASE_URL') or 'https://api.openai.com/v1'
+_DEFAULT_URLS = {'groq': 'https://api.groq.com', 'openai': 'https://api.openai.com/v1'}
 
 
-def _env_float(name: str, default: float) -> float:
-    value = os.environ.get(name)
-    try:
-        return float(value) if value else default
-    except ValueError:
-        raise BackendError(f'{name}={value!r} is not a number; set it to a number or unset it') from None
+def _base_url(kind: str) -> str:
+    """Return the endpoint of a remote kind: `GROQ_BASE_URL` or `OPENAI_BASE_URL` if set, else the public API."""
+    return os.environ.get(f'{kind.upper()}_BASE_URL') or _DEFAULT_URLS[kind]
 
 
 _backends: dict[str, Backend] = {}
@@ -428,40 +509,33 @@ _backends_lock = threading.Lock()
 
 def _make_backend(spec: str) -> Backend:
     kind, name = parse_model(spec)
+    knobs = settings()
     if kind == 'local':
-        return LocalBackend(_local_path(name), n_ctx=int(_env_float('WORKSPACE_LOCAL_N_CTX', 4096)))
-    retry = RetryPolicy(
-        max_attempts=int(_env_float('WORKSPACE_MAX_ATTEMPTS', 6)),
-        base_delay=_env_float('WORKSPACE_RETRY_BASE_DELAY', 1.0),
-    )
-    if kind == 'groq':
-        return ChatBackend(
-            'groq',
-            name,
-            key_env='GROQ_API_KEY',
-            base_url=os.environ.get('GROQ_BASE_URL') or None,
-            key_required=True,
-            retry=retry,
-            requests_per_minute=_env_float('WORKSPACE_GROQ_RPM', 30),
-        )
+        return LocalBackend(_local_path(name), n_ctx=knobs.local_n_ctx)
     return ChatBackend(
-        'openai',
+        kind,
         name,
-        key_env='OPENAI_API_KEY',
-        base_url=_openai_base_url(),
-        key_required=False,
-        retry=retry,
-        requests_per_minute=_env_float('WORKSPACE_OPENAI_RPM', 0),
+        key_env=f'{kind.upper()}_API_KEY',
+        base_url=_base_url(kind),
+        key_required=kind == 'groq',
+        requests_per_minute=knobs.groq_rpm if kind == 'groq' else knobs.openai_rpm,
     )
 
 
 def get_backend(spec: str) -> Backend:
-    """Return the process's backend for a model spec, creating it on first use (the model loads once)."""
+    """Return the process's backend for a model spec, creating it on first use (the model loads once).
+
+    A backend is kept per spec and endpoint, so pointing `OPENAI_BASE_URL` elsewhere gives a new one.
+    """
     kind, name = parse_model(spec)
-    endpoint = os.environ.get('GROQ_BASE_URL', '') if kind == 'groq' else _openai_base_url() if kind == 'openai' else ''
-    key = f'{kind}:{name}@{endpoint}'
+    key = f'{kind}:{name}@{_base_url(kind) if kind != "local" else ""}'
     if key not in _backends:
         with _backends_lock:
             if key not in _backends:
                 _backends[key] = _make_backend(spec)
     return _backends[key]
+
+
+def is_remote(spec: str) -> bool:
+    """Return whether a model spec names a remote API (answered concurrently) rather than an in-process model."""
+    return parse_model(spec)[0] != 'local'

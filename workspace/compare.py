@@ -15,10 +15,11 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from . import metrics, stats, tables
+from . import metrics, stats, store
 from .datasets import Dataset, get_dataset
 from .errors import ComparisonError
 from .evaluate import evaluate
+from .labels import set_label
 from .prompt_diff import VersionDiff, diff_versions
 from .runs import Run, main_score_name
 from .versions import Version, get_version
@@ -33,6 +34,8 @@ __all__ = [
     'row_score_name',
     'prompts_for',
     'diff',
+    'Promotion',
+    'promote_if_better',
 ]
 
 log = logging.getLogger(__name__)
@@ -348,12 +351,8 @@ def compare_table(
 
 def prompts_for(hashes: Sequence[str]) -> dict[str, str]:
     """Return the rendered prompt of each request hash, from the request store."""
-    keys = sorted({h for h in hashes if isinstance(h, str)})
-    if not keys:
-        return {}
-    store = tables.requests()
-    rows = store.where(store.request_hash.isin(keys)).select(store.request_hash, store.request).collect()
-    return {r['request_hash']: r['request'].get('prompt', '') for r in rows}
+    found = store.requests_for(h for h in hashes if isinstance(h, str))
+    return {key: row['request'].get('prompt', '') for key, row in found.items()}
 
 
 def diff(a: Version | str, b: Version | str) -> VersionDiff:
@@ -363,3 +362,48 @@ def diff(a: Version | str, b: Version | str) -> VersionDiff:
     >>> ws.diff('ticket_router:v1', 'ticket_router@production')
     """
     return diff_versions(get_version(a), get_version(b))
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """What `promote_if_better` decided, and the comparison it decided on."""
+
+    promoted: bool
+    label: str
+    candidate: str
+    baseline: str
+    verdict: str
+    diff: float
+    p_value: float
+
+    def __str__(self) -> str:
+        action = f'moved {self.label} to {self.candidate}' if self.promoted else f'kept {self.label} on {self.baseline}'
+        return f'{action}: {self.verdict}'
+
+
+def promote_if_better(
+    candidate: Version | str,
+    label: str,
+    *,
+    dataset: Dataset | str,
+    split: str | None,
+    baseline: Version | str | None = None,
+    confidence: float = 0.95,
+    by: str | None = None,
+) -> Promotion:
+    """Move `label` to `candidate` only if it is significantly better than `baseline` on a dataset split.
+
+    The baseline defaults to the version the label points at now. Both are evaluated incrementally (only missing
+    requests reach the model); the decision uses the paired test of `ws.significance` and is recorded in the
+    label's history with the verdict as its note.
+
+    >>> promote_if_better(result.best, 'production', dataset=tickets, split='test')
+    """
+    cand = get_version(candidate)
+    base = get_version(f'{cand.prompt}@{label}' if baseline is None else baseline)
+    runs = [evaluate(v, dataset, split, progress=False) for v in (base, cand)]
+    result = significance(*runs, confidence=confidence)
+    better = result.significant and result.diff > 0 and cand.id != base.id
+    if better:
+        set_label(cand, label, note=result.verdict, by=by)
+    return Promotion(better, label, cand.id, base.id, result.verdict, result.diff, result.p_value)

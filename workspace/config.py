@@ -7,9 +7,12 @@ import getpass
 import logging
 import os
 import threading
+from dataclasses import dataclass, fields
 from pathlib import Path
 
-__all__ = ['project_root', 'pixeltable_home', 'connect', 'utc_now', 'current_user', 'ROOT_DIR']
+from .errors import WorkspaceError
+
+__all__ = ['project_root', 'pixeltable_home', 'connect', 'utc_now', 'current_user', 'ROOT_DIR', 'Settings', 'settings']
 
 log = logging.getLogger(__name__)
 
@@ -71,3 +74,63 @@ def current_user() -> str:
         return getpass.getuser()
     except Exception:
         return 'unknown'
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The knobs that change how requests reach models, each read from a `WORKSPACE_*` environment variable.
+
+    Read when a store session or a backend starts (`settings()`), so a notebook can change one with
+    `os.environ[...]` and the next evaluation uses it.
+    """
+
+    #: Requests a remote backend (groq, openai) has in flight at once; the local model always answers one at a time.
+    concurrency: int = 8
+    #: Seconds one attempt of a remote request may take before it is abandoned.
+    request_timeout: float = 30.0
+    #: Attempts per remote request on 429, 5xx and dropped connections (a Retry-After header sets the wait).
+    max_attempts: int = 6
+    #: Attempts per remote request when an attempt times out: a hung endpoint should fail fast, not for hours.
+    timeout_attempts: int = 2
+    #: First backoff delay in seconds; it doubles per attempt, with jitter.
+    retry_base_delay: float = 1.0
+    #: Consecutive failures of the same kind after which a run stops (the circuit breaker).
+    breaker_failures: int = 5
+    #: Seconds between writes of answered requests to the store: an interrupted run loses at most this much work.
+    flush_seconds: float = 2.0
+    #: Seconds to wait for a request another process is answering before giving up.
+    claim_wait: float = 900.0
+    #: Seconds without a heartbeat after which another host's claim on a request is taken over.
+    claim_stale: float = 120.0
+    #: Client-side requests per minute for Groq and for OpenAI-compatible servers (0: no limit).
+    groq_rpm: float = 30.0
+    openai_rpm: float = 0.0
+    #: Context window, in tokens, of local GGUF models.
+    local_n_ctx: int = 4096
+
+
+_ENV_NAMES = {f.name: f'WORKSPACE_{f.name.upper()}' for f in fields(Settings)}
+
+
+def settings() -> Settings:
+    """Return the settings, each from its `WORKSPACE_<NAME>` environment variable or its default.
+
+    >>> settings().concurrency
+    8
+    """
+    values: dict[str, float | int] = {}
+    for f in fields(Settings):
+        raw = os.environ.get(_ENV_NAMES[f.name])
+        if raw is None or raw.strip() == '':
+            continue
+        kind = int if f.type in ('int', int) else float
+        try:
+            value = kind(float(raw)) if kind is int else kind(raw)
+        except ValueError:
+            raise WorkspaceError(
+                f'{_ENV_NAMES[f.name]}={raw!r} is not a number; set it to a number or unset it'
+            ) from None
+        if value < 0 or (f.name in ('concurrency', 'max_attempts', 'timeout_attempts') and value < 1):
+            raise WorkspaceError(f'{_ENV_NAMES[f.name]}={raw!r} is out of range; give a positive number')
+        values[f.name] = value
+    return Settings(**values)  # type: ignore[arg-type]

@@ -26,6 +26,7 @@ import pixeltable as pxt
 
 from . import audit_log, tables
 from .errors import DatasetError
+from .reads import READS
 
 __all__ = ['Dataset', 'Task', 'import_dataset', 'get_dataset', 'list_datasets', 'DEFAULT_SPLIT_RATIOS']
 
@@ -331,10 +332,13 @@ class Dataset:
     def rows(self, split: str | None = None) -> list[dict[str, Any]]:
         """Return the examples (of one split, or all) as dicts, ordered by example id."""
         t = self.table
-        query = t.where(t.split == split) if split is not None else t
         columns = ['example_id', *self.inputs, 'expected', 'split', *self.extras]
-        result = query.select(*[t[c] for c in columns]).order_by(t.example_id).collect()
-        rows = list(result)
+
+        def read() -> list[dict[str, Any]]:
+            query = t.where(t.split == split) if split is not None else t
+            return list(query.select(*[t[c] for c in columns]).order_by(t.example_id).collect())
+
+        rows = [dict(r) for r in READS.get(t, ('rows', split, tuple(columns)), read)]
         if split is not None and not rows:
             raise DatasetError(
                 f'dataset {self.name!r} has no examples in split {split!r}; its splits are: '

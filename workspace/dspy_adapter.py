@@ -8,7 +8,7 @@ requests, and the second costs no model call. Signatures that are not the task's
 MIPROv2, COPRO and GEPA) get a plain completion format: one `Field: value` line per input, then the first output
 field's prefix, whose completion becomes that output.
 
-`WorkspaceLM` sends each request through `evaluate.answer`, so every call is cached, counted, traceable to the
+`WorkspaceLM` sends each request through `store.answer`, so every call is cached, counted, traceable to the
 optimizer run and trial that asked for it, and committed before the optimizer sees it: a killed run repeats none.
 DSPy's own caches never see these calls (a custom LM's calls are not cached by DSPy, and `cache=False`).
 """
@@ -36,7 +36,8 @@ from udfs import render as render_udfs  # noqa: E402
 
 from . import backends  # noqa: E402
 from .config import utc_now  # noqa: E402
-from .evaluate import answer, build_request  # noqa: E402
+from .evaluate import build_request  # noqa: E402
+from .store import answer  # noqa: E402
 from .versions import Version  # noqa: E402
 
 __all__ = [

@@ -14,38 +14,28 @@ output constraint):
 from __future__ import annotations
 
 import difflib
-import hashlib
-import json
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import jinja2
+import pandas as pd
 import pixeltable as pxt
 
 from udfs import parse, scores
 
-from . import backends, rules, tables
+from . import backends, rules, store, tables
 from .config import utc_now
 from .datasets import Dataset, get_dataset
 from .errors import TemplateError, WorkspaceError
-from .runs import Run, main_score_name, summarize
+from .runs import Run, eval_rows, main_score_name, summarize
 from .versions import Version, get_version
 
-__all__ = ['evaluate', 'build_request', 'request_hash', 'check_template', 'add_scorer', 'eval_table']
+__all__ = ['evaluate', 'build_request', 'check_template', 'add_scorer', 'eval_table']
 
 log = logging.getLogger(__name__)
-
-#: Requests answered per insert: an interrupted evaluation loses at most this many answers.
-BATCH_SIZE = 8
-
-
-def request_hash(request: Mapping[str, Any]) -> str:
-    """Return the content hash that identifies a request: model identity, params, prompt and constraint."""
-    body = {k: request.get(k) for k in ('model_id', 'params', 'prompt', 'system', 'constraint')}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
 def _constraint(version: Version) -> dict[str, Any] | None:
@@ -70,7 +60,7 @@ def build_request(version: Version, fields: Mapping[str, Any], *, model_id: str 
         'prompt': prompt,
         'constraint': _constraint(version),
     }
-    request['hash'] = request_hash(request)
+    request['hash'] = store.request_hash(request)
     return request
 
 
@@ -111,7 +101,8 @@ def eval_table(dataset: Dataset) -> pxt.Table:
     path = tables.eval_path(dataset.name)
     table = tables.open_table(path)
     if table is not None:
-        rules.sync_table(table)
+        if 'rendered_prompt' not in table.columns():  # made before rules: add what rule columns read
+            rules.sync_table(table)
         return table
     table = pxt.create_table(
         path,
@@ -173,112 +164,12 @@ def add_scorer(dataset: Dataset | str, scorer: str, *, column: str | None = None
     return name
 
 
-def _store_row(
-    key: str, request: Mapping[str, Any], origin: tuple[str | None, str | None, str | None]
-) -> dict[str, Any]:
-    """Return the request store row for a new request; `origin` is (version id, dataset, example id)."""
-    version_id, dataset, example_id = origin
-    return {
-        'request_hash': key,
-        'request': {k: v for k, v in request.items() if k != 'hash'},
-        'model_id': request['model_id'],
-        'created_at': utc_now(),
-        'first_version_id': version_id,
-        'first_dataset': dataset,
-        'first_example_id': example_id,
-    }
-
-
-Progress = bool | Callable[[int, int], None]
-
-
-def _answer(
-    store: pxt.Table,
-    new: Sequence[tuple[str, dict[str, Any]]],
-    origin: Mapping[str, tuple[str, str]],
-    dataset: str,
-    progress: Progress,
-) -> set[str]:
-    """Insert new requests into the store in batches (the store's computed column calls the model); return the
-    hashes this process inserted, which another process evaluating at the same time may make fewer than asked.
-
-    `progress` is True for a progress bar, or a callback given (calls done, calls to make) after each batch.
-    """
-    bar = None
-    if progress is True and new:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(new), desc='model calls', unit='call')
-    inserted: set[str] = set()
-    try:
-        for start in range(0, len(new), BATCH_SIZE):
-            batch = new[start : start + BATCH_SIZE]
-            rows = [_store_row(key, request, (origin[key][0], dataset, origin[key][1])) for key, request in batch]
-            inserted |= tables.insert_new(store, rows, 'request_hash', on_error='ignore')
-            if bar is not None:
-                bar.update(len(batch))
-            elif callable(progress):
-                progress(start + len(batch), len(new))
-    finally:
-        if bar is not None:
-            bar.close()
-    return inserted
-
-
-def _responses(store: pxt.Table, hashes: Iterable[str]) -> dict[str, dict[str, Any]]:
-    keys = sorted(set(hashes))
-    if not keys:
-        return {}
-    result = (
-        store.where(store.request_hash.isin(keys))
-        .select(
-            store.request_hash,
-            store.response,
-            store.created_at,
-            errortype=store.response.errortype,
-            errormsg=store.response.errormsg,
-        )
-        .collect()
-    )
-    return {r['request_hash']: r for r in result}
-
-
-def _known_hashes(store: pxt.Table, hashes: Iterable[str]) -> set[str]:
-    keys = sorted(set(hashes))
-    if not keys:
-        return set()
-    found = store.where(store.request_hash.isin(keys)).select(store.request_hash).collect()
-    return {r['request_hash'] for r in found}
-
-
-def answer(
-    request: Mapping[str, Any], *, origin: tuple[str | None, str | None, str | None] = (None, None, None)
-) -> dict[str, Any]:
-    """Return the store's answer to one request, calling the model only if the store has not answered it.
-
-    The answer is committed before this returns, so an interrupted caller (an optimizer) never pays for it twice.
-    `origin` is (version id, dataset, example id) of whoever asks, recorded as the request's lineage if it is new.
-    Returns the completion fields plus `hash`, `error` (None if it succeeded) and `reused`.
-    """
-    body = {k: v for k, v in request.items() if k != 'hash'}
-    body.setdefault('model_id', backends.model_identity(body['model']))
-    key = request_hash(body)
-    store = tables.requests()
-    reused = key in _known_hashes(store, [key])
-    if not reused:
-        reused = not tables.insert_new(store, [_store_row(key, body, origin)], 'request_hash', on_error='ignore')
-    row = _responses(store, [key])[key]
-    response = row['response'] or {}
-    error = None if row['response'] is not None else f'{row["errortype"]}: {row["errormsg"]}'
-    return {**response, 'hash': key, 'error': error, 'reused': reused}
-
-
 def evaluate(
     version: Version | str,
     dataset: Dataset | str,
     split: str | None = None,
     *,
-    progress: Progress = True,
+    progress: store.Progress = True,
     retry_errors: bool = False,
 ) -> Run:
     """Evaluate `version` on a dataset split (all rows if `split` is None) and return the run.
@@ -298,49 +189,35 @@ def evaluate(
     dataset_version = ds.version
     model_id = backends.model_identity(v.model)
     if v.output['kind'] == 'choice' and ds.task == 'choice':
-        missing = sorted(set(ds.labels()) - set(v.labels))
+        missing = sorted({str(row['expected']) for row in rows} - set(v.labels))
         if missing:
             log.warning('%s cannot answer %s, which dataset %r expects', v.id, ', '.join(missing), ds.name)
 
     requests = {row['example_id']: build_request(v, row, model_id=model_id) for row in rows}
     table = eval_table(ds)
-    existing = {
-        r['example_id']: r
-        for r in table.where(table.version_id == v.id)
-        .select(table.example_id, table.request_hash, table.error)
-        .collect()
-    }
-    stale = [ex for ex, req in requests.items() if ex not in existing or existing[ex]['request_hash'] != req['hash']]
-    failed = [ex for ex in requests if ex not in stale and retry_errors and existing[ex]['error'] is not None]
+    frame = eval_rows(ds.name, v.id)
+    existing = {ex: (key, error) for ex, key, error in zip(frame['example_id'], frame['request_hash'], frame['error'])}
+    stale = [ex for ex, req in requests.items() if ex not in existing or existing[ex][0] != req['hash']]
+    failed = [ex for ex in requests if ex not in stale and retry_errors and not pd.isna(existing[ex][1])]
 
-    store = tables.requests()
-    known = _known_hashes(store, (requests[ex]['hash'] for ex in stale))
-    new: dict[str, dict[str, Any]] = {}
-    origin: dict[str, tuple[str, str]] = {}
-    for ex in stale:
-        key = requests[ex]['hash']
-        if key not in known and key not in new:
-            new[key] = requests[ex]
-            origin[key] = (v.id, ex)
-    if new or failed:
-        backends.get_backend(v.model).check()
-    answered = _answer(store, list(new.items()), origin, ds.name, progress)
-    retried = sorted({requests[ex]['hash'] for ex in failed})
-    if retried:
-        store.recompute_columns('response', where=store.request_hash.isin(retried), errors_only=True)
+    origin: dict[str, store.Origin] = {}
+    for ex in stale + failed:
+        origin.setdefault(requests[ex]['hash'], (v.id, ds.name, ex))
+    batch = store.answer_many(
+        [(requests[ex], origin[requests[ex]['hash']]) for ex in stale + failed],
+        retry_errors=retry_errors,
+        progress=progress,
+    )
 
     to_write = stale + failed
-    answers = _responses(store, (requests[ex]['hash'] for ex in to_write))
     evaluated_at = utc_now()
     updates = []
     by_id = {row['example_id']: row for row in rows}
     for ex in to_write:
         key = requests[ex]['hash']
-        answer = answers.get(key)
+        answer = batch.answers.get(key)
         if answer is None:
             raise WorkspaceError(f'request {key[:12]} for example {ex!r} is missing from the store; evaluate again')
-        response = answer['response'] or {}
-        error = None if answer['response'] is not None else f'{answer["errortype"]}: {answer["errormsg"]}'
         updates.append(
             {
                 'version_id': v.id,
@@ -349,14 +226,14 @@ def evaluate(
                 'split': by_id[ex]['split'],
                 'dataset_version': dataset_version,
                 'request_hash': key,
-                'output': response.get('text'),
-                'error': error,
-                'latency_s': response.get('latency_s'),
-                'prompt_tokens': response.get('prompt_tokens'),
-                'completion_tokens': response.get('completion_tokens'),
-                'answered_at': answer['created_at'],
+                'output': answer['text'],
+                'error': answer['error'],
+                'latency_s': answer['latency_s'],
+                'prompt_tokens': answer['prompt_tokens'],
+                'completion_tokens': answer['completion_tokens'],
+                'answered_at': answer['answered_at'],
                 'evaluated_at': evaluated_at,
-                'reused': key not in answered and key not in retried,
+                'reused': key not in batch.called,
                 'output_spec': dict(v.output),
                 'expected': by_id[ex]['expected'],
                 'input_fields': {name: by_id[ex][name] for name in ds.inputs},
@@ -366,8 +243,7 @@ def evaluate(
     if updates:
         tables.upsert(table, updates)
 
-    calls = len(answered) + len(retried)
-    answered_now = {ex for ex in requests if requests[ex]['hash'] in answered or requests[ex]['hash'] in retried}
+    answered_now = {ex for ex in requests if requests[ex]['hash'] in batch.called}
     run = Run(
         run_id=uuid.uuid4().hex[:12],
         version=v,
@@ -375,12 +251,12 @@ def evaluate(
         split=split,
         dataset_version=dataset_version,
         example_ids=tuple(requests),
-        calls=calls,
+        calls=batch.calls,
         reused=len(requests) - len(answered_now),
         started_at=started,
         wall_s=0.0,
     )
-    summary = summarize(run)
+    summary = summarize(run, run.rows())
     run = run.replace(errors=summary.errors, wall_s=time.perf_counter() - clock)
     tables.runs().insert(
         [

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import re
 import uuid
-from dataclasses import dataclass
 
 import pandas as pd
 
 from . import audit_log, tables
 from .config import current_user, utc_now
 from .errors import LabelError
+from .versions import Version, get_version, label_target
 
-__all__ = ['set_label', 'label_target', 'label_history', 'rollback', 'list_labels', 'Promotion', 'promote_if_better']
+__all__ = ['set_label', 'label_history', 'rollback', 'list_labels']
 
 _LABEL_NAME = re.compile(r'^[A-Za-z][A-Za-z0-9_.-]{0,63}$')
 
@@ -54,13 +54,11 @@ def _record(prompt: str, label: str, version_id: str, previous: str | None, acti
     )
 
 
-def set_label(version: object, label: str, *, note: str = '', by: str | None = None) -> str | None:
+def set_label(version: Version | str, label: str, *, note: str = '', by: str | None = None) -> str | None:
     """Point `label` of the version's prompt at `version`; return the version it pointed at before, if any.
 
     >>> set_label(v3, 'production', note='beats v1 on dev')
     """
-    from .versions import get_version
-
     v = get_version(version)  # type: ignore[arg-type]
     if not _LABEL_NAME.match(label):
         raise LabelError(f'label {label!r} is not valid; use letters, digits, _ . and -, starting with a letter')
@@ -69,19 +67,6 @@ def set_label(version: object, label: str, *, note: str = '', by: str | None = N
         return previous
     _record(v.prompt, label, v.id, previous, 'set' if previous is None else 'move', note, by or current_user())
     return previous
-
-
-def label_target(prompt: str, label: str) -> str:
-    """Return the id of the version `prompt@label` points at."""
-    target = _current(prompt, label)
-    if target is None:
-        t = tables.labels()
-        known = [r['label'] for r in t.where(t.prompt == prompt).select(t.label).collect()]
-        raise LabelError(
-            f'{prompt}@{label} does not exist; labels of {prompt!r}: {", ".join(sorted(known)) or "none yet"}. '
-            f'Set one with ws.set_label(version, {label!r})'
-        )
-    return target
 
 
 def label_history(prompt: str, label: str | None = None) -> pd.DataFrame:
@@ -124,55 +109,3 @@ def list_labels(prompt: str | None = None) -> pd.DataFrame:
         .collect()
         .to_pandas()
     )
-
-
-@dataclass(frozen=True)
-class Promotion:
-    """What `promote_if_better` decided, and the comparison it decided on."""
-
-    promoted: bool
-    label: str
-    candidate: str
-    baseline: str
-    verdict: str
-    diff: float
-    p_value: float
-
-    def __str__(self) -> str:
-        action = f'moved {self.label} to {self.candidate}' if self.promoted else f'kept {self.label} on {self.baseline}'
-        return f'{action}: {self.verdict}'
-
-
-def promote_if_better(
-    candidate: object,
-    label: str,
-    *,
-    dataset: object,
-    split: str | None,
-    baseline: object | None = None,
-    confidence: float = 0.95,
-    by: str | None = None,
-) -> Promotion:
-    """Move `label` to `candidate` only if it is significantly better than `baseline` on a dataset split.
-
-    The baseline defaults to the version the label points at now. Both are evaluated incrementally (only missing
-    requests reach the model); the decision uses the paired test of `ws.significance` and is recorded in the
-    label's history with the verdict as its note.
-
-    >>> promote_if_better(result.best, 'production', dataset=tickets, split='test')
-    """
-    from .compare import significance
-    from .evaluate import evaluate
-    from .versions import get_version
-
-    cand = get_version(candidate)  # type: ignore[arg-type]
-    if baseline is None:
-        base = get_version(label_target(cand.prompt, label))
-    else:
-        base = get_version(baseline)  # type: ignore[arg-type]
-    runs = [evaluate(v, dataset, split, progress=False) for v in (base, cand)]  # type: ignore[arg-type]
-    result = significance(*runs, confidence=confidence)
-    better = result.significant and result.diff > 0 and cand.id != base.id
-    if better:
-        set_label(cand, label, note=result.verdict, by=by)
-    return Promotion(better, label, cand.id, base.id, result.verdict, result.diff, result.p_value)

@@ -17,16 +17,13 @@ from typing import Any
 
 import pandas as pd
 
-from . import metrics, rules, tables
+from . import metrics, rules, store, tables
 from .datasets import get_dataset
 from .errors import WorkspaceError
+from .reads import READS
 from .versions import Version, get_version, parent_chain
 
 __all__ = ['Run', 'Summary', 'get_run', 'list_runs', 'lineage', 'main_score_name', 'summarize']
-
-#: Recently read prediction frames, keyed by run and the versions of the tables they were read from.
-_frames: dict[tuple[str, str, int, int], pd.DataFrame] = {}
-_FRAMES_KEPT = 16
 
 _MAIN_SCORE = {'choice': 'accuracy', 'text': 'rouge_l', 'json': 'json_valid'}
 _ROW_SCORE = {'choice': 'exact_match', 'text': 'rouge_l', 'json': 'json_valid'}
@@ -76,23 +73,23 @@ class Run:
         Read live: a corrected expected output or a new scorer shows here at once.
         """
         ds = get_dataset(self.dataset)
-        evals = tables.open_table(tables.eval_path(ds.name))
-        if evals is None:
-            raise WorkspaceError(f'dataset {ds.name!r} has no evaluations; run ws.evaluate first')
-        # Any change to either table bumps its version, so a read at the same versions is the same frame.
-        key = (self.run_id, self.version.id, evals.get_metadata()['version'], ds.version)
-        if key not in _frames:
-            ids = list(self.example_ids)
-            result = evals.where((evals.version_id == self.version.id) & evals.example_id.isin(ids)).collect()
-            frame = result.to_pandas()
-            inputs = ds.to_pandas()[['example_id', *ds.inputs]]
-            frame = frame.drop(columns=[c for c in ds.inputs if c in frame.columns]).merge(inputs, on='example_id')
-            order = {ex: i for i, ex in enumerate(ids)}
-            frame = frame.sort_values('example_id', key=lambda s: s.map(order)).reset_index(drop=True)
-            while len(_frames) >= _FRAMES_KEPT:
-                _frames.pop(next(iter(_frames)))
-            _frames[key] = frame
-        return _frames[key].copy()
+        frame = self.rows()
+        inputs = pd.DataFrame(ds.rows(), columns=['example_id', *ds.inputs])
+        frame = frame.drop(columns=[c for c in ds.inputs if c in frame.columns]).merge(inputs, on='example_id')
+        return frame
+
+    def rows(self) -> pd.DataFrame:
+        """Return this run's rows of the evaluation table (expected, prediction, scores, ...), without inputs."""
+        frame = eval_rows(self.dataset, self.version.id)
+        ids = list(self.example_ids)
+        present = frame.set_index('example_id', drop=False)
+        missing = [ex for ex in ids if ex not in present.index]
+        if missing:
+            raise WorkspaceError(
+                f'{self.version.id} has no evaluation rows for {len(missing)} examples of {self.dataset!r} '
+                f'(e.g. {missing[0]!r}); evaluate it again'
+            )
+        return present.loc[ids].reset_index(drop=True)
 
     def score_columns(self) -> list[str]:
         """Return the names of the score columns of this run's dataset."""
@@ -102,7 +99,7 @@ class Run:
     def row_scores(self, name: str | None = None) -> list[float]:
         """Return the per-example score (the task's main per-row score unless named), None counted as 0."""
         column = name or _ROW_SCORE[self.task]
-        frame = self.predictions()
+        frame = self.rows()
         return [0.0 if pd.isna(v) else float(v) for v in frame[column]]
 
     def summary(self) -> Summary:
@@ -111,14 +108,14 @@ class Run:
 
     def confusion_matrix(self) -> pd.DataFrame:
         """Return counts by expected label (rows) and predicted label (columns)."""
-        frame = self.predictions()
+        frame = self.rows()
         return metrics.confusion_matrix(
             [str(e) for e in frame['expected']], _predicted(frame), self._label_order(frame)
         )
 
     def per_category(self) -> pd.DataFrame:
         """Return precision, recall, F1 and support per expected label."""
-        frame = self.predictions()
+        frame = self.rows()
         return metrics.per_category([str(e) for e in frame['expected']], _predicted(frame), self._label_order(frame))
 
     def failures(self, limit: int | None = None) -> pd.DataFrame:
@@ -143,6 +140,16 @@ class Run:
         labels = list(self.version.labels)
         seen = {str(e) for e in frame['expected']} | {p for p in _predicted(frame) if p is not None}
         return labels + sorted(seen - set(labels))
+
+
+def eval_rows(dataset: str, version_id: str) -> pd.DataFrame:
+    """Return every evaluation row of a version on a dataset (read once per table version; treat as read-only)."""
+    evals = tables.open_table(tables.eval_path(dataset))
+    if evals is None:
+        raise WorkspaceError(f'dataset {dataset!r} has no evaluations; run ws.evaluate first')
+    return READS.get(
+        evals, ('eval_rows', version_id), lambda: evals.where(evals.version_id == version_id).collect().to_pandas()
+    )
 
 
 def score_columns(evals: Any) -> list[str]:
@@ -210,10 +217,11 @@ class Summary:
         return '\n'.join(parts)
 
 
-def summarize(run: Run) -> Summary:
-    """Compute a run's summary from its evaluation rows."""
+def summarize(run: Run, frame: pd.DataFrame | None = None) -> Summary:
+    """Compute a run's summary from its evaluation rows (`run.rows()` unless given)."""
     ds = get_dataset(run.dataset)
-    frame, ruled = rules.apply_blocks(run.predictions(), run.score_columns())
+    frame = run.rows() if frame is None else frame
+    frame, ruled = rules.apply_blocks(frame, run.score_columns())
     errors = int(frame['error'].notna().sum())
     values: dict[str, Any] = {}
     per_cat = confusion = None
@@ -312,13 +320,7 @@ def lineage(version: Version | str, dataset: str, example_id: str) -> dict[str, 
     if not rows:
         raise WorkspaceError(f'{v.id} has no prediction for example {example_id!r} of {dataset!r}; evaluate it first')
     row = rows[0]
-    store = tables.requests()
-    origin = list(
-        store.where(store.request_hash == row['request_hash'])
-        .select(store.request, store.created_at, store.first_version_id, store.first_dataset, store.first_example_id)
-        .collect()
-    )
-    request = origin[0] if origin else {}
+    request = store.requests_for([row['request_hash']]).get(row['request_hash'], {})
     score_names = score_columns(evals)
     return {
         'dataset': dataset,
@@ -331,7 +333,7 @@ def lineage(version: Version | str, dataset: str, example_id: str) -> dict[str, 
         'model_id': (request.get('request') or {}).get('model_id'),
         'params': dict(v.params),
         'request_hash': row['request_hash'],
-        'answered_at': request.get('created_at'),
+        'answered_at': request.get('answered_at'),
         'first_requested_by': {
             'version': request.get('first_version_id'),
             'dataset': request.get('first_dataset'),

@@ -21,11 +21,11 @@ import pandas as pd
 from udfs import parse as parse_udfs
 from udfs import render as render_udfs
 
-from . import tables
 from .datasets import get_dataset
 from .errors import BackendError, TemplateError, VersionError
-from .evaluate import answer, check_template
+from .evaluate import check_template
 from .runs import Run, get_run
+from .store import answer
 from .versions import Version, edit
 
 __all__ = ['Edit', 'Suggestion', 'suggest', 'suggestion_schema']
@@ -248,12 +248,10 @@ def suggest(run: Run | str, *, model: str | None = None, max_failures: int = 8, 
     origin = (f'suggest:{the_run.run_id}', the_run.dataset, None)
     out = answer(request, origin=origin)
     if out['error'] is not None:  # a stored failure (a timeout, a 5xx) is worth one more try
-        store = tables.requests()
-        store.recompute_columns('response', where=store.request_hash == out['hash'], errors_only=True)
-        out = answer(request, origin=origin)
+        out = answer(request, origin=origin, retry_errors=True)
     if out['error'] is not None:
         raise BackendError(f'model {spec!r} did not answer the suggestion request: {out["error"]}')
-    raw = out.get('text') or ''
+    raw = out['text'] or ''
     analysis, edits, focus = _parse(raw, labels)
     if not edits:
         log.info('the suggestion of %s for %s has no usable edit', spec, the_run.version.id)

@@ -8,8 +8,8 @@ prompt_workspace/
   versions            one row per prompt version (immutable)
   labels              the current version of each (prompt, label)
   label_history       every label move, with who and when
-  requests            the content-addressed request store: one row per distinct request, the model call as a
-                      computed column
+  requests            the content-addressed request store: one row per answered request, its answer or error
+  claims              requests a process is answering right now (see store.py)
   runs                one row per evaluation of a version on a dataset split
   ab_outcomes         one row per outcome logged by serving code in an A/B experiment: unit, arm, version, outcome
   audit               every change a person or a program made: versions, labels, rules, datasets, keys (append-only)
@@ -43,6 +43,8 @@ __all__ = [
     'eval_path',
     'open_table',
     'requests',
+    'CLAIMS',
+    'claims',
     'versions',
     'labels',
     'label_history',
@@ -182,28 +184,92 @@ def label_history() -> pxt.Table:
     )
 
 
-def requests() -> pxt.Table:
-    table = open_table(REQUESTS)
-    if table is not None:
-        return table
-    from udfs import models
+_REQUESTS_SCHEMA: dict[str, Any] = {
+    'request_hash': pxt.String,
+    'request': pxt.Json,
+    'model_id': pxt.String,
+    'created_at': pxt.Timestamp,
+    'answered_at': pxt.Timestamp | None,
+    # text, prompt_tokens, completion_tokens, latency_s, finish_reason; None when the call failed
+    'response': pxt.Json | None,
+    'error': pxt.String | None,
+    # who asked first: the lineage of a reused prediction points here
+    'first_version_id': pxt.String | None,
+    'first_dataset': pxt.String | None,
+    'first_example_id': pxt.String | None,
+}
 
-    table = _open_or_create(
-        REQUESTS,
+
+def requests() -> pxt.Table:
+    """The content-addressed request store (owned by `store.py`): one row per answered request."""
+    table = open_table(REQUESTS)
+    if table is not None and 'error' not in table.columns():
+        table = _upgrade_requests(table)
+    return table if table is not None else _open_or_create(REQUESTS, _REQUESTS_SCHEMA, 'request_hash')
+
+
+def _upgrade_requests(old: pxt.Table) -> pxt.Table:
+    """Copy a request store made by version 0.1 (the model call was a computed column) into today's schema.
+
+    Answers and errors are kept, so upgrading makes no model call. The old table is moved aside first and the new
+    one built under a staging name, so an interruption leaves one of the two under its name.
+    """
+    rows = old.select(
+        old.request_hash,
+        old.request,
+        old.model_id,
+        old.created_at,
+        old.response,
+        old.first_version_id,
+        old.first_dataset,
+        old.first_example_id,
+        errortype=old.response.errortype,
+        errormsg=old.response.errormsg,
+    ).collect()
+    staging = f'{STAGING_DIR}/requests_upgrade'
+    pxt.drop_table(staging, if_not_exists='ignore')
+    new = pxt.create_table(staging, _REQUESTS_SCHEMA, primary_key='request_hash')
+    copied = []
+    for r in rows:
+        failed = r['response'] is None
+        copied.append(
+            {
+                'request_hash': r['request_hash'],
+                'request': r['request'],
+                'model_id': r['model_id'],
+                'created_at': r['created_at'],
+                'answered_at': r['created_at'],
+                'response': r['response'],
+                'error': f'{r["errortype"]}: {r["errormsg"]}' if failed else None,
+                'first_version_id': r['first_version_id'],
+                'first_dataset': r['first_dataset'],
+                'first_example_id': r['first_example_id'],
+            }
+        )
+    if copied:
+        new.insert(copied)
+    pxt.drop_table(REQUESTS)
+    pxt.move(staging, REQUESTS)
+    return pxt.get_table(REQUESTS)
+
+
+CLAIMS = f'{ROOT}/claims'
+
+
+def claims() -> pxt.Table:
+    """Requests some process is answering right now (owned by `store.py`): one row per claimed request hash."""
+    return _open_or_create(
+        CLAIMS,
         {
             'request_hash': pxt.String,
-            'request': pxt.Json,
-            'model_id': pxt.String,
-            'created_at': pxt.Timestamp,
-            # who asked first: the lineage of a reused prediction points here
-            'first_version_id': pxt.String | None,
-            'first_dataset': pxt.String | None,
-            'first_example_id': pxt.String | None,
+            'owner': pxt.String,  # the claiming session
+            'host': pxt.String,
+            'pid': pxt.Int,
+            'claimed_at': pxt.Timestamp,
+            'heartbeat_at': pxt.Timestamp,
         },
         'request_hash',
     )
-    table.add_computed_column(response=models.complete(table.request), on_error='ignore', if_exists='ignore')
-    return table
 
 
 def runs() -> pxt.Table:

@@ -18,7 +18,7 @@ from udfs import render as render_udfs
 
 from . import audit_log, backends, tables
 from .config import current_user, utc_now
-from .errors import TemplateError, VersionError
+from .errors import LabelError, TemplateError, VersionError
 
 __all__ = [
     'OutputSpec',
@@ -32,6 +32,7 @@ __all__ = [
     'get_version',
     'list_versions',
     'parent_chain',
+    'label_target',
 ]
 
 log = logging.getLogger(__name__)
@@ -313,6 +314,23 @@ def edit(
     )
 
 
+def label_target(prompt: str, label: str) -> str:
+    """Return the id of the version `prompt@label` points at, or raise LabelError listing the prompt's labels.
+
+    It reads the labels table (whose writer is `labels.py`) here, below the label moves, so that resolving a
+    reference needs nothing above this module.
+    """
+    t = tables.labels()
+    rows = t.where(t.prompt == prompt).select(t.label, t.version_id).collect()
+    current = {r['label']: r['version_id'] for r in rows}
+    if label not in current:
+        raise LabelError(
+            f'{prompt}@{label} does not exist; labels of {prompt!r}: {", ".join(sorted(current)) or "none yet"}. '
+            f'Set one with ws.set_label(version, {label!r})'
+        )
+    return current[label]
+
+
 def get_version(ref: Version | str) -> Version:
     """Return a version by id (`ticket_router:v3` or `ticket_router:3`), label (`ticket_router@production`),
     or prompt name alone (its latest version).
@@ -326,9 +344,7 @@ def get_version(ref: Version | str) -> Version:
         raise VersionError(f"{ref!r} is not a version reference; use 'prompt:v3', 'prompt@label' or a prompt name")
     prompt, number, label = match['prompt'], match['number'], match['label']
     if label is not None:
-        from . import labels
-
-        return get_version(labels.label_target(prompt, label))
+        return get_version(label_target(prompt, label))
     t = tables.versions()
     found = _rows(t.prompt == prompt)
     if not found:

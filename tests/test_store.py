@@ -1,0 +1,203 @@
+"""The request store: hashing, answering once, claims across sessions, concurrency for remote backends, the
+circuit breaker, model identity without credentials, and deterministic local answers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from openai_server import Canned, OpenAICompatibleServer, completion_body
+
+from workspace import backends, store, tables
+from workspace.config import utc_now
+from workspace.errors import BackendError
+
+
+def _request(prompt: str, model: str = 'openai:fake') -> dict:
+    return {'model': model, 'params': {'max_tokens': 4, 'temperature': 0.0}, 'prompt': prompt, 'constraint': None}
+
+
+def test_request_hash_is_the_content_not_the_spec_or_keys():
+    a = {'model': 'groq:x', 'model_id': 'groq:x@https://api.groq.com', 'params': {}, 'prompt': 'p', 'constraint': None}
+    b = {**a, 'model': 'another-alias', 'api_key': 'secret'}
+    assert store.request_hash(a) == store.request_hash(b)
+    assert store.request_hash(a) != store.request_hash({**a, 'prompt': 'p '})
+    assert store.request_hash(a) != store.request_hash({**a, 'sample': 1})
+    assert store.request_hash({**a, 'sample': None}) == store.request_hash(a)  # no sample: the old identity
+
+
+@pytest.fixture
+def server(ws, monkeypatch):
+    """A local OpenAI-compatible server answering 'ok:<prompt>' after `server.delay` seconds, counting in-flight
+    requests."""
+    state = {'in_flight': 0, 'most': 0}
+    lock = threading.Lock()
+
+    def answer(body):
+        with lock:
+            state['in_flight'] += 1
+            state['most'] = max(state['most'], state['in_flight'])
+        time.sleep(srv.delay)
+        with lock:
+            state['in_flight'] -= 1
+        return Canned(200, completion_body('ok:' + body['messages'][-1]['content']))
+
+    monkeypatch.setenv('WORKSPACE_MAX_ATTEMPTS', '1')
+    with OpenAICompatibleServer(answer) as srv:
+        srv.delay = 0.0
+        srv.state = state
+        monkeypatch.setenv('OPENAI_BASE_URL', f'{srv.url}/v1')
+        yield srv
+
+
+def test_equal_requests_are_answered_once_and_then_never_again(server):
+    batch = store.answer_many([(_request(p), (None, None, None)) for p in ['a', 'b', 'a', 'c']])
+    assert batch.calls == 3 and len(server.received) == 3
+    assert {a['text'] for a in batch.answers.values()} == {'ok:a', 'ok:b', 'ok:c'}
+    again = store.answer_many([(_request(p), (None, None, None)) for p in ['c', 'a']])
+    assert again.calls == 0 and len(server.received) == 3
+    assert all(a['reused'] for a in again.answers.values())
+    assert len(tables.claims().collect()) == 0  # claims are released once answered
+
+
+@pytest.mark.parametrize('concurrency', [1, 3, 8])
+def test_remote_requests_are_sent_concurrently_up_to_the_setting(server, monkeypatch, concurrency):
+    monkeypatch.setenv('WORKSPACE_CONCURRENCY', str(concurrency))
+    server.delay = 0.2
+    batch = store.answer_many([(_request(f'q{i}'), (None, None, None)) for i in range(16)])
+    assert batch.calls == 16 and server.state['most'] == concurrency
+
+
+def test_a_hung_endpoint_trips_the_breaker_and_marks_nothing_failed(server, monkeypatch):
+    monkeypatch.setenv('WORKSPACE_REQUEST_TIMEOUT', '0.2')
+    monkeypatch.setenv('WORKSPACE_TIMEOUT_ATTEMPTS', '1')
+    monkeypatch.setenv('WORKSPACE_BREAKER_FAILURES', '3')
+    monkeypatch.setenv('WORKSPACE_CONCURRENCY', '2')
+    server.delay = 2.0
+    with pytest.raises(BackendError, match=r'stopped after 3 consecutive failures of the same kind.*timed out'):
+        store.answer_many([(_request(f'h{i}'), (None, None, None)) for i in range(40)])
+    assert len(server.received) < 10  # it stopped early: 40 requests were never sent
+    assert len(tables.requests().collect()) == 0  # the endpoint failed, not the requests: none is marked failed
+    assert len(tables.claims().collect()) == 0
+    server.delay = 0.0  # the endpoint is fixed: the same requests are sent and answered
+    assert store.answer_many([(_request(f'h{i}'), (None, None, None)) for i in range(40)]).calls == 40
+
+
+def test_a_failure_among_successes_is_stored_on_its_row(server, monkeypatch):
+    server.script = [Canned(400, {'error': {'message': 'context length exceeded'}})]
+    monkeypatch.setenv('WORKSPACE_CONCURRENCY', '1')
+    batch = store.answer_many([(_request(f'r{i}'), (None, None, None)) for i in range(4)])
+    errors = [a for a in batch.answers.values() if a['error']]
+    assert len(errors) == 1 and 'context length exceeded' in errors[0]['error']
+    assert store.answer_many([(_request(f'r{i}'), (None, None, None)) for i in range(4)]).calls == 0
+    retried = store.answer_many([(_request(f'r{i}'), (None, None, None)) for i in range(4)], retry_errors=True)
+    assert retried.calls == 1 and all(a['error'] is None for a in retried.answers.values())
+
+
+def _claim(key: str, *, host: str, pid: int, age_s: float = 0.0) -> None:
+    import datetime
+
+    at = utc_now() - datetime.timedelta(seconds=age_s)
+    tables.claims().insert(
+        [
+            {
+                'request_hash': key,
+                'owner': 'other-session',
+                'host': host,
+                'pid': pid,
+                'claimed_at': at,
+                'heartbeat_at': at,
+            }
+        ]
+    )
+
+
+def test_a_request_another_live_process_is_answering_is_waited_for_not_sent(server):
+    import socket
+
+    request = _request('shared')
+    key = store.request_hash(store._identity(request))
+    sleeper = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])
+    try:
+        _claim(key, host=socket.gethostname(), pid=sleeper.pid)
+
+        def other_process_answers():
+            time.sleep(1.0)
+            row = store._row(key, store._identity(request), (None, None, None), {'text': 'theirs'}, None)
+            tables.requests().insert([row])
+            claims = tables.claims()
+            claims.delete(where=claims.request_hash == key)
+
+        thread = threading.Thread(target=other_process_answers)
+        thread.start()
+        batch = store.answer_many([(request, (None, None, None))])
+        thread.join()
+    finally:
+        sleeper.kill()
+    assert batch.calls == 0 and batch.waited == {key} and len(server.received) == 0
+    assert batch.answers[key]['text'] == 'theirs' and batch.answers[key]['reused']
+
+
+def test_a_claim_of_a_dead_process_is_taken_over_at_once(server):
+    import socket
+
+    dead = subprocess.Popen([sys.executable, '-c', 'pass'])
+    dead.wait()
+    request = _request('orphan')
+    key = store.request_hash(store._identity(request))
+    _claim(key, host=socket.gethostname(), pid=dead.pid)
+    batch = store.answer_many([(request, (None, None, None))])
+    assert batch.calls == 1 and batch.answers[key]['text'] == 'ok:orphan'
+
+
+def test_a_claim_from_another_host_is_taken_over_only_when_its_heartbeat_is_stale(server, monkeypatch):
+    fresh, stale = _request('fresh'), _request('stale')
+    _claim(store.request_hash(store._identity(stale)), host='elsewhere', pid=1, age_s=600)
+    assert store.answer_many([(stale, (None, None, None))]).calls == 1
+    _claim(store.request_hash(store._identity(fresh)), host='elsewhere', pid=1)
+    monkeypatch.setenv('WORKSPACE_CLAIM_WAIT', '0.5')
+    with pytest.raises(BackendError, match=r'being answered by another process .*WORKSPACE_CLAIM_WAIT'):
+        store.answer_many([(fresh, (None, None, None))])
+    assert len(server.received) == 1
+
+
+@pytest.mark.parametrize(
+    'url,public',
+    [
+        ('http://user:secret@host:8080/v1', 'http://host:8080/v1'),
+        ('https://api.example.com/v1/', 'https://api.example.com/v1'),
+        ('http://host/v1?api-key=abc&api-version=2024', 'http://host/v1?api-key=***&api-version=2024'),
+        ('http://host/v1?sig=xyz', 'http://host/v1?sig=***'),
+    ],
+)
+def test_public_url_drops_credentials(url, public):
+    assert backends.public_url(url) == public
+
+
+def test_every_endpoint_is_part_of_the_model_identity_and_no_credential_is(monkeypatch):
+    monkeypatch.setenv('GROQ_BASE_URL', 'http://one:8000')
+    first = backends.model_identity('groq:llama')
+    monkeypatch.setenv('GROQ_BASE_URL', 'http://two:8000')
+    assert backends.model_identity('groq:llama') != first == 'groq:llama@http://one:8000'
+    monkeypatch.setenv('OPENAI_BASE_URL', 'http://user:hunter2@three:9000/v1')
+    assert backends.model_identity('openai:m') == 'openai:m@http://three:9000/v1'
+
+
+def test_settings_are_checked():
+    from workspace.config import settings
+    from workspace.errors import WorkspaceError
+
+    os.environ['WORKSPACE_CONCURRENCY'] = 'many'
+    try:
+        with pytest.raises(WorkspaceError, match=r"WORKSPACE_CONCURRENCY='many' is not a number"):
+            settings()
+        os.environ['WORKSPACE_CONCURRENCY'] = '0'
+        with pytest.raises(WorkspaceError, match='out of range'):
+            settings()
+    finally:
+        del os.environ['WORKSPACE_CONCURRENCY']
+    assert settings().concurrency == 8
