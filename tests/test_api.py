@@ -146,6 +146,15 @@ def test_render_complete_and_outcomes(api):
     bad = client.post('/v1/render', json={'fields': {}}, headers=_auth(keys['serve']))
     assert 'version: Field required' in _error(bad, 422, 'invalid_body')
 
+    from workspace import tables
+
+    def logged():  # written by the server's writer process within about a second
+        t = tables.executions()
+        return t.where(t.execution_id == done['execution_id']).select(t.caller, t.kind, t.version_id).collect()
+
+    _eventually(lambda: len(logged()) == 1)
+    assert dict(logged()[0]) == {'caller': 'key:app', 'kind': 'complete', 'version_id': v1.id}
+
 
 def test_malformed_json_and_oversized_bodies_get_json_errors(api):
     _, client, keys, *_ = api

@@ -15,12 +15,15 @@ Pixeltable is called from one thread at a time (`DB_LOCK`): request threads only
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import logging
+import multiprocessing
 import os
 import re
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -99,6 +102,7 @@ class _Snapshot:
     keys: dict[str, keys.ApiKey]
     loaded_at: float
     change: int
+    audited: int  # rows in the audit log when loaded: every change a snapshot holds is audited
     latest: dict[str, str] = field(default_factory=dict)  # prompt -> its latest version id, read on demand
 
 
@@ -118,6 +122,12 @@ class Catalog:
 
         with DB_LOCK:
             change = audit_log.changes()
+            # One count tells whether anything changed since the last load (labels, rules, experiments and keys
+            # change only with an audit row), so an idle reload costs one small query instead of four.
+            audited = tables.audit().count()
+            previous = self._snapshot
+            if previous is not None and previous.audited == audited:
+                return dataclasses.replace(previous, loaded_at=time.monotonic(), change=change)
             t = tables.labels()
             labels = {
                 (r['prompt'], r['label']): r['version_id'] for r in t.select(t.prompt, t.label, t.version_id).collect()
@@ -131,7 +141,7 @@ class Catalog:
                 except WorkspaceError as e:
                     log.warning('experiment %s of %s is not served: %s', name, prompt, e)
             known = keys.load_keys()
-        return _Snapshot(labels, active, assigners, known, time.monotonic(), change)
+        return _Snapshot(labels, active, assigners, known, time.monotonic(), change, audited)
 
     def refresh(self) -> _Snapshot:
         """Reload the snapshot now."""
@@ -216,21 +226,43 @@ class Catalog:
 
 
 class ExecutionLog:
-    """A buffer of execution rows, written to the executions table by a background thread."""
+    """A buffer of execution rows, written to the executions table in the background.
 
-    def __init__(self, flush_seconds: float, flush_rows: int) -> None:
+    With `process=False` a thread of this process writes them; with `process=True` (the HTTP server) a writer
+    process does, so the server's own interpreter never spends its time (and the GIL) on inserts.
+    """
+
+    def __init__(self, flush_seconds: float, flush_rows: int, *, process: bool = False) -> None:
         self.flush_seconds = flush_seconds
         self.flush_rows = flush_rows
         self._rows: list[dict[str, Any]] = []
+        self._recent: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._queue: Any = None
+        self._process: Any = None
+        if process:
+            context = multiprocessing.get_context('spawn')  # no fork of a process with threads and connections
+            self._queue = context.Queue()
+            self._process = context.Process(
+                target=_write_executions,
+                args=(self._queue, flush_seconds, flush_rows, os.getpid()),
+                name='execution-writer',
+            )
+            self._process.start()
         atexit.register(self.close)
 
     def add(self, row: dict[str, Any]) -> None:
         """Buffer one execution row."""
         with self._lock:
+            self._recent[row['execution_id']] = row
+            if len(self._recent) > _RECENT:
+                self._recent.popitem(last=False)
+            if self._queue is not None:
+                self._queue.put(row)
+                return
             self._rows.append(row)
             full = len(self._rows) >= self.flush_rows
             if self._thread is None:
@@ -240,16 +272,16 @@ class ExecutionLog:
             self._wake.set()
 
     def pending(self) -> int:
-        """Return how many rows wait to be written."""
-        return len(self._rows)
+        """Return how many rows wait to be written (approximate with a writer process)."""
+        return self._queue.qsize() if self._queue is not None else len(self._rows)
 
     def find(self, execution_id: str) -> dict[str, Any] | None:
-        """Return a buffered row by id (None once written)."""
+        """Return a recent row by id, written or not (None if it is older than the last 10,000)."""
         with self._lock:
-            return next((r for r in self._rows if r['execution_id'] == execution_id), None)
+            return self._recent.get(execution_id)
 
     def flush(self) -> int:
-        """Write the buffered rows now; return how many were written."""
+        """Write the rows buffered in this process now; return how many were written."""
         with self._lock:
             rows, self._rows = self._rows, []
         if not rows:
@@ -272,9 +304,48 @@ class ExecutionLog:
 
     def close(self) -> None:
         """Write what is buffered and stop the writer."""
+        if self._stop.is_set():
+            return
         self._stop.set()
         self._wake.set()
+        if self._process is not None:
+            self._queue.put(None)
+            self._process.join(timeout=60)
         self.flush()
+
+
+#: Rows an ExecutionLog keeps in memory after writing them, so an outcome logged right away finds its execution.
+_RECENT = 10_000
+
+
+def _write_executions(rows_in: Any, flush_seconds: float, flush_rows: int, parent: int) -> None:
+    """Run in the writer process: insert rows from the queue every `flush_seconds` or `flush_rows`, until the
+    server sends None or exits."""
+    import queue
+
+    from . import config
+
+    config.connect()
+    table = tables.executions()
+    rows: list[dict[str, Any]] = []
+    written = time.monotonic()
+    done = False
+    while not done:
+        try:
+            item = rows_in.get(timeout=max(0.05, flush_seconds - (time.monotonic() - written)))
+            if item is None:
+                done = True
+            else:
+                rows.append(item)
+        except queue.Empty:
+            done = os.getppid() != parent  # the server died without saying so: write what came, then stop
+        if rows and (done or len(rows) >= flush_rows or time.monotonic() - written >= flush_seconds):
+            try:
+                table.insert(rows)
+                rows = []
+            except Exception:
+                log.exception('writing %d execution rows failed; trying again', len(rows))
+            written = time.monotonic()
 
 
 # --- serving --------------------------------------------------------------------------------------------------
@@ -317,7 +388,7 @@ class Server:
     def __init__(self, settings: ServeSettings | None = None, *, background: bool = False) -> None:
         self.settings = settings or ServeSettings.from_env()
         self.catalog = Catalog(self.settings.ttl)
-        self.executions = ExecutionLog(self.settings.flush_seconds, self.settings.flush_rows)
+        self.executions = ExecutionLog(self.settings.flush_seconds, self.settings.flush_rows, process=background)
         if background:
             self.catalog.start()
 
