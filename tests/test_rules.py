@@ -88,3 +88,15 @@ def test_a_dataset_evaluated_after_a_rule_exists_gets_its_column(scripted_versio
     ws.set_rule('no_crash', 'keyword', stage='input', words=['crashes'])
     run = ws.evaluate(v2, tiny, split='dev', progress=False)
     assert run.summary().metrics['violations:no_crash'] == 1
+
+
+def test_the_comparison_shows_violations_per_version_and_fails_blocked_rows(scripted_versions):
+    import workspace as ws
+
+    tiny, v1, v2, v3, server = scripted_versions
+    ws.set_rule('no_delivery_talk', 'keyword', stage='input', enforcement='block', words=['parcel', 'courier'])
+    ws.set_rule('says_billing', 'keyword', stage='output', words=['billing'])
+    table = ws.compare_table(tiny, [v1, v2], split='dev')
+    assert table.loc[v1.id, 'violations:says_billing'] == 6 and table.loc[v2.id, 'violations:says_billing'] == 2
+    assert list(table['blocked']) == [2, 2] and list(table['violations:no_delivery_talk']) == [2, 2]
+    assert table.loc[v2.id, 'accuracy'] == pytest.approx(4 / 6)  # its two blocked rows count as wrong
