@@ -88,7 +88,9 @@ def _error(response: httpx.Response, status: int, kind: str) -> str:
 def test_healthz_and_openapi_docs_need_no_key(api):
     _, client, *_ = api
     assert client.get('/healthz').json()['status'] == 'ok'
-    assert client.get('/docs').status_code == 200
+    docs = client.get('/docs')
+    assert docs.status_code == 200 and '/static/swagger/swagger-ui-bundle.js' in docs.text  # no CDN: works offline
+    assert client.get('/static/swagger/swagger-ui-bundle.js').status_code == 200
     paths = client.get('/openapi.json').json()['paths']
     assert {'/v1/prompts/{ref}', '/v1/render', '/v1/complete', '/v1/outcomes', '/healthz'} <= set(paths)
 

@@ -30,6 +30,7 @@ from typing import Annotated, Any, Literal
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 
@@ -176,13 +177,18 @@ def _served(result: Any) -> dict[str, Any]:
     return {k: v for k, v in vars(result).items()}
 
 
+#: Declares the key in the OpenAPI document, so the docs page has an "Authorize" button; checked by `_guard`.
+_BEARER = HTTPBearer(auto_error=False, description='an API key from `prompt-workspace keys create NAME`')
+
+
 def _guard(needed: str) -> Any:
     """Return a dependency that admits a request whose key has at least the scope `needed`, within its rate."""
 
-    async def check(request: Request) -> keys.ApiKey:
+    async def check(
+        request: Request, bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)]
+    ) -> keys.ApiKey:
         server: Server = request.app.state.server
-        header = request.headers.get('authorization', '')
-        key = header[7:] if header.lower().startswith('bearer ') else request.headers.get('x-api-key', '')
+        key = bearer.credentials if bearer is not None else request.headers.get('x-api-key', '')
         if not key:
             raise _Error(401, 'missing_key', 'no API key; send it as "Authorization: Bearer <key>"')
         found = keys.verify(key, server.catalog.snapshot().keys)
@@ -208,13 +214,16 @@ ServeKey = Annotated[keys.ApiKey, Depends(_guard('serve'))]
 AdminKey = Annotated[keys.ApiKey, Depends(_guard('admin'))]
 
 
-def create_app(settings: ServeSettings | None = None) -> FastAPI:
+def create_app(settings: ServeSettings | None = None, *, writer_process: bool = False) -> FastAPI:
     """Return the FastAPI app, with its serving state (catalog refreshed in the background, execution log).
+
+    `writer_process=True` writes executions from a separate process (what `prompt-workspace serve` does); it
+    needs the `if __name__ == '__main__':` guard of multiprocessing in a script that calls it.
 
     >>> app = create_app()
     """
     settings = settings or ServeSettings.from_env()
-    server = Server(settings, background=True)
+    server = Server(settings, background=True, writer_process=writer_process)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -223,6 +232,8 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
 
     app = FastAPI(
         lifespan=lifespan,
+        docs_url=None,  # served below from a packaged copy of Swagger UI: the default loads it from a CDN
+        redoc_url=None,
         title='prompt-workspace',
         summary='Prompt versions served to applications: resolve a label, render, check rules, complete.',
         version='1',
@@ -264,6 +275,22 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         incident = uuid.uuid4().hex[:12]
         log.exception('incident %s on %s %s', incident, request.method, request.url.path)
         return _json_error(500, 'internal_error', f'the server failed; incident {incident} is in its log')
+
+    import swagger_ui_bundle
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.staticfiles import StaticFiles
+
+    app.mount('/static/swagger', StaticFiles(directory=str(swagger_ui_bundle.swagger_ui_path)), name='swagger')
+
+    @app.get('/docs', include_in_schema=False)
+    async def docs() -> Any:
+        return get_swagger_ui_html(
+            openapi_url='/openapi.json',
+            title='prompt-workspace API',
+            swagger_js_url='/static/swagger/swagger-ui-bundle.js',
+            swagger_css_url='/static/swagger/swagger-ui.css',
+            swagger_favicon_url='/static/swagger/favicon-32x32.png',
+        )
 
     @app.get('/healthz')
     def healthz() -> dict[str, Any]:
@@ -357,7 +384,7 @@ def run(host: str = '127.0.0.1', port: int = 8000, *, settings: ServeSettings | 
     """
     import uvicorn
 
-    app = create_app(settings)
+    app = create_app(settings, writer_process=True)
     uvicorn.run(app, host=host, port=port, log_level='warning', access_log=False)
 
 

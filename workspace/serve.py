@@ -385,10 +385,12 @@ def _fields(fields: Any) -> dict[str, Any]:
 class Server:
     """Serve versions to an application: resolve, render, check rules, call the model, log executions."""
 
-    def __init__(self, settings: ServeSettings | None = None, *, background: bool = False) -> None:
+    def __init__(
+        self, settings: ServeSettings | None = None, *, background: bool = False, writer_process: bool = False
+    ) -> None:
         self.settings = settings or ServeSettings.from_env()
         self.catalog = Catalog(self.settings.ttl)
-        self.executions = ExecutionLog(self.settings.flush_seconds, self.settings.flush_rows, process=background)
+        self.executions = ExecutionLog(self.settings.flush_seconds, self.settings.flush_rows, process=writer_process)
         if background:
             self.catalog.start()
 
