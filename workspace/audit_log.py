@@ -137,7 +137,7 @@ def audit(
     >>> audit(since='7d', kind='label')
     """
     t = tables.audit()
-    conditions = []
+    conditions: list[Any] = []
     if since is not None:
         conditions.append(t.at >= _since(since))
     if kind is not None:
@@ -149,7 +149,7 @@ def audit(
         conditions.append(t.subject == subject)
     query: Any = t
     if conditions:
-        where = conditions[0]
+        where: Any = conditions[0]
         for c in conditions[1:]:
             where = where & c
         query = t.where(where)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 __all__ = [
     'WorkspaceError',
     'DatasetError',
@@ -61,9 +64,9 @@ class RuleError(WorkspaceError):
 class GuardrailViolation(WorkspaceError):
     "A blocking rule failed on a served request; `violation` names the rule and the matched span."
 
-    def __init__(self, violation: dict, violations: list[dict] | None = None) -> None:
+    def __init__(self, violation: Mapping[str, Any], violations: Sequence[Mapping[str, Any]] | None = None) -> None:
         self.violation = violation
-        self.violations = violations if violations is not None else [violation]
+        self.violations = list(violations) if violations is not None else [violation]
         where = f' in field {violation["field"]!r}' if violation.get('field') else ''
         span = ''
         if violation.get('span'):

@@ -385,7 +385,9 @@ def sync_all() -> None:
     """Bring the rule columns of every evaluation table up to date with the current rules."""
     rules = active_rules()  # also connects and creates the workspace's directories
     for path in pxt.list_tables(tables.EVALS_DIR):
-        sync_table(pxt.get_table(path), rules)
+        table = pxt.get_table(path, if_not_exists='ignore')  # dropped since it was listed: nothing to do
+        if table is not None:
+            sync_table(table, rules)
 
 
 # --- summaries ------------------------------------------------------------------------------------------------

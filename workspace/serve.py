@@ -376,6 +376,23 @@ class Completion(Rendered):
     reused: bool = False
 
 
+@dataclass
+class _Call:
+    """One render or completion on its way: what was asked, what it resolved to, and what the rules found."""
+
+    kind: str
+    ref: str
+    started: float
+    version: Version
+    unit_id: str | None
+    experiment: str | None
+    arm: str | None
+    caller: str | None
+    fields: dict[str, Any]
+    text: str = ''
+    violations: list[Violation] = field(default_factory=list)
+
+
 def _fields(fields: Any) -> dict[str, Any]:
     if not isinstance(fields, Mapping):
         raise ServeError(f'fields must be a mapping of input names to values, e.g. {{"text": "..."}}; got {fields!r}')
@@ -401,76 +418,71 @@ class Server:
 
     def _log(
         self,
-        kind: str,
-        ref: str,
-        started: float,
-        version: Version | None,
-        unit_id: Any,
-        experiment: str | None,
-        arm: str | None,
-        violations: list[Violation],
+        call: _Call,
         outcome: str,
-        caller: str | None,
         error: str | None = None,
         answer: Mapping[str, Any] | None = None,
     ) -> str:
         execution_id = uuid.uuid4().hex
+        version = call.version
         self.executions.add(
             {
                 'execution_id': execution_id,
                 'at': utc_now(),
-                'kind': kind,
-                'prompt': version.prompt if version else ref.split('@')[0].split(':')[0],
-                'version_id': version.id if version else None,
-                'ref': ref,
-                'unit_id': None if unit_id is None else str(unit_id),
-                'experiment': experiment,
-                'arm': arm,
+                'kind': call.kind,
+                'prompt': version.prompt,
+                'version_id': version.id,
+                'ref': call.ref,
+                'unit_id': call.unit_id,
+                'experiment': call.experiment,
+                'arm': call.arm,
                 'outcome': outcome,
-                'violations': list(violations),
-                'latency_s': time.perf_counter() - started,
+                'violations': list(call.violations),
+                'latency_s': time.perf_counter() - call.started,
                 'request_hash': answer.get('hash') if answer else None,
                 'prompt_tokens': answer.get('prompt_tokens') if answer else None,
                 'completion_tokens': answer.get('completion_tokens') if answer else None,
                 'reused': answer.get('reused') if answer else None,
                 'error': error,
-                'caller': caller or current_user(),
+                'caller': call.caller or current_user(),
             }
         )
         return execution_id
 
-    def _render(self, ref: str, fields: Any, unit_id: Any, caller: str | None, kind: str):
+    def _render(self, kind: str, ref: str, fields: Any, unit_id: Any, caller: str | None) -> _Call:
+        """Resolve, check input rules, render, check prompt rules; log the execution if a rule blocks or it fails."""
         started = time.perf_counter()
         values = _fields(fields)
         version, experiment, arm = self.catalog.resolve(ref, unit_id)
+        call = _Call(kind, ref, started, version, _unit(unit_id), experiment, arm, caller, values)
         checks = self.catalog.rules_for(version.prompt)
-        context = (kind, ref, started, version, unit_id, experiment, arm)
-        violations = rules.check(checks, 'input', values)
+        call.violations = rules.check(checks, 'input', values)
         try:
-            rules.raise_if_blocked(violations)
+            rules.raise_if_blocked(call.violations)
             try:
-                text = version.render(values)
+                call.text = version.render(values)
             except jinja2.UndefinedError as e:
                 needed = ', '.join(sorted(version.variables()))
                 raise ServeError(f'{version.id} cannot render: {e.message}; it reads the fields {needed}') from None
-            violations += rules.check(checks, 'prompt', text)
-            rules.raise_if_blocked(violations)
+            call.violations += rules.check(checks, 'prompt', call.text)
+            rules.raise_if_blocked(call.violations)
         except GuardrailViolation as e:
-            self._log(*context, violations, 'blocked', caller, str(e))
+            self._log(call, 'blocked', str(e))
             raise
         except WorkspaceError as e:
-            self._log(*context, violations, 'error', caller, str(e))
+            self._log(call, 'error', str(e))
             raise
-        return version, values, text, violations, context
+        return call
 
     def render(
         self, ref: str, fields: Mapping[str, Any], *, unit_id: str | int | None = None, caller: str | None = None
     ) -> Rendered:
         """Resolve `ref` (or the unit's arm), render it with `fields`, check input and prompt rules, log it."""
-        version, _, text, violations, context = self._render(ref, fields, unit_id, caller, 'render')
-        execution_id = self._log(*context, violations, 'ok', caller)
-        _, _, _, _, unit, experiment, arm = context
-        return Rendered(execution_id, version.id, text, violations, _unit(unit), experiment, arm)
+        call = self._render('render', ref, fields, unit_id, caller)
+        execution_id = self._log(call, 'ok')
+        return Rendered(
+            execution_id, call.version.id, call.text, call.violations, call.unit_id, call.experiment, call.arm
+        )
 
     def complete(
         self, ref: str, fields: Mapping[str, Any], *, unit_id: str | int | None = None, caller: str | None = None
@@ -479,31 +491,33 @@ class Server:
         from . import store
         from .evaluate import build_request
 
-        version, values, text, violations, context = self._render(ref, fields, unit_id, caller, 'complete')
-        _, _, _, _, unit, experiment, arm = context
+        call = self._render('complete', ref, fields, unit_id, caller)
+        version = call.version
         with DB_LOCK:
-            answer = store.answer(build_request(version, values), origin=(version.id, None, None))
+            answer = store.answer(build_request(version, call.fields), origin=(version.id, None, None))
         if answer['error'] is not None:
             message = f'the model failed on {version.id}: {answer["error"]}'
-            self._log(*context, violations, 'error', caller, message, answer)
+            self._log(call, 'error', message, answer)
             raise ServeError(message)
         output = answer['text'] or ''
         try:
             with DB_LOCK:  # a judge rule asks the request store
-                violations += rules.check(self.catalog.rules_for(version.prompt), 'output', output, fields=values)
-            rules.raise_if_blocked(violations)
+                call.violations += rules.check(
+                    self.catalog.rules_for(version.prompt), 'output', output, fields=call.fields
+                )
+            rules.raise_if_blocked(call.violations)
         except GuardrailViolation as e:
-            self._log(*context, violations, 'blocked', caller, str(e), answer)
+            self._log(call, 'blocked', str(e), answer)
             raise
-        execution_id = self._log(*context, violations, 'ok', caller, None, answer)
+        execution_id = self._log(call, 'ok', None, answer)
         return Completion(
             execution_id,
             version.id,
-            text,
-            violations,
-            _unit(unit),
-            experiment,
-            arm,
+            call.text,
+            call.violations,
+            call.unit_id,
+            call.experiment,
+            call.arm,
             output=output,
             prediction=parse.parse(output, version.output),
             request_hash=answer['hash'],
