@@ -39,6 +39,7 @@ def test_set_rule_versions_a_changed_rule_and_keeps_its_history(ws):
         (('r', 'regex'), {'pattern': '(a)\\1'}, 'RE2'),
         (('r', 'json_schema'), {'schema': {}, 'stage': 'input'}, 'checks the output'),
         (('r', 'judge'), {}, 'judge='),
+        (('r', 'judge'), {'judge': 'x:v1', 'stage': 'input'}, 'judges the model'),
     ],
 )
 def test_set_rule_refuses_bad_rules_with_the_fix(ws, args, kwargs, message):

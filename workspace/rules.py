@@ -164,6 +164,8 @@ def _validate(name: str, kind: str, stage: str, enforcement: str, prompts: Any, 
     if kind == 'json_schema' and stage != 'output':
         raise RuleError('a json_schema rule checks the output; use stage="output"')
     if kind == 'judge':
+        if stage != 'output':
+            raise RuleError('a judge rule judges the model\'s output (it calls a model); use stage="output"')
         _check_judge(config)
         return
     try:
