@@ -203,6 +203,9 @@ def test_model_errors_fail_their_trials_and_max_errors_stops_the_run(ws, tiny, m
             optimize(remote, tiny, optimizer='bootstrap_random_search', budget=budget, max_errors=2)
         runs = list_optimizations('remote_router')
         assert 'failed' in set(runs['status'])
+        finished = ws.audit(kind='optimizer.finished')
+        assert [a['status'] for a in finished['after']] == ['failed', 'done']  # newest first, each run recorded
+        assert len(ws.audit(kind='optimizer.started')) == 2
 
 
 def test_teacher_proposes_the_instruction_a_student_adopts(ws, tiny, local, monkeypatch):

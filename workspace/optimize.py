@@ -538,6 +538,7 @@ def optimize(
             [_run_row({**run_row, 'status': 'failed', 'error': str(e)}, ledger, recorder, clock)],
             if_not_exists='insert',
         )
+        audit_log.record('optimizer.finished', run_id, before=baseline.id, after={'status': 'failed'}, note=str(e))
         raise OptimizeError(f'optimizer {name!r} failed in run {run_id}: {type(e).__name__}: {e}') from e
     finally:
         if bar is not None:
@@ -553,6 +554,7 @@ def optimize(
             [_run_row({**run_row, 'status': 'failed', 'error': message}, ledger, recorder, clock)],
             if_not_exists='insert',
         )
+        audit_log.record('optimizer.finished', run_id, before=baseline.id, after={'status': 'failed'}, note=message)
         raise OptimizeError(message)
     scored = recorder.dev_trials()
     if not scored or scored[0].kind != 'baseline':
