@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-SECTIONS = ['contract', 'compare', 'optimize', 'embedders', 'store']
+SECTIONS = ['contract', 'compare', 'optimize', 'embedders', 'store', 'guardrails', 'serve']
 
 
 def _machine() -> str:

@@ -29,6 +29,10 @@ COMMANDS = [
     'lab',
     'demo',
     'doctor',
+    'serve',
+    'keys',
+    'audit',
+    'rules',
 ]
 
 
@@ -263,3 +267,23 @@ def test_lab_starts_jupyterlab_with_the_workspace_kernel(tmp_path):
     finally:
         proc.terminate()
         proc.wait(20)
+
+
+def test_keys_audit_and_rules_commands(ws, capsys):
+    assert main(['keys', 'create', 'billing-app', '--scope', 'read']) == 0
+    key = capsys.readouterr().out.strip()
+    assert key.startswith('pw_') and len(key) > 50
+    assert main(['keys', 'list']) == 0
+    listed = capsys.readouterr().out
+    assert 'billing-app' in listed and key not in listed and key.split('_')[2] not in listed
+    assert main(['keys', 'create', 'billing-app']) == 2
+    assert 'already named' in capsys.readouterr().err
+    ws.set_rule('no_urls', 'custom', function='udfs.rules.no_urls')
+    assert main(['rules']) == 0 and 'no_urls:v1' in capsys.readouterr().out
+    assert main(['keys', 'revoke', 'billing-app']) == 0
+    capsys.readouterr()
+    assert main(['audit', '--kind', 'key']) == 0
+    out = capsys.readouterr().out
+    assert 'key.revoked' in out and 'key.created' in out and key not in out
+    assert main(['audit', '--since', 'yesterday']) == 2
+    assert "since='yesterday' is not a time" in capsys.readouterr().err

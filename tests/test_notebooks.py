@@ -17,13 +17,14 @@ from conftest import CLI, ROOT
 NOTEBOOKS = sorted((ROOT / 'notebooks').glob('*.ipynb'))
 
 
-def test_there_are_five_notebooks():
+def test_the_notebooks_are_these():
     assert [p.name for p in NOTEBOOKS] == [
         '01_quickstart.ipynb',
         '02_iterate.ipynb',
         '03_optimize.ipynb',
         '04_diff_report.ipynb',
         '05_scheduled_eval.ipynb',
+        '07_guardrails_and_serving.ipynb',
     ]
 
 
@@ -181,3 +182,14 @@ def test_runs_started_in_the_same_millisecond_get_separate_files(tmp_path: Path)
     names = {p.name for p in paths}
     assert '05_scheduled_eval-030000.123.ipynb' in names and '05_scheduled_eval-030000.123-16.ipynb' in names
     assert all(p.parent == tmp_path / '2026-11-25' for p in paths)
+
+
+def test_guardrails_and_serving_notebook_runs_under_papermill(ws, tiny_tickets):
+    """07 defines rules, shows their violations in an evaluation, serves from Python and over HTTP, reads the audit."""
+    _, book = _run('07_guardrails_and_serving.ipynb', dataset_name='nb_guard', dataset_path=str(tiny_tickets))
+    text = _text(book)
+    assert 'violations:mentions_delivery' in text and "rule 'no_injection' blocks this input" in text
+    assert 'guarded_router:v2' in text and 'http://127.0.0.1:' in text and 'pw_' not in text  # no key in outputs
+    assert ws.get_version('guarded_router@production').id == 'guarded_router:v2'
+    kinds = set(ws.audit(kind='key')['kind'])
+    assert kinds == {'key.created', 'key.revoked'}

@@ -217,6 +217,11 @@ def test_model_errors_fail_their_trials_and_max_errors_stops_the_run(ws, tiny, m
             optimize(remote, tiny, optimizer='bootstrap_random_search', budget=budget, max_errors=2)
         runs = list_optimizations('remote_router')
         assert 'failed' in set(runs['status'])
+        finished = ws.audit(kind='optimizer.finished')
+        finished = finished[finished['subject'].isin(set(runs['run_id']))]  # this test's runs
+        assert [a['status'] for a in finished['after']] == ['failed', 'done']  # newest first, each run recorded
+        started = ws.audit(kind='optimizer.started')
+        assert started['subject'].isin(set(runs['run_id'])).sum() == 2
 
 
 def test_teacher_proposes_the_instruction_a_student_adopts(ws, tiny, local, monkeypatch):

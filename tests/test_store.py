@@ -258,7 +258,13 @@ def test_a_request_store_made_by_version_0_1_is_upgraded_with_its_answers_and_er
     old.add_computed_column(response=complete(old.request), on_error='ignore')
     rows = []
     for prompt in ('hello', 'please fail'):
-        request = {'model': 'openai:fake', 'model_id': 'openai:fake@x', 'params': {}, 'prompt': prompt, 'constraint': None}
+        request = {
+            'model': 'openai:fake',
+            'model_id': 'openai:fake@x',
+            'params': {},
+            'prompt': prompt,
+            'constraint': None,
+        }
         rows.append(
             {'request_hash': store.request_hash(request), 'request': request, 'model_id': 'openai:fake@x',
              'created_at': utc_now(), 'first_version_id': 'r:v1', 'first_dataset': 'd', 'first_example_id': prompt}

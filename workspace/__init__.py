@@ -15,6 +15,9 @@ import warnings
 warnings.filterwarnings('ignore', message='XDG_RUNTIME_DIR is not set')
 
 from .ab import ABReport, Assigner, ab_report, assign, log_outcome, log_outcomes  # noqa: E402
+from .api import RunningServer, start_server  # noqa: E402
+from .audit_log import audit  # noqa: E402
+from .client import Client  # noqa: E402
 from .compare import (  # noqa: E402
     Promotion,
     VersionComparison,
@@ -32,22 +35,29 @@ from .errors import (  # noqa: E402
     ComparisonError,
     DatasetError,
     EmbedderError,
+    GuardrailViolation,
     LabelError,
     OptimizeError,
     RegressionError,
+    RuleError,
+    ServeError,
     TemplateError,
     VersionError,
     WorkspaceError,
 )
 from .evaluate import add_scorer, evaluate  # noqa: E402
+from .experiments import list_experiments, start_experiment, stop_experiment  # noqa: E402
 from .history import LineageGraph, lineage_graph  # noqa: E402
+from .keys import create_key, list_keys, revoke_key  # noqa: E402
 from .labels import label_history, list_labels, rollback, set_label  # noqa: E402
 from .notebooks import NotebookRun, list_notebook_runs, run_notebook  # noqa: E402
 from .optimize import Budget, OptimizeResult, list_optimizations, list_trials, optimize  # noqa: E402
 from .prompt_diff import VersionDiff, diff_versions, render_diff_html, render_diff_text  # noqa: E402
 from .report import export_report  # noqa: E402
+from .rules import Rule, get_rule, list_rules, set_rule  # noqa: E402
 from .runs import Lineage, Run, Summary, get_run, lineage, list_runs  # noqa: E402
 from .schedule import ScheduledEval, scheduled_eval, scheduled_history  # noqa: E402
+from .serve import Completion, Rendered, complete, log_execution_outcome, render  # noqa: E402
 from .suggest import Suggestion, suggest  # noqa: E402
 from .versions import Version, choice, create_version, edit, get_version, json_object, list_versions, text  # noqa: E402
 from .widgets import CompareView, compare  # noqa: E402
@@ -128,6 +138,28 @@ __all__ = [
     'diff_versions',
     'render_diff_html',
     'render_diff_text',
+    # guardrails
+    'set_rule',
+    'get_rule',
+    'list_rules',
+    'Rule',
+    # serving
+    'render',
+    'complete',
+    'Rendered',
+    'Completion',
+    'log_execution_outcome',
+    'start_experiment',
+    'stop_experiment',
+    'list_experiments',
+    'start_server',
+    'RunningServer',
+    'Client',
+    'create_key',
+    'revoke_key',
+    'list_keys',
+    # audit
+    'audit',
     # errors
     'WorkspaceError',
     'DatasetError',
@@ -138,4 +170,7 @@ __all__ = [
     'ComparisonError',
     'OptimizeError',
     'EmbedderError',
+    'RuleError',
+    'GuardrailViolation',
+    'ServeError',
 ]

@@ -281,6 +281,46 @@ def _doctor(args: argparse.Namespace) -> int:
     return 0 if ok else EXIT_FAILED
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from .api import run
+
+    print(f'serving on http://{args.host}:{args.port} (OpenAPI docs at /docs); Ctrl-C stops', flush=True)
+    run(args.host, args.port)
+    return 0
+
+
+def _keys(args: argparse.Namespace) -> int:
+    from . import keys
+
+    if args.action == 'list':
+        _out(keys.list_keys())
+        return 0
+    if not args.name:
+        raise WorkspaceError(f"give the key's name, e.g. 'prompt-workspace keys {args.action} checkout-service'")
+    if args.action == 'create':
+        key = keys.create_key(args.name, args.scope, rate=args.rate)
+        print(key)
+        print(f'key {args.name!r} ({args.scope}) created; it is shown only now, store it as a secret', file=sys.stderr)
+    else:
+        keys.revoke_key(args.name)
+        print(f'key {args.name!r} revoked')
+    return 0
+
+
+def _audit(args: argparse.Namespace) -> int:
+    from .audit_log import audit
+
+    _out(audit(since=args.since, kind=args.kind, subject=args.subject, limit=args.limit))
+    return 0
+
+
+def _rules(args: argparse.Namespace) -> int:
+    from .rules import list_rules
+
+    _out(list_rules(history=args.history))
+    return 0
+
+
 def _command(
     commands: Any,
     name: str,
@@ -473,6 +513,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--data', help='tickets CSV (default: datasets/support_tickets.csv)')
     p.add_argument('--model', default='local', help="model spec (default: 'local', the embedded model)")
     p.add_argument('-q', '--quiet', action='store_true', help='no progress bars')
+
+    p = _command(
+        commands,
+        'serve',
+        _serve,
+        'serve prompt versions over HTTP (FastAPI under uvicorn)',
+        'prompt-workspace serve --port 8000',
+        'Start the HTTP API: GET /v1/prompts/{ref}, POST /v1/render, /v1/complete, /v1/outcomes, GET /healthz, '
+        'OpenAPI docs at /docs. Create a key first with "prompt-workspace keys create NAME".',
+    )
+    p.add_argument('--host', default='127.0.0.1', help='default 127.0.0.1 (this machine only)')
+    p.add_argument('--port', type=int, default=8000)
+
+    p = _command(
+        commands,
+        'keys',
+        _keys,
+        'create, revoke or list API keys of the HTTP server',
+        'prompt-workspace keys create checkout-service --scope serve',
+        'A key is printed once, when created; the workspace stores only its SHA-256. Scopes: read (fetch '
+        'versions), serve (also render, complete, log outcomes), admin (also move labels, change rules, read '
+        'the audit log).',
+    )
+    p.add_argument('action', choices=['create', 'revoke', 'list'])
+    p.add_argument('name', nargs='?')
+    p.add_argument('--scope', choices=['read', 'serve', 'admin'], default='serve')
+    p.add_argument('--rate', type=float, default=50.0, help='requests per second (bursts up to twice that)')
+
+    p = _command(
+        commands,
+        'audit',
+        _audit,
+        'print the audit log: every change to versions, labels, rules, datasets, experiments and keys',
+        'prompt-workspace audit --since 7d --kind label',
+    )
+    p.add_argument('--since', help='an age such as 30m, 2h, 7d, or an ISO date')
+    p.add_argument('--kind', help='a kind (label.moved) or its first part (label)')
+    p.add_argument('--subject', help='changes to one thing: a version id, prompt@label, rule or key name')
+    p.add_argument('--limit', type=int, default=50)
+
+    p = _command(commands, 'rules', _rules, 'list the guardrail rules', 'prompt-workspace rules --history')
+    p.add_argument('--history', action='store_true', help='every version of every rule')
 
     _command(
         commands,

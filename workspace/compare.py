@@ -15,7 +15,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from . import metrics, stats, store
+from . import metrics, rules, stats, store
 from .datasets import Dataset, get_dataset
 from .errors import ComparisonError
 from .evaluate import evaluate
@@ -51,8 +51,8 @@ def row_score_name(task: str) -> str:
 
 
 def _frame(run: Run) -> pd.DataFrame:
-    frame = run.predictions().set_index('example_id', drop=False)
     score = row_score_name(run.task)
+    frame, _ = rules.apply_blocks(run.predictions().set_index('example_id', drop=False), [score])
     frame['score'] = frame[score].fillna(0.0).astype(float)
     return frame
 
@@ -262,6 +262,7 @@ def _measure(
             calls=run.calls,
             reused=run.reused,
             errors=int(frame['error'].notna().sum()),
+            **rules.tally(frame).metrics(),  # rows blocked and violations per rule, when there are rules
         )
         if run.version.id != baseline:
             cmp = stats.compare_scores(

@@ -23,7 +23,7 @@ from typing import Any, Literal, TypeAlias
 import pandas as pd
 import pixeltable as pxt
 
-from . import tables
+from . import audit_log, tables
 from .errors import DatasetError
 from .reads import READS
 from .recovery import Owner, pause_point
@@ -534,6 +534,7 @@ class Dataset:
                 'use dataset.correct(id, expected) to change an expected output'
             )
         t.insert(rows)
+        audit_log.record('dataset.appended', self.name, after={'rows': len(rows), 'version': self.version})
         return len(rows)
 
     def correct(self, example_id: str, expected: Any) -> int:
@@ -543,7 +544,8 @@ class Dataset:
         >>> tickets.correct('t017', 'REFUND')
         """
         t = self.table
-        if not len(t.where(t.example_id == example_id).select(t.example_id).collect()):
+        found = t.where(t.example_id == example_id).select(t.expected).collect()
+        if not len(found):
             raise DatasetError(f'dataset {self.name!r} has no example {example_id!r}')
         if _is_empty(expected):
             raise DatasetError(f'the expected output for {example_id!r} is empty; give a value')
@@ -553,6 +555,7 @@ class Dataset:
         evals = tables.open_table(tables.eval_path(self.name))
         if evals is not None:
             evals.update({'expected': value, 'dataset_version': version}, where=evals.example_id == example_id)
+        audit_log.record('dataset.corrected', f'{self.name}/{example_id}', before=found[0]['expected'], after=value)
         return version
 
 
@@ -661,6 +664,7 @@ def import_dataset(
 
     _store(name, schema, meta, rows, replace=existing is not None, origin=parsed.origin)
     log.info('imported %d examples into dataset %r', len(rows), name)
+    audit_log.record('dataset.imported', name, after={'rows': len(rows), 'source': meta['source']})
     return get_dataset(name)
 
 

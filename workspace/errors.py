@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 __all__ = [
     'WorkspaceError',
     'DatasetError',
@@ -13,6 +16,9 @@ __all__ = [
     'OptimizeError',
     'RegressionError',
     'EmbedderError',
+    'RuleError',
+    'GuardrailViolation',
+    'ServeError',
 ]
 
 
@@ -54,3 +60,27 @@ class RegressionError(WorkspaceError):
 
 class EmbedderError(WorkspaceError):
     "The offline text embedder is not installed, or its model files are not the pinned ones."
+
+
+class RuleError(WorkspaceError):
+    "A guardrail rule cannot be created or changed as asked."
+
+
+class GuardrailViolation(WorkspaceError):
+    "A blocking rule failed on a served request; `violation` names the rule and the matched span."
+
+    def __init__(self, violation: Mapping[str, Any], violations: Sequence[Mapping[str, Any]] | None = None) -> None:
+        self.violation = violation
+        self.violations = list(violations) if violations is not None else [violation]
+        where = f' in field {violation["field"]!r}' if violation.get('field') else ''
+        span = ''
+        if violation.get('span'):
+            start, end = violation['span']
+            span = f' at characters {start}-{end} ({violation.get("match")!r})'
+        super().__init__(
+            f'rule {violation["rule"]!r} blocks this {violation["stage"]}{where}{span}: {violation["message"]}'
+        )
+
+
+class ServeError(WorkspaceError):
+    "A prompt cannot be served as asked (an unknown version, missing fields, a model error)."

@@ -26,7 +26,7 @@ import pixeltable as pxt
 
 from udfs import parse, scores
 
-from . import backends, demos, store, tables
+from . import backends, demos, rules, store, tables
 from .config import utc_now
 from .datasets import Dataset, get_dataset
 from .errors import TemplateError, WorkspaceError
@@ -110,6 +110,8 @@ def eval_table(dataset: Dataset) -> pxt.Table:
     if table is not None:
         if 'demo_source' not in table.columns():  # made before demo policies existed
             table.add_column(demo_source=pxt.Json | None)
+        if 'rendered_prompt' not in table.columns():  # made before rules: add what rule columns read
+            rules.sync_table(table)
         return table
     table = pxt.create_table(
         path,
@@ -130,6 +132,8 @@ def eval_table(dataset: Dataset) -> pxt.Table:
             'reused': pxt.Bool | None,
             'output_spec': pxt.Json | None,
             'expected': pxt.Json | None,
+            'input_fields': pxt.Json | None,  # what input rules check
+            'rendered_prompt': pxt.String | None,  # what prompt rules check
             'demo_source': pxt.Json | None,  # a demo policy's pool (dataset, split, version) and demo ids
         },
         primary_key=['version_id', 'example_id'],
@@ -145,6 +149,7 @@ def eval_table(dataset: Dataset) -> pxt.Table:
             on_error='ignore',
             if_exists='ignore',
         )
+    rules.sync_table(table)
     return table
 
 
@@ -249,6 +254,8 @@ def evaluate(
                 'reused': key not in batch.called,
                 'output_spec': dict(v.output),
                 'expected': by_id[ex]['expected'],
+                'input_fields': {name: by_id[ex][name] for name in ds.inputs},
+                'rendered_prompt': requests[ex]['prompt'],
                 'demo_source': {**pool, 'example_ids': list(retrieved[ex].ids)} if policy else None,
             }
         )

@@ -7,7 +7,7 @@ import uuid
 
 import pandas as pd
 
-from . import tables
+from . import audit_log, tables
 from .config import current_user, utc_now
 from .errors import LabelError
 from .versions import Version, get_version, label_target
@@ -43,6 +43,14 @@ def _record(prompt: str, label: str, version_id: str, previous: str | None, acti
                 'note': note,
             }
         ]
+    )
+    audit_log.record(
+        'label.rolled_back' if action == 'rollback' else 'label.moved',
+        f'{prompt}@{label}',
+        before=previous,
+        after=version_id,
+        note=note,
+        by=by,
     )
 
 

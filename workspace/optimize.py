@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, TypedDict
 
 import pandas as pd
 
-from . import backends, tables
+from . import audit_log, backends, tables
 from .config import utc_now
 from .datasets import Dataset, get_dataset
 from .errors import DatasetError, OptimizeError, VersionError, WorkspaceError
@@ -595,6 +595,7 @@ def _search(setup: _Setup, *, progress: bool, started: Any, clock: float) -> _Se
     log.info(
         'optimizer run %s: %s on %s (train %d, dev %d)', setup.run_id, setup.name, ds.name, len(trainset), len(devset)
     )
+    audit_log.record('optimizer.started', setup.run_id, after={'optimizer': setup.name, 'baseline': baseline.id})
 
     def dspy_metric(gold: Any, pred: Any, trace: Any = None, pred_name: Any = None, pred_trace: Any = None) -> float:
         return float(setup.metric.per_example(pred.get(task.output), gold[task.output]))
@@ -682,6 +683,9 @@ def _record_failure(
 ) -> None:
     tables.optimize_runs().batch_update(
         [_run_row({**row, 'status': 'failed', 'error': error}, ledger, recorder, clock)], if_not_exists='insert'
+    )
+    audit_log.record(
+        'optimizer.finished', setup.run_id, before=setup.baseline.id, after={'status': 'failed'}, note=error
     )
 
 
@@ -833,6 +837,9 @@ def optimize(
     }
     tables.optimize_runs().batch_update(
         [_run_row(row, ledger, search.recorder, clock, finished=True)], if_not_exists='insert'
+    )
+    audit_log.record(
+        'optimizer.finished', setup.run_id, before=setup.baseline.id, after={'status': row['status'], 'best': best.id}
     )
     return OptimizeResult(
         run_id=setup.run_id,

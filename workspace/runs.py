@@ -18,7 +18,7 @@ from typing import Any
 
 import pandas as pd
 
-from . import metrics, stats, store, tables
+from . import metrics, rules, stats, store, tables
 from .datasets import get_dataset
 from .errors import WorkspaceError
 from .reads import READS
@@ -415,6 +415,7 @@ def summarize(run: Run, frame: pd.DataFrame | None = None) -> Summary:
     """Compute a run's summary from its evaluation rows (`run.rows()` unless given)."""
     ds = get_dataset(run.dataset)
     frame = run.rows() if frame is None else frame
+    frame, ruled = rules.apply_blocks(frame, run.score_columns())
     errors = int(frame['error'].notna().sum())
     values: dict[str, Any] = {}
     per_cat = confusion = None
@@ -435,7 +436,8 @@ def summarize(run: Run, frame: pd.DataFrame | None = None) -> Summary:
     for column in ('latency_s', 'prompt_tokens', 'completion_tokens'):
         series = frame[column].dropna()
         values[f'mean_{column}'] = float(series.mean()) if len(series) else 0.0
-    notes = []
+    values.update(ruled.metrics())
+    notes = ruled.notes()
     if errors:
         notes.append(f'{errors} of {len(frame)} rows have a model error; they count as wrong (see failures())')
     skew = None

@@ -12,6 +12,11 @@ prompt_workspace/
   claims              requests a process is answering right now (see store.py)
   runs                one row per evaluation of a version on a dataset split
   ab_outcomes         one row per outcome logged by serving code in an A/B experiment: unit, arm, version, outcome
+  audit               every change a person or a program made: versions, labels, rules, datasets, keys (append-only)
+  rules               guardrail rules, one row per rule version
+  executions          one row per prompt served to an application (render or complete), with its violations
+  api_keys            the HTTP server's API keys: name, scope, SHA-256 of the key
+  experiments         the A/B split each prompt's serving follows
 ```
 """
 
@@ -444,3 +449,127 @@ def notebook_runs() -> pxt.Table:
     if 'pid' not in table.columns():  # a table made before runs recorded their process
         table.add_column(pid=pxt.Int | None, if_exists='ignore')
     return table
+
+
+AUDIT = f'{ROOT}/audit'
+RULES = f'{ROOT}/rules'
+EXECUTIONS = f'{ROOT}/executions'
+API_KEYS = f'{ROOT}/api_keys'
+EXPERIMENTS = f'{ROOT}/experiments'
+
+__all__ += [
+    'AUDIT',
+    'RULES',
+    'EXECUTIONS',
+    'API_KEYS',
+    'EXPERIMENTS',
+    'audit',
+    'rules',
+    'executions',
+    'api_keys',
+    'experiments',
+]
+
+
+def audit() -> pxt.Table:
+    """Every change a person or a program made (owned by `audit.py`, append-only): who, when, what, before, after."""
+    return _open_or_create(
+        AUDIT,
+        {
+            'event_id': pxt.String,
+            'at': pxt.Timestamp,
+            'actor': pxt.String,  # an OS user, or 'key:<name>' for a change made over HTTP
+            'kind': pxt.String,  # e.g. version.created, label.moved, rule.changed (see audit.KINDS)
+            'subject': pxt.String,  # what changed: a version id, prompt@label, rule name, dataset, key name
+            'before': pxt.Json | None,
+            'after': pxt.Json | None,
+            'note': pxt.String | None,
+        },
+        'event_id',
+    )
+
+
+def rules() -> pxt.Table:
+    """Guardrail rules (owned by `rules.py`): one row per rule version; a changed rule is a new row with its parent."""
+    return _open_or_create(
+        RULES,
+        {
+            'rule_id': pxt.String,  # name:v<number>
+            'name': pxt.String,
+            'number': pxt.Int,
+            'parent_id': pxt.String | None,
+            'kind': pxt.String,
+            'config': pxt.Json,
+            'stage': pxt.String,  # input, prompt or output
+            'prompts': pxt.Json | None,  # prompt names it applies to; None: every prompt
+            'enforcement': pxt.String,  # block or warn
+            'active': pxt.Bool,
+            'created_at': pxt.Timestamp,
+            'author': pxt.String,
+            'note': pxt.String | None,
+        },
+        'rule_id',
+    )
+
+
+def executions() -> pxt.Table:
+    """One row per prompt served to an application (owned by `serve.py`): render or complete, with its violations."""
+    return _open_or_create(
+        EXECUTIONS,
+        {
+            'execution_id': pxt.String,  # also the event id of the outcome logged for it (POST /v1/outcomes)
+            'at': pxt.Timestamp,
+            'kind': pxt.String,  # render or complete
+            'prompt': pxt.String,
+            'version_id': pxt.String | None,
+            'ref': pxt.String,  # what the caller asked for, e.g. ticket_router@production
+            'unit_id': pxt.String | None,
+            'experiment': pxt.String | None,
+            'arm': pxt.String | None,
+            'outcome': pxt.String,  # ok, blocked or error
+            'violations': pxt.Json | None,
+            'latency_s': pxt.Float,  # time spent serving, model call included
+            'request_hash': pxt.String | None,
+            'prompt_tokens': pxt.Int | None,
+            'completion_tokens': pxt.Int | None,
+            'reused': pxt.Bool | None,
+            'error': pxt.String | None,
+            'caller': pxt.String | None,  # the API key's name, or the OS user serving from Python
+        },
+        'execution_id',
+    )
+
+
+def api_keys() -> pxt.Table:
+    """API keys of the HTTP server (owned by `keys.py`): a name, scopes and the SHA-256 of the key, never the key."""
+    return _open_or_create(
+        API_KEYS,
+        {
+            'key_id': pxt.String,  # the public part of the key, used to find its row
+            'name': pxt.String,
+            'scope': pxt.String,  # read, serve or admin
+            'rate': pxt.Float,  # requests per second
+            'key_hash': pxt.String,
+            'created_at': pxt.Timestamp,
+            'created_by': pxt.String,
+            'revoked_at': pxt.Timestamp | None,
+        },
+        'key_id',
+    )
+
+
+def experiments() -> pxt.Table:
+    """A/B experiments that serving follows (owned by `experiments.py`): a prompt's split of units over versions."""
+    return _open_or_create(
+        EXPERIMENTS,
+        {
+            'prompt': pxt.String,
+            'experiment': pxt.String,
+            'split': pxt.Json,
+            'status': pxt.String,  # running or stopped
+            'started_at': pxt.Timestamp,
+            'started_by': pxt.String,
+            'stopped_at': pxt.Timestamp | None,
+        },
+        ['prompt', 'experiment'],
+    )

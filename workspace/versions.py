@@ -16,7 +16,7 @@ import pandas as pd
 
 from udfs import render as render_udfs
 
-from . import backends, tables
+from . import audit_log, backends, tables
 from .config import current_user, utc_now
 from .demos import DemoPolicy, check_policy, is_policy
 from .errors import LabelError, TemplateError, VersionError
@@ -334,6 +334,7 @@ def create_version(
             if 'Duplicate primary key' not in str(e):
                 raise
             continue
+        audit_log.record('version.created', version_id, after={'parent': parent_id, 'model': model}, by=row['author'])
         return _row_to_version(row)
     raise VersionError(f'could not allocate a version number for {prompt!r}; try again')
 
