@@ -2,7 +2,7 @@
 version's completion template instead of DSPy's chat format.
 
 A 270M base model cannot answer in DSPy's `[[ ## field ## ]]` sections, so `VersionAdapter` renders the task's
-requests exactly as `evaluate.build_request` does for a version with the candidate's instructions and demos: the
+requests exactly as `versions.build_request` does for a version with the candidate's instructions and demos: the
 optimizer's dev evaluation of a candidate and a later `ws.evaluate` of the version made from it send the same
 requests, and the second costs no model call. Signatures that are not the task's (the instruction proposers of
 MIPROv2, COPRO and GEPA) get a plain completion format: one `Field: value` line per input, then the first output
@@ -37,9 +37,11 @@ from udfs import render as render_udfs  # noqa: E402
 from . import backends  # noqa: E402
 from .config import utc_now  # noqa: E402
 from .demos import retrieve  # noqa: E402
-from .evaluate import build_request  # noqa: E402
 from .store import answer  # noqa: E402
-from .versions import Version  # noqa: E402
+from .versions import (
+    Version,  # noqa: E402
+    build_request,  # noqa: E402
+)
 
 __all__ = [
     'StopReason',

@@ -17,10 +17,9 @@ import difflib
 import logging
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
-import jinja2
 import pandas as pd
 import pixeltable as pxt
 
@@ -31,44 +30,11 @@ from .config import utc_now
 from .datasets import Dataset, get_dataset
 from .errors import TemplateError, WorkspaceError
 from .runs import Run, eval_rows, main_score_name, summarize
-from .versions import Version, get_version
+from .versions import Version, build_request, get_version
 
-__all__ = ['evaluate', 'build_request', 'check_template', 'add_scorer', 'eval_table']
+__all__ = ['evaluate', 'check_template', 'add_scorer', 'eval_table']
 
 log = logging.getLogger(__name__)
-
-
-def _constraint(version: Version) -> dict[str, Any] | None:
-    if version.output['kind'] == 'choice':
-        return {'choice': version.labels}
-    if version.output['kind'] == 'json':
-        return {'json_schema': version.output.get('schema')}
-    return None
-
-
-def build_request(
-    version: Version,
-    fields: Mapping[str, Any],
-    *,
-    model_id: str | None = None,
-    demos: Sequence[Mapping[str, Any]] | None = None,
-) -> dict[str, Any]:
-    """Return the request `version` sends for one example's input fields, with its `hash`; a version with a demo
-    policy needs the `demos` retrieved for the example (`workspace.demos.retrieve`)."""
-    try:
-        prompt = version.render(fields, demos=demos)
-    except jinja2.UndefinedError as e:
-        where = f' for example {fields["example_id"]!r}' if 'example_id' in fields else ''
-        raise TemplateError(f'template of {version.id} failed to render{where}: {e.message}') from None
-    request: dict[str, Any] = {
-        'model': version.model,
-        'model_id': model_id or backends.model_identity(version.model),
-        'params': dict(version.params),
-        'prompt': prompt,
-        'constraint': _constraint(version),
-    }
-    request['hash'] = store.request_hash(request)
-    return request
 
 
 def check_template(version: Version, dataset: Dataset) -> None:

@@ -38,6 +38,8 @@ import pandas as pd
 from . import audit_log, backends, tables
 from .config import utc_now
 from .datasets import Dataset, get_dataset
+from .demos import nearest, retrieve
+from .embeddings import embed
 from .errors import DatasetError, OptimizeError, VersionError, WorkspaceError
 from .evaluate import check_template, evaluate
 from .selection import Decision, Metric, MetricFn, Scored, Verdict, build_metric, decide, verdict
@@ -452,8 +454,6 @@ def _prepare(
     elif test is not None and test not in ds.splits():
         raise OptimizeError(f'test={test!r}: dataset {ds.name!r} has splits {", ".join(ds.splits())}; or test=None')
     if name == 'knn_fewshot':  # the pool's embedding index first: making it is a new version of the dataset table
-        from .demos import nearest
-
         nearest(ds, k=1, split=train)
     expected = {str(r['example_id']): r['expected'] for r in dev_rows}
     scorer = build_metric(metric, task=ds.task, expected=expected, schema=baseline.output.get('schema'))
@@ -500,8 +500,6 @@ class _PoolNeighbours:
     def __call__(self, **inputs: Any) -> list[Any]:
         import dspy
 
-        from .demos import retrieve
-
         example = {**inputs, 'example_id': self.task.example_id(inputs)}
         got = retrieve(self.policy, [example], dataset=self.task.dataset)[str(example['example_id'])]
         return [
@@ -518,9 +516,7 @@ def _knn_programs(setup: _Setup, task: Task, student: Any, trainset: list[Any]) 
 
     from udfs import render as render_udfs
 
-    from .demos import nearest
     from .dspy_adapter import Candidate, demo_template
-    from .embeddings import embed
 
     template = setup.baseline.template
     if 'demos' not in render_udfs.template_variables(template):

@@ -24,9 +24,10 @@ import pixeltable as pxt
 
 from udfs import rules as checks
 
-from . import audit_log, tables
+from . import audit_log, store, tables
 from .config import current_user, utc_now
 from .errors import GuardrailViolation, RuleError
+from .versions import build_request, get_version
 
 __all__ = [
     'Rule',
@@ -134,8 +135,6 @@ def _current() -> dict[str, Rule]:
 
 
 def _check_judge(config: Mapping[str, Any]) -> None:
-    from .versions import get_version
-
     ref = config.get('judge')
     if not isinstance(ref, str):
         raise RuleError("a judge rule needs judge='<version or prompt@label>', a version whose output is a choice")
@@ -284,10 +283,6 @@ def active_rules() -> list[Rule]:
 
 
 def _judge(rule: Rule, text: str, fields: Mapping[str, Any]) -> list[Violation]:
-    from . import store
-    from .evaluate import build_request
-    from .versions import get_version
-
     judge = get_version(rule.config['judge'])
     answer = store.answer(build_request(judge, {**fields, 'text': text}), origin=(judge.id, None, None))
     verdict = (answer['text'] or '').strip()

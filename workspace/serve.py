@@ -32,12 +32,12 @@ import jinja2
 
 from udfs import parse
 
-from . import experiments, keys, rules, tables
+from . import audit_log, config, experiments, keys, rules, store, tables
 from .ab import Assigner, log_outcome
 from .config import current_user, utc_now
 from .errors import GuardrailViolation, LabelError, ServeError, VersionError, WorkspaceError
 from .rules import Rule, Violation
-from .versions import Version, get_version
+from .versions import Version, build_request, get_version
 
 __all__ = [
     'ServeSettings',
@@ -118,8 +118,6 @@ class Catalog:
         self._thread: threading.Thread | None = None
 
     def _load(self) -> _Snapshot:
-        from . import audit_log
-
         with DB_LOCK:
             change = audit_log.changes()
             # One count tells whether anything changed since the last load (labels, rules, experiments and keys
@@ -152,8 +150,6 @@ class Catalog:
     def snapshot(self) -> _Snapshot:
         """Return the current snapshot, reloading it if it is older than `ttl` (without a refresher thread) or a
         change was made in this process since it was loaded."""
-        from . import audit_log
-
         snap = self._snapshot
         if snap is None or snap.change != audit_log.changes():
             return self.refresh()
@@ -323,8 +319,6 @@ def _write_executions(rows_in: Any, flush_seconds: float, flush_rows: int, paren
     server sends None or exits."""
     import queue
 
-    from . import config
-
     config.connect()
     table = tables.executions()
     rows: list[dict[str, Any]] = []
@@ -488,9 +482,6 @@ class Server:
         self, ref: str, fields: Mapping[str, Any], *, unit_id: str | int | None = None, caller: str | None = None
     ) -> Completion:
         """Render as `render` does, call the model through the request store, check output rules, log it."""
-        from . import store
-        from .evaluate import build_request
-
         call = self._render('complete', ref, fields, unit_id, caller)
         version = call.version
         with DB_LOCK:

@@ -14,6 +14,7 @@ from statistics import NormalDist
 import numpy as np
 
 from .errors import ComparisonError
+from .metrics import encode_labels, label_metric
 
 __all__ = [
     'McNemarResult',
@@ -390,8 +391,6 @@ def compare_label_metric(
     """
     from scipy.stats import bootstrap, permutation_test
 
-    from .metrics import encode_labels, label_metric
-
     _alpha(confidence)
     if not (len(expected) == len(predicted_a) == len(predicted_b)) or not expected:
         raise ComparisonError(
@@ -456,8 +455,6 @@ def label_metric_interval(
     True
     """
     from scipy.stats import bootstrap
-
-    from .metrics import encode_labels, label_metric
 
     _alpha(confidence)
     truth, guess, classes = encode_labels(expected, predicted)

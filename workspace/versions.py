@@ -16,7 +16,7 @@ import pandas as pd
 
 from udfs import render as render_udfs
 
-from . import audit_log, backends, tables
+from . import audit_log, backends, store, tables
 from .config import current_user, utc_now
 from .demos import DemoPolicy, check_policy, is_policy
 from .errors import LabelError, TemplateError, VersionError
@@ -34,6 +34,7 @@ __all__ = [
     'list_versions',
     'parent_chain',
     'label_target',
+    'build_request',
 ]
 
 log = logging.getLogger(__name__)
@@ -450,3 +451,36 @@ def parent_chain(version: Version | str) -> list[str]:
         chain.append(current.parent_id)
         current = get_version(current.parent_id)
     return chain
+
+
+def _constraint(version: Version) -> dict[str, Any] | None:
+    if version.output['kind'] == 'choice':
+        return {'choice': version.labels}
+    if version.output['kind'] == 'json':
+        return {'json_schema': version.output.get('schema')}
+    return None
+
+
+def build_request(
+    version: Version,
+    fields: Mapping[str, Any],
+    *,
+    model_id: str | None = None,
+    demos: Sequence[Mapping[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Return the request `version` sends for one example's input fields, with its `hash`; a version with a demo
+    policy needs the `demos` retrieved for the example (`workspace.demos.retrieve`)."""
+    try:
+        prompt = version.render(fields, demos=demos)
+    except jinja2.UndefinedError as e:
+        where = f' for example {fields["example_id"]!r}' if 'example_id' in fields else ''
+        raise TemplateError(f'template of {version.id} failed to render{where}: {e.message}') from None
+    request: dict[str, Any] = {
+        'model': version.model,
+        'model_id': model_id or backends.model_identity(version.model),
+        'params': dict(version.params),
+        'prompt': prompt,
+        'constraint': _constraint(version),
+    }
+    request['hash'] = store.request_hash(request)
+    return request

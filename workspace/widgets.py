@@ -21,9 +21,9 @@ from . import store, views
 from .compare import VersionComparison, _measure, build_comparison, version_labels
 from .datasets import Dataset
 from .errors import TemplateError, WorkspaceError
-from .evaluate import build_request, check_template, evaluate
+from .evaluate import check_template, evaluate
 from .runs import Run
-from .versions import Version, edit, get_version, list_versions
+from .versions import Version, build_request, edit, get_version, list_versions
 
 __all__ = ['CompareState', 'CompareView', 'TemplateCheck', 'compare']
 
