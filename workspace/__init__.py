@@ -30,6 +30,7 @@ from .errors import (  # noqa: E402
     BackendError,
     ComparisonError,
     DatasetError,
+    EmbedderError,
     LabelError,
     OptimizeError,
     RegressionError,
@@ -132,4 +133,5 @@ __all__ = [
     'BackendError',
     'ComparisonError',
     'OptimizeError',
+    'EmbedderError',
 ]
