@@ -13,6 +13,7 @@ __all__ = [
     'OptimizeError',
     'RegressionError',
     'EmbedderError',
+    'FamilyError',
 ]
 
 
@@ -54,3 +55,7 @@ class RegressionError(WorkspaceError):
 
 class EmbedderError(WorkspaceError):
     "The offline text embedder is not installed, or its model files are not the pinned ones."
+
+
+class FamilyError(WorkspaceError):
+    "A prompt family does not exist, or cannot be merged, split or turned into a version as asked."

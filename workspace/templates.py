@@ -20,7 +20,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-__all__ = ['SlotType', 'Slot', 'Template', 'tokenize', 'mine', 'infer_type', 'template_events', 'MAX_TOKENS']
+__all__ = [
+    'SlotType',
+    'Slot',
+    'Template',
+    'tokenize',
+    'clip',
+    'coverage',
+    'contains_in_order',
+    'mine',
+    'infer_type',
+    'template_events',
+    'MAX_TOKENS',
+]
 
 SlotType = Literal['integer', 'number', 'date', 'email', 'url', 'id', 'enum', 'text']
 
@@ -34,6 +46,7 @@ MIN_SUPPORT = 0.8
 #: A short constant run (fewer than 3 word tokens) must be shared by nearly every member: common words inside
 #: free text (" the ", " to ") otherwise pass as constant and cut one slot into two.
 SHORT_RUN_SUPPORT = 0.97
+SUPPORT_SAMPLE = 20  # members a reference is aligned with: enough to tell shared text from chance, and fast
 ENUM_MAX = 12
 TYPE_SHARE = 0.95  # share of a slot's values that must fit a type for the slot to get it
 
@@ -52,7 +65,8 @@ def tokenize(text: str) -> list[str]:
     return [m.group(0) for m in _TOKEN.finditer(text)]
 
 
-def _clip(tokens: list[str]) -> list[str]:
+def clip(tokens: list[str]) -> list[str]:
+    """Return the tokens an alignment uses: all of them, or the head and tail of a very long prompt."""
     if len(tokens) <= MAX_TOKENS:
         return tokens
     half = MAX_TOKENS // 2
@@ -399,7 +413,7 @@ def _build(pieces: list[str], texts: Sequence[str]) -> tuple[Template, int]:
 def mine(texts: Sequence[str], *, min_support: float = MIN_SUPPORT) -> Template:
     """Return the canonical template of a family's members: constant text most of them share, slots elsewhere.
 
-    The members are aligned against a few reference members (the shortest, the median, the longest); the
+    The members are aligned against two reference members (the shortest and the median by length); the
     reference whose template parses the most members (then keeps the most constant text) wins. A single member is
     its own template, with no slot.
 
@@ -412,12 +426,12 @@ def mine(texts: Sequence[str], *, min_support: float = MIN_SUPPORT) -> Template:
         raise ValueError('mine() needs at least one text')
     if len(texts) == 1:
         return Template((texts[0],))
-    tokens = [_clip(tokenize(t)) for t in texts]
+    tokens = [clip(tokenize(t)) for t in texts]
     by_length = sorted(range(len(texts)), key=lambda i: (len(tokens[i]), i))
-    candidates = list(dict.fromkeys([by_length[0], by_length[len(by_length) // 2], by_length[-1]]))
+    candidates = list(dict.fromkeys([by_length[0], by_length[len(by_length) // 2]]))
     best: tuple[tuple[int, int], Template] | None = None
     for ref in candidates:
-        others = [tokens[i] for i in range(len(texts)) if i != ref]
+        others = [tokens[i] for i in range(len(texts)) if i != ref][-SUPPORT_SAMPLE:]
         support = _support(tokens[ref], others)
         if min_support != MIN_SUPPORT:
             support = [s if s >= min_support else 0.0 for s in support]
@@ -429,6 +443,17 @@ def mine(texts: Sequence[str], *, min_support: float = MIN_SUPPORT) -> Template:
             best = (key, template)
     assert best is not None
     return best[1]
+
+
+def contains_in_order(text: str, pieces: Sequence[str]) -> bool:
+    """Return whether `text` contains every constant piece, in order (the fast path of a template match)."""
+    at = 0
+    for piece in pieces:
+        found = text.find(piece, at)
+        if found < 0:
+            return False
+        at = found + len(piece)
+    return True
 
 
 def coverage(tokens: Sequence[str], skeleton: Sequence[str], matcher: difflib.SequenceMatcher | None = None) -> float:
