@@ -386,6 +386,7 @@ class Assigner:
     def save(self) -> None:
         """Write the changed families' state and the new template versions."""
         now = utc_now()
+        self._save_templates()
         rows = [
             {
                 'family_id': s.id,
@@ -405,10 +406,21 @@ class Assigner:
         ]
         if rows:
             tables.upsert(tables.families(), rows)
-        if self.templates_out:
-            tables.family_templates().insert(self.templates_out)
         for s in self.states.values():
             s.changed = False
+
+    def _save_templates(self) -> None:
+        if self.templates_out:
+            t = tables.family_templates()
+            ids = sorted({r['family_id'] for r in self.templates_out})
+            top: dict[str, int] = collections.Counter()
+            for r in t.where(t.family_id.isin(ids)).select(t.family_id, t.number).collect():
+                top[r['family_id']] = max(top[r['family_id']], r['number'])
+            for r in self.templates_out:  # numbered after what is stored (a merge or split re-mines a family)
+                top[r['family_id']] += 1
+                r['number'] = top[r['family_id']]
+                self.states[r['family_id']].template_number = r['number']
+            t.insert(self.templates_out)
         self.templates_out = []
 
 
@@ -752,7 +764,11 @@ def split_family(family: Family | str, members: Sequence[str] | str, *, note: st
         raise FamilyError(f'no member of family {source.id!r} matches {members!r}; nothing to split')
     if len(chosen) == len(rows):
         raise FamilyError(f'every member of family {source.id!r} matches; a split must leave some behind')
-    new_id = f'fam-{chosen[0]["prompt_hash"][:10]}'
+    state = tables.families()
+    taken = {r['family_id'] for r in state.select(state.family_id).collect()}
+    new_id, n = f'fam-{chosen[0]["prompt_hash"][:10]}', 2
+    while new_id in taken:  # the founding prompt of a merged family keeps its id out of reuse
+        new_id, n = f'fam-{chosen[0]["prompt_hash"][:10]}-{n}', n + 1
     keys = [r['prompt_hash'] for r in chosen]
     raw.update({'family_id': new_id}, where=raw.prompt_hash.isin(keys))
     a = _state_row(source.id)
