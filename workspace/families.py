@@ -438,7 +438,7 @@ def _traffic() -> pd.DataFrame:
 
 def families(*, min_size: int = 1, include_merged: bool = False) -> pd.DataFrame:
     """Return the families: size (distinct prompts), traffic (log lines), share of traffic, first and last seen,
-    template and slots, largest first.
+    template and slots, largest first. `include_merged` also lists the families merged into others (size 0).
 
     >>> ws.families(min_size=10)
     """
@@ -467,7 +467,11 @@ def families(*, min_size: int = 1, include_merged: bool = False) -> pd.DataFrame
     out['status'] = [status.get(f, 'active') for f in out['family_id']]
     out['traffic'] = out['traffic'].astype(int)
     out = out[out['size'] >= min_size]
-    if not include_merged:
+    if include_merged:  # merged families have no members left: listed with size 0
+        gone = [f for f, st in status.items() if st == 'merged' and f not in set(out['family_id'])]
+        extra = pd.DataFrame({'family_id': gone, 'size': 0, 'traffic': 0, 'share': 0.0, 'status': 'merged', 'slots': 0})
+        out = pd.concat([out, extra], ignore_index=True) if gone else out
+    else:
         out = out[out['status'] == 'active']
     return out.sort_values(['traffic', 'family_id'], ascending=[False, True])[columns].reset_index(drop=True)
 

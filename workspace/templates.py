@@ -203,18 +203,27 @@ class Template:
     def constant_text(self) -> str:
         return '\u2026'.join(self.pieces)
 
+    def _match(self, text: str) -> re.Match[str] | None:
+        # Checked first without the regular expression: on a text that does not fit, lazy groups would backtrack
+        # through every way of cutting it (polynomial in its length, to the power of the slots).
+        pieces = self.pieces
+        if not (text.startswith(pieces[0]) and text.endswith(pieces[-1])) or len(text) < sum(map(len, pieces)):
+            return None
+        if not contains_in_order(text, pieces):
+            return None
+        assert self._regex is not None
+        return self._regex.fullmatch(text)
+
     def parse(self, text: str) -> dict[str, str] | None:
         """Return one member's slot values by name, or None when the text does not fit the template."""
-        assert self._regex is not None
-        match = self._regex.fullmatch(text)
+        match = self._match(text)
         if match is None:
             return None
         return {slot.name: value for slot, value in zip(self.slots, match.groups())}
 
     def spans(self, text: str) -> list[tuple[int, int]] | None:
         """Return the [start, end) character span of each slot value in `text`, or None if it does not fit."""
-        assert self._regex is not None
-        match = self._regex.fullmatch(text)
+        match = self._match(text)
         return None if match is None else [match.span(i + 1) for i in range(len(self.slots))]
 
     def to_json(self) -> dict:
