@@ -14,8 +14,9 @@ threshold (0.7), and starts a new family otherwise. The coverage is the confiden
 members and the shared template text. Nothing already assigned moves when new prompts arrive: a prompt's family
 changes only by a merge or a split made by hand, and those are recorded.
 
-Templates are mined again (workspace.templates.mine, over a family's 32 latest members) at each day boundary of
-the prompts being assigned, for families that grew; a changed template is a new template version with its events.
+Templates (workspace.templates.mine, over a family's 32 latest members) are checked at each day boundary of the
+prompts being assigned: where a fifth of the new members no longer fit, the template is mined again from the members
+that do not fit, and kept as a new template version, with its events, if it fits more of them.
 """
 
 from __future__ import annotations

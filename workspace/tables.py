@@ -12,6 +12,11 @@ prompt_workspace/
   claims              requests a process is answering right now (see store.py)
   runs                one row per evaluation of a version on a dataset split
   ab_outcomes         one row per outcome logged by serving code in an A/B experiment: unit, arm, version, outcome
+  raw_prompts         one row per distinct raw prompt of an ingested log: embedding, count, first/last seen, family
+  prompt_occurrences  one row per ingested log line: which raw prompt, when
+  families            one row per prompt family: the state incremental assignment reads
+  family_templates    one row per template version of a family, with its events
+  family_history      merges and splits of families made by hand
 ```
 """
 
