@@ -275,10 +275,14 @@ def _constant_mask(reference: list[str], support: list[float]) -> list[bool]:
                 near = (k > i and mask[k - 1]) or (k + 1 < j and support[k + 1] >= SHORT_RUN_SUPPORT)
                 if reference[k].isspace() and near:
                     mask[k] = True
+    return _drop_bare(reference, mask)
+
+
+def _drop_bare(reference: list[str], mask: list[bool]) -> list[bool]:
+    # A bare space or punctuation mark between two slots is more often a coincidence inside one free-text value
+    # than a separator; a line break is kept.
     for i, j in _runs(mask):
         run = ''.join(reference[i:j])
-        # A bare space or punctuation mark between two slots is more often a coincidence inside one free-text
-        # value than a separator; a line break is kept.
         if 0 < i and j < len(mask) and not _WORD.search(run) and '\n' not in run:
             for k in range(i, j):
                 mask[k] = False
@@ -422,9 +426,9 @@ def _build(pieces: list[str], texts: Sequence[str]) -> tuple[Template, int]:
 def mine(texts: Sequence[str], *, min_support: float = MIN_SUPPORT) -> Template:
     """Return the canonical template of a family's members: constant text most of them share, slots elsewhere.
 
-    The members are aligned against two reference members (the shortest and the median by length); the
-    reference whose template parses the most members (then keeps the most constant text) wins. A single member is
-    its own template, with no slot.
+    The members are aligned against two reference members (the shortest and the median by length), each giving a
+    majority template (constant: what 80% share) and a strict one (what 97% share); the template that parses the
+    most members, then keeps the most constant text, wins. A single member is its own template, with no slot.
 
     >>> t = mine(['Order AO-1 for Ann', 'Order AO-22 for Bob Li', 'Order AO-3 for Cy'])
     >>> t.jinja
@@ -442,14 +446,15 @@ def mine(texts: Sequence[str], *, min_support: float = MIN_SUPPORT) -> Template:
     for ref in candidates:
         others = [tokens[i] for i in range(len(texts)) if i != ref][-SUPPORT_SAMPLE:]
         support = _support(tokens[ref], others)
-        if min_support != MIN_SUPPORT:
-            support = [s if s >= min_support else 0.0 for s in support]
-        mask = _snap(tokens[ref], _constant_mask(tokens[ref], support))
-        pieces = _pieces(tokens[ref], mask)
-        template, parsed = _build(pieces, texts)
-        key = (parsed, sum(len(p) for p in pieces))
-        if best is None or key > best[0]:
-            best = (key, template)
+        # the majority template (text 80% share is constant) and the strict one (only what 97% share): a value most
+        # members happen to share ('via chat') is a slot in the strict one
+        for floor in (min_support, SHORT_RUN_SUPPORT):
+            mask = _constant_mask(tokens[ref], [x if x >= floor else 0.0 for x in support])
+            mask = _drop_bare(tokens[ref], _snap(tokens[ref], mask))
+            template, parsed = _build(_pieces(tokens[ref], mask), texts)
+            key = (parsed, sum(len(p) for p in template.pieces))  # fits the most members, then keeps the most text
+            if best is None or key > best[0]:
+                best = (key, template)
     assert best is not None
     return best[1]
 
