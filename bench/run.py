@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-SECTIONS = ['contract', 'compare', 'optimize', 'embedders', 'families']
+SECTIONS = ['contract', 'compare', 'optimize', 'embedders', 'store', 'families']
 
 
 def _machine() -> str:

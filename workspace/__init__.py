@@ -26,6 +26,7 @@ from .compare import (  # noqa: E402
     significance,
 )
 from .datasets import Dataset, get_dataset, import_dataset, list_datasets  # noqa: E402
+from .demos import DemoPolicy, nearest  # noqa: E402
 from .drift import DriftReport, drift  # noqa: E402
 from .errors import (  # noqa: E402
     BackendError,
@@ -74,6 +75,8 @@ __all__ = [
     'text',
     'choice',
     'json_object',
+    'nearest',
+    'DemoPolicy',
     # labels
     'set_label',
     'rollback',

@@ -17,7 +17,7 @@ import difflib
 import logging
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jinja2
@@ -26,7 +26,7 @@ import pixeltable as pxt
 
 from udfs import parse, scores
 
-from . import backends, store, tables
+from . import backends, demos, store, tables
 from .config import utc_now
 from .datasets import Dataset, get_dataset
 from .errors import TemplateError, WorkspaceError
@@ -46,10 +46,17 @@ def _constraint(version: Version) -> dict[str, Any] | None:
     return None
 
 
-def build_request(version: Version, fields: Mapping[str, Any], *, model_id: str | None = None) -> dict[str, Any]:
-    """Return the request `version` sends for one example's input fields, with its `hash`."""
+def build_request(
+    version: Version,
+    fields: Mapping[str, Any],
+    *,
+    model_id: str | None = None,
+    demos: Sequence[Mapping[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Return the request `version` sends for one example's input fields, with its `hash`; a version with a demo
+    policy needs the `demos` retrieved for the example (`workspace.demos.retrieve`)."""
     try:
-        prompt = version.render(fields)
+        prompt = version.render(fields, demos=demos)
     except jinja2.UndefinedError as e:
         where = f' for example {fields["example_id"]!r}' if 'example_id' in fields else ''
         raise TemplateError(f'template of {version.id} failed to render{where}: {e.message}') from None
@@ -101,6 +108,8 @@ def eval_table(dataset: Dataset) -> pxt.Table:
     path = tables.eval_path(dataset.name)
     table = tables.open_table(path)
     if table is not None:
+        if 'demo_source' not in table.columns():  # made before demo policies existed
+            table.add_column(demo_source=pxt.Json | None)
         return table
     table = pxt.create_table(
         path,
@@ -121,6 +130,7 @@ def eval_table(dataset: Dataset) -> pxt.Table:
             'reused': pxt.Bool | None,
             'output_spec': pxt.Json | None,
             'expected': pxt.Json | None,
+            'demo_source': pxt.Json | None,  # a demo policy's pool (dataset, split, version) and demo ids
         },
         primary_key=['version_id', 'example_id'],
         if_exists='ignore',
@@ -188,7 +198,15 @@ def evaluate(
         if missing:
             log.warning('%s cannot answer %s, which dataset %r expects', v.id, ', '.join(missing), ds.name)
 
-    requests = {row['example_id']: build_request(v, row, model_id=model_id) for row in rows}
+    policy = v.demo_policy
+    retrieved = demos.retrieve(policy, rows, dataset=ds.name) if policy else {}
+    pool = demos.pool_version(policy) if policy else {}
+    requests = {
+        row['example_id']: build_request(
+            v, row, model_id=model_id, demos=retrieved[row['example_id']].demos if policy else None
+        )
+        for row in rows
+    }
     table = eval_table(ds)
     frame = eval_rows(ds.name, v.id)
     existing = {ex: (key, error) for ex, key, error in zip(frame['example_id'], frame['request_hash'], frame['error'])}
@@ -231,6 +249,7 @@ def evaluate(
                 'reused': key not in batch.called,
                 'output_spec': dict(v.output),
                 'expected': by_id[ex]['expected'],
+                'demo_source': {**pool, 'example_ids': list(retrieved[ex].ids)} if policy else None,
             }
         )
     if updates:

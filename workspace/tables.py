@@ -37,6 +37,7 @@ __all__ = [
     'REQUESTS',
     'RUNS',
     'dataset_path',
+    'ensure_dirs',
     'insert_new',
     'upsert',
     'is_duplicate_key',
@@ -72,7 +73,8 @@ def eval_path(name: str) -> str:
     return f'{EVALS_DIR}/{name}'
 
 
-def _ensure_dirs() -> None:
+def ensure_dirs() -> None:
+    """Create the workspace's Pixeltable directories if they are missing."""
     for path in (ROOT, DATASETS_DIR, EVALS_DIR, STAGING_DIR):
         pxt.create_dir(path, if_exists='ignore')
 
@@ -121,10 +123,16 @@ def upsert(table: pxt.Table, rows: list[dict[str, Any]]) -> None:
 
 
 def _open_or_create(path: str, schema: dict[str, Any], primary_key: str | list[str], **kwargs: Any) -> pxt.Table:
+    """Return the table at `path`, creating it with `schema`; a table made by an earlier release gets the nullable
+    columns added since (a column is only ever added, so its rows keep their meaning)."""
     table = open_table(path)
     if table is None:
-        _ensure_dirs()
+        ensure_dirs()
         table = pxt.create_table(path, schema, primary_key=primary_key, if_exists='ignore', **kwargs)
+        return table
+    missing = {name: kind for name, kind in schema.items() if name not in table.columns()}
+    if missing:
+        table.add_columns(missing, if_exists='ignore')
     return table
 
 
@@ -341,6 +349,8 @@ def trials() -> pxt.Table:
             'score': pxt.Float | None,
             'dev_score': pxt.Float | None,
             'example_scores': pxt.Json | None,
+            'example_predictions': pxt.Json | None,
+            'flags': pxt.Json | None,  # why a candidate may not win: one label takes most predictions, ...
             'requests': pxt.Int,
             'calls': pxt.Int,
             'tokens': pxt.Int,
@@ -370,6 +380,7 @@ def optimize_runs() -> pxt.Table:
             'best_version_id': pxt.String | None,
             'baseline_score': pxt.Float | None,
             'best_score': pxt.Float | None,
+            'decision': pxt.String | None,
             'trials': pxt.Int,
             'requests': pxt.Int,
             'calls': pxt.Int,
@@ -416,23 +427,28 @@ def scheduled_runs() -> pxt.Table:
 
 
 def notebook_runs() -> pxt.Table:
-    """One row per notebook executed by `prompt-workspace run`: parameters, status, duration, output path."""
-    return _open_or_create(
+    """One row per notebook executed by `prompt-workspace run`: parameters, status, duration, output path, and
+    the host and process id that ran it (so a later start can tell a run whose process died)."""
+    table = _open_or_create(
         NOTEBOOK_RUNS,
         {
             'run_id': pxt.String,
             'notebook': pxt.String,
             'parameters': pxt.Json | None,
-            'status': pxt.String,  # running, ok, failed or regression
+            'status': pxt.String,  # running, ok, failed, regression or interrupted
             'started_at': pxt.Timestamp,
             'finished_at': pxt.Timestamp | None,
             'duration_s': pxt.Float | None,
             'output_path': pxt.String,
             'error': pxt.String | None,
             'host': pxt.String | None,
+            'pid': pxt.Int | None,
         },
         'run_id',
     )
+    if 'pid' not in table.columns():  # a table made before runs recorded their process
+        table.add_column(pid=pxt.Int | None, if_exists='ignore')
+    return table
 
 
 RAW_PROMPTS = f'{ROOT}/raw_prompts'
