@@ -25,6 +25,7 @@ def test_the_notebooks_are_these():
         '04_diff_report.ipynb',
         '05_scheduled_eval.ipynb',
         '07_guardrails_and_serving.ipynb',
+        '08_prompt_families.ipynb',
     ]
 
 
@@ -115,6 +116,19 @@ def test_notebooks_run_in_order_under_papermill(ws, tiny_tickets, tmp_path):
     _, book = _run('05_scheduled_eval.ipynb', dataset='nb_tiny')
     assert 'no regression' in _text(book)
     assert ws.scheduled_history('ticket_router').iloc[0]['status'] == 'ok'
+
+
+def test_prompt_families_notebook(ws):
+    """08 ingests the bundled log, shows a template, its slots and a drift chart, and evaluates a version made
+    from the ticket-routing family on a few rows with the embedded model."""
+    _, book = _run('08_prompt_families.ipynb')
+    text = _text(book)
+    assert 'Route the support ticket to one team' in text and '{{ email }}' in text
+    assert 'data:image/png;base64' in text and 'flagged: 2026-10-12' in text
+    assert 'router_from_log:v1' in text and 'accuracy' in text
+    family = ws.get_family(ws.similar('Route the support ticket to one team', k=1)['family_id'][0])
+    assert ws.get_version('router_from_log').template == family.jinja
+    assert ws.list_runs(prompt='router_from_log').iloc[0]['n'] <= 20
 
 
 def test_scheduled_notebook_flags_a_regression(scripted_versions):

@@ -30,12 +30,14 @@ from .compare import (  # noqa: E402
 )
 from .datasets import Dataset, get_dataset, import_dataset, list_datasets  # noqa: E402
 from .demos import DemoPolicy, nearest  # noqa: E402
+from .drift import DriftReport, drift  # noqa: E402
 from .errors import (  # noqa: E402
     BackendError,
     ComparisonError,
     DatasetError,
     EmbedderError,
     GuardrailViolation,
+    FamilyError,
     LabelError,
     OptimizeError,
     RegressionError,
@@ -47,17 +49,20 @@ from .errors import (  # noqa: E402
 )
 from .evaluate import add_scorer, evaluate  # noqa: E402
 from .experiments import list_experiments, start_experiment, stop_experiment  # noqa: E402
+from .families import Family, families, get_family, merge_families, split_family  # noqa: E402
 from .history import LineageGraph, lineage_graph  # noqa: E402
 from .keys import create_key, list_keys, revoke_key  # noqa: E402
 from .labels import label_history, list_labels, rollback, set_label  # noqa: E402
 from .notebooks import NotebookRun, list_notebook_runs, run_notebook  # noqa: E402
 from .optimize import Budget, OptimizeResult, list_optimizations, list_trials, optimize  # noqa: E402
 from .prompt_diff import VersionDiff, diff_versions, render_diff_html, render_diff_text  # noqa: E402
+from .prompt_log import IngestReport, ingest_prompts  # noqa: E402
 from .report import export_report  # noqa: E402
 from .rules import Rule, get_rule, list_rules, set_rule  # noqa: E402
 from .runs import Lineage, Run, Summary, get_run, lineage, list_runs  # noqa: E402
 from .schedule import ScheduledEval, scheduled_eval, scheduled_history  # noqa: E402
 from .serve import Completion, Rendered, complete, log_execution_outcome, render  # noqa: E402
+from .similar import similar  # noqa: E402
 from .suggest import Suggestion, suggest  # noqa: E402
 from .versions import Version, choice, create_version, edit, get_version, json_object, list_versions, text  # noqa: E402
 from .widgets import CompareView, compare  # noqa: E402
@@ -160,6 +165,17 @@ __all__ = [
     'list_keys',
     # audit
     'audit',
+    # prompt families
+    'ingest_prompts',
+    'IngestReport',
+    'similar',
+    'families',
+    'get_family',
+    'Family',
+    'merge_families',
+    'split_family',
+    'drift',
+    'DriftReport',
     # errors
     'WorkspaceError',
     'DatasetError',
@@ -173,4 +189,5 @@ __all__ = [
     'RuleError',
     'GuardrailViolation',
     'ServeError',
+    'FamilyError',
 ]

@@ -19,6 +19,9 @@ __all__ = [
     'RuleError',
     'GuardrailViolation',
     'ServeError',
+
+
+    'FamilyError',
 ]
 
 
@@ -84,3 +87,7 @@ class GuardrailViolation(WorkspaceError):
 
 class ServeError(WorkspaceError):
     "A prompt cannot be served as asked (an unknown version, missing fields, a model error)."
+
+
+class FamilyError(WorkspaceError):
+    "A prompt family does not exist, or cannot be merged, split or turned into a version as asked."

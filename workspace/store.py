@@ -53,6 +53,7 @@ __all__ = [
     'answer_many',
     'lookup',
     'requests_for',
+    'sent_prompts',
     'Progress',
 ]
 
@@ -141,6 +142,27 @@ def requests_for(hashes: Iterable[str]) -> dict[str, dict[str, Any]]:
         .collect()
     )
     return {r['request_hash']: dict(r) for r in rows}
+
+
+def sent_prompts(since: Any = None) -> list[dict[str, Any]]:
+    """Return the prompts the store has sent (answered or failed), oldest first: `request_hash`, `prompt`,
+    `model_id`, `created_at`, `response` (the answer's text, or None) and `error`; only those created after `since`
+    when given. Prompt families read raw prompts from here (`ws.ingest_prompts('request_store')`)."""
+    t = tables.requests()
+    query = t.where(t.created_at > since) if since is not None else t
+    rows = query.select(t.request_hash, t.request, t.model_id, t.created_at, t.response, t.error).collect()
+    out = [
+        {
+            'request_hash': r['request_hash'],
+            'prompt': (r['request'] or {}).get('prompt'),
+            'model_id': r['model_id'],
+            'created_at': r['created_at'],
+            'response': (r['response'] or {}).get('text'),
+            'error': r['error'],
+        }
+        for r in rows
+    ]
+    return sorted(out, key=lambda r: (r['created_at'], r['request_hash']))
 
 
 # --- claims --------------------------------------------------------------------------------------------------

@@ -17,6 +17,11 @@ prompt_workspace/
   executions          one row per prompt served to an application (render or complete), with its violations
   api_keys            the HTTP server's API keys: name, scope, SHA-256 of the key
   experiments         the A/B split each prompt's serving follows
+  raw_prompts         one row per distinct raw prompt of an ingested log: embedding, count, first/last seen, family
+  prompt_occurrences  one row per ingested log line: which raw prompt, when
+  families            one row per prompt family: the state incremental assignment reads
+  family_templates    one row per template version of a family, with its events
+  family_history      merges and splits of families made by hand
 ```
 """
 
@@ -572,4 +577,134 @@ def experiments() -> pxt.Table:
             'stopped_at': pxt.Timestamp | None,
         },
         ['prompt', 'experiment'],
+    )
+
+
+RAW_PROMPTS = f'{ROOT}/raw_prompts'
+PROMPT_OCCURRENCES = f'{ROOT}/prompt_occurrences'
+FAMILIES = f'{ROOT}/families'
+FAMILY_TEMPLATES = f'{ROOT}/family_templates'
+FAMILY_HISTORY = f'{ROOT}/family_history'
+RAW_PROMPTS_INDEX = 'prompt_idx'
+
+__all__ += [
+    'RAW_PROMPTS',
+    'PROMPT_OCCURRENCES',
+    'FAMILIES',
+    'FAMILY_TEMPLATES',
+    'FAMILY_HISTORY',
+    'raw_prompts',
+    'prompt_occurrences',
+    'families',
+    'family_templates',
+    'family_history',
+]
+
+
+def raw_prompts() -> pxt.Table:
+    """One row per distinct raw prompt (by content hash): its text, embedding, count, first and last seen, family.
+
+    The embedding (`vector`, from the project's embedder) is a stored column written at ingest, because family
+    assignment needs it in Python anyway; the embedding index on it answers `ws.similar(..., among='prompts')`.
+    """
+    from udfs.embed import embed_text
+
+    from .embeddings import DIMENSIONS, EMBEDDER_ID
+
+    table = open_table(RAW_PROMPTS)
+    if table is not None:
+        return table
+    table = _open_or_create(
+        RAW_PROMPTS,
+        {
+            'prompt_hash': pxt.String,
+            'prompt': pxt.String,
+            'vector': pxt.Array[(DIMENSIONS,), pxt.Float],  # type: ignore[misc]
+            'occurrences': pxt.Int,
+            'first_seen': pxt.Timestamp,
+            'last_seen': pxt.Timestamp,
+            'meta': pxt.Json | None,  # the meta columns of its first occurrence
+            'expected': pxt.String | None,  # the logged response of its latest occurrence that has one
+            'source': pxt.String,
+            'seq': pxt.Int,  # order of assignment: families are built in this order
+            'family_id': pxt.String,
+            'confidence': pxt.Float,
+            'reason': pxt.Json | None,
+            'assigned_at': pxt.Timestamp,
+        },
+        'prompt_hash',
+        custom_metadata={'embedder': EMBEDDER_ID},
+    )
+    table.add_embedding_index(
+        'vector', idx_name=RAW_PROMPTS_INDEX, embedding=embed_text, precision='fp32', if_exists='ignore'
+    )
+    return table
+
+
+def prompt_occurrences() -> pxt.Table:
+    """One row per line of an ingested log: which raw prompt, when. Traffic shares are counted here."""
+    return _open_or_create(
+        PROMPT_OCCURRENCES,
+        {'occurrence_id': pxt.String, 'prompt_hash': pxt.String, 'at': pxt.Timestamp, 'source': pxt.String},
+        'occurrence_id',
+    )
+
+
+def families() -> pxt.Table:
+    """One row per family: the state incremental assignment reads (centroid, template skeletons, exemplars)."""
+    from .embeddings import DIMENSIONS
+
+    return _open_or_create(
+        FAMILIES,
+        {
+            'family_id': pxt.String,
+            'created_at': pxt.Timestamp,  # first seen of its founding prompt
+            'status': pxt.String,  # active or merged
+            'merged_into': pxt.String | None,
+            'total': pxt.Array[(DIMENSIONS,), pxt.Float],  # type: ignore[misc]  # sum of member vectors
+            'n': pxt.Int,  # members in `total`
+            'skeletons': pxt.Json,  # constant tokens of its latest templates, newest first
+            'exemplars': pxt.Json,  # prompt hashes of a few first and latest members (the reason's neighbours)
+            'pending': pxt.Int,  # members since its template was last mined
+            'template_number': pxt.Int,  # 0 until it has a template version
+            'updated_at': pxt.Timestamp,
+        },
+        'family_id',
+    )
+
+
+def family_templates() -> pxt.Table:
+    """One row per template version of a family, with the events that made it (created, slot added, ...)."""
+    return _open_or_create(
+        FAMILY_TEMPLATES,
+        {
+            'family_id': pxt.String,
+            'number': pxt.Int,
+            'template': pxt.String,  # Jinja2
+            'spec': pxt.Json,  # pieces and typed slots (workspace.templates.Template)
+            'events': pxt.Json,
+            'as_of': pxt.Timestamp,  # the time of the latest member it was mined from
+            'members': pxt.Int,  # members it was mined from
+            'parsed': pxt.Int,  # of those, how many it parses
+            'created_at': pxt.Timestamp,
+        },
+        ['family_id', 'number'],
+    )
+
+
+def family_history() -> pxt.Table:
+    """Every change made to families by hand (merge, split): who, when, what."""
+    return _open_or_create(
+        FAMILY_HISTORY,
+        {
+            'event_id': pxt.String,
+            'action': pxt.String,
+            'family_id': pxt.String,
+            'other_id': pxt.String | None,
+            'members': pxt.Int,
+            'by': pxt.String | None,
+            'at': pxt.Timestamp,
+            'note': pxt.String | None,
+        },
+        'event_id',
     )

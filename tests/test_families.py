@@ -1,0 +1,229 @@
+"""Prompt families end to end on Pixeltable: ingest and dedup, incremental assignment, merge and split, similarity,
+versions and datasets from a family, and every bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import ROOT
+
+LOG = ROOT / 'datasets' / 'prompt_log.jsonl'
+
+
+def _lines(n: int, start: int = 0) -> list[str]:
+    with LOG.open(encoding='utf-8') as f:
+        return f.readlines()[start : start + n]
+
+
+@pytest.fixture
+def log_file(tmp_path: Path) -> Path:
+    path = tmp_path / 'log.jsonl'
+    path.write_text(''.join(_lines(400)), encoding='utf-8')
+    return path
+
+
+def _assigned(ws) -> dict[str, tuple]:
+    from workspace import tables
+
+    raw = tables.raw_prompts()
+    rows = raw.select(raw.prompt_hash, raw.family_id, raw.confidence, raw.reason, raw.seq, raw.vector).collect()
+    return {
+        r['prompt_hash']: (r['family_id'], r['confidence'], json.dumps(r['reason']), r['seq'], r['vector'])
+        for r in rows
+    }
+
+
+def test_ingest_dedups_and_reingest_adds_nothing(ws, log_file):
+    lines = [json.loads(x) for x in _lines(400)]
+    report = ws.ingest_prompts(log_file, meta=['app', 'user'], expected='response')
+    assert report.lines == report.new_lines == 400
+    assert report.new_prompts == len({x['prompt'] for x in lines}) < 400  # retries are one prompt with a count
+    again = ws.ingest_prompts(log_file, meta=['app', 'user'], expected='response')
+    assert (again.new_lines, again.new_prompts, again.already_ingested) == (0, 0, 400)
+    fams = ws.families()
+    assert fams['traffic'].sum() == 400 and fams['size'].sum() == report.new_prompts
+    assert fams['share'].sum() == pytest.approx(1.0)
+    # a prompt seen several times has its count and first/last seen
+    counts = pd.Series([x['prompt'] for x in lines]).value_counts()
+    repeated = counts.index[0]
+    found = ws.similar(repeated, k=1)
+    assert found['prompt'][0] == repeated and found['occurrences'][0] == counts.iloc[0]
+    assert found['score'][0] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_appending_assigns_only_new_prompts_and_leaves_old_rows_untouched(ws, log_file):
+    ws.ingest_prompts(log_file, meta=['app'])
+    before = _assigned(ws)
+    with log_file.open('a', encoding='utf-8') as f:
+        f.writelines(_lines(300, start=400))
+    report = ws.ingest_prompts(log_file, meta=['app'])
+    assert report.new_lines == 300 and report.already_ingested == 400
+    after = _assigned(ws)
+    for h, (family, confidence, reason, seq, vector) in before.items():
+        f2, c2, r2, s2, v2 = after[h]
+        assert (f2, c2, r2, s2) == (family, confidence, reason, seq)
+        assert np.array_equal(v2, vector)
+    new = set(after) - set(before)
+    assert len(new) == report.new_prompts > 0
+    assert min(after[h][3] for h in new) == len(before)  # assigned after every old row
+    # the new prompts joined the existing template families (few one-offs start new ones)
+    joined = sum(report.joined.values())
+    assert joined >= 0.9 * report.new_prompts
+
+
+def test_families_match_the_truth_and_give_reasons(ws, log_file):
+    from workspace.prompt_log import prompt_hash
+
+    ws.ingest_prompts(log_file)
+    truth = [json.loads(x) for x in (ROOT / 'datasets' / 'prompt_log_truth.jsonl').open(encoding='utf-8')][:400]
+    lines = [json.loads(x) for x in _lines(400)]
+    true_family = {prompt_hash(x['prompt']): t['family'] for x, t in zip(lines, truth)}
+    big = ws.families(min_size=10)
+    assert len(big) == 7  # the seven templates
+    for family_id in big['family_id']:
+        members = ws.get_family(family_id).members()
+        names = {true_family[h] for h in members['prompt_hash']}
+        assert len(names) == 1, f'{family_id} mixes {names}'
+        joined = members[members['confidence'] < 1.0]
+        for reason in members['reason'][1:]:
+            assert 'nearest_members' in reason or 'new_family' in reason
+        assert (members['confidence'] >= 0.7).all() and len(joined) <= len(members)
+    router = next(f for f in big['family_id'] if 'Route the support ticket' in (ws.get_family(f).jinja))
+    slots = ws.get_family(router).slots()
+    assert dict(zip(slots['name'], slots['type'])) == {
+        'ticket': 'id',
+        'option': 'enum',
+        'email': 'email',
+        'date': 'date',
+        'value': 'text',
+    }
+
+
+def test_merge_and_split_are_recorded(ws, log_file):
+    ws.ingest_prompts(log_file)
+    big = list(ws.families(min_size=10)['family_id'])
+    a, b = ws.get_family(big[0]), ws.get_family(big[1])
+    size_a, size_b = a.size, b.size
+    merged = ws.merge_families(a, b, note='test merge')
+    assert merged.size == size_a + size_b
+    with pytest.raises(ws.FamilyError, match='was merged into'):
+        ws.get_family(b.id)
+    first_b = b.id  # the split takes b's members back by their text
+    pattern = ws.get_family(a.id).members().iloc[-1]['prompt'][:30]
+    members = ws.get_family(a.id).members()
+    moved_texts = members[members['prompt'].str.startswith(pattern)]
+    new = ws.split_family(a.id, '^' + __import__('re').escape(pattern), note='test split')
+    assert new.size == len(moved_texts) and new.size + ws.get_family(a.id).size == size_a + size_b
+    history = ws.get_family(a.id).history()
+    actions = [e[0]['event'] for what, e in zip(history['what'], history['events']) if what in ('merge', 'split')]
+    assert actions == ['merge', 'split']
+    assert first_b in ws.families(include_merged=True)['family_id'].tolist()
+
+
+def test_to_version_and_to_dataset(ws, log_file):
+    ws.ingest_prompts(log_file, expected='response')
+    big = ws.families(min_size=10)
+    router = next(f for f in big['family_id'] if 'Route the support ticket' in ws.get_family(f).jinja)
+    family = ws.get_family(router)
+    version = family.to_version(
+        'router_from_log', model='local', output=ws.choice(['billing', 'shipping', 'technical'])
+    )
+    assert version.template == family.jinja and version.meta['family_id'] == router
+    data = family.to_dataset('router_log')
+    assert set(data.inputs) == set(family.slots()['name'])
+    rows = data.rows()
+    assert {r['expected'] for r in rows} <= {'billing', 'shipping', 'technical'}
+    member = family.members().iloc[0]
+    example = next(r for r in rows if r['example_id'] == member['prompt_hash'])
+    assert version.render({k: example[k] for k in data.inputs}) == member['prompt']
+    # a family whose log has no responses cannot make a dataset: the error says what to provide
+    translation = next(f for f in big['family_id'] if 'Translate the text' in ws.get_family(f).jinja)
+    with pytest.raises(ws.DatasetError, match="expected='<column of the logged response>'"):
+        ws.get_family(translation).to_dataset('translations')
+
+
+def test_similar_among_versions_and_outputs(ws):
+    v = ws.create_version('greeter', template='Say hello to {{ name }} in French.')
+    ws.create_version('router', template='Route the ticket: {{ text }}\nTeam:')
+    found = ws.similar('route this support ticket to a team', k=2, among='versions')
+    assert list(found['version_id']) == ['router:v1', v.id] and found['score'][0] > found['score'][1]
+    assert ws.similar('anything', among='outputs').empty  # no answers yet
+    with pytest.raises(ws.WorkspaceError, match="among='docs' is not one of"):
+        ws.similar('x', among='docs')
+    with pytest.raises(ws.WorkspaceError, match='non-empty text'):
+        ws.similar('  ')
+
+
+def _write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding='utf-8')
+    return path
+
+
+@pytest.mark.parametrize(
+    ('name', 'content', 'kwargs', 'message'),
+    [
+        ('missing.jsonl', None, {}, 'does not exist'),
+        (
+            'a.jsonl',
+            '{"prompt": "hi", "timestamp": "2026-09-07T00:00:00Z"}\nnot json\n',
+            {},
+            'a.jsonl: line 2 is not valid JSON',
+        ),
+        (
+            'b.jsonl',
+            '{"text": "hi", "timestamp": "2026-09-07"}\n',
+            {},
+            "no column 'prompt' \\(given as text\\).*Its columns are: text, timestamp",
+        ),
+        ('c.jsonl', '{"prompt": "hi"}\n', {}, "no column 'timestamp' \\(given as at\\)"),
+        ('d.jsonl', '{"prompt": "  ", "timestamp": "2026-09-07"}\n', {}, 'd.jsonl: line 1 has an empty prompt'),
+        (
+            'e.jsonl',
+            '{"prompt": "hi", "timestamp": "last tuesday"}\n',
+            {},
+            "line 1: timestamp 'last tuesday' is not a time; use ISO 8601",
+        ),
+        (
+            'f.jsonl',
+            '{"prompt": {"role": "user"}, "timestamp": "2026-09-07"}\n',
+            {},
+            'is a JSON dict, not the prompt text',
+        ),
+        ('g.csv', 'prompt,timestamp\nhi,2026-09-07\n', {'meta': ['app']}, "no column 'app' \\(given as meta\\)"),
+        ('h.txt', 'hello\n', {}, "unknown file type '.txt'"),
+        ('i.csv', 'prompt,timestamp\n', {}, 'has no prompts'),
+        ('j.jsonl', '{"prompt": "hi", "timestamp": "2026-09-07"}\n', {'threshold': 1.5}, 'threshold 1.5 must be in'),
+    ],
+)
+def test_bad_input_is_refused_and_loses_nothing(ws, log_file, tmp_path, name, content, kwargs, message):
+    ws.ingest_prompts(log_file)
+    before = ws.families()
+    path = tmp_path / name if content is None else _write(tmp_path, name, content)
+    with pytest.raises(ws.WorkspaceError, match=message):
+        ws.ingest_prompts(path, **kwargs)
+    after = ws.families()
+    pd.testing.assert_frame_equal(before, after)
+
+
+def test_dataframe_source_without_times_and_family_errors(ws):
+    frame = pd.DataFrame({'prompt': [f'Summarize ticket T-{i}: the parcel is late by {i} days.' for i in range(6)]})
+    report = ws.ingest_prompts(frame, at=None, source_name='frame')
+    assert report.new_prompts == 6 and len(report.new_families) == 1
+    assert ws.ingest_prompts(frame, at=None, source_name='frame').new_lines == 6  # no time: each call is new lines
+    family = ws.get_family(report.new_families[0])
+    assert family.size == 6 and family.jinja.startswith('Summarize ticket {{ ticket }}')
+    with pytest.raises(ws.FamilyError, match="no family 'fam-nope'"):
+        ws.get_family('fam-nope')
+    with pytest.raises(ws.FamilyError, match='not a valid regular expression'):
+        family.split('(')
+    with pytest.raises(ws.FamilyError, match='every member'):
+        family.split('Summarize')
+    with pytest.raises(ws.FamilyError, match='into itself'):
+        family.merge(family)
+    with pytest.raises(ws.FamilyError, match="window 'month'"):
+        ws.drift(family, window='month')

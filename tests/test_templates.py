@@ -1,0 +1,123 @@
+"""The template miner (workspace/templates.py): slot types, templates recovered, Jinja round trips, events."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from udfs.render import render
+from workspace.templates import infer_type, mine, template_events, tokenize
+
+
+@pytest.mark.parametrize(
+    ('values', 'expected'),
+    [
+        (['12', '7', '300', '-4'], ('integer', None)),
+        (['1,200', '35', '4,000,000'], ('integer', None)),
+        (['3.5', '12.00', '-0.25', '1e-3'], ('number', None)),
+        (['2026-09-07', '2026-10-12T08:00:00Z', '2026-01-02 10:30'], ('date', None)),
+        (['07/09/2026', '12/31/2025'], ('date', None)),
+        (['7 September 2026', 'March 3, 2025'], ('date', None)),
+        (['ann@mail.example', 'bo.li+x@shop.example.org'], ('email', None)),
+        (['https://shop.example/p/1?ref=2', 'http://a.example', 'www.example.com/x'], ('url', None)),
+        (['AO-48213', 'AO-11111', 'AO-99812'], ('id', None)),
+        (['evt_0a1b2c3d4e', 'evt_9f8e7d6c5b', 'evt_000000001a'], ('id', None)),
+        (['chat', 'email', 'chat', 'phone', 'email', 'chat'], ('enum', ['chat', 'email', 'phone'])),
+        (['French', 'German', 'French', 'German'], ('enum', ['French', 'German'])),
+        (['Where is my parcel?', 'I was charged twice.', 'Login fails'], ('text', None)),
+        (['12', '7', 'N/A'], ('text', None)),  # one in three does not fit: not an integer
+        ([str(i) for i in range(40)] + ['n/a'], ('integer', None)),  # one in 41 may be messy
+        (['', '  '], ('text', None)),
+        (['ご注文の商品', '会議は午後3時'], ('text', None)),
+    ],
+)
+def test_infer_type(values, expected):
+    assert infer_type(values) == expected
+
+
+def test_tokens_join_back_to_the_text():
+    text = 'Hi Zoë,\n\n{"a": [1, 2]} --- 会議は午後3時\tok'
+    assert ''.join(tokenize(text)) == text
+    assert '---' in tokenize('a --- b')
+
+
+SUPPORT = (
+    'You are a support agent.\nCustomer: {name}\nOrder: {order} (placed {date})\nMessage:\n{message}\n\nReply briefly.'
+)
+MESSAGES = [
+    'Hi,\nmy parcel is late.\nThanks.',
+    'The zipper broke. Can I get a replacement?',
+    'I was charged twice — once by card and once through PayPal.',
+    'Where is my order?? The tracking says "label created".',
+    'Two items were missing from the box.',
+    'Could you change the address to 12 Rue des Lilas, Lyon?',
+]
+
+
+def _support(i: int) -> tuple[str, dict[str, str]]:
+    values = {
+        'name': ['Anna Müller', 'José García', 'Mei Chen', 'Olu Okafor', 'Søren Dubois', 'Kenji Sato'][i % 6],
+        'order': f'AO-{10000 + 137 * i}',
+        'date': f'2026-09-{1 + i % 28:02d}',
+        'message': MESSAGES[i % len(MESSAGES)],
+    }
+    return SUPPORT.format(**values), values
+
+
+def test_mine_recovers_the_template_and_its_typed_slots():
+    texts = [_support(i)[0] for i in range(24)]
+    template = mine(texts)
+    assert template.jinja == (
+        'You are a support agent.\nCustomer: {{ customer }}\nOrder: {{ order }} (placed {{ date }})\n'
+        'Message:\n{{ message }}\n\nReply briefly.'
+    )
+    assert [(s.name, s.type) for s in template.slots] == [
+        ('customer', 'enum'),  # six names, each four times
+        ('order', 'id'),
+        ('date', 'date'),
+        ('message', 'text'),
+    ]
+    for i in range(24):
+        text, values = _support(i)
+        parsed = template.parse(text)
+        assert list(parsed.values()) == [values['name'], values['order'], values['date'], values['message']]
+        assert render(template.jinja, parsed) == text  # the Jinja template renders each member back exactly
+
+
+def test_a_json_object_in_a_prompt_is_one_slot_and_braces_render_literally():
+    events = [
+        {
+            'event_id': f'evt_{i:04x}',
+            'type': ['signup', 'refund'][i % 2],
+            'user_id': 1000 + i,
+            'meta': {'ip': f'10.0.0.{i}'},
+        }
+        for i in range(12)
+    ]
+    texts = [
+        f'Extract the fields from this {{{{ event }}}} JSON.\nEvent:\n{json.dumps(e, indent=2 if i % 2 else None)}\nYAML:'
+        for i, e in enumerate(events)
+    ]
+    template = mine(texts)
+    assert [s.name for s in template.slots] == ['event']
+    assert template.pieces[0].endswith('Event:\n') and '{{ event }}' in template.pieces[0]
+    for text in texts:
+        assert render(template.jinja, template.parse(text)) == text
+
+
+def test_one_member_is_its_own_template_and_odd_text_still_renders():
+    odd = 'Print {{ name }} and {% raw %} as they are: {"a": {"b": 1}}'
+    template = mine([odd])
+    assert template.slots == () and render(template.jinja, {}) == odd
+
+
+def test_template_events():
+    old = mine(['Hello Ann, order 1.', 'Hello Bob, order 22.', 'Hello Cy, order 3.'])
+    new = mine(['Hello Ann, order 1 by mail.', 'Hello Bob, order 22 by phone.', 'Hello Cy, order 3 by mail.'])
+    assert template_events(None, old) == [{'event': 'created', 'slots': [s.name for s in old.slots]}]
+    events = template_events(old, new)
+    assert [e['event'] for e in events] == ['slot added', 'constant text changed']
+    assert events[0]['slots'] == ['value']  # 'by' is a stop word: the slot is named by its type
+    assert template_events(new, old)[0] == {'event': 'slot removed', 'slots': ['value']}
+    assert template_events(old, old) == []
