@@ -122,6 +122,9 @@ def test_merge_and_split_are_recorded(ws, log_file):
     actions = [e[0]['event'] for what, e in zip(history['what'], history['events']) if what in ('merge', 'split')]
     assert actions == ['merge', 'split']
     assert first_b in ws.families(include_merged=True)['family_id'].tolist()
+    log = ws.audit(kind='family')  # and both are in the workspace's audit log, with who and when
+    assert list(log['kind']) == ['family.split', 'family.merged'] and set(log['subject']) == {a.id}
+    assert list(log['note']) == ['test split', 'test merge'] and log['actor'].notna().all()
 
 
 def test_to_version_and_to_dataset(ws, log_file):
@@ -227,3 +230,20 @@ def test_dataframe_source_without_times_and_family_errors(ws):
         family.merge(family)
     with pytest.raises(ws.FamilyError, match="window 'month'"):
         ws.drift(family, window='month')
+
+
+def test_guardrail_rules_check_a_familys_logged_prompts(ws, log_file):
+    ws.ingest_prompts(log_file)
+    router = next(
+        ws.get_family(f)
+        for f in ws.families(min_size=10)['family_id']
+        if 'Route the support ticket' in ws.get_family(f).jinja
+    )
+    ws.set_rule('no_emails', 'regex', stage='prompt', pattern=r'[\w.]+@[\w.]+')  # the log uses .example domains
+    found = router.violations()
+    members = router.members().set_index('prompt_hash')
+    assert len(found) > 0 and set(found['rule']) == {'no_emails'}
+    for _, v in found.head(5).iterrows():
+        start, end = v['span']
+        assert members.loc[v['prompt_hash'], 'prompt'][start:end] == v['match'] and '@' in v['match']
+    assert router.violations(rules=['another_rule']).empty

@@ -39,6 +39,8 @@ Kind = Literal[
     'optimizer.finished',
     'key.created',
     'key.revoked',
+    'family.merged',
+    'family.split',
 ]
 #: Every kind of change the log records.
 KINDS: tuple[str, ...] = Kind.__args__  # type: ignore[attr-defined]

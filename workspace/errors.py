@@ -19,8 +19,6 @@ __all__ = [
     'RuleError',
     'GuardrailViolation',
     'ServeError',
-
-
     'FamilyError',
 ]
 

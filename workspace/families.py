@@ -33,7 +33,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from . import tables
+from . import audit_log, tables
+from . import rules as guardrails
 from .config import current_user, utc_now
 from .embeddings import DIMENSIONS
 from .errors import DatasetError, FamilyError
@@ -549,6 +550,29 @@ class Family:
             columns=['name', 'type', 'examples', 'values'],
         )
 
+    def violations(self, rules: Sequence[str] | None = None) -> pd.DataFrame:
+        """Check the members against the active guardrail rules of the `prompt` stage (or the named ones; judges,
+        which call a model, excepted) and return one row per violation: prompt hash, rule, enforcement, the
+        matched span and text. No model call.
+
+        >>> family.violations()  # e.g. the logged prompts that carry an email address
+        """
+        chosen = [
+            r
+            for r in guardrails.active_rules()
+            if r.stage == 'prompt' and r.kind != 'judge' and (rules is None or r.name in rules)
+        ]
+        found = []
+        for _, member in self.members().iterrows():
+            for v in guardrails.check(chosen, 'prompt', member['prompt']):
+                found.append(
+                    {
+                        'prompt_hash': member['prompt_hash'],
+                        **{k: v.get(k) for k in ('rule', 'enforcement', 'span', 'match', 'message')},
+                    }
+                )
+        return pd.DataFrame(found, columns=['prompt_hash', 'rule', 'enforcement', 'span', 'match', 'message'])
+
     def members(self) -> pd.DataFrame:
         """Return the members, oldest first: prompt, count, first and last seen, confidence, reason, the number of
         the template version that parses it and its slot values (None where no version parses it)."""
@@ -691,6 +715,14 @@ def get_family(family_id: str | Family) -> Family:
 
 
 def _record(action: str, family_id: str, other_id: str | None, members: int, note: str) -> None:
+    # The family's own history (read by Family.history) and the workspace's audit log of every change.
+    audit_log.record(
+        'family.merged' if action == 'merge' else 'family.split',
+        family_id,
+        before={'family': other_id if action == 'merge' else family_id},
+        after={'family': family_id if action == 'merge' else other_id, 'members': members},
+        note=note or None,
+    )
     tables.family_history().insert(
         [
             {
