@@ -216,3 +216,21 @@ def test_request_hash_ignores_the_spec_and_keys():
     assert request_hash(a) == request_hash(b)
     assert request_hash(a) != request_hash({**a, 'prompt': 'p '})
     assert json.dumps(a)  # requests are plain JSON
+
+
+def test_llama_cpp_log_goes_to_logging_not_to_stderr(capfd, caplog):
+    """llama.cpp logs context set-up ("llama_kv_cache_iswa: using full-size SWA cache") to stderr, which a notebook
+    shows in red; the backend sends it to the `workspace.llama_cpp` logger instead."""
+    import logging
+
+    from workspace.backends import LocalBackend, _embedded_model_path
+
+    backend = LocalBackend(_embedded_model_path())
+    try:
+        with caplog.at_level(logging.DEBUG, logger='workspace.llama_cpp'):
+            backend.complete({'prompt': 'Paris is the capital of', 'params': {'max_tokens': 2}})
+        out, err = capfd.readouterr()
+        assert 'llama_' not in out + err and 'ggml' not in out + err
+        assert any(r.name == 'workspace.llama_cpp' for r in caplog.records)  # still there for whoever asks
+    finally:
+        backend.close()

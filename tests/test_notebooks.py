@@ -85,6 +85,7 @@ def test_notebooks_run_in_order_under_papermill(ws, tiny_tickets, tmp_path):
         '01_quickstart.ipynb', data_dir=fresh_clone, dataset_name='nb_tiny', dataset_path=str(tiny_tickets), fresh=True
     )
     assert 'accuracy' in _text(book) and 'ticket_router:v1' in _text(book)
+    assert 'llama_' not in _text(book) and 'ggml' not in _text(book)  # llama.cpp's own log stays out of the notebook
     summary = _text(book, 'run.summary()')
     assert 'exact_match' not in summary and 'table version' in summary  # accuracy once; not "v1"
     assert 'background-color' in _text(book, 'run.confusion_matrix()')  # a heatmap
