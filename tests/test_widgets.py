@@ -133,7 +133,7 @@ def test_edit_says_which_version_and_edits_any_selected_one(view):
         ('v1\nTicket: {{ txt }}\nCategory:', "reads {{ txt }}, which dataset 'tiny' does not have. Did you mean"),
         ('v1\nTicket: {{ text }} {{ category }}\nCategory:', 'the answer would leak into the prompt'),
         ('v1\nTicket: {{ text ', 'the template does not parse'),
-        ('v1\nTicket: {{ text.__class__ }}\nCategory:', 'failed to render in the sandbox'),
+        ('v1\nTicket: {{ text.__class__ }}\nCategory:', 'stopped by the sandbox'),
     ],
 )
 def test_save_refuses_a_broken_template_before_storing_it(view, template, message):
