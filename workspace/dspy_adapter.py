@@ -173,6 +173,7 @@ class Candidate:
     instructions: str
     demos: tuple[dict[str, Any], ...]
     policy: Mapping[str, Any] | None = None
+    output: Mapping[str, Any] | None = None  # another output spec than the baseline's (a label decoding)
 
     @property
     def key(self) -> str:
@@ -180,6 +181,8 @@ class Candidate:
         body: dict[str, Any] = {'template': self.template, 'instructions': self.instructions, 'demos': list(self.demos)}
         if self.policy is not None:
             body['policy'] = dict(self.policy)
+        if self.output is not None:
+            body['output'] = dict(self.output)
         return hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
 
     @property
@@ -189,9 +192,10 @@ class Candidate:
 
     def apply(self, version: Version) -> Version:
         """Return `version` with this content (not stored: used to build requests)."""
-        return dataclasses.replace(
+        changed = dataclasses.replace(
             version, template=self.template, instructions=self.instructions, demos=self.version_demos
         )
+        return dataclasses.replace(changed, output=dict(self.output)) if self.output is not None else changed
 
 
 @dataclass
@@ -539,7 +543,7 @@ class TrialRecorder(BaseCallback):
         if candidate is None:
             predictor = program.predictors()[0]
             candidate = self.task.candidate(predictor.signature, predictor.demos)
-        self.active.candidate = candidate if candidate.policy is not None else None
+        self.active.candidate = candidate if candidate.policy is not None or candidate.output is not None else None
         if candidate.key not in self._seen:
             if self.max_candidates is not None and self._new >= self.max_candidates:
                 raise Stop('max_candidates', f'the max_candidates budget of {self.max_candidates} is spent')

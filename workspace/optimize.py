@@ -249,8 +249,10 @@ def _plan(name: str, limits: Budget, options: Mapping[str, Any], n_train: int, n
         if plan.get('auto') is None:
             plan.update(minibatch=n_dev > 50, minibatch_size=min(35, n_dev))
     elif name == 'knn_fewshot':
-        # The demos closest to each example, from the train split: which k, and whether to cap demos per label.
-        plan = {'k': [4, 8, 16], 'per_label_max': [None], 'order': 'nearest_last'}
+        # The demos closest to each example, from the train split: which k, whether to cap demos per label, and (for
+        # labels on the local model) whether to calibrate the label choice (docs/benchmarks.md: it corrects the
+        # label bias a small model's prompt gives it).
+        plan = {'k': [4, 8, 16], 'per_label_max': [None], 'order': 'nearest_last', 'decode': ['mask']}
     elif name == 'copro':
         plan = {'breadth': 3, 'depth': 2, 'init_temperature': 1.4}
         if most is not None:
@@ -266,13 +268,14 @@ def _plan(name: str, limits: Budget, options: Mapping[str, Any], n_train: int, n
         }
     plan.update(options)
     if name == 'knn_fewshot':
+        plan['decode'] = [plan['decode']] if isinstance(plan['decode'], str) else list(plan['decode'])
         plan['k'] = [plan['k']] if isinstance(plan['k'], int) else list(plan['k'])
         plan['per_label_max'] = (
             list(plan['per_label_max']) if isinstance(plan['per_label_max'], list) else [plan['per_label_max']]
         )
-        variants = len(plan['k']) * len(plan['per_label_max'])
+        variants = len(plan['k']) * len(plan['per_label_max']) * len(plan['decode'])
         if most is not None and variants > most:
-            plan['k'] = plan['k'][: max(1, most // len(plan['per_label_max']))]
+            plan['k'] = plan['k'][: max(1, most // (len(plan['per_label_max']) * len(plan['decode'])))]
     return plan
 
 
@@ -294,6 +297,7 @@ def _trial_row(
         'template': trial.candidate.template,
         'instructions': trial.candidate.instructions,
         'demos': trial.candidate.version_demos,
+        'output': dict(trial.candidate.output) if trial.candidate.output is not None else None,
         'scope': trial.scope,
         'n': len(trial.example_ids),
         'score': trial.score,
@@ -522,17 +526,22 @@ def _knn_programs(setup: _Setup, task: Task, student: Any, trainset: list[Any]) 
     if 'demos' not in render_udfs.template_variables(template):
         template = demo_template(template, task.inputs)
     programs = []
-    for k in setup.plan['k']:
-        for cap in setup.plan['per_label_max']:
-            policy = nearest(setup.dataset, k=k, split=setup.train, per_label_max=cap, order=setup.plan['order'])
-            # labeled demos only: the neighbours as they are, with no bootstrapping call
-            knn = dspy.KNNFewShot(
-                k, trainset, vectorizer=dspy.Embedder(embed), max_bootstrapped_demos=0, max_labeled_demos=k
-            )
-            knn.KNN = _PoolNeighbours(policy, task)
-            program = knn.compile(student)
-            program.workspace_candidate = Candidate(template, setup.baseline.instructions, (), policy)
-            programs.append(program)
+    output = dict(setup.baseline.output)
+    for decode in setup.plan['decode']:
+        spec = None
+        if decode != output.get('decode', 'mask'):
+            spec = {k: v for k, v in {**output, 'decode': decode}.items() if k != 'decode' or decode != 'mask'}
+        for k in setup.plan['k']:
+            for cap in setup.plan['per_label_max']:
+                policy = nearest(setup.dataset, k=k, split=setup.train, per_label_max=cap, order=setup.plan['order'])
+                # labeled demos only: the neighbours as they are, with no bootstrapping call
+                knn = dspy.KNNFewShot(
+                    k, trainset, vectorizer=dspy.Embedder(embed), max_bootstrapped_demos=0, max_labeled_demos=k
+                )
+                knn.KNN = _PoolNeighbours(policy, task)
+                program = knn.compile(student)
+                program.workspace_candidate = Candidate(template, setup.baseline.instructions, (), policy, spec)
+                programs.append(program)
     return programs
 
 
@@ -752,6 +761,7 @@ def _write_candidate(setup: _Setup, search: _Search, decision: Decision, wall_s:
         template=content.template,
         demos=content.version_demos,
         instructions=content.instructions,
+        output=dict(content.output) if content.output is not None else None,  # type: ignore[arg-type]
         note=f'{setup.name} run {setup.run_id}, trial {trial.number}'
         + ('' if decision.accepted else ' (not accepted)'),
         meta=meta,

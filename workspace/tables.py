@@ -349,6 +349,7 @@ def trials() -> pxt.Table:
             'template': pxt.String,
             'instructions': pxt.String | None,
             'demos': pxt.Json | None,
+            'output': pxt.Json | None,  # an output spec other than the baseline's (a label decoding), if any
             'scope': pxt.String,  # dev, dev_sample or train: the examples it was scored on
             'n': pxt.Int,
             'score': pxt.Float | None,
