@@ -26,7 +26,7 @@ import pixeltable as pxt
 
 from udfs import parse, scores
 
-from . import backends, store, tables
+from . import backends, calibration, store, tables
 from .config import utc_now
 from .datasets import Dataset, get_dataset
 from .errors import TemplateError, WorkspaceError
@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 def _constraint(version: Version) -> dict[str, Any] | None:
     if version.output['kind'] == 'choice':
-        return {'choice': version.labels}
+        return calibration.choice_constraint(version)
     if version.output['kind'] == 'json':
         return {'json_schema': version.output.get('schema')}
     return None

@@ -16,7 +16,7 @@ import pandas as pd
 
 from udfs import render as render_udfs
 
-from . import backends, tables
+from . import backends, calibration, tables
 from .config import current_user, utc_now
 from .errors import LabelError, TemplateError, VersionError
 
@@ -47,6 +47,7 @@ class OutputSpec(TypedDict, total=False):
     kind: Literal['text', 'choice', 'json']
     labels: list[str]
     schema: dict[str, Any] | None
+    decode: calibration.Decode
 
 
 class Params(TypedDict, total=False):
@@ -77,8 +78,12 @@ def text() -> OutputSpec:
     return {'kind': 'text'}
 
 
-def choice(labels: Sequence[str]) -> OutputSpec:
+def choice(labels: Sequence[str], *, decode: calibration.Decode = 'mask') -> OutputSpec:
     """Return the output spec for one label out of `labels`; the embedded model is constrained to them.
+
+    `decode` is how the local model chooses: `'mask'` generates under a token mask, `'rank'` answers the label
+    with the highest log-likelihood, `'calibrated'` divides those by the content-free probabilities first (see
+    `workspace.calibration`).
 
     >>> choice(['BILLING', 'REFUND'])
     {'kind': 'choice', 'labels': ['BILLING', 'REFUND']}
@@ -86,7 +91,11 @@ def choice(labels: Sequence[str]) -> OutputSpec:
     labels = [str(label) for label in labels]
     if not labels or any(not label.strip() for label in labels) or len(set(labels)) != len(labels):
         raise VersionError(f'choice() needs distinct, non-empty labels; got {labels!r}')
-    return {'kind': 'choice', 'labels': labels}
+    calibration.check_decode(decode)
+    spec: OutputSpec = {'kind': 'choice', 'labels': labels}
+    if decode != 'mask':  # the default adds nothing: versions made before `decode` existed keep their hashes
+        spec['decode'] = decode
+    return spec
 
 
 def json_object(schema: Mapping[str, Any] | None = None) -> OutputSpec:
@@ -178,6 +187,7 @@ def _check(
         raise VersionError(
             f'output spec {dict(output)!r} is not valid; use ws.text(), ws.choice([...]) or ws.json_object()'
         )
+    calibration.check_decode(output.get('decode', 'mask'), model)
     for name, value in params.items():
         if name not in _PARAM_TYPES:
             raise VersionError(f'unknown param {name!r}; known params are: {", ".join(_PARAM_TYPES)}')
