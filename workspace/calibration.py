@@ -14,6 +14,9 @@
   largest ratio, which removes the prompt's own bias towards a label (its majority demo, its last demo, a
   frequent word).
 
+The answer is the label's text, and the stored completion carries every label's `scores`: for `rank` each
+label's log-probability, for `calibrated` the calibrated log-probabilities normalized over the labels.
+
 `rank` and `calibrated` read the model's probabilities, which only the local model exposes; a version with a
 remote model is refused. The decoding is part of the request (`{'choice': labels, 'decode': 'rank'}`), so it is
 part of the request's identity; `mask` adds nothing, so requests made before these options existed keep their
