@@ -11,6 +11,7 @@ three ways of scoring 77 labels cost.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -119,6 +120,7 @@ def bench_decodes(dataset: ws.Dataset, question: str, answer: str) -> list[str]:
         start = time.perf_counter()
         run = ws.evaluate(version, dataset, 'dev', progress=False)
         wall = time.perf_counter() - start
+        print(f'{version.id}: {run.calls} calls in {wall:.0f} s', file=sys.stderr, flush=True)
         frame = run.predictions()
         expected = np.array([codes[str(e)] for e in frame['expected']])
         results[decode] = (np.array([codes.get(p, -1) for p in frame['prediction']]), wall / len(frame))
