@@ -18,6 +18,7 @@ import atexit
 import contextlib
 import json
 import logging
+import math
 import os
 import random
 import re
@@ -27,8 +28,9 @@ import urllib.parse
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TypedDict
+from typing import Any, NotRequired, Protocol, TypedDict
 
+from . import calibration
 from .config import settings
 from .errors import BackendError
 
@@ -59,6 +61,8 @@ class Completion(TypedDict):
     completion_tokens: int | None
     latency_s: float
     finish_reason: str | None
+    #: For a choice decoded by rank or calibrated: each label's score (see `workspace.calibration`).
+    scores: NotRequired[dict[str, float]]
 
 
 class Backend(Protocol):
@@ -198,6 +202,57 @@ def _route_llama_log(llama_cpp: Any) -> None:
     llama_cpp.llama_log_set(callback, None)
 
 
+def _logits(llm: Any, i: int) -> Any:
+    """Return a view of the logits of output `i` of the last decode (-1: the last); the next decode overwrites it."""
+    import llama_cpp
+    import numpy as np
+
+    return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm._ctx.ctx, i), shape=(llm.n_vocab(),))
+
+
+def _token_logprobs(row: Any, tokens: Sequence[int]) -> dict[int, float]:
+    """Return the log-softmax of a logits row at `tokens` (the normalizer summed in float64)."""
+    import numpy as np
+
+    top = float(row.max())
+    total = top + math.log(float(np.exp(row - top).sum(dtype=np.float64)))
+    return {token: float(row[token]) - total for token in tokens}
+
+
+#: Label continuations decoded in one batch, and sequences (labels) scored at once; llama.cpp allows at most
+#: 256 sequences (LLAMA_MAX_SEQ), sequence 0 being the prompt's.
+_LABEL_BATCH = 512
+_MAX_SEQUENCES = 256
+
+
+@dataclass(frozen=True)
+class _LabelTrie:
+    """The token trie of a set of label spellings, for scoring them all in one batched decode.
+
+    `nodes` are the proper prefixes of spellings (every token that has a next token to score), parents first;
+    `members[i]` are the labels (as sequence ids 1..n) whose spelling runs through node i, so node i's token is
+    decoded once and seen by exactly those sequences. `children[prefix]` are the next tokens after a prefix.
+    """
+
+    spellings: dict[str, tuple[int, ...]]
+    nodes: list[tuple[int, ...]]
+    members: list[list[int]]
+    children: dict[tuple[int, ...], list[int]]
+
+    @classmethod
+    def build(cls, spellings: dict[str, tuple[int, ...]]) -> _LabelTrie:
+        seq = {label: i + 1 for i, label in enumerate(spellings)}
+        through: dict[tuple[int, ...], list[int]] = {}
+        children: dict[tuple[int, ...], set[int]] = {}
+        for label, tokens in spellings.items():
+            for i in range(len(tokens)):
+                children.setdefault(tokens[:i], set()).add(tokens[i])
+                if i:
+                    through.setdefault(tokens[:i], []).append(seq[label])
+        nodes = sorted(through, key=lambda prefix: (len(prefix), prefix))
+        return cls(spellings, nodes, [through[n] for n in nodes], {k: sorted(v) for k, v in children.items()})
+
+
 class LocalBackend:
     """llama.cpp in-process: loads the GGUF once, decodes label outputs under a token mask, one request at a time.
 
@@ -208,6 +263,12 @@ class LocalBackend:
     prompt are reused: every block is then computed from the same tokens, in the same shape, whatever came
     before. `prefix_block=0` decodes every prompt from an empty context instead; `None` is llama.cpp's own reuse
     (not deterministic; for benchmarks). Their costs are in docs/benchmarks.md.
+
+    A choice decoded by `rank` or `calibrated` (see `workspace.calibration`) is scored, not generated: the prompt
+    is decoded as above, then every label's tokens are decoded in one batch as parallel sequences that share the
+    prompt's cached cells (a token trie: a token common to several labels is decoded once, for all of them), and
+    the label cells are removed again. The same prompt and labels make the same batch, so a label's score is
+    bit-identical whatever came before. Content-free prompts are scored once per process and kept by their text.
     """
 
     def __init__(
@@ -227,6 +288,11 @@ class LocalBackend:
         self._prompt_tokens = 0  # the length of the last prompt: the tokens after it were generated one by one
         self._grammars: dict[str, Any] = {}
         self._tries: dict[tuple[str, ...], list[list[int]]] = {}
+        self._label_tries: dict[tuple[tuple[str, ...], bool], list[_LabelTrie]] = {}
+        self._label_batch: Any = None
+        #: label scores of content-free prompts, by (prompt, labels): the same for every row of a version
+        self._content_free: dict[tuple[str, tuple[str, ...]], dict[str, float]] = {}
+        self.content_free_scored = 0
         self._lock = threading.Lock()
 
     def check(self) -> None:
@@ -252,13 +318,37 @@ class LocalBackend:
                     verbose=False,
                     **batch,
                 )
+                self._label_batch = self._open_label_scoring(self._llm)
             # Free the model before the interpreter tears down the modules its destructor needs.
             atexit.register(self.close)
         return self._llm
 
+    @staticmethod
+    def _open_label_scoring(llm: Any) -> Any:
+        """Give the model's context room for label sequences; return the batch that decodes them.
+
+        llama-cpp-python makes a one-sequence context and has no parameter for more, so the context is made again
+        with the same parameters plus `_MAX_SEQUENCES` sequences in one unified cache (a label sequence sees the
+        prompt's cells without copying them) and a decode batch that takes a whole label trie. `Llama.eval` still
+        decodes prompts in `n_batch` chunks, so a prompt's logits are bit-identical to the one-sequence context's
+        (tests/test_calibration.py checks it).
+        """
+        import llama_cpp
+        from llama_cpp import _internals
+
+        params = llama_cpp.llama_context_params.from_buffer_copy(llm.context_params)
+        params.n_seq_max = min(_MAX_SEQUENCES, llama_cpp.llama_max_parallel_sequences())
+        params.kv_unified = True
+        params.n_batch = params.n_ubatch = max(_LABEL_BATCH, params.n_batch)
+        llm._ctx.close()
+        llm._ctx = _internals.LlamaContext(model=llm._model, params=params, verbose=False)
+        llm.context_params = params
+        return _internals.LlamaBatch(n_tokens=params.n_batch, embd=0, n_seq_max=params.n_seq_max, verbose=False)
+
     def close(self) -> None:
         """Free the loaded model; the next request loads it again."""
         if self._llm is not None:
+            self._label_batch.close()
             self._llm.close()
             self._llm = None
 
@@ -328,8 +418,126 @@ class LocalBackend:
             llm.reset()
         self._prompt_tokens = len(tokens)
 
+    def _decode_prompt(self, llm: Any, tokens: Sequence[int]) -> Any:
+        """Decode a prompt as `complete` would before generating; return a view of its last token's logits."""
+        self._align(llm, tokens)
+        if self.prefix_block is None:  # llama.cpp's own reuse, as Llama.generate does it (not deterministic)
+            cached = llm.input_ids[: llm.n_tokens]
+            common = next((i for i, (a, b) in enumerate(zip(cached, tokens)) if a != b), min(len(cached), len(tokens)))
+            llm.n_tokens = min(common, len(tokens) - 1)
+        llm.eval(tokens[llm.n_tokens :])
+        return _logits(llm, -1)
+
+    def _tries_for(self, llm: Any, labels: tuple[str, ...], spaced: bool) -> list[_LabelTrie]:
+        """Return the label tries for these labels, spelled with or without a leading space, in groups of
+        sequences one decode can hold."""
+        key = (labels, spaced)
+        if key not in self._label_tries:
+            space = ' ' if spaced else ''
+            spellings = [(label, tuple(llm.tokenize(f'{space}{label}'.encode(), add_bos=False))) for label in labels]
+            per = _MAX_SEQUENCES - 1
+            self._label_tries[key] = [
+                _LabelTrie.build(dict(spellings[i : i + per])) for i in range(0, len(spellings), per)
+            ]
+        return self._label_tries[key]
+
+    def _score_labels(self, llm: Any, prompt: str, labels: Sequence[str]) -> tuple[dict[str, float], int]:
+        """Return each label's log-probability after `prompt`, and the prompt's length in tokens.
+
+        A label is spelled with one leading space after a prompt that ends without whitespace, as a demo line
+        (`Sentiment: positive`) spells it, and without one after a space or newline. A label whose spelling
+        begins another label's keeps only the probability of stopping there.
+        """
+        tokens = llm.tokenize(prompt.encode('utf-8'), add_bos=True, special=True)
+        tries = self._tries_for(llm, tuple(labels), spaced=bool(prompt) and not prompt[-1].isspace())
+        n, width = len(tokens), max(len(trie.nodes) for trie in tries)
+        if n + width > self.n_ctx:
+            raise BackendError(
+                f"the prompt ({n} tokens) and its labels' tokens ({width}) do not fit the context of {self.n_ctx} "
+                'tokens; use fewer or shorter demos, or raise WORKSPACE_LOCAL_N_CTX'
+            )
+        last = self._decode_prompt(llm, tokens)
+        roots = [_token_logprobs(last, trie.children[()]) for trie in tries]  # before the next decode reuses it
+        scores: dict[str, float] = {}
+        for trie, root in zip(tries, roots):
+            logprobs = {(): root} | self._decode_trie(llm, trie, n)
+            for label, spelling in trie.spellings.items():
+                scores[label] = sum(logprobs[spelling[:i]][token] for i, token in enumerate(spelling))
+                if spelling in logprobs:  # another label goes on from here: keep the probability of stopping
+                    going_on = sum(math.exp(v) for v in logprobs[spelling].values())
+                    scores[label] += math.log1p(-going_on) if going_on < 1.0 else -math.inf
+        return scores, n
+
+    def _decode_trie(self, llm: Any, trie: _LabelTrie, n: int) -> dict[tuple[int, ...], dict[int, float]]:
+        """Decode a label trie after the `n` prompt tokens of sequence 0; return each node's next-token
+        log-probabilities. Each label is a sequence that sees the prompt's cells; its cells are removed after."""
+        members = range(1, len(trie.spellings) + 1)
+        for seq in members:
+            llm._ctx.kv_cache_seq_cp(0, seq, -1, -1)
+        logprobs: dict[tuple[int, ...], dict[int, float]] = {}
+        batch = self._label_batch.batch
+        try:
+            for start in range(0, len(trie.nodes), _LABEL_BATCH):
+                chunk = trie.nodes[start : start + _LABEL_BATCH]
+                batch.n_tokens = len(chunk)
+                for j, node in enumerate(chunk):
+                    batch.token[j], batch.pos[j], batch.logits[j] = node[-1], n + len(node) - 1, True
+                    seqs = trie.members[start + j]
+                    batch.n_seq_id[j] = len(seqs)
+                    for k, seq in enumerate(seqs):
+                        batch.seq_id[j][k] = seq
+                llm._ctx.decode(self._label_batch)
+                for j, node in enumerate(chunk):
+                    logprobs[node] = _token_logprobs(_logits(llm, j), trie.children[node])
+        finally:
+            for seq in members:
+                llm._ctx.kv_cache_seq_rm(seq, -1, -1)
+        return logprobs
+
+    def _choose(self, llm: Any, request: Mapping[str, Any], decode: str) -> Completion:
+        """Answer a choice request by `rank` or `calibrated`: the label with the best score, with every score."""
+        constraint = request['constraint']
+        labels = list(constraint['choice'])
+        if decode not in ('rank', 'calibrated'):
+            raise BackendError(f'decode {decode!r} is not known; use one of {", ".join(calibration.DECODES)}')
+        scores, prompt_tokens = self._score_labels(llm, request['prompt'], labels)
+        if decode == 'calibrated':
+            prompts = constraint.get('content_free')
+            if not prompts:
+                raise BackendError(
+                    "a request with decode 'calibrated' needs its content-free prompts in constraint['content_free']; "
+                    'build it with workspace.evaluate.build_request'
+                )
+            prior = calibration.content_free_prior([self._content_free_scores(llm, p, labels) for p in prompts])
+            scores = calibration.calibrate(scores, prior)
+        best = max(labels, key=lambda label: scores[label])  # the first label of equal ones
+        return Completion(
+            text=best,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=len(llm.tokenize(f' {best}'.encode(), add_bos=False)),
+            latency_s=0.0,
+            finish_reason='stop',
+            scores=scores,
+        )
+
+    def _content_free_scores(self, llm: Any, prompt: str, labels: Sequence[str]) -> dict[str, float]:
+        key = (prompt, tuple(labels))
+        if key not in self._content_free:
+            self._content_free[key] = self._score_labels(llm, prompt, labels)[0]
+            self.content_free_scored += 1
+        return self._content_free[key]
+
     def complete(self, request: Mapping[str, Any]) -> Completion:
         params = dict(request.get('params') or {})
+        decode = (request.get('constraint') or {}).get('decode', 'mask')
+        if decode != 'mask':
+            with self._lock:
+                llm = self._load()
+                start = time.perf_counter()
+                self.calls += 1
+                out = self._choose(llm, request, decode)
+                out['latency_s'] = time.perf_counter() - start
+            return out
         with self._lock:
             llm = self._load()
             grammar = self._grammar(request.get('constraint'))
@@ -471,6 +679,12 @@ class ChatBackend:
         return policy, knobs.timeout_attempts, knobs.request_timeout
 
     def complete(self, request: Mapping[str, Any]) -> Completion:
+        decode = (request.get('constraint') or {}).get('decode', 'mask')
+        if decode != 'mask':
+            raise BackendError(
+                f"decode {decode!r} needs every label's log-likelihood, which {self.kind} does not give; "
+                "use ws.choice(labels) (decode='mask') with a remote model, or model='local'"
+            )
         with self._lock:
             if self._client is None:
                 self._client = self._make_client()

@@ -221,8 +221,18 @@ def _teacher(teacher: Version | str | None, baseline: Version, dataset: Dataset)
     return version
 
 
-def _plan(name: str, limits: Budget, options: Mapping[str, Any], n_train: int, n_dev: int, seed: int) -> dict[str, Any]:
-    """Return the optimizer's knobs: small defaults that suit a small local model, the budget, then `options`."""
+def _plan(
+    name: str,
+    limits: Budget,
+    options: Mapping[str, Any],
+    n_train: int,
+    n_dev: int,
+    seed: int,
+    *,
+    scored_labels: bool = False,
+) -> dict[str, Any]:
+    """Return the optimizer's knobs: small defaults that suit a small local model, the budget, then `options`.
+    `scored_labels` says the baseline is a choice on a model that exposes label probabilities (the local one)."""
     most = limits.get('max_candidates')
     plan: dict[str, Any]
     if name == 'labeled_fewshot':
@@ -252,7 +262,8 @@ def _plan(name: str, limits: Budget, options: Mapping[str, Any], n_train: int, n
         # The demos closest to each example, from the train split: which k, whether to cap demos per label, and (for
         # labels on the local model) whether to calibrate the label choice (docs/benchmarks.md: it corrects the
         # label bias a small model's prompt gives it).
-        plan = {'k': [4, 8, 16], 'per_label_max': [None], 'order': 'nearest_last', 'decode': ['mask']}
+        decodes = ['mask', 'calibrated'] if scored_labels else ['mask']
+        plan = {'k': [4, 8, 16], 'per_label_max': [None], 'order': 'nearest_last', 'decode': decodes}
     elif name == 'copro':
         plan = {'breadth': 3, 'depth': 2, 'init_temperature': 1.4}
         if most is not None:
@@ -462,7 +473,8 @@ def _prepare(
     expected = {str(r['example_id']): r['expected'] for r in dev_rows}
     scorer = build_metric(metric, task=ds.task, expected=expected, schema=baseline.output.get('schema'))
     teacher_version = _teacher(teacher, baseline, ds)
-    plan = _plan(name, limits, dict(options or {}), len(train_rows), len(dev_rows), seed)
+    scored_labels = baseline.output['kind'] == 'choice' and baseline.model.partition(':')[0] == 'local'
+    plan = _plan(name, limits, dict(options or {}), len(train_rows), len(dev_rows), seed, scored_labels=scored_labels)
     metric_key = getattr(metric, '__qualname__', scorer.name) if callable(metric) else scorer.name
     dataset_version = ds.version
     run_id = _run_id(

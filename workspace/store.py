@@ -81,6 +81,7 @@ class Answer(TypedDict):
     error: str | None
     answered_at: Any
     reused: bool
+    scores: dict[str, float] | None
 
 
 def request_hash(request: Mapping[str, Any]) -> str:
@@ -116,6 +117,7 @@ def _to_answer(row: Mapping[str, Any], reused: bool) -> Answer:
         error=row.get('error'),
         answered_at=row.get('answered_at'),
         reused=reused,
+        scores=response.get('scores'),
     )
 
 

@@ -16,7 +16,7 @@ import pandas as pd
 
 from udfs import render as render_udfs
 
-from . import audit_log, backends, store, tables
+from . import audit_log, backends, calibration, store, tables
 from .config import current_user, utc_now
 from .demos import DemoPolicy, check_policy, is_policy
 from .errors import LabelError, TemplateError, VersionError
@@ -49,6 +49,7 @@ class OutputSpec(TypedDict, total=False):
     kind: Literal['text', 'choice', 'json']
     labels: list[str]
     schema: dict[str, Any] | None
+    decode: calibration.Decode
 
 
 class Params(TypedDict, total=False):
@@ -79,8 +80,12 @@ def text() -> OutputSpec:
     return {'kind': 'text'}
 
 
-def choice(labels: Sequence[str]) -> OutputSpec:
+def choice(labels: Sequence[str], *, decode: calibration.Decode = 'mask') -> OutputSpec:
     """Return the output spec for one label out of `labels`; the embedded model is constrained to them.
+
+    `decode` is how the local model chooses: `'mask'` generates under a token mask, `'rank'` answers the label
+    with the highest log-likelihood, `'calibrated'` divides those by the content-free probabilities first (see
+    `workspace.calibration`).
 
     >>> choice(['BILLING', 'REFUND'])
     {'kind': 'choice', 'labels': ['BILLING', 'REFUND']}
@@ -88,7 +93,11 @@ def choice(labels: Sequence[str]) -> OutputSpec:
     labels = [str(label) for label in labels]
     if not labels or any(not label.strip() for label in labels) or len(set(labels)) != len(labels):
         raise VersionError(f'choice() needs distinct, non-empty labels; got {labels!r}')
-    return {'kind': 'choice', 'labels': labels}
+    calibration.check_decode(decode)
+    spec: OutputSpec = {'kind': 'choice', 'labels': labels}
+    if decode != 'mask':  # the default adds nothing: versions made before `decode` existed keep their hashes
+        spec['decode'] = decode
+    return spec
 
 
 def json_object(schema: Mapping[str, Any] | None = None) -> OutputSpec:
@@ -241,6 +250,7 @@ def _check(
         raise VersionError(
             f'output spec {dict(output)!r} is not valid; use ws.text(), ws.choice([...]) or ws.json_object()'
         )
+    calibration.check_decode(output.get('decode', 'mask'), model)
     for name, value in params.items():
         if name not in _PARAM_TYPES:
             raise VersionError(f'unknown param {name!r}; known params are: {", ".join(_PARAM_TYPES)}')
@@ -453,9 +463,9 @@ def parent_chain(version: Version | str) -> list[str]:
     return chain
 
 
-def _constraint(version: Version) -> dict[str, Any] | None:
+def _constraint(version: Version, demos: Sequence[Mapping[str, Any]] | None = None) -> dict[str, Any] | None:
     if version.output['kind'] == 'choice':
-        return {'choice': version.labels}
+        return calibration.choice_constraint(version, demos)
     if version.output['kind'] == 'json':
         return {'json_schema': version.output.get('schema')}
     return None
@@ -480,7 +490,7 @@ def build_request(
         'model_id': model_id or backends.model_identity(version.model),
         'params': dict(version.params),
         'prompt': prompt,
-        'constraint': _constraint(version),
+        'constraint': _constraint(version, demos),
     }
     request['hash'] = store.request_hash(request)
     return request
