@@ -103,7 +103,16 @@ def _claim(key: str, *, host: str, pid: int, age_s: float = 0.0) -> None:
 
     at = utc_now() - datetime.timedelta(seconds=age_s)
     tables.claims().insert(
-        [{'request_hash': key, 'owner': 'other-session', 'host': host, 'pid': pid, 'claimed_at': at, 'heartbeat_at': at}]
+        [
+            {
+                'request_hash': key,
+                'owner': 'other-session',
+                'host': host,
+                'pid': pid,
+                'claimed_at': at,
+                'heartbeat_at': at,
+            }
+        ]
     )
 
 

@@ -39,12 +39,14 @@ from .errors import (  # noqa: E402
 )
 from .evaluate import add_scorer, evaluate  # noqa: E402
 from .history import LineageGraph, lineage_graph  # noqa: E402
+from .judges import correctness_judge, create_judge, judge_run, rubric_judge  # noqa: E402
 from .labels import label_history, list_labels, rollback, set_label  # noqa: E402
 from .notebooks import NotebookRun, list_notebook_runs, run_notebook  # noqa: E402
 from .optimize import Budget, OptimizeResult, list_optimizations, list_trials, optimize  # noqa: E402
 from .prompt_diff import VersionDiff, diff_versions, render_diff_html, render_diff_text  # noqa: E402
 from .report import export_report  # noqa: E402
 from .runs import Run, Summary, get_run, lineage, list_runs  # noqa: E402
+from .samples import SampleReport, sample_report  # noqa: E402
 from .schedule import ScheduledEval, scheduled_eval, scheduled_history  # noqa: E402
 from .suggest import Suggestion, suggest  # noqa: E402
 from .versions import Version, choice, create_version, edit, get_version, json_object, list_versions, text  # noqa: E402
@@ -85,6 +87,13 @@ __all__ = [
     'lineage',
     'lineage_graph',
     'LineageGraph',
+    # judges and samples
+    'create_judge',
+    'correctness_judge',
+    'rubric_judge',
+    'judge_run',
+    'sample_report',
+    'SampleReport',
     # comparison
     'compare',
     'CompareView',

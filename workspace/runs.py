@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from . import metrics, store, tables
+from . import costs, metrics, samples, store, tables
 from .datasets import get_dataset
 from .errors import WorkspaceError
 from .reads import READS
@@ -49,6 +49,9 @@ class Run:
     started_at: datetime.datetime
     wall_s: float
     errors: int = 0
+    samples: int = 1
+    judge_calls: int = 0
+    cost_usd: float | None = None
 
     def replace(self, **changes: Any) -> Run:
         return dataclasses.replace(self, **changes)
@@ -136,6 +139,12 @@ class Run:
         """Return where the prediction and scores for one example of this run come from."""
         return lineage(self.version, self.dataset, example_id)
 
+    def sample_rows(self, k: int | None = None) -> pd.DataFrame:
+        """Return the run's samples, one row per (example, sample index) (see `evaluate(..., samples=k)`)."""
+        from .samples import sample_rows
+
+        return sample_rows(self, k)
+
     def _label_order(self, frame: pd.DataFrame) -> list[str]:
         labels = list(self.version.labels)
         seen = {str(e) for e in frame['expected']} | {p for p in _predicted(frame) if p is not None}
@@ -184,9 +193,12 @@ class Summary:
             ('dataset', f'{r.dataset} v{r.dataset_version}, split {r.split or "all"}, n = {r.n}'),
         ]
         for name, value in self.metrics.items():
-            rows.append((name, f'{value:.3f}' if isinstance(value, float) else str(value)))
+            if name.endswith('_usd'):
+                rows.append((name, f'${value:,.6f}'))
+            else:
+                rows.append((name, f'{value:.3f}' if isinstance(value, float) else str(value)))
         rows += [
-            ('model calls', str(r.calls)),
+            ('model calls', str(r.calls) + (f' (and {r.judge_calls} judge calls)' if r.judge_calls else '')),
             ('rows reused', str(r.reused)),
             ('errors', str(self.errors)),
             ('wall time', f'{r.wall_s:.2f} s'),
@@ -241,10 +253,25 @@ def summarize(run: Run, frame: pd.DataFrame | None = None) -> Summary:
     for column in ('latency_s', 'prompt_tokens', 'completion_tokens'):
         series = frame[column].dropna()
         values[f'mean_{column}'] = float(series.mean()) if len(series) else 0.0
-    notes = []
+    notes = _extras(run, frame, values)
     if errors:
         notes.append(f'{errors} of {len(frame)} rows have a model error; they count as wrong (see failures())')
     return Summary(run=run, metrics=values, errors=errors, per_category=per_cat, confusion=confusion, notes=notes)
+
+
+def _extras(run: Run, frame: pd.DataFrame, values: dict[str, Any]) -> list[str]:
+    """Add the run's cost in dollars and, with samples, pass@k, pass^k and agreement; return notes."""
+    notes = []
+    if run.samples > 1:
+        values.update(samples.sample_metrics(run))
+        frame = samples.sample_rows(run)
+    cost = costs.run_cost(costs.frame_costs(frame, run.version.model))
+    if cost is None:
+        notes.append(f'no price is known for {run.version.model}; its cost is not shown')
+    else:
+        values['cost_usd'] = cost
+        values['cost_per_row_usd'] = cost / max(run.n, 1)
+    return notes
 
 
 def _row_to_run(row: dict[str, Any]) -> Run:
@@ -260,6 +287,9 @@ def _row_to_run(row: dict[str, Any]) -> Run:
         started_at=row['started_at'],
         wall_s=row['wall_s'],
         errors=row['errors'],
+        samples=row.get('samples') or 1,
+        judge_calls=row.get('judge_calls') or 0,
+        cost_usd=row.get('cost_usd'),
     )
 
 
@@ -296,6 +326,9 @@ def list_runs(prompt: str | None = None, dataset: str | None = None) -> pd.DataF
             t.reused,
             t.errors,
             t.wall_s,
+            t.samples,
+            t.judge_calls,
+            t.cost_usd,
             t.metrics,
         )
         .order_by(t.started_at, asc=False)
