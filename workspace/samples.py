@@ -89,7 +89,7 @@ def write_samples(
             {
                 'version_id': version.id,
                 'example_id': example_id,
-                'sample': index,
+                'sample_index': index,
                 'request_hash': request['hash'],
                 'output': answer['text'],
                 'prediction': parse.parse(answer['text'], dict(version.output)),
@@ -107,8 +107,8 @@ def write_samples(
 def stored_samples(dataset: str, version_id: str) -> dict[tuple[str, int], str]:
     """Return the request hash of each stored sample of a version: (example id, sample index) to hash."""
     t = tables.samples(dataset)
-    rows = t.where(t.version_id == version_id).select(t.example_id, t.sample, t.request_hash).collect()
-    return {(r['example_id'], r['sample']): r['request_hash'] for r in rows}
+    rows = t.where(t.version_id == version_id).select(t.example_id, t.sample_index, t.request_hash).collect()
+    return {(r['example_id'], r['sample_index']): r['request_hash'] for r in rows}
 
 
 def _row_score(task: str, prediction: str | None, expected: Any, output_spec: Mapping[str, Any]) -> float:
@@ -126,7 +126,7 @@ def sample_rows(run: Any, k: int | None = None) -> pd.DataFrame:
     if k < 1 or k > run.samples:
         raise WorkspaceError(f'k={k} is outside 1..{run.samples}, the samples this run asked for')
     t = tables.samples(run.dataset)
-    frame = t.where((t.version_id == run.version.id) & (t.sample < k)).collect().to_pandas()
+    frame = t.where((t.version_id == run.version.id) & (t.sample_index < k)).collect().to_pandas()
     frame = frame[frame['example_id'].isin(set(run.example_ids))]
     if len(frame) < k * run.n:
         raise WorkspaceError(
@@ -137,7 +137,7 @@ def sample_rows(run: Any, k: int | None = None) -> pd.DataFrame:
 
     ds = get_dataset(run.dataset)
     expected = {row['example_id']: row['expected'] for row in ds.rows()}
-    frame = frame.sort_values(['example_id', 'sample']).reset_index(drop=True)
+    frame = frame.sort_values(['example_id', 'sample_index']).reset_index(drop=True)
     frame['expected'] = [expected.get(ex) for ex in frame['example_id']]
     frame['score'] = [
         _row_score(ds.task, None if pd.isna(p) else p, e, run.version.output)

@@ -517,7 +517,7 @@ def samples(dataset: str) -> pxt.Table:
         {
             'version_id': pxt.String,
             'example_id': pxt.String,
-            'sample': pxt.Int,
+            'sample_index': pxt.Int,
             'request_hash': pxt.String,
             'output': pxt.String | None,
             'prediction': pxt.String | None,
@@ -527,7 +527,7 @@ def samples(dataset: str) -> pxt.Table:
             'completion_tokens': pxt.Int | None,
             'answered_at': pxt.Timestamp | None,
         },
-        ['version_id', 'example_id', 'sample'],
+        ['version_id', 'example_id', 'sample_index'],
     )
 
 
