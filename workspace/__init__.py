@@ -15,6 +15,8 @@ import warnings
 warnings.filterwarnings('ignore', message='XDG_RUNTIME_DIR is not set')
 
 from .ab import ABReport, Assigner, ab_report, assign, log_outcome, log_outcomes  # noqa: E402
+from .agreement import Agreement, judge_agreement  # noqa: E402
+from .annotate import AnnotateView, add_annotation, annotate, annotations  # noqa: E402
 from .compare import (  # noqa: E402
     Promotion,
     VersionComparison,
@@ -94,6 +96,12 @@ __all__ = [
     'judge_run',
     'sample_report',
     'SampleReport',
+    'annotate',
+    'AnnotateView',
+    'add_annotation',
+    'annotations',
+    'judge_agreement',
+    'Agreement',
     # comparison
     'compare',
     'CompareView',
