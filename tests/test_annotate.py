@@ -101,6 +101,7 @@ ws.annotate(run, n=3, annotator='browser')
 
 def test_annotation_widget_in_jupyterlab(jupyterlab):
     from playwright.sync_api import sync_playwright
+
     import workspace as ws
 
     test_browser._ensure_chromium()

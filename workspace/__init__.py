@@ -43,6 +43,7 @@ from .evaluate import add_scorer, evaluate  # noqa: E402
 from .history import LineageGraph, lineage_graph  # noqa: E402
 from .judges import correctness_judge, create_judge, judge_run, rubric_judge  # noqa: E402
 from .labels import label_history, list_labels, rollback, set_label  # noqa: E402
+from .models import ModelComparison, evaluate_models  # noqa: E402
 from .notebooks import NotebookRun, list_notebook_runs, run_notebook  # noqa: E402
 from .optimize import Budget, OptimizeResult, list_optimizations, list_trials, optimize  # noqa: E402
 from .prompt_diff import VersionDiff, diff_versions, render_diff_html, render_diff_text  # noqa: E402
@@ -102,6 +103,8 @@ __all__ = [
     'annotations',
     'judge_agreement',
     'Agreement',
+    'evaluate_models',
+    'ModelComparison',
     # comparison
     'compare',
     'CompareView',

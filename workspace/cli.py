@@ -217,7 +217,16 @@ def _runs(args: argparse.Namespace) -> int:
 
     if args.scheduled:
         frame = scheduled_history(args.prompt)
-        columns = ['started_at', 'status', 'version_id', 'main_score', 'previous_score', 'calls', 'duration_s']
+        columns = [
+            'started_at',
+            'status',
+            'version_id',
+            'main_score',
+            'previous_score',
+            'calls',
+            'cost_usd',
+            'duration_s',
+        ]
     else:
         frame = list_notebook_runs(args.notebook)
         columns = ['started_at', 'notebook', 'status', 'duration_s', 'parameters', 'output_path']

@@ -8,6 +8,7 @@ import html
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 __all__ = [
@@ -49,14 +50,16 @@ def _ci(value: float, low: float, high: float, digits: int = 3) -> str:
 def format_usd(value: float | None) -> str:
     """Return dollars for people: n/a when unknown, $0 for free, else enough digits to see a per-row cost.
 
-    >>> format_usd(None), format_usd(0.0), format_usd(0.000123), format_usd(12.5)
-    ('n/a', '$0', '$0.000123', '$12.50')
+    >>> format_usd(None), format_usd(0.0), format_usd(0.0000171), format_usd(0.25), format_usd(12.5)
+    ('n/a', '$0', '$0.0000171', '$0.25', '$12.50')
     """
     if value is None or pd.isna(value):
         return 'n/a'
     if value == 0:
         return '$0'
-    return f'${value:,.2f}' if value >= 1 else f'${value:.3g}' if value >= 0.01 else f'${value:.6f}'.rstrip('0')
+    if value >= 1:
+        return f'${value:,.2f}'
+    return '$' + np.format_float_positional(value, precision=3, unique=False, fractional=False, trim='-')
 
 
 def render_sample_report(report: Any, *, limit: int = 50) -> str:

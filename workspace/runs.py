@@ -19,6 +19,7 @@ import pandas as pd
 
 from . import costs, metrics, samples, store, tables
 from .datasets import get_dataset
+from .eval_views import format_usd
 from .errors import WorkspaceError
 from .reads import READS
 from .versions import Version, get_version, parent_chain
@@ -194,7 +195,7 @@ class Summary:
         ]
         for name, value in self.metrics.items():
             if name.endswith('_usd'):
-                rows.append((name, f'${value:,.6f}'))
+                rows.append((name, format_usd(value)))
             else:
                 rows.append((name, f'{value:.3f}' if isinstance(value, float) else str(value)))
         rows += [
