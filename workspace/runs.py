@@ -19,8 +19,8 @@ import pandas as pd
 
 from . import costs, metrics, samples, store, tables
 from .datasets import get_dataset
-from .eval_views import format_usd
 from .errors import WorkspaceError
+from .eval_views import format_usd
 from .reads import READS
 from .versions import Version, get_version, parent_chain
 

@@ -14,7 +14,9 @@ import numpy as np
 import pandas as pd
 
 from . import metrics
+from .changelog import get_changelog
 from .compare import VersionComparison, prompts_for
+from .eval_views import render_changelog
 from .prompt_diff import diff_versions, render_diff_html
 from .runs import main_score_name
 
@@ -281,6 +283,12 @@ def render_prompt_diff(cmp: VersionComparison, candidate: str) -> str:
     return render_diff_html(diff_versions(cmp.version(cmp.baseline), cmp.version(candidate)))
 
 
+def _changelog_section(version_id: str) -> list[str]:
+    """Return the version's changelog (what changed from its parent, and what it did) if one was asked for."""
+    found = get_changelog(version_id)
+    return ['<h3>Changelog</h3>', render_changelog(found)] if found is not None else []
+
+
 def render_report(cmp: VersionComparison, *, title: str | None = None) -> str:
     """Render a standalone HTML document: summary, per-category table and chart, confusion matrices, and for
     each candidate its flips and prompt diff. It opens in any browser, without a kernel."""
@@ -301,6 +309,7 @@ def render_report(cmp: VersionComparison, *, title: str | None = None) -> str:
             continue
         parts += [
             f'<h2>{html.escape(candidate)} against {html.escape(cmp.baseline)}</h2>',
+            *_changelog_section(candidate),
             '<h3>Prompt diff</h3>',
             render_prompt_diff(cmp, candidate),
             '<h3>Flips</h3>',
