@@ -41,6 +41,7 @@ from .errors import (  # noqa: E402
     WorkspaceError,
 )
 from .evaluate import add_scorer, evaluate  # noqa: E402
+from .exports import export_run, export_runs, export_version, import_prompt  # noqa: E402
 from .history import LineageGraph, lineage_graph  # noqa: E402
 from .judges import correctness_judge, create_judge, judge_run, rubric_judge  # noqa: E402
 from .labels import label_history, list_labels, rollback, set_label  # noqa: E402
@@ -109,6 +110,11 @@ __all__ = [
     'changelog',
     'get_changelog',
     'Changelog',
+    # exports and imports
+    'export_run',
+    'export_runs',
+    'export_version',
+    'import_prompt',
     # comparison
     'compare',
     'CompareView',
