@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-SECTIONS = ['contract', 'compare', 'optimize']
+SECTIONS = ['contract', 'compare', 'optimize', 'judges']
 
 
 def _machine() -> str:

@@ -35,7 +35,12 @@ def _timed(fn: Any) -> tuple[Any, float]:
 
 def _frame(n: int) -> pd.DataFrame:
     if BANKING.is_file():
-        return pd.read_csv(BANKING).sample(n=n, random_state=0).reset_index(drop=True).rename(columns={'category': 'label'})
+        return (
+            pd.read_csv(BANKING)
+            .sample(n=n, random_state=0)
+            .reset_index(drop=True)
+            .rename(columns={'category': 'label'})
+        )
     tickets = pd.read_csv(ROOT / 'datasets' / 'support_tickets.csv')
     frame = pd.concat([tickets] * (n // len(tickets) + 1)).head(n).reset_index(drop=True)
     frame['text'] = [f'{t} (copy {i})' for i, t in enumerate(frame['text'])]
@@ -49,7 +54,11 @@ def _noop_and_compare(server: Any) -> list[str]:
     v1 = ws.create_version(
         'bench_store', template='A\nQuery: {{ text }}\nIntent:', model='openai:instant', output=ws.choice(labels)
     )
-    versions = [v1, ws.edit(v1, template='B\nQuery: {{ text }}\nIntent:'), ws.edit(v1, template='C\nQuery: {{ text }}\nIntent:')]
+    versions = [
+        v1,
+        ws.edit(v1, template='B\nQuery: {{ text }}\nIntent:'),
+        ws.edit(v1, template='C\nQuery: {{ text }}\nIntent:'),
+    ]
     _, fill = _timed(lambda: [ws.evaluate(v, data, progress=False) for v in versions])
     [ws.evaluate(v, data, progress=False) for v in versions]  # warm
     runs, noop = _timed(lambda: [ws.evaluate(v, data, progress=False) for v in versions])
@@ -69,7 +78,9 @@ def _concurrency(server: Any) -> list[str]:
     server.delay = 0.2
     for concurrency in (1, 8):
         os.environ['WORKSPACE_CONCURRENCY'] = str(concurrency)
-        data = ws.import_dataset(f'bench_slow_{concurrency}', frame, input='text', expected='label', split_ratios={'dev': 1.0})
+        data = ws.import_dataset(
+            f'bench_slow_{concurrency}', frame, input='text', expected='label', split_ratios={'dev': 1.0}
+        )
         v = ws.create_version(
             f'bench_slow_{concurrency}',
             template=f'{concurrency}\nQuery: {{{{ text }}}}\nIntent:',
@@ -78,7 +89,9 @@ def _concurrency(server: Any) -> list[str]:
         )
         run, wall = _timed(lambda: ws.evaluate(v, data, progress=False))
         target = '<= 4' if concurrency == 8 else '(serial, as promptfoo)'
-        lines.append(f'| 105 rows, server answers after 200 ms, concurrency {concurrency} ({run.calls} calls) | {wall:.2f} | {target} |')
+        lines.append(
+            f'| 105 rows, server answers after 200 ms, concurrency {concurrency} ({run.calls} calls) | {wall:.2f} | {target} |'
+        )
     os.environ.pop('WORKSPACE_CONCURRENCY')
     server.delay = 0.0
     return lines
@@ -100,8 +113,18 @@ def _determinism() -> list[str]:
     for reuse in (True, False):
         backend = backends.LocalBackend(backends._embedded_model_path(), reuse_prefix=reuse)
         backend.complete({'prompt': 'warm up', 'params': {'max_tokens': 1}})
-        forward, t1 = _timed(lambda b=backend: [b.complete({'prompt': p, 'params': {'max_tokens': 8}, 'constraint': constraint})['text'] for p in prompts])
-        backward, t2 = _timed(lambda b=backend: [b.complete({'prompt': p, 'params': {'max_tokens': 8}, 'constraint': constraint})['text'] for p in reversed(prompts)])
+        forward, t1 = _timed(
+            lambda b=backend: [
+                b.complete({'prompt': p, 'params': {'max_tokens': 8}, 'constraint': constraint})['text']
+                for p in prompts
+            ]
+        )
+        backward, t2 = _timed(
+            lambda b=backend: [
+                b.complete({'prompt': p, 'params': {'max_tokens': 8}, 'constraint': constraint})['text']
+                for p in reversed(prompts)
+            ]
+        )
         outputs[reuse] = (forward, list(reversed(backward)))
         times[reuse] = (t1 + t2) / (2 * len(prompts))
         backend.close()

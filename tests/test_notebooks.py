@@ -15,13 +15,14 @@ from conftest import CLI, ROOT
 NOTEBOOKS = sorted((ROOT / 'notebooks').glob('*.ipynb'))
 
 
-def test_there_are_five_notebooks():
+def test_there_are_six_notebooks():
     assert [p.name for p in NOTEBOOKS] == [
         '01_quickstart.ipynb',
         '02_iterate.ipynb',
         '03_optimize.ipynb',
         '04_diff_report.ipynb',
         '05_scheduled_eval.ipynb',
+        '06_judges_and_samples.ipynb',
     ]
 
 
@@ -129,3 +130,19 @@ def test_runs_started_in_the_same_millisecond_get_separate_files(tmp_path: Path)
     names = {p.name for p in paths}
     assert '05_scheduled_eval-030000.123.ipynb' in names and '05_scheduled_eval-030000.123-16.ipynb' in names
     assert all(p.parent == tmp_path / '2026-11-25' for p in paths)
+
+
+def test_judges_and_samples_notebook_under_papermill(ws, tiny_tickets):
+    """06 judges a run, checks the judge against a stand-in annotator, samples, and writes a changelog; run again,
+    it makes no model call."""
+    params = {'dataset_name': 'nb_judged', 'dataset_path': str(tiny_tickets), 'samples': 2, 'annotate_rows': 3}
+    _, book = _run('06_judges_and_samples.ipynb', **params)
+    text = _text(book)
+    assert 'judged_correct' in text and 'pw-annotate' in text and 'pw-agreement-table' in text
+    assert 'pass^2' in text and 'pw-changelog' in text
+    assert len(ws.annotations('nb_judged', annotator='reference')) == 6
+    first = ws.list_runs('judged_router')
+    _run('06_judges_and_samples.ipynb', **params)
+    again = ws.list_runs('judged_router')
+    newest = again[~again['run_id'].isin(first['run_id'])]
+    assert len(newest) == 2 and (newest['calls'] == 0).all() and (newest['judge_calls'] == 0).all()
