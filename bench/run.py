@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-SECTIONS = ['contract', 'compare', 'optimize', 'judges']
+SECTIONS = ['contract', 'compare', 'optimize', 'embedders', 'judges']
 
 
 def _machine() -> str:

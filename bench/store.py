@@ -87,7 +87,7 @@ def _concurrency(server: Any) -> list[str]:
             model='openai:slow',
             output=ws.choice(labels),
         )
-        run, wall = _timed(lambda: ws.evaluate(v, data, progress=False))
+        run, wall = _timed(lambda v=v, data=data: ws.evaluate(v, data, progress=False))
         target = '<= 4' if concurrency == 8 else '(serial, as promptfoo)'
         lines.append(
             f'| 105 rows, server answers after 200 ms, concurrency {concurrency} ({run.calls} calls) | {wall:.2f} | {target} |'
@@ -108,32 +108,30 @@ def _determinism() -> list[str]:
     )
     prompts = [f'{demos}Verse: {text}\nSentiment:' for text in dev[text_column].head(60)]
     constraint = {'choice': labels}
-    outputs = {}
-    times = {}
-    for reuse in (True, False):
-        backend = backends.LocalBackend(backends._embedded_model_path(), reuse_prefix=reuse)
+    outputs, times = {}, {}
+    modes = {
+        None: "llama.cpp's own prefix reuse",
+        64: 'the workspace: whole 64-token blocks reused, decoded in aligned blocks',
+        0: 'every prompt decoded from an empty context',
+    }
+    for block in modes:
+        backend = backends.LocalBackend(backends._embedded_model_path(), prefix_block=block)
         backend.complete({'prompt': 'warm up', 'params': {'max_tokens': 1}})
-        forward, t1 = _timed(
-            lambda b=backend: [
-                b.complete({'prompt': p, 'params': {'max_tokens': 8}, 'constraint': constraint})['text']
-                for p in prompts
+
+        def answers(order: list[str], b: backends.LocalBackend = backend) -> list[str]:
+            return [
+                b.complete({'prompt': p, 'params': {'max_tokens': 8}, 'constraint': constraint})['text'] for p in order
             ]
-        )
-        backward, t2 = _timed(
-            lambda b=backend: [
-                b.complete({'prompt': p, 'params': {'max_tokens': 8}, 'constraint': constraint})['text']
-                for p in reversed(prompts)
-            ]
-        )
-        outputs[reuse] = (forward, list(reversed(backward)))
-        times[reuse] = (t1 + t2) / (2 * len(prompts))
+
+        forward, t1 = _timed(lambda: answers(prompts))
+        backward, t2 = _timed(lambda: answers(prompts[::-1]))
+        outputs[block] = (forward, backward[::-1])
+        times[block] = (t1 + t2) / (2 * len(prompts))
         backend.close()
-    differ = {reuse: sum(a != b for a, b in zip(*outputs[reuse])) for reuse in outputs}
     return [
-        f'| embedded model, {len(prompts)} few-shot poem prompts, prefix reuse (llama.cpp default): ms per call | '
-        f'{1000 * times[True]:.0f} | answers that change with the order: {differ[True]} of {len(prompts)} |',
-        f'| the same, every prompt decoded from an empty context (the workspace): ms per call | '
-        f'{1000 * times[False]:.0f} | answers that change with the order: {differ[False]} of {len(prompts)} |',
+        f'| {what}: ms per call | {1000 * times[block]:.0f} | answers that change with the order: '
+        f'{sum(a != b for a, b in zip(*outputs[block]))} of {len(prompts)} |'
+        for block, what in modes.items()
     ]
 
 

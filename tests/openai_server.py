@@ -17,12 +17,15 @@ from typing import Any
 
 @dataclass
 class Canned:
-    """One scripted answer: status, JSON body, headers, and a delay before answering."""
+    """One scripted answer: status, JSON body (or `raw` bytes instead), headers, and a delay before answering;
+    `reset` closes the connection without answering."""
 
     status: int
     body: dict[str, Any]
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
+    raw: bytes | None = None
+    reset: bool = False
 
 
 def completion_body(text: str, model: str = 'fake-model') -> dict[str, Any]:
@@ -68,7 +71,14 @@ class OpenAICompatibleServer:
                 else:
                     canned = server.answer(body)
                 time.sleep(canned.delay)
-                data = json.dumps(canned.body).encode()
+                if canned.reset:  # a dropped connection: RST instead of an answer
+                    import socket
+                    import struct
+
+                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0))
+                    self.connection.close()
+                    return
+                data = canned.raw if canned.raw is not None else json.dumps(canned.body).encode()
                 try:
                     self.send_response(canned.status)
                     self.send_header('content-type', 'application/json')

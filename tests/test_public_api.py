@@ -30,7 +30,7 @@ def test_exported_name_has_docstring_and_is_in_readme(name):
     assert f'`{name}' in README, f'README.md does not document {name}'
 
 
-@pytest.mark.parametrize('module', ['udfs.render', 'udfs.parse', 'udfs.scores'])
+@pytest.mark.parametrize('module', ['udfs.render', 'udfs.parse', 'udfs.scores', 'udfs.embed'])
 def test_udf_modules_document_every_export(module):
     mod = importlib.import_module(module)
     for name in mod.__all__:

@@ -4,6 +4,7 @@ circuit breaker, model identity without credentials, and deterministic local ans
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -201,3 +202,34 @@ def test_settings_are_checked():
     finally:
         del os.environ['WORKSPACE_CONCURRENCY']
     assert settings().concurrency == 8
+
+
+@pytest.mark.parametrize(
+    'fault,message',
+    [
+        (Canned(200, {}, raw=b'{"choices": [ {"mess'), 'JSONDecodeError|Expecting|Unterminated|APIResponse'),
+        (Canned(200, {'unexpected': True}), 'without a choice'),
+        (Canned(500, {'error': {'message': 'boom'}}), 'InternalServerError'),
+        (Canned(0, {}, reset=True), 'APIConnectionError'),
+    ],
+)
+def test_a_faulty_answer_is_recorded_on_its_row_and_the_others_are_answered(server, monkeypatch, fault, message):
+    monkeypatch.setenv('WORKSPACE_CONCURRENCY', '1')
+    server.script = [fault]
+    batch = store.answer_many([(_request(f'f{i}'), (None, None, None)) for i in range(3)])
+    errors = [a['error'] for a in batch.answers.values() if a['error']]
+    assert len(errors) == 1 and re.search(message, errors[0]), errors
+    assert sorted(a['text'] for a in batch.answers.values() if a['text']) == ['ok:f1', 'ok:f2']
+
+
+def test_429_is_retried_after_the_servers_retry_after_or_a_backoff(server, monkeypatch):
+    monkeypatch.setenv('WORKSPACE_MAX_ATTEMPTS', '3')
+    monkeypatch.setenv('WORKSPACE_RETRY_BASE_DELAY', '0.05')
+    server.script = [
+        Canned(429, {'error': {'message': 'slow down'}}, {'retry-after': '0.3'}),
+        Canned(429, {'error': {'message': 'slow down'}}),
+    ]
+    started = time.perf_counter()
+    batch = store.answer_many([(_request('patient'), (None, None, None))])
+    assert next(iter(batch.answers.values()))['text'] == 'ok:patient' and len(server.received) == 3
+    assert time.perf_counter() - started >= 0.3  # it waited as the server asked

@@ -33,6 +33,7 @@ from .errors import (  # noqa: E402
     BackendError,
     ComparisonError,
     DatasetError,
+    EmbedderError,
     LabelError,
     OptimizeError,
     RegressionError,
@@ -162,4 +163,5 @@ __all__ = [
     'BackendError',
     'ComparisonError',
     'OptimizeError',
+    'EmbedderError',
 ]

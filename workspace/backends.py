@@ -24,7 +24,7 @@ import re
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypedDict
@@ -201,22 +201,30 @@ def _route_llama_log(llama_cpp: Any) -> None:
 class LocalBackend:
     """llama.cpp in-process: loads the GGUF once, decodes label outputs under a token mask, one request at a time.
 
-    Every request is decoded from an empty context. llama.cpp would otherwise reuse the previous prompt's cached
-    prefix, and decoding only the new suffix gives slightly different logits than decoding the whole prompt: the
-    same request could get another answer depending on what came before it (1 of 59 rows on poem_sentiment). A
-    store that keys answers by content must get the same answer in any order, so determinism wins over the prefix
-    reuse (its cost is in docs/benchmarks.md). `reuse_prefix=True` turns reuse back on, for benchmarks.
+    The same request gets the same answer whatever came before it. llama.cpp reuses the previous prompt's cached
+    prefix and decodes only the rest, and logits computed in another split of the prompt differ in the last bits:
+    a byte-identical prompt got another answer on 1 of 59 poem_sentiment rows depending on the order. So a prompt
+    is always decoded in blocks of `prefix_block` tokens from position 0, and only whole blocks of the previous
+    prompt are reused: every block is then computed from the same tokens, in the same shape, whatever came
+    before. `prefix_block=0` decodes every prompt from an empty context instead; `None` is llama.cpp's own reuse
+    (not deterministic; for benchmarks). Their costs are in docs/benchmarks.md.
     """
 
     def __init__(
-        self, path: Path, *, n_ctx: int = 4096, n_threads: int | None = None, reuse_prefix: bool = False
+        self,
+        path: Path,
+        *,
+        n_ctx: int = 4096,
+        n_threads: int | None = None,
+        prefix_block: int | None = 64,
     ) -> None:
         self.path = path
         self.n_ctx = n_ctx
         self.n_threads = n_threads or max(1, os.cpu_count() or 1)
-        self.reuse_prefix = reuse_prefix
+        self.prefix_block = prefix_block
         self.calls = 0
         self._llm: Any = None
+        self._prompt_tokens = 0  # the length of the last prompt: the tokens after it were generated one by one
         self._grammars: dict[str, Any] = {}
         self._tries: dict[tuple[str, ...], list[list[int]]] = {}
         self._lock = threading.Lock()
@@ -235,8 +243,14 @@ class LocalBackend:
                 ) from e
             _route_llama_log(llama_cpp)
             with _quiet_stderr():  # llama.cpp's Metal/CPU probes can still write to fd 2 directly
+                batch = {'n_batch': self.prefix_block, 'n_ubatch': self.prefix_block} if self.prefix_block else {}
                 self._llm = llama_cpp.Llama(
-                    model_path=str(self.path), n_ctx=self.n_ctx, n_threads=self.n_threads, seed=0, verbose=False
+                    model_path=str(self.path),
+                    n_ctx=self.n_ctx,
+                    n_threads=self.n_threads,
+                    seed=0,
+                    verbose=False,
+                    **batch,
                 )
             # Free the model before the interpreter tears down the modules its destructor needs.
             atexit.register(self.close)
@@ -295,6 +309,25 @@ class LocalBackend:
 
         return llama_cpp.LogitsProcessorList([allow_labels])
 
+    def _align(self, llm: Any, tokens: Sequence[int]) -> None:
+        """Keep only the whole blocks of the cached prompt that `tokens` start with (see the class docstring)."""
+        if self.prefix_block is None:
+            return
+        keep = 0
+        if self.prefix_block:
+            import numpy as np
+
+            cached = np.asarray(llm.input_ids[: min(llm.n_tokens, self._prompt_tokens)])
+            wanted = np.asarray(tokens[: len(cached)])
+            differs = np.flatnonzero(cached[: len(wanted)] != wanted)
+            common = int(differs[0]) if len(differs) else len(wanted)
+            keep = min(common, len(tokens) - 1) // self.prefix_block * self.prefix_block
+        if keep:
+            llm.n_tokens = keep  # generate() then reuses exactly these and decodes the rest in aligned blocks
+        else:
+            llm.reset()
+        self._prompt_tokens = len(tokens)
+
     def complete(self, request: Mapping[str, Any]) -> Completion:
         params = dict(request.get('params') or {})
         with self._lock:
@@ -303,10 +336,10 @@ class LocalBackend:
             mask = self._label_mask(llm, request.get('constraint'))
             start = time.perf_counter()
             self.calls += 1
-            if not self.reuse_prefix:
-                llm.reset()  # decode from an empty context: see the class docstring
+            tokens = llm.tokenize(request['prompt'].encode('utf-8'), add_bos=True, special=True)
+            self._align(llm, tokens)
             out = llm.create_completion(
-                prompt=request['prompt'],
+                prompt=tokens,
                 max_tokens=params.get('max_tokens', 64),
                 temperature=params.get('temperature', 0.0),
                 top_p=params.get('top_p', 1.0),

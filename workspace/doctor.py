@@ -48,6 +48,13 @@ def run_checks() -> Iterator[tuple[str, bool, str]]:
             'wheel was built for another CPU: delete ~/.cache/prompt-workspace/wheelhouse and run make install',
         )
     try:
+        from .embeddings import EMBEDDER_ID, embed
+
+        embed(['The capital of France is'])
+        yield 'embedder', True, EMBEDDER_ID
+    except Exception as e:
+        yield 'embedder', False, str(e)
+    try:
         config.connect()
         yield 'pixeltable', True, f'home {config.pixeltable_home()}'
     except Exception as e:

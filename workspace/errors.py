@@ -12,6 +12,7 @@ __all__ = [
     'ComparisonError',
     'OptimizeError',
     'RegressionError',
+    'EmbedderError',
 ]
 
 
@@ -49,3 +50,7 @@ class OptimizeError(WorkspaceError):
 
 class RegressionError(WorkspaceError):
     "A scheduled evaluation scored more than its threshold below the previous run with the same parameters."
+
+
+class EmbedderError(WorkspaceError):
+    "The offline text embedder is not installed, or its model files are not the pinned ones."
