@@ -140,7 +140,7 @@ def test_judges_and_samples_notebook_under_papermill(ws, tiny_tickets):
     text = _text(book)
     assert 'judged_correct' in text and 'pw-annotate' in text and 'pw-agreement-table' in text
     assert 'pass^2' in text and 'pw-changelog' in text
-    assert len(ws.annotations('nb_judged', annotator='reference')) == 6
+    assert len(ws.list_annotations('nb_judged', annotator='reference')) == 6
     first = ws.list_runs('judged_router')
     _run('06_judges_and_samples.ipynb', **params)
     again = ws.list_runs('judged_router')

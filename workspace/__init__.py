@@ -16,7 +16,7 @@ warnings.filterwarnings('ignore', message='XDG_RUNTIME_DIR is not set')
 
 from .ab import ABReport, Assigner, ab_report, assign, log_outcome, log_outcomes  # noqa: E402
 from .agreement import Agreement, judge_agreement  # noqa: E402
-from .annotate import AnnotateView, add_annotation, annotate, annotations  # noqa: E402
+from .annotate import AnnotateView, add_annotation, annotate, list_annotations  # noqa: E402
 from .changelog import Changelog, changelog, get_changelog  # noqa: E402
 from .compare import (  # noqa: E402
     Promotion,
@@ -103,7 +103,7 @@ __all__ = [
     'annotate',
     'AnnotateView',
     'add_annotation',
-    'annotations',
+    'list_annotations',
     'judge_agreement',
     'Agreement',
     'evaluate_models',

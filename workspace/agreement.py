@@ -39,14 +39,14 @@ __all__ = [
 Interval = tuple[float, float, float]
 
 
-def _binary(values: Sequence[Any], name: str) -> np.ndarray:
+def _binary(values: Sequence[Any] | np.ndarray, name: str) -> np.ndarray:
     array = np.asarray([bool(v) if not isinstance(v, str) else v == 'pass' for v in values], dtype=bool)
     if array.ndim != 1:
         raise ComparisonError(f'{name} must be a flat sequence of pass/fail verdicts')
     return array
 
 
-def cohen_kappa(human: Sequence[Any], judge: Sequence[Any]) -> float:
+def cohen_kappa(human: Sequence[Any] | np.ndarray, judge: Sequence[Any] | np.ndarray) -> float:
     """Return Cohen's kappa of two binary raters: (observed - chance agreement) / (1 - chance agreement); NaN
     when chance agreement is 1 (both raters gave one verdict only), as scikit-learn does.
 
@@ -255,17 +255,17 @@ def judge_agreement(
     """Judge the predictions people annotated (through the store: judged once, then read back) and return how
     the judge agrees with them: Cohen's kappa, TPR, TNR and accuracy with intervals.
 
-    `annotations` is a frame from `ws.annotations(...)` (all annotations when None). A prediction the judge could
+    `annotations` is a frame from `ws.list_annotations(...)` (all annotations when None). A prediction the judge could
     not read (an error, an unparsable answer) is left out and counted in the notes.
 
-    >>> agreement = ws.judge_agreement(ws.correctness_judge(), ws.annotations('support_tickets'))
+    >>> agreement = ws.judge_agreement(ws.correctness_judge(), ws.list_annotations('support_tickets'))
     """
-    from .annotate import annotations as read_annotations
+    from .annotate import list_annotations
     from .judges import judge_rows, judge_spec
 
     j = get_version(judge)
     judge_spec(j)
-    people = read_annotations() if annotations is None else annotations
+    people = list_annotations() if annotations is None else annotations
     if people.empty:
         raise WorkspaceError('there are no annotations to check the judge against; make some with ws.annotate(run)')
     parts = []

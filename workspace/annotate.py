@@ -30,7 +30,7 @@ __all__ = [
     'AnnotateView',
     'annotate',
     'add_annotation',
-    'annotations',
+    'list_annotations',
     'render_annotation_row',
 ]
 
@@ -67,18 +67,18 @@ def add_annotation(
         'run_id': run.run_id,
         'annotated_at': utc_now(),
     }
-    tables.upsert(tables.annotations(), [record])
+    tables.upsert(tables.annotations_table(), [record])
     return record
 
 
-def annotations(
+def list_annotations(
     dataset: str | None = None, *, version: str | None = None, annotator: str | None = None
 ) -> pd.DataFrame:
     """Return stored annotations (of a dataset, a version, an annotator), oldest first.
 
-    >>> ws.annotations('support_tickets', annotator='ana')
+    >>> ws.list_annotations('support_tickets', annotator='ana')
     """
-    t = tables.annotations()
+    t = tables.annotations_table()
     frame = t.order_by(t.annotated_at).collect().to_pandas()
     if frame.empty:
         return pd.DataFrame(columns=list(t.columns()))
@@ -98,7 +98,7 @@ class AnnotationSession:
         self.run = run
         self.annotator = annotator or current_user()
         frame = run.predictions()
-        done = annotations(run.dataset, version=run.version.id, annotator=self.annotator)
+        done = list_annotations(run.dataset, version=run.version.id, annotator=self.annotator)
         seen = set(done['example_id'])
         ids = list(frame['example_id'])
         random.Random(seed).shuffle(ids)

@@ -98,7 +98,8 @@ def _scorer_expr(table: pxt.Table, name: str, knobs: Mapping[str, Any]) -> Any:
 
 
 def _tier(table: pxt.Table, column: str) -> str:
-    meta = table.get_metadata()['columns'].get(column, {}).get('custom_metadata')
+    columns: dict[str, Any] = dict(table.get_metadata()['columns'])
+    meta = (columns.get(column) or {}).get('custom_metadata')
     if not isinstance(meta, dict) or not meta.get('scorer'):
         scorers = [
             c for c, m in table.get_metadata()['columns'].items() if (m.get('custom_metadata') or {}).get('scorer')
@@ -187,7 +188,7 @@ def add_scorer(
     if judge is not None:
         judges.judge_spec(judge)  # a version that is not a judge is refused here
         judges.check_judge_template(judge, ds)
-    name = column or (judge.prompt if judge is not None else scorer)
+    name = column or (judge.prompt if judge is not None else str(scorer))
     tier = 'judge' if judge is not None else scores.get_scorer(str(scorer)).tier if scorer in scores.SCORERS else ''
     if name in table.columns():
         if if_exists != 'replace':

@@ -458,7 +458,7 @@ __all__ += [
     'CHANGELOGS',
     'judgements',
     'samples',
-    'annotations',
+    'annotations_table',
     'changelogs',
     'add_missing_columns',
 ]
@@ -531,7 +531,7 @@ def samples(dataset: str) -> pxt.Table:
     )
 
 
-def annotations() -> pxt.Table:
+def annotations_table() -> pxt.Table:
     """One row per person's verdict on one prediction: who, when, pass or fail, and a note."""
     return _open_or_create(
         ANNOTATIONS,
