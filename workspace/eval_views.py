@@ -154,23 +154,35 @@ def _cost_chart(table: pd.DataFrame, metric: str) -> str:
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
 
-    costs = pd.to_numeric(table['cost_per_row_usd'], errors='coerce')
+    from matplotlib.ticker import FuncFormatter
+
+    costs = pd.to_numeric(table['cost_per_row_usd'], errors='coerce') * 1000  # per 1,000 rows: readable ticks
     known = costs[costs > 0]
     floor = float(known.min()) / 10 if len(known) else 1e-6
     x = costs.fillna(floor).clip(lower=floor)
-    fig, ax = plt.subplots(figsize=(6.0, 3.4))
-    ax.scatter(x, table[metric], s=60, color='#2563eb')
-    for version, xv, yv, cost in zip(table.index, x, table[metric], costs):
-        tag = ' (free)' if cost == 0 else ' (cost n/a)' if pd.isna(cost) else ''
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    for i, (version, xv, yv, cost) in enumerate(zip(table.index, x, table[metric], costs)):
+        free, unknown = cost == 0, pd.isna(cost)
+        color = '#9ca3af' if unknown else '#16a34a' if free else '#2563eb'
+        ax.scatter([xv], [yv], s=60, color=color, marker='x' if unknown else 'o', zorder=3)
+        tag = ' (free)' if free else ' (cost n/a)' if unknown else ''
         ax.annotate(
-            f'{table.loc[version, "model"]}{tag}', (xv, yv), textcoords='offset points', xytext=(6, 4), fontsize=8
+            f'{table.loc[version, "model"]}{tag}',
+            (xv, yv),
+            textcoords='offset points',
+            xytext=(6, 6 if i % 2 == 0 else -12),
+            fontsize=8,
+            color='#374151',
         )
     if len(known) and known.max() / floor > 50:
         ax.set_xscale('log')
-    ax.set_xlabel('cost per row, US dollars')
+    else:
+        ax.set_xlim(left=0, right=float(x.max()) * 1.3)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f'${v:.3g}'))
+    ax.set_xlabel('cost per 1,000 rows, US dollars')
     ax.set_ylabel(metric)
     ax.set_ylim(-0.05, 1.05)
-    ax.set_title('quality against cost: up and to the left is better', fontsize=9)
+    ax.set_title('quality against cost: up and to the left is better (free: green, unknown: grey)', fontsize=8)
     buffer = io.BytesIO()
     fig.savefig(buffer, format='png', dpi=90, bbox_inches='tight')
     plt.close(fig)
