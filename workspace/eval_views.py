@@ -153,7 +153,6 @@ def _cost_chart(table: pd.DataFrame, metric: str) -> str:
 
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-
     from matplotlib.ticker import FuncFormatter
 
     costs = pd.to_numeric(table['cost_per_row_usd'], errors='coerce') * 1000  # per 1,000 rows: readable ticks
