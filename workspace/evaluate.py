@@ -189,19 +189,29 @@ def add_scorer(
         judges.judge_spec(judge)  # a version that is not a judge is refused here
         judges.check_judge_template(judge, ds)
     name = column or (judge.prompt if judge is not None else str(scorer))
-    tier = 'judge' if judge is not None else scores.get_scorer(str(scorer)).tier if scorer in scores.SCORERS else ''
+    if judge is not None:
+        tier = 'judge'
+    else:
+        try:
+            tier = scores.get_scorer(str(scorer)).tier
+        except KeyError as e:
+            raise WorkspaceError(e.args[0]) from None
+    if only_if is not None:  # checked before anything changes: a refused call loses nothing
+        _check_gate(table, only_if, tier)
+    meta: dict[str, Any] = {'tier': tier, 'only_if': only_if, 'only_if_min': only_if_min}
+    wanted = {'scorer': 'judge', 'judge': judge.id, **meta} if judge is not None else None
     if name in table.columns():
         if if_exists != 'replace':
             raise WorkspaceError(
                 f'evaluations of {ds.name!r} already have a column {name!r}; pass column=... to name another, or '
                 "if_exists='replace' to point it at this scorer"
             )
+        current = table.get_metadata()['columns'][name].get('custom_metadata')
+        if wanted is not None and current == wanted:
+            return name  # already this judge: its scores stay
         table.drop_column(name)
-    if only_if is not None:
-        _check_gate(table, only_if, tier or scores.get_scorer(str(scorer)).tier)
-    meta: dict[str, Any] = {'tier': tier, 'only_if': only_if, 'only_if_min': only_if_min}
     if judge is not None:
-        spec = {'type': pxt.Float | None, 'custom_metadata': {'scorer': 'judge', 'judge': judge.id, **meta}}
+        spec = {'type': pxt.Float | None, 'custom_metadata': wanted}
         table.add_column(**{name: spec})
         return name
     expr = _scorer_expr(table, str(scorer), knobs)
