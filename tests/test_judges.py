@@ -80,6 +80,11 @@ def test_only_if_gates_the_judge_on_a_cheaper_scorer(ws, tiny, local):
         ws.add_scorer(tiny, judge, column='caps')
     with pytest.raises(ws.VersionError, match=r'router:v1 is not a judge'):
         ws.add_scorer(tiny, v1, column='not_a_judge')
+    with pytest.raises(ws.WorkspaceError, match=r"only_if='caps' is a judge scorer"):
+        ws.add_scorer(tiny, 'exact_match', column='caps', only_if='caps', if_exists='replace')
+    # a refused replacement lost nothing, and pointing the column at the same judge keeps its scores
+    assert ws.add_scorer(tiny, judge, column='caps', only_if='exact_match', if_exists='replace') == 'caps'
+    assert list(run.predictions()['caps']) == list(frame['caps'])
     # a cheaper scorer gated on another: normalized_match counts only where exact_match passed
     ws.add_scorer(tiny, 'normalized_match', column='gated_norm', only_if='exact_match')
     frame = ws.evaluate(v1, tiny, 'dev', progress=False).predictions()
