@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 # Before anything imports Pixeltable: it reads its home once per process.
-os.environ['PIXELTABLE_HOME'] = tempfile.mkdtemp(prefix='pw-test-pxt-')
+SESSION_HOME = Path(tempfile.mkdtemp(prefix='pw-test-pxt-'))
+os.environ['PIXELTABLE_HOME'] = str(SESSION_HOME)
 os.environ.setdefault('LITELLM_LOCAL_MODEL_COST_MAP', 'True')
 for name in ('GROQ_API_KEY', 'GROQ_BASE_URL', 'OPENAI_API_KEY', 'OPENAI_BASE_URL'):
     os.environ.pop(name, None)
@@ -63,18 +64,42 @@ def tiny_tickets(tmp_path: Path) -> Path:
     return path
 
 
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Stop the session's embedded PostgreSQL server so test runs do not leave servers behind."""
-    try:
-        from pixeltable.env import Env
+def stop_postgres_servers(under: list[Path]) -> list[int]:
+    """Stop every PostgreSQL server whose data directory is under one of the folders `under`; return their pids.
 
-        env = Env._instance
-        server = env._db_server if env is not None else None
-        if server is not None:
-            server.cleanup_mode = 'stop'
-            server._cleanup()
-    except Exception:
-        pass
+    A fast shutdown (SIGINT to the postmaster), then SIGKILL for any still running after 15 s.
+    """
+    import signal
+
+    import psutil
+
+    roots = [root.resolve() for root in under]
+    servers = []
+    for process in psutil.process_iter(['name', 'cmdline']):
+        cmdline = process.info['cmdline'] or []
+        if process.info['name'] != 'postgres' or '-D' not in cmdline[:-1]:
+            continue
+        data = Path(cmdline[cmdline.index('-D') + 1]).resolve()
+        if any(data.is_relative_to(root) for root in roots):
+            try:
+                process.send_signal(signal.SIGINT)
+                servers.append(process)
+            except psutil.NoSuchProcess:
+                pass
+    _, alive = psutil.wait_procs(servers, timeout=15)
+    for process in alive:
+        process.kill()
+    return [p.pid for p in servers]
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Stop every PostgreSQL server the session started: its Pixeltable home's, and any that a test's child
+    process left in one of the session's temporary folders."""
+    folders = [SESSION_HOME]
+    factory = getattr(session.config, '_tmp_path_factory', None)
+    if factory is not None:
+        folders.append(factory.getbasetemp())
+    stop_postgres_servers(folders)
 
 
 TINY_LABELS = {

@@ -20,6 +20,7 @@ from conftest import ROOT
 from openai_server import Canned, OpenAICompatibleServer, completion_body
 
 from workspace.errors import OptimizeError
+from workspace.metrics import split_metric
 from workspace.optimize import list_optimizations, optimize
 
 LABELS = ['BILLING', 'DELIVERY', 'TECHNICAL']
@@ -79,6 +80,7 @@ def _content(version):
         ('bootstrap_random_search', {'max_candidates': 3}, None),
         ('mipro_v2', {'max_candidates': 4}, {'data_aware_proposer': False, 'max_bootstrapped_demos': 2}),
         ('copro', {'max_candidates': 3}, None),
+        ('knn_fewshot', None, {'k': [2, 3]}),
     ],
 )
 def test_optimizer_makes_a_version_with_lineage_and_trials(ws, tiny, local, optimizer, budget, options):
@@ -91,16 +93,20 @@ def test_optimizer_makes_a_version_with_lineage_and_trials(ws, tiny, local, opti
     )
     assert calls == res.calls <= res.requests and res.stopped_by is None and res.errors == 0
 
-    # the winner is a new version whose parent is the baseline; the baseline is unchanged
-    best = res.best
+    # the top candidate is a new version whose parent is the baseline; the baseline is unchanged. With 6 dev rows
+    # no candidate can be better by the paired test at p < 0.1, so the baseline stays `best`, and the result says so.
+    best = res.candidate
+    assert res.best.id == v1.id and not res.accepted and res.decision.startswith(f'kept {v1.id}: the best candidate')
     assert best.id != v1.id and best.parent_id == v1.id and best.prompt == v1.prompt
     assert _content(ws.get_version(v1.id)) == before
     meta = best.meta
     assert meta['optimizer'] == optimizer and meta['optimizer_run_id'] == res.run_id and meta['seed'] == 0
     assert meta['train'] == {'dataset': 'tiny', 'split': 'train', 'dataset_version': tiny.version, 'n': 6}
     assert meta['dev'] == {'dataset': 'tiny', 'split': 'dev', 'dataset_version': tiny.version, 'n': 6}
-    assert meta['dev_score'] == res.best_score and meta['baseline_score'] == res.baseline_score
-    assert meta['calls'] == res.calls and meta['requests'] == res.requests and meta['metric'] == 'accuracy'
+    assert (
+        meta['baseline_score'] == res.baseline_score and meta['accepted'] is False and meta['decision'] == res.decision
+    )
+    assert meta['calls'] == res.calls and meta['requests'] == res.requests and meta['metric'] == 'macro_f1'
     assert meta['tokens'] >= 0 and meta['wall_s'] > 0 and isinstance(meta['config'], dict)
 
     # one trials row per candidate evaluation, the baseline first, the winner's content and scores among them
@@ -109,16 +115,23 @@ def test_optimizer_makes_a_version_with_lineage_and_trials(ws, tiny, local, opti
     assert trials.loc[0, 'kind'] == 'baseline' and trials.loc[0, 'dev_score'] == res.baseline_score
     assert set(trials['status']) == {'ok'} and set(trials['parent_id']) == {v1.id}
     assert (trials['scope'] == 'dev').sum() >= 2 and (trials['calls'] <= trials['requests']).all()
-    won = trials.set_index('trial').loc[res.best_trial]
-    assert won['dev_score'] == res.best_score and won['template'] == best.template
+    won = trials.set_index('trial').loc[meta['trial']]
+    assert won['dev_score'] == meta['dev_score'] and won['template'] == best.template
     assert won['instructions'] == best.instructions and won['demos'] == best.demos
-    assert set(won['example_scores']) == {r['example_id'] for r in tiny.rows('dev')}
-    assert sum(won['example_scores'].values()) / 6 == pytest.approx(res.best_score)
-    assert res.run_id in repr(res) and best.id in str(res)
+    assert set(won['example_predictions']) == {r['example_id'] for r in tiny.rows('dev')}
+    dev = tiny.rows('dev')
+    f1 = split_metric(
+        'macro_f1', [r['expected'] for r in dev], [won['example_predictions'][r['example_id']] for r in dev]
+    )
+    assert (
+        won['dev_score'] == pytest.approx(f1)
+        and meta['dev_score'] >= trials['dev_score'].dropna().iloc[1:].max() - 1e-9
+    )
+    assert res.run_id in repr(res) and res.decision in str(res)
 
     # the optimizer scored the winner with the very requests an evaluation sends: evaluating it costs nothing
     run, calls = _calls(local, lambda: ws.evaluate(best, tiny, 'dev', progress=False))
-    assert calls == 0 and run.summary().metrics['accuracy'] == pytest.approx(res.best_score)
+    assert calls == 0 and run.summary().metrics['macro_f1'] == pytest.approx(meta['dev_score'])
     # each of its requests traces back to the optimizer run and trial that first asked it
     asked_by = run.lineage('a1')['first_requested_by']
     assert asked_by['version'].startswith('opt-') and '/t' in asked_by['version']
@@ -126,12 +139,13 @@ def test_optimizer_makes_a_version_with_lineage_and_trials(ws, tiny, local, opti
 
     # the run is listed with its outcome
     runs = list_optimizations(v1.prompt).set_index('run_id')
-    assert runs.loc[res.run_id, 'status'] == 'done' and runs.loc[res.run_id, 'best_version_id'] == best.id
+    assert runs.loc[res.run_id, 'status'] == 'done' and runs.loc[res.run_id, 'best_version_id'] == v1.id
+    assert runs.loc[res.run_id, 'decision'] == res.decision
 
 
 def test_a_template_without_demos_gets_a_demo_loop(ws, tiny, v1, local):
     res = optimize(v1, tiny, optimizer='labeled_fewshot', progress=False)
-    best = res.best
+    best = res.candidate
     assert len(best.demos) == 4 and 'demos' in best.template and best.template.endswith(TEMPLATE)
     demo = best.demos[0]
     prompt = best.render({'text': 'Where is my parcel?'})
@@ -139,7 +153,7 @@ def test_a_template_without_demos_gets_a_demo_loop(ws, tiny, v1, local):
     assert prompt.endswith('Ticket: Where is my parcel?\nCategory:')
     # same arguments, same run: no call, no new trials, the same version
     again, calls = _calls(local, lambda: optimize(v1, tiny, optimizer='labeled_fewshot', progress=False))
-    assert calls == 0 and again.run_id == res.run_id and again.best.id == best.id
+    assert calls == 0 and again.run_id == res.run_id and again.candidate.id == best.id
     assert len(again.trials) == len(res.trials)
 
 
@@ -150,9 +164,9 @@ def test_budget_stops_the_run_with_the_best_trial_so_far(ws, tiny):
     assert 'stopped by max_calls' in repr(res)
     trials = res.trials
     scored = trials[trials['scope'] == 'dev'].dropna(subset=['dev_score'])
-    best = scored.sort_values(['dev_score', 'trial'], ascending=[False, True]).iloc[0]
-    assert res.best_trial == best['trial'] and res.best_score == best['dev_score']
-    assert res.best.meta['stopped_by'] == 'max_calls'
+    best = scored.iloc[1:].sort_values(['dev_score', 'trial'], ascending=[False, True]).iloc[0]
+    assert res.candidate.meta['trial'] == best['trial'] and res.candidate.meta['dev_score'] == best['dev_score']
+    assert res.candidate.meta['stopped_by'] == 'max_calls'
     runs = list_optimizations('budgeted').set_index('run_id')
     assert runs.loc[res.run_id, 'status'] == 'stopped' and runs.loc[res.run_id, 'stopped_by'] == 'max_calls'
 
@@ -215,7 +229,9 @@ def test_teacher_proposes_the_instruction_a_student_adopts(ws, tiny, local, monk
         )
         res, student_calls = _calls(
             local,
-            lambda: optimize(misled, tiny, optimizer='gepa', teacher='openai:fake', budget={'max_candidates': 3}),
+            lambda: optimize(
+                misled, tiny, optimizer='gepa', teacher='openai:fake', budget={'max_candidates': 3}, margin=0.1
+            ),
         )
         assert res.best.parent_id == misled.id and res.best.instructions == TEACHER_INSTRUCTION
         assert res.best_score > res.baseline_score and res.best.meta['teacher'] == 'openai:fake'
@@ -232,7 +248,9 @@ def test_teacher_proposes_the_instruction_a_student_adopts(ws, tiny, local, monk
     [
         ({'optimizer': 'mipro'}, r"unknown optimizer 'mipro'. Did you mean 'mipro_v2'\? Known optimizers: label"),
         ({'train': 'test'}, r"no examples in split 'test'.*pass train= and dev= naming splits with examples"),
-        ({'metric': 'acuracy'}, r"unknown scorer 'acuracy'.*or accuracy, or pass a function"),
+        ({'metric': 'acuracy'}, r"unknown scorer 'acuracy'.*or accuracy, macro_f1, balanced_accuracy, or pass a func"),
+        ({'alpha': 1.5}, r'alpha=1.5 and margin=None: give 0 < alpha < 1'),
+        ({'test': 'holdout'}, r"test='holdout': dataset 'tiny' has splits dev, train; or test=None"),
         ({'metric': 'regex_match'}, r"scorer 'regex_match' needs knobs"),
         ({'budget': {'max_calls': 0}}, r'budget max_calls=0 is not valid; give a whole number above 0'),
         ({'budget': {'max_minutes': 'soon'}}, r"budget max_minutes='soon' is not valid; give a number of minutes"),
@@ -272,10 +290,11 @@ def test_metric_for_text_tasks_and_as_a_function(ws, local):
         task='text',
     )
     res = optimize(writer, small, optimizer='labeled_fewshot', metric=shorter_is_better, options={'k': 1})
-    assert res.metric == 'shorter_is_better' and 0 < res.best_score <= 1
-    run = ws.evaluate(res.best, small, 'dev', progress=False)
+    assert res.metric == 'shorter_is_better' and 0 < res.candidate.meta['dev_score'] <= 1
+    run = ws.evaluate(res.candidate, small, 'dev', progress=False)
     outputs = run.predictions()['prediction']
-    assert res.best_score == pytest.approx(sum(1 / (1 + len(o or '')) for o in outputs) / len(outputs))
+    expected = sum(1 / (1 + len(o or '')) for o in outputs) / len(outputs)
+    assert res.candidate.meta['dev_score'] == pytest.approx(expected)
 
 
 RESUME = {'optimizer': 'bootstrap_random_search', 'budget': {'max_candidates': 4}, 'seed': 3, 'progress': False}
@@ -326,6 +345,46 @@ def test_killed_run_resumes_without_repeating_a_call(ws, tiny, local):
     assert calls == res.calls == store.count() - rows_before == len(after - before) == len(first) - len(before)
     assert after == first
     # and it ends where the uninterrupted run ended, with the same trials, recorded once
-    assert res.run_id == reference.run_id and res.best.id == reference.best.id
-    assert _content(res.best) == _content(reference.best) and res.best_score == reference.best_score
+    assert res.run_id == reference.run_id and res.candidate.id == reference.candidate.id
+    assert _content(res.candidate) == _content(reference.candidate) and res.decision == reference.decision
     assert res.trials[['trial', 'candidate', 'dev_score']].equals(reference_trials)
+
+
+IMBALANCED = [
+    ('d1', 'I was charged twice for the same order.', 'BILLING', 'dev'),
+    ('d2', 'My card was billed but the invoice shows the wrong amount.', 'BILLING', 'dev'),
+    ('d3', 'Why is there an extra fee on my statement?', 'BILLING', 'dev'),
+    ('d4', 'I paid with PayPal but was charged on my card too.', 'BILLING', 'dev'),
+    ('d5', 'The refund for my cancelled order never reached my account.', 'BILLING', 'dev'),
+    ('d6', 'You took the payment two times this month.', 'BILLING', 'dev'),
+    ('d7', 'The price I paid is higher than the one on the receipt.', 'BILLING', 'dev'),
+    ('d8', 'The parcel has not arrived and tracking has not moved for a week.', 'DELIVERY', 'dev'),
+    ('d9', 'The courier left my package at the wrong address.', 'DELIVERY', 'dev'),
+    ('d10', 'My order says delivered but nothing came.', 'DELIVERY', 'dev'),
+    ('t1', 'I was billed for a subscription I cancelled.', 'BILLING', 'train'),
+    ('t2', 'The invoice charges me VAT twice.', 'BILLING', 'train'),
+    ('t3', 'My bank statement shows a charge I do not recognise.', 'BILLING', 'train'),
+    ('t4', 'I got charged a late fee although I paid on time.', 'BILLING', 'train'),
+]
+
+
+def test_a_candidate_that_answers_the_majority_everywhere_is_refused_and_explained(ws, local):
+    """Dev is 7 BILLING to 3 DELIVERY and train holds only BILLING tickets, so a candidate whose demos are all
+    BILLING answers BILLING on every row: best on accuracy (0.7), worst on macro-F1. It must not win."""
+    rows = [{'id': i, 'text': t, 'category': c, 'split': s} for i, t, c, s in IMBALANCED]
+    data = ws.import_dataset('imbalanced', rows, input='text', expected='category', split='split', id='id')
+    v = ws.create_version('imbalanced', template=TEMPLATE, output=ws.choice(['BILLING', 'DELIVERY']))
+    res = optimize(v, data, optimizer='labeled_fewshot', metric='accuracy', options={'k': 4}, progress=False)
+    trials = res.trials.set_index('trial')
+    candidate = trials[trials['kind'] != 'baseline'].iloc[0]
+    assert set(candidate['example_predictions'].values()) == {'BILLING'}
+    assert 'predicts BILLING on 10 of 10 rows; expected share 70%' in candidate['flags']
+    assert res.best.id == v.id and res.candidate is None and not res.accepted
+    assert 'refused as degenerate' in res.decision and 'predicts BILLING on 10 of 10 rows' in res.decision
+    # the summary of an evaluation of that candidate warns in words, too
+    collapsed = ws.edit(v, template=res.trials.iloc[-1]['template'], demos=res.trials.iloc[-1]['demos'])
+    notes = ws.evaluate(collapsed, data, 'dev', progress=False).summary().notes
+    assert any('predicts BILLING on 10 of 10 rows; expected share 70%' in n for n in notes)
+    # by macro-F1, the default for labels, the same candidate scores (2 * 7 / 17 + 0) / 2: the metric sees the collapse
+    by_f1 = optimize(v, data, optimizer='labeled_fewshot', options={'k': 4}, progress=False)
+    assert by_f1.metric == 'macro_f1' and by_f1.trials['dev_score'].iloc[-1] == pytest.approx(7 / 17)

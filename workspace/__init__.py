@@ -29,6 +29,7 @@ from .compare import (  # noqa: E402
     significance,
 )
 from .datasets import Dataset, get_dataset, import_dataset, list_datasets  # noqa: E402
+from .demos import DemoPolicy, nearest  # noqa: E402
 from .errors import (  # noqa: E402
     BackendError,
     ComparisonError,
@@ -76,6 +77,8 @@ __all__ = [
     'text',
     'choice',
     'json_object',
+    'nearest',
+    'DemoPolicy',
     # labels
     'set_label',
     'rollback',

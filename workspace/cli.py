@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from . import config
 from .errors import WorkspaceError
 
 __all__ = ['main', 'build_parser']
@@ -69,6 +70,12 @@ def _init(args: argparse.Namespace) -> int:
 def _import(args: argparse.Namespace) -> int:
     from .datasets import import_dataset
 
+    rename = {}
+    for pair in args.rename:
+        old, sep, new = pair.partition('=')
+        if not sep or not old or not new:
+            raise WorkspaceError(f'--rename {pair!r} is not OLD=NEW, e.g. --rename Split=split_src')
+        rename[old] = new
     data = import_dataset(
         args.name,
         args.path,
@@ -78,6 +85,7 @@ def _import(args: argparse.Namespace) -> int:
         id=args.id,
         task=args.task,
         seed=args.seed,
+        rename=rename,
         if_exists='replace' if args.replace else 'error',
     )
     print(f'{data!r}; splits: {data.splits()}')
@@ -378,6 +386,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--task', choices=['choice', 'text', 'json'], help='default: inferred from the expected values')
     p.add_argument('--seed', type=int, default=0, help='seed of the split made on import')
     p.add_argument('--replace', action='store_true', help='replace a dataset of that name (drops its evaluations)')
+    p.add_argument(
+        '--rename',
+        action='append',
+        default=[],
+        metavar='OLD=NEW',
+        help='rename a source column first (repeat), e.g. a column named like a reserved one: --rename Split=split_src',
+    )
 
     p = _command(
         commands,
@@ -585,7 +600,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.extra = extra
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format='%(levelname)s %(message)s')
     try:
-        return int(args.func(args))
+        # An embedded PostgreSQL server this command starts is stopped when it exits; one that was running before
+        # (a notebook kernel's, or `prompt-workspace lab`'s) is left alone.
+        with config.stop_server_it_starts():
+            return int(args.func(args))
     except WorkspaceError as e:
         if args.verbose:
             raise

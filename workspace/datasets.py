@@ -15,7 +15,6 @@ import io
 import json
 import logging
 import re
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ import pixeltable as pxt
 from . import tables
 from .errors import DatasetError
 from .reads import READS
+from .recovery import Owner, pause_point
 
 __all__ = ['Dataset', 'Task', 'import_dataset', 'get_dataset', 'list_datasets', 'DEFAULT_SPLIT_RATIOS']
 
@@ -36,7 +36,16 @@ Task = Literal['choice', 'text', 'json']
 Source: TypeAlias = 'str | Path | pd.DataFrame | Sequence[Mapping[str, Any]]'
 
 DEFAULT_SPLIT_RATIOS: dict[str, float] = {'train': 0.6, 'dev': 0.2, 'test': 0.2}
-_RESERVED = {'example_id', 'expected', 'split', 'demos', 'labels', 'instructions'}
+#: Names a stored input or extra column may not take (compared in lower case, as Pixeltable stores them): the
+#: internal columns and the template variables every version has.
+_RESERVED = {
+    'example_id': 'the example id',
+    'expected': 'the expected output',
+    'split': 'the split',
+    'demos': "the template variable of a version's demos",
+    'labels': "the template variable of a version's labels",
+    'instructions': "the template variable of a version's instructions",
+}
 _NAME = re.compile(r'^[A-Za-z][A-Za-z0-9_]{0,63}$')
 _IDENT = re.compile(r'^[A-Za-z_][A-Za-z0-9_]*$')
 
@@ -65,26 +74,108 @@ def _decode(path: Path, data: bytes) -> str:
         ) from None
 
 
+# Python's csv module in strict mode, with checks of our own. It reports the physical line of every record, so a
+# message can name the line where a bad value starts, and it lets us see which records span lines. pandas and
+# pyarrow, tried on the same files, silently merge the lines a stray quote swallows, and rename (pandas: `text.1`)
+# or drop (pyarrow) a repeated header name.
+_CSV_FIELD_LIMIT = csv.field_size_limit()  # 128 KiB: a longer value is nearly always a quote that never closed
+
+
+class _Lines:
+    """The lines of a text, remembering those the csv reader took for the record it is reading."""
+
+    def __init__(self, text: str) -> None:
+        self._lines = iter(io.StringIO(text, newline=''))
+        self.taken: list[str] = []
+
+    def __iter__(self) -> _Lines:
+        return self
+
+    def __next__(self) -> str:
+        line = next(self._lines)
+        self.taken.append(line)
+        return line
+
+
+def _is_complete_row(line: str, width: int) -> bool:
+    return len(next(csv.reader([line.rstrip('\r\n')], quoting=csv.QUOTE_NONE), [])) == width
+
+
+def _csv_error(origin: str, start: int, end: int, message: str) -> DatasetError:
+    if 'field larger than field limit' in message:
+        return DatasetError(
+            f'{origin}: line {start} has a value longer than {_CSV_FIELD_LIMIT // 1024} KiB. Usually a quote at line '
+            f'{start} opens a value that never closes and takes in the lines after it: check the quotes there. A '
+            'value that really is this long belongs in a JSONL file (one JSON object per line)'
+        )
+    if 'unexpected end of data' in message:
+        return DatasetError(
+            f'{origin}: line {start} opens a quoted value that never closes (the file ends inside it); close the '
+            'quote, or write a quote that is part of the text as two quotes ("")'
+        )
+    if 'expected after' in message:
+        opened = f' (the value opened at line {start})' if start != end else ''
+        return DatasetError(
+            f'{origin}: line {end} has a quote inside a quoted value followed by more text{opened}; write a quote '
+            'that is part of the text as two quotes (""), or remove the stray quote'
+        )
+    return DatasetError(f'{origin}: line {end} cannot be read as CSV ({message}); fix or remove it')
+
+
 def _read_csv(path: Path, text: str) -> _Parsed:
-    reader = csv.DictReader(io.StringIO(text, newline=''))
-    columns = [c.strip() for c in (reader.fieldnames or [])]
-    if not columns:
-        raise DatasetError(f'{path.name} is empty; it needs a header row and at least one example')
-    reader.fieldnames = columns
+    """Parse a CSV file; refuse stray quotes, repeated header names and oversized values, naming the line.
+
+    A quoted value may span lines (csv writers, Excel and pandas write text with line breaks so). It is taken for
+    a stray quote, and refused, when every line it spans is by itself a complete row (as many comma-separated
+    values as the header, quotes ignored): that is what a quote that never closed looks like after it has
+    swallowed whole rows. Text whose every line has exactly the header's number of commas would be refused too;
+    read such a file with pandas and import the DataFrame.
+    """
+    lines = _Lines(text)
+    reader = csv.reader(lines, strict=True)
+    header: list[str] | None = None
     records = []
-    for row in reader:
-        where = f'line {reader.line_num}'
-        if None in row:
+    while True:
+        lines.taken.clear()
+        start = reader.line_num + 1
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as e:
+            raise _csv_error(path.name, start, reader.line_num, str(e)) from None
+        if all(not value.strip() for value in row):
+            continue  # a blank line
+        if header is None:
+            header = [c.strip() for c in row]
+            first: dict[str, int] = {}
+            for number, column in enumerate(header, start=1):
+                if column and column in first:
+                    raise DatasetError(
+                        f'{path.name}: line {start}: the header names column {column!r} twice (columns '
+                        f'{first[column]} and {number}); rename one of them in the file'
+                    )
+                first.setdefault(column, number)
+            continue
+        where = f'line {start}'
+        if len(lines.taken) > 1 and all(_is_complete_row(line, len(header)) for line in lines.taken):
             raise DatasetError(
-                f'{path.name}: {where} has more fields than the header ({len(columns)}); '
-                'quote values that contain commas'
+                f'{path.name}: lines {start} to {reader.line_num} were read as one row because a quote at line '
+                f'{start} opens a value that only closes at line {reader.line_num}; each of those lines looks like '
+                'a row of its own. Remove the stray quote or write it as two quotes (""). If the value really spans '
+                'those lines, read the file with pandas and import the DataFrame'
             )
-        if any(v is None for v in row.values()):
-            if all(v in (None, '') for v in row.values()):
-                continue
-            raise DatasetError(f'{path.name}: {where} has fewer fields than the header ({len(columns)})')
-        records.append(_Record(where, dict(row)))
-    return _Parsed(path.name, columns, records)
+        if len(row) > len(header):
+            raise DatasetError(
+                f'{path.name}: {where} has more fields than the header ({len(header)}); quote values that contain '
+                'commas'
+            )
+        if len(row) < len(header):
+            raise DatasetError(f'{path.name}: {where} has fewer fields than the header ({len(header)})')
+        records.append(_Record(where, {c: v for c, v in zip(header, row) if c}))
+    if header is None:
+        raise DatasetError(f'{path.name} is empty; it needs a header row and at least one example')
+    return _Parsed(path.name, [c for c in header if c], records)
 
 
 def _read_jsonl(path: Path, text: str) -> _Parsed:
@@ -149,6 +240,42 @@ def _read(source: Source) -> _Parsed:
     if isinstance(source, Sequence):
         return _from_dicts('rows', source)
     raise DatasetError(f'cannot import a {type(source).__name__}; give a file path, a DataFrame or a list of dicts')
+
+
+def _rename(parsed: _Parsed, rename: Mapping[str, str] | None) -> _Parsed:
+    """Return `parsed` with source columns renamed (`{'Split': 'split_src'}`), before anything else reads them."""
+    if not rename:
+        return parsed
+    for old, new in rename.items():
+        _require_column(parsed, old, 'a column to rename')
+        if not isinstance(new, str) or not _IDENT.match(new):
+            raise DatasetError(f'rename: the new name {new!r} of {old!r} is not valid; use letters, digits and _')
+    columns = [rename.get(c, c) for c in parsed.columns]
+    seen: dict[str, str] = {}
+    for before, after in zip(parsed.columns, columns):
+        if after.lower() in seen:
+            raise DatasetError(
+                f'rename: {parsed.origin} would have two columns named {after!r} (from {seen[after.lower()]!r} and '
+                f'{before!r}); pick another new name'
+            )
+        seen[after.lower()] = before
+    records = [_Record(r.where, {rename.get(k, k): v for k, v in r.values.items()}) for r in parsed.records]
+    return _Parsed(parsed.origin, columns, records)
+
+
+def _check_stored_name(origin: str, column: str, role: str) -> None:
+    """Refuse an input or extra column whose stored (lower-case) name is not a field name or is reserved."""
+    fix = f"rename it in the file or pass rename={{{column!r}: '{column.lower()}_src'}}"
+    if not _IDENT.match(column):
+        raise DatasetError(
+            f'{origin}: column {column!r} (given as {role}) is not a usable field name (letters, digits and _); '
+            f"rename it in the file or pass rename={{{column!r}: 'new_name'}}"
+        )
+    if column.lower() in _RESERVED:
+        raise DatasetError(
+            f'{origin}: column {column!r} (given as {role}) would be stored as {column.lower()!r}, which the '
+            f'workspace keeps for {_RESERVED[column.lower()]}; {fix}'
+        )
 
 
 def _require_column(parsed: _Parsed, column: str, role: str) -> None:
@@ -234,8 +361,9 @@ def _validate(parsed: _Parsed, spec: _Spec) -> list[dict[str, Any]]:
         raise DatasetError(f'{parsed.origin} has a header but no examples; add at least one row')
     for column, role in [(c, 'input') for c in spec.inputs] + [(spec.expected, 'expected')]:
         _require_column(parsed, column, role)
-        if not _IDENT.match(column) or column in _RESERVED - {'expected'}:
-            raise DatasetError(f'column name {column!r} cannot be a template variable; rename it (letters, digits, _)')
+    for column, role in [(c, 'input') for c in spec.inputs] + [(c, 'keep') for c in spec.extras]:
+        _require_column(parsed, column, role)
+        _check_stored_name(parsed.origin, column, role)
     if spec.expected in spec.inputs:
         raise DatasetError(f'{spec.expected!r} is both an input and the expected output; the answer would leak')
     stored = [c.lower() for c in [*spec.inputs, *spec.extras]]
@@ -301,6 +429,9 @@ class Dataset:
         """Return the Pixeltable table holding the examples."""
         table = tables.open_table(tables.dataset_path(self.name))
         if table is None:
+            _recover_staging()  # a replace-import may have died between its two moves
+            table = tables.open_table(tables.dataset_path(self.name))
+        if table is None:
             raise DatasetError(f'dataset {self.name!r} no longer exists')
         return table
 
@@ -365,8 +496,18 @@ class Dataset:
         """Return the examples as a DataFrame."""
         return pd.DataFrame(self.rows(split))
 
-    def append(self, source: Source, *, split: str | None = None, id: str | None = None, seed: int = 0) -> int:
+    def append(
+        self,
+        source: Source,
+        *,
+        split: str | None = None,
+        id: str | None = None,
+        seed: int = 0,
+        rename: Mapping[str, str] | None = None,
+    ) -> int:
         """Add examples with the same columns; return how many were added. Existing ids are an error.
+
+        `rename` renames source columns first, as in `import_dataset`; by default the import's `rename` applies.
 
         >>> tickets.append([{'id': 't201', 'text': 'Where is my parcel?', 'category': 'DELIVERY', 'split': 'dev'}])
         """
@@ -377,7 +518,7 @@ class Dataset:
             id or self.meta.get('id_column'),
             list(self.meta.get('extra_columns', self.extras)),
         )
-        parsed = _read(source)
+        parsed = _rename(_read(source), self.meta.get('rename') if rename is None else rename)
         spec.extras = [c for c in spec.extras if c in parsed.columns]
         rows = _validate(parsed, spec)
         if spec.split is None:
@@ -440,6 +581,7 @@ def import_dataset(
     split_ratios: Mapping[str, float] | None = None,
     seed: int = 0,
     keep: Sequence[str] = (),
+    rename: Mapping[str, str] | None = None,
     if_exists: Literal['error', 'ignore', 'replace'] = 'error',
 ) -> Dataset:
     """Import examples from a CSV, JSONL or JSON file, a DataFrame or a list of dicts into dataset `name`.
@@ -447,8 +589,11 @@ def import_dataset(
     `input` names the fields templates may read, `expected` the expected output. `split` names a column with
     train/dev/test; without it a split is made, stratified by expected output for label tasks, reproducible from
     `seed`. `id` names a column of unique example ids; without it ids derive from the inputs. `keep` names extra
-    columns to store alongside (e.g. a note). Importing the same rows again returns the stored dataset; different
-    rows under an existing name are an error unless `if_exists='replace'` (which drops its evaluations too).
+    columns to store alongside (e.g. a note). `rename` renames source columns before anything else reads them, e.g.
+    `rename={'Split': 'split_src'}` for a column whose name the workspace reserves (`example_id`, `expected`,
+    `split`, `demos`, `labels`, `instructions`, in any case); the other arguments use the new names. Importing the
+    same rows again returns the stored dataset; different rows under an existing name are an error unless
+    `if_exists='replace'` (which drops its evaluations too).
 
     >>> tickets = import_dataset('support_tickets', 'datasets/support_tickets.csv', input=['text'],
     ...                          expected='category', split='split', id='id')
@@ -461,12 +606,8 @@ def import_dataset(
     ratios = dict(split_ratios or DEFAULT_SPLIT_RATIOS)
     if any(r < 0 for r in ratios.values()) or sum(ratios.values()) <= 0:
         raise DatasetError(f'split_ratios {ratios!r} must be non-negative and add up to more than 0')
-    parsed = _read(source)
+    parsed = _rename(_read(source), rename)
     extras = [c for c in keep if c not in inputs]
-    for column in extras:
-        _require_column(parsed, column, 'keep')
-        if not _IDENT.match(column) or column in _RESERVED:
-            raise DatasetError(f'extra column {column!r} is not a usable column name; rename it')
     spec = _Spec(inputs, expected, split, id, extras)
     rows = _validate(parsed, spec)
     task = task or _infer_task([r['expected'] for r in rows])
@@ -502,6 +643,7 @@ def import_dataset(
         'expected_column': expected,
         'split_column': split,
         'id_column': id,
+        'rename': dict(rename or {}),
         'task': task,
         'extras': stored_extras,
         'split_ratios': None if split else ratios,
@@ -517,21 +659,83 @@ def import_dataset(
     for column in stored_extras:
         schema[column] = _column_type([r[column] for r in rows if r[column] is not None], required=False)
 
-    # Build under a temporary name and move into place, so a failure leaves any stored dataset untouched.
-    tables.requests()  # creates the workspace's directories on first use
-    staging = f'{tables.STAGING_DIR}/{name}_{uuid.uuid4().hex[:8]}'
+    _store(name, schema, meta, rows, replace=existing is not None, origin=parsed.origin)
+    log.info('imported %d examples into dataset %r', len(rows), name)
+    return get_dataset(name)
+
+
+#: Seconds after which a staging table of an import on another host counts as abandoned (a large import takes
+#: minutes), and after which the set-aside copy of a replace-import on another host is put back (the two moves
+#: around it take milliseconds). On this host a dead process id decides at once.
+_STALE_STAGING_S = 24 * 3600
+_STALE_ASIDE_S = 60
+
+
+def _staging_path(name: str, kind: Literal['new', 'old'], owner: Owner) -> str:
+    return f'{tables.STAGING_DIR}/{name}__{kind}_{owner.token}'
+
+
+def _store(
+    name: str, schema: dict[str, Any], meta: dict[str, Any], rows: list[dict[str, Any]], *, replace: bool, origin: str
+) -> None:
+    """Build the dataset table under a staging name and move it into place.
+
+    A failure or a crash at any point leaves the stored dataset or the new one under `name`, never neither: the
+    old table is moved aside (not dropped) before the new one moves in, and `_recover_staging` puts it back if
+    the process died between the two moves.
+    """
+    tables.ensure_dirs()
+    _recover_staging()
+    owner = Owner.current()
+    staging, target = _staging_path(name, 'new', owner), tables.dataset_path(name)
     table = pxt.create_table(staging, schema, primary_key='example_id', custom_metadata=meta)
+    pause_point('import.staged')
     try:
         table.insert(rows)
     except Exception as e:
         pxt.drop_table(staging, if_not_exists='ignore')
-        raise DatasetError(f'{parsed.origin}: could not store the examples: {e}') from e
-    if existing is not None:
-        pxt.drop_table(tables.eval_path(name), if_not_exists='ignore')
-        pxt.drop_table(tables.dataset_path(name))
-    pxt.move(staging, tables.dataset_path(name))
-    log.info('imported %d examples into dataset %r', len(rows), name)
-    return get_dataset(name)
+        raise DatasetError(f'{origin}: could not store the examples: {e}') from e
+    pause_point('import.inserted')
+    aside = _staging_path(name, 'old', owner)
+    if replace:
+        pxt.drop_table(tables.eval_path(name), if_not_exists='ignore')  # evaluations of the old rows
+        try:
+            pxt.move(target, aside)
+        except Exception as e:
+            pxt.drop_table(staging, if_not_exists='ignore')
+            raise DatasetError(f'dataset {name!r} changed while importing {origin} ({e}); import again') from e
+        pause_point('import.aside')
+    try:
+        pxt.move(staging, target)
+    except Exception as e:
+        pxt.drop_table(staging, if_not_exists='ignore')
+        if replace:
+            pxt.move(aside, target, if_exists='ignore', if_not_exists='ignore')
+        raise DatasetError(f'dataset {name!r} changed while importing {origin} ({e}); import again') from e
+    if replace:
+        pxt.drop_table(aside, if_not_exists='ignore')
+
+
+def _recover_staging() -> None:
+    """Finish what crashed imports left: put back a dataset that a replace-import had moved aside when the
+    process died before moving the new one in, and drop the staging tables of imports whose process is gone."""
+    try:
+        paths = pxt.list_tables(tables.STAGING_DIR, recursive=False)
+    except Exception:  # no staging directory yet
+        return
+    for path in paths:
+        name, _, rest = path.rsplit('/', 1)[-1].rpartition('__')
+        kind, _, token = rest.partition('_')
+        owner = Owner.from_token(token)
+        if not name or kind not in ('new', 'old') or owner is None:
+            continue
+        if not owner.is_gone(stale_after_s=_STALE_ASIDE_S if kind == 'old' else _STALE_STAGING_S):
+            continue
+        if kind == 'old' and tables.open_table(tables.dataset_path(name)) is None:
+            pxt.move(path, tables.dataset_path(name), if_exists='ignore', if_not_exists='ignore')
+            log.warning('dataset %r: put back the stored rows after an interrupted replace-import', name)
+        pxt.drop_table(path, if_not_exists='ignore')
+        log.info('dropped %s, left by an interrupted import', path)
 
 
 def get_dataset(name: str | Dataset, *, missing_ok: bool = False) -> Dataset:
@@ -542,6 +746,9 @@ def get_dataset(name: str | Dataset, *, missing_ok: bool = False) -> Dataset:
     if isinstance(name, Dataset):
         return name
     table = tables.open_table(tables.dataset_path(name))
+    if table is None:
+        _recover_staging()  # a replace-import may have died between its two moves
+        table = tables.open_table(tables.dataset_path(name))
     if table is None:
         if missing_ok:
             return None  # type: ignore[return-value]

@@ -36,6 +36,7 @@ from udfs import render as render_udfs  # noqa: E402
 
 from . import backends  # noqa: E402
 from .config import utc_now  # noqa: E402
+from .demos import retrieve  # noqa: E402
 from .evaluate import build_request  # noqa: E402
 from .store import answer  # noqa: E402
 from .versions import Version  # noqa: E402
@@ -46,6 +47,7 @@ __all__ = [
     'ModelCallError',
     'Ledger',
     'Candidate',
+    'Active',
     'Task',
     'WorkspaceLM',
     'VersionAdapter',
@@ -162,23 +164,40 @@ def demo_template(template: str, inputs: Sequence[str]) -> str:
 
 @dataclass(frozen=True)
 class Candidate:
-    """One candidate's content: the template it renders with, its instructions and its demos."""
+    """One candidate's content: the template it renders with, its instructions, and its demos: fixed ones, or a
+    demo policy (`workspace.demos.nearest`) that picks them per example."""
 
     template: str
     instructions: str
     demos: tuple[dict[str, Any], ...]
+    policy: Mapping[str, Any] | None = None
 
     @property
     def key(self) -> str:
         """Return a content hash identifying the candidate."""
-        body = {'template': self.template, 'instructions': self.instructions, 'demos': list(self.demos)}
+        body: dict[str, Any] = {'template': self.template, 'instructions': self.instructions, 'demos': list(self.demos)}
+        if self.policy is not None:
+            body['policy'] = dict(self.policy)
         return hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
+
+    @property
+    def version_demos(self) -> Any:
+        """Return the demos as a version holds them: the policy, or a list of fixed demos."""
+        return dict(self.policy) if self.policy is not None else [dict(d) for d in self.demos]
 
     def apply(self, version: Version) -> Version:
         """Return `version` with this content (not stored: used to build requests)."""
         return dataclasses.replace(
-            version, template=self.template, instructions=self.instructions, demos=[dict(d) for d in self.demos]
+            version, template=self.template, instructions=self.instructions, demos=self.version_demos
         )
+
+
+@dataclass
+class Active:
+    """The candidate being scored right now, when it is one DSPy's predictor cannot describe (a demo policy):
+    set by the trial recorder, read by the adapter, so the requests are the ones `evaluate` will send."""
+
+    candidate: Candidate | None = None
 
 
 def _first_reference(value: Any) -> Any:
@@ -195,10 +214,17 @@ class Task:
     signature: type[dspy.Signature]
     default_instructions: str
     example_ids: Mapping[str, str]
+    dataset: str = ''
 
     @classmethod
     def create(
-        cls, baseline: Version, inputs: Sequence[str], expected_column: str, rows: Sequence[Mapping[str, Any]]
+        cls,
+        baseline: Version,
+        inputs: Sequence[str],
+        expected_column: str,
+        rows: Sequence[Mapping[str, Any]],
+        *,
+        dataset: str = '',
     ) -> Task:
         """Return the task for `baseline` on a dataset with `inputs`; `rows` map input fields to example ids."""
         output = expected_column if expected_column.isidentifier() else 'expected'
@@ -212,7 +238,7 @@ class Task:
         ids: dict[str, str] = {}
         for row in rows:
             ids.setdefault(_fields_key({name: row[name] for name in inputs}), str(row['example_id']))
-        return cls(baseline, tuple(inputs), output, signature, default, ids)
+        return cls(baseline, tuple(inputs), output, signature, default, ids, dataset)
 
     def example(self, row: Mapping[str, Any]) -> dspy.Example:
         """Return a dataset row as a DSPy example: inputs, the expected output, and its example id."""
@@ -256,9 +282,17 @@ class Task:
 
     def baseline_candidate(self) -> Candidate:
         """Return the baseline version's own content."""
-        return Candidate(
-            self.baseline.template, self.baseline.instructions, tuple(dict(d) for d in self.baseline.demos)
-        )
+        policy = self.baseline.demo_policy
+        fixed = () if policy is not None else tuple(dict(d) for d in self.baseline.demos)  # type: ignore[union-attr]
+        return Candidate(self.baseline.template, self.baseline.instructions, fixed, policy)
+
+    def request(self, version: Version, inputs: Mapping[str, Any], model_id: str) -> dict[str, Any]:
+        """Return the request `evaluate` sends for `version` on these inputs, demos of a policy retrieved."""
+        retrieved = None
+        if version.demo_policy is not None:
+            example = {**inputs, 'example_id': self.example_id(inputs)}
+            retrieved = retrieve(version.demo_policy, [example], dataset=self.dataset)[str(example['example_id'])]
+        return build_request(version, {**inputs}, model_id=model_id, demos=retrieved.demos if retrieved else None)
 
     def example_id(self, inputs: Mapping[str, Any]) -> str | None:
         """Return the id of the dataset example with these input fields, if there is one."""
@@ -368,9 +402,10 @@ class VersionAdapter(dspy.Adapter):
     the first output field; other output fields are left empty.
     """
 
-    def __init__(self, task: Task) -> None:
+    def __init__(self, task: Task, active: Active | None = None) -> None:
         super().__init__()
         self.task = task
+        self.active = active or Active()
 
     def __call__(  # type: ignore[override]
         self,
@@ -382,8 +417,9 @@ class VersionAdapter(dspy.Adapter):
     ) -> list[dict[str, Any]]:
         kwargs = {k: v for k, v in lm_kwargs.items() if k not in ('tools', 'tool_choice', 'parallel_tool_calls')}
         if self.task.is_task(signature) and isinstance(lm, WorkspaceLM):
-            version = self.task.candidate(signature, demos, lm.version).apply(lm.version)
-            request = build_request(version, {**inputs}, model_id=lm.model_id)
+            chosen = self.active.candidate or self.task.candidate(signature, demos, lm.version)
+            version = chosen.apply(lm.version)
+            request = self.task.request(version, inputs, lm.model_id)
             kwargs.update(workspace_request=request, workspace_example=self.task.example_id(inputs))
             outputs = lm(prompt=request['prompt'], **kwargs)
             return [{self.task.output: parse_udfs.parse(_text(o), dict(version.output))} for o in outputs]
@@ -413,8 +449,9 @@ class VersionAdapter(dspy.Adapter):
         self, signature: type[dspy.Signature], demos: list[dict[str, Any]], inputs: dict[str, Any]
     ) -> list[dict[str, Any]]:
         if self.task.is_task(signature):
-            version = self.task.candidate(signature, demos).apply(self.task.baseline)
-            return [{'role': 'user', 'content': version.render(inputs)}]
+            chosen = self.active.candidate or self.task.candidate(signature, demos)
+            request = self.task.request(chosen.apply(self.task.baseline), inputs, '')
+            return [{'role': 'user', 'content': request['prompt']}]
         return [{'role': 'user', 'content': self.render_plain(signature, demos, inputs)}]
 
     def parse(self, signature: type[dspy.Signature], completion: str) -> dict[str, Any]:
@@ -443,6 +480,7 @@ class Trial:
     example_ids: tuple[str, ...]
     started_at: datetime.datetime
     example_scores: dict[str, float] = field(default_factory=dict)
+    example_predictions: dict[str, Any] = field(default_factory=dict)
     score: float | None = None
     requests: int = 0
     calls: int = 0
@@ -475,8 +513,12 @@ class TrialRecorder(BaseCallback):
         *,
         max_candidates: int | None,
         on_trial: Callable[[Trial], None],
+        split_score: Callable[[Mapping[str, Any]], float] | None = None,
+        active: Active | None = None,
     ) -> None:
         self.task = task
+        self.split_score = split_score
+        self.active = active or Active()
         self.ledger = ledger
         self.dev_ids = frozenset(dev_ids)
         self.max_candidates = max_candidates
@@ -491,8 +533,11 @@ class TrialRecorder(BaseCallback):
         self.ledger.check_time()
         program = inputs['program']
         devset = inputs.get('devset') or instance.devset
-        predictor = program.predictors()[0]
-        candidate = self.task.candidate(predictor.signature, predictor.demos)
+        candidate = getattr(program, 'workspace_candidate', None)
+        if candidate is None:
+            predictor = program.predictors()[0]
+            candidate = self.task.candidate(predictor.signature, predictor.demos)
+        self.active.candidate = candidate if candidate.policy is not None else None
         if candidate.key not in self._seen:
             if self.max_candidates is not None and self._new >= self.max_candidates:
                 raise Stop('max_candidates', f'the max_candidates budget of {self.max_candidates} is spent')
@@ -517,12 +562,20 @@ class TrialRecorder(BaseCallback):
         trial.requests, trial.calls = led.requests - requests, led.calls - calls
         trial.tokens, trial.errors = led.tokens - tokens, led.errors - errors
         trial.wall_s = time.perf_counter() - start
+        self.active.candidate = None
         if outputs is not None and exception is None:
             trial.example_scores = {
                 str(example.get('example_id')): float(score or 0.0) for example, _, score in outputs.results
             }
+            trial.example_predictions = {
+                str(example.get('example_id')): prediction.get(self.task.output) if prediction is not None else None
+                for example, prediction, _ in outputs.results
+            }
             values = list(trial.example_scores.values())
-            trial.score = sum(values) / len(values) if values else None
+            if self.split_score is not None and trial.example_predictions:
+                trial.score = self.split_score(trial.example_predictions)
+            else:
+                trial.score = sum(values) / len(values) if values else None
         if exception is not None:
             trial.status = 'stopped' if isinstance(exception, Stop) else 'failed'
             trial.error = str(exception)

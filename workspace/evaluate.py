@@ -17,7 +17,7 @@ import difflib
 import logging
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import jinja2
@@ -26,7 +26,7 @@ import pixeltable as pxt
 
 from udfs import parse, scores
 
-from . import backends, judges, store, tables
+from . import backends, demos, judges, store, tables
 from . import samples as samples_module
 from .config import utc_now
 from .datasets import Dataset, get_dataset
@@ -47,10 +47,17 @@ def _constraint(version: Version) -> dict[str, Any] | None:
     return None
 
 
-def build_request(version: Version, fields: Mapping[str, Any], *, model_id: str | None = None) -> dict[str, Any]:
-    """Return the request `version` sends for one example's input fields, with its `hash`."""
+def build_request(
+    version: Version,
+    fields: Mapping[str, Any],
+    *,
+    model_id: str | None = None,
+    demos: Sequence[Mapping[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Return the request `version` sends for one example's input fields, with its `hash`; a version with a demo
+    policy needs the `demos` retrieved for the example (`workspace.demos.retrieve`)."""
     try:
-        prompt = version.render(fields)
+        prompt = version.render(fields, demos=demos)
     except jinja2.UndefinedError as e:
         where = f' for example {fields["example_id"]!r}' if 'example_id' in fields else ''
         raise TemplateError(f'template of {version.id} failed to render{where}: {e.message}') from None
@@ -123,6 +130,8 @@ def eval_table(dataset: Dataset) -> pxt.Table:
     path = tables.eval_path(dataset.name)
     table = tables.open_table(path)
     if table is not None:
+        if 'demo_source' not in table.columns():  # made before demo policies existed
+            table.add_column(demo_source=pxt.Json | None)
         return table
     table = pxt.create_table(
         path,
@@ -143,6 +152,7 @@ def eval_table(dataset: Dataset) -> pxt.Table:
             'reused': pxt.Bool | None,
             'output_spec': pxt.Json | None,
             'expected': pxt.Json | None,
+            'demo_source': pxt.Json | None,  # a demo policy's pool (dataset, split, version) and demo ids
         },
         primary_key=['version_id', 'example_id'],
         if_exists='ignore',
@@ -296,7 +306,15 @@ def evaluate(
         if missing:
             log.warning('%s cannot answer %s, which dataset %r expects', v.id, ', '.join(missing), ds.name)
 
-    requests = {row['example_id']: build_request(v, row, model_id=model_id) for row in rows}
+    policy = v.demo_policy
+    retrieved = demos.retrieve(policy, rows, dataset=ds.name) if policy else {}
+    pool = demos.pool_version(policy) if policy else {}
+    requests = {
+        row['example_id']: build_request(
+            v, row, model_id=model_id, demos=retrieved[row['example_id']].demos if policy else None
+        )
+        for row in rows
+    }
     table = eval_table(ds)
     to_write = _rows_to_write(v, ds, requests, retry_errors)
     sampled = _sample_requests(v, ds, requests, samples, retry_errors)
@@ -312,7 +330,12 @@ def evaluate(
         answer = batch.answers.get(key)
         if answer is None:
             raise WorkspaceError(f'request {key[:12]} for example {ex!r} is missing from the store; evaluate again')
-        extra = {'dataset_version': dataset_version, 'evaluated_at': evaluated_at, 'reused': key not in batch.called}
+        extra = {
+            'dataset_version': dataset_version,
+            'evaluated_at': evaluated_at,
+            'reused': key not in batch.called,
+            'demo_source': {**pool, 'example_ids': list(retrieved[ex].ids)} if policy else None,
+        }
         updates.append(_eval_row(v, ds, by_id[ex], key, answer, **extra))
     if updates:
         tables.upsert(table, updates)

@@ -21,6 +21,12 @@ __all__ = [
     'per_category',
     'classification_summary',
     'mean_scores',
+    'LABEL_METRICS',
+    'encode_labels',
+    'label_metric',
+    'split_metric',
+    'Skew',
+    'label_skew',
 ]
 
 #: The confusion-matrix column counting None predictions.
@@ -161,3 +167,105 @@ def mean_scores(rows: Sequence[Mapping[str, float | None]], names: Sequence[str]
             value = row[name]
             totals[name] += 0.0 if value is None else float(value)
     return {name: total / len(rows) for name, total in totals.items()}
+
+
+#: Metrics of a whole split of label predictions, by name; each is higher-is-better and in [0, 1].
+LABEL_METRICS = ('accuracy', 'macro_f1', 'balanced_accuracy')
+
+
+def encode_labels(expected: Sequence[str], predicted: Sequence[str | None]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Return expected and predicted labels as class indices (-1 for None or a label never expected) and the
+    classes (the expected labels, sorted). Metrics over the indices are vectorised over leading axes."""
+    classes = sorted(set(expected))
+    index = {label: i for i, label in enumerate(classes)}
+    truth = np.array([index[e] for e in expected], dtype=np.int64)
+    guess = np.array([index.get(p, -1) if p is not None else -1 for p in predicted], dtype=np.int64)
+    return truth, guess, classes
+
+
+def label_metric(name: str, truth: np.ndarray, guess: np.ndarray, n_classes: int) -> np.ndarray:
+    """Return a split-level label metric of `guess` against `truth` (shapes (..., n), broadcast), one value per
+    leading index: accuracy, macro-F1 (over the expected classes, as `classification_summary`) or balanced
+    accuracy (the mean recall over expected classes, as scikit-learn's `balanced_accuracy_score`).
+
+    >>> float(label_metric('balanced_accuracy', np.array([0, 0, 0, 1]), np.array([0, 0, 0, 0]), 2))
+    0.5
+    """
+    if name == 'accuracy':
+        return (guess == truth).mean(axis=-1)
+    truth, guess = np.broadcast_arrays(truth, guess)
+    shape = truth.shape[:-1]
+    rows = int(np.prod(shape, dtype=np.int64))
+
+    def counts(labels: np.ndarray, keep: np.ndarray) -> np.ndarray:
+        # One bincount over every row at once: row r's class c lands in bin r * k + c (O(rows * n), not * k).
+        flat = (np.arange(rows)[:, None] * n_classes + labels.reshape(rows, -1))[keep.reshape(rows, -1)]
+        return np.bincount(flat, minlength=rows * n_classes).reshape(*shape, n_classes)
+
+    support = counts(truth, np.ones(truth.shape, dtype=bool))
+    tp = counts(truth, guess == truth)
+    present = support > 0  # classes absent from a (resampled) truth do not count
+
+    def mean_over_present(values: np.ndarray) -> np.ndarray:
+        return (values * present).sum(axis=-1) / present.sum(axis=-1)
+
+    if name == 'balanced_accuracy':
+        return mean_over_present(np.divide(tp, support, out=np.zeros(tp.shape), where=present))
+    if name == 'macro_f1':
+        guessed = counts(np.where(guess >= 0, guess, 0), guess >= 0)
+        denominator = guessed + support
+        return mean_over_present(np.divide(2 * tp, denominator, out=np.zeros(tp.shape), where=denominator > 0))
+    raise ComparisonError(f'unknown label metric {name!r}; use one of {", ".join(LABEL_METRICS)}')
+
+
+def split_metric(name: str, expected: Sequence[str], predicted: Sequence[str | None]) -> float:
+    """Return a split-level label metric (`LABEL_METRICS`) of the predictions.
+
+    >>> split_metric('macro_f1', ['a', 'a', 'b'], ['a', 'a', 'a'])
+    0.4
+    """
+    truth, guess, classes = encode_labels(expected, predicted)
+    return float(label_metric(name, truth, guess, len(classes)))
+
+
+class Skew(TypedDict):
+    """One label taking most predictions: which, how many of how many, and its share among expected labels."""
+
+    label: str
+    predicted: int
+    n: int
+    expected_share: float
+    message: str
+
+
+def label_skew(
+    expected: Sequence[str],
+    predicted: Sequence[str | None],
+    *,
+    share: float = 0.6,
+    excess: float = 0.2,
+    alpha: float = 0.05,
+) -> Skew | None:
+    """Return the label that takes at least `share` of the predictions and `excess` more than its share of the
+    expected labels (a version collapsing onto one answer, often the majority), or None. On few rows that can
+    happen by chance, so it must also be more than the expected share by a one-sided binomial test at `alpha`.
+
+    >>> label_skew(['a'] * 7 + ['b'] * 3, ['a'] * 10)['message']
+    'predicts a on 10 of 10 rows; expected share 70%'
+    >>> label_skew(['a', 'b', 'c'] * 2, ['a', 'a', 'a', 'a', 'b', 'c']) is None  # 4 of 6 can be chance
+    True
+    """
+    from scipy.stats import binomtest
+
+    counted = [p for p in predicted if p is not None]
+    if not counted:
+        return None
+    top, hits = max(((label, counted.count(label)) for label in sorted(set(counted))), key=lambda item: item[1])
+    n = len(predicted)
+    expected_share = sum(e == top for e in expected) / len(expected) if expected else 0.0
+    if hits / n < share or hits / n < expected_share + excess:
+        return None
+    if expected_share > 0 and binomtest(hits, n, expected_share, alternative='greater').pvalue >= alpha:
+        return None
+    message = f'predicts {top} on {hits} of {n} rows; expected share {expected_share:.0%}'
+    return Skew(label=top, predicted=hits, n=n, expected_share=expected_share, message=message)

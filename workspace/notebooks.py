@@ -16,11 +16,20 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pixeltable as pxt
 
 from . import config, tables
 from .errors import WorkspaceError
+from .recovery import Owner
 
-__all__ = ['NotebookRun', 'run_notebook', 'list_notebook_runs', 'notebook_parameters', 'parse_value']
+__all__ = [
+    'NotebookRun',
+    'run_notebook',
+    'list_notebook_runs',
+    'mark_interrupted',
+    'notebook_parameters',
+    'parse_value',
+]
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +41,7 @@ class NotebookRun:
     run_id: str
     notebook: str
     parameters: dict[str, Any]
-    status: str  # ok, failed or regression
+    status: str  # ok, failed or regression (a run whose process died is listed as interrupted)
     output_path: Path
     duration_s: float
     error: str | None = None
@@ -129,7 +138,9 @@ def run_notebook(
         'started_at': started,
         'output_path': str(out),
         'host': socket.gethostname(),
+        'pid': os.getpid(),
     }
+    mark_interrupted(runs)
     runs.insert([{**row, 'status': 'running'}])
     status, error = 'ok', None
     try:
@@ -150,9 +161,41 @@ def run_notebook(
     return result
 
 
+def mark_interrupted(runs: pxt.Table | None = None) -> int:
+    """Mark as `interrupted` the notebook runs still `running` whose process is gone; return how many.
+
+    On this host a run is interrupted when its process has ended (killed, or the machine restarted). A run on
+    another host cannot be asked, so it counts as interrupted once it has been running for
+    `WORKSPACE_STALE_RUN_HOURS` (default 24).
+    """
+    runs = runs if runs is not None else tables.notebook_runs()
+    stale_after_s = config.settings().stale_run_hours * 3600
+    running = runs.where(runs.status == 'running').select(runs.run_id, runs.host, runs.pid, runs.started_at).collect()
+    gone = [
+        r
+        for r in running
+        if Owner.of(r['host'], r['pid'], r['started_at'].timestamp()).is_gone(stale_after_s=stale_after_s)
+    ]
+    if gone:
+        runs.batch_update(
+            [
+                {
+                    'run_id': r['run_id'],
+                    'status': 'interrupted',
+                    'error': f'the process that ran it ({r["pid"]} on {r["host"]}) ended before the run finished',
+                }
+                for r in gone
+            ]
+        )
+        log.warning('marked %d notebook runs whose process ended as interrupted', len(gone))
+    return len(gone)
+
+
 def list_notebook_runs(notebook: str | None = None) -> pd.DataFrame:
-    """Return notebook runs, newest first: notebook, parameters, status, duration and output path."""
+    """Return notebook runs, newest first: notebook, parameters, status, duration and output path. Runs whose
+    process died before they finished are marked `interrupted` first."""
     t = tables.notebook_runs()
+    mark_interrupted(t)
     query: Any = t.where(t.notebook.contains(notebook)) if notebook else t
     return (
         query.select(

@@ -23,7 +23,7 @@ T = TypeVar('T')
 def table_key(table: pxt.Table) -> tuple[str, int]:
     """Return (table id, version): what identifies the table's contents right now."""
     meta = table.get_metadata()
-    return str(table._id), int(meta['version'])
+    return str(meta['id']), int(meta['version'])
 
 
 class TableReads:

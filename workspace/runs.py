@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from . import costs, metrics, samples, store, tables
+from . import costs, metrics, samples, stats, store, tables
 from .datasets import get_dataset
 from .errors import WorkspaceError
 from .eval_views import format_usd
@@ -186,6 +186,15 @@ class Summary:
     per_category: pd.DataFrame | None = None
     confusion: pd.DataFrame | None = None
     notes: list[str] = field(default_factory=list)
+    #: The 95% interval of the headline metric (`main_score_name`): Wilson for a proportion, bootstrap otherwise.
+    interval: tuple[float, float] | None = None
+    #: One label taking most predictions while the expected labels do not (a collapsed version), if any.
+    skew: metrics.Skew | None = None
+
+    @property
+    def headline(self) -> str:
+        """Return the name of the headline metric (accuracy for labels, ROUGE-L for text, validity for JSON)."""
+        return next((name for name in _MAIN_SCORE.values() if name in self.metrics), next(iter(self.metrics)))
 
     def _header(self) -> list[tuple[str, str]]:
         r = self.run
@@ -194,10 +203,12 @@ class Summary:
             ('dataset', f'{r.dataset} v{r.dataset_version}, split {r.split or "all"}, n = {r.n}'),
         ]
         for name, value in self.metrics.items():
+            shown = f'{value:.3f}' if isinstance(value, float) else str(value)
             if name.endswith('_usd'):
-                rows.append((name, format_usd(value)))
-            else:
-                rows.append((name, f'{value:.3f}' if isinstance(value, float) else str(value)))
+                shown = format_usd(value)
+            if name == self.headline and self.interval is not None:
+                shown += f' (95% CI {self.interval[0]:.3f} to {self.interval[1]:.3f})'
+            rows.append((name, shown))
         rows += [
             ('model calls', str(r.calls) + (f' (and {r.judge_calls} judge calls)' if r.judge_calls else '')),
             ('rows reused', str(r.reused)),
@@ -257,7 +268,30 @@ def summarize(run: Run, frame: pd.DataFrame | None = None) -> Summary:
     notes = _extras(run, frame, values)
     if errors:
         notes.append(f'{errors} of {len(frame)} rows have a model error; they count as wrong (see failures())')
-    return Summary(run=run, metrics=values, errors=errors, per_category=per_cat, confusion=confusion, notes=notes)
+    skew = None
+    interval: tuple[float, float] | None = None
+    if ds.task == 'choice' and len(frame):
+        skew = metrics.label_skew(expected, _predicted(frame))
+        if skew is not None:
+            notes.append(f'{run.version.id} {skew["message"]}: it may have collapsed onto one answer')
+        correct = sum(e == p for e, p in zip(expected, _predicted(frame)))
+        interval = stats.proportion_interval(correct, len(frame))
+    elif len(frame) and _ROW_SCORE[ds.task] in frame.columns:
+        column = frame[_ROW_SCORE[ds.task]].fillna(0.0).astype(float)
+        if ds.task == 'json':  # validity is a proportion
+            interval = stats.proportion_interval(int(column.sum()), len(column))
+        else:
+            interval = stats.bootstrap_interval(column.tolist())
+    return Summary(
+        run=run,
+        metrics=values,
+        errors=errors,
+        per_category=per_cat,
+        confusion=confusion,
+        notes=notes,
+        interval=interval,
+        skew=skew,
+    )
 
 
 def _extras(run: Run, frame: pd.DataFrame, values: dict[str, Any]) -> list[str]:
@@ -376,5 +410,6 @@ def lineage(version: Version | str, dataset: str, example_id: str) -> dict[str, 
         'prediction': row['prediction'],
         'expected': row['expected'],
         'error': row['error'],
+        'demos': row.get('demo_source'),
         'scores': {name: row[name] for name in score_names},
     }

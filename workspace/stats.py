@@ -22,6 +22,11 @@ __all__ = [
     'mcnemar_exact',
     'required_sample_size',
     'compare_scores',
+    'proportion_interval',
+    'bootstrap_interval',
+    'MetricComparison',
+    'compare_label_metric',
+    'label_metric_interval',
 ]
 
 # Cells (resamples x examples) drawn at once; 4M keeps each chunk's index and value arrays near 32 MB apiece.
@@ -293,3 +298,157 @@ def compare_scores(
         significant=significant,
         verdict=verdict,
     )
+
+
+def proportion_interval(successes: int, n: int, *, confidence: float = 0.95) -> tuple[float, float]:
+    """Return the Wilson score interval of a proportion (scipy's `binomtest(...).proportion_ci`).
+
+    >>> [round(x, 3) for x in proportion_interval(7, 10)]
+    [0.397, 0.892]
+    """
+    from scipy.stats import binomtest
+
+    _alpha(confidence)
+    if n <= 0:
+        raise ComparisonError(f'n = {n!r}; an interval needs at least one example')
+    ci = binomtest(int(successes), int(n)).proportion_ci(confidence_level=confidence, method='wilson')
+    return float(ci.low), float(ci.high)
+
+
+def bootstrap_interval(
+    values: Sequence[float], *, confidence: float = 0.95, resamples: int = 10_000, seed: int = 0
+) -> tuple[float, float]:
+    """Return a percentile bootstrap interval of the mean of `values` (scipy's `bootstrap`)."""
+    from scipy.stats import bootstrap
+
+    _alpha(confidence)
+    data = np.asarray(values, dtype=float)
+    if len(data) < 2 or np.all(data == data[0]):
+        value = float(data.mean()) if len(data) else math.nan
+        return value, value
+    result = bootstrap(
+        (data,), np.mean, confidence_level=confidence, n_resamples=resamples, method='percentile', rng=seed
+    )
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
+
+
+@dataclass(frozen=True)
+class MetricComparison:
+    """A split-level metric of two versions' predictions on the same examples: b - a, its interval and p-value."""
+
+    metric: str
+    n: int
+    value_a: float
+    value_b: float
+    diff: float
+    ci_low: float
+    ci_high: float
+    p_value: float
+
+
+def compare_label_metric(
+    metric: str,
+    expected: Sequence[str],
+    predicted_a: Sequence[str | None],
+    predicted_b: Sequence[str | None],
+    *,
+    confidence: float = 0.95,
+    resamples: int = 10_000,
+    seed: int = 0,
+) -> MetricComparison:
+    """Compare a split-level label metric (accuracy, macro-F1, balanced accuracy) of b against a, paired.
+
+    The p-value is a paired permutation test (scipy's `permutation_test` swapping the two versions' predictions
+    within each example), the interval a paired percentile bootstrap of the difference (scipy's `bootstrap`):
+    both work for metrics that need the whole split, which a per-example test cannot express.
+
+    >>> result = compare_label_metric('macro_f1', ['a'] * 30 + ['b'] * 20, ['a'] * 50, ['a'] * 30 + ['b'] * 20)
+    >>> round(result.diff, 3), result.p_value < 0.001
+    (0.625, True)
+    """
+    from scipy.stats import bootstrap, permutation_test
+
+    from .metrics import encode_labels, label_metric
+
+    _alpha(confidence)
+    if not (len(expected) == len(predicted_a) == len(predicted_b)) or not expected:
+        raise ComparisonError(
+            f'expected, a and b have {len(expected)}, {len(predicted_a)} and {len(predicted_b)} labels; '
+            'pass one per example for each, same examples in order'
+        )
+    truth, guess_a, classes = encode_labels(expected, predicted_a)
+    _, guess_b, _ = encode_labels(expected, predicted_b)
+    k = len(classes)
+
+    def diff(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
+        a, b = np.moveaxis(a, axis, -1), np.moveaxis(b, axis, -1)
+        return label_metric(metric, truth, b, k) - label_metric(metric, truth, a, k)
+
+    def resampled(index: np.ndarray, axis: int = -1) -> np.ndarray:
+        index = np.moveaxis(np.asarray(index, dtype=np.int64), axis, -1)
+        return label_metric(metric, truth[index], guess_b[index], k) - label_metric(
+            metric, truth[index], guess_a[index], k
+        )
+
+    observed = float(diff(guess_a, guess_b))
+    if np.array_equal(guess_a, guess_b):
+        p_value, low, high = 1.0, observed, observed
+    else:
+        test = permutation_test(
+            (guess_a, guess_b),
+            diff,
+            permutation_type='samples',
+            vectorized=True,
+            n_resamples=resamples,
+            alternative='two-sided',
+            rng=seed,
+        )
+        p_value = float(test.pvalue)
+        ci = bootstrap(
+            (np.arange(len(truth)),),
+            resampled,
+            vectorized=True,
+            confidence_level=confidence,
+            n_resamples=resamples,
+            method='percentile',
+            rng=seed,
+        ).confidence_interval
+        low, high = float(ci.low), float(ci.high)
+    value_a = float(label_metric(metric, truth, guess_a, k))
+    return MetricComparison(metric, len(truth), value_a, value_a + observed, observed, low, high, min(1.0, p_value))
+
+
+def label_metric_interval(
+    metric: str,
+    expected: Sequence[str],
+    predicted: Sequence[str | None],
+    *,
+    confidence: float = 0.95,
+    resamples: int = 10_000,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Return a percentile bootstrap interval of a split-level label metric (scipy's `bootstrap`, vectorised).
+
+    >>> low, high = label_metric_interval('macro_f1', ['a'] * 30 + ['b'] * 20, ['a'] * 40 + ['b'] * 10)
+    >>> 0.6 < low < high < 1.0
+    True
+    """
+    from scipy.stats import bootstrap
+
+    from .metrics import encode_labels, label_metric
+
+    _alpha(confidence)
+    truth, guess, classes = encode_labels(expected, predicted)
+    if len(truth) < 2:
+        value = float(label_metric(metric, truth, guess, len(classes)))
+        return value, value
+
+    def statistic(index: np.ndarray, axis: int = -1) -> np.ndarray:
+        index = np.moveaxis(np.asarray(index, dtype=np.int64), axis, -1)
+        return label_metric(metric, truth[index], guess[index], len(classes))
+
+    ci = bootstrap(
+        (np.arange(len(truth)),), statistic, vectorized=True, confidence_level=confidence,
+        n_resamples=resamples, method='percentile', rng=seed,
+    ).confidence_interval  # fmt: skip
+    return float(ci.low), float(ci.high)

@@ -32,6 +32,7 @@ __all__ = [
     'REQUESTS',
     'RUNS',
     'dataset_path',
+    'ensure_dirs',
     'insert_new',
     'upsert',
     'is_duplicate_key',
@@ -67,7 +68,8 @@ def eval_path(name: str) -> str:
     return f'{EVALS_DIR}/{name}'
 
 
-def _ensure_dirs() -> None:
+def ensure_dirs() -> None:
+    """Create the workspace's Pixeltable directories if they are missing."""
     for path in (ROOT, DATASETS_DIR, EVALS_DIR, STAGING_DIR):
         pxt.create_dir(path, if_exists='ignore')
 
@@ -116,10 +118,16 @@ def upsert(table: pxt.Table, rows: list[dict[str, Any]]) -> None:
 
 
 def _open_or_create(path: str, schema: dict[str, Any], primary_key: str | list[str], **kwargs: Any) -> pxt.Table:
+    """Return the table at `path`, creating it with `schema`; a table made by an earlier release gets the nullable
+    columns added since (a column is only ever added, so its rows keep their meaning)."""
     table = open_table(path)
     if table is None:
-        _ensure_dirs()
+        ensure_dirs()
         table = pxt.create_table(path, schema, primary_key=primary_key, if_exists='ignore', **kwargs)
+        return table
+    missing = {name: kind for name, kind in schema.items() if name not in table.columns()}
+    if missing:
+        table.add_columns(missing, if_exists='ignore')
     return table
 
 
@@ -267,15 +275,7 @@ def claims() -> pxt.Table:
     )
 
 
-#: Columns the runs table gained after its first release: k samples per request, judge calls, cost in dollars.
-_RUN_EXTRAS: dict[str, Any] = {'samples': pxt.Int | None, 'judge_calls': pxt.Int | None, 'cost_usd': pxt.Float | None}
-
-
 def runs() -> pxt.Table:
-    return add_missing_columns(_runs(), _RUN_EXTRAS)
-
-
-def _runs() -> pxt.Table:
     return _open_or_create(
         RUNS,
         {
@@ -294,7 +294,9 @@ def _runs() -> pxt.Table:
             'wall_s': pxt.Float,
             'metrics': pxt.Json | None,
             'example_ids': pxt.Json | None,
-            **_RUN_EXTRAS,
+            'samples': pxt.Int | None,  # answers per request (evaluate(..., samples=k))
+            'judge_calls': pxt.Int | None,
+            'cost_usd': pxt.Float | None,
         },
         'run_id',
     )
@@ -345,6 +347,8 @@ def trials() -> pxt.Table:
             'score': pxt.Float | None,
             'dev_score': pxt.Float | None,
             'example_scores': pxt.Json | None,
+            'example_predictions': pxt.Json | None,
+            'flags': pxt.Json | None,  # why a candidate may not win: one label takes most predictions, ...
             'requests': pxt.Int,
             'calls': pxt.Int,
             'tokens': pxt.Int,
@@ -374,6 +378,7 @@ def optimize_runs() -> pxt.Table:
             'best_version_id': pxt.String | None,
             'baseline_score': pxt.Float | None,
             'best_score': pxt.Float | None,
+            'decision': pxt.String | None,
             'trials': pxt.Int,
             'requests': pxt.Int,
             'calls': pxt.Int,
@@ -396,10 +401,6 @@ __all__ += ['SCHEDULED_RUNS', 'NOTEBOOK_RUNS', 'scheduled_runs', 'notebook_runs'
 
 def scheduled_runs() -> pxt.Table:
     """One row per scheduled evaluation: parameters, version, metrics, cost, and whether it regressed."""
-    return add_missing_columns(_scheduled_runs(), {'cost_usd': pxt.Float | None})
-
-
-def _scheduled_runs() -> pxt.Table:
     return _open_or_create(
         SCHEDULED_RUNS,
         {
@@ -425,23 +426,28 @@ def _scheduled_runs() -> pxt.Table:
 
 
 def notebook_runs() -> pxt.Table:
-    """One row per notebook executed by `prompt-workspace run`: parameters, status, duration, output path."""
-    return _open_or_create(
+    """One row per notebook executed by `prompt-workspace run`: parameters, status, duration, output path, and
+    the host and process id that ran it (so a later start can tell a run whose process died)."""
+    table = _open_or_create(
         NOTEBOOK_RUNS,
         {
             'run_id': pxt.String,
             'notebook': pxt.String,
             'parameters': pxt.Json | None,
-            'status': pxt.String,  # running, ok, failed or regression
+            'status': pxt.String,  # running, ok, failed, regression or interrupted
             'started_at': pxt.Timestamp,
             'finished_at': pxt.Timestamp | None,
             'duration_s': pxt.Float | None,
             'output_path': pxt.String,
             'error': pxt.String | None,
             'host': pxt.String | None,
+            'pid': pxt.Int | None,
         },
         'run_id',
     )
+    if 'pid' not in table.columns():  # a table made before runs recorded their process
+        table.add_column(pid=pxt.Int | None, if_exists='ignore')
+    return table
 
 
 # --- deeper evaluation: judgements, samples, annotations, changelogs ------------------------------------------
@@ -460,26 +466,15 @@ __all__ += [
     'samples',
     'annotations_table',
     'changelogs',
-    'add_missing_columns',
 ]
-
-
-def add_missing_columns(table: pxt.Table, columns: dict[str, Any]) -> pxt.Table:
-    """Add nullable columns a table made by an earlier release lacks (existing rows get None); return the table."""
-    missing = {name: kind for name, kind in columns.items() if name not in table.columns()}
-    if missing:
-        table.add_columns(missing, if_exists='ignore')
-    return table
 
 
 def _dataset_table(folder: str, dataset: str, schema: dict[str, Any], primary_key: list[str]) -> pxt.Table:
     path = f'{folder}/{dataset}'
-    table = open_table(path)
-    if table is None:
-        _ensure_dirs()
+    if open_table(path) is None:
+        ensure_dirs()
         pxt.create_dir(folder, if_exists='ignore')
-        table = pxt.create_table(path, schema, primary_key=primary_key, if_exists='ignore')
-    return table
+    return _open_or_create(path, schema, primary_key)
 
 
 def judgements(dataset: str) -> pxt.Table:

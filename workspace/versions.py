@@ -18,6 +18,7 @@ from udfs import render as render_udfs
 
 from . import backends, tables
 from .config import current_user, utc_now
+from .demos import DemoPolicy, check_policy, is_policy
 from .errors import LabelError, TemplateError, VersionError
 
 __all__ = [
@@ -118,7 +119,7 @@ class Version:
     model: str
     params: Params
     output: OutputSpec
-    demos: list[dict[str, Any]] = field(default_factory=list)
+    demos: list[dict[str, Any]] | DemoPolicy = field(default_factory=list)
     instructions: str = ''
     content_hash: str = ''
     created_at: datetime.datetime | None = None
@@ -139,11 +140,45 @@ class Version:
         """Return the dataset fields the template reads (the reserved `demos`, `labels`, `instructions` excluded)."""
         return render_udfs.template_variables(self.template) - render_udfs.RESERVED_VARIABLES
 
-    def render(self, fields: Mapping[str, Any]) -> str:
-        """Return the prompt this version sends for one example's input fields."""
-        return render_udfs.render(
-            self.template, fields, demos=self.demos, labels=self.labels, instructions=self.instructions
-        )
+    @property
+    def demo_policy(self) -> DemoPolicy | None:
+        """Return the version's demo policy (demos picked per example), or None if its demos are fixed."""
+        return self.demos if is_policy(self.demos) else None  # type: ignore[return-value]
+
+    def render(self, fields: Mapping[str, Any], *, demos: Sequence[Mapping[str, Any]] | None = None) -> str:
+        """Return the prompt this version sends for one example's input fields; raise `TemplateError` if the
+        template breaks the size or time limit, is stopped by the sandbox, or fails for these fields. A version
+        with a demo policy needs the `demos` retrieved for that example (see `workspace.demos.retrieve`)."""
+        if demos is None and self.demo_policy is not None:
+            raise VersionError(f'{self.id} picks its demos per example; render it with the demos retrieved for it')
+        try:
+            return render_udfs.render(
+                self.template,
+                fields,
+                demos=self.demos if demos is None else demos,  # type: ignore[arg-type]
+                labels=self.labels,
+                instructions=self.instructions,
+            )
+        except jinja2.UndefinedError as e:
+            raise _UndefinedField(self.id, e.message or 'a variable is undefined') from None
+        except render_udfs.RenderLimitError as e:
+            raise TemplateError(f'template of {self.id} stopped: {e.message}') from None
+        except render_udfs.SecurityError as e:
+            raise TemplateError(f'template of {self.id} stopped by the sandbox: {e.message}') from None
+        except Exception as e:  # a filter or an operator failing on these values: a template bug, not ours
+            raise TemplateError(f'template of {self.id} failed to render: {type(e).__name__}: {e}') from None
+
+
+class _UndefinedField(TemplateError, jinja2.UndefinedError):
+    """A template read a variable the fields do not have. Also a `jinja2.UndefinedError` whose `message` is the
+    bare reason, so a caller that knows which example it rendered (evaluation) can catch that and name it."""
+
+    def __init__(self, version_id: str, message: str) -> None:
+        super().__init__(message)
+        self.version_id = version_id
+
+    def __str__(self) -> str:
+        return f'template of {self.version_id} failed to render: {self.message}'
 
 
 def _content(
@@ -161,7 +196,13 @@ def _content(
 
 
 def _check(
-    prompt: str, template: str, model: str, params: Mapping[str, Any], output: Mapping[str, Any], demos: Any
+    prompt: str,
+    template: str,
+    model: str,
+    params: Mapping[str, Any],
+    output: Mapping[str, Any],
+    demos: Any,
+    instructions: str,
 ) -> None:
     if not _PROMPT_NAME.match(prompt):
         raise VersionError(f'prompt name {prompt!r} is not valid; use letters, digits, _ and -, starting with a letter')
@@ -174,6 +215,27 @@ def _check(
             f'template of prompt {prompt!r} does not parse: {e.message} (template line {e.lineno})'
         ) from None
     backends.parse_model(model)
+    if is_policy(demos):
+        check_policy(demos)
+    elif not isinstance(demos, list) or any(not isinstance(d, dict) for d in demos):
+        raise VersionError(
+            'demos must be a list of dicts, each with input fields and an expected output, or a policy such as '
+            "ws.nearest('dataset', k=8)"
+        )
+    try:
+        render_udfs.check_template(
+            template,
+            demos=[] if is_policy(demos) else demos,
+            labels=list(output.get('labels') or []),
+            instructions=instructions,
+        )
+    except render_udfs.SecurityError as e:
+        raise TemplateError(
+            f'template of prompt {prompt!r} is refused: it uses {e.message}, which the sandbox forbids. A template '
+            'may read input fields, demos, labels and instructions, with filters, tests, loops and conditions'
+        ) from None
+    except render_udfs.RenderLimitError as e:
+        raise TemplateError(f'template of prompt {prompt!r} is refused: with placeholder inputs, {e.message}') from None
     if output.get('kind') not in ('text', 'choice', 'json'):
         raise VersionError(
             f'output spec {dict(output)!r} is not valid; use ws.text(), ws.choice([...]) or ws.json_object()'
@@ -183,8 +245,6 @@ def _check(
             raise VersionError(f'unknown param {name!r}; known params are: {", ".join(_PARAM_TYPES)}')
         if not isinstance(value, _PARAM_TYPES[name]) or isinstance(value, bool):
             raise VersionError(f'param {name!r} must be {_PARAM_TYPES[name][0].__name__}, got {value!r}')
-    if not isinstance(demos, list) or any(not isinstance(d, dict) for d in demos):
-        raise VersionError('demos must be a list of dicts, each with input fields and an expected output')
 
 
 def _row_to_version(row: Mapping[str, Any]) -> Version:
@@ -220,7 +280,7 @@ def create_version(
     model: str = 'local',
     params: Params | None = None,
     output: OutputSpec | None = None,
-    demos: Sequence[Mapping[str, Any]] = (),
+    demos: Sequence[Mapping[str, Any]] | DemoPolicy = (),
     instructions: str = '',
     parent: Version | str | None = None,
     author: str | None = None,
@@ -236,8 +296,8 @@ def create_version(
     """
     spec: OutputSpec = OutputSpec(**(output or text()))
     merged: dict[str, Any] = {**_default_params(spec), **(params or {})}
-    demo_list = [dict(d) for d in demos]
-    _check(prompt, template, model, merged, spec, demo_list)
+    demo_list: Any = dict(demos) if is_policy(demos) else [dict(d) for d in demos]  # type: ignore[union-attr]
+    _check(prompt, template, model, merged, spec, demo_list, instructions)
     parent_id = parent.id if isinstance(parent, Version) else parent
     content_hash = _content(template, model, merged, spec, demo_list, instructions)
     t = tables.versions()
@@ -285,7 +345,7 @@ def edit(
     model: str | None = None,
     params: Params | None = None,
     output: OutputSpec | None = None,
-    demos: Sequence[Mapping[str, Any]] | None = None,
+    demos: Sequence[Mapping[str, Any]] | DemoPolicy | None = None,
     instructions: str | None = None,
     author: str | None = None,
     note: str = '',
@@ -373,7 +433,9 @@ def list_versions(prompt: str | None = None) -> pd.DataFrame:
                 'parent': v.parent_id,
                 'model': v.model,
                 'output': v.output['kind'],
-                'demos': len(v.demos),
+                'demos': f'nearest {v.demo_policy["k"]} of {v.demo_policy["dataset"]}'
+                if v.demo_policy
+                else len(v.demos),
                 'created_at': v.created_at,
                 'author': v.author,
                 'note': v.note,

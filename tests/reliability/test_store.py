@@ -1,0 +1,179 @@
+"""The request store under concurrency, crashes and secrets: two processes on the same requests pay once (in one
+Pixeltable home and on a shared PostgreSQL server), a killed evaluation repeats no stored answer, and neither an
+API key nor a password in an endpoint URL reaches any file."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from openai_server import Canned, OpenAICompatibleServer, completion_body
+
+from reliability.conftest import child_env, run_python, spawn_python
+
+ROWS = 48
+
+SETUP = f"""
+rows = [{{'id': f'q{{i:03d}}', 'text': f'question number {{i}} about my order', 'category': 'BILLING' if i % 2 else 'DELIVERY',
+          'split': 'dev'}} for i in range({ROWS})]
+data = ws.import_dataset('shared', rows, input='text', expected='category', split='split', id='id', if_exists='ignore')
+version = ws.create_version('shared', template='Q: {{{{ text }}}}\\nA:', model='openai:fake',
+                            output=ws.choice(['BILLING', 'DELIVERY']))
+"""
+
+EVALUATE = (
+    SETUP
+    + """
+run = ws.evaluate(version, data, 'dev', progress=False)
+print(json.dumps({'calls': run.calls, 'reused': run.reused, 'errors': run.errors}))
+"""
+)
+
+
+class Counting:
+    """A local model server answering after `delay` seconds, counting what it receives per prompt."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.prompts: list[str] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, body):
+        prompt = body['messages'][-1]['content']
+        with self.lock:
+            self.prompts.append(prompt)
+        time.sleep(self.delay)
+        return Canned(200, completion_body('BILLING'))
+
+
+def _run_two(env: dict[str, str]) -> list[dict]:
+    """Start two processes evaluating the same version at once; return what each reported."""
+    procs = [
+        subprocess.Popen(
+            [sys.executable, '-c', 'import json, os, sys\nimport workspace as ws\n' + EVALUATE],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=900)
+        assert proc.returncode == 0, err[-3000:]
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    return results
+
+
+def _check_paid_once(model: Counting, results: list[dict]) -> None:
+    assert len(model.prompts) == ROWS == len(set(model.prompts)), 'a request was sent twice'
+    assert sum(r['calls'] for r in results) == ROWS and sum(r['reused'] for r in results) == ROWS
+    assert all(r['errors'] == 0 for r in results)
+
+
+def test_two_processes_evaluating_the_same_requests_pay_once(ws):
+    model = Counting(delay=0.1)
+    with OpenAICompatibleServer(model) as server:
+        env = child_env(OPENAI_BASE_URL=f'{server.url}/v1', WORKSPACE_MAX_ATTEMPTS='1', WORKSPACE_CONCURRENCY='4')
+        run_python(SETUP, env=env)  # the dataset and version exist before the race: the race is on the requests
+        results = _run_two(env)
+    _check_paid_once(model, results)
+
+
+def test_two_processes_on_a_shared_postgres_server_pay_once(shared_db):
+    model = Counting(delay=0.1)
+    with OpenAICompatibleServer(model) as server:
+        env = shared_db.env(OPENAI_BASE_URL=f'{server.url}/v1', WORKSPACE_MAX_ATTEMPTS='1', WORKSPACE_CONCURRENCY='4')
+        run_python(SETUP, env=env)
+        results = _run_two(env)
+    _check_paid_once(model, results)
+
+
+def test_a_killed_evaluation_repeats_no_stored_answer(ws):
+    model = Counting(delay=0.05)
+    with OpenAICompatibleServer(model) as server:
+        env = child_env(
+            OPENAI_BASE_URL=f'{server.url}/v1', WORKSPACE_MAX_ATTEMPTS='1', WORKSPACE_CONCURRENCY='1',
+            WORKSPACE_FLUSH_SECONDS='0.3',
+        )  # fmt: skip
+        run_python(SETUP, env=env)
+        child = spawn_python(EVALUATE, env=env)
+        try:
+            deadline = time.monotonic() + 300
+            while len(model.prompts) < ROWS // 2:
+                assert child.poll() is None, 'the evaluation finished before it could be killed'
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+            os.killpg(child.pid, signal.SIGKILL)
+        finally:
+            child.wait()
+        sent_before = set(model.prompts)
+        stored = run_python(
+            'from workspace import tables\nt = tables.requests()\n'
+            'print(json.dumps([r["request"]["prompt"] for r in t.select(t.request).collect()]))',
+            env=env,
+        )
+        assert 0 < len(stored) < ROWS and set(stored) <= sent_before
+        model.prompts.clear()
+        result = run_python(EVALUATE, env=env)  # started again
+    again = set(model.prompts)
+    assert not again & set(stored), 'a stored answer was asked again'
+    assert result['calls'] == ROWS - len(stored) == len(again) and result['reused'] == len(stored)
+    # at most the answers of the last unflushed moment were lost and asked again
+    assert len(sent_before - set(stored)) <= 20
+
+
+def _grep(folder: Path, needle: bytes) -> list[str]:
+    found = []
+    for path in folder.rglob('*'):
+        if path.is_file() and not path.is_symlink():
+            try:
+                if needle in path.read_bytes():
+                    found.append(str(path))
+            except OSError:
+                continue
+    return found
+
+
+def test_no_key_and_no_url_password_reaches_any_file(ws, tmp_path):
+    key, password = 'gsk_MARKER_KEY_9f1c2e', 'MARKER_PASSWORD_77aa'
+
+    def answer(body):
+        prompt = body['messages'][-1]['content']
+        if 'refuse' in prompt:  # an error whose text holds the key, as a real server might echo it
+            return Canned(401, {'error': {'message': f'invalid api key {key}'}})
+        return Canned(200, completion_body('BILLING'))
+
+    home = Path(os.environ['PIXELTABLE_HOME'])
+    with OpenAICompatibleServer(answer) as server:
+        url = server.url.replace('http://', f'http://user:{password}@')
+        env = child_env(
+            OPENAI_BASE_URL=f'{url}/v1', OPENAI_API_KEY=key, GROQ_API_KEY=key, GROQ_BASE_URL=f'{url}/openai/v1',
+            WORKSPACE_MAX_ATTEMPTS='1', WORKSPACE_BREAKER_FAILURES='100',
+        )  # fmt: skip
+        out = run_python(
+            SETUP
+            + """
+ws.evaluate(version, data, 'dev', progress=False)
+groq = ws.edit(version, model='groq:fake')
+ws.evaluate(groq, data, 'dev', progress=False)
+refused = ws.edit(version, template='refuse {{ text }}')
+run = ws.evaluate(refused, data, 'dev', progress=False)
+failures = run.failures()
+print(json.dumps({'errors': run.errors, 'error': str(failures['error'].iloc[0]), 'lineage': str(run.lineage('q000'))}))
+""",
+            env=env,
+        )
+    assert out['errors'] == ROWS and 'invalid api key ***' in out['error']
+    assert password not in out['lineage'] and key not in out['error']
+    folders = [home, Path.cwd() / 'runs', Path.cwd() / 'reports']
+    for needle in (key.encode(), password.encode()):
+        leaks = [hit for folder in folders if folder.exists() for hit in _grep(folder, needle)]
+        assert leaks == [], f'{needle!r} reached {leaks}'

@@ -1,0 +1,91 @@
+"""Demo policies: demos retrieved per example from a pool dataset's embedding index, inside the request."""
+
+from __future__ import annotations
+
+import pytest
+
+FEW_SHOT = (
+    '{% for d in demos %}Ticket: {{ d.text }}\nCategory: {{ d.expected }}\n\n{% endfor %}Ticket: {{ text }}\nCategory:'
+)
+
+
+@pytest.fixture
+def tiny(ws, tiny_tickets):
+    return ws.import_dataset('tiny', tiny_tickets, input=['text'], expected='category', split='split', id='id')
+
+
+def test_nearest_demos_are_the_most_similar_pool_rows_with_the_nearest_last(ws, tiny):
+    from workspace import demos
+
+    policy = ws.nearest(tiny, k=2)
+    got = demos.retrieve(policy, [{'example_id': 'q', 'text': 'I was billed twice on my card.'}], dataset='other')
+    assert [d['expected'] for d in got['q'].demos] == ['BILLING', 'BILLING']
+    assert set(got['q'].ids) <= {'b1', 'b2'}
+    # an example of the pool never gets itself
+    own = demos.retrieve(
+        ws.nearest(tiny, k=3, split=None),
+        [{'example_id': 'b3', 'text': 'My order says delivered but nothing came.'}],
+        dataset='tiny',
+    )
+    assert 'b3' not in own['b3'].ids and len(own['b3'].ids) == 3
+
+
+def test_per_label_max_spreads_the_demos_over_labels(ws, tiny):
+    from workspace import demos
+
+    got = demos.retrieve(
+        ws.nearest(tiny, k=3, per_label_max=1), [{'example_id': 'q', 'text': 'charged twice'}], dataset='x'
+    )
+    labels = [d['expected'] for d in got['q'].demos]
+    assert len(labels) == 3 and len(set(labels)) == 3
+
+
+def test_bad_policies_are_refused_with_the_fix(ws, tiny):
+    from workspace.errors import VersionError
+
+    with pytest.raises(VersionError, match=r'nearest\(k=0\) is not valid'):
+        ws.nearest(tiny, k=0)
+    with pytest.raises(VersionError, match=r"nearest\(field='body'\): dataset 'tiny' has no such input"):
+        ws.nearest(tiny, field='body')
+    with pytest.raises(VersionError, match=r"nearest\(split='holdout'\)"):
+        ws.nearest(tiny, split='holdout')
+
+
+def _demo_ids(run):
+    return {row['example_id']: row['demo_source']['example_ids'] for _, row in run.rows().iterrows()}
+
+
+def test_a_nearest_policy_evaluates_incrementally_and_names_its_pool_version(ws, tiny):
+    from workspace.backends import get_backend
+
+    local = get_backend('local')
+    v = ws.create_version(
+        'router', template=FEW_SHOT, output=ws.choice(['BILLING', 'DELIVERY', 'TECHNICAL']), demos=ws.nearest(tiny, k=2)
+    )
+    assert v.demo_policy['k'] == 2 and 'nearest' in repr(ws.list_versions('router')['demos'].iloc[0])
+    before = local.calls
+    run = ws.evaluate(v, tiny, 'dev', progress=False)
+    assert run.calls == 6 == local.calls - before and run.errors == 0
+    assert ws.evaluate(v, tiny, 'dev', progress=False).calls == 0  # nothing changed: no call
+    lineage = ws.lineage(v, 'tiny', 'a5')
+    assert lineage['demos']['dataset'] == 'tiny' and lineage['demos']['split'] == 'train'
+    assert len(lineage['demos']['example_ids']) == 2
+    first = _demo_ids(run)
+    # A pool row very close to one dev ticket changes the neighbours of that ticket (and maybe a few others) only.
+    tiny.append(
+        [
+            {
+                'id': 'b7',
+                'text': 'The app crashes every time I open my basket, again.',
+                'category': 'TECHNICAL',
+                'split': 'train',
+            }
+        ]
+    )
+    before = local.calls
+    again = ws.evaluate(v, tiny, 'dev', progress=False)
+    second = _demo_ids(again)
+    changed = [ex for ex in first if first[ex] != second[ex]]
+    assert again.calls == len(changed) == local.calls - before and 1 <= len(changed) < 6
+    after = ws.lineage(v, 'tiny', 'a5')['demos']
+    assert 'b7' in after['example_ids'] and after['dataset_version'] > lineage['demos']['dataset_version']
