@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-SECTIONS = ['contract', 'compare', 'optimize', 'embedders', 'judges']
+SECTIONS = ['contract', 'compare', 'optimize', 'embedders', 'store', 'judges']
 
 
 def _machine() -> str:

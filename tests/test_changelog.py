@@ -38,4 +38,4 @@ def test_changelog_is_a_stored_request_next_to_the_measured_effect(ws, tiny, loc
     assert row['changelog'] == (log.text or '') and row['effect'].startswith('tiny/dev: +')
     assert 'pw-changelog' in graph.draw() and 'tiny/dev' in graph._repr_html_()
     report = ws.export_report(tiny, [v1, v2], tmp_path / 'report.html', 'dev').read_text()
-    assert '<h3>Changelog</h3>' in report and 'pw-changelog' in report
+    assert '<h4>Changelog</h4>' in report and 'pw-changelog' in report

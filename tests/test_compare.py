@@ -18,7 +18,9 @@ def test_compare_table_differences_and_intervals(scripted_versions):
     assert row['diff'] == pytest.approx(4 / 6)
     assert row['ci_low'] <= row['diff'] <= row['ci_high']
     assert row['p_value'] == pytest.approx(0.125)  # McNemar exact: 4 discordant pairs, all in v2's favour
-    assert row['verdict'].startswith('no detectable difference at n = 6 (+66.7 points')
+    assert row['verdict'].startswith(
+        f'no detectable difference between {v2.id} and {v1.id} on dev at n = 6 (+66.7 points'
+    )
     assert table.loc[v1.id, 'verdict'] == 'baseline'
     assert row['calls'] == 6 and row['reused'] == 0 and row['errors'] == 0
     assert table.loc[v2.id, 'macro_f1'] == 1.0
@@ -130,3 +132,22 @@ def test_a_version_given_twice_is_compared_once(scripted_versions):
         'only router:v1 to show: give another version to compare it with',
     ]
     assert list(alone.table.index) == [v1.id] and alone.table.loc[v1.id, 'verdict'] == 'baseline'
+
+
+def test_a_version_answering_one_label_is_named_in_a_warning_and_headlines_carry_intervals(scripted_versions):
+    tiny, v1, v2, v3, server = scripted_versions
+    cmp = build_comparison(tiny, [v1, v2], 'dev')
+    assert (
+        f'{v1.id} predicts BILLING on 6 of 6 rows; expected share 33%: it may have collapsed onto one answer'
+        in cmp.notes
+    )
+    assert not any(n.startswith(v2.id) for n in cmp.notes)
+    table = cmp.table
+    low, high = table.loc[v1.id, ['accuracy_low', 'accuracy_high']]
+    assert table.loc[v1.id, 'accuracy'] == pytest.approx(2 / 6)
+    assert (low, high) == pytest.approx((0.0968, 0.7000), abs=1e-3)  # the Wilson interval of 2 of 6
+    from workspace import evaluate
+
+    summary = evaluate(v1, tiny, 'dev', progress=False).summary()
+    assert summary.skew['label'] == 'BILLING' and 'expected share 33%' in ' '.join(summary.notes)
+    assert '95% CI 0.097 to 0.700' in str(summary)

@@ -35,6 +35,8 @@ def test_diff_and_report(scripted_versions, tmp_path):
     d = ws.diff(v1.id, 'router:v2')
     assert d.changed and '<ins' in d._repr_html_()
     assert str(d).startswith('--- router:v1/template\n+++ router:v2/template')
+    ws.set_label(v2, 'production')
     path = ws.export_report(tiny, [v1, v2], tmp_path / 'reports' / 'v2.html', 'dev')
     text = path.read_text()
     assert text.startswith('<!DOCTYPE html>') and 'router:v2 against router:v1' in text and 'pw-chart' in text
+    assert 'pw-tag-label">@production' in text  # labels beside the versions

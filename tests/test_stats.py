@@ -200,8 +200,13 @@ VERDICT = {'name_a': 'v1', 'name_b': 'v3', 'split': 'dev', 'confidence': 0.95, '
         ),
         (
             {'n': 40, 'diff': 0.025, 'low': -0.03, 'high': 0.08, 'p': 0.4512, 'significant': False, 'needed': 380},
-            'no detectable difference at n = 40 (+2.5 points, 95% CI -3.0 to +8.0, p = 0.45); '
+            'no detectable difference between v3 and v1 on dev at n = 40 (+2.5 points, 95% CI -3.0 to +8.0, p = 0.45); '
             'about 380 examples would be needed to detect 5 points',
+        ),
+        (
+            {'n': 48, 'diff': 0.146, 'low': -0.042, 'high': 0.333, 'p': 0.21, 'significant': False, 'needed': 1503},
+            'no detectable difference between v3 and v1 on dev at n = 48 (+14.6 points, 95% CI -4.2 to +33.3, '
+            'p = 0.21); about 1,503 examples would be needed to detect 5 points',
         ),
         (
             {'n': 500, 'diff': 0.2, 'low': 0.15, 'high': 0.25, 'p': 2e-9, 'significant': True, 'needed': 90},
@@ -209,7 +214,7 @@ VERDICT = {'name_a': 'v1', 'name_b': 'v3', 'split': 'dev', 'confidence': 0.95, '
         ),
         (
             {'n': 3, 'diff': 0.0, 'low': 0.0, 'high': 0.0, 'p': 1.0, 'significant': False, 'needed': None},
-            'no detectable difference at n = 3 (+0.0 points, 95% CI +0.0 to +0.0, p = 1.00); '
+            'no detectable difference between v3 and v1 on dev at n = 3 (+0.0 points, 95% CI +0.0 to +0.0, p = 1.00); '
             'the scores do not vary enough to estimate how many examples would detect 5 points',
         ),
     ],
@@ -219,11 +224,25 @@ def test_verdict_wording(numbers: dict[str, object], text: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ('p', 'text'),
-    [(1.0, 'p = 1.00'), (0.45, 'p = 0.45'), (0.0123, 'p = 0.01'), (0.0042, 'p = 0.004'), (0.0009, 'p < 0.001')],
+    ('p', 'shown', 'sentence'),
+    [
+        (1.0, '1.00', 'p = 1.00'),
+        (0.6234, '0.62', 'p = 0.62'),
+        (0.45, '0.45', 'p = 0.45'),
+        (0.0123, '0.01', 'p = 0.01'),
+        (0.01, '0.01', 'p = 0.01'),
+        (0.0099, '0.010', 'p = 0.010'),
+        (0.0042, '0.004', 'p = 0.004'),
+        (0.001, '0.001', 'p = 0.001'),
+        (0.0009, '<0.001', 'p < 0.001'),
+        (4.17e-07, '<0.001', 'p < 0.001'),
+        (0.0, '<0.001', 'p < 0.001'),
+        (float('nan'), '', 'no p-value'),
+    ],
 )
-def test_p_value_format(p: float, text: str) -> None:
-    assert stats._format_p(p) == text
+def test_p_value_format(p: float, shown: str, sentence: str) -> None:
+    assert stats.format_p(p) == shown
+    assert stats._format_p(p) == sentence
 
 
 POINT = r'[+-]\d+\.\d'
@@ -254,7 +273,8 @@ def test_compare_scores_not_significant_names_the_sample_size() -> None:
     needed = required_sample_size(5 / 40, 0.05, alpha=0.05)
     assert not result.significant and result.p_value == 1.0
     assert re.fullmatch(
-        rf'no detectable difference at n = 40 \(\+2\.5 points, 95% CI {POINT} to {POINT}, p = 1\.00\); '
+        rf'no detectable difference between v3 and v1 on dev at n = 40 '
+        rf'\(\+2\.5 points, 95% CI {POINT} to {POINT}, p = 1\.00\); '
         rf'about {needed} examples would be needed to detect 5 points',
         result.verdict,
     )
@@ -264,7 +284,9 @@ def test_compare_scores_single_example() -> None:
     result = compare_scores([0], [1], name_a='v1', name_b='v3', split='dev')
     assert (result.n, result.diff, result.ci_low, result.ci_high, result.p_value) == (1, 1.0, 1.0, 1.0, 1.0)
     assert not result.significant
-    assert result.verdict.startswith('no detectable difference at n = 1 (+100.0 points, 95% CI +100.0 to +100.0')
+    assert result.verdict.startswith(
+        'no detectable difference between v3 and v1 on dev at n = 1 (+100.0 points, 95% CI +100.0 to +100.0'
+    )
 
 
 def test_compare_scores_mismatched_lengths() -> None:

@@ -233,3 +233,48 @@ def test_429_is_retried_after_the_servers_retry_after_or_a_backoff(server, monke
     batch = store.answer_many([(_request('patient'), (None, None, None))])
     assert next(iter(batch.answers.values()))['text'] == 'ok:patient' and len(server.received) == 3
     assert time.perf_counter() - started >= 0.3  # it waited as the server asked
+
+
+def test_a_request_store_made_by_version_0_1_is_upgraded_with_its_answers_and_errors(ws):
+    """Version 0.1 called the model in a computed column of the requests table; opening such a store copies its
+    answers and errors into today's schema, so no request is asked again."""
+    import pixeltable as pxt
+    from old_store_udf import complete
+
+    tables.ensure_dirs()
+    old = pxt.create_table(
+        tables.REQUESTS,
+        {
+            'request_hash': pxt.String,
+            'request': pxt.Json,
+            'model_id': pxt.String,
+            'created_at': pxt.Timestamp,
+            'first_version_id': pxt.String | None,
+            'first_dataset': pxt.String | None,
+            'first_example_id': pxt.String | None,
+        },
+        primary_key='request_hash',
+    )
+    old.add_computed_column(response=complete(old.request), on_error='ignore')
+    rows = []
+    for prompt in ('hello', 'please fail'):
+        request = {
+            'model': 'openai:fake',
+            'model_id': 'openai:fake@x',
+            'params': {},
+            'prompt': prompt,
+            'constraint': None,
+        }
+        rows.append(
+            {'request_hash': store.request_hash(request), 'request': request, 'model_id': 'openai:fake@x',
+             'created_at': utc_now(), 'first_version_id': 'r:v1', 'first_dataset': 'd', 'first_example_id': prompt}
+        )  # fmt: skip
+    old.insert(rows, on_error='ignore')
+    upgraded = tables.requests()
+    assert 'error' in upgraded.columns() and upgraded.count() == 2
+    answers = store.lookup([r['request_hash'] for r in rows])
+    ok, failed = answers[rows[0]['request_hash']], answers[rows[1]['request_hash']]
+    assert ok['text'] == 'ok:hello' and ok['error'] is None and ok['reused']
+    assert failed['text'] is None and 'the endpoint answered 500' in failed['error']
+    assert store.requests_for([rows[0]['request_hash']])[rows[0]['request_hash']]['first_example_id'] == 'hello'
+    assert pxt.list_tables(tables.STAGING_DIR) == []

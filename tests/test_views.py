@@ -2,12 +2,115 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import pytest
 
 from workspace import views
 from workspace.compare import build_comparison
+
+# --- formatting, table-driven ----------------------------------------------------------------------------------
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    result = doctest.testmod(views)
+    assert result.attempted >= 6 and result.failed == 0
+
+
+@pytest.mark.parametrize(
+    ('p', 'shown'),
+    [
+        (4.17e-07, '<0.001'),
+        (0.0009, '<0.001'),
+        (0.001, '0.001'),
+        (0.0042, '0.004'),
+        (0.0123, '0.01'),
+        (0.125, '0.12'),
+        (0.6234, '0.62'),
+        (1.0, '1.00'),
+        (float('nan'), ''),
+    ],
+)
+def test_format_p(p, shown):
+    assert views.format_p(p) == shown
+
+
+@pytest.mark.parametrize(
+    ('diff', 'kwargs', 'shown'),
+    [
+        (0.521, {}, '+52.1'),
+        (-0.0004, {}, '+0.0'),  # a rounded -0.0 reads +0.0
+        (-0.25, {}, '-25.0'),
+        (0.0352, {'scale': 1000.0, 'digits': 0}, '+35'),
+        (-2.6, {'scale': 1.0, 'digits': 0}, '-3'),
+        (None, {}, ''),
+        (float('nan'), {}, ''),
+    ],
+)
+def test_format_change(diff, kwargs, shown):
+    assert views.format_change(diff, **kwargs) == shown
+
+
+@pytest.mark.parametrize(
+    ('low', 'high', 'kwargs', 'shown'),
+    [
+        (0.375, 0.667, {}, '[37.5, 66.7]'),
+        (-0.042, 0.333, {}, '[-4.2, 33.3]'),
+        (-0.0004, 0.2, {}, '[0.0, 20.0]'),  # a rounded -0.0 reads 0.0
+        (-0.0101, 0.0502, {'scale': 1000.0, 'digits': 0}, '[-10, 50]'),
+        (None, 0.2, {}, ''),
+        (float('nan'), float('nan'), {}, ''),
+    ],
+)
+def test_format_interval(low, high, kwargs, shown):
+    assert views.format_interval(low, high, **kwargs) == shown
+
+
+@pytest.mark.parametrize(
+    ('low', 'high', 'higher_is_better', 'css'),
+    [
+        (0.01, 0.2, True, 'pw-better'),  # accuracy up
+        (-0.2, -0.01, True, 'pw-worse'),  # accuracy down
+        (0.01, 0.2, False, 'pw-worse'),  # latency, cost or tokens up
+        (-0.2, -0.01, False, 'pw-better'),  # latency, cost or tokens down
+        (-0.1, 0.2, True, ''),  # the interval holds 0: no colour
+        (-0.1, 0.2, False, ''),
+        (None, None, True, ''),
+    ],
+)
+def test_change_class_knows_which_way_is_better(low, high, higher_is_better, css):
+    assert views.change_class(low, high, higher_is_better=higher_is_better) == css
+
+
+@pytest.mark.parametrize(
+    ('text', 'limit', 'shown'),
+    [
+        ('short', 20, 'short'),
+        ('My parcel has not arrived after two weeks', 24, 'My parcel has not…'),
+        ('line one\nline   two', 40, 'line one line two'),
+        ('x' * 30, 10, 'xxxxxxxxx…'),  # no space to cut at: cut the word, still with an ellipsis
+    ],
+)
+def test_clip_cuts_at_a_word_with_an_ellipsis(text, limit, shown):
+    assert views.clip(text, limit) == shown
+    assert len(views.clip(text, limit)) <= limit
+
+
+@pytest.mark.parametrize(
+    ('ids', 'names'),
+    [
+        (['r:v1', 'r:v10'], {'r:v1': 'v1', 'r:v10': 'v10'}),
+        (['r:v1', 's:v1'], {'r:v1': 'r:v1', 's:v1': 's:v1'}),
+    ],
+)
+def test_short_names(ids, names):
+    assert views.short_names(ids) == names
+
+
+# --- the panes -------------------------------------------------------------------------------------------------
 
 
 @pytest.fixture
@@ -16,45 +119,125 @@ def cmp(scripted_versions):
     return build_comparison(tiny, [v1, v2, v3], 'dev')
 
 
-def test_summary_shows_every_version_interval_and_verdict(cmp):
-    html = views.render_summary(cmp)
-    assert 'class="pw-summary-table"' in html
-    for version in cmp.version_ids:
-        assert version in html
-    assert 'router:v1 (baseline)' in html
-    assert '+66.7</span> [' in html  # v2's difference to v1, in points, with its interval
-    assert cmp.pairwise['router:v2'].verdict in html
-    assert 'router:v3 has 1 rows with a model error' in html  # errors are flagged, not dropped
+def _row(html: str, name: str) -> str:
+    """Return the summary table row whose version cell shows `name`."""
+    return next(r for r in re.findall(r'<tr>.*?</tr>', html) if re.search(rf'<b title="[^"]*">{name}</b>', r))
+
+
+def test_summary_reads_at_a_glance(cmp):
+    html = views.render_summary(cmp, labels={'router:v2': ['production']})
+    assert 'class="pw-summary-table"' in html and '<br' not in html.split('pw-summary-table')[1].split('</table>')[0]
+    for short in ('v1', 'v2', 'v3'):
+        assert f'>{short}</b>' in html
+    assert 'pw-tag-baseline">baseline' in _row(html, 'v1') and 'pw-tag-label">@production' in _row(html, 'v2')
+    v2 = _row(html, 'v2')
+    # accuracy and its change on one scale (percent and points), the interval in small type, p formatted once
+    assert '<td class="pw-first">100.0</td>' in v2 and '+66.7</span> <span class="pw-ci">[' in v2
+    assert '<td>0.12</td>' in v2  # McNemar's exact p = 0.125
+    assert 'e-0' not in html and 'p = ' not in v2
+    for comparison in cmp.pairwise.values():
+        assert comparison.verdict in html
+    assert 'between router:v2 and router:v1' in html  # every verdict names both versions
+    # the note about v3 sits under v3, flagged in its row
+    assert 'data-version="router:v3">router:v3 has 1 rows with a model error' in html
+    assert 'pw-tag-warn">⚠ 1' in _row(html, 'v3')
+
+
+def test_summary_colours_a_latency_increase_red_and_a_decrease_green(cmp):
+    table = cmp.table.copy()
+    table.loc['router:v2', ['latency_diff', 'latency_ci_low', 'latency_ci_high']] = [0.05, 0.02, 0.08]
+    table.loc['router:v3', ['latency_diff', 'latency_ci_low', 'latency_ci_high']] = [-0.05, -0.08, -0.02]
+    html = views.render_summary(dataclasses.replace(cmp, table=table))
+    assert '<span class="pw-worse">+50</span> <span class="pw-ci">[20, 80]</span>' in _row(html, 'v2')
+    assert '<span class="pw-better">-50</span> <span class="pw-ci">[-80, -20]</span>' in _row(html, 'v3')
+
+
+def test_summary_shows_the_exact_token_change_red_when_it_grows(cmp):
+    frames = dict(cmp.frames)
+    frames['router:v2'] = frames['router:v2'].assign(prompt_tokens=frames['router:v2']['prompt_tokens'] + 40)
+    html = views.render_summary(dataclasses.replace(cmp, frames=frames))
+    assert '<td><span class="pw-worse">+40</span></td>' in _row(html, 'v2')  # no interval: the count is exact
+
+
+def test_summary_shows_a_headline_interval_when_the_table_has_one(cmp):
+    table = cmp.table.assign(accuracy_low=[0.1, 0.9, 0.5], accuracy_high=[0.6, 1.0, 0.95])
+    html = views.render_summary(dataclasses.replace(cmp, table=table))
+    assert '<td class="pw-first">100.0 <span class="pw-ci">[90.0, 100.0]</span></td>' in _row(html, 'v2')
 
 
 def test_per_category_has_chart_and_table(cmp):
     html = views.render_per_category(cmp)
     assert html.count('<img class="pw-chart"') == 1 and 'data:image/png;base64,' in html
+    width = int(re.search(r'<img class="pw-chart"[^>]* width="(\d+)"', html)[1])
+    assert width <= 900  # the dot plot's width does not grow with labels or versions
     for label in ('BILLING', 'DELIVERY', 'TECHNICAL'):
         assert label in html
-    assert 'precision' in html and 'recall' in html and 'support' in html
+    assert html.count('>precision</th>') == 3 and '>support</th>' in html
+    assert 'v1 (baseline)</th>' in html
 
 
-def test_confusions_are_one_heatmap_image(cmp):
+def test_confusions_are_titled_small_multiples_on_one_scale(cmp):
     html = views.render_confusions(cmp)
-    assert html.count('<img class="pw-chart"') == 1 and 'alt="confusion matrices"' in html
+    assert html.count('<figure') == 3 and html.count('<img class="pw-chart"') == 3
+    assert 'alt="confusion matrix of v1 (baseline): accuracy 33.3%"' in html
+    assert 'alt="confusion matrix of v2: accuracy 100.0%"' in html
+    assert 'One colour scale for every matrix (0 to 2 examples)' in html
+    widths = {int(w) for w in re.findall(r'<img class="pw-chart"[^>]* width="(\d+)"', html)}
+    assert max(widths) <= 480  # two fit side by side in a 1,000 px pane
+    assert 'repeat(auto-fill, minmax(min(100%' in html  # the grid wraps instead of overflowing
 
 
-@pytest.mark.parametrize('which,count', [('fixed', 4), ('broken', 0), ('changed', 0), ('all changes', 4), ('all', 6)])
+@pytest.mark.parametrize(
+    ('which', 'count'),
+    [('fixed', 4), ('broken', 0), ('output changed', 0), ('any change', 4), ('model error', 0), ('every example', 6)],
+)
 def test_flips_filter_and_expand_to_both_prompts(cmp, which, count):
     html = views.render_flips(cmp, 'router:v2', which)
-    assert html.count('<details>') == count
+    assert html.count('<details class="pw-flip">') == count
     assert '4 fixed' in html and '0 broken' in html
     if count:
-        assert 'v1\nTicket:' in html and 'v2\nTicket:' in html  # both rendered prompts, side by side
+        # both rendered prompts, side by side, with the words that differ marked
+        assert '<pre><del>v1</del>\nTicket:' in html and '<pre><ins>v2</ins>\nTicket:' in html
+        assert f'Showing 1–{count} of {count} ({which}), page 1 of 1' in html
+    else:
+        assert f'No example is {which}' in html
+
+
+def test_flip_counts(cmp):
+    assert views.flip_counts(cmp.flips('router:v3')) == {
+        'any change': 4,
+        'fixed': 3,
+        'broken': 0,
+        'output changed': 1,
+        'model error': 1,
+        'every example': 6,
+    }
+
+
+def test_flips_are_paginated(cmp):
+    first = views.render_flips(cmp, 'router:v2', 'every example', per_page=4)
+    assert first.count('<details class="pw-flip">') == 4 and 'Showing 1–4 of 6 (every example), page 1 of 2' in first
+    second = views.render_flips(cmp, 'router:v2', 'every example', page=1, per_page=4)
+    assert second.count('<details class="pw-flip">') == 2 and 'Showing 5–6 of 6' in second
+    past = views.render_flips(cmp, 'router:v2', 'every example', page=9, per_page=4)
+    assert past == second  # past the end: the last page
+    ids = re.findall(r'<span class="pw-cell" title="(a\d)">', first + second)
+    assert sorted(ids) == ['a1', 'a2', 'a3', 'a4', 'a5', 'a6']
 
 
 def test_flips_show_error_rows(cmp):
-    html = views.render_flips(cmp, 'router:v3', 'errors')
-    assert html.count('<details>') == 1 and '⚠ error' in html and 'BackendError' in html
-    assert '1 with a model error' in html
+    html = views.render_flips(cmp, 'router:v3', 'model error')
+    assert html.count('<details class="pw-flip">') == 1 and '⚠' in html and 'BackendError' in html
+    assert '1 with a model error' in html and 'no answer' in html
     with pytest.raises(ValueError, match=r"flip filter 'nope' is not one of"):
         views.render_flips(cmp, 'router:v3', 'nope')
+
+
+def test_flip_rows_are_one_line_ending_in_an_ellipsis(cmp):
+    html = views.render_flips(cmp, 'router:v2', 'fixed')
+    assert re.search(r'\.pw-view \.pw-cell \{[^}]*white-space: nowrap;[^}]*text-overflow: ellipsis', html)
+    text = 'The parcel has not arrived and tracking has not moved for a week.'
+    assert f'<span class="pw-cell" title="{text}">{text}</span>' in html  # the whole text on hover
 
 
 def test_prompt_diff_marks_words(cmp):
@@ -62,11 +245,22 @@ def test_prompt_diff_marks_words(cmp):
     assert re.search(r'<del[^>]*>v1</del>', html) and re.search(r'<ins[^>]*>v2</ins>', html)
 
 
+def test_edit_preview_highlights_what_the_edit_changes():
+    html = views.render_edit_preview(
+        'a1', 'Ticket: x\nCategory:', 'Support ticket: x\nCategory:', source='r:v1', changed=6, total=6
+    )
+    assert '<ins>Support ticket</ins>: x' in html and '6 of 6 requests differ from r:v1' in html
+    same = views.render_edit_preview('a1', 'T: x', 'T: x', source='r:v1', changed=0, total=6)
+    assert '(the same as r:v1)' in same and '<ins>' not in same
+
+
 def test_report_is_a_standalone_document(cmp, tmp_path):
     doc = views.render_report(cmp)
     assert doc.startswith('<!DOCTYPE html>') and doc.endswith('</html>')
     assert 'src="http' not in doc and '<script' not in doc  # opens without a kernel or a network
-    assert doc.count('<h3>Prompt diff</h3>') == 2 and doc.count('pw-chart') >= 2
+    assert doc.count('<style>') == 1  # one stylesheet, shared with the widget
+    assert doc.count('<h4>Prompt diff</h4>') == 2 and doc.count('pw-chart') >= 4
+    assert 'system-ui' in doc and 'table version' in doc
 
 
 def test_text_task_views(ws, monkeypatch):
@@ -85,4 +279,5 @@ def test_text_task_views(ws, monkeypatch):
     assert 'rouge_l' in text_cmp.table.columns and 'macro_f1' not in text_cmp.table.columns
     assert 'Per-category views apply to label tasks' in views.render_per_category(text_cmp)
     assert 'Confusion matrices apply to label tasks' in views.render_confusions(text_cmp)
-    assert 'rouge_l' in views.render_summary(text_cmp)
+    summary = views.render_summary(text_cmp)
+    assert 'rouge_l %' in summary and 'sign-flip' in summary

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import html
+
 import pytest
 
 from workspace.compare import build_comparison
+from workspace.errors import TemplateError
 from workspace.widgets import CompareState, CompareView
 
 
@@ -14,10 +17,17 @@ def view(scripted_versions):
     return CompareView(CompareState(build_comparison(tiny, [v1, v2, v3], 'dev'))), scripted_versions
 
 
+def _checked(view) -> list[str]:
+    return [v for v, box in view.candidate_boxes.items() if box.value]
+
+
 def test_initial_view(view):
     view, _ = view
     assert view.baseline.value == 'router:v1'
-    assert view.candidates.value == ('router:v2', 'router:v3')
+    assert _checked(view) == ['router:v2', 'router:v3']
+    assert (
+        view.candidate_boxes['router:v1'].disabled and 'v1 (baseline)' == view.candidate_boxes['router:v1'].description
+    )
     assert view.focus.value == 'router:v2'
     assert [view.tabs.get_title(i) for i in range(6)] == [
         'Summary',
@@ -27,69 +37,208 @@ def test_initial_view(view):
         'Diff',
         'Edit',
     ]
-    assert 'router:v1 (baseline)' in view.panes['Summary'].value
+    assert 'pw-tag-baseline">baseline' in view.panes['Summary'].value
     assert view.panes['Per category'].value == ''  # rendered when opened: charts take a moment
     view.tabs.selected_index = 1
     assert 'pw-chart' in view.panes['Per category'].value
     view.tabs.selected_index = 4
     assert '<ins' in view.panes['Diff'].value
+    assert 'Comparing 2 candidates against <b>router:v1</b> on tiny / dev (6 examples)' in view.status.value
+    assert view.progress_row.layout.display == 'none'
 
 
-def test_changing_baseline_recomputes_without_model_calls(view):
+def test_changing_baseline_keeps_the_old_one_as_a_candidate_without_model_calls(view):
     view, (_, _, _, _, server) = view
     calls = len(server.received)
     view.baseline.value = 'router:v2'
-    assert view.state.baseline == 'router:v2'
-    assert 'router:v2 (baseline)' in view.panes['Summary'].value
-    assert 'router:v2' not in view.candidates.value and view.focus.value in view.candidates.value
+    assert view.state.baseline == 'router:v2' and view.state.candidates == ['router:v1', 'router:v3']
+    assert _checked(view) == ['router:v1', 'router:v3'] and view.candidate_boxes['router:v2'].disabled
+    assert view.focus.value in view.state.candidates
+    assert '<b title="router:v2">v2</b><span class="pw-tag pw-tag-baseline">' in view.panes['Summary'].value
     assert len(server.received) == calls
 
 
-def test_focus_and_filter_drive_the_flips_pane(view):
+def test_focus_filter_and_pages_drive_the_flips_pane(view):
     view, _ = view
     view.tabs.selected_index = 3
+    assert ('fixed (4)', 'fixed') in view.flip_filter.options and (
+        'any change (4)',
+        'any change',
+    ) in view.flip_filter.options
     view.flip_filter.value = 'fixed'
-    assert view.panes['Flips'].value.count('<details>') == 4
+    assert view.panes['Flips'].value.count('<details class="pw-flip">') == 4
     view.focus.value = 'router:v3'
-    view.flip_filter.value = 'errors'
-    assert view.panes['Flips'].value.count('<details>') == 1
+    assert ('model error (1)', 'model error') in view.flip_filter.options
+    view.flip_filter.value = 'model error'
+    assert view.panes['Flips'].value.count('<details class="pw-flip">') == 1
     view.tabs.selected_index = 4
     assert '>v3</ins>' in view.panes['Diff'].value
+
+    view.state.flips_per_page = 4
+    view.tabs.selected_index = 3
+    view.flip_filter.value = 'every example'
+    assert 'page 1 of 2' in view.panes['Flips'].value and view.previous_page.disabled
+    view.next_page.click()
+    assert 'Showing 5–6 of 6' in view.panes['Flips'].value and view.next_page.disabled
+    view.previous_page.click()
+    assert 'Showing 1–4 of 6' in view.panes['Flips'].value
 
 
 def test_removing_every_candidate_leaves_the_baseline_alone(view):
     view, _ = view
-    view.candidates.value = ()
+    view.candidate_boxes['router:v2'].value = False
+    view.candidate_boxes['router:v3'].value = False
     assert view.state.candidates == [] and view.state.focus is None and view.focus.options == ()
-    assert 'router:v2' not in view.panes['Summary'].value and 'router:v1 (baseline)' in view.panes['Summary'].value
+    assert '>v2</b>' not in view.panes['Summary'].value and 'pw-tag-baseline' in view.panes['Summary'].value
     view.tabs.selected_index = 3
     assert 'Pick a candidate' in view.panes['Flips'].value
-    view.candidates.value = ('router:v3',)
-    assert view.state.focus == 'router:v3' and 'router:v3' in view.panes['Flips'].value
+    view.candidate_boxes['router:v3'].value = True
+    assert view.state.focus == 'router:v3' and 'router:v3 against router:v1' in view.panes['Flips'].value
     view.tabs.selected_index = 0  # panes that are not visible render when opened
-    assert 'router:v3' in view.panes['Summary'].value
+    assert '>v3</b>' in view.panes['Summary'].value
 
 
-def test_save_then_evaluate_adds_the_new_version_with_progress(view):
+def test_pickers_offer_every_version_of_the_prompt_with_labels(view):
+    import workspace as ws
+
     view, (_, v1, _, _, server) = view
+    elsewhere = ws.edit(v1, template='v2\nTicket: {{ text }}\nCategory is:', note='made in another notebook')
+    ws.set_label(elsewhere, 'staging')
+    view.reload_button.click()
+    assert 'found router:v4' in view.status.value
+    box = view.candidate_boxes['router:v4']
+    assert box.description == 'v4 @staging' and not box.value and box.tooltip == 'made in another notebook'
+    assert ('router:v4 @staging', 'router:v4') in view.baseline.options
+    before = len(server.received)
+    box.value = True  # not evaluated in this view yet: ticking it evaluates it
+    assert len(server.received) - before == 6
+    assert view.state.candidates == ['router:v2', 'router:v3', 'router:v4']
+    assert '>v4</b>' in view.panes['Summary'].value and '@staging' in view.panes['Summary'].value
+    assert view.progress.value == view.progress.max == 6 and view.progress_label.value == '6 / 6 calls'
+
+
+def test_edit_says_which_version_and_edits_any_selected_one(view):
+    view, (_, v1, v2, _, _) = view
+    assert view.editing.value.endswith('editing <b>router:v1</b> (baseline)</div>')
     assert view.template.value == v1.template
+    assert [value for _, value in view.edit_source.options] == ['router:v1', 'router:v2', 'router:v3']
+    view.edit_source.value = 'router:v2'
+    assert 'editing <b>router:v2</b></div>' in view.editing.value and view.template.value == v2.template
+    assert 'its parent is router:v2' in view.edit_status.value
+
+
+@pytest.mark.parametrize(
+    ('template', 'message'),
+    [
+        ('v1\nTicket: {{ txt }}\nCategory:', "reads {{ txt }}, which dataset 'tiny' does not have. Did you mean"),
+        ('v1\nTicket: {{ text }} {{ category }}\nCategory:', 'the answer would leak into the prompt'),
+        ('v1\nTicket: {{ text ', 'the template does not parse'),
+        ('v1\nTicket: {{ text.__class__ }}\nCategory:', 'failed to render in the sandbox'),
+    ],
+)
+def test_save_refuses_a_broken_template_before_storing_it(view, template, message):
+    import workspace as ws
+
+    view, _ = view
+    versions = len(ws.list_versions('router'))
+    view.template.value = template
+    view.save_button.click()
+    shown = html.unescape(view.edit_status.value)
+    assert 'Not saved: ' in shown and message in shown
+    assert len(ws.list_versions('router')) == versions and view.evaluate_button.disabled
+    with pytest.raises(TemplateError):
+        view.state.save(template)
+
+
+def test_saving_an_unchanged_template_makes_no_version(view):
+    import workspace as ws
+
+    view, _ = view
+    versions = len(ws.list_versions('router'))
+    view.save_button.click()
+    assert "The template is the same as router:v1's: no new version saved" in view.edit_status.value
+    assert len(ws.list_versions('router')) == versions and view.evaluate_button.disabled
+
+
+def test_save_then_evaluate_shows_progress_and_disables_the_controls(view):
+    view, (_, v1, _, _, server) = view
     view.template.value = 'v2\nSupport ticket text, Ticket: {{ text }}\nCategory:'
+    assert 'unsaved changes to router:v1' in view.edit_status.value
     view.note.value = 'reworded'
     view.save_button.click()
-    saved = view._saved
-    assert saved == 'router:v4' and 'parent router:v1' in view.status.value
-    assert not view.evaluate_button.disabled
+    assert 'Saved <b>router:v4</b> (parent router:v1)' in view.edit_status.value
+    assert 'Not evaluated yet' in view.edit_status.value and '6 model calls' in view.edit_status.value
+    assert '<ins>Support ticket text, </ins>Ticket:' in view.preview.value
+    assert view.evaluate_button.description == 'Evaluate (6 model calls)' and not view.evaluate_button.disabled
+    assert 'router:v4' in view.candidate_boxes and not view.candidate_boxes['router:v4'].value
+    assert 'editing <b>router:v4</b> (saved, not evaluated yet)' in view.editing.value  # further edits start here
+
+    during = []
+    view.progress.observe(
+        lambda _: during.append(
+            (
+                view.save_button.disabled,
+                view.evaluate_button.disabled,
+                view.template.disabled,
+                view.baseline.disabled,
+                view.candidate_boxes['router:v2'].disabled,
+                view.progress_row.layout.display,
+            )
+        ),
+        names='value',
+    )
+    labels = []
+    view.progress_label.observe(lambda change: labels.append(change['new']), names='value')
     before = len(server.received)
     view.evaluate_button.click()
     assert len(server.received) - before == 6
-    assert view.progress.value == view.progress.max == 6
-    assert 'evaluated router:v4: 6 model calls, 0 rows reused' in view.status.value
-    assert 'router:v4' in view.candidates.value and view.focus.value == 'router:v4'
-    assert 'router:v4' in view.panes['Summary'].value
+    assert labels[0] == '0 / 6 calls' and labels[-1] == '6 / 6 calls'  # the count is known before the first call
+    assert [label.split(' / ')[0] for label in labels] == sorted(label.split(' / ')[0] for label in labels)
+    assert during and all(d == (True, True, True, True, True, 'flex') for d in during)
+    assert view.progress.value == view.progress.max == 6 and view.progress_label.value == '6 / 6 calls'
+    assert 'Evaluated <b>router:v4</b> on dev: 6 model calls, 0 rows reused' in view.edit_status.value
+    assert view.state.candidates == ['router:v2', 'router:v3', 'router:v4'] and view.focus.value == 'router:v4'
+    assert '>v4</b>' in view.panes['Summary'].value and view.editing.value.endswith('editing <b>router:v4</b></div>')
+    assert not view.save_button.disabled and not view.candidate_boxes['router:v2'].disabled
+    assert view.evaluate_button.disabled and view.progress_row.layout.display == 'none'
 
 
-def test_saving_a_broken_template_reports_the_error(view):
-    view, _ = view
-    view.template.value = 'Ticket: {{ text '
+def test_an_edit_that_changes_some_rows_makes_only_those_calls(view):
+    view, (tiny, _, _, _, server) = view
+    edited = "v1\nTicket: {{ text }}{% if 'charged' in text %} (money){% endif %}\nCategory:"
+    checked = view.state.check(edited)
+    assert (checked.changed, checked.new, checked.total) == (1, 1, 6) and checked.example_id == 'a1'
+    view.template.value = edited
     view.save_button.click()
-    assert 'does not parse' in view.status.value and view.evaluate_button.disabled
+    assert '1 of 6 requests differ from router:v1' in view.preview.value
+    assert view.evaluate_button.description == 'Evaluate (1 model call)'
+    before = len(server.received)
+    view.evaluate_button.click()
+    assert len(server.received) - before == 1
+    assert 'Evaluated <b>router:v4</b> on dev: 1 model call, 5 rows reused' in view.edit_status.value
+
+
+def test_saving_content_that_exists_returns_that_version(view):
+    view, (_, _, v2, _, _) = view
+    view.edit_source.value = 'router:v3'
+    view.template.value = v2.template
+    view.save_button.click()
+    assert 'This content is already <b>router:v2</b>: no new version saved' in view.edit_status.value
+    assert 'already in the comparison' in view.edit_status.value
+
+
+def test_progress_label_counts_calls_and_time_left():
+    import ipywidgets as w
+
+    from workspace.widgets import _Clock
+
+    bar, label = w.IntProgress(), w.HTML()
+    clock = _Clock(bar, label)
+    clock.start -= 2.0  # two seconds in
+    clock(8, 24)
+    assert (bar.value, bar.max) == (8, 24) and label.value == '8 / 24 calls, about 4 s left'
+    clock.start += 1.9
+    clock(23, 24)
+    assert label.value == '23 / 24 calls, under a second left'
+    clock(24, 24)
+    assert label.value == '24 / 24 calls'

@@ -52,7 +52,7 @@ from .notebooks import NotebookRun, list_notebook_runs, run_notebook  # noqa: E4
 from .optimize import Budget, OptimizeResult, list_optimizations, list_trials, optimize  # noqa: E402
 from .prompt_diff import VersionDiff, diff_versions, render_diff_html, render_diff_text  # noqa: E402
 from .report import export_report  # noqa: E402
-from .runs import Run, Summary, get_run, lineage, list_runs  # noqa: E402
+from .runs import Lineage, Run, Summary, get_run, lineage, list_runs  # noqa: E402
 from .samples import SampleReport, sample_report  # noqa: E402
 from .schedule import ScheduledEval, scheduled_eval, scheduled_history  # noqa: E402
 from .suggest import Suggestion, suggest  # noqa: E402
@@ -94,6 +94,7 @@ __all__ = [
     'get_run',
     'list_runs',
     'lineage',
+    'Lineage',
     'lineage_graph',
     'LineageGraph',
     # judges and samples

@@ -251,6 +251,7 @@ def _runs(args: argparse.Namespace) -> int:
 
 def _lab(args: argparse.Namespace) -> int:
     from . import config
+    from .notebooks import KERNEL_NAME
 
     root = config.project_root()
     env = {**os.environ, 'PIXELTABLE_HOME': str(config.pixeltable_home())}
@@ -263,7 +264,7 @@ def _lab(args: argparse.Namespace) -> int:
             'install',
             '--user',
             '--name',
-            'prompt-workspace',
+            KERNEL_NAME,
             '--display-name',
             'Python (prompt-workspace)',
         ],

@@ -33,6 +33,7 @@ __all__ = [
     'significance',
     'row_score_name',
     'prompts_for',
+    'version_labels',
     'diff',
     'Promotion',
     'promote_if_better',
@@ -244,10 +245,17 @@ def _measure(
             'n': len(frame),
             main: float(frame['score'].mean()),
         }
+        # The headline's own 95% interval: Wilson for a proportion (accuracy, validity), bootstrap for a mean.
+        if task == 'text':
+            row[f'{main}_low'], row[f'{main}_high'] = stats.bootstrap_interval(frame['score'].tolist())
+        elif len(frame):
+            row[f'{main}_low'], row[f'{main}_high'] = stats.proportion_interval(int(frame['score'].sum()), len(frame))
         if task == 'choice':
-            row['macro_f1'] = metrics.classification_summary([str(e) for e in frame['expected']], _predictions(frame))[
-                'macro_f1'
-            ]
+            expected, predicted = [str(e) for e in frame['expected']], _predictions(frame)
+            row['macro_f1'] = metrics.classification_summary(expected, predicted)['macro_f1']
+            skew = metrics.label_skew(expected, predicted)
+            if skew is not None:
+                notes.append(f'{run.version.id} {skew["message"]}: it may have collapsed onto one answer')
         row.update(
             mean_latency_s=float(frame['latency_s'].fillna(0).mean()),
             mean_tokens=float((frame['prompt_tokens'].fillna(0) + frame['completion_tokens'].fillna(0)).mean()),
@@ -354,6 +362,18 @@ def prompts_for(hashes: Sequence[str]) -> dict[str, str]:
     """Return the rendered prompt of each request hash, from the request store."""
     found = store.requests_for(h for h in hashes if isinstance(h, str))
     return {key: row['request'].get('prompt', '') for key, row in found.items()}
+
+
+def version_labels(prompts: Sequence[str]) -> dict[str, list[str]]:
+    """Return the labels on each version of `prompts` (version id to sorted label names), from the labels table."""
+    from .labels import list_labels
+
+    found: dict[str, list[str]] = {}
+    for prompt in dict.fromkeys(prompts):
+        on = list_labels(prompt)
+        for version, label in zip(on['version_id'], on['label']):
+            found.setdefault(version, []).append(label)
+    return {version: sorted(names) for version, names in found.items()}
 
 
 def diff(a: Version | str, b: Version | str) -> VersionDiff:

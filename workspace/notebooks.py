@@ -8,6 +8,7 @@ import difflib
 import logging
 import os
 import socket
+import sys
 import time
 import uuid
 from collections.abc import Mapping
@@ -23,7 +24,9 @@ from .errors import WorkspaceError
 from .recovery import Owner
 
 __all__ = [
+    'KERNEL_NAME',
     'NotebookRun',
+    'headless_kernel',
     'run_notebook',
     'list_notebook_runs',
     'mark_interrupted',
@@ -32,6 +35,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+#: The kernel the notebooks are saved with; `prompt-workspace lab` registers it for this environment.
+KERNEL_NAME = 'prompt-workspace'
 
 
 @dataclass(frozen=True)
@@ -79,6 +85,28 @@ def notebook_parameters(notebook: str | Path) -> dict[str, Any]:
 
     found = papermill.inspect_notebook(str(notebook))
     return {name: spec.get('default') for name, spec in found.items()}
+
+
+def headless_kernel() -> str:
+    """Return the kernel a headless run uses: one that runs this Python, so `prompt-workspace run` executes the
+    notebook in this environment whatever kernel it was saved with, and works in a fresh clone where
+    `prompt-workspace lab` never registered one (papermill stops with NoSuchKernel on an unknown name).
+
+    >>> headless_kernel() in (KERNEL_NAME, 'python3')
+    True
+    """
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    here = {sys.executable, 'python', 'python3', f'python{sys.version_info[0]}.{sys.version_info[1]}'}
+    manager = KernelSpecManager()
+    for name in (KERNEL_NAME, 'python3'):
+        try:
+            spec = manager.get_kernel_spec(name)
+        except NoSuchKernel:
+            continue
+        if spec.argv and spec.argv[0] in here:  # jupyter_client runs a bare 'python' as this interpreter
+            return name
+    return 'python3'  # ipykernel's built-in kernel, which runs this interpreter
 
 
 def _output_path(notebook: Path, started: Any, output_dir: Path | None) -> Path:
@@ -145,7 +173,13 @@ def run_notebook(
     status, error = 'ok', None
     try:
         papermill.execute_notebook(
-            str(path), str(out), parameters=given, cwd=str(path.parent), progress_bar=progress, log_output=False
+            str(path),
+            str(out),
+            parameters=given,
+            cwd=str(path.parent),
+            kernel_name=headless_kernel(),
+            progress_bar=progress,
+            log_output=False,
         )
     except PapermillExecutionError as e:
         status = 'regression' if e.ename == 'RegressionError' else 'failed'

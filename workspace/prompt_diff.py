@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal, Protocol
 
-__all__ = ['FieldChange', 'VersionDiff', 'diff_versions', 'render_diff_html', 'render_diff_text']
+__all__ = ['FieldChange', 'VersionDiff', 'diff_versions', 'render_diff_html', 'render_diff_text', 'word_ops']
 
 Op = Literal['equal', 'insert', 'delete']
 
@@ -105,7 +105,7 @@ def diff_versions(a: _Version, b: _Version) -> VersionDiff:
     demos = _demo_summary(a.demos or [], b.demos or [])
     if demos:
         fields.append(FieldChange('demos', len(a.demos or []), len(b.demos or []), demos))
-    template, instructions = _word_ops(a.template, b.template), _word_ops(a.instructions, b.instructions)
+    template, instructions = word_ops(a.template, b.template), word_ops(a.instructions, b.instructions)
     return VersionDiff(a.id, b.id, template, instructions, fields)
 
 
@@ -145,8 +145,12 @@ def render_diff_text(d: VersionDiff, *, context: int = 3) -> str:
     return '\n'.join(lines)
 
 
-def _word_ops(old: str, new: str) -> list[tuple[Op, str]]:
-    """Diff two texts by word, space and punctuation tokens; equal+delete rebuilds `old`, equal+insert `new`."""
+def word_ops(old: str, new: str) -> list[tuple[Op, str]]:
+    """Diff two texts by word, space and punctuation tokens; equal+delete rebuilds `old`, equal+insert `new`.
+
+    >>> word_ops("Hi there", "Hello there")
+    [('delete', 'Hi'), ('insert', 'Hello'), ('equal', ' there')]
+    """
     ta, tb = _TOKEN.findall(old), _TOKEN.findall(new)
     codes = difflib.SequenceMatcher(None, ta, tb, autojunk=False).get_opcodes()
     chunks: list[list[str]] = []  # [kind, old text, new text], adjacent kinds merged

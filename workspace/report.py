@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from .compare import build_comparison
+from .compare import build_comparison, version_labels
 from .datasets import Dataset
 from .versions import Version
 from .views import render_report
@@ -30,5 +30,6 @@ def export_report(
     cmp = build_comparison(dataset, versions, split, baseline=baseline)
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(render_report(cmp, title=title), encoding='utf-8')
+    labels = version_labels([run.version.prompt for run in cmp.runs])
+    target.write_text(render_report(cmp, title=title, labels=labels), encoding='utf-8')
     return target

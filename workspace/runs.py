@@ -10,8 +10,9 @@ import dataclasses
 import datetime
 import functools
 import html
+import json
 import operator
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +25,7 @@ from .eval_views import format_usd
 from .reads import READS
 from .versions import Version, get_version, parent_chain
 
-__all__ = ['Run', 'Summary', 'get_run', 'list_runs', 'lineage', 'main_score_name', 'summarize']
+__all__ = ['Failures', 'Lineage', 'Run', 'Summary', 'get_run', 'list_runs', 'lineage', 'main_score_name', 'summarize']
 
 _MAIN_SCORE = {'choice': 'accuracy', 'text': 'rouge_l', 'json': 'json_valid'}
 _ROW_SCORE = {'choice': 'exact_match', 'text': 'rouge_l', 'json': 'json_valid'}
@@ -122,8 +123,10 @@ class Run:
         frame = self.rows()
         return metrics.per_category([str(e) for e in frame['expected']], _predicted(frame), self._label_order(frame))
 
-    def failures(self, limit: int | None = None) -> pd.DataFrame:
-        """Return the examples the version got wrong or failed on, with input, expected, predicted and error."""
+    def failures(self, limit: int | None = None) -> Failures:
+        """Return the examples the version got wrong or failed on: example id, inputs, expected, prediction, raw
+        output and error. In a notebook it shows left-aligned with wrapped text, without the raw output where it
+        only repeats the prediction and without the error column when no row has one."""
         ds = get_dataset(self.dataset)
         frame = self.predictions()
         score = _ROW_SCORE[ds.task]
@@ -133,10 +136,10 @@ class Run:
             else frame[frame['error'].notna() | (frame[score].fillna(0) < frame[score].fillna(0).median())]
         )
         columns = ['example_id', *ds.inputs, 'expected', 'prediction', 'output', 'error']
-        wrong = wrong[columns].reset_index(drop=True)
+        wrong = Failures(wrong[columns].reset_index(drop=True))
         return wrong.head(limit) if limit is not None else wrong
 
-    def lineage(self, example_id: str) -> dict[str, Any]:
+    def lineage(self, example_id: str) -> Lineage:
         """Return where the prediction and scores for one example of this run come from."""
         return lineage(self.version, self.dataset, example_id)
 
@@ -150,6 +153,144 @@ class Run:
         labels = list(self.version.labels)
         seen = {str(e) for e in frame['expected']} | {p for p in _predicted(frame) if p is not None}
         return labels + sorted(seen - set(labels))
+
+
+class Failures(pd.DataFrame):
+    """A run's failed examples: a DataFrame that a notebook shows left-aligned, wrapped, and without columns that
+    say nothing (a raw output equal to the prediction, an error column with no error)."""
+
+    @property
+    def _constructor(self) -> type[Failures]:
+        return Failures
+
+    def shown_columns(self) -> list[str]:
+        """Return the columns worth showing: all but a raw output that repeats the prediction and an empty error."""
+        hidden = set()
+        if {'output', 'prediction'} <= set(self.columns):
+            same = [
+                (pd.isna(o) and pd.isna(p)) or (not pd.isna(o) and str(o).strip() == str(p))
+                for o, p in zip(self['output'], self['prediction'])
+            ]
+            if all(same):
+                hidden.add('output')
+        if 'error' in self.columns and self['error'].isna().all():
+            hidden.add('error')
+        return [c for c in self.columns if c not in hidden]
+
+    def styled(self) -> Any:
+        """Return the pandas Styler a notebook shows: text left-aligned and wrapped, one row per example."""
+        frame = pd.DataFrame(self[self.shown_columns()])
+        long = [c for c in frame.columns if frame[c].astype(str).str.len().max() > 24]
+        styler = frame.style.hide(axis='index')
+        styler = styler.set_properties(**{'text-align': 'left', 'vertical-align': 'top', 'white-space': 'nowrap'})
+        if long:
+            styler = styler.set_properties(
+                subset=long, **{'white-space': 'pre-wrap', 'min-width': '16em', 'max-width': '40em'}
+            )
+        if 'error' in frame.columns:
+            styler = styler.set_properties(subset=['error'], **{'color': '#c62828'})
+        return styler.format(na_rep='').set_table_styles(
+            [
+                {'selector': 'th', 'props': 'text-align: left; vertical-align: bottom; white-space: nowrap;'},
+                {'selector': 'td', 'props': 'padding: 4px 8px; border-bottom: 1px solid #e5e7eb;'},
+            ]
+        )
+
+    def _repr_html_(self) -> str:  # type: ignore[override]
+        if self.empty:
+            return '<p>No failures: every example is right.</p>'
+        return str(self.styled().to_html())
+
+
+def _plain(value: Any) -> Any:
+    """Return a value as JSON-friendly Python: timestamps as ISO strings, NaN as None."""
+    if isinstance(value, (datetime.datetime, datetime.date)):
+        return value.isoformat()
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+class Lineage(Mapping[str, Any]):
+    """Where one prediction comes from: dataset and table version, example, version and its parents, model and
+    params, request, and result. Reads like a dict (`lineage['request_hash']`); shows as a small table in a
+    notebook; `.to_dict()` gives plain values (timestamps as ISO strings) for JSON."""
+
+    _SECTIONS = (
+        ('Example', ('dataset', 'dataset_version', 'split', 'example_id', 'expected')),
+        ('Version', ('version', 'parents', 'model', 'model_id', 'params')),
+        ('Request', ('request_hash', 'answered_at', 'first_requested_by', 'reused', 'evaluated_at')),
+        ('Result', ('prediction', 'error', 'scores')),
+    )
+    _NAMES = {'dataset_version': 'table version', 'example_id': 'example', 'model_id': 'model identity'}
+
+    def __init__(self, data: Mapping[str, Any]) -> None:
+        self._data = dict(data)
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the lineage as plain JSON-friendly values."""
+        return _plain(self._data)
+
+    def _shown(self, key: str) -> str:
+        value = _plain(self._data.get(key))
+        if key == 'parents':
+            return ' ← '.join(value) if value else '(none: a first version)'
+        if key == 'first_requested_by' and isinstance(value, dict):
+            return f'{value.get("version")} on {value.get("dataset")} / {value.get("example_id")}'
+        if key == 'reused':
+            return 'yes: answered earlier, no model call' if value else 'no: this evaluation called the model'
+        if key == 'error' and value is None:
+            return 'none'
+        if key in ('params', 'scores'):
+            return ', '.join(f'{k} {v:.3g}' if isinstance(v, float) else f'{k} {v}' for k, v in (value or {}).items())
+        if isinstance(value, str) and key.endswith('_at'):
+            return value.replace('T', ' ')[:19]
+        return '' if value is None else value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+    def __repr__(self) -> str:
+        lines = [
+            f'Lineage of {self._data.get("version")} on {self._data.get("dataset")} / {self._data.get("example_id")}'
+        ]
+        for title, keys in self._SECTIONS:
+            lines.append(f'{title}:')
+            lines += [f'  {self._NAMES.get(k, k.replace("_", " ")):<20} {self._shown(k)}' for k in keys if k in self]
+        return '\n'.join(lines)
+
+    def _repr_html_(self) -> str:
+        rows = []
+        for title, keys in self._SECTIONS:
+            rows.append(
+                f'<tr><th colspan="2" style="text-align:left;padding:8px 8px 2px;border-bottom:1px solid #d8dee4">'
+                f'{title}</th></tr>'
+            )
+            for key in keys:
+                if key in self:
+                    value = html.escape(str(self._shown(key)))
+                    if key == 'request_hash':
+                        value = f'<code title="{value}">{value[:16]}…</code>'
+                    rows.append(
+                        f'<tr><td style="text-align:left;color:#59636e;padding:2px 12px 2px 8px;white-space:nowrap">'
+                        f'{html.escape(self._NAMES.get(key, key.replace("_", " ")))}</td>'
+                        f'<td style="text-align:left;padding:2px 8px">{value}</td></tr>'
+                    )
+        return (
+            '<table class="pw-lineage-record" style="border-collapse:collapse;font-size:13px">'
+            + ''.join(rows)
+            + '</table>'
+        )
 
 
 def eval_rows(dataset: str, version_id: str) -> pd.DataFrame:
@@ -176,7 +317,7 @@ def _predicted(frame: pd.DataFrame) -> list[str | None]:
     return [None if pd.isna(p) else str(p) for p in frame['prediction']]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Summary:
     """A run's headline numbers, ready to print or to display in a notebook."""
 
@@ -196,26 +337,49 @@ class Summary:
         """Return the name of the headline metric (accuracy for labels, ROUGE-L for text, validity for JSON)."""
         return next((name for name in _MAIN_SCORE.values() if name in self.metrics), next(iter(self.metrics)))
 
+    def _metric_rows(self) -> list[tuple[str, str]]:
+        """Return the metrics as (name, shown value): a score equal to accuracy (exact match on labels) is left
+        out, latency is in milliseconds and token counts are rounded."""
+        rows = []
+        accuracy = self.metrics.get('accuracy')
+        for name, value in self.metrics.items():
+            if (
+                name != 'accuracy'
+                and isinstance(value, float)
+                and accuracy is not None
+                and abs(value - accuracy) < 1e-12
+            ):
+                continue  # exact_match on a label task is accuracy under another name
+            if name.endswith('_usd'):
+                rows.append((name[: -len('_usd')].replace('_', ' ') + ' (USD)', format_usd(value)))
+            elif name == 'mean_latency_s':
+                rows.append(('mean latency', f'{value * 1000:,.0f} ms'))
+            elif name.startswith('mean_') and name.endswith('_tokens'):
+                rows.append((name.replace('_', ' '), f'{value:,.1f}'))
+            elif isinstance(value, float):
+                shown = f'{value:.3f}'
+                if name == self.headline and self.interval is not None:
+                    shown += f' (95% CI {self.interval[0]:.3f} to {self.interval[1]:.3f})'
+                rows.append(({'macro_f1': 'macro-F1'}.get(name, name), shown))
+            else:
+                rows.append((name, str(value)))
+        return rows
+
     def _header(self) -> list[tuple[str, str]]:
         r = self.run
         rows = [
             ('version', r.version.id),
-            ('dataset', f'{r.dataset} v{r.dataset_version}, split {r.split or "all"}, n = {r.n}'),
-        ]
-        for name, value in self.metrics.items():
-            shown = f'{value:.3f}' if isinstance(value, float) else str(value)
-            if name.endswith('_usd'):
-                shown = format_usd(value)
-            if name == self.headline and self.interval is not None:
-                shown += f' (95% CI {self.interval[0]:.3f} to {self.interval[1]:.3f})'
-            rows.append((name, shown))
-        rows += [
-            ('model calls', str(r.calls) + (f' (and {r.judge_calls} judge calls)' if r.judge_calls else '')),
-            ('rows reused', str(r.reused)),
-            ('errors', str(self.errors)),
+            ('dataset', f'{r.dataset} (table version {r.dataset_version}), split {r.split or "all"}, n = {r.n:,}'),
+            *self._metric_rows(),
+            ('model calls', f'{r.calls:,}' + (f' (and {r.judge_calls:,} judge calls)' if r.judge_calls else '')),
+            ('rows reused', f'{r.reused:,}'),
+            ('errors', f'{self.errors:,}'),
             ('wall time', f'{r.wall_s:.2f} s'),
         ]
         return rows
+
+    def __repr__(self) -> str:
+        return str(self)
 
     def __str__(self) -> str:
         width = max(len(k) for k, _ in self._header())
@@ -228,17 +392,35 @@ class Summary:
         return '\n'.join(lines)
 
     def _repr_html_(self) -> str:
+        cell = 'text-align:left;padding:2px 10px 2px 0'
         head = ''.join(
-            f'<tr><th style="text-align:left">{html.escape(k)}</th><td>{html.escape(v)}</td></tr>'
+            f'<tr><th style="{cell};white-space:nowrap">{html.escape(k)}</th><td style="{cell}">{html.escape(v)}</td>'
+            '</tr>'
             for k, v in self._header()
         )
         parts = [f'<table class="pw-summary">{head}</table>']
         if self.per_category is not None:
-            parts.append('<h4>Per category</h4>' + self.per_category.round(3).to_html())
+            table = self.per_category.style.format(
+                {'precision': '{:.2f}', 'recall': '{:.2f}', 'f1': '{:.2f}'}
+            ).to_html()
+            parts.append('<h4>Per category</h4>' + table)
         if self.confusion is not None:
-            parts.append('<h4>Confusion matrix</h4>' + self.confusion.to_html())
+            parts.append(
+                '<h4>Confusion matrix</h4><p>Rows: expected category; columns: predicted category.</p>'
+                + _confusion_heatmap(self.confusion).to_html()
+            )
         parts += [f'<p>{html.escape(n)}</p>' for n in self.notes]
         return '\n'.join(parts)
+
+
+def _confusion_heatmap(matrix: pd.DataFrame) -> Any:
+    """Return a confusion matrix as a pandas Styler heatmap: darker cells hold more examples, zeros are blank."""
+    peak = max(int(matrix.to_numpy().max()), 1)
+    return (
+        matrix.style.background_gradient(cmap='Blues', axis=None, vmin=0, vmax=peak)
+        .format(lambda v: '' if v == 0 else str(v))
+        .set_properties(**{'text-align': 'center', 'min-width': '2.6em'})
+    )
 
 
 def summarize(run: Run, frame: pd.DataFrame | None = None) -> Summary:
@@ -372,9 +554,10 @@ def list_runs(prompt: str | None = None, dataset: str | None = None) -> pd.DataF
     return result.to_pandas()
 
 
-def lineage(version: Version | str, dataset: str, example_id: str) -> dict[str, Any]:
+def lineage(version: Version | str, dataset: str, example_id: str) -> Lineage:
     """Return where one prediction comes from: dataset and table version, example, version and its parents,
-    model and params, request hash, when the model answered it and who asked first.
+    model and params, request hash, when the model answered it and who asked first. It reads like a dict, shows
+    as a table in a notebook, and `.to_dict()` gives plain JSON-friendly values.
 
     >>> lineage('ticket_router:v2', 'support_tickets', 't017')
     """
@@ -388,28 +571,30 @@ def lineage(version: Version | str, dataset: str, example_id: str) -> dict[str, 
     row = rows[0]
     request = store.requests_for([row['request_hash']]).get(row['request_hash'], {})
     score_names = score_columns(evals)
-    return {
-        'dataset': dataset,
-        'dataset_version': row['dataset_version'],
-        'example_id': example_id,
-        'split': row['split'],
-        'version': v.id,
-        'parents': parent_chain(v),
-        'model': v.model,
-        'model_id': (request.get('request') or {}).get('model_id'),
-        'params': dict(v.params),
-        'request_hash': row['request_hash'],
-        'answered_at': request.get('answered_at'),
-        'first_requested_by': {
-            'version': request.get('first_version_id'),
-            'dataset': request.get('first_dataset'),
-            'example_id': request.get('first_example_id'),
-        },
-        'reused': bool(row['reused']),
-        'evaluated_at': row['evaluated_at'],
-        'prediction': row['prediction'],
-        'expected': row['expected'],
-        'error': row['error'],
-        'demos': row.get('demo_source'),
-        'scores': {name: row[name] for name in score_names},
-    }
+    return Lineage(
+        {
+            'dataset': dataset,
+            'dataset_version': row['dataset_version'],
+            'example_id': example_id,
+            'split': row['split'],
+            'version': v.id,
+            'parents': parent_chain(v),
+            'model': v.model,
+            'model_id': (request.get('request') or {}).get('model_id'),
+            'params': dict(v.params),
+            'request_hash': row['request_hash'],
+            'answered_at': request.get('answered_at'),
+            'first_requested_by': {
+                'version': request.get('first_version_id'),
+                'dataset': request.get('first_dataset'),
+                'example_id': request.get('first_example_id'),
+            },
+            'reused': bool(row['reused']),
+            'evaluated_at': row['evaluated_at'],
+            'prediction': row['prediction'],
+            'expected': row['expected'],
+            'error': row['error'],
+            'demos': row.get('demo_source'),
+            'scores': {name: row[name] for name in score_names},
+        }
+    )

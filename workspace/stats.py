@@ -27,6 +27,7 @@ __all__ = [
     'MetricComparison',
     'compare_label_metric',
     'label_metric_interval',
+    'format_p',
 ]
 
 # Cells (resamples x examples) drawn at once; 4M keeps each chunk's index and value arrays near 32 MB apiece.
@@ -205,10 +206,27 @@ def _points(value: float) -> str:
     return f'{round(value * 100, 1) + 0.0:+.1f}'
 
 
-def _format_p(p: float) -> str:
+def format_p(p: float) -> str:
+    """Return a p-value as people read it: '<0.001', three decimals below 0.01, else two ('0.62', '1.00').
+
+    Every p-value the workspace shows (tables, verdicts, reports) goes through here, so it reads one way.
+
+    >>> format_p(4.17e-07), format_p(0.0042), format_p(0.6234), format_p(1.0)
+    ('<0.001', '0.004', '0.62', '1.00')
+    """
+    if p != p:  # NaN: no test was run
+        return ''
     if p < 0.001:
-        return 'p < 0.001'
-    return f'p = {p:.3f}' if p < 0.01 else f'p = {p:.2f}'
+        return '<0.001'
+    return f'{p:.3f}' if p < 0.01 else f'{p:.2f}'
+
+
+def _format_p(p: float) -> str:
+    """Return 'p < 0.001' or 'p = 0.62', for sentences."""
+    shown = format_p(p)
+    if not shown:
+        return 'no p-value'
+    return f'p < {shown[1:]}' if shown.startswith('<') else f'p = {shown}'
 
 
 def _verdict(
@@ -232,10 +250,14 @@ def _verdict(
         word = 'better' if low > 0 else 'worse'
         return f'{name_b} is {word} than {name_a} on {split} ({_points(diff)} points, {ci}, n = {n})'
     target = f'{effect * 100:.3g} points'
-    more = f'about {needed} examples would be needed to detect {target}'
     if needed is None:
         more = f'the scores do not vary enough to estimate how many examples would detect {target}'
-    return f'no detectable difference at n = {n} ({_points(diff)} points, {ci}); {more}'
+    else:
+        more = f'about {needed:,} examples would be needed to detect {target}'
+    return (
+        f'no detectable difference between {name_b} and {name_a} on {split} at n = {n} '
+        f'({_points(diff)} points, {ci}); {more}'
+    )
 
 
 def compare_scores(

@@ -17,9 +17,11 @@ import contextlib
 import json
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import uuid
 from collections.abc import Iterator, Mapping
@@ -210,14 +212,21 @@ class SharedDatabase:
 
 
 @pytest.fixture(scope='session')
-def shared_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SharedPostgres]:
-    """A real PostgreSQL server on a local port for the whole session, stopped at the end."""
-    server = SharedPostgres(tmp_path_factory.mktemp('shared-postgres'), 0, None)
+def shared_postgres() -> Iterator[SharedPostgres]:
+    """A real PostgreSQL server on a local port for the whole session, stopped at the end.
+
+    Its folder is a temporary folder of its own, not pytest's: another pytest session of the same user may
+    remove pytest's older numbered folders while this one still runs, and PostgreSQL's user must reach it.
+    """
+    folder = Path(tempfile.mkdtemp(prefix='pw-shared-postgres-'))
+    folder.chmod(0o755)
+    server = SharedPostgres(folder, 0, None)
     server.start()
     try:
         yield server
     finally:
         server.stop()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture
