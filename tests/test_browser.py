@@ -202,6 +202,8 @@ TABS = [
     ('Confusion', 'figure img.pw-chart'),
     ('Flips', 'details.pw-flip'),
     ('Diff', '.pw-diff ins'),
+    ('Samples', '.pw-samples'),
+    ('Cost', 'img.pw-cost-chart'),
     ('Edit', 'textarea'),
 ]
 
