@@ -3,6 +3,7 @@ that changes the judge request on a few rows only; model calls (counted by the b
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ def _step(rows: list[tuple[str, int, str, int, float]], change: str, allowed: st
     before, start = local.calls, time.perf_counter()
     run = fn()
     rows.append((change, local.calls - before, allowed, run.judge_calls, time.perf_counter() - start))
+    print(f'judges: {rows[-1]}', file=sys.stderr, flush=True)  # progress: a loaded machine takes long
     return run
 
 
