@@ -108,7 +108,8 @@ def test_annotation_widget_in_jupyterlab(jupyterlab):
     url, folder = jupyterlab
     notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(ANNOTATE_NOTEBOOK)])
     notebook.metadata['kernelspec'] = {'name': 'python3', 'display_name': 'Python 3', 'language': 'python'}
-    nbformat.write(notebook, Path(folder) / 'annotate.ipynb')
+    root = next(p.parent for p in Path(folder).rglob('compare.ipynb'))  # the folder JupyterLab serves
+    nbformat.write(notebook, root / 'annotate.ipynb')
     url = url.replace('compare.ipynb', 'annotate.ipynb')
     with sync_playwright() as p:
         browser = p.chromium.launch(
