@@ -97,7 +97,7 @@ def _round_trip(ws, run, tmp_path, suffix):
         assert json.loads(text)['version'] == v2.id
     assert ws.import_prompt(path).id == v2.id  # unchanged: the same version
 
-    edited = text.replace('Pick the category.', 'Pick the one category that fits best.')
+    edited = text.replace('Pick the category.', f'Pick the one category that fits best ({suffix[1:]}).')
     path.write_text(edited)
     v3 = ws.import_prompt(path)
     assert v3.id.startswith('router:v') and v3.parent_id == v2.id and v3.instructions.startswith('Pick the one')

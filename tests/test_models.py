@@ -61,7 +61,8 @@ def test_evaluate_models_side_by_side_with_cost(ws, tiny, server):
 
     # the summary of a run shows its cost; asking again makes no version and no call
     summary = ws.evaluate(children[0], tiny, 'dev', progress=False).summary()
-    assert summary.metrics['cost_usd'] == pytest.approx(6 * per_call) and 'cost_usd' in str(summary)
+    assert summary.metrics['cost_usd'] == pytest.approx(6 * per_call) and 'cost (USD)' in str(summary)
+    assert '$0.0000171' in str(summary)
     sent, versions = len(server.received), len(ws.list_versions('router'))
     again = ws.evaluate_models(v1, tiny, models, 'dev')
     assert len(server.received) == sent and len(ws.list_versions('router')) == versions
