@@ -29,6 +29,10 @@ COMMANDS = [
     'lab',
     'demo',
     'doctor',
+    'export',
+    'import-prompt',
+    'changelog',
+    'models',
 ]
 
 

@@ -343,13 +343,8 @@ class Summary:
         rows = []
         accuracy = self.metrics.get('accuracy')
         for name, value in self.metrics.items():
-            if (
-                name != 'accuracy'
-                and isinstance(value, float)
-                and accuracy is not None
-                and abs(value - accuracy) < 1e-12
-            ):
-                continue  # exact_match on a label task is accuracy under another name
+            if name == 'exact_match' and accuracy is not None and abs(value - accuracy) < 1e-12:
+                continue  # exact_match on a label task is accuracy under another name (a judge's score is not)
             if name.endswith('_usd'):
                 rows.append((name[: -len('_usd')].replace('_', ' ') + ' (USD)', format_usd(value)))
             elif name == 'mean_latency_s':
