@@ -117,17 +117,7 @@ def test_annotation_widget_in_jupyterlab(jupyterlab):
         )
         page = browser.new_page(viewport={'width': 1280, 'height': 900})
         try:
-            page.goto(url, timeout=120_000)
-            page.wait_for_function(
-                '() => { const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;'
-                ' const s = w && w.sessionContext; const k = s && s.isReady && s.session && s.session.kernel;'
-                " return !!k && k.connectionStatus === 'connected' && k.status === 'idle'; }",
-                timeout=180_000,
-            )
-            assert page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')") is True
-            page.wait_for_selector('.pw-annotate, [data-mime-type="application/vnd.jupyter.error"]', timeout=240_000)
-            errors = page.locator('[data-mime-type="application/vnd.jupyter.error"]')
-            assert errors.count() == 0, errors.first.inner_text()
+            test_browser.run_all_cells(page, url, '.pw-annotate')
             assert 'row 1 of 3' in page.locator('.pw-position').inner_text()
             page.get_by_placeholder('a note (optional)').fill('looks right')
             page.get_by_role('button', name='Pass').click()
