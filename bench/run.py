@@ -17,7 +17,18 @@ import tempfile
 import time
 from pathlib import Path
 
-SECTIONS = ['contract', 'compare', 'optimize', 'calibration', 'embedders', 'store', 'guardrails', 'serve', 'families']
+SECTIONS = [
+    'contract',
+    'compare',
+    'optimize',
+    'calibration',
+    'embedders',
+    'store',
+    'judges',
+    'guardrails',
+    'serve',
+    'families',
+]
 
 
 def _machine() -> str:

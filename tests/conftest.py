@@ -148,3 +148,24 @@ def scripted_versions(ws, tiny_tickets, monkeypatch):
         v2 = ws.edit(v1, template='v2\nTicket: {{ text }}\nCategory:')
         v3 = ws.edit(v2, template='v3\nTicket: {{ text }}\nCategory:')
         yield tiny, v1, v2, v3, server
+
+
+@pytest.fixture
+def local():
+    """The embedded model's backend; its `calls` count the requests it actually answered."""
+    from workspace.backends import get_backend
+
+    return get_backend('local')
+
+
+@pytest.fixture
+def tiny(ws, tiny_tickets):
+    """The tiny tickets imported as dataset 'tiny'."""
+    return ws.import_dataset('tiny', tiny_tickets, input=['text'], expected='category', split='split', id='id')
+
+
+def model_calls(local, fn):
+    """Run `fn` and return (its result, the embedded model calls it made)."""
+    before = local.calls
+    result = fn()
+    return result, local.calls - before

@@ -176,6 +176,24 @@ def jupyterlab(tmp_path: Path) -> Iterator[tuple[str, Path]]:
         log.close()
 
 
+def run_all_cells(page, url: str, ready: str) -> None:
+    """Open the notebook at `url`, run all its cells once the kernel is idle, and wait for `ready` to show;
+    fail with the notebook's error if a cell raised."""
+    page.goto(url, timeout=120_000)
+    page.wait_for_selector('.jp-Notebook', timeout=120_000)
+    # Ready means the notebook's kernel is connected and idle: a command sent earlier is dropped.
+    page.wait_for_function(
+        '() => { const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;'
+        ' const s = w && w.sessionContext; const k = s && s.isReady && s.session && s.session.kernel;'
+        " return !!k && k.connectionStatus === 'connected' && k.status === 'idle'; }",
+        timeout=180_000,
+    )
+    assert page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')") is True
+    page.wait_for_selector(f'{ready}, [data-mime-type="application/vnd.jupyter.error"]', timeout=300_000)
+    errors = page.locator('[data-mime-type="application/vnd.jupyter.error"]')
+    assert errors.count() == 0, errors.first.inner_text()
+
+
 def _open_tab(page, name: str, ready: str) -> None:
     page.locator('.pw-compare .lm-TabBar-tab', has_text=name).click()
     page.wait_for_selector(f'.pw-compare .widget-tab-contents > .lm-Widget:not(.lm-mod-hidden) {ready}', timeout=60_000)
@@ -202,6 +220,8 @@ TABS = [
     ('Confusion', 'figure img.pw-chart'),
     ('Flips', 'details.pw-flip'),
     ('Diff', '.pw-diff ins'),
+    ('Samples', '.pw-samples'),
+    ('Cost', 'img.pw-cost-chart'),
     ('Edit', 'textarea'),
 ]
 
@@ -225,21 +245,7 @@ def test_comparison_widget_in_jupyterlab_fits_every_tab_and_checks_edits(jupyter
         console_errors: list[str] = []
         page.on('console', lambda m: console_errors.append(m.text) if m.type == 'error' else None)
         try:
-            page.goto(url, timeout=120_000)
-            page.wait_for_selector('.jp-Notebook', timeout=120_000)
-            # Ready means the notebook's kernel is connected and idle: a command sent earlier is dropped.
-            page.wait_for_function(
-                '() => { const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;'
-                ' const s = w && w.sessionContext; const k = s && s.isReady && s.session && s.session.kernel;'
-                " return !!k && k.connectionStatus === 'connected' && k.status === 'idle'; }",
-                timeout=180_000,
-            )
-            assert page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')") is True
-            page.wait_for_selector(
-                '.pw-summary-table, [data-mime-type="application/vnd.jupyter.error"]', timeout=300_000
-            )
-            errors = page.locator('[data-mime-type="application/vnd.jupyter.error"]')
-            assert errors.count() == 0, errors.first.inner_text()
+            run_all_cells(page, url, '.pw-summary-table')
             summary = page.locator('.pw-summary-table')
             assert 'baseline' in summary.inner_text() and '@production' in summary.inner_text()
             assert page.locator('.pw-verdicts li').count() == 3
@@ -293,4 +299,4 @@ def test_comparison_widget_in_jupyterlab_fits_every_tab_and_checks_edits(jupyter
         finally:
             browser.close()
     assert [m for m in console_errors if 'pw-' in m or 'widget' in m.lower()] == []
-    assert len(list(shots.glob('[1-9]-*.png'))) == 9
+    assert len(list(shots.glob('[1-9]-*.png'))) == 11  # eight tabs, then the edit's three steps

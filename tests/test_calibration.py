@@ -10,7 +10,7 @@ import pytest
 
 from workspace import backends, calibration, store
 from workspace.errors import BackendError, VersionError
-from workspace.evaluate import build_request
+from workspace.versions import build_request
 from workspace.versions import Version, choice
 
 LABELS = ['negative', 'no_impact', 'positive']

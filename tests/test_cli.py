@@ -33,6 +33,10 @@ COMMANDS = [
     'keys',
     'audit',
     'rules',
+    'export',
+    'import-prompt',
+    'changelog',
+    'models',
 ]
 
 

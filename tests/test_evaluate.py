@@ -6,29 +6,12 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 from conftest import TICKETS_CSV
+from conftest import model_calls as _calls
 
 LABELS = ['BILLING', 'DELIVERY', 'TECHNICAL']
 TEMPLATE = 'Ticket: {{ text }}\nCategory:'
 # Renders differently only for tickets that mention a charge: the k rows of the contract.
 HINTED = "{% if 'charged' in text %}Charges are BILLING.\n{% endif %}Ticket: {{ text }}\nCategory:"
-
-
-@pytest.fixture
-def local():
-    from workspace.backends import get_backend
-
-    return get_backend('local')
-
-
-@pytest.fixture
-def tiny(ws, tiny_tickets):
-    return ws.import_dataset('tiny', tiny_tickets, input=['text'], expected='category', split='split', id='id')
-
-
-def _calls(local, fn):
-    before = local.calls
-    result = fn()
-    return result, local.calls - before
 
 
 def test_incremental_contract_call_counts(ws, tiny, local):

@@ -24,6 +24,7 @@ def test_the_notebooks_are_these():
         '03_optimize.ipynb',
         '04_diff_report.ipynb',
         '05_scheduled_eval.ipynb',
+        '06_judges_and_samples.ipynb',
         '07_guardrails_and_serving.ipynb',
         '08_prompt_families.ipynb',
     ]
@@ -208,3 +209,19 @@ def test_guardrails_and_serving_notebook_runs_under_papermill(ws, tiny_tickets):
     assert ws.get_version('guarded_router@production').id == 'guarded_router:v2'
     kinds = set(ws.audit(kind='key')['kind'])
     assert kinds == {'key.created', 'key.revoked'}
+
+
+def test_judges_and_samples_notebook_under_papermill(ws, tiny_tickets):
+    """06 judges a run, checks the judge against a stand-in annotator, samples, and writes a changelog; run again,
+    it makes no model call."""
+    params = {'dataset_name': 'nb_judged', 'dataset_path': str(tiny_tickets), 'samples': 2, 'annotate_rows': 3}
+    _, book = _run('06_judges_and_samples.ipynb', **params)
+    text = _text(book)
+    assert 'judged_correct' in text and 'pw-annotate' in text and 'pw-agreement-table' in text
+    assert 'pass^2' in text and 'pw-changelog' in text
+    assert len(ws.list_annotations('nb_judged', annotator='reference')) == 6
+    first = ws.list_runs('judged_router')
+    _run('06_judges_and_samples.ipynb', **params)
+    again = ws.list_runs('judged_router')
+    newest = again[~again['run_id'].isin(first['run_id'])]
+    assert len(newest) == 2 and (newest['calls'] == 0).all() and (newest['judge_calls'] == 0).all()

@@ -29,12 +29,14 @@ def test_initial_view(view):
         view.candidate_boxes['router:v1'].disabled and 'v1 (baseline)' == view.candidate_boxes['router:v1'].description
     )
     assert view.focus.value == 'router:v2'
-    assert [view.tabs.get_title(i) for i in range(6)] == [
+    assert [view.tabs.get_title(i) for i in range(8)] == [
         'Summary',
         'Per category',
         'Confusion',
         'Flips',
         'Diff',
+        'Samples',
+        'Cost',
         'Edit',
     ]
     assert 'pw-tag-baseline">baseline' in view.panes['Summary'].value
@@ -242,3 +244,24 @@ def test_progress_label_counts_calls_and_time_left():
     assert label.value == '23 / 24 calls, under a second left'
     clock(24, 24)
     assert label.value == '24 / 24 calls'
+
+
+def test_samples_and_cost_panes(view):
+    """The Samples pane shows the runs that asked each request several times; the Cost pane shows quality
+    against cost (a model no price table knows shows n/a)."""
+    import workspace as ws
+
+    view, (tiny, v1, v2, v3, server) = view
+    view.tabs.selected_index = 5
+    assert 'No run here has samples' in view.panes['Samples'].value
+    view.tabs.selected_index = 6
+    cost = view.panes['Cost'].value
+    assert 'pw-cost-chart' in cost and '<td>router:v2</td><td>openai:fake</td>' in cost and 'n/a' in cost
+
+    sampling = ws.edit(v2, params={'temperature': 0.7})
+    ws.evaluate(sampling, tiny, 'dev', samples=2, progress=False)
+    state = CompareState(build_comparison(tiny, [v1, sampling], 'dev'))
+    # the comparison's own runs ask once; the pane shows each version's latest run with samples
+    pane = state.render('Samples')
+    assert f'{sampling.id}: 2 samples per row, 6 rows' in pane and '0 unstable' in pane
+    assert f'{v1.id}:' not in state.render('Samples')

@@ -32,6 +32,8 @@ __all__ = [
     'rouge_l',
     'bleu',
     'chrf',
+    'gated',
+    'TIERS',
     'ScorerInfo',
     'SCORERS',
     'DEFAULT_SCORERS',
@@ -192,15 +194,28 @@ def chrf(prediction: str | None, expected: pxt.Json | None) -> float:
     return _chrf_metric().sentence_score(prediction, refs).score / 100
 
 
+@pxt.udf
+def gated(score: float | None, gate: float | None, *, minimum: float = 1.0) -> float | None:
+    """A score and a cheaper scorer's score in; the score where the cheaper one reached `minimum`, else 0.0."""
+    if gate is None or gate < minimum:
+        return 0.0
+    return score
+
+
+#: Tiers of scoring, cheapest first: checks with one right answer, similarity measures, then model judges.
+TIERS = ('deterministic', 'heuristic', 'judge')
+
+
 @dataclasses.dataclass(frozen=True)
 class ScorerInfo:
-    """A scorer as the library knows it: its name, its UDF and how to read its scores."""
+    """A scorer as the library knows it: its name, its UDF, its tier and how to read its scores."""
 
     name: str
     udf: pxt.Function
     uses_expected: bool
     description: str
     higher_is_better: bool = True
+    tier: str = 'deterministic'
 
 
 #: Every scorer by its UDF's name.
@@ -211,11 +226,17 @@ SCORERS: dict[str, ScorerInfo] = {
         ScorerInfo('normalized_match', normalized_match, True, 'equal after ignoring case, punctuation, spacing'),
         ScorerInfo('regex_match', regex_match, False, 'prediction contains a match of a regular expression'),
         ScorerInfo('json_valid', json_valid, False, 'prediction is JSON, valid against a schema if given'),
-        ScorerInfo('rouge1', rouge1, True, 'ROUGE-1 F-measure: unigram overlap with the best reference'),
-        ScorerInfo('rouge2', rouge2, True, 'ROUGE-2 F-measure: bigram overlap with the best reference'),
-        ScorerInfo('rouge_l', rouge_l, True, 'ROUGE-L F-measure: longest common subsequence, best reference'),
-        ScorerInfo('bleu', bleu, True, 'sentence BLEU / 100 against all references'),
-        ScorerInfo('chrf', chrf, True, 'sentence chrF / 100 against all references'),
+        ScorerInfo(
+            'rouge1', rouge1, True, 'ROUGE-1 F-measure: unigram overlap with the best reference', tier='heuristic'
+        ),
+        ScorerInfo(
+            'rouge2', rouge2, True, 'ROUGE-2 F-measure: bigram overlap with the best reference', tier='heuristic'
+        ),
+        ScorerInfo(
+            'rouge_l', rouge_l, True, 'ROUGE-L F-measure: longest common subsequence, best reference', tier='heuristic'
+        ),
+        ScorerInfo('bleu', bleu, True, 'sentence BLEU / 100 against all references', tier='heuristic'),
+        ScorerInfo('chrf', chrf, True, 'sentence chrF / 100 against all references', tier='heuristic'),
     ]
 }
 

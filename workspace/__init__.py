@@ -15,8 +15,11 @@ import warnings
 warnings.filterwarnings('ignore', message='XDG_RUNTIME_DIR is not set')
 
 from .ab import ABReport, Assigner, ab_report, assign, log_outcome, log_outcomes  # noqa: E402
+from .agreement import Agreement, judge_agreement  # noqa: E402
+from .annotate import AnnotateView, add_annotation, annotate, list_annotations  # noqa: E402
 from .api import RunningServer, start_server  # noqa: E402
 from .audit_log import audit  # noqa: E402
+from .changelog import Changelog, changelog, get_changelog  # noqa: E402
 from .client import Client  # noqa: E402
 from .compare import (  # noqa: E402
     Promotion,
@@ -49,10 +52,13 @@ from .errors import (  # noqa: E402
 )
 from .evaluate import add_scorer, evaluate  # noqa: E402
 from .experiments import list_experiments, start_experiment, stop_experiment  # noqa: E402
+from .exports import export_run, export_runs, export_version, import_prompt  # noqa: E402
 from .families import Family, families, get_family, merge_families, split_family  # noqa: E402
 from .history import LineageGraph, lineage_graph  # noqa: E402
+from .judges import correctness_judge, create_judge, judge_run, rubric_judge  # noqa: E402
 from .keys import create_key, list_keys, revoke_key  # noqa: E402
 from .labels import label_history, list_labels, rollback, set_label  # noqa: E402
+from .models import ModelComparison, evaluate_models  # noqa: E402
 from .notebooks import NotebookRun, list_notebook_runs, run_notebook  # noqa: E402
 from .optimize import Budget, OptimizeResult, list_optimizations, list_trials, optimize  # noqa: E402
 from .prompt_diff import VersionDiff, diff_versions, render_diff_html, render_diff_text  # noqa: E402
@@ -60,6 +66,7 @@ from .prompt_log import IngestReport, ingest_prompts  # noqa: E402
 from .report import export_report  # noqa: E402
 from .rules import Rule, get_rule, list_rules, set_rule  # noqa: E402
 from .runs import Lineage, Run, Summary, get_run, lineage, list_runs  # noqa: E402
+from .samples import SampleReport, sample_report  # noqa: E402
 from .schedule import ScheduledEval, scheduled_eval, scheduled_history  # noqa: E402
 from .serve import Completion, Rendered, complete, log_execution_outcome, render  # noqa: E402
 from .similar import similar  # noqa: E402
@@ -105,6 +112,29 @@ __all__ = [
     'Lineage',
     'lineage_graph',
     'LineageGraph',
+    # judges and samples
+    'create_judge',
+    'correctness_judge',
+    'rubric_judge',
+    'judge_run',
+    'sample_report',
+    'SampleReport',
+    'annotate',
+    'AnnotateView',
+    'add_annotation',
+    'list_annotations',
+    'judge_agreement',
+    'Agreement',
+    'evaluate_models',
+    'ModelComparison',
+    'changelog',
+    'get_changelog',
+    'Changelog',
+    # exports and imports
+    'export_run',
+    'export_runs',
+    'export_version',
+    'import_prompt',
     # comparison
     'compare',
     'CompareView',

@@ -120,7 +120,14 @@ def _versions(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from .evaluate import evaluate
 
-    run = evaluate(args.version, args.dataset, args.split, progress=not args.quiet, retry_errors=args.retry_errors)
+    run = evaluate(
+        args.version,
+        args.dataset,
+        args.split,
+        samples=args.samples,
+        progress=not args.quiet,
+        retry_errors=args.retry_errors,
+    )
     summary = run.summary()
     if args.json:
         print(
@@ -225,7 +232,16 @@ def _runs(args: argparse.Namespace) -> int:
 
     if args.scheduled:
         frame = scheduled_history(args.prompt)
-        columns = ['started_at', 'status', 'version_id', 'main_score', 'previous_score', 'calls', 'duration_s']
+        columns = [
+            'started_at',
+            'status',
+            'version_id',
+            'main_score',
+            'previous_score',
+            'calls',
+            'cost_usd',
+            'duration_s',
+        ]
     else:
         frame = list_notebook_runs(args.notebook)
         columns = ['started_at', 'notebook', 'status', 'duration_s', 'parameters', 'output_path']
@@ -321,6 +337,45 @@ def _rules(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from .exports import export_run, export_runs, export_version
+
+    if args.what == 'run':
+        if not args.path:
+            raise WorkspaceError("give the run id and a path, e.g. 'prompt-workspace export run 3f2a9c runs.parquet'")
+        path = export_run(args.target, args.path)
+    elif args.what == 'runs':
+        path = export_runs(args.target, prompt=args.prompt, dataset=args.dataset)
+    else:
+        if not args.path:
+            raise WorkspaceError("give the version and a path, e.g. 'prompt-workspace export version r:v3 r.yaml'")
+        path = export_version(args.target, args.path, format=args.format)
+    print(f'wrote {path}')
+    return 0
+
+
+def _import_prompt(args: argparse.Namespace) -> int:
+    from .exports import import_prompt
+
+    v = import_prompt(args.path, prompt=args.prompt, parent=args.parent)
+    print(f'{v.id} (parent {v.parent_id or "none"})')
+    return 0
+
+
+def _changelog(args: argparse.Namespace) -> int:
+    from .changelog import changelog
+
+    print(changelog(args.version, model=args.model))
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    from .models import evaluate_models
+
+    print(evaluate_models(args.version, args.dataset, args.models, args.split, progress=not args.quiet))
+    return 0
+
+
 def _command(
     commands: Any,
     name: str,
@@ -401,6 +456,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('dataset')
     p.add_argument('--split', help='default: every row')
     p.add_argument('--retry-errors', action='store_true', help='send requests that failed before again')
+    p.add_argument(
+        '--samples', type=int, default=1, metavar='K', help='ask each request K times (the version must sample)'
+    )
     p.add_argument('--failures', type=int, default=0, metavar='N', help='also print N failed examples')
     p.add_argument('--json', action='store_true', help='print the metrics as JSON')
     p.add_argument('-q', '--quiet', action='store_true', help='no progress bar')
@@ -555,6 +613,57 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _command(commands, 'rules', _rules, 'list the guardrail rules', 'prompt-workspace rules --history')
     p.add_argument('--history', action='store_true', help='every version of every rule')
+
+    p = _command(
+        commands,
+        'export',
+        _export,
+        "export a run's predictions, the runs list, or a version",
+        'prompt-workspace export version ticket_router@production prompts/ticket_router.yaml',
+        "Write a run's predictions with lineage columns (export run RUN_ID PATH), the runs list (export runs PATH), "
+        'or a version (export version REF PATH) to a file whose suffix names the format: .csv, .jsonl, .parquet; '
+        '.yaml or .json prompt files; --format dspy for a DSPy program JSON.',
+    )
+    p.add_argument('what', choices=['run', 'runs', 'version'])
+    p.add_argument('target', help='a run id (run), a path (runs) or a version reference (version)')
+    p.add_argument('path', nargs='?', help='the file to write (run, version)')
+    p.add_argument('--format', choices=['dspy', 'yaml', 'json'], help='version: default from the suffix')
+    p.add_argument('--prompt', help='runs: only this prompt')
+    p.add_argument('--dataset', help='runs: only this dataset')
+
+    p = _command(
+        commands,
+        'import-prompt',
+        _import_prompt,
+        'create a version from a YAML or JSON prompt file, its parent recorded',
+        'prompt-workspace import-prompt prompts/ticket_router.yaml',
+    )
+    p.add_argument('path')
+    p.add_argument('--prompt', help='the prompt the version belongs to (default: the file says)')
+    p.add_argument('--parent', help='the parent version (default: the version the file was exported from)')
+
+    p = _command(
+        commands,
+        'changelog',
+        _changelog,
+        "describe what changed from a version's parent, with the measured effect",
+        'prompt-workspace changelog ticket_router:v3',
+    )
+    p.add_argument('version')
+    p.add_argument('--model', help="model that writes the description (default: the version's)")
+
+    p = _command(
+        commands,
+        'models',
+        _models,
+        'evaluate one version on several models: quality, latency, tokens and cost',
+        'prompt-workspace models ticket_router:v3 support_tickets local groq:llama-3.1-8b-instant --split dev',
+    )
+    p.add_argument('version')
+    p.add_argument('dataset')
+    p.add_argument('models', nargs='+', help='model specs, e.g. local, groq:llama-3.1-8b-instant, openai:gpt-4o-mini')
+    p.add_argument('--split')
+    p.add_argument('-q', '--quiet', action='store_true', help='no progress bar')
 
     _command(
         commands,

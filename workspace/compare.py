@@ -15,7 +15,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from . import metrics, rules, stats, store
+from . import costs, metrics, rules, stats, store
 from .datasets import Dataset, get_dataset
 from .errors import ComparisonError
 from .evaluate import evaluate
@@ -262,6 +262,7 @@ def _measure(
             calls=run.calls,
             reused=run.reused,
             errors=int(frame['error'].notna().sum()),
+            cost_usd=costs.run_cost(costs.frame_costs(frame, run.version.model)),
             **rules.tally(frame).metrics(),  # rows blocked and violations per rule, when there are rules
         )
         if run.version.id != baseline:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from . import tables
+from .changelog import changelogs_for, measured_effects
 from .labels import list_labels
 from .versions import _rows
 
@@ -22,7 +23,14 @@ class LineageGraph:
     table: pd.DataFrame
 
     def _repr_html_(self) -> str:
-        return render_lineage_svg(self)
+        described = self.table[(self.table['changelog'] != '') | (self.table['effect'] != '')]
+        notes = ''.join(
+            f'<li><b>{html.escape(r.version)}</b>: {html.escape(r.changelog)}'
+            + (f' <i>({html.escape(r.effect)})</i>' if r.effect else '')
+            + '</li>'
+            for r in described.itertuples()
+        )
+        return render_lineage_svg(self) + (f'<ul class="pw-changelogs">{notes}</ul>' if notes else '')
 
     def draw(self) -> str:
         """Return the graph as an SVG document."""
@@ -38,6 +46,7 @@ def lineage_graph(prompt: str) -> LineageGraph:
     versions = _rows(t.prompt == prompt)
     labels = list_labels(prompt)
     on = {v: sorted(labels.loc[labels['version_id'] == v, 'label']) for v in labels['version_id'].unique()}
+    described = changelogs_for([v.id for v in versions])
     depth: dict[str, int] = {}
     rows = []
     for v in versions:  # oldest first: a parent always comes before its children
@@ -53,10 +62,20 @@ def lineage_graph(prompt: str) -> LineageGraph:
                 'created_at': v.created_at,
                 'author': v.author,
                 'note': v.note,
+                'changelog': described.get(v.id, ''),
+                'effect': _effect_line(v.id) if v.id in described else '',
             }
         )
-    columns = ['version', 'parent', 'depth', 'made_by', 'labels', 'created_at', 'author', 'note']
+    columns = ['version', 'parent', 'depth', 'made_by', 'labels', 'created_at', 'author', 'note', 'changelog', 'effect']
     return LineageGraph(prompt, pd.DataFrame(rows, columns=columns))
+
+
+def _effect_line(version_id: str) -> str:
+    """Return a version's measured effect against its parent in one line: fixed and broken per dataset split."""
+    return '; '.join(
+        f'{e.dataset}/{e.split or "all"}: +{len(e.fixed)} fixed, -{len(e.broken)} broken'
+        for e in measured_effects(version_id)
+    )
 
 
 def render_lineage_svg(graph: LineageGraph) -> str:
@@ -90,7 +109,12 @@ def render_lineage_svg(graph: LineageGraph) -> str:
         x, y = pos[row.version]
         fill = '#ffe8cc' if str(row.made_by).startswith('optimizer') else '#e8f0fe'
         name = row.version.split(':', 1)[-1]
+        changelog, effect = getattr(row, 'changelog', ''), getattr(row, 'effect', '')
+        if changelog or effect:  # a tooltip, and a mark that there is one
+            parts.append(f'<g class="pw-changelog"><title>{html.escape(changelog)}\n{html.escape(effect)}</title>')
         parts.append(f'<rect x="{x}" y="{y}" width="{box_w}" height="{box_h}" rx="6" fill="{fill}" stroke="#667"/>')
+        if changelog or effect:
+            parts.append(f'<text x="{x + box_w - 14}" y="{y + 14}" fill="#2563eb">✎</text></g>')
         parts.append(f'<text x="{x + 8}" y="{y + 14}" font-weight="bold">{html.escape(name)}</text>')
         parts.append(f'<text x="{x + 8}" y="{y + 27}" fill="#555">{html.escape(str(row.made_by))[:24]}</text>')
         if row.labels:

@@ -18,9 +18,10 @@ from typing import Any
 
 import pandas as pd
 
-from . import metrics, rules, stats, store, tables
+from . import costs, metrics, rules, samples, stats, store, tables
 from .datasets import get_dataset
 from .errors import WorkspaceError
+from .eval_views import format_usd
 from .reads import READS
 from .versions import Version, get_version, parent_chain
 
@@ -50,6 +51,9 @@ class Run:
     started_at: datetime.datetime
     wall_s: float
     errors: int = 0
+    samples: int = 1
+    judge_calls: int = 0
+    cost_usd: float | None = None
 
     def replace(self, **changes: Any) -> Run:
         return dataclasses.replace(self, **changes)
@@ -138,6 +142,12 @@ class Run:
     def lineage(self, example_id: str) -> Lineage:
         """Return where the prediction and scores for one example of this run come from."""
         return lineage(self.version, self.dataset, example_id)
+
+    def sample_rows(self, k: int | None = None) -> pd.DataFrame:
+        """Return the run's samples, one row per (example, sample index) (see `evaluate(..., samples=k)`)."""
+        from .samples import sample_rows
+
+        return sample_rows(self, k)
 
     def _label_order(self, frame: pd.DataFrame) -> list[str]:
         labels = list(self.version.labels)
@@ -333,14 +343,11 @@ class Summary:
         rows = []
         accuracy = self.metrics.get('accuracy')
         for name, value in self.metrics.items():
-            if (
-                name != 'accuracy'
-                and isinstance(value, float)
-                and accuracy is not None
-                and abs(value - accuracy) < 1e-12
-            ):
-                continue  # exact_match on a label task is accuracy under another name
-            if name == 'mean_latency_s':
+            if name == 'exact_match' and accuracy is not None and abs(value - accuracy) < 1e-12:
+                continue  # exact_match on a label task is accuracy under another name (a judge's score is not)
+            if name.endswith('_usd'):
+                rows.append((name[: -len('_usd')].replace('_', ' ') + ' (USD)', format_usd(value)))
+            elif name == 'mean_latency_s':
                 rows.append(('mean latency', f'{value * 1000:,.0f} ms'))
             elif name.startswith('mean_') and name.endswith('_tokens'):
                 rows.append((name.replace('_', ' '), f'{value:,.1f}'))
@@ -359,7 +366,7 @@ class Summary:
             ('version', r.version.id),
             ('dataset', f'{r.dataset} (table version {r.dataset_version}), split {r.split or "all"}, n = {r.n:,}'),
             *self._metric_rows(),
-            ('model calls', f'{r.calls:,}'),
+            ('model calls', f'{r.calls:,}' + (f' (and {r.judge_calls:,} judge calls)' if r.judge_calls else '')),
             ('rows reused', f'{r.reused:,}'),
             ('errors', f'{self.errors:,}'),
             ('wall time', f'{r.wall_s:.2f} s'),
@@ -437,7 +444,7 @@ def summarize(run: Run, frame: pd.DataFrame | None = None) -> Summary:
         series = frame[column].dropna()
         values[f'mean_{column}'] = float(series.mean()) if len(series) else 0.0
     values.update(ruled.metrics())
-    notes = ruled.notes()
+    notes = ruled.notes() + _extras(run, frame, values)
     if errors:
         notes.append(f'{errors} of {len(frame)} rows have a model error; they count as wrong (see failures())')
     skew = None
@@ -466,6 +473,21 @@ def summarize(run: Run, frame: pd.DataFrame | None = None) -> Summary:
     )
 
 
+def _extras(run: Run, frame: pd.DataFrame, values: dict[str, Any]) -> list[str]:
+    """Add the run's cost in dollars and, with samples, pass@k, pass^k and agreement; return notes."""
+    notes = []
+    if run.samples > 1:
+        values.update(samples.sample_metrics(run))
+        frame = samples.sample_rows(run)
+    cost = costs.run_cost(costs.frame_costs(frame, run.version.model))
+    if cost is None:
+        notes.append(f'no price is known for {run.version.model}; its cost is not shown')
+    else:
+        values['cost_usd'] = cost
+        values['cost_per_row_usd'] = cost / max(run.n, 1)
+    return notes
+
+
 def _row_to_run(row: dict[str, Any]) -> Run:
     return Run(
         run_id=row['run_id'],
@@ -479,6 +501,9 @@ def _row_to_run(row: dict[str, Any]) -> Run:
         started_at=row['started_at'],
         wall_s=row['wall_s'],
         errors=row['errors'],
+        samples=row.get('samples') or 1,
+        judge_calls=row.get('judge_calls') or 0,
+        cost_usd=row.get('cost_usd'),
     )
 
 
@@ -515,6 +540,9 @@ def list_runs(prompt: str | None = None, dataset: str | None = None) -> pd.DataF
             t.reused,
             t.errors,
             t.wall_s,
+            t.samples,
+            t.judge_calls,
+            t.cost_usd,
             t.metrics,
         )
         .order_by(t.started_at, asc=False)

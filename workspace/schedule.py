@@ -19,6 +19,7 @@ from . import tables
 from .config import utc_now
 from .datasets import get_dataset
 from .errors import RegressionError
+from .eval_views import format_usd
 from .evaluate import evaluate
 from .runs import main_score_name
 from .versions import edit, get_version
@@ -42,6 +43,7 @@ class ScheduledEval:
     errors: int
     duration_s: float
     metrics: dict[str, Any]
+    cost_usd: float | None = None
 
     @property
     def status(self) -> str:
@@ -58,7 +60,7 @@ class ScheduledEval:
         return (
             f'{self.version_id} on {self.parameters["dataset"]}/{self.parameters["split"]}: {self.metric} '
             f'{self.score:.3f} (previous {before}); {self.calls} model calls, {self.reused} reused, {self.errors} '
-            f'errors, {self.duration_s:.1f} s; {verdict}'
+            f'errors, {self.duration_s:.1f} s, cost {format_usd(self.cost_usd)}; {verdict}'
         )
 
     def check(self) -> None:
@@ -145,6 +147,7 @@ def scheduled_eval(
         errors=run.errors,
         duration_s=time.perf_counter() - clock,
         metrics=summary.metrics,
+        cost_usd=summary.metrics.get('cost_usd'),
     )
     tables.scheduled_runs().insert(
         [
@@ -161,6 +164,7 @@ def scheduled_eval(
                 'duration_s': result.duration_s,
                 'status': result.status,
                 'error': None,
+                'cost_usd': result.cost_usd,
             }
         ]
     )
@@ -181,6 +185,7 @@ def scheduled_history(prompt: str | None = None) -> pd.DataFrame:
             t.calls,
             t.reused,
             t.duration_s,
+            t.cost_usd,
             t.parameters,
             t.error,
             t.run_id,

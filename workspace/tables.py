@@ -304,6 +304,9 @@ def runs() -> pxt.Table:
             'wall_s': pxt.Float,
             'metrics': pxt.Json | None,
             'example_ids': pxt.Json | None,
+            'samples': pxt.Int | None,  # answers per request (evaluate(..., samples=k))
+            'judge_calls': pxt.Int | None,
+            'cost_usd': pxt.Float | None,
         },
         'run_id',
     )
@@ -427,6 +430,7 @@ def scheduled_runs() -> pxt.Table:
             'duration_s': pxt.Float,
             'status': pxt.String,  # ok, regression or failed
             'error': pxt.String | None,
+            'cost_usd': pxt.Float | None,
         },
         'run_id',
     )
@@ -708,4 +712,117 @@ def family_history() -> pxt.Table:
             'note': pxt.String | None,
         },
         'event_id',
+    )
+
+
+# --- deeper evaluation: judgements, samples, annotations, changelogs ------------------------------------------
+
+JUDGEMENTS_DIR = f'{ROOT}/judgements'
+SAMPLES_DIR = f'{ROOT}/samples'
+ANNOTATIONS = f'{ROOT}/annotations'
+CHANGELOGS = f'{ROOT}/changelogs'
+
+__all__ += [
+    'JUDGEMENTS_DIR',
+    'SAMPLES_DIR',
+    'ANNOTATIONS',
+    'CHANGELOGS',
+    'judgements',
+    'samples',
+    'annotations_table',
+    'changelogs',
+]
+
+
+def _dataset_table(folder: str, dataset: str, schema: dict[str, Any], primary_key: list[str]) -> pxt.Table:
+    path = f'{folder}/{dataset}'
+    if open_table(path) is None:
+        ensure_dirs()
+        pxt.create_dir(folder, if_exists='ignore')
+    return _open_or_create(path, schema, primary_key)
+
+
+def judgements(dataset: str) -> pxt.Table:
+    """One row per (judge version, judged version, example) of a dataset: the judge's request, verdict and score."""
+    return _dataset_table(
+        JUDGEMENTS_DIR,
+        dataset,
+        {
+            'judge_id': pxt.String,
+            'version_id': pxt.String,
+            'example_id': pxt.String,
+            'request_hash': pxt.String,
+            'prediction_hash': pxt.String,  # the judged prediction's request: a new prediction is judged again
+            'output': pxt.String | None,
+            'verdict': pxt.String | None,
+            'score': pxt.Float | None,
+            'passed': pxt.Bool | None,
+            'rationale': pxt.String | None,
+            'error': pxt.String | None,
+            'latency_s': pxt.Float | None,
+            'prompt_tokens': pxt.Int | None,
+            'completion_tokens': pxt.Int | None,
+            'reused': pxt.Bool | None,
+            'judged_at': pxt.Timestamp,
+        },
+        ['judge_id', 'version_id', 'example_id'],
+    )
+
+
+def samples(dataset: str) -> pxt.Table:
+    """One row per (version, example, sample index) of a dataset: the k answers of a run with samples."""
+    return _dataset_table(
+        SAMPLES_DIR,
+        dataset,
+        {
+            'version_id': pxt.String,
+            'example_id': pxt.String,
+            'sample_index': pxt.Int,
+            'request_hash': pxt.String,
+            'output': pxt.String | None,
+            'prediction': pxt.String | None,
+            'error': pxt.String | None,
+            'latency_s': pxt.Float | None,
+            'prompt_tokens': pxt.Int | None,
+            'completion_tokens': pxt.Int | None,
+            'answered_at': pxt.Timestamp | None,
+        },
+        ['version_id', 'example_id', 'sample_index'],
+    )
+
+
+def annotations_table() -> pxt.Table:
+    """One row per person's verdict on one prediction: who, when, pass or fail, and a note."""
+    return _open_or_create(
+        ANNOTATIONS,
+        {
+            'dataset': pxt.String,
+            'version_id': pxt.String,
+            'example_id': pxt.String,
+            'annotator': pxt.String,
+            'request_hash': pxt.String | None,
+            'prediction': pxt.String | None,
+            'verdict': pxt.String,  # pass or fail
+            'note': pxt.String | None,
+            'run_id': pxt.String | None,
+            'annotated_at': pxt.Timestamp,
+        },
+        ['dataset', 'version_id', 'example_id', 'annotator'],
+    )
+
+
+def changelogs() -> pxt.Table:
+    """One row per version: a model's description of what changed from its parent (versions are immutable rows)."""
+    return _open_or_create(
+        CHANGELOGS,
+        {
+            'version_id': pxt.String,
+            'parent_id': pxt.String,
+            'text': pxt.String | None,
+            'error': pxt.String | None,
+            'model': pxt.String,
+            'request_hash': pxt.String,
+            'created_at': pxt.Timestamp,
+        },
+        'version_id',
     )

@@ -381,8 +381,13 @@ def edit(
         parent=base,
         author=author,
         note=note,
-        meta=meta,
+        meta=meta if meta is not None else _inherited_meta(base),
     )
+
+
+def _inherited_meta(base: Version) -> dict[str, Any] | None:
+    """Return what an edit keeps of its parent's metadata: a judge stays a judge (how to read its answer)."""
+    return {'judge': base.meta['judge']} if isinstance(base.meta, dict) and 'judge' in base.meta else None
 
 
 def label_target(prompt: str, label: str) -> str:

@@ -21,7 +21,9 @@ import numpy as np
 import pandas as pd
 
 from . import metrics, stats
+from .changelog import get_changelog
 from .compare import VersionComparison, prompts_for
+from .eval_views import render_changelog
 from .prompt_diff import Op, diff_versions, render_diff_html, word_ops
 from .runs import main_score_name
 
@@ -823,6 +825,12 @@ def render_edit_preview(example_id: str, before: str, after: str, *, source: str
     return _wrap(body, 'pw-edit-preview')
 
 
+def _changelog_section(version_id: str) -> list[str]:
+    """Return the version's changelog (what changed from its parent, and what it did) if one was asked for."""
+    found = get_changelog(version_id)
+    return ['<h4>Changelog</h4>', render_changelog(found)] if found is not None else []
+
+
 # --- the report -----------------------------------------------------------------------------------------------
 
 
@@ -852,6 +860,7 @@ def render_report(
         hint = 'in the widget, or ws.flips(run_a, run_b) for all (a DataFrame).'
         parts += [
             f'<h2>{html.escape(candidate)} against {html.escape(cmp.baseline)}</h2>',
+            *_changelog_section(candidate),
             '<h4>Prompt diff</h4>',
             render_diff_html(diff_versions(cmp.version(cmp.baseline), cmp.version(candidate))),
             '<h4>Flips</h4>',

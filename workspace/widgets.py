@@ -17,17 +17,19 @@ import jinja2
 
 from udfs import render as render_udfs
 
-from . import store, views
+from . import eval_views, store, views
 from .compare import VersionComparison, _measure, build_comparison, version_labels
 from .datasets import Dataset
 from .errors import TemplateError, WorkspaceError
 from .evaluate import check_template, evaluate
-from .runs import Run
+from .models import cost_table
+from .runs import Run, get_run, list_runs, main_score_name
+from .samples import sample_report
 from .versions import Version, build_request, edit, get_version, list_versions
 
 __all__ = ['CompareState', 'CompareView', 'TemplateCheck', 'compare']
 
-TABS = ('Summary', 'Per category', 'Confusion', 'Flips', 'Diff', 'Edit')
+TABS = ('Summary', 'Per category', 'Confusion', 'Flips', 'Diff', 'Samples', 'Cost', 'Edit')
 
 Progress = Callable[[int, int], None]
 
@@ -187,6 +189,10 @@ class CompareState:
             return views.render_per_category(self.cmp)
         if tab == 'Confusion':
             return views.render_confusions(self.cmp)
+        if tab == 'Samples':  # the runs that asked each request several times
+            return eval_views.render_samples_pane([sample_report(r) for r in _sampled_runs(self.cmp)])
+        if tab == 'Cost':
+            return eval_views.render_cost_quality(cost_table(self.cmp), metric=main_score_name(self.cmp.task))
         if tab in ('Flips', 'Diff') and self.focus is None:
             return _message('Pick a candidate to see its flips and its diff against the baseline.')
         if tab == 'Flips':
@@ -200,6 +206,22 @@ class CompareState:
         if tab == 'Diff':
             return views.render_prompt_diff(self.cmp, self.focus)  # type: ignore[arg-type]
         raise KeyError(f'unknown tab {tab!r}; tabs are {TABS}')
+
+
+def _sampled_runs(cmp: VersionComparison) -> list[Run]:
+    """Return, for each compared version, its latest run with samples on the comparison's dataset split (the
+    comparison's own runs ask once; `evaluate(..., samples=k)` makes the runs with samples)."""
+    found = []
+    runs = list_runs(dataset=cmp.dataset.name)
+    if runs.empty or 'samples' not in runs.columns:
+        return []
+    same_split = runs['split'].isna() if cmp.split is None else runs['split'] == cmp.split
+    sampled = runs[same_split & (runs['samples'].fillna(1) > 1)]  # newest first
+    for version_id in cmp.version_ids:
+        mine = sampled[sampled['version_id'] == version_id]
+        if len(mine):
+            found.append(get_run(str(mine.iloc[0]['run_id'])))
+    return found
 
 
 def _message(text: str, kind: str = '') -> str:
@@ -315,6 +337,8 @@ class CompareView(w.VBox):
             self.panes['Confusion'],
             flips_tab,
             self.panes['Diff'],
+            self.panes['Samples'],
+            self.panes['Cost'],
             edit_tab,
         ]
         self.tabs = w.Tab(children=children)

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from openai_server import Canned, OpenAICompatibleServer, completion_body
+
 from reliability.conftest import child_env, run_python, spawn_python
 
 ROWS = 48

@@ -1,0 +1,214 @@
+"""Pure render functions for the deeper evaluation: samples, judge agreement, models side by side with cost, and
+changelogs. Data in, an HTML fragment out; the comparison view, the report and notebooks show these, and tests
+check them without a kernel or a browser."""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    'render_sample_report',
+    'render_samples_pane',
+    'render_agreement',
+    'render_cost_quality',
+    'render_changelog',
+    'format_usd',
+]
+
+_STYLE = """
+<style>
+.pw-eval { font-family: system-ui, sans-serif; font-size: 13px; }
+.pw-eval table { border-collapse: collapse; margin: 6px 0; }
+.pw-eval th, .pw-eval td { border-bottom: 1px solid #e5e7eb; padding: 3px 8px; text-align: right; }
+.pw-eval th:first-child, .pw-eval td:first-child { text-align: left; }
+.pw-eval .pw-ci { color: #6b7280; font-size: 11px; }
+.pw-eval .pw-unstable { color: #b45309; }
+.pw-eval .pw-good { color: #1a7f37; } .pw-eval .pw-bad { color: #c62828; }
+.pw-eval .pw-note { background: #fff6db; border-left: 4px solid #e0a800; padding: 4px 8px; margin: 4px 0; }
+.pw-eval blockquote { margin: 4px 0; padding: 4px 10px; border-left: 3px solid #93c5fd; background: #f5f9ff; }
+</style>
+"""
+
+
+def _wrap(body: str, css_class: str) -> str:
+    return f'{_STYLE}<div class="pw-eval {css_class}">{body}</div>'
+
+
+def _esc(value: Any) -> str:
+    return html.escape(str(value))
+
+
+def _ci(value: float, low: float, high: float, digits: int = 3) -> str:
+    return f'{value:.{digits}f} <span class="pw-ci">[{low:.{digits}f}, {high:.{digits}f}]</span>'
+
+
+def format_usd(value: float | None) -> str:
+    """Return dollars for people: n/a when unknown, $0 for free, else enough digits to see a per-row cost.
+
+    >>> format_usd(None), format_usd(0.0), format_usd(0.0000171), format_usd(0.25), format_usd(12.5)
+    ('n/a', '$0', '$0.0000171', '$0.25', '$12.50')
+    """
+    if value is None or pd.isna(value):
+        return 'n/a'
+    if value == 0:
+        return '$0'
+    if value >= 1:
+        return f'${value:,.2f}'
+    return '$' + np.format_float_positional(value, precision=3, unique=False, fractional=False, trim='-')
+
+
+def render_sample_report(report: Any, *, limit: int = 50) -> str:
+    """Render a `SampleReport`: pass@1, pass@k, pass^k and agreement with intervals, then the unstable rows."""
+    head = ''.join(f'<tr><td>{_esc(n)}</td><td>{_ci(*v)}</td></tr>' for n, v in report.metrics.items())
+    pct = f'{report.confidence * 100:.3g}%'
+    parts = [
+        f'<h4>{_esc(report.version_id)}: {report.k} samples per row, {len(report.rows)} rows, '
+        f'<span class="pw-unstable">{len(report.unstable)} unstable</span></h4>',
+        f'<table class="pw-sample-metrics"><tr><th>metric</th><th>mean [{pct} CI]</th></tr>{head}</table>',
+    ]
+    unstable = report.rows[report.rows['unstable']].head(limit)
+    if len(unstable):
+        cells = ''.join(
+            f'<tr><td>{_esc(r.example_id)}</td><td>{r.passed} of {r.samples}</td><td>{r.agreement:.2f}</td>'
+            f'<td>{_esc(r.modal_prediction)}</td></tr>'
+            for r in unstable.itertuples()
+        )
+        parts.append(
+            '<p>Unstable rows: some samples pass, some fail.</p><table class="pw-unstable-rows"><tr><th>example</th>'
+            f'<th>passing</th><th>agreement</th><th>most common prediction</th></tr>{cells}</table>'
+        )
+    parts += [f'<div class="pw-note">{_esc(n)}</div>' for n in report.notes]
+    return _wrap(''.join(parts), 'pw-samples')
+
+
+def render_samples_pane(reports: Sequence[Any]) -> str:
+    """Render the samples of several runs one under the other (a comparison pane), or say that none has any."""
+    if not reports:
+        return _wrap(
+            '<p>No run here has samples. Evaluate with <code>ws.evaluate(version, dataset, split, samples=5)</code> '
+            '(the version must sample: temperature above 0).</p>',
+            'pw-samples',
+        )
+    return ''.join(render_sample_report(r) for r in reports)
+
+
+def render_agreement(agreement: Any) -> str:
+    """Render a judge's agreement with people: the 2x2 table, Cohen's kappa, TPR and TNR with intervals."""
+    t = agreement.table
+    pct = f'{agreement.confidence * 100:.3g}%'
+    rows = [
+        ("Cohen's kappa", agreement.kappa),
+        ('true-positive rate (judge passes what people pass)', agreement.tpr),
+        ('true-negative rate (judge fails what people fail)', agreement.tnr),
+        ('accuracy', agreement.accuracy),
+    ]
+    stats = ''.join(f'<tr><td>{_esc(n)}</td><td>{_ci(*v)}</td></tr>' for n, v in rows)
+    table = (
+        '<table class="pw-agreement-table"><tr><th></th><th>judge pass</th><th>judge fail</th></tr>'
+        f'<tr><td>people pass</td><td>{t["tp"]}</td><td>{t["fn"]}</td></tr>'
+        f'<tr><td>people fail</td><td>{t["fp"]}</td><td>{t["tn"]}</td></tr></table>'
+    )
+    body = (
+        f'<h4>{_esc(agreement.judge_id)} against {agreement.n} human verdicts</h4>{table}'
+        f'<table class="pw-agreement"><tr><th>statistic</th><th>value [{pct} CI]</th></tr>{stats}</table>'
+    )
+    body += ''.join(f'<div class="pw-note">{_esc(n)}</div>' for n in agreement.notes)
+    return _wrap(body, 'pw-agreement-view')
+
+
+def render_cost_quality(table: pd.DataFrame, *, metric: str, title: str = 'Cost and quality') -> str:
+    """Render models side by side: one row per version with model, quality, latency, tokens and cost, and a
+    scatter chart of quality against cost per row (log scale when costs span orders of magnitude; unknown and
+    zero costs drawn at the left edge and labelled)."""
+    head = ['version', 'model', metric, 'mean latency ms', 'mean tokens', 'cost per row', 'cost of run', 'errors']
+    cells = []
+    for version, row in table.iterrows():
+        cells.append(
+            [
+                _esc(version),
+                _esc(row['model']),
+                f'{row[metric]:.3f}',
+                f'{row["mean_latency_s"] * 1000:,.0f}',
+                f'{row["mean_tokens"]:,.1f}',
+                format_usd(row.get('cost_per_row_usd')),
+                format_usd(row.get('cost_usd')),
+                str(int(row['errors'])),
+            ]
+        )
+    rows = ''.join('<tr>' + ''.join(f'<td>{c}</td>' for c in r) + '</tr>' for r in cells)
+    grid = '<table class="pw-cost-table"><tr>' + ''.join(f'<th>{_esc(h)}</th>' for h in head) + f'</tr>{rows}</table>'
+    return _wrap(f'<h4>{_esc(title)}</h4>{_cost_chart(table, metric)}{grid}', 'pw-cost-quality')
+
+
+def _cost_chart(table: pd.DataFrame, metric: str) -> str:
+    import base64
+    import io
+
+    import matplotlib
+
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
+
+    costs = pd.to_numeric(table['cost_per_row_usd'], errors='coerce') * 1000  # per 1,000 rows: readable ticks
+    known = costs[costs > 0]
+    floor = float(known.min()) / 10 if len(known) else 1e-6
+    x = costs.fillna(floor).clip(lower=floor)
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    for i, (version, xv, yv, cost) in enumerate(zip(table.index, x, table[metric], costs)):
+        free, unknown = cost == 0, pd.isna(cost)
+        color = '#9ca3af' if unknown else '#16a34a' if free else '#2563eb'
+        ax.scatter([xv], [yv], s=60, color=color, marker='x' if unknown else 'o', zorder=3)
+        tag = ' (free)' if free else ' (cost n/a)' if unknown else ''
+        ax.annotate(
+            f'{table.loc[version, "model"]}{tag}',
+            (xv, yv),
+            textcoords='offset points',
+            xytext=(6, 6 if i % 2 == 0 else -12),
+            fontsize=8,
+            color='#374151',
+        )
+    if len(known) and known.max() / floor > 50:
+        ax.set_xscale('log')
+    else:
+        ax.set_xlim(left=0, right=float(x.max()) * 1.3)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f'${v:.3g}'))
+    ax.set_xlabel('cost per 1,000 rows, US dollars')
+    ax.set_ylabel(metric)
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_title('quality against cost: up and to the left is better (free: green, unknown: grey)', fontsize=8)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format='png', dpi=90, bbox_inches='tight')
+    plt.close(fig)
+    data = base64.b64encode(buffer.getvalue()).decode()
+    return (
+        f'<img class="pw-chart pw-cost-chart" alt="quality against cost per row" src="data:image/png;base64,{data}"/>'
+    )
+
+
+def render_changelog(changelog: Any) -> str:
+    """Render a changelog: the model's description of what changed, the changes the diff lists, and the
+    measured effect on each dataset the two versions were compared on (fixed and broken example ids, verdict)."""
+    parts = [f'<h4>{_esc(changelog.version_id)} against its parent {_esc(changelog.parent_id)}</h4>']
+    if changelog.text:
+        parts.append(f'<blockquote class="pw-changelog-text">{_esc(changelog.text)}</blockquote>')
+    elif changelog.error:
+        parts.append(f'<div class="pw-note">the model could not describe the change: {_esc(changelog.error)}</div>')
+    parts.append('<p>What the diff says:</p><ul>' + ''.join(f'<li>{_esc(c)}</li>' for c in changelog.changes) + '</ul>')
+    if not changelog.effects:
+        parts.append('<p>No measured effect yet: evaluate both versions on the same dataset split.</p>')
+    for effect in changelog.effects:
+        fixed = ', '.join(effect.fixed[:20]) + (' …' if len(effect.fixed) > 20 else '')
+        broken = ', '.join(effect.broken[:20]) + (' …' if len(effect.broken) > 20 else '')
+        parts.append(
+            f'<div class="pw-effect"><b>{_esc(effect.dataset)} / {_esc(effect.split or "all rows")}</b> '
+            f'(n = {effect.n}): {_esc(effect.verdict)}<br>'
+            f'<span class="pw-good">fixed {len(effect.fixed)}</span>: {_esc(fixed) or "none"}<br>'
+            f'<span class="pw-bad">broken {len(effect.broken)}</span>: {_esc(broken) or "none"}</div>'
+        )
+    return _wrap(''.join(parts), 'pw-changelog')
