@@ -506,7 +506,7 @@ class LocalBackend:
             if not prompts:
                 raise BackendError(
                     "a request with decode 'calibrated' needs its content-free prompts in constraint['content_free']; "
-                    'build it with workspace.evaluate.build_request'
+                    'build it with workspace.versions.build_request'
                 )
             prior = calibration.content_free_prior([self._content_free_scores(llm, p, labels) for p in prompts])
             scores = calibration.calibrate(scores, prior)
