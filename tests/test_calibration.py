@@ -10,8 +10,7 @@ import pytest
 
 from workspace import backends, calibration, store
 from workspace.errors import BackendError, VersionError
-from workspace.versions import build_request
-from workspace.versions import Version, choice
+from workspace.versions import Version, build_request, choice
 
 LABELS = ['negative', 'no_impact', 'positive']
 TEMPLATE = (
@@ -172,3 +171,28 @@ def test_evaluate_scores_content_free_prompts_once_per_version(ws, tiny_tickets)
     if_calibrated = [a['scores'] for a in store.lookup(hashes['calibrated']).values()]
     assert all(sum(math.exp(v) for v in s.values()) == pytest.approx(1.0) for s in if_calibrated)
     assert ws.evaluate(versions['calibrated'], tiny, 'dev', progress=False).calls == 0
+
+
+def test_a_demo_policy_is_calibrated_with_each_examples_own_demos(ws, tiny_tickets):
+    """With retrieved demos the prior depends on the demos, so each example's content-free prompts carry its own."""
+    from workspace import demos
+
+    tiny = ws.import_dataset('tiny', tiny_tickets, input=['text'], expected='category', split='split', id='id')
+    template = '{% for d in demos %}Ticket: {{ d.text }}\nCategory: {{ d.expected }}\n\n{% endfor %}Ticket: {{ text }}\nCategory:'
+    output = ws.choice(tiny.labels(), decode='calibrated')
+    v = ws.create_version('router_knn', template=template, output=output, demos=ws.nearest(tiny, k=2))
+    run = ws.evaluate(v, tiny, 'dev', progress=False)
+    assert run.calls == 6 and run.errors == 0
+    stored = dict(zip(run.rows()['example_id'], run.rows()['request_hash']))
+    rows = tiny.rows('dev')
+    retrieved = demos.retrieve(v.demo_policy, rows, dataset='tiny')
+    for row in rows:
+        got = retrieved[row['example_id']]
+        request = build_request(v, row, demos=got.demos)
+        assert request['hash'] == stored[row['example_id']]  # the evaluated request carried these prompts
+        content_free = request['constraint']['content_free']
+        assert len(content_free) == len(calibration.CONTENT_FREE_INPUTS)
+        for prompt in content_free:
+            assert all(d['text'] in prompt for d in got.demos) and row['text'] not in prompt
+    assert set(run.rows()['prediction']) <= set(tiny.labels())
+    assert ws.evaluate(v, tiny, 'dev', progress=False).calls == 0
