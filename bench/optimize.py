@@ -164,9 +164,26 @@ def bench_dataset(name: str, dataset: ws.Dataset) -> list[str]:
             f'{"yes" if res.accepted else "no"} | {res.calls + calls} | {wall:.0f} |'
         )
         details.append(f'- {optimizer}: {res.decision} On untouched: {result.sentence()}')
+        details.append(f'- {optimizer} trials on dev: {_trials(res.trials)}')
         if optimizer == 'knn_fewshot':
             details.append(_metric_choice(baseline, dataset, options, base_pred))
     return [*lines, '', *details]
+
+
+def _trials(trials: pd.DataFrame) -> str:
+    """Each scored trial in a few words: its demos, its label decoding, its dev score, flags and time."""
+    parts = []
+    for _, t in trials[trials['scope'] == 'dev'].iterrows():
+        demos = t['demos']
+        if isinstance(demos, dict) and 'k' in demos:
+            what = f'nearest {demos["k"]}'
+        else:
+            what = f'{len(demos or [])} demos' if t['kind'] != 'baseline' else 'baseline'
+        decode = (t['output'] or {}).get('decode', 'mask') if isinstance(t['output'], dict) else 'mask'
+        score = 'n/a' if pd.isna(t['dev_score']) else f'{t["dev_score"]:.3f}'
+        flags = ' (flagged)' if t['flags'] else ''
+        parts.append(f'{what}, {decode}: {score}{flags}, {t["wall_s"]:.0f} s')
+    return '; '.join(parts)
 
 
 def _ci(metric: Any, predictions: dict[str, Any]) -> tuple[float, float]:

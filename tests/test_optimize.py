@@ -262,7 +262,10 @@ def test_teacher_proposes_the_instruction_a_student_adopts(ws, tiny, local, monk
         ({'budget': {'calls': 10}}, r"unknown budget key 'calls'; a budget has max_candidates, max_calls"),
         ({'max_errors': -1}, r'max_errors=-1 is not valid'),
         ({'teacher': 'nobody:v9'}, r"teacher 'nobody:v9' is neither a model .* nor a version"),
-        ({'options': {'bogus_knob': 1}}, r"options for 'bootstrap_random_search' are not valid: .*bogus_knob"),
+        (
+            {'optimizer': 'bootstrap_random_search', 'options': {'bogus_knob': 1}},
+            r"options for 'bootstrap_random_search' are not valid: .*bogus_knob",
+        ),
     ],
 )
 def test_bad_arguments_name_the_value_and_the_fix(ws, tiny, v1, local, kwargs, match):

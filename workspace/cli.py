@@ -481,13 +481,12 @@ def build_parser() -> argparse.ArgumentParser:
         'optimize',
         _optimize,
         'optimize a version with a DSPy optimizer',
-        'prompt-workspace optimize ticket_router:v2 support_tickets --optimizer bootstrap_random_search '
-        '--max-calls 400',
+        'prompt-workspace optimize ticket_router:v2 support_tickets --optimizer knn_fewshot --max-minutes 15',
     )
     p.add_argument('version')
     p.add_argument('dataset')
-    p.add_argument('--optimizer', default='bootstrap_random_search')
-    p.add_argument('--metric', default='accuracy')
+    p.add_argument('--optimizer', default='knn_fewshot', help='default knn_fewshot (docs/optimize.md)')
+    p.add_argument('--metric', help='default macro_f1 for labels, rouge_l for text')
     p.add_argument('--train', default='train')
     p.add_argument('--dev', default='dev')
     p.add_argument('--max-candidates', type=int)

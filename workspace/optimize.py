@@ -794,7 +794,7 @@ def optimize(
     version: Version | str,
     dataset: Dataset | str,
     *,
-    optimizer: str = 'bootstrap_random_search',
+    optimizer: str = 'knn_fewshot',
     metric: str | MetricFn | None = None,
     train: str = 'train',
     dev: str = 'dev',
@@ -820,8 +820,9 @@ def optimize(
     (or, if `margin` is given, it is better by at least `margin`); `decision` says which and why. With a `test`
     split (by default the dataset's `test`, if any), the winner is compared with the baseline on it too.
 
-    `optimizer`: 'labeled_fewshot', 'bootstrap_fewshot', 'bootstrap_random_search', 'knn_fewshot' (demos retrieved
-    per example: see `ws.nearest`), 'mipro_v2', 'copro', 'gepa'. `teacher` (a version, a reference or a model such
+    `optimizer`: 'knn_fewshot' (the default: demos retrieved per example, see `ws.nearest`; the best measured on
+    public data with a small model, docs/benchmarks.md), 'labeled_fewshot', 'bootstrap_fewshot',
+    'bootstrap_random_search', 'mipro_v2', 'copro', 'gepa'. `teacher` (a version, a reference or a model such
     as 'groq:llama-3.3-70b-versatile') bootstraps demos and proposes instructions. `options` override the
     optimizer's knobs (e.g. `{'k': [4, 8]}` for knn_fewshot). A run stopped by its budget decides among the trials
     so far, with `stopped_by` set. Model errors fail the trial they happen in; more than `max_errors` stop the run
