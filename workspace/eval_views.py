@@ -157,30 +157,47 @@ def _cost_chart(table: pd.DataFrame, metric: str) -> str:
 
     costs = pd.to_numeric(table['cost_per_row_usd'], errors='coerce') * 1000  # per 1,000 rows: readable ticks
     known = costs[costs > 0]
-    floor = float(known.min()) / 10 if len(known) else 1e-6
+    log = bool(len(known)) and float(known.max()) / float(known.min()) > 50
+    # Free runs sit at $0 on a linear axis; on a log axis (costs spanning orders of magnitude) there is no 0, so
+    # they sit a decade below the cheapest paid run, on a tick labelled "free". Unknown costs sit beside them.
+    floor = float(known.min()) / 10 if log else 0.0
     x = costs.fillna(floor).clip(lower=floor)
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
-    for i, (version, xv, yv, cost) in enumerate(zip(table.index, x, table[metric], costs)):
+    labels = []
+    for version, xv, yv, cost in zip(table.index, x, table[metric], costs):
         free, unknown = cost == 0, pd.isna(cost)
         color = '#9ca3af' if unknown else '#16a34a' if free else '#2563eb'
         ax.scatter([xv], [yv], s=60, color=color, marker='x' if unknown else 'o', zorder=3)
         tag = ' (free)' if free else ' (cost n/a)' if unknown else ''
-        ax.annotate(
-            f'{table.loc[version, "model"]}{tag}',
-            (xv, yv),
-            textcoords='offset points',
-            xytext=(6, 6 if i % 2 == 0 else -12),
-            fontsize=8,
-            color='#374151',
+        labels.append(
+            (float(yv), float(xv), f'{str(version).rpartition(":")[2] or version} · {table.loc[version, "model"]}{tag}')
         )
-    if len(known) and known.max() / floor > 50:
+    if log:
         ax.set_xscale('log')
+        ax.set_xlim(left=floor / 2, right=float(known.max()) * 3)
+        decades = [t for t in ax.get_xticks() if floor * 2 < t < float(known.max()) * 3]
+        ax.set_xticks([floor, *decades])
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: 'free' if v == floor else f'${v:.3g}'))
     else:
-        ax.set_xlim(left=0, right=float(x.max()) * 1.3)
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f'${v:.3g}'))
+        right = float(known.max()) * 1.3 if len(known) else 1.0
+        ax.set_xlim(left=-right * 0.05, right=right)
+        if not len(known):
+            ax.set_xticks([0])
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f'${v:.3g}'))
     ax.set_xlabel('cost per 1,000 rows, US dollars')
     ax.set_ylabel(metric)
     ax.set_ylim(-0.05, 1.05)
+    # Each label beside its point, pushed up just enough not to overlap the one below it (hand-written: matplotlib
+    # has no label placement, and adjustText would be a dependency for four labels).
+    placed: list[tuple[float, float]] = []  # (x, y) in pixels of labels already placed
+    for yv, xv, text in sorted(labels):
+        px, py = ax.transData.transform((xv, yv))
+        y_label = py - 4
+        for qx, qy in placed:
+            if abs(qx - px) < 150 and y_label < qy + 12:
+                y_label = qy + 12
+        placed.append((px, y_label))
+        ax.annotate(text, (xv, yv), xytext=(8, y_label - py), textcoords='offset pixels', fontsize=8, color='#374151')
     ax.set_title('quality against cost: up and to the left is better (free: green, unknown: grey)', fontsize=8)
     buffer = io.BytesIO()
     fig.savefig(buffer, format='png', dpi=90, bbox_inches='tight')
