@@ -1,6 +1,6 @@
 """Run the benchmarks and print their figures as Markdown (copy them into docs/benchmarks.md).
 
-Every benchmark runs in a fresh, temporary Pixeltable home, so the request store starts empty.
+Every section runs in its own process and a fresh, temporary Pixeltable home, so its request store starts empty.
 
     python bench/run.py                 # all sections
     python bench/run.py contract        # one section
@@ -12,6 +12,7 @@ import datetime
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -56,15 +57,23 @@ def _machine() -> str:
 
 
 def main(argv: list[str]) -> int:
-    wanted = argv or SECTIONS
+    section_only = argv[:1] == ['--section']
+    wanted = argv[1:] if section_only else argv or SECTIONS
     unknown = [s for s in wanted if s not in SECTIONS]
     if unknown:
         print(f'unknown section(s) {unknown}; choose from {SECTIONS}', file=sys.stderr)
         return 2
+    if len(wanted) > 1:  # each section in its own process and Pixeltable home: no section sees another's answers
+        print(f'# Benchmark run {datetime.date.today().isoformat()}\n\nMachine: {_machine()}\n', flush=True)
+        failed = [name for name in wanted if subprocess.run([sys.executable, __file__, '--section', name]).returncode]
+        if failed:
+            print(f'section(s) {failed} failed', file=sys.stderr)
+        return 1 if failed else 0
     home = tempfile.mkdtemp(prefix='pw-bench-')
     os.environ['PIXELTABLE_HOME'] = home
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    print(f'# Benchmark run {datetime.date.today().isoformat()}\n\nMachine: {_machine()}\n')
+    if not section_only:
+        print(f'# Benchmark run {datetime.date.today().isoformat()}\n\nMachine: {_machine()}\n')
     try:
         for name in wanted:
             module = __import__(name)
