@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime
 import math
 import re
-import time
 from collections import Counter
 
 import numpy as np
@@ -102,9 +101,7 @@ def test_assigner_never_touches_pixeltable_after_construction(ws):
     router = ab.Assigner('ticket_router', {'v1': 70, 'v2': 20, 'v3': 10})
     expected = [router.arm(u) for u in IDS[:100]]
     pxt.drop_dir('prompt_workspace', force=True)  # every table gone: only hashing can still answer
-    start = time.perf_counter()
     versions = [router.assign(u) for u in IDS]
-    assert time.perf_counter() - start < 1.0
     assert [router.arm(u) for u in IDS[:100]] == expected and len(versions) == 10_000
 
 
