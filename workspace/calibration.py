@@ -27,15 +27,31 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 
 import jinja2
 from scipy.special import logsumexp
 
 from .errors import TemplateError, VersionError
 
-if TYPE_CHECKING:
-    from .versions import Version
+
+class _Version(Protocol):
+    """What calibration reads of a `workspace.versions.Version` (a protocol, so the backends, which use this module,
+    do not depend on versions)."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def output(self) -> Any: ...
+
+    @property
+    def labels(self) -> list[str]: ...
+
+    def variables(self) -> Any: ...
+
+    def render(self, fields: Mapping[str, Any], *, demos: Sequence[Mapping[str, Any]] | None = None) -> str: ...
+
 
 __all__ = [
     'Decode',
@@ -70,7 +86,7 @@ def check_decode(decode: str, model: str | None = None) -> None:
         )
 
 
-def content_free_prompts(version: Version, demos: Sequence[Mapping[str, Any]] | None = None) -> list[str]:
+def content_free_prompts(version: _Version, demos: Sequence[Mapping[str, Any]] | None = None) -> list[str]:
     """Return the version's prompt for each content-free input: every input field replaced by it. A version with a
     demo policy is calibrated per example, with the demos retrieved for that example (the prior depends on the
     demos, and the local model decodes the shared demo blocks once).
@@ -88,7 +104,7 @@ def content_free_prompts(version: Version, demos: Sequence[Mapping[str, Any]] | 
         ) from None
 
 
-def choice_constraint(version: Version, demos: Sequence[Mapping[str, Any]] | None = None) -> dict[str, Any]:
+def choice_constraint(version: _Version, demos: Sequence[Mapping[str, Any]] | None = None) -> dict[str, Any]:
     """Return the constraint of a choice version's requests: its labels, and how to decode them if not masked.
 
     >>> choice_constraint(v)  # doctest: +SKIP
