@@ -34,8 +34,9 @@ $(STAMP): pyproject.toml Makefile
 run: $(STAMP)
 	$(BIN)/prompt-workspace demo
 
+# Three workers on two cores: much of the suite waits on PostgreSQL, subprocesses and servers rather than the CPU.
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 3
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py

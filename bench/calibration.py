@@ -23,11 +23,11 @@ from scipy import stats as sps
 
 import workspace as ws
 from udfs import render as render_udfs
-from workspace import backends, calibration
-from workspace.backends import LocalBackend, _logits, _token_logprobs
-from workspace.demo import FEW_SHOT_TEMPLATE
-from workspace.metrics import classification_summary
-from workspace.stats import mcnemar_exact
+from workspace.core.metrics import classification_summary
+from workspace.core.stats import mcnemar_exact
+from workspace.jobs.quickstart import FEW_SHOT_TEMPLATE
+from workspace.storage import backends, calibration
+from workspace.storage.backends.local import LocalBackend, _logits, _token_logprobs
 
 SHARED = Path(__file__).resolve().parent.parent.parent / 'shared' / 'datasets'
 POEMS = SHARED / 'poem_sentiment'
@@ -62,7 +62,7 @@ def _template(question: str, answer: str) -> str:
 
 
 def _macro_f1(expected: np.ndarray, predicted: np.ndarray, n_labels: int) -> float:
-    """Macro-F1 over the labels present in `expected` (as workspace.metrics), on integer codes; -1 is no label."""
+    """Macro-F1 over the labels present in `expected` (as workspace.core.metrics), on integer codes; -1 is no label."""
     hit = predicted == expected
     tp = np.bincount(expected[hit], minlength=n_labels)
     support = np.bincount(expected, minlength=n_labels)

@@ -15,9 +15,9 @@ from typing import Any
 import pandas as pd
 
 import workspace as ws
-from workspace import views
-from workspace.compare import build_comparison
-from workspace.widgets import TABS
+from workspace.analysis.compare import build_comparison
+from workspace.ui import views
+from workspace.ui.widgets import TABS
 
 ROOT = Path(__file__).resolve().parent.parent
 BANKING = ROOT.parent / 'shared' / 'datasets' / 'banking77' / 'train.csv'

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import workspace as ws
-from workspace import backends
-from workspace.demo import FEW_SHOT_TEMPLATE, few_shot_demos
+from workspace.jobs.quickstart import FEW_SHOT_TEMPLATE, few_shot_demos
+from workspace.storage import backends
 
 ROOT = Path(__file__).resolve().parent.parent
 POEMS = ROOT.parent / 'shared' / 'datasets' / 'poem_sentiment'

@@ -52,7 +52,7 @@ def _normalized(vectors: np.ndarray) -> np.ndarray:
 
 
 def _shipped(pool: Sequence[str]) -> Embed:
-    from workspace import embeddings
+    from workspace.storage import embeddings
 
     return embeddings.embed
 
@@ -150,7 +150,7 @@ CANDIDATES = [
         'wordllama (shipped)',
         ('workspace', 'wordllama', 'safetensors', 'tokenizers'),
         ('wordllama==0.4.0.post1',),
-        'WordLlama l2_supercat static token embeddings, mean-pooled, 256 dims (workspace.embeddings)',
+        'WordLlama l2_supercat static token embeddings, mean-pooled, 256 dims (workspace.storage.embeddings)',
         _shipped,
         preload=('workspace',),
     ),

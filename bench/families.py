@@ -4,7 +4,7 @@ Quality (datasets/prompt_log.jsonl and its truth):
 - clustering: adjusted Rand index, homogeneity (purity) and completeness against the true template of each distinct
   prompt (one-off prompts are each their own truth family); the same for Drain3's clusters over the whole log;
 - templates: for each true family, the template mined from its members by the token alignment
-  (workspace.templates.mine) and by Drain3 (drain3-improved, masking numbers, the largest cluster's template):
+  (workspace.mining.canonical.mine) and by Drain3 (drain3-improved, masking numbers, the largest cluster's template):
   whether the constant text equals the truth, and the share of (prompt, slot) pairs whose value span is recovered
   exactly;
 - drift: the weeks flagged per family against the truth's one drift event (ticket_router from 2026-10-12).
@@ -63,9 +63,9 @@ def _quality() -> list[str]:
     from sklearn.metrics import adjusted_rand_score, homogeneity_completeness_v_measure
 
     import workspace as ws
-    from workspace import tables
-    from workspace.prompt_log import prompt_hash
-    from workspace.templates import mine
+    from workspace.mining.canonical import mine
+    from workspace.mining.prompt_log import prompt_hash
+    from workspace.storage import tables
 
     lines, truth, meta = _truth()
     started = time.perf_counter()
@@ -159,7 +159,7 @@ def _speed() -> list[str]:
     import numpy as np
 
     import workspace as ws
-    from workspace import tables
+    from workspace.storage import tables
 
     sys.path.insert(0, str(ROOT / 'datasets'))
     import make_prompt_log

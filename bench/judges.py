@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import workspace as ws
-from workspace import backends
-from workspace.demo import FEW_SHOT_TEMPLATE
+from workspace.core.judges import rubric_judge
+from workspace.jobs.quickstart import FEW_SHOT_TEMPLATE
+from workspace.storage import backends
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,7 +43,7 @@ def run() -> list[str]:
     ws.evaluate(version, tickets, progress=False)  # the predictions the judge reads; not part of the figures
     predict_s = time.perf_counter() - start
 
-    judge = ws.rubric_judge('The answer is the support category that fits the ticket.', name='bench_rubric_judge')
+    judge = rubric_judge('The answer is the support category that fits the ticket.', name='bench_rubric_judge')
     ws.add_scorer(tickets, judge, column='rubric')
     rows: list[tuple[str, int, str, int, float]] = []
     _step(rows, f'judge {n} rows (new judge scorer)', str(n), lambda: ws.evaluate(version, tickets, progress=False))

@@ -27,10 +27,10 @@ from typing import Any
 import pandas as pd
 
 import workspace as ws
-from workspace import backends, tables
-from workspace.optimize import optimize
-from workspace.selection import build_metric, verdict
-from workspace.stats import label_metric_interval
+from workspace.core.stats import label_metric_interval
+from workspace.optimization.optimize import optimize
+from workspace.optimization.selection import build_metric, verdict
+from workspace.storage import backends, tables
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / 'shared' / 'datasets'
@@ -247,7 +247,7 @@ def bench_resume(dataset: ws.Dataset) -> list[str]:
     trials, runs = tables.trials(), tables.optimize_runs()
     trials.delete(where=trials.run_id == reference.run_id)
     runs.delete(where=runs.run_id == reference.run_id)
-    code = f'from workspace.optimize import optimize\noptimize({baseline.id!r}, {dataset.name!r}, **{args!r})\n'
+    code = f'from workspace.optimization.optimize import optimize\noptimize({baseline.id!r}, {dataset.name!r}, **{args!r})\n'
     child = subprocess.Popen([sys.executable, '-c', code], cwd=ROOT, env=dict(os.environ))
     try:
         while len(answered(reference.run_id)) < len(first) // 2 and child.poll() is None:

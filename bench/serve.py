@@ -25,6 +25,8 @@ from pathlib import Path
 import aiohttp
 import httpx
 
+from workspace.serving.keys import create_key
+
 ROOT = Path(__file__).resolve().parent.parent
 CLIENTS = int(os.environ.get('BENCH_SERVE_CLIENTS', 50))
 SECONDS = float(os.environ.get('BENCH_SERVE_SECONDS', 20))
@@ -38,7 +40,7 @@ def _setup() -> str:
     ws.set_label(v1, 'production')
     ws.set_rule('no_injection', 'injection', stage='input', enforcement='block')
     ws.set_rule('no_pii', 'pii', stage='prompt', enforcement='warn')
-    return ws.create_key('bench', 'serve', rate=1_000_000)
+    return create_key('bench', 'serve', rate=1_000_000)
 
 
 async def _client(
@@ -92,7 +94,9 @@ def run() -> list[str]:
         s.bind(('127.0.0.1', 0))
         port = s.getsockname()[1]
     env = {**os.environ, 'PYTHONPATH': os.pathsep.join([str(ROOT), os.environ.get('PYTHONPATH', '')])}
-    server = subprocess.Popen([sys.executable, '-m', 'workspace.cli', 'serve', '--port', str(port)], cwd=ROOT, env=env)
+    server = subprocess.Popen(
+        [sys.executable, '-m', 'workspace.jobs.cli', 'serve', '--port', str(port)], cwd=ROOT, env=env
+    )
     url = f'http://127.0.0.1:{port}'
     try:
         deadline = time.monotonic() + 120
@@ -114,7 +118,7 @@ def run() -> list[str]:
         server.terminate()
         server.wait(timeout=60)
     import workspace as ws
-    from workspace import tables
+    from workspace.storage import tables
 
     logged = tables.executions().count()
     del ws

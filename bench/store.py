@@ -19,8 +19,8 @@ from typing import Any
 import pandas as pd
 
 import workspace as ws
-from workspace import backends
-from workspace.compare import build_comparison
+from workspace.analysis.compare import build_comparison
+from workspace.storage import backends
 
 ROOT = Path(__file__).resolve().parent.parent
 BANKING = ROOT.parent / 'shared' / 'datasets' / 'banking77' / 'train.csv'
@@ -115,7 +115,7 @@ def _determinism() -> list[str]:
         0: 'every prompt decoded from an empty context',
     }
     for block in modes:
-        backend = backends.LocalBackend(backends._embedded_model_path(), prefix_block=block)
+        backend = backends.LocalBackend(backends.embedded_model_path(), prefix_block=block)
         backend.complete({'prompt': 'warm up', 'params': {'max_tokens': 1}})
 
         def answers(order: list[str], b: backends.LocalBackend = backend) -> list[str]:

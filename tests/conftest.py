@@ -18,7 +18,7 @@ for name in ('GROQ_API_KEY', 'GROQ_BASE_URL', 'OPENAI_API_KEY', 'OPENAI_BASE_URL
     os.environ.pop(name, None)
 
 ROOT = Path(__file__).resolve().parent.parent
-CLI = [sys.executable, '-m', 'workspace.cli']  # the prompt-workspace command, run in a new process
+CLI = [sys.executable, '-m', 'workspace.jobs.cli']  # the prompt-workspace command, run in a new process
 SHARED = ROOT.parent / 'shared' / 'datasets'
 TICKETS_CSV = ROOT / 'datasets' / 'support_tickets.csv'
 
@@ -153,7 +153,7 @@ def scripted_versions(ws, tiny_tickets, monkeypatch):
 @pytest.fixture
 def local():
     """The embedded model's backend; its `calls` count the requests it actually answered."""
-    from workspace.backends import get_backend
+    from workspace.storage.backends import get_backend
 
     return get_backend('local')
 

@@ -41,7 +41,7 @@ def completion_body(text: str, model: str = 'fake-model') -> dict[str, Any]:
 
 def embedded_model_answer(request: dict[str, Any]) -> Canned:
     """Answer a chat request with the embedded model, completing the last user message."""
-    from workspace.backends import get_backend
+    from workspace.storage.backends import get_backend
 
     prompt = request['messages'][-1]['content']
     out = get_backend('local').complete(

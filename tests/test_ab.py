@@ -11,8 +11,11 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from workspace import ab, tables
-from workspace.ab import ab_report, log_outcome, log_outcomes, wilson_interval
+from workspace import errors
+from workspace.analysis.ab_report import ab_report, wilson_interval
+from workspace.serving import traffic as ab
+from workspace.serving.traffic import log_outcome, log_outcomes
+from workspace.storage import tables
 
 TEMPLATE = 'Ticket: {{ text }}\nCategory:'
 SPLIT = {'v1': 50, 'v3': 50}
@@ -142,17 +145,17 @@ def test_split_keys_name_versions_in_every_form(ws):
 
 
 BAD_SPLITS = [
-    ({}, 'ComparisonError', r"split is empty; name at least one version and its weight, e.g. \{'v1': 50"),
-    (['v1', 'v3'], 'ComparisonError', r'split must map versions to weights'),
+    ({}, 'ComparisonError', r"traffic is empty; name at least one version and its weight, e.g. \{'v1': 50"),
+    (['v1', 'v3'], 'ComparisonError', r'traffic must map versions to weights'),
     ({'v1': 50, 'v3': 0}, 'ComparisonError', r"weight of 'v3' is 0; weights must be positive numbers"),
     ({'v1': -5}, 'ComparisonError', r"weight of 'v1' is -5; weights must be positive"),
     ({'v1': '50'}, 'ComparisonError', r"weight of 'v1' is '50'; weights must be positive numbers"),
     ({'v1': True}, 'ComparisonError', r"weight of 'v1' is True"),
     ({'v1': float('nan')}, 'ComparisonError', r"weight of 'v1' is nan"),
-    ({1: 1, '1': 1}, 'ComparisonError', r"split names '1' twice; give each version one weight"),
-    ({'v1': 50, 'v7': 50}, 'VersionError', r"split key 'v7': 'ticket_router' has no version 7; it has v1 to v3"),
+    ({1: 1, '1': 1}, 'ComparisonError', r"traffic names '1' twice; give each version one weight"),
+    ({'v1': 50, 'v7': 50}, 'VersionError', r"traffic key 'v7': 'ticket_router' has no version 7; it has v1 to v3"),
     ({'v1': 50, 'other:v1': 50}, 'VersionError', r"prompt 'other' has no versions; known prompts: ticket_router"),
-    ({'v1': 50, 'banana': 50}, 'VersionError', r"split key 'banana' names no version of 'ticket_router'; use 'v3'"),
+    ({'v1': 50, 'banana': 50}, 'VersionError', r"traffic key 'banana' names no version of 'ticket_router'; use 'v3'"),
     ({'v1': 50, '@canary': 50}, 'LabelError', r"ticket_router@canary does not exist; labels of 'ticket_router': none"),
 ]
 
@@ -160,22 +163,22 @@ BAD_SPLITS = [
 def test_bad_splits_are_refused_with_the_fix(ws):
     three_versions(ws)  # one workspace for the whole table: each case only reads it
     for split, error, message in BAD_SPLITS:
-        with pytest.raises(getattr(ws, error), match=message):
+        with pytest.raises(getattr(errors, error), match=message):
             ab.Assigner('ticket_router', split)
-        with pytest.raises(getattr(ws, error), match=message):
+        with pytest.raises(getattr(errors, error), match=message):
             ab.assign('ticket_router', 'user-1', split)
 
 
 def test_other_bad_assignments(ws):
     three_versions(ws)
     ws.create_version('other', template=TEMPLATE)
-    with pytest.raises(ws.VersionError, match=r"'other:v1' is a version of 'other', not of 'ticket_router'"):
+    with pytest.raises(errors.VersionError, match=r"'other:v1' is a version of 'other', not of 'ticket_router'"):
         ab.Assigner('ticket_router', {'v1': 50, 'other:v1': 50})
     router = ab.Assigner('ticket_router', SPLIT)
     for unit, message in [(None, 'unit_id None is a NoneType'), ('  ', 'unit_id is empty'), (1.5, 'is a float')]:
-        with pytest.raises(ws.ComparisonError, match=message):
+        with pytest.raises(errors.ComparisonError, match=message):
             router.arm(unit)
-    with pytest.raises(ws.ComparisonError, match="experiment '' is not a usable name"):
+    with pytest.raises(errors.ComparisonError, match="experiment '' is not a usable name"):
         ab.Assigner('ticket_router', SPLIT, experiment='')
 
 
@@ -186,8 +189,8 @@ def test_log_outcome_records_arm_and_version(ws):
     v1, v2, v3 = three_versions(ws)
     router = ab.Assigner('ticket_router', SPLIT)
     unit = 'user-2'
-    log_outcome('ticket_router', unit, 1, split=SPLIT)
-    log_outcome('ticket_router', unit, True, split=SPLIT, version=v2)  # served v2 although the split says v3
+    log_outcome('ticket_router', unit, 1, traffic=SPLIT)
+    log_outcome('ticket_router', unit, True, traffic=SPLIT, version=v2)  # served v2 although the split says v3
     log_outcome('ticket_router', 'user-9', 0.25, version='v2', experiment='other')
     at = datetime.datetime(2025, 1, 2, 3, 4, 5)
     first = log_outcome('ticket_router', 'user-9', 0, version=v1, at=at, event_id='evt-1')
@@ -209,13 +212,13 @@ def test_log_outcome_records_arm_and_version(ws):
 
 def test_log_outcomes_batches_and_checks_every_row_first(ws):
     three_versions(ws)
-    rows = [{'prompt': 'ticket_router', 'unit_id': u, 'outcome': 1, 'split': SPLIT} for u in IDS[:50]]
+    rows = [{'prompt': 'ticket_router', 'unit_id': u, 'outcome': 1, 'traffic': SPLIT} for u in IDS[:50]]
     rows += [{'prompt': 'ticket_router', 'unit_id': 'x', 'outcome': 0, 'version': 'v2', 'event_id': 'e'}] * 2
     assert log_outcomes(rows) == 51
     assert log_outcomes(rows[-1:]) == 0  # already stored
     base = {'prompt': 'ticket_router', 'unit_id': 'u', 'outcome': 1, 'version': 'v1'}
     bad = [
-        ({**base, 'version': None}, 'ComparisonError', r'row 1: give split= \(the split passed to assign'),
+        ({**base, 'version': None}, 'ComparisonError', r'row 1: give traffic= \(the traffic passed to assign'),
         ({**base, 'outcome': 'yes'}, 'ComparisonError', r"row 1: outcome 'yes' is not a finite number; log 0/1"),
         ({**base, 'outcome': math.nan}, 'ComparisonError', r'row 1: outcome nan is not a finite number'),
         ({**base, 'unit': 'u'}, 'ComparisonError', r"row 1: unknown keys \['unit'\]; an outcome row takes prompt"),
@@ -225,7 +228,7 @@ def test_log_outcomes_batches_and_checks_every_row_first(ws):
         ('not a row', 'ComparisonError', r'row 1 is a str; pass dicts'),
     ]
     for row, error, message in bad:
-        with pytest.raises(getattr(ws, error), match=message):
+        with pytest.raises(getattr(errors, error), match=message):
             log_outcomes([rows[0], row])
     assert ab_report('ticket_router').arms['events'].sum() == 51  # nothing of the refused batches was stored
 
@@ -334,9 +337,9 @@ def test_lower_is_better_and_a_chosen_baseline(ws):
     assert higher == 'v3 is better than v1 (+1.000, 95% CI +0.950 to +1.050, p < 0.001, n = 80 units)'
     report = ab_report('ticket_router', baseline='v3', higher_is_better=False)
     assert report.verdicts[0].startswith('v1 is better than v3 (-1.00')
-    with pytest.raises(ws.ComparisonError, match=r"baseline 'v9' is not an arm of this experiment; arms: v1, v3"):
+    with pytest.raises(errors.ComparisonError, match=r"baseline 'v9' is not an arm of this experiment; arms: v1, v3"):
         ab_report('ticket_router', baseline='v9')
-    with pytest.raises(ws.ComparisonError, match='confidence 95 is not between 0 and 1'):
+    with pytest.raises(errors.ComparisonError, match='confidence 95 is not between 0 and 1'):
         ab_report('ticket_router', confidence=95)
 
 
@@ -346,7 +349,7 @@ def test_sample_ratio_mismatch_is_flagged_only_when_skewed(ws):
     log_outcomes(
         rows_for('v1', binary(180, 600), experiment='skewed') + rows_for('v3', binary(130, 400), experiment='skewed')
     )
-    skewed = ab_report('ticket_router', experiment='skewed', split=SPLIT)
+    skewed = ab_report('ticket_router', experiment='skewed', traffic=SPLIT)
     assert skewed.srm_p_value == pytest.approx(scipy.stats.chisquare([600, 400], [500, 500]).pvalue)
     assert skewed.srm_p_value < 0.001
     assert skewed.verdicts[0].startswith('warning: sample ratio mismatch (p < 0.001): units per arm 600 / 400 against')
@@ -359,19 +362,19 @@ def test_sample_ratio_mismatch_is_flagged_only_when_skewed(ws):
             'prompt': 'ticket_router',
             'unit_id': u,
             'outcome': float(rng.random() < 0.3),
-            'split': SPLIT,
+            'traffic': SPLIT,
             'experiment': 'fair',
         }
         for u in IDS[:2000]
     ]
     log_outcomes(fair)
-    report = ab_report('ticket_router', experiment='fair', split=SPLIT)
+    report = ab_report('ticket_router', experiment='fair', traffic=SPLIT)
     counts = Counter(router.arm(u) for u in IDS[:2000])
     assert list(report.arms['units']) == [counts['v1'], counts['v3']]
     assert report.srm_p_value == pytest.approx(scipy.stats.chisquare([counts['v1'], counts['v3']]).pvalue)
     assert report.srm_p_value > 0.001 and not any(v.startswith('warning') for v in report.verdicts)
     # A planned 70/30 split makes the same fair 50/50 data a mismatch.
-    assert ab_report('ticket_router', experiment='fair', split={'v1': 70, 'v3': 30}).srm_p_value < 0.001
+    assert ab_report('ticket_router', experiment='fair', traffic={'v1': 70, 'v3': 30}).srm_p_value < 0.001
 
 
 def test_units_count_once_with_their_mean_outcome(ws):
@@ -396,7 +399,7 @@ def test_units_count_once_with_their_mean_outcome(ws):
     total = ab_report('ticket_router', per_unit='sum')
     assert total.arms.set_index('arm').loc['v1', 'mean'] == pytest.approx(np.mean([2, 1, 1, 0]))
     assert 'each unit counts once, with its total outcome' in str(total)
-    with pytest.raises(ws.ComparisonError, match="per_unit 'median' is not one of 'mean', 'sum', 'max'"):
+    with pytest.raises(errors.ComparisonError, match="per_unit 'median' is not one of 'mean', 'sum', 'max'"):
         ab_report('ticket_router', per_unit='median')
 
 
@@ -415,22 +418,22 @@ def test_report_warnings_and_display(ws):
     v1, v2, v3 = three_versions(ws)
     ws.set_label(v1, 'production')
     split = {'@production': 50, 'v3': 50}
-    rows = [{'prompt': 'ticket_router', 'unit_id': u, 'outcome': 1.0, 'split': split} for u in IDS[:40]]
+    rows = [{'prompt': 'ticket_router', 'unit_id': u, 'outcome': 1.0, 'traffic': split} for u in IDS[:40]]
     log_outcomes(rows)
     ws.set_label(v2, 'production')
     ab._assigners.clear()
     log_outcomes([{**r, 'unit_id': f'late-{i}'} for i, r in enumerate(rows)])
     log_outcomes([{'prompt': 'ticket_router', 'unit_id': IDS[0], 'outcome': 0.0, 'version': v2}])  # arm 'v2'
-    report = ab_report('ticket_router', split={**split, '2': 1})
+    report = ab_report('ticket_router', traffic={**split, '2': 1})
     text = str(report)
     assert report.arms['arm'].tolist() == ['@production', 'v3', '2', 'v2']
     assert "warning: arm '@production' served several versions (ticket_router:v1, ticket_router:v2)" in text
-    assert "warning: arm 'v2' has outcomes but is not in the split" in text
+    assert "warning: arm 'v2' has outcomes but is not in the traffic" in text
     assert 'warning: 1 unit in more than one arm' in text
     assert 'cannot compare 2 with @production yet: 0 and' in text
     assert '<h4>Arms</h4>' in report._repr_html_() and '&#x27;@production&#x27;' in report._repr_html_()
     with pytest.raises(
-        ws.ComparisonError,
+        errors.ComparisonError,
         match=r"no outcomes logged for 'ticket_router' in experiment 'tone'; "
         r"experiments of 'ticket_router' with outcomes: 'default'",
     ):
@@ -440,7 +443,7 @@ def test_report_warnings_and_display(ws):
 def test_three_arms_note_multiple_comparisons(ws):
     three_versions(ws)
     log_outcomes(rows_for('v1', binary(30, 100)) + rows_for('v2', binary(33, 100)) + rows_for('v3', binary(45, 100)))
-    report = ab_report('ticket_router', split={'v1': 1, 'v2': 1, 'v3': 1})
+    report = ab_report('ticket_router', traffic={'v1': 1, 'v2': 1, 'v3': 1})
     assert report.comparisons['arm'].tolist() == ['v2', 'v3']
     assert report.verdicts[0].startswith('no detectable difference between v2 and v1 (+3.0 points')
     assert 'could detect about' in report.verdicts[0]
@@ -453,7 +456,7 @@ def test_docstring_examples_run(ws):
 
     three_versions(ws)
     runner = doctest.DocTestRunner()
-    for obj in (ab.Assigner, ab.assign, ab.log_outcomes, ab.wilson_interval):
+    for obj in (ab.Assigner, ab.assign, ab.log_outcomes, wilson_interval):
         for test in doctest.DocTestFinder().find(obj, globs=vars(ab).copy()):
             runner.run(test)
-    assert runner.summarize(verbose=False) == doctest.TestResults(failed=0, attempted=5)
+    assert runner.summarize(verbose=False) == doctest.TestResults(failed=0, attempted=4)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import cohen_kappa_score
 
-from workspace.agreement import agreement_stats, cohen_kappa, corrected_pass_rate, wilson
+from workspace.analysis.agreement import agreement_stats, cohen_kappa, corrected_pass_rate, wilson
 
 CASES = [
     # human, judge

@@ -9,6 +9,10 @@ import nbformat
 import pytest
 import test_browser
 
+from workspace.analysis.agreement import judge_agreement
+from workspace.analysis.annotations import add_annotation, list_annotations
+from workspace.core.judges import correctness_judge
+
 LABELS = ['BILLING', 'DELIVERY', 'TECHNICAL']
 jupyterlab = test_browser.jupyterlab  # the fixture: JupyterLab on localhost over a temporary folder
 
@@ -35,7 +39,7 @@ def test_widget_records_verdicts_with_who_and_when(ws, run):
     assert session.current()['example_id'] == session.rows[2]['example_id']
     assert '1 pass, 1 fail, 2 open' in view.status.value and 'ana' in view.status.value
 
-    stored = ws.list_annotations(run.dataset, annotator='ana')
+    stored = list_annotations(run.dataset, annotator='ana')
     assert list(stored['example_id']) == [first['example_id'], second['example_id']]
     assert list(stored['verdict']) == ['pass', 'fail'] and stored['note'].iloc[0] == 'right category'
     assert set(stored['version_id']) == {run.version.id} and stored['annotated_at'].notna().all()
@@ -44,13 +48,13 @@ def test_widget_records_verdicts_with_who_and_when(ws, run):
     # a second pass over the run shows rows not yet annotated first; a changed verdict replaces the old one
     again = ws.annotate(run, n=6, annotator='ana', seed=1)
     assert {r['example_id'] for r in again.session.rows[:4]}.isdisjoint(stored['example_id'])
-    ws.add_annotation(run, first['example_id'], 'fail', annotator='ana')
-    ws.add_annotation(run, first['example_id'], 'pass', annotator='bo')
-    stored = ws.list_annotations(run.dataset)
+    add_annotation(run, first['example_id'], 'fail', annotator='ana')
+    add_annotation(run, first['example_id'], 'pass', annotator='bo')
+    stored = list_annotations(run.dataset)
     assert len(stored) == 3
     assert stored.set_index(['example_id', 'annotator']).loc[(first['example_id'], 'ana'), 'verdict'] == 'fail'
     with pytest.raises(ws.WorkspaceError, match=r"verdict 'ok' is not 'pass' or 'fail'"):
-        ws.add_annotation(run, first['example_id'], 'ok')
+        add_annotation(run, first['example_id'], 'ok')
     done = ws.annotate(run, n=1, annotator='cy')
     done.pass_button.click()
     assert 'All rows seen' in done.pane.value and done.pass_button.disabled
@@ -60,9 +64,9 @@ def test_judge_agreement_with_people(ws, run, local):
     frame = run.predictions()
     for row in frame.itertuples():
         # a person who passes exactly the right predictions
-        ws.add_annotation(run, row.example_id, 'pass' if row.prediction == row.expected else 'fail', annotator='ana')
-    judge = ws.correctness_judge()
-    agreement = ws.judge_agreement(judge, ws.list_annotations('tiny'))
+        add_annotation(run, row.example_id, 'pass' if row.prediction == row.expected else 'fail', annotator='ana')
+    judge = correctness_judge()
+    agreement = judge_agreement(judge, list_annotations('tiny'))
     assert agreement.n == 6 and agreement.judge_id == judge.id
     t = agreement.table
     assert t['tp'] + t['fn'] == int((frame['prediction'] == frame['expected']).sum())
@@ -72,13 +76,13 @@ def test_judge_agreement_with_people(ws, run, local):
     assert 'pw-agreement-table' in agreement._repr_html_() and 'kappa' in str(agreement)
     # asked again, the judge's verdicts come from the store
     before = local.calls
-    ws.judge_agreement(judge, ws.list_annotations('tiny'))
+    judge_agreement(judge, list_annotations('tiny'))
     assert local.calls == before
     if agreement.tpr[0] + agreement.tnr[0] > 1:
         corrected = agreement.corrected_pass_rate(run, resamples=500)
         assert 0 <= corrected.low <= corrected.estimate <= corrected.high <= 1 and corrected.judged == 6
     with pytest.raises(ws.WorkspaceError, match=r'no annotations'):
-        ws.judge_agreement(judge, ws.list_annotations('nothing_here'))
+        judge_agreement(judge, list_annotations('nothing_here'))
 
 
 ANNOTATE_NOTEBOOK = """\
@@ -101,8 +105,6 @@ ws.annotate(run, n=3, annotator='browser')
 
 def test_annotation_widget_in_jupyterlab(jupyterlab):
     from playwright.sync_api import sync_playwright
-
-    import workspace as ws
 
     test_browser._ensure_chromium()
     url, folder = jupyterlab
@@ -130,6 +132,6 @@ def test_annotation_widget_in_jupyterlab(jupyterlab):
             raise
         finally:
             browser.close()
-    stored = ws.list_annotations('annotate_tickets', annotator='browser')
+    stored = list_annotations('annotate_tickets', annotator='browser')
     assert list(stored['verdict']) == ['pass', 'fail'] and stored['note'].iloc[0] == 'looks right'
     assert (Path(folder) / 'annotate.png').stat().st_size > 10_000

@@ -13,6 +13,8 @@ import pytest
 from conftest import CLI, ROOT
 from openai_server import Canned, OpenAICompatibleServer, completion_body
 
+from workspace.serving.keys import create_key, revoke_key
+
 TTL = 0.5
 
 
@@ -42,10 +44,10 @@ def api():
         assert made.returncode == 0, made.stderr
         keys = {
             'read': made.stdout.strip(),
-            'serve': ws.create_key('app', 'serve', rate=1000),
-            'admin': ws.create_key('ops', 'admin', rate=1000),
-            'slow': ws.create_key('slow', 'serve', rate=1),
-            'doomed': ws.create_key('doomed', 'serve'),
+            'serve': create_key('app', 'serve', rate=1000),
+            'admin': create_key('ops', 'admin', rate=1000),
+            'slow': create_key('slow', 'serve', rate=1),
+            'doomed': create_key('doomed', 'serve'),
         }
         port = _free_port()
         env = {**os.environ, 'WORKSPACE_SERVE_TTL': str(TTL), 'WORKSPACE_SERVE_MAX_BODY': '4096'}
@@ -148,7 +150,7 @@ def test_render_complete_and_outcomes(api):
     bad = client.post('/v1/render', json={'fields': {}}, headers=_auth(keys['serve']))
     assert 'version: Field required' in _error(bad, 422, 'invalid_body')
 
-    from workspace import tables
+    from workspace.storage import tables
 
     def logged():  # written by the server's writer process within about a second
         t = tables.executions()
@@ -188,7 +190,7 @@ def _eventually(check, seconds: float = 10 * TTL + 5) -> None:
 def test_a_revoked_key_is_refused_within_the_refresh_time(api):
     ws, client, keys, *_ = api
     assert client.get('/v1/prompts/router:v1', headers=_auth(keys['doomed'])).status_code == 200
-    ws.revoke_key('doomed')
+    revoke_key('doomed')
     revoked_at = time.monotonic()
     _eventually(lambda: client.get('/v1/prompts/router:v1', headers=_auth(keys['doomed'])).status_code == 401)
     assert time.monotonic() - revoked_at < 2 * TTL + 2

@@ -8,9 +8,11 @@ import json
 import pytest
 from openai_server import Canned, OpenAICompatibleServer, completion_body
 
-from workspace import backends
-from workspace.backends import ChatBackend, RetryPolicy, _RateLimiter, parse_model
+from workspace.core.runs import lineage
 from workspace.errors import BackendError
+from workspace.storage import backends
+from workspace.storage.backends import ChatBackend, RetryPolicy, parse_model
+from workspace.storage.backends.remote import _RateLimiter
 
 SECRET = 'gsk_test_secret_value_123'
 
@@ -96,7 +98,7 @@ def test_openai_compatible_backend(ws, tiny_tickets, monkeypatch):
         run = ws.evaluate(v1, tiny, 'dev', progress=False)
         assert run.calls == 6 and run.errors == 0
         assert {r['path'] for r in server.received} == {'/v1/chat/completions'}
-        assert ws.lineage(v1, 'tiny', 'a1')['model_id'] == f'openai:local-gemma@{server.url}/v1'
+        assert lineage(v1, 'tiny', 'a1')['model_id'] == f'openai:local-gemma@{server.url}/v1'
 
 
 def _backend(server: OpenAICompatibleServer, sleeps: list[float], **kwargs) -> ChatBackend:
@@ -209,7 +211,7 @@ def test_rate_limiter_spaces_requests():
 
 
 def test_request_hash_ignores_the_spec_and_keys():
-    from workspace.store import request_hash
+    from workspace.storage.store import request_hash
 
     a = {'model': 'local', 'model_id': 'm@1', 'params': {'t': 0}, 'prompt': 'p', 'constraint': None}
     b = {**a, 'model': 'local:/path/same.gguf'}
@@ -223,9 +225,9 @@ def test_llama_cpp_log_goes_to_logging_not_to_stderr(capfd, caplog):
     shows in red; the backend sends it to the `workspace.llama_cpp` logger instead."""
     import logging
 
-    from workspace.backends import LocalBackend, _embedded_model_path
+    from workspace.storage.backends import LocalBackend, embedded_model_path
 
-    backend = LocalBackend(_embedded_model_path())
+    backend = LocalBackend(embedded_model_path())
     try:
         with caplog.at_level(logging.DEBUG, logger='workspace.llama_cpp'):
             backend.complete({'prompt': 'Paris is the capital of', 'params': {'max_tokens': 2}})

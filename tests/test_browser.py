@@ -230,8 +230,7 @@ def test_comparison_widget_in_jupyterlab_fits_every_tab_and_checks_edits(jupyter
     """Four versions in a real JupyterLab at 1440x900: each tab fits its pane (wide content scrolls inside it),
     the Edit tab refuses a template reading an undefined variable before storing a version, and a good edit is
     saved and evaluated. Screenshots of every tab land in the test's tmp dir."""
-    from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import TimeoutError as PlaywrightTimeoutError, sync_playwright
 
     import workspace as ws
 

@@ -8,9 +8,9 @@ import math
 
 import pytest
 
-from workspace import backends, calibration, store
+from workspace.core.versions import Version, build_request, choice
 from workspace.errors import BackendError, VersionError
-from workspace.versions import Version, build_request, choice
+from workspace.storage import backends, calibration, store
 
 LABELS = ['negative', 'no_impact', 'positive']
 TEMPLATE = (
@@ -115,7 +115,7 @@ def test_llama_cpp_prefix_reuse_is_not_bit_identical_and_blocks_match_the_one_se
     import llama_cpp
     import numpy as np
 
-    path = backends._embedded_model_path()
+    path = backends.embedded_model_path()
     naive = backends.LocalBackend(path, prefix_block=None)
     try:
         differs = []
@@ -175,7 +175,7 @@ def test_evaluate_scores_content_free_prompts_once_per_version(ws, tiny_tickets)
 
 def test_a_demo_policy_is_calibrated_with_each_examples_own_demos(ws, tiny_tickets):
     """With retrieved demos the prior depends on the demos, so each example's content-free prompts carry its own."""
-    from workspace import demos
+    from workspace.core import demo_policies as demos
 
     tiny = ws.import_dataset('tiny', tiny_tickets, input=['text'], expected='category', split='split', id='id')
     template = '{% for d in demos %}Ticket: {{ d.text }}\nCategory: {{ d.expected }}\n\n{% endfor %}Ticket: {{ text }}\nCategory:'

@@ -7,13 +7,18 @@ from __future__ import annotations
 import pytest
 from conftest import model_calls
 
+from workspace import errors
+from workspace.analysis import compare
+from workspace.analysis.compare import significance
+from workspace.analysis.history import lineage_graph
+
 LABELS = ['BILLING', 'DELIVERY', 'TECHNICAL']
 
 
 def test_changelog_is_a_stored_request_next_to_the_measured_effect(ws, tiny, local, tmp_path):
     v1 = ws.create_version('router', template='Ticket: {{ text }}\nCategory:', output=ws.choice(LABELS))
     v2 = ws.edit(v1, template='Customer support ticket: {{ text }}\nThe category is:', demos=tiny.demos())
-    with pytest.raises(ws.VersionError, match=r'router:v1 has no parent'):
+    with pytest.raises(errors.VersionError, match=r'router:v1 has no parent'):
         ws.changelog(v1)
     run1, run2 = ws.evaluate(v1, tiny, 'dev', progress=False), ws.evaluate(v2, tiny, 'dev', progress=False)
 
@@ -23,17 +28,17 @@ def test_changelog_is_a_stored_request_next_to_the_measured_effect(ws, tiny, loc
     assert 'template: added "Customer support ticket … The category is", removed "Ticket … Category"' in log.changes
     assert 'demos: 3 added, 0 removed, 0 changed' in log.changes
     [effect] = log.effects
-    flips = ws.flips(run1, run2)
+    flips = compare.flips(run1, run2)
     assert (effect.dataset, effect.split, effect.n) == ('tiny', 'dev', 6)
     assert effect.fixed == list(flips.loc[flips['change'] == 'fixed', 'example_id'])
     assert effect.broken == list(flips.loc[flips['change'] == 'broken', 'example_id'])
-    assert effect.verdict == ws.significance(run1, run2).verdict and effect.runs == (run1.run_id, run2.run_id)
+    assert effect.verdict == significance(run1, run2).verdict and effect.runs == (run1.run_id, run2.run_id)
     assert 'pw-changelog' in log._repr_html_() and 'fixed' in str(log)
 
     again, calls = model_calls(local, lambda: ws.changelog(v2))
     assert calls == 0 and again.request_hash == log.request_hash and again.text == log.text
 
-    graph = ws.lineage_graph('router')
+    graph = lineage_graph('router')
     row = graph.table.set_index('version').loc[v2.id]
     assert row['changelog'] == (log.text or '') and row['effect'].startswith('tiny/dev: +')
     assert 'pw-changelog' in graph.draw() and 'tiny/dev' in graph._repr_html_()

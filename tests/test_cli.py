@@ -14,7 +14,9 @@ import urllib.request
 import pytest
 from conftest import CLI, ROOT
 
-from workspace.cli import build_parser, main
+from workspace.jobs.cli import build_parser, main
+from workspace.jobs.notebooks import list_notebook_runs
+from workspace.jobs.schedule import scheduled_history
 
 COMMANDS = [
     'init',
@@ -152,7 +154,7 @@ def test_documented_cron_line_runs_and_records(scripted_versions, monkeypatch):
     done = subprocess.run(['bash', '-c', command], cwd=os.path.expanduser('~'), timeout=600)
     assert done.returncode == 0, log.read_text()[size:]
     assert 'ok: notebooks/05_scheduled_eval.ipynb' in log.read_text()[size:]
-    latest = ws.scheduled_history('ticket_router').iloc[0]
+    latest = scheduled_history('ticket_router').iloc[0]
     assert latest['status'] == 'ok' and latest['version_id'] == prod.id
 
 
@@ -184,10 +186,10 @@ def test_two_runs_at_once_keep_separate_records(scripted_versions):
     procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outs = [p.communicate(timeout=600) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
-    runs = ws.list_notebook_runs('05_scheduled_eval').head(2)
+    runs = list_notebook_runs('05_scheduled_eval').head(2)
     assert list(runs['status']) == ['ok', 'ok'] and runs['output_path'].nunique() == 2
     assert all(os.path.exists(p) for p in runs['output_path'])
-    scheduled = ws.scheduled_history('router').head(2)
+    scheduled = scheduled_history('router').head(2)
     assert list(scheduled['status']) == ['ok', 'ok'] and scheduled['run_id'].nunique() == 2
 
 
@@ -279,7 +281,7 @@ def test_keys_audit_and_rules_commands(ws, capsys):
     assert key.startswith('pw_') and len(key) > 50
     assert main(['keys', 'list']) == 0
     listed = capsys.readouterr().out
-    assert 'billing-app' in listed and key not in listed and key.split('_')[2] not in listed
+    assert 'billing-app' in listed and key not in listed and key.split('_', 2)[2] not in listed
     assert main(['keys', 'create', 'billing-app']) == 2
     assert 'already named' in capsys.readouterr().err
     ws.set_rule('no_urls', 'custom', function='udfs.rules.no_urls')

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from workspace import metrics, stats
-from workspace.compare import _macro_f1_diff_ci, build_comparison, compare_table, flips, significance
+from workspace import errors
+from workspace.analysis.compare import _macro_f1_diff_ci, build_comparison, compare_table, flips, significance
+from workspace.core import metrics, stats
 
 
 def test_compare_table_differences_and_intervals(scripted_versions):
@@ -80,13 +81,15 @@ def test_different_splits_or_datasets_are_refused(scripted_versions):
 
     tiny, v1, v2, v3, _ = scripted_versions
     dev, train = ws.evaluate(v1, tiny, 'dev', progress=False), ws.evaluate(v2, tiny, 'train', progress=False)
-    with pytest.raises(ws.ComparisonError, match=r'evaluated on tiny/dev and router:v2 on tiny/train; compare runs of'):
+    with pytest.raises(
+        errors.ComparisonError, match=r'evaluated on tiny/dev and router:v2 on tiny/train; compare runs of'
+    ):
         flips(dev, train)
-    with pytest.raises(ws.ComparisonError, match=r'give the versions to compare'):
+    with pytest.raises(errors.ComparisonError, match=r'give the versions to compare'):
         build_comparison(tiny, [], 'dev')
-    with pytest.raises(ws.LabelError, match=r'router@nope does not exist'):
+    with pytest.raises(errors.LabelError, match=r'router@nope does not exist'):
         build_comparison(tiny, ['router@nope', v2], 'dev')
-    with pytest.raises(ws.ComparisonError, match=r"baseline 'router:v3' is not among the compared versions"):
+    with pytest.raises(errors.ComparisonError, match=r"baseline 'router:v3' is not among the compared versions"):
         build_comparison(tiny, [v1, v2], 'dev', baseline=v3)
 
 
@@ -99,7 +102,7 @@ def test_runs_over_different_rows_compare_on_the_common_ones(scripted_versions):
     after = ws.evaluate(v2, tiny, 'dev', progress=False)
     frame = flips(before, after)
     assert len(frame) == 6 and 'c1' not in set(frame['example_id'])
-    from workspace.compare import _check_same_examples
+    from workspace.analysis.compare import _check_same_examples
 
     _, notes = _check_same_examples(before, after)
     assert notes == [
@@ -146,7 +149,7 @@ def test_a_version_answering_one_label_is_named_in_a_warning_and_headlines_carry
     low, high = table.loc[v1.id, ['accuracy_low', 'accuracy_high']]
     assert table.loc[v1.id, 'accuracy'] == pytest.approx(2 / 6)
     assert (low, high) == pytest.approx((0.0968, 0.7000), abs=1e-3)  # the Wilson interval of 2 of 6
-    from workspace import evaluate
+    from workspace.core.evaluate import evaluate
 
     summary = evaluate(v1, tiny, 'dev', progress=False).summary()
     assert summary.skew['label'] == 'BILLING' and 'expected share 33%' in ' '.join(summary.notes)

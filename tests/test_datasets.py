@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import TICKETS_CSV
+from conftest import ROOT, TICKETS_CSV
+
+from workspace import errors
 
 
 def _import_tiny(ws, path: Path, name: str = 'tiny'):
@@ -74,7 +76,9 @@ def test_reimport_different_rows_is_an_error_and_keeps_data(ws, tiny_tickets, tm
     _import_tiny(ws, tiny_tickets)
     changed = tmp_path / 'changed.csv'
     changed.write_text(tiny_tickets.read_text().replace('charged twice', 'charged three times'))
-    with pytest.raises(ws.DatasetError, match=r'already exists with different rows \(0 new, 1 changed, 0 missing\)'):
+    with pytest.raises(
+        errors.DatasetError, match=r'already exists with different rows \(0 new, 1 changed, 0 missing\)'
+    ):
         _import_tiny(ws, changed)
     assert 'charged twice' in ws.get_dataset('tiny').rows('dev')[0]['text']
     replaced = ws.import_dataset(
@@ -108,7 +112,7 @@ def test_bad_csv_names_problem_and_keeps_stored_data(ws, tiny_tickets, tmp_path,
     before = (stored.version, len(stored))
     bad = tmp_path / f'{name}.csv'
     bad.write_text(content)
-    with pytest.raises(ws.DatasetError, match=message) as excinfo:
+    with pytest.raises(errors.DatasetError, match=message) as excinfo:
         ws.import_dataset('tiny', bad, input=['text'], expected='category', split='split', id='id')
     assert f'{name}.csv' in str(excinfo.value)
     kept = ws.get_dataset('tiny')
@@ -120,7 +124,7 @@ def test_undecodable_bytes_name_the_line(ws, tiny_tickets, tmp_path):
     _import_tiny(ws, tiny_tickets)
     bad = tmp_path / 'latin1.csv'
     bad.write_bytes('id,text,category,split\nx1,hello,A,dev\nx2,caf\u00e9 cr\u00e8me,B,dev\n'.encode('latin-1'))
-    with pytest.raises(ws.DatasetError, match=r'latin1.csv: line 3 is not valid UTF-8 \(byte 0xe9\); re-save'):
+    with pytest.raises(errors.DatasetError, match=r'latin1.csv: line 3 is not valid UTF-8 \(byte 0xe9\); re-save'):
         ws.import_dataset('tiny', bad, input=['text'], expected='category', split='split', id='id')
     assert len(ws.get_dataset('tiny')) == 12
 
@@ -128,7 +132,7 @@ def test_undecodable_bytes_name_the_line(ws, tiny_tickets, tmp_path):
 def test_jsonl_line_that_is_not_an_object(ws, tmp_path):
     bad = tmp_path / 'rows.jsonl'
     bad.write_text(json.dumps({'text': 'a', 'label': 'x'}) + '\n' + json.dumps(['text', 'b']) + '\n')
-    with pytest.raises(ws.DatasetError, match=r'rows.jsonl: line 2 is a JSON list, not an object'):
+    with pytest.raises(errors.DatasetError, match=r'rows.jsonl: line 2 is a JSON list, not an object'):
         ws.import_dataset('rows', bad, input='text', expected='label')
     assert ws.list_datasets() == []
 
@@ -136,21 +140,21 @@ def test_jsonl_line_that_is_not_an_object(ws, tmp_path):
 def test_jsonl_line_that_is_not_json(ws, tmp_path):
     bad = tmp_path / 'rows.jsonl'
     bad.write_text('{"text": "a", "label": "x"}\n{"text": "b", "label": \n')
-    with pytest.raises(ws.DatasetError, match=r'rows.jsonl: line 2 is not valid JSON'):
+    with pytest.raises(errors.DatasetError, match=r'rows.jsonl: line 2 is not valid JSON'):
         ws.import_dataset('rows', bad, input='text', expected='label')
 
 
 def test_missing_file_and_unknown_type(ws, tmp_path):
-    with pytest.raises(ws.DatasetError, match=r'does not exist'):
+    with pytest.raises(errors.DatasetError, match=r'does not exist'):
         ws.import_dataset('x', tmp_path / 'nope.csv', input='text', expected='label')
     odd = tmp_path / 'data.xlsx'
     odd.write_text('x')
-    with pytest.raises(ws.DatasetError, match=r"unknown file type '.xlsx'; use .csv, .jsonl or .json"):
+    with pytest.raises(errors.DatasetError, match=r"unknown file type '.xlsx'; use .csv, .jsonl or .json"):
         ws.import_dataset('x', odd, input='text', expected='label')
 
 
 def test_expected_as_input_is_refused(ws, tiny_tickets):
-    with pytest.raises(ws.DatasetError, match=r"'category' is both an input and the expected output"):
+    with pytest.raises(errors.DatasetError, match=r"'category' is both an input and the expected output"):
         ws.import_dataset('tiny', tiny_tickets, input=['text', 'category'], expected='category')
 
 
@@ -159,9 +163,9 @@ def test_append_rows_and_clashing_ids(ws, tiny_tickets):
     version = tiny.version
     added = tiny.append([{'id': 'c1', 'text': 'Refund my fee please', 'category': 'BILLING', 'split': 'dev'}])
     assert added == 1 and len(tiny) == 13 and tiny.version > version
-    with pytest.raises(ws.DatasetError, match=r"ids already in dataset 'tiny': a1"):
+    with pytest.raises(errors.DatasetError, match=r"ids already in dataset 'tiny': a1"):
         tiny.append([{'id': 'a1', 'text': 'again', 'category': 'BILLING', 'split': 'dev'}])
-    with pytest.raises(ws.DatasetError, match=r"row 1 has an empty input 'text'"):
+    with pytest.raises(errors.DatasetError, match=r"row 1 has an empty input 'text'"):
         tiny.append([{'id': 'c2', 'text': '', 'category': 'BILLING', 'split': 'dev'}])
     assert len(tiny) == 13
 
@@ -171,19 +175,36 @@ def test_correct_expected_output(ws, tiny_tickets):
     version = tiny.correct('a1', 'DELIVERY')
     assert version == tiny.version
     assert {r['example_id']: r['expected'] for r in tiny.rows('dev')}['a1'] == 'DELIVERY'
-    with pytest.raises(ws.DatasetError, match=r"has no example 'zz'"):
+    with pytest.raises(errors.DatasetError, match=r"has no example 'zz'"):
         tiny.correct('zz', 'BILLING')
 
 
 def test_unknown_dataset_suggests_close_name(ws, tiny_tickets):
     _import_tiny(ws, tiny_tickets)
-    with pytest.raises(ws.DatasetError, match=r"no dataset 'tinny'. Did you mean 'tiny'\?"):
+    with pytest.raises(errors.DatasetError, match=r"no dataset 'tinny'. Did you mean 'tiny'\?"):
         ws.get_dataset('tinny')
 
 
 def test_unknown_split_lists_the_splits(ws, tiny_tickets):
     tiny = _import_tiny(ws, tiny_tickets)
     with pytest.raises(
-        ws.DatasetError, match=r"no examples in split 'validation'; its splits are: dev \(6\), train \(6\)"
+        errors.DatasetError, match=r"no examples in split 'validation'; its splits are: dev \(6\), train \(6\)"
     ):
         tiny.rows('validation')
+
+
+def test_a_relative_path_resolves_from_the_project_root_in_any_working_directory(ws, monkeypatch, tmp_path):
+    monkeypatch.chdir(ROOT / 'notebooks')  # where JupyterLab starts a notebook's kernel
+    tickets = ws.import_dataset(
+        'tickets_from_notebooks',
+        'datasets/support_tickets.csv',
+        input=['text'],
+        expected='category',
+        split='split',
+        id='id',
+    )
+    assert len(tickets.rows()) > 0
+    with pytest.raises(errors.DatasetError, match=r'is a folder; give the path of a CSV'):
+        ws.import_dataset('folder', tmp_path, input=['text'], expected='category')
+    with pytest.raises(errors.DatasetError, match=r"'datasets/nope.csv' does not exist \(looked in the working"):
+        ws.import_dataset('nope', 'datasets/nope.csv', input=['text'], expected='category')

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from workspace.core import runs
+
 FEW_SHOT = (
     '{% for d in demos %}Ticket: {{ d.text }}\nCategory: {{ d.expected }}\n\n{% endfor %}Ticket: {{ text }}\nCategory:'
 )
@@ -15,7 +17,7 @@ def tiny(ws, tiny_tickets):
 
 
 def test_nearest_demos_are_the_most_similar_pool_rows_with_the_nearest_last(ws, tiny):
-    from workspace import demos
+    from workspace.core import demo_policies as demos
 
     policy = ws.nearest(tiny, k=2)
     got = demos.retrieve(policy, [{'example_id': 'q', 'text': 'I was billed twice on my card.'}], dataset='other')
@@ -31,7 +33,7 @@ def test_nearest_demos_are_the_most_similar_pool_rows_with_the_nearest_last(ws, 
 
 
 def test_per_label_max_spreads_the_demos_over_labels(ws, tiny):
-    from workspace import demos
+    from workspace.core import demo_policies as demos
 
     got = demos.retrieve(
         ws.nearest(tiny, k=3, per_label_max=1), [{'example_id': 'q', 'text': 'charged twice'}], dataset='x'
@@ -56,7 +58,7 @@ def _demo_ids(run):
 
 
 def test_a_nearest_policy_evaluates_incrementally_and_names_its_pool_version(ws, tiny):
-    from workspace.backends import get_backend
+    from workspace.storage.backends import get_backend
 
     local = get_backend('local')
     v = ws.create_version(
@@ -67,7 +69,7 @@ def test_a_nearest_policy_evaluates_incrementally_and_names_its_pool_version(ws,
     run = ws.evaluate(v, tiny, 'dev', progress=False)
     assert run.calls == 6 == local.calls - before and run.errors == 0
     assert ws.evaluate(v, tiny, 'dev', progress=False).calls == 0  # nothing changed: no call
-    lineage = ws.lineage(v, 'tiny', 'a5')
+    lineage = runs.lineage(v, 'tiny', 'a5')
     assert lineage['demos']['dataset'] == 'tiny' and lineage['demos']['split'] == 'train'
     assert len(lineage['demos']['example_ids']) == 2
     first = _demo_ids(run)
@@ -87,5 +89,5 @@ def test_a_nearest_policy_evaluates_incrementally_and_names_its_pool_version(ws,
     second = _demo_ids(again)
     changed = [ex for ex in first if first[ex] != second[ex]]
     assert again.calls == len(changed) == local.calls - before and 1 <= len(changed) < 6
-    after = ws.lineage(v, 'tiny', 'a5')['demos']
+    after = runs.lineage(v, 'tiny', 'a5')['demos']
     assert 'b7' in after['example_ids'] and after['dataset_version'] > lineage['demos']['dataset_version']

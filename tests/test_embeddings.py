@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from conftest import ROOT
 
-from workspace import embeddings
-from workspace.embeddings import DIMENSIONS, EMBEDDER_ID, Embedder, embed
 from workspace.errors import EmbedderError, WorkspaceError
+from workspace.storage import embeddings
+from workspace.storage.embeddings import DIMENSIONS, EMBEDDER_ID, Embedder, embed
 
 CARD = [
     'My card has not arrived yet.',
@@ -103,7 +103,7 @@ def test_changed_model_file_is_refused(monkeypatch):
 
 def test_same_vectors_offline_in_another_process():
     code = (
-        'import sys; from workspace.embeddings import EMBEDDER_ID, embed; print(EMBEDDER_ID); '
+        'import sys; from workspace.storage.embeddings import EMBEDDER_ID, embed; print(EMBEDDER_ID); '
         'sys.stdout.flush(); sys.stdout.buffer.write(embed(sys.argv[1:]).tobytes())'
     )
     env = {**os.environ, 'PYTHONPATH': str(ROOT), 'HF_HUB_OFFLINE': '1', 'TRANSFORMERS_OFFLINE': '1'}

@@ -9,10 +9,10 @@ import datetime
 import pandas as pd
 import pytest
 
-from workspace import eval_views
-from workspace.agreement import agreement_stats
-from workspace.changelog import Changelog, Effect
-from workspace.samples import SampleReport
+from workspace.analysis.agreement import agreement_stats
+from workspace.analysis.changelog import Changelog, Effect
+from workspace.core.samples import SampleReport
+from workspace.display import results as eval_views
 
 
 @pytest.mark.parametrize(

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-from conftest import TICKETS_CSV
-from conftest import model_calls as _calls
+from conftest import TICKETS_CSV, model_calls as _calls
+
+from workspace import errors
+from workspace.core.versions import json_object
 
 LABELS = ['BILLING', 'DELIVERY', 'TECHNICAL']
 TEMPLATE = 'Ticket: {{ text }}\nCategory:'
@@ -125,12 +127,12 @@ def test_template_checked_before_any_model_call(ws, tiny, local):
     typo = ws.create_version('router', template='Ticket: {{ txt }}\nCategory:', output=ws.choice(LABELS))
     before = local.calls
     with pytest.raises(
-        ws.TemplateError,
+        errors.TemplateError,
         match=r"reads \{\{ txt \}\}, which dataset 'tiny' does not have. Did you mean \{\{ text \}\}\?",
     ):
         ws.evaluate(typo, tiny, 'dev', progress=False)
     leak = ws.create_version('router', template='{{ text }} -> {{ category }}', output=ws.choice(LABELS))
-    with pytest.raises(ws.TemplateError, match=r'the answer would leak into the prompt'):
+    with pytest.raises(errors.TemplateError, match=r'the answer would leak into the prompt'):
         ws.evaluate(leak, tiny, 'dev', progress=False)
     bad_demo = ws.create_version(
         'router',
@@ -139,7 +141,7 @@ def test_template_checked_before_any_model_call(ws, tiny, local):
         output=ws.choice(LABELS),
     )
     with pytest.raises(
-        ws.TemplateError, match=r"failed to render for example 'a1': 'dict object' has no attribute 'body'"
+        errors.TemplateError, match=r"failed to render for example 'a1': 'dict object' has no attribute 'body'"
     ):
         ws.evaluate(bad_demo, tiny, 'dev', progress=False)
     assert local.calls == before
@@ -186,7 +188,7 @@ def test_json_output_constrained_by_schema(ws):
         'json_rows', pd.DataFrame(rows), input='text', expected='label', split='split', task='json'
     )
     v1 = ws.create_version(
-        'extractor', template='Ticket: {{ text }}\nJSON:', output=ws.json_object(schema), params={'max_tokens': 40}
+        'extractor', template='Ticket: {{ text }}\nJSON:', output=json_object(schema), params={'max_tokens': 40}
     )
     run = ws.evaluate(v1, data, progress=False)
     frame = run.predictions()

@@ -11,6 +11,8 @@ import pandas as pd
 import pytest
 from conftest import CLI
 
+from workspace.jobs.exports import export_run, export_runs, export_version
+
 LABELS = ['BILLING', 'DELIVERY', 'TECHNICAL']
 
 
@@ -34,11 +36,11 @@ def test_run_exports_with_lineage(ws, run, tmp_path):
     for suffix in READERS:
         _check_export(ws, run, tmp_path, suffix)
     with pytest.raises(ws.WorkspaceError, match=r'name the file .csv, .jsonl or .parquet'):
-        ws.export_run(run, tmp_path / 'run.xlsx')
+        export_run(run, tmp_path / 'run.xlsx')
 
 
 def _check_export(ws, run, tmp_path, suffix):
-    path = ws.export_run(run, tmp_path / f'run{suffix}')
+    path = export_run(run, tmp_path / f'run{suffix}')
     back = READERS[suffix](path)
     assert len(back) == 6 and list(back['example_id']) == list(run.example_ids)
     lineage = [
@@ -62,16 +64,16 @@ def _check_export(ws, run, tmp_path, suffix):
     assert list(back['prediction']) == list(frame['prediction']) and list(back['request_hash']) == list(
         frame['request_hash']
     )
-    runs = ws.export_runs(tmp_path / f'runs{suffix}', prompt='router')
+    runs = export_runs(tmp_path / f'runs{suffix}', prompt='router')
     assert runs.stat().st_size > 0
     with pytest.raises(ws.WorkspaceError, match=r'name the file .csv, .jsonl or .parquet'):
-        ws.export_run(run, tmp_path / 'run.xlsx')
+        export_run(run, tmp_path / 'run.xlsx')
 
 
 def test_version_to_dspy_program_that_dspy_loads(ws, run, tmp_path):
     import dspy
 
-    path = ws.export_version(run.version, tmp_path / 'router.json', format='dspy')
+    path = export_version(run.version, tmp_path / 'router.json', format='dspy')
     signature = dspy.Signature({'text': (str, dspy.InputField()), 'answer': (str, dspy.OutputField())})
     program = dspy.Predict(signature)
     program.load(str(path))
@@ -89,7 +91,7 @@ def test_prompt_file_round_trip_and_import_with_parent(ws, run, tmp_path):
 
 def _round_trip(ws, run, tmp_path, suffix):
     v2 = run.version
-    path = ws.export_version(v2, tmp_path / f'router{suffix}')
+    path = export_version(v2, tmp_path / f'router{suffix}')
     text = path.read_text()
     if suffix == '.yaml':
         assert 'template: |' in text and 'format: prompt-workspace/prompt-v1' in text

@@ -11,6 +11,9 @@ import pandas as pd
 import pytest
 from conftest import ROOT
 
+from workspace import errors
+from workspace.mining.families import merge_families, split_family
+
 LOG = ROOT / 'datasets' / 'prompt_log.jsonl'
 
 
@@ -27,7 +30,7 @@ def log_file(tmp_path: Path) -> Path:
 
 
 def _assigned(ws) -> dict[str, tuple]:
-    from workspace import tables
+    from workspace.storage import tables
 
     raw = tables.raw_prompts()
     rows = raw.select(raw.prompt_hash, raw.family_id, raw.confidence, raw.reason, raw.seq, raw.vector).collect()
@@ -76,7 +79,7 @@ def test_appending_assigns_only_new_prompts_and_leaves_old_rows_untouched(ws, lo
 
 
 def test_families_match_the_truth_and_give_reasons(ws, log_file):
-    from workspace.prompt_log import prompt_hash
+    from workspace.mining.prompt_log import prompt_hash
 
     ws.ingest_prompts(log_file)
     truth = [json.loads(x) for x in (ROOT / 'datasets' / 'prompt_log_truth.jsonl').open(encoding='utf-8')][:400]
@@ -108,15 +111,15 @@ def test_merge_and_split_are_recorded(ws, log_file):
     big = list(ws.families(min_size=10)['family_id'])
     a, b = ws.get_family(big[0]), ws.get_family(big[1])
     size_a, size_b = a.size, b.size
-    merged = ws.merge_families(a, b, note='test merge')
+    merged = merge_families(a, b, note='test merge')
     assert merged.size == size_a + size_b
-    with pytest.raises(ws.FamilyError, match='was merged into'):
+    with pytest.raises(errors.FamilyError, match='was merged into'):
         ws.get_family(b.id)
     first_b = b.id  # the split takes b's members back by their text
     pattern = ws.get_family(a.id).members().iloc[-1]['prompt'][:30]
     members = ws.get_family(a.id).members()
     moved_texts = members[members['prompt'].str.startswith(pattern)]
-    new = ws.split_family(a.id, '^' + __import__('re').escape(pattern), note='test split')
+    new = split_family(a.id, '^' + __import__('re').escape(pattern), note='test split')
     assert new.size == len(moved_texts) and new.size + ws.get_family(a.id).size == size_a + size_b
     history = ws.get_family(a.id).history()
     actions = [e[0]['event'] for what, e in zip(history['what'], history['events']) if what in ('merge', 'split')]
@@ -145,7 +148,7 @@ def test_to_version_and_to_dataset(ws, log_file):
     assert version.render({k: example[k] for k in data.inputs}) == member['prompt']
     # a family whose log has no responses cannot make a dataset: the error says what to provide
     translation = next(f for f in big['family_id'] if 'Translate the text' in ws.get_family(f).jinja)
-    with pytest.raises(ws.DatasetError, match="expected='<column of the logged response>'"):
+    with pytest.raises(errors.DatasetError, match="expected='<column of the logged response>'"):
         ws.get_family(translation).to_dataset('translations')
 
 
@@ -220,15 +223,15 @@ def test_dataframe_source_without_times_and_family_errors(ws):
     assert ws.ingest_prompts(frame, at=None, source_name='frame').new_lines == 6  # no time: each call is new lines
     family = ws.get_family(report.new_families[0])
     assert family.size == 6 and family.jinja.startswith('Summarize ticket {{ ticket }}')
-    with pytest.raises(ws.FamilyError, match="no family 'fam-nope'"):
+    with pytest.raises(errors.FamilyError, match="no family 'fam-nope'"):
         ws.get_family('fam-nope')
-    with pytest.raises(ws.FamilyError, match='not a valid regular expression'):
+    with pytest.raises(errors.FamilyError, match='not a valid regular expression'):
         family.split('(')
-    with pytest.raises(ws.FamilyError, match='every member'):
+    with pytest.raises(errors.FamilyError, match='every member'):
         family.split('Summarize')
-    with pytest.raises(ws.FamilyError, match='into itself'):
+    with pytest.raises(errors.FamilyError, match='into itself'):
         family.merge(family)
-    with pytest.raises(ws.FamilyError, match="window 'month'"):
+    with pytest.raises(errors.FamilyError, match="window 'month'"):
         ws.drift(family, window='month')
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from workspace.analysis.history import lineage_graph
+
 
 def test_lineage_graph_table_and_drawing(ws):
     v1 = ws.create_version('router', template='Ticket: {{ text }}\nCategory:')
@@ -10,7 +12,7 @@ def test_lineage_graph_table_and_drawing(ws):
     v4 = ws.edit(v3, template='Support ticket text: {{ text }}')
     ws.set_label(v3, 'production')
     ws.set_label(v2, 'staging')
-    graph = ws.lineage_graph('router')
+    graph = lineage_graph('router')
     table = graph.table.set_index('version')
     assert list(table.index) == [v1.id, v2.id, v3.id, v4.id]
     assert list(table['parent'].fillna('-')) == ['-', v1.id, v1.id, v3.id]
@@ -24,7 +26,7 @@ def test_lineage_graph_table_and_drawing(ws):
 
 
 def test_lineage_graph_of_unknown_prompt_is_empty(ws):
-    graph = ws.lineage_graph('nothing')
+    graph = lineage_graph('nothing')
     assert graph.table.empty and 'has no versions yet' in graph.draw()
 
 

@@ -7,6 +7,10 @@ from __future__ import annotations
 import pytest
 from conftest import model_calls as _calls
 
+from workspace import errors
+from workspace.core import judges
+from workspace.core.judges import correctness_judge, judge_run, rubric_judge
+
 LABELS = ['BILLING', 'DELIVERY', 'TECHNICAL']
 TEMPLATE = 'Ticket: {{ text }}\nCategory:'
 HINTED = "{% if 'charged' in text %}Charges are BILLING.\n{% endif %}Ticket: {{ text }}\nCategory:"
@@ -15,8 +19,8 @@ HINTED = "{% if 'charged' in text %}Charges are BILLING.\n{% endif %}Ticket: {{ 
 def test_judge_call_counts_follow_the_contract(ws, tiny, local):
     v1 = ws.create_version('router', template=TEMPLATE, output=ws.choice(LABELS))
     ws.evaluate(v1, tiny, 'dev', progress=False)
-    judge = ws.correctness_judge()
-    assert judge.meta['judge']['pass_labels'] == ['yes'] and ws.correctness_judge().id == judge.id
+    judge = correctness_judge()
+    assert judge.meta['judge']['pass_labels'] == ['yes'] and correctness_judge().id == judge.id
 
     # adding a judge scorer makes no call; the next evaluation judges each row once
     column, calls = _calls(local, lambda: ws.add_scorer(tiny, judge, column='judged'))
@@ -26,7 +30,7 @@ def test_judge_call_counts_follow_the_contract(ws, tiny, local):
     frame = run.predictions()
     assert set(frame['judged']) <= {0.0, 1.0}
     assert 'judged' in run.summary().metrics and 'judge calls' in str(run.summary())
-    stored = ws.judge_run(run, judge)
+    stored = judge_run(run, judge)
     assert len(stored) == 6 and set(stored['verdict']) <= {'yes', 'no'}
     assert (stored.set_index('example_id')['score'] == frame.set_index('example_id')['judged']).all()
 
@@ -46,14 +50,14 @@ def test_judge_call_counts_follow_the_contract(ws, tiny, local):
     edited = ws.edit(
         judge, template="{% if 'charged' in input %}Charges are billing questions.\n{% endif %}" + judge.template
     )
-    assert edited.parent_id == judge.id and ws.judges.is_judge(edited)
+    assert edited.parent_id == judge.id and judges.is_judge(edited)
     ws.add_scorer(tiny, edited, column='judged', if_exists='replace')
     k = sum('charged' in row['text'] for row in tiny.rows('dev'))
     assert 0 < k < 6
     run3, calls = _calls(local, lambda: ws.evaluate(v1, tiny, 'dev', progress=False))
     assert run3.calls == 0 and run3.judge_calls == calls == k
     assert run3.predictions()['judged'].notna().all()
-    judgements = ws.judge_run(run3, edited)
+    judgements = judge_run(run3, edited)
     assert set(judgements['judge_id']) == {edited.id} and judgements['reused'].sum() == 6 - k
 
 
@@ -61,7 +65,7 @@ def test_only_if_gates_the_judge_on_a_cheaper_scorer(ws, tiny, local):
     v1 = ws.create_version('router', template=TEMPLATE, output=ws.choice(LABELS))
     run = ws.evaluate(v1, tiny, 'dev', progress=False)
     right = int(run.predictions()['exact_match'].sum())
-    judge = ws.rubric_judge('The answer is a support category written in capital letters.')
+    judge = rubric_judge('The answer is a support category written in capital letters.')
     assert judge.instructions.startswith('The answer') and 'Rubric:' in judge.render(
         {'text': 'x', 'input': 'x', 'prediction': 'BILLING', 'expected': 'BILLING'}
     )
@@ -78,7 +82,7 @@ def test_only_if_gates_the_judge_on_a_cheaper_scorer(ws, tiny, local):
         ws.add_scorer(tiny, 'normalized_match', only_if='caps')
     with pytest.raises(ws.WorkspaceError, match=r"already have a column 'caps'"):
         ws.add_scorer(tiny, judge, column='caps')
-    with pytest.raises(ws.VersionError, match=r'router:v1 is not a judge'):
+    with pytest.raises(errors.VersionError, match=r'router:v1 is not a judge'):
         ws.add_scorer(tiny, v1, column='not_a_judge')
     with pytest.raises(ws.WorkspaceError, match=r"only_if='caps' is a judge scorer"):
         ws.add_scorer(tiny, 'exact_match', column='caps', only_if='caps', if_exists='replace')
@@ -97,16 +101,16 @@ def test_judge_with_rationale_and_score_scale(ws, tiny, local):
     )
     v1 = ws.create_version('router', template=TEMPLATE, output=ws.choice(LABELS))
     run = ws.evaluate(v1, two, progress=False)
-    reasoned = ws.correctness_judge(rationale=True)
+    reasoned = correctness_judge(rationale=True)
     assert reasoned.output['kind'] == 'json'
-    frame = ws.judge_run(run, reasoned)
+    frame = judge_run(run, reasoned)
     assert len(frame) == 2
     read = frame.dropna(subset=['verdict'])
     assert len(read) >= 1, frame[['output', 'error']]
     assert set(read['verdict']) <= {'yes', 'no'} and read['rationale'].map(lambda r: isinstance(r, str)).all()
 
-    scored = ws.rubric_judge('Names the category of the ticket.', scale='score', name='scored_judge')
-    frame = ws.judge_run(run, scored)
+    scored = rubric_judge('Names the category of the ticket.', scale='score', name='scored_judge')
+    frame = judge_run(run, scored)
     assert len(frame) == 2 and set(frame['verdict']) <= {'1', '2', '3', '4', '5'}
     for verdict, score, passed in zip(frame['verdict'], frame['score'], frame['passed']):
         assert score == (int(verdict) - 1) / 4 and passed == (int(verdict) >= 4)
@@ -124,7 +128,7 @@ def test_judge_with_rationale_and_score_scale(ws, tiny, local):
     ],
 )
 def test_read_verdict(output, kind, expected):
-    from workspace.judges import read_verdict
+    from workspace.core.judges import read_verdict
 
     spec = {'scale': 'verdict', 'labels': ['yes', 'no'], 'pass_labels': ['yes'], 'pass_score': 4, 'rationale': False}
     read = read_verdict(output, spec, {'kind': kind, 'labels': ['yes', 'no']})
@@ -134,8 +138,8 @@ def test_read_verdict(output, kind, expected):
 def test_judge_template_checked_before_any_call(ws, tiny, local):
     bad = ws.create_judge('odd_judge', template='Ticket: {{ body }}\nAnswer: {{ prediction }}\nGood?')
     before = local.calls
-    with pytest.raises(ws.TemplateError, match=r'judge odd_judge:v1 reads \{\{ body \}\}'):
+    with pytest.raises(errors.TemplateError, match=r'judge odd_judge:v1 reads \{\{ body \}\}'):
         ws.add_scorer(tiny, bad)
-    with pytest.raises(ws.VersionError, match=r'pass_labels'):
+    with pytest.raises(errors.VersionError, match=r'pass_labels'):
         ws.create_judge('odd_judge', template='{{ prediction }}', labels=['good', 'bad'], pass_labels=['fine'])
     assert local.calls == before

@@ -1,4 +1,4 @@
-"""Tests for workspace.metrics against small hand-counted tables."""
+"""Tests for workspace.core.metrics against small hand-counted tables."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import doctest
 import pandas as pd
 import pytest
 
-from workspace import metrics
+from workspace.core import metrics
+from workspace.core.metrics import classification_summary, confusion_matrix, mean_scores, per_category
 from workspace.errors import ComparisonError
-from workspace.metrics import classification_summary, confusion_matrix, mean_scores, per_category
 
 # Three labels; 'spam' is expected once but never predicted, one prediction did not parse.
 EXPECTED = ['bug', 'bug', 'bug', 'billing', 'billing', 'spam']

@@ -9,6 +9,9 @@ import csv
 import pandas as pd
 import pytest
 
+from workspace import errors
+from workspace.jobs.schedule import scheduled_history
+
 LABELS = ['BILLING', 'DELIVERY', 'TECHNICAL']
 
 
@@ -29,7 +32,7 @@ def server(ws, tiny_tickets, monkeypatch):
 
 
 def test_prices_from_the_maintained_tables():
-    from workspace import costs
+    from workspace.storage import costs
 
     assert costs.price('local').cost(1000, 1000) == 0.0
     mini = costs.price('openai:gpt-4o-mini')
@@ -70,7 +73,7 @@ def test_evaluate_models_side_by_side_with_cost(ws, tiny, server):
     unknown = ws.evaluate(children[1], tiny, 'dev', progress=False)
     assert 'cost_usd' not in unknown.summary().metrics and 'no price is known' in ' '.join(unknown.summary().notes)
     assert ws.get_run(unknown.run_id).cost_usd is None
-    with pytest.raises(ws.ComparisonError, match=r'give the models'):
+    with pytest.raises(errors.ComparisonError, match=r'give the models'):
         ws.evaluate_models(v1, tiny, [])
 
 
@@ -82,5 +85,5 @@ def test_scheduled_run_records_cost(ws, tiny, server):
     result = ws.scheduled_eval('router', dataset='tiny', split='dev')
     per_call = 11 * 0.15e-6 + 2 * 0.6e-6
     assert result.cost_usd == pytest.approx(6 * per_call) and 'cost $0.0000171' in str(result)
-    history = ws.scheduled_history('router')
+    history = scheduled_history('router')
     assert history.iloc[0]['cost_usd'] == pytest.approx(6 * per_call)

@@ -14,6 +14,11 @@ import nbformat
 import pytest
 from conftest import CLI, ROOT
 
+from workspace.analysis.annotations import list_annotations
+from workspace.jobs.notebooks import list_notebook_runs
+from workspace.jobs.schedule import scheduled_history
+from workspace.optimization.optimize import list_optimizations
+
 NOTEBOOKS = sorted((ROOT / 'notebooks').glob('*.ipynb'))
 
 
@@ -43,7 +48,9 @@ def test_notebook_is_thin_parameterized_and_clean(path: Path):
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):
                 assert [a.name for a in node.names] == ['workspace'], f'{path.name} imports {node.names[0].name}'
-            assert not isinstance(node, (ast.ImportFrom, ast.FunctionDef, ast.ClassDef, ast.For, ast.While)), (
+            if isinstance(node, ast.ImportFrom):  # a deeper concept, from the layer that owns it
+                assert (node.module or '').startswith('workspace.'), f'{path.name} imports from {node.module}'
+            assert not isinstance(node, (ast.FunctionDef, ast.ClassDef, ast.For, ast.While)), (
                 f'{path.name} has logic that belongs in the library: {ast.dump(node)[:80]}'
             )
     for node in ast.walk(ast.parse(code[0].source)):
@@ -54,7 +61,6 @@ def _run(notebook: str, *, data_dir: Path | None = None, **parameters):
     """Run a notebook as a user or cron would: `prompt-workspace run NOTEBOOK -p key value ...` in a new process.
     With `data_dir`, Jupyter's data directory is that (empty) folder, as in a fresh clone where no kernel is
     registered."""
-    import workspace as ws
 
     args = [*CLI, 'run', str(ROOT / 'notebooks' / notebook), '-q']
     for key, value in parameters.items():
@@ -62,7 +68,7 @@ def _run(notebook: str, *, data_dir: Path | None = None, **parameters):
     env = {**os.environ, 'JUPYTER_DATA_DIR': str(data_dir)} if data_dir else None
     done = subprocess.run(args, capture_output=True, text=True, timeout=1800, env=env)
     assert done.returncode == 0, f'{notebook}: {done.stdout}{done.stderr}'
-    record = ws.list_notebook_runs(Path(notebook).stem).iloc[0]
+    record = list_notebook_runs(Path(notebook).stem).iloc[0]
     assert record['status'] == 'ok' and f'executed notebook: {record["output_path"]}' in done.stdout
     return record, nbformat.read(record['output_path'], as_version=4)
 
@@ -93,7 +99,7 @@ def test_notebooks_run_in_order_under_papermill(ws, tiny_tickets, tmp_path):
     assert 'datetime.datetime' not in _text(book, 'run.lineage(')  # a readable lineage
     output = Path(first['output_path'])
     assert output.parent.parent == ROOT / 'runs' and output.name.startswith('01_quickstart-')
-    runs = ws.list_notebook_runs('01_quickstart')
+    runs = list_notebook_runs('01_quickstart')
     assert runs.iloc[0]['status'] == 'ok' and json.loads(json.dumps(runs.iloc[0]['parameters']))['fresh'] is True
 
     _, book = _run('02_iterate.ipynb', dataset_name='nb_tiny', hint_word='charged')
@@ -103,7 +109,7 @@ def test_notebooks_run_in_order_under_papermill(ws, tiny_tickets, tmp_path):
     assert '0 model calls, 6 rows reused' in _text(book)
 
     _, book = _run('03_optimize.ipynb', dataset_name='nb_tiny', max_calls=80, max_candidates=2, test='dev')
-    best = ws.get_version(ws.list_optimizations('ticket_router').iloc[0]['best_version_id'])
+    best = ws.get_version(list_optimizations('ticket_router').iloc[0]['best_version_id'])
     assert 'ticket_router:v2' in (best.id, best.parent_id)  # the optimizer's choice, or its baseline if none won
     decision = _text(book, 'import workspace')
     assert 'kept ticket_router:v2: ' in decision or 'replaces ticket_router:v2: macro_f1' in decision
@@ -117,7 +123,7 @@ def test_notebooks_run_in_order_under_papermill(ws, tiny_tickets, tmp_path):
     ws.set_label('ticket_router:v2', 'production')
     _, book = _run('05_scheduled_eval.ipynb', dataset='nb_tiny')
     assert 'no regression' in _text(book)
-    assert ws.scheduled_history('ticket_router').iloc[0]['status'] == 'ok'
+    assert scheduled_history('ticket_router').iloc[0]['status'] == 'ok'
 
 
 def test_prompt_families_notebook(ws):
@@ -144,18 +150,18 @@ def test_scheduled_notebook_flags_a_regression(scripted_versions):
     ws.set_label(v1, 'production')  # a bad release: v1 is right on 2 of 6
     bad = ws.run_notebook(ROOT / 'notebooks' / '05_scheduled_eval.ipynb', params)
     assert bad.status == 'regression' and 'accuracy fell from 1.000 to 0.333' in bad.error
-    history = ws.scheduled_history('router')
+    history = scheduled_history('router')
     assert list(history['status'][:2]) == ['regression', 'ok']
     assert list(history['version_id'][:2]) == [v1.id, v2.id]
     assert history.iloc[0]['previous_score'] == 1.0
-    runs = ws.list_notebook_runs('05_scheduled_eval')
+    runs = list_notebook_runs('05_scheduled_eval')
     assert list(runs['status'][:2]) == ['regression', 'ok'] and runs.iloc[0]['output_path'] == str(bad.output_path)
 
 
 def test_headless_runs_use_a_kernel_running_this_python(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """Papermill stops with NoSuchKernel on a kernel name that is not installed, so headless runs pick the
     project's kernel when it runs this Python, else the built-in python3 kernel (which does)."""
-    from workspace.notebooks import KERNEL_NAME, headless_kernel
+    from workspace.jobs.notebooks import KERNEL_NAME, headless_kernel
 
     monkeypatch.setenv('JUPYTER_DATA_DIR', str(tmp_path))
     assert headless_kernel() == 'python3'  # a fresh clone: nothing registered
@@ -188,7 +194,7 @@ def test_runs_started_in_the_same_millisecond_get_separate_files(tmp_path: Path)
     import datetime
     from concurrent.futures import ThreadPoolExecutor
 
-    from workspace.notebooks import _output_path
+    from workspace.jobs.notebooks import _output_path
 
     started = datetime.datetime(2026, 11, 25, 3, 0, 0, 123456)
     book = ROOT / 'notebooks' / '05_scheduled_eval.ipynb'
@@ -219,7 +225,7 @@ def test_judges_and_samples_notebook_under_papermill(ws, tiny_tickets):
     text = _text(book)
     assert 'judged_correct' in text and 'pw-annotate' in text and 'pw-agreement-table' in text
     assert 'pass^2' in text and 'pw-changelog' in text
-    assert len(ws.list_annotations('nb_judged', annotator='reference')) == 6
+    assert len(list_annotations('nb_judged', annotator='reference')) == 6
     first = ws.list_runs('judged_router')
     _run('06_judges_and_samples.ipynb', **params)
     again = ws.list_runs('judged_router')

@@ -19,9 +19,9 @@ import pytest
 from conftest import ROOT
 from openai_server import Canned, OpenAICompatibleServer, completion_body
 
+from workspace.core.metrics import split_metric
 from workspace.errors import OptimizeError
-from workspace.metrics import split_metric
-from workspace.optimize import list_optimizations, optimize
+from workspace.optimization.optimize import list_optimizations, optimize
 
 LABELS = ['BILLING', 'DELIVERY', 'TECHNICAL']
 TEMPLATE = 'Ticket: {{ text }}\nCategory:'
@@ -57,7 +57,7 @@ def v1(ws):
 
 @pytest.fixture
 def local():
-    from workspace.backends import get_backend
+    from workspace.storage.backends import get_backend
 
     return get_backend('local')
 
@@ -310,7 +310,7 @@ RESUME = {'optimizer': 'bootstrap_random_search', 'budget': {'max_candidates': 4
 
 def test_killed_run_resumes_without_repeating_a_call(ws, tiny, local):
     """Run once uninterrupted, forget its answers, run it again in a subprocess killed mid-way, then resume."""
-    from workspace import tables
+    from workspace.storage import tables
 
     baseline = ws.create_version('resumable', template='Support ticket: {{ text }}\nTeam:', output=ws.choice(LABELS))
     store = tables.requests()
@@ -330,7 +330,7 @@ def test_killed_run_resumes_without_repeating_a_call(ws, tiny, local):
     trials.delete(where=trials.run_id == reference.run_id)
     runs.delete(where=runs.run_id == reference.run_id)
 
-    code = f'from workspace.optimize import optimize\noptimize({baseline.id!r}, {tiny.name!r}, **{RESUME!r})\n'
+    code = f'from workspace.optimization.optimize import optimize\noptimize({baseline.id!r}, {tiny.name!r}, **{RESUME!r})\n'
     child = subprocess.Popen([sys.executable, '-c', code], cwd=ROOT, env=dict(os.environ))
     try:
         deadline = time.monotonic() + 300

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from workspace import prompt_diff as diff
-from workspace.prompt_diff import FieldChange, diff_versions, render_diff_html, render_diff_text
+from workspace.analysis import diff
+from workspace.analysis.diff import FieldChange, diff_versions, render_diff_html, render_diff_text
 
 
 def version(id: str = 'ticket_router:v1', **changes: Any) -> SimpleNamespace:
@@ -196,4 +196,8 @@ def test_public_names_are_exported_and_documented() -> None:
 
 
 def test_doctests() -> None:
-    assert doctest.testmod(diff).failed == 0
+    finder, runner = doctest.DocTestFinder(), doctest.DocTestRunner()
+    pure = [diff.diff_versions, diff.render_diff_html, diff.render_diff_text, diff.word_ops]
+    for test in (t for fn in pure for t in finder.find(fn, globs=vars(diff).copy())):
+        runner.run(test)
+    assert runner.summarize(verbose=False).failed == 0

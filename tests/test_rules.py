@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from workspace import errors
+from workspace.analysis.compare import compare_table
+from workspace.core.rules import get_rule, list_rules
+
 
 def test_set_rule_versions_a_changed_rule_and_keeps_its_history(ws):
     r1 = ws.set_rule('no_refunds', 'keyword', words=['refund'])
@@ -21,9 +25,9 @@ def test_set_rule_versions_a_changed_rule_and_keeps_its_history(ws):
         'no_refunds', 'keyword', words=['refund', 'chargeback'], enforcement='block', prompts=['router'], active=False
     )
     assert off.id == 'no_refunds:v3' and not off.active
-    assert list(ws.list_rules(history=True)['rule']) == ['no_refunds:v1', 'no_refunds:v2', 'no_refunds:v3']
-    assert list(ws.list_rules()['rule']) == ['no_refunds:v3']
-    assert ws.get_rule('no_refunds:v1').config == {'words': ['refund']}
+    assert list(list_rules(history=True)['rule']) == ['no_refunds:v1', 'no_refunds:v2', 'no_refunds:v3']
+    assert list(list_rules()['rule']) == ['no_refunds:v3']
+    assert get_rule('no_refunds:v1').config == {'words': ['refund']}
     log = ws.audit(kind='rule')
     assert list(log['kind']) == ['rule.changed', 'rule.changed', 'rule.created']
     assert log.iloc[0]['before']['active'] is True and log.iloc[0]['after']['active'] is False
@@ -43,9 +47,9 @@ def test_set_rule_versions_a_changed_rule_and_keeps_its_history(ws):
     ],
 )
 def test_set_rule_refuses_bad_rules_with_the_fix(ws, args, kwargs, message):
-    with pytest.raises(ws.RuleError, match=message):
+    with pytest.raises(errors.RuleError, match=message):
         ws.set_rule(*args, **kwargs)
-    assert ws.list_rules().empty
+    assert list_rules().empty
 
 
 def test_rules_are_columns_of_evaluations_counted_in_the_summary(scripted_versions):
@@ -97,7 +101,7 @@ def test_the_comparison_shows_violations_per_version_and_fails_blocked_rows(scri
     tiny, v1, v2, v3, server = scripted_versions
     ws.set_rule('no_delivery_talk', 'keyword', stage='input', enforcement='block', words=['parcel', 'courier'])
     ws.set_rule('says_billing', 'keyword', stage='output', words=['billing'])
-    table = ws.compare_table(tiny, [v1, v2], split='dev')
+    table = compare_table(tiny, [v1, v2], split='dev')
     assert table.loc[v1.id, 'violations:says_billing'] == 6 and table.loc[v2.id, 'violations:says_billing'] == 2
     assert list(table['blocked']) == [2, 2] and list(table['violations:no_delivery_talk']) == [2, 2]
     assert table.loc[v2.id, 'accuracy'] == pytest.approx(4 / 6)  # its two blocked rows count as wrong

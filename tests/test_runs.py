@@ -8,6 +8,8 @@ import re
 import pandas as pd
 import pytest
 
+from workspace.core.runs import Lineage
+
 
 @pytest.fixture
 def runs(scripted_versions):
@@ -51,11 +53,10 @@ def test_failures_show_left_aligned_wrapped_without_empty_or_repeated_columns(ru
 
 
 def test_lineage_is_a_small_rich_object(runs):
-    import workspace as ws
 
     tiny, run, _ = runs
     record = run.lineage('a3')
-    assert isinstance(record, ws.Lineage)
+    assert isinstance(record, Lineage)
     assert (
         record['example_id'] == 'a3' and record['dataset_version'] == tiny.version and len(record['request_hash']) == 64
     )

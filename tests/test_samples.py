@@ -9,6 +9,8 @@ import itertools
 import pytest
 from conftest import model_calls
 
+from workspace.core.samples import sample_report
+
 LABELS = ['BILLING', 'DELIVERY', 'TECHNICAL']
 
 
@@ -37,7 +39,7 @@ def test_samples_call_counts_and_report(ws, tiny, local):
     first = rows[rows['sample_index'] == 0].set_index('example_id')['prediction']
     assert (first == plain.predictions().set_index('example_id')['prediction']).all()
 
-    report = ws.sample_report(run5)
+    report = sample_report(run5)
     assert report.k == 5 and len(report.rows) == 6
     for _, row in report.rows.iterrows():
         assert row['pass@5'] >= row['pass@1'] >= row['pass^5']
@@ -52,7 +54,7 @@ def test_samples_call_counts_and_report(ws, tiny, local):
     assert summary['pass@5'] == report.metrics['pass@5'][0] and summary['unstable_rows'] == len(report.unstable)
     assert summary['cost_usd'] == 0.0  # the embedded model costs nothing
     assert ws.get_run(run5.run_id).samples == 5
-    smaller = ws.sample_report(fewer)
+    smaller = sample_report(fewer)
     assert smaller.k == 3 and len(fewer.sample_rows()) == 18
 
 
@@ -78,7 +80,7 @@ def _brute(outcomes: tuple[int, ...], k: int) -> tuple[float, float]:
     ],
 )
 def test_pass_at_k_and_pass_hat_k_match_enumeration(outcomes, k):
-    from workspace.samples import pass_at_k, pass_hat_k
+    from workspace.core.samples import pass_at_k, pass_hat_k
 
     at, hat = _brute(outcomes, k)
     assert pass_at_k(len(outcomes), sum(outcomes), k) == pytest.approx(at)

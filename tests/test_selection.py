@@ -6,9 +6,9 @@ import random
 
 import pytest
 
-from workspace import metrics
+from workspace.core import metrics
 from workspace.errors import OptimizeError
-from workspace.selection import Scored, build_metric, candidate_flags, decide, verdict
+from workspace.optimization.selection import Scored, build_metric, candidate_flags, decide, verdict
 
 # 70 rows of a majority label and 30 of a minority one, like poem_sentiment's no_impact.
 EXPECTED = {f'e{i}': 'no_impact' if i < 70 else 'positive' for i in range(100)}

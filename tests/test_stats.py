@@ -1,4 +1,4 @@
-"""Tests for workspace.stats: McNemar against scipy, bootstrap behaviour, sample sizes and verdicts."""
+"""Tests for workspace.core.stats: McNemar against scipy, bootstrap behaviour, sample sizes and verdicts."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from workspace import stats
+from workspace.core import stats
+from workspace.core.stats import compare_scores, mcnemar_exact, paired_bootstrap_ci, required_sample_size
+from workspace.display import formats
 from workspace.errors import ComparisonError
-from workspace.stats import compare_scores, mcnemar_exact, paired_bootstrap_ci, required_sample_size
 
 
 def pairs(b_only: int, a_only: int, both: int = 0, neither: int = 0) -> tuple[list[int], list[int]]:
@@ -241,8 +242,8 @@ def test_verdict_wording(numbers: dict[str, object], text: str) -> None:
     ],
 )
 def test_p_value_format(p: float, shown: str, sentence: str) -> None:
-    assert stats.format_p(p) == shown
-    assert stats._format_p(p) == sentence
+    assert formats.format_p(p) == shown
+    assert formats.p_phrase(p) == sentence
 
 
 POINT = r'[+-]\d+\.\d'

@@ -13,9 +13,9 @@ import time
 import pytest
 from openai_server import Canned, OpenAICompatibleServer, completion_body
 
-from workspace import backends, store, tables
 from workspace.config import utc_now
 from workspace.errors import BackendError
+from workspace.storage import backends, store, tables
 
 
 def _request(prompt: str, model: str = 'openai:fake') -> dict:

@@ -10,7 +10,7 @@ import pytest
 from openai_server import Canned, OpenAICompatibleServer, completion_body
 
 from workspace.errors import BackendError, TemplateError, VersionError
-from workspace.suggest import _parse, suggest, suggestion_schema
+from workspace.optimization.suggest import _parse, suggest, suggestion_schema
 
 LABELS = ['BILLING', 'DELIVERY', 'TECHNICAL']
 TEMPLATE = 'Ticket: {{ text }}\nCategory:'
@@ -36,8 +36,8 @@ def run(ws, tiny_tickets):
 
 
 def test_embedded_model_answers_schema_valid_json_once(run):
-    from workspace import tables
-    from workspace.backends import get_backend
+    from workspace.storage import tables
+    from workspace.storage.backends import get_backend
 
     local = get_backend('local')
     before = local.calls

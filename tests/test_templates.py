@@ -7,7 +7,7 @@ import json
 import pytest
 
 from udfs.render import render
-from workspace.templates import infer_type, mine, template_events, tokenize
+from workspace.mining.canonical import infer_type, mine, template_events, tokenize
 
 
 @pytest.mark.parametrize(

@@ -7,8 +7,9 @@ import re
 
 import pytest
 
-from workspace import views
-from workspace.compare import build_comparison
+from workspace.analysis.compare import build_comparison, prompts_for
+from workspace.display import formats
+from workspace.ui import views
 
 # --- formatting, table-driven ----------------------------------------------------------------------------------
 
@@ -35,7 +36,7 @@ def test_docstring_examples_run():
     ],
 )
 def test_format_p(p, shown):
-    assert views.format_p(p) == shown
+    assert formats.format_p(p) == shown
 
 
 @pytest.mark.parametrize(
@@ -192,7 +193,7 @@ def test_confusions_are_titled_small_multiples_on_one_scale(cmp):
     [('fixed', 4), ('broken', 0), ('output changed', 0), ('any change', 4), ('model error', 0), ('every example', 6)],
 )
 def test_flips_filter_and_expand_to_both_prompts(cmp, which, count):
-    html = views.render_flips(cmp, 'router:v2', which)
+    html = views.render_flips(cmp, 'router:v2', which, prompts=prompts_for)
     assert html.count('<details class="pw-flip">') == count
     assert '4 fixed' in html and '0 broken' in html
     if count:

@@ -6,9 +6,10 @@ import html
 
 import pytest
 
-from workspace.compare import build_comparison
+from workspace.analysis.compare import build_comparison
+from workspace.analysis.comparison_state import CompareState
 from workspace.errors import TemplateError
-from workspace.widgets import CompareState, CompareView
+from workspace.ui.widgets import CompareView, render_tab
 
 
 @pytest.fixture
@@ -232,7 +233,7 @@ def test_saving_content_that_exists_returns_that_version(view):
 def test_progress_label_counts_calls_and_time_left():
     import ipywidgets as w
 
-    from workspace.widgets import _Clock
+    from workspace.ui.widgets import _Clock
 
     bar, label = w.IntProgress(), w.HTML()
     clock = _Clock(bar, label)
@@ -262,6 +263,6 @@ def test_samples_and_cost_panes(view):
     ws.evaluate(sampling, tiny, 'dev', samples=2, progress=False)
     state = CompareState(build_comparison(tiny, [v1, sampling], 'dev'))
     # the comparison's own runs ask once; the pane shows each version's latest run with samples
-    pane = state.render('Samples')
+    pane = render_tab(state, 'Samples')
     assert f'{sampling.id}: 2 samples per row, 6 rows' in pane and '0 unstable' in pane
-    assert f'{v1.id}:' not in state.render('Samples')
+    assert f'{v1.id}:' not in render_tab(state, 'Samples')

@@ -10,12 +10,12 @@ from __future__ import annotations
 import pixeltable as pxt
 from pixeltable.func import Batch
 
-from workspace import embeddings
+from workspace.storage import embeddings
 
 __all__ = ['embed_text']
 
 
 @pxt.udf(batch_size=64)
 def embed_text(text: Batch[str]) -> Batch[pxt.Array[(embeddings.DIMENSIONS,), pxt.Float]]:
-    """Text in, its 384-dimensional L2-normalized embedding out (workspace.embeddings, all-MiniLM-L6-v2 int8)."""
+    """Text in, its 384-dimensional L2-normalized embedding out (workspace.storage.embeddings, all-MiniLM-L6-v2 int8)."""
     return list(embeddings.embed(text))

@@ -7,217 +7,161 @@
 ...                        output=ws.choice(tickets.labels()))
 >>> run = ws.evaluate(v1, tickets, split='dev')
 >>> print(run.summary())
+
+This front door names the concepts a notebook starts from; everything else lives in the layer that owns it, each
+sub-package importing only those below it:
+
+```
+jobs/           the CLI, headless notebooks, schedules, the quickstart job, installation checks, exports
+ui/             the comparison and annotation widgets, HTML views and reports: data in, HTML out
+serving/        render and complete for applications, the HTTP API and its keys, experiments and traffic
+mining/         raw prompt logs mined into families with canonical templates, drift, similarity search
+optimization/   optimizers over versions (DSPy and the workspace's own), candidate selection, suggestions
+analysis/       comparisons, diffs, changelogs, annotations and judge agreement, history, A/B reports
+core/           datasets, versions, labels, demo policies, evaluation, runs, samples, judges, rules, metrics
+storage/        the Pixeltable tables, the request store, model backends, the embedder, the audit log
+config, errors, display    settings, the error classes, and how numbers read: any layer may use them
+```
+
+A name is imported when first used, so `import workspace` is fast and a command pays only for what it touches.
 """
 
+from __future__ import annotations
+
+import importlib
 import warnings
+from typing import TYPE_CHECKING, Any
 
 # platformdirs warns on import (through Pixeltable) when XDG_RUNTIME_DIR is unset, as in containers and CI.
 warnings.filterwarnings('ignore', message='XDG_RUNTIME_DIR is not set')
 
-from .ab import ABReport, Assigner, ab_report, assign, log_outcome, log_outcomes  # noqa: E402
-from .agreement import Agreement, judge_agreement  # noqa: E402
-from .annotate import AnnotateView, add_annotation, annotate, list_annotations  # noqa: E402
-from .api import RunningServer, start_server  # noqa: E402
-from .audit_log import audit  # noqa: E402
-from .changelog import Changelog, changelog, get_changelog  # noqa: E402
-from .client import Client  # noqa: E402
-from .compare import (  # noqa: E402
-    Promotion,
-    VersionComparison,
-    build_comparison,
-    compare_table,
-    diff,
-    flips,
-    promote_if_better,
-    significance,
-)
-from .datasets import Dataset, get_dataset, import_dataset, list_datasets  # noqa: E402
-from .demos import DemoPolicy, nearest  # noqa: E402
-from .drift import DriftReport, drift  # noqa: E402
-from .errors import (  # noqa: E402
-    BackendError,
-    ComparisonError,
-    DatasetError,
-    EmbedderError,
-    FamilyError,
-    GuardrailViolation,
-    LabelError,
-    OptimizeError,
-    RegressionError,
-    RuleError,
-    ServeError,
-    TemplateError,
-    VersionError,
-    WorkspaceError,
-)
-from .evaluate import add_scorer, evaluate  # noqa: E402
-from .experiments import list_experiments, start_experiment, stop_experiment  # noqa: E402
-from .exports import export_run, export_runs, export_version, import_prompt  # noqa: E402
-from .families import Family, families, get_family, merge_families, split_family  # noqa: E402
-from .history import LineageGraph, lineage_graph  # noqa: E402
-from .judges import correctness_judge, create_judge, judge_run, rubric_judge  # noqa: E402
-from .keys import create_key, list_keys, revoke_key  # noqa: E402
-from .labels import label_history, list_labels, rollback, set_label  # noqa: E402
-from .models import ModelComparison, evaluate_models  # noqa: E402
-from .notebooks import NotebookRun, list_notebook_runs, run_notebook  # noqa: E402
-from .optimize import Budget, OptimizeResult, list_optimizations, list_trials, optimize  # noqa: E402
-from .prompt_diff import VersionDiff, diff_versions, render_diff_html, render_diff_text  # noqa: E402
-from .prompt_log import IngestReport, ingest_prompts  # noqa: E402
-from .report import export_report  # noqa: E402
-from .rules import Rule, get_rule, list_rules, set_rule  # noqa: E402
-from .runs import Lineage, Run, Summary, get_run, lineage, list_runs  # noqa: E402
-from .samples import SampleReport, sample_report  # noqa: E402
-from .schedule import ScheduledEval, scheduled_eval, scheduled_history  # noqa: E402
-from .serve import Completion, Rendered, complete, log_execution_outcome, render  # noqa: E402
-from .similar import similar  # noqa: E402
-from .suggest import Suggestion, suggest  # noqa: E402
-from .versions import Version, choice, create_version, edit, get_version, json_object, list_versions, text  # noqa: E402
-from .widgets import CompareView, compare  # noqa: E402
+if TYPE_CHECKING:
+    from workspace.analysis.ab_report import ab_report as ab_report
+    from workspace.analysis.changelog import changelog as changelog
+    from workspace.analysis.diff import diff as diff
+    from workspace.analysis.model_comparison import evaluate_models as evaluate_models
+    from workspace.core.datasets import (
+        Dataset as Dataset,
+        get_dataset as get_dataset,
+        import_dataset as import_dataset,
+        list_datasets as list_datasets,
+    )
+    from workspace.core.demo_policies import nearest as nearest
+    from workspace.core.evaluate import add_scorer as add_scorer, evaluate as evaluate
+    from workspace.core.judges import create_judge as create_judge
+    from workspace.core.labels import set_label as set_label
+    from workspace.core.rules import set_rule as set_rule
+    from workspace.core.runs import Run as Run, get_run as get_run, list_runs as list_runs
+    from workspace.core.versions import (
+        Version as Version,
+        choice as choice,
+        create_version as create_version,
+        edit as edit,
+        get_version as get_version,
+        list_versions as list_versions,
+        text as text,
+    )
+    from workspace.errors import WorkspaceError as WorkspaceError
+    from workspace.jobs.exports import import_prompt as import_prompt
+    from workspace.jobs.notebooks import run_notebook as run_notebook
+    from workspace.jobs.schedule import scheduled_eval as scheduled_eval
+    from workspace.mining.drift import drift as drift
+    from workspace.mining.families import families as families, get_family as get_family
+    from workspace.mining.prompt_log import ingest_prompts as ingest_prompts
+    from workspace.mining.similar import similar as similar
+    from workspace.optimization.optimize import optimize as optimize
+    from workspace.optimization.suggest import suggest as suggest
+    from workspace.serving.experiments import start_experiment as start_experiment
+    from workspace.serving.serve import complete as complete, render as render
+    from workspace.serving.traffic import log_outcome as log_outcome
+    from workspace.storage.audit_log import audit as audit
+    from workspace.ui.annotate import annotate as annotate
+    from workspace.ui.report import export_report as export_report
+    from workspace.ui.widgets import compare as compare
 
-resolve = get_version
-
-__all__ = [
+#: Each public name and the module that defines it.
+_CONCEPTS = {
     # datasets
-    'Dataset',
-    'import_dataset',
-    'get_dataset',
-    'list_datasets',
-    # versions
-    'Version',
-    'create_version',
-    'edit',
-    'get_version',
-    'resolve',
-    'list_versions',
-    'text',
-    'choice',
-    'json_object',
-    'nearest',
-    'DemoPolicy',
-    # labels
-    'set_label',
-    'rollback',
-    'label_history',
-    'list_labels',
-    'promote_if_better',
-    'Promotion',
+    'Dataset': 'workspace.core.datasets',
+    'import_dataset': 'workspace.core.datasets',
+    'get_dataset': 'workspace.core.datasets',
+    'list_datasets': 'workspace.core.datasets',
+    # versions and labels
+    'Version': 'workspace.core.versions',
+    'create_version': 'workspace.core.versions',
+    'edit': 'workspace.core.versions',
+    'get_version': 'workspace.core.versions',
+    'list_versions': 'workspace.core.versions',
+    'choice': 'workspace.core.versions',
+    'text': 'workspace.core.versions',
+    'nearest': 'workspace.core.demo_policies',
+    'set_label': 'workspace.core.labels',
     # evaluation
-    'evaluate',
-    'add_scorer',
-    'Run',
-    'Summary',
-    'get_run',
-    'list_runs',
-    'lineage',
-    'Lineage',
-    'lineage_graph',
-    'LineageGraph',
-    # judges and samples
-    'create_judge',
-    'correctness_judge',
-    'rubric_judge',
-    'judge_run',
-    'sample_report',
-    'SampleReport',
-    'annotate',
-    'AnnotateView',
-    'add_annotation',
-    'list_annotations',
-    'judge_agreement',
-    'Agreement',
-    'evaluate_models',
-    'ModelComparison',
-    'changelog',
-    'get_changelog',
-    'Changelog',
-    # exports and imports
-    'export_run',
-    'export_runs',
-    'export_version',
-    'import_prompt',
-    # comparison
-    'compare',
-    'CompareView',
-    'build_comparison',
-    'VersionComparison',
-    'compare_table',
-    'flips',
-    'significance',
-    'diff',
-    'export_report',
+    'Run': 'workspace.core.runs',
+    'evaluate': 'workspace.core.evaluate',
+    'add_scorer': 'workspace.core.evaluate',
+    'get_run': 'workspace.core.runs',
+    'list_runs': 'workspace.core.runs',
+    'create_judge': 'workspace.core.judges',
+    'annotate': 'workspace.ui.annotate',
+    # analysis
+    'compare': 'workspace.ui.widgets',
+    'diff': 'workspace.analysis.diff',
+    'changelog': 'workspace.analysis.changelog',
+    'evaluate_models': 'workspace.analysis.model_comparison',
+    'export_report': 'workspace.ui.report',
     # optimization
-    'optimize',
-    'OptimizeResult',
-    'Budget',
-    'list_trials',
-    'list_optimizations',
-    'suggest',
-    'Suggestion',
-    # notebooks and schedules
-    'run_notebook',
-    'NotebookRun',
-    'list_notebook_runs',
-    'scheduled_eval',
-    'ScheduledEval',
-    'scheduled_history',
-    'RegressionError',
-    # A/B experiments
-    'Assigner',
-    'assign',
-    'log_outcome',
-    'log_outcomes',
-    'ab_report',
-    'ABReport',
-    # diff
-    'VersionDiff',
-    'diff_versions',
-    'render_diff_html',
-    'render_diff_text',
-    # guardrails
-    'set_rule',
-    'get_rule',
-    'list_rules',
-    'Rule',
-    # serving
-    'render',
-    'complete',
-    'Rendered',
-    'Completion',
-    'log_execution_outcome',
-    'start_experiment',
-    'stop_experiment',
-    'list_experiments',
-    'start_server',
-    'RunningServer',
-    'Client',
-    'create_key',
-    'revoke_key',
-    'list_keys',
-    # audit
-    'audit',
+    'optimize': 'workspace.optimization.optimize',
+    'suggest': 'workspace.optimization.suggest',
+    # notebooks, schedules and prompt files
+    'run_notebook': 'workspace.jobs.notebooks',
+    'scheduled_eval': 'workspace.jobs.schedule',
+    'import_prompt': 'workspace.jobs.exports',
+    # guardrails, serving and experiments
+    'set_rule': 'workspace.core.rules',
+    'render': 'workspace.serving.serve',
+    'complete': 'workspace.serving.serve',
+    'start_experiment': 'workspace.serving.experiments',
+    'log_outcome': 'workspace.serving.traffic',
+    'ab_report': 'workspace.analysis.ab_report',
+    'audit': 'workspace.storage.audit_log',
     # prompt families
-    'ingest_prompts',
-    'IngestReport',
-    'similar',
-    'families',
-    'get_family',
-    'Family',
-    'merge_families',
-    'split_family',
-    'drift',
-    'DriftReport',
+    'ingest_prompts': 'workspace.mining.prompt_log',
+    'families': 'workspace.mining.families',
+    'get_family': 'workspace.mining.families',
+    'drift': 'workspace.mining.drift',
+    'similar': 'workspace.mining.similar',
     # errors
-    'WorkspaceError',
-    'DatasetError',
-    'TemplateError',
-    'VersionError',
-    'LabelError',
-    'BackendError',
-    'ComparisonError',
-    'OptimizeError',
-    'EmbedderError',
-    'RuleError',
-    'GuardrailViolation',
-    'ServeError',
-    'FamilyError',
-]
+    'WorkspaceError': 'workspace.errors',
+}
+
+__all__ = list(_CONCEPTS)
+
+_LAYERS = (
+    'storage',
+    'core',
+    'analysis',
+    'optimization',
+    'mining',
+    'serving',
+    'ui',
+    'jobs',
+    'config',
+    'errors',
+    'display',
+)
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name's module the first time the name is used (PEP 562), or a layer sub-package."""
+    if name in _CONCEPTS:
+        value = getattr(importlib.import_module(_CONCEPTS[name]), name)
+        globals()[name] = value
+        return value
+    if name in _LAYERS:
+        return importlib.import_module(f'{__name__}.{name}')
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_CONCEPTS, *_LAYERS])

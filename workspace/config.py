@@ -12,10 +12,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from .errors import WorkspaceError
+from workspace.errors import WorkspaceError
 
 __all__ = [
     'project_root',
+    'resolve_path',
     'pixeltable_home',
     'connect',
     'embedded_server_running',
@@ -47,6 +48,19 @@ def project_root() -> Path:
     if (source / 'pyproject.toml').is_file():
         return source
     return Path.cwd()
+
+
+def resolve_path(path: str | Path) -> Path:
+    """Return an input file's path: as given if it exists there, else relative to the project root.
+
+    A notebook's kernel starts in `notebooks/`, a cron job wherever cron runs it; `datasets/support_tickets.csv`
+    means the project's file in both. Absolute paths and paths that exist from the working directory are kept.
+    """
+    given = Path(path).expanduser()
+    if given.is_absolute() or given.exists():
+        return given
+    rooted = project_root() / given
+    return rooted if rooted.exists() else given
 
 
 def pixeltable_home() -> Path:

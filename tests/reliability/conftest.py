@@ -7,7 +7,7 @@ its last line of stdout:
     def test_something(shared_db):
         out = shared_db.run('print(json.dumps(len(ws.list_datasets())))')
 
-Pause points (`workspace.recovery.pause_point`) block a child where a crash does the most damage; `kill_at`
+Pause points (`workspace.storage.recovery.pause_point`) block a child where a crash does the most damage; `kill_at`
 starts the child with `WORKSPACE_TEST_PAUSE` set, waits until it gets there and kills it with SIGKILL.
 """
 

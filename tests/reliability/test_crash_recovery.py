@@ -18,7 +18,8 @@ import pytest
 from conftest import CLI, ROOT
 
 from reliability.conftest import child_env, kill_at, paused_at
-from workspace import tables
+from workspace.jobs.notebooks import list_notebook_runs
+from workspace.storage import tables
 
 IMPORT = """
 path, replace = sys.argv[1], sys.argv[2] == 'replace'
@@ -116,7 +117,7 @@ def test_killed_notebook_run_is_marked_interrupted_on_the_next_start(ws, tmp_pat
         child.wait()
     t = tables.notebook_runs()
     assert t.where(t.status == 'running').count() == 1
-    runs = ws.list_notebook_runs('sleeper')
+    runs = list_notebook_runs('sleeper')
     assert list(runs['status']) == ['interrupted']
     assert f'({child.pid} on ' in runs['error'].iloc[0] and 'ended before the run finished' in runs['error'].iloc[0]
 
@@ -131,8 +132,8 @@ def test_runs_on_another_host_are_interrupted_after_the_staleness_limit(ws, monk
             {**base, 'run_id': 'recent', 'started_at': now - datetime.timedelta(hours=1), 'pid': 1234},
         ]
     )
-    status = dict(zip(*ws.list_notebook_runs()[['run_id', 'status']].T.values))
+    status = dict(zip(*list_notebook_runs()[['run_id', 'status']].T.values))
     assert status == {'old': 'interrupted', 'recent': 'running'}
     monkeypatch.setenv('WORKSPACE_STALE_RUN_HOURS', '0.5')
-    status = dict(zip(*ws.list_notebook_runs()[['run_id', 'status']].T.values))
+    status = dict(zip(*list_notebook_runs()[['run_id', 'status']].T.values))
     assert status == {'old': 'interrupted', 'recent': 'interrupted'}

@@ -8,6 +8,8 @@ import io
 
 import pytest
 
+from workspace import errors
+
 HEADER = 'id,text,category,split\n'
 LONG = 'x' * (128 * 1024 + 1)
 
@@ -70,7 +72,7 @@ def test_csv_defect_names_file_line_and_fix_and_keeps_stored_data(ws, tiny_ticke
         lambda: ws.import_dataset('other', bad, input='text', expected='category', split='split', id='id'),
         lambda: stored.append(bad),
     ):
-        with pytest.raises(ws.DatasetError, match=message) as refused:
+        with pytest.raises(errors.DatasetError, match=message) as refused:
             attempt()
         assert str(refused.value).startswith(f'{name}.csv: ')
     kept = ws.get_dataset('tiny')

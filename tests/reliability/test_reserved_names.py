@@ -6,6 +6,8 @@ from __future__ import annotations
 import pytest
 from openai_server import Canned, OpenAICompatibleServer, completion_body
 
+from workspace import errors
+
 ROWS = [
     {'id': 'a1', 'text': 'I was charged twice.', 'category': 'BILLING', 'split': 'dev'},
     {'id': 'a2', 'text': 'My parcel never came.', 'category': 'DELIVERY', 'split': 'dev'},
@@ -34,7 +36,7 @@ def _rows_with(column: str) -> list[dict[str, str]]:
 @pytest.mark.parametrize('column,role', RESERVED, ids=[f'{r}-{c}' for c, r in RESERVED])
 def test_reserved_name_is_refused_with_the_fix_and_stores_nothing(ws, column, role):
     given = {'input': ['text', column]} if role == 'input' else {'input': 'text', 'keep': [column]}
-    with pytest.raises(ws.DatasetError) as refused:
+    with pytest.raises(errors.DatasetError) as refused:
         ws.import_dataset('tickets', _rows_with(column), expected='category', split='split', id='id', **given)
     message = str(refused.value)
     assert f'column {column!r} (given as {role}) would be stored as {column.lower()!r}' in message
@@ -59,9 +61,11 @@ def test_rename_imports_a_reserved_column_under_a_new_name(ws, column, role):
 
 
 def test_rename_of_a_missing_column_or_to_a_taken_name_is_refused(ws):
-    with pytest.raises(ws.DatasetError, match=r"has no column 'Splitt' \(given as a column to rename\); did you mean"):
+    with pytest.raises(
+        errors.DatasetError, match=r"has no column 'Splitt' \(given as a column to rename\); did you mean"
+    ):
         ws.import_dataset('t', _rows_with('Split'), input='text', expected='category', rename={'Splitt': 'x'})
-    with pytest.raises(ws.DatasetError, match=r"two columns named 'text' \(from 'text' and 'Split'\)"):
+    with pytest.raises(errors.DatasetError, match=r"two columns named 'text' \(from 'text' and 'Split'\)"):
         ws.import_dataset('t', _rows_with('Split'), input='text', expected='category', rename={'Split': 'text'})
     assert ws.list_datasets() == []
 
@@ -76,7 +80,9 @@ def test_an_echo_model_cannot_read_the_answer(ws, monkeypatch):
     """The leak from the issue: an input column named `expected` (a hint that is not the answer) was overwritten
     by the expected output, so `{{ expected }}` passed the leak check and a model echoing its prompt scored 1.0."""
     rows = [{**row, 'expected': 'no hint'} for row in ROWS]
-    with pytest.raises(ws.DatasetError, match=r"column 'expected' \(given as input\) would be stored as 'expected'"):
+    with pytest.raises(
+        errors.DatasetError, match=r"column 'expected' \(given as input\) would be stored as 'expected'"
+    ):
         ws.import_dataset('tickets', rows, input=['text', 'expected'], expected='category', split='split', id='id')
 
     def echo(body):  # answers with the last line of its prompt
@@ -91,7 +97,7 @@ def test_an_echo_model_cannot_read_the_answer(ws, monkeypatch):
         )  # fmt: skip
         labels = ws.choice(['BILLING', 'DELIVERY', 'TECHNICAL'])
         leak = ws.create_version('echo', template='{{ text }}\n{{ expected }}', model='openai:fake', output=labels)
-        with pytest.raises(ws.TemplateError, match=r'the answer would leak into the prompt'):
+        with pytest.raises(errors.TemplateError, match=r'the answer would leak into the prompt'):
             ws.evaluate(leak, data, split='dev')
         hint = ws.edit(leak, template='{{ text }}\n{{ hint }}')
         run = ws.evaluate(hint, data, split='dev')

@@ -116,7 +116,7 @@ def test_a_killed_evaluation_repeats_no_stored_answer(ws):
             child.wait()
         sent_before = set(model.prompts)
         stored = run_python(
-            'from workspace import tables\nt = tables.requests()\n'
+            'from workspace.storage import tables\nt = tables.requests()\n'
             'print(json.dumps([r["request"]["prompt"] for r in t.select(t.request).collect()]))',
             env=env,
         )

@@ -9,6 +9,8 @@ import time
 import pytest
 from openai_server import Canned, OpenAICompatibleServer, completion_body
 
+from workspace import errors
+
 # (payload, the construct the message names)
 SSTI = [
     (
@@ -38,7 +40,7 @@ SSTI = [
 
 @pytest.mark.parametrize('template,construct', SSTI, ids=[f'ssti{i}' for i in range(len(SSTI))])
 def test_ssti_payload_is_refused_before_the_version_is_stored(ws, template, construct):
-    with pytest.raises(ws.TemplateError) as refused:
+    with pytest.raises(errors.TemplateError) as refused:
         ws.create_version('hostile', template=template, output=ws.choice(['A', 'B']))
     message = str(refused.value)
     assert message.startswith("template of prompt 'hostile' is refused: it uses ")
@@ -68,9 +70,11 @@ RUNAWAY = [
 def test_runaway_template_is_refused_at_creation(ws, monkeypatch, template, message):
     monkeypatch.setenv('WORKSPACE_RENDER_TIMEOUT_S', '0.5')
     started = time.perf_counter()
-    with pytest.raises(ws.TemplateError, match=r"^template of prompt 'runaway' is refused: with placeholder inputs, "):
+    with pytest.raises(
+        errors.TemplateError, match=r"^template of prompt 'runaway' is refused: with placeholder inputs, "
+    ):
         ws.create_version('runaway', template='{{ text }}' + template)
-    with pytest.raises(ws.TemplateError, match=message):
+    with pytest.raises(errors.TemplateError, match=message):
         ws.create_version('runaway', template='{{ text }}' + template)
     assert time.perf_counter() - started < 5
     assert ws.list_versions().empty
@@ -78,7 +82,7 @@ def test_runaway_template_is_refused_at_creation(ws, monkeypatch, template, mess
 
 def test_limits_are_settings(ws, monkeypatch):
     monkeypatch.setenv('WORKSPACE_MAX_PROMPT_CHARS', '50')
-    with pytest.raises(ws.TemplateError, match=r'over the limit of 50 \(WORKSPACE_MAX_PROMPT_CHARS\)'):
+    with pytest.raises(errors.TemplateError, match=r'over the limit of 50 \(WORKSPACE_MAX_PROMPT_CHARS\)'):
         ws.create_version('small', template="{{ text }}{{ '-' * 60 }}")
     monkeypatch.setenv('WORKSPACE_MAX_PROMPT_CHARS', '100')
     assert ws.create_version('small', template="{{ text }}{{ '-' * 60 }}").number == 1
@@ -111,6 +115,6 @@ def test_render_error_at_evaluation_is_a_clear_template_error(ws, monkeypatch, t
             'rows', [{'text': text, 'label': 'A'}], input='text', expected='label', split_ratios={'dev': 1}
         )
         version = ws.create_version('runaway', template=template, model='openai:fake', output=ws.choice(['A', 'B']))
-        with pytest.raises(ws.TemplateError, match=message):
+        with pytest.raises(errors.TemplateError, match=message):
             ws.evaluate(version, data, split='dev')
     assert server.received == []

@@ -1,0 +1,422 @@
+"""Comparing versions on the same examples: a metrics table with paired intervals, flips, significance.
+
+Everything here computes and returns data (DataFrames, dataclasses); `views.py` renders it and `widgets.py`
+wires it to controls.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from workspace.core import metrics, rules, stats
+from workspace.core.datasets import Dataset, get_dataset
+from workspace.core.evaluate import evaluate
+from workspace.core.labels import set_label
+from workspace.core.runs import Run, main_score_name
+from workspace.core.versions import Version, get_version
+from workspace.errors import ComparisonError
+from workspace.storage import costs, store
+
+__all__ = [
+    'Change',
+    'VersionComparison',
+    'build_comparison',
+    'compare_table',
+    'flips',
+    'significance',
+    'row_score_name',
+    'prompts_for',
+    'version_labels',
+    'Promotion',
+    'promote_if_better',
+]
+
+log = logging.getLogger(__name__)
+
+Change = Literal['fixed', 'broken', 'changed', 'same']
+_ROW_SCORE = {'choice': 'exact_match', 'text': 'rouge_l', 'json': 'json_valid'}
+
+
+def row_score_name(task: str) -> str:
+    """Return the per-example score a task's main metric averages: exact match, ROUGE-L or JSON validity."""
+    return _ROW_SCORE[task]
+
+
+def _frame(run: Run) -> pd.DataFrame:
+    score = row_score_name(run.task)
+    frame, _ = rules.apply_blocks(run.predictions().set_index('example_id', drop=False), [score])
+    frame['score'] = frame[score].fillna(0.0).astype(float)
+    return frame
+
+
+def _predictions(frame: pd.DataFrame) -> list[str | None]:
+    return [None if pd.isna(p) else str(p) for p in frame['prediction']]
+
+
+def _check_same_examples(a: Run, b: Run) -> tuple[list[str], list[str]]:
+    """Raise ComparisonError unless both runs cover the same dataset and split; return (common ids, notes)."""
+    if a.dataset != b.dataset or a.split != b.split:
+        raise ComparisonError(
+            f'{a.version.id} was evaluated on {a.dataset}/{a.split or "all"} and {b.version.id} on '
+            f'{b.dataset}/{b.split or "all"}; compare runs of the same dataset and split '
+            f'(ws.evaluate(version, {a.dataset!r}, {a.split!r}) gives one)'
+        )
+    in_b = set(b.example_ids)
+    common = [ex for ex in a.example_ids if ex in in_b]
+    notes = []
+    only_a, only_b = len(a.example_ids) - len(common), len(in_b) - len(common)
+    if only_a or only_b:
+        notes.append(
+            f"compared on the {len(common)} examples both runs cover ({only_a} only in {a.version.id}'s run, "
+            f"{only_b} only in {b.version.id}'s); evaluate both again to cover all rows"
+        )
+    if not common:
+        raise ComparisonError(f'the runs of {a.version.id} and {b.version.id} share no examples')
+    return common, notes
+
+
+def _changes(a: pd.DataFrame, b: pd.DataFrame) -> pd.Series:
+    better, worse = b['score'] > a['score'], b['score'] < a['score']
+    differs = a['prediction'].fillna('\0').astype(str) != b['prediction'].fillna('\0').astype(str)
+    differs |= a['error'].notna() != b['error'].notna()
+    return pd.Series(np.select([better, worse, differs], ['fixed', 'broken', 'changed'], default='same'), index=a.index)
+
+
+def flips(run_a: Run, run_b: Run) -> pd.DataFrame:
+    """Return one row per example both runs cover: inputs, expected, both predictions, scores and errors, and
+    `change`: 'fixed' (b better), 'broken' (b worse), 'changed' (other output, same score) or 'same'.
+
+    Rows where a model call failed are kept, with the error, and score 0.
+
+    >>> flips(run_v1, run_v3).query("change == 'broken'")
+    """
+    common, _ = _check_same_examples(run_a, run_b)
+    a, b = _frame(run_a).loc[common], _frame(run_b).loc[common]
+    inputs = list(get_dataset(run_a.dataset).inputs)
+    out = a[['example_id', *inputs, 'expected']].copy()
+    for side, frame in (('a', a), ('b', b)):
+        for column in ('prediction', 'score', 'error', 'request_hash'):
+            out[f'{column}_{side}'] = frame[column]
+    out['change'] = _changes(a, b)
+    return out.reset_index(drop=True)
+
+
+def significance(run_a: Run, run_b: Run, *, confidence: float = 0.95, resamples: int = 10_000) -> stats.Comparison:
+    """Return the paired comparison of run b against run a on their common examples: difference of the main
+    score, bootstrap interval, p-value (McNemar's exact test for labels) and a plain-words verdict.
+
+    >>> print(significance(run_v1, run_v3).verdict)
+    """
+    common, _ = _check_same_examples(run_a, run_b)
+    a, b = _frame(run_a).loc[common], _frame(run_b).loc[common]
+    task = run_a.task
+    return stats.compare_scores(
+        a['score'].tolist(),
+        b['score'].tolist(),
+        name_a=run_a.version.id,
+        name_b=run_b.version.id,
+        split=run_a.split or 'all rows',
+        metric=main_score_name(task),
+        binary=task != 'text',
+        confidence=confidence,
+        resamples=resamples,
+    )
+
+
+def _macro_f1_diff_ci(
+    expected: Sequence[str],
+    pred_a: Sequence[str | None],
+    pred_b: Sequence[str | None],
+    *,
+    confidence: float,
+    resamples: int,
+    seed: int,
+) -> tuple[float, float, float]:
+    """Return (macro-F1 of b - a, low, high) by a paired bootstrap over examples, vectorised over resamples."""
+    labels = sorted(set(expected))
+    index = {label: i for i, label in enumerate(labels)}
+    n, k = len(expected), len(labels)
+    truth = np.zeros((n, k))
+    truth[np.arange(n), [index[e] for e in expected]] = 1
+
+    def one_hot(pred: Sequence[str | None]) -> tuple[np.ndarray, np.ndarray]:
+        guessed = np.zeros((n, k))
+        for i, p in enumerate(pred):
+            if p in index:
+                guessed[i, index[p]] = 1
+        return guessed, truth * guessed
+
+    rng = np.random.default_rng(seed)
+    weights = np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(resamples)]).astype(float)
+    weights = np.vstack([np.ones(n), weights])  # row 0: the observed sample
+
+    def macro(pred: Sequence[str | None]) -> np.ndarray:
+        guessed, hits = one_hot(pred)
+        support, predicted, tp = weights @ truth, weights @ guessed, weights @ hits
+        f1 = np.divide(2 * tp, support + predicted, out=np.zeros_like(tp), where=(support + predicted) > 0)
+        present = support > 0
+        return (f1 * present).sum(axis=1) / np.maximum(present.sum(axis=1), 1)
+
+    diffs = macro(pred_b) - macro(pred_a)
+    alpha = (1 - confidence) / 2
+    low, high = np.quantile(diffs[1:], [alpha, 1 - alpha])
+    return float(diffs[0]), float(low), float(high)
+
+
+@dataclass(frozen=True)
+class VersionComparison:
+    """Several versions evaluated on the same dataset split, aligned example by example."""
+
+    dataset: Dataset
+    split: str | None
+    runs: list[Run]
+    baseline: str
+    common_ids: list[str]
+    frames: dict[str, pd.DataFrame]
+    table: pd.DataFrame
+    pairwise: dict[str, stats.Comparison]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def task(self) -> str:
+        return self.dataset.task
+
+    @property
+    def version_ids(self) -> list[str]:
+        return [run.version.id for run in self.runs]
+
+    def run(self, version_id: str) -> Run:
+        """Return the run of one compared version."""
+        for run in self.runs:
+            if run.version.id == version_id:
+                return run
+        raise ComparisonError(f'{version_id!r} is not in this comparison; it has {", ".join(self.version_ids)}')
+
+    def version(self, version_id: str) -> Version:
+        return self.run(version_id).version
+
+    def flips(self, candidate: str, baseline: str | None = None) -> pd.DataFrame:
+        """Return the flips of `candidate` against the baseline (or another compared version)."""
+        return flips(self.run(baseline or self.baseline), self.run(candidate))
+
+    def labels(self) -> list[str]:
+        """Return the label order for per-category views: the baseline's label set, then any other label seen."""
+        first = self.version(self.baseline).labels
+        seen = set(first)
+        rest = set()
+        for frame in self.frames.values():
+            rest |= {str(v) for v in frame['expected']} | {str(p) for p in frame['prediction'].dropna()}
+        return first + sorted(rest - seen)
+
+    def with_baseline(self, baseline: str, *, confidence: float = 0.95, resamples: int = 10_000) -> VersionComparison:
+        """Return the same comparison measured against another baseline (no model call)."""
+        return measure(self.dataset, self.split, self.runs, baseline, confidence=confidence, resamples=resamples)
+
+
+def measure(
+    dataset: Dataset, split: str | None, runs: list[Run], baseline: str, *, confidence: float, resamples: int
+) -> VersionComparison:
+    """Compare runs already made on the same examples against the baseline's: metrics with paired intervals."""
+    by_id = {run.version.id: run for run in runs}
+    if baseline not in by_id:
+        raise ComparisonError(f'baseline {baseline!r} is not among the compared versions: {", ".join(by_id)}')
+    base = by_id[baseline]
+    notes: list[str] = []
+    common = list(base.example_ids)
+    for run in runs:
+        shared, more = _check_same_examples(base, run)
+        common = [ex for ex in common if ex in set(shared)]
+        notes += more
+    frames = {run.version.id: _frame(run).loc[common] for run in runs}
+    task = dataset.task
+    main = main_score_name(task)
+    rows, pairwise = [], {}
+    for run in runs:
+        frame = frames[run.version.id]
+        row: dict[str, Any] = {
+            'version': run.version.id,
+            'n': len(frame),
+            main: float(frame['score'].mean()),
+        }
+        # The headline's own 95% interval: Wilson for a proportion (accuracy, validity), bootstrap for a mean.
+        if task == 'text':
+            row[f'{main}_low'], row[f'{main}_high'] = stats.bootstrap_interval(frame['score'].tolist())
+        elif len(frame):
+            row[f'{main}_low'], row[f'{main}_high'] = stats.proportion_interval(int(frame['score'].sum()), len(frame))
+        if task == 'choice':
+            expected, predicted = [str(e) for e in frame['expected']], _predictions(frame)
+            row['macro_f1'] = metrics.classification_summary(expected, predicted)['macro_f1']
+            skew = metrics.label_skew(expected, predicted)
+            if skew is not None:
+                notes.append(f'{run.version.id} {skew["message"]}: it may have collapsed onto one answer')
+        row.update(
+            mean_latency_s=float(frame['latency_s'].fillna(0).mean()),
+            mean_tokens=float((frame['prompt_tokens'].fillna(0) + frame['completion_tokens'].fillna(0)).mean()),
+            calls=run.calls,
+            reused=run.reused,
+            errors=int(frame['error'].notna().sum()),
+            cost_usd=costs.run_cost(costs.frame_costs(frame, run.version.model)),
+            **rules.tally(frame).metrics(),  # rows blocked and violations per rule, when there are rules
+        )
+        if run.version.id != baseline:
+            cmp = stats.compare_scores(
+                frames[baseline]['score'].tolist(),
+                frame['score'].tolist(),
+                name_a=baseline,
+                name_b=run.version.id,
+                split=split or 'all rows',
+                metric=main,
+                binary=task != 'text',
+                confidence=confidence,
+                resamples=resamples,
+            )
+            pairwise[run.version.id] = cmp
+            row.update(diff=cmp.diff, ci_low=cmp.ci_low, ci_high=cmp.ci_high, p_value=cmp.p_value)
+            if task == 'choice':
+                base_frame = frames[baseline]
+                d, lo, hi = _macro_f1_diff_ci(
+                    [str(e) for e in base_frame['expected']],
+                    _predictions(base_frame),
+                    _predictions(frame),
+                    confidence=confidence,
+                    resamples=min(resamples, 2_000),
+                    seed=0,
+                )
+                row.update(macro_f1_diff=d, macro_f1_ci_low=lo, macro_f1_ci_high=hi)
+            latency = stats.paired_bootstrap_ci(
+                frames[baseline]['latency_s'].fillna(0).tolist(),
+                frame['latency_s'].fillna(0).tolist(),
+                confidence=confidence,
+                resamples=min(resamples, 2_000),
+            )
+            row.update(latency_diff=latency[0], latency_ci_low=latency[1], latency_ci_high=latency[2])
+            row['verdict'] = cmp.verdict
+        else:
+            row['verdict'] = 'baseline'
+        rows.append(row)
+        if row['errors']:
+            notes.append(f'{run.version.id} has {row["errors"]} rows with a model error; they count as wrong')
+    table = pd.DataFrame(rows).set_index('version')
+    return VersionComparison(
+        dataset, split, runs, baseline, common, frames, table, pairwise, list(dict.fromkeys(notes))
+    )
+
+
+def build_comparison(
+    dataset: Dataset | str,
+    versions: Sequence[Version | str],
+    split: str | None = None,
+    *,
+    baseline: Version | str | None = None,
+    progress: bool | Callable[[int, int], None] = False,
+    confidence: float = 0.95,
+    resamples: int = 10_000,
+) -> VersionComparison:
+    """Evaluate each version on the split (incrementally: only missing requests reach the model) and align them.
+
+    The baseline defaults to the first version. Versions are references like 'ticket_router@production'.
+
+    >>> cmp = build_comparison('support_tickets', ['ticket_router@production', 'ticket_router:v3'], 'dev')
+    """
+    ds = get_dataset(dataset)
+    given = [get_version(v) for v in versions]
+    if not given:
+        raise ComparisonError('give the versions to compare, e.g. [baseline, candidate]')
+    # The same version twice (an optimizer that kept its baseline, a label on a listed version) is shown once.
+    resolved = list({v.id: v for v in given}.values())
+    runs = [evaluate(v, ds, split, progress=progress) for v in resolved]
+    base = get_version(baseline).id if baseline is not None else resolved[0].id
+    cmp = measure(ds, split, runs, base, confidence=confidence, resamples=resamples)
+    notes = list(cmp.notes)
+    if len(resolved) < len(given):
+        repeated = sorted({v.id for v in given if [g.id for g in given].count(v.id) > 1})
+        notes.append(f'{", ".join(repeated)} given more than once: compared once')
+    if len(resolved) == 1:
+        notes.append(f'only {resolved[0].id} to show: give another version to compare it with')
+    return dataclasses.replace(cmp, notes=notes)
+
+
+def compare_table(
+    dataset: Dataset | str,
+    versions: Sequence[Version | str],
+    split: str | None = None,
+    *,
+    baseline: Version | str | None = None,
+    confidence: float = 0.95,
+) -> pd.DataFrame:
+    """Return one row per version: main score, macro-F1, latency, tokens, calls, reuse, errors, and each
+    difference to the baseline with its paired bootstrap interval, p-value and verdict.
+
+    >>> compare_table(tickets, ['ticket_router:v1', 'ticket_router:v3'], 'dev')
+    """
+    return build_comparison(dataset, versions, split, baseline=baseline, confidence=confidence).table
+
+
+def prompts_for(hashes: Sequence[str]) -> dict[str, str]:
+    """Return the rendered prompt of each request hash, from the request store."""
+    found = store.requests_for(h for h in hashes if isinstance(h, str))
+    return {key: row['request'].get('prompt', '') for key, row in found.items()}
+
+
+def version_labels(prompts: Sequence[str]) -> dict[str, list[str]]:
+    """Return the labels on each version of `prompts` (version id to sorted label names), from the labels table."""
+    from workspace.core.labels import list_labels
+
+    found: dict[str, list[str]] = {}
+    for prompt in dict.fromkeys(prompts):
+        on = list_labels(prompt)
+        for version, label in zip(on['version_id'], on['label']):
+            found.setdefault(version, []).append(label)
+    return {version: sorted(names) for version, names in found.items()}
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """What `promote_if_better` decided, and the comparison it decided on."""
+
+    promoted: bool
+    label: str
+    candidate: str
+    baseline: str
+    verdict: str
+    diff: float
+    p_value: float
+
+    def __str__(self) -> str:
+        action = f'moved {self.label} to {self.candidate}' if self.promoted else f'kept {self.label} on {self.baseline}'
+        return f'{action}: {self.verdict}'
+
+
+def promote_if_better(
+    candidate: Version | str,
+    label: str,
+    *,
+    dataset: Dataset | str,
+    split: str | None,
+    baseline: Version | str | None = None,
+    confidence: float = 0.95,
+    by: str | None = None,
+) -> Promotion:
+    """Move `label` to `candidate` only if it is significantly better than `baseline` on a dataset split.
+
+    The baseline defaults to the version the label points at now. Both are evaluated incrementally (only missing
+    requests reach the model); the decision uses the paired test of `ws.significance` and is recorded in the
+    label's history with the verdict as its note.
+
+    >>> promote_if_better(result.best, 'production', dataset=tickets, split='test')
+    """
+    cand = get_version(candidate)
+    base = get_version(f'{cand.prompt}@{label}' if baseline is None else baseline)
+    runs = [evaluate(v, dataset, split, progress=False) for v in (base, cand)]
+    result = significance(*runs, confidence=confidence)
+    better = result.significant and result.diff > 0 and cand.id != base.id
+    if better:
+        set_label(cand, label, note=result.verdict, by=by)
+    return Promotion(better, label, cand.id, base.id, result.verdict, result.diff, result.p_value)

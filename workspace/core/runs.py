@@ -1,0 +1,598 @@
+"""Runs: one evaluation of one version on one dataset split, read back from the evaluation table.
+
+A run's predictions and scores are read live, so a corrected expected output or a new scorer shows in every run
+that covers that example, without a model call.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import functools
+import html
+import json
+import operator
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from workspace.core import metrics, rules, samples, stats
+from workspace.core.datasets import get_dataset
+from workspace.core.versions import Version, get_version, parent_chain
+from workspace.display.results import format_usd
+from workspace.errors import WorkspaceError
+from workspace.storage import costs, store, tables
+from workspace.storage.reads import READS
+
+__all__ = ['Failures', 'Lineage', 'Run', 'Summary', 'get_run', 'list_runs', 'lineage', 'main_score_name', 'summarize']
+
+_MAIN_SCORE = {'choice': 'accuracy', 'text': 'rouge_l', 'json': 'json_valid'}
+_ROW_SCORE = {'choice': 'exact_match', 'text': 'rouge_l', 'json': 'json_valid'}
+
+
+def main_score_name(task: str) -> str:
+    """Return the headline metric of a task: accuracy for labels, ROUGE-L for text, JSON validity for JSON."""
+    return _MAIN_SCORE[task]
+
+
+@dataclass(frozen=True)
+class Run:
+    """One evaluation of one version on one dataset split: what it cost and where its rows are."""
+
+    run_id: str
+    version: Version
+    dataset: str
+    split: str | None
+    dataset_version: int
+    example_ids: tuple[str, ...]
+    calls: int
+    reused: int
+    started_at: datetime.datetime
+    wall_s: float
+    errors: int = 0
+    samples: int = 1
+    judge_calls: int = 0
+    cost_usd: float | None = None
+
+    def replace(self, **changes: Any) -> Run:
+        return dataclasses.replace(self, **changes)
+
+    def __repr__(self) -> str:
+        return (
+            f'<Run {self.run_id} {self.version.id} on {self.dataset}/{self.split or "all"}: n={len(self.example_ids)} '
+            f'calls={self.calls} reused={self.reused} errors={self.errors}>'
+        )
+
+    @property
+    def n(self) -> int:
+        return len(self.example_ids)
+
+    @property
+    def task(self) -> str:
+        return get_dataset(self.dataset).task
+
+    def predictions(self) -> pd.DataFrame:
+        """Return one row per example: inputs, expected, prediction, raw output, error, scores, latency, tokens.
+
+        Read live: a corrected expected output or a new scorer shows here at once.
+        """
+        ds = get_dataset(self.dataset)
+        frame = self.rows()
+        inputs = pd.DataFrame(ds.rows(), columns=['example_id', *ds.inputs])
+        frame = frame.drop(columns=[c for c in ds.inputs if c in frame.columns]).merge(inputs, on='example_id')
+        return frame
+
+    def rows(self) -> pd.DataFrame:
+        """Return this run's rows of the evaluation table (expected, prediction, scores, ...), without inputs."""
+        frame = eval_rows(self.dataset, self.version.id)
+        ids = list(self.example_ids)
+        present = frame.set_index('example_id', drop=False)
+        missing = [ex for ex in ids if ex not in present.index]
+        if missing:
+            raise WorkspaceError(
+                f'{self.version.id} has no evaluation rows for {len(missing)} examples of {self.dataset!r} '
+                f'(e.g. {missing[0]!r}); evaluate it again'
+            )
+        return present.loc[ids].reset_index(drop=True)
+
+    def score_columns(self) -> list[str]:
+        """Return the names of the score columns of this run's dataset."""
+        evals = tables.open_table(tables.eval_path(self.dataset))
+        return score_columns(evals) if evals is not None else []
+
+    def row_scores(self, name: str | None = None) -> list[float]:
+        """Return the per-example score (the task's main per-row score unless named), None counted as 0."""
+        column = name or _ROW_SCORE[self.task]
+        frame = self.rows()
+        return [0.0 if pd.isna(v) else float(v) for v in frame[column]]
+
+    def summary(self) -> Summary:
+        """Return the run's metrics, per-category table and confusion matrix."""
+        return summarize(self)
+
+    def confusion_matrix(self) -> pd.DataFrame:
+        """Return counts by expected label (rows) and predicted label (columns)."""
+        frame = self.rows()
+        return metrics.confusion_matrix(
+            [str(e) for e in frame['expected']], _predicted(frame), self._label_order(frame)
+        )
+
+    def per_category(self) -> pd.DataFrame:
+        """Return precision, recall, F1 and support per expected label."""
+        frame = self.rows()
+        return metrics.per_category([str(e) for e in frame['expected']], _predicted(frame), self._label_order(frame))
+
+    def failures(self, limit: int | None = None) -> Failures:
+        """Return the examples the version got wrong or failed on: example id, inputs, expected, prediction, raw
+        output and error. In a notebook it shows left-aligned with wrapped text, without the raw output where it
+        only repeats the prediction and without the error column when no row has one."""
+        ds = get_dataset(self.dataset)
+        frame = self.predictions()
+        score = _ROW_SCORE[ds.task]
+        wrong = (
+            frame[(frame[score].fillna(0) < 1.0) | frame['error'].notna()]
+            if ds.task != 'text'
+            else frame[frame['error'].notna() | (frame[score].fillna(0) < frame[score].fillna(0).median())]
+        )
+        columns = ['example_id', *ds.inputs, 'expected', 'prediction', 'output', 'error']
+        wrong = Failures(wrong[columns].reset_index(drop=True))
+        return wrong.head(limit) if limit is not None else wrong
+
+    def lineage(self, example_id: str) -> Lineage:
+        """Return where the prediction and scores for one example of this run come from."""
+        return lineage(self.version, self.dataset, example_id)
+
+    def sample_rows(self, k: int | None = None) -> pd.DataFrame:
+        """Return the run's samples, one row per (example, sample index) (see `evaluate(..., samples=k)`)."""
+        from workspace.core.samples import sample_rows
+
+        return sample_rows(self, k)
+
+    def _label_order(self, frame: pd.DataFrame) -> list[str]:
+        labels = list(self.version.labels)
+        seen = {str(e) for e in frame['expected']} | {p for p in _predicted(frame) if p is not None}
+        return labels + sorted(seen - set(labels))
+
+
+class Failures(pd.DataFrame):
+    """A run's failed examples: a DataFrame that a notebook shows left-aligned, wrapped, and without columns that
+    say nothing (a raw output equal to the prediction, an error column with no error)."""
+
+    @property
+    def _constructor(self) -> type[Failures]:
+        return Failures
+
+    def shown_columns(self) -> list[str]:
+        """Return the columns worth showing: all but a raw output that repeats the prediction and an empty error."""
+        hidden = set()
+        if {'output', 'prediction'} <= set(self.columns):
+            same = [
+                (pd.isna(o) and pd.isna(p)) or (not pd.isna(o) and str(o).strip() == str(p))
+                for o, p in zip(self['output'], self['prediction'])
+            ]
+            if all(same):
+                hidden.add('output')
+        if 'error' in self.columns and self['error'].isna().all():
+            hidden.add('error')
+        return [c for c in self.columns if c not in hidden]
+
+    def styled(self) -> Any:
+        """Return the pandas Styler a notebook shows: text left-aligned and wrapped, one row per example."""
+        frame = pd.DataFrame(self[self.shown_columns()])
+        long = [c for c in frame.columns if frame[c].astype(str).str.len().max() > 24]
+        styler = frame.style.hide(axis='index')
+        styler = styler.set_properties(**{'text-align': 'left', 'vertical-align': 'top', 'white-space': 'nowrap'})
+        if long:
+            styler = styler.set_properties(
+                subset=long, **{'white-space': 'pre-wrap', 'min-width': '16em', 'max-width': '40em'}
+            )
+        if 'error' in frame.columns:
+            styler = styler.set_properties(subset=['error'], **{'color': '#c62828'})
+        return styler.format(na_rep='').set_table_styles(
+            [
+                {'selector': 'th', 'props': 'text-align: left; vertical-align: bottom; white-space: nowrap;'},
+                {'selector': 'td', 'props': 'padding: 4px 8px; border-bottom: 1px solid #e5e7eb;'},
+            ]
+        )
+
+    def _repr_html_(self) -> str:  # type: ignore[override]
+        if self.empty:
+            return '<p>No failures: every example is right.</p>'
+        return str(self.styled().to_html())
+
+
+def _plain(value: Any) -> Any:
+    """Return a value as JSON-friendly Python: timestamps as ISO strings, NaN as None."""
+    if isinstance(value, (datetime.datetime, datetime.date)):
+        return value.isoformat()
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+class Lineage(Mapping[str, Any]):
+    """Where one prediction comes from: dataset and table version, example, version and its parents, model and
+    params, request, and result. Reads like a dict (`lineage['request_hash']`); shows as a small table in a
+    notebook; `.to_dict()` gives plain values (timestamps as ISO strings) for JSON."""
+
+    _SECTIONS = (
+        ('Example', ('dataset', 'dataset_version', 'split', 'example_id', 'expected')),
+        ('Version', ('version', 'parents', 'model', 'model_id', 'params')),
+        ('Request', ('request_hash', 'answered_at', 'first_requested_by', 'reused', 'evaluated_at')),
+        ('Result', ('prediction', 'error', 'scores')),
+    )
+    _NAMES = {'dataset_version': 'table version', 'example_id': 'example', 'model_id': 'model identity'}
+
+    def __init__(self, data: Mapping[str, Any]) -> None:
+        self._data = dict(data)
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the lineage as plain JSON-friendly values."""
+        return _plain(self._data)
+
+    def _shown(self, key: str) -> str:
+        value = _plain(self._data.get(key))
+        if key == 'parents':
+            return ' ← '.join(value) if value else '(none: a first version)'
+        if key == 'first_requested_by' and isinstance(value, dict):
+            return f'{value.get("version")} on {value.get("dataset")} / {value.get("example_id")}'
+        if key == 'reused':
+            return 'yes: answered earlier, no model call' if value else 'no: this evaluation called the model'
+        if key == 'error' and value is None:
+            return 'none'
+        if key in ('params', 'scores'):
+            return ', '.join(f'{k} {v:.3g}' if isinstance(v, float) else f'{k} {v}' for k, v in (value or {}).items())
+        if isinstance(value, str) and key.endswith('_at'):
+            return value.replace('T', ' ')[:19]
+        return '' if value is None else value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+    def __repr__(self) -> str:
+        lines = [
+            f'Lineage of {self._data.get("version")} on {self._data.get("dataset")} / {self._data.get("example_id")}'
+        ]
+        for title, keys in self._SECTIONS:
+            lines.append(f'{title}:')
+            lines += [f'  {self._NAMES.get(k, k.replace("_", " ")):<20} {self._shown(k)}' for k in keys if k in self]
+        return '\n'.join(lines)
+
+    def _repr_html_(self) -> str:
+        rows = []
+        for title, keys in self._SECTIONS:
+            rows.append(
+                f'<tr><th colspan="2" style="text-align:left;padding:8px 8px 2px;border-bottom:1px solid #d8dee4">'
+                f'{title}</th></tr>'
+            )
+            for key in keys:
+                if key in self:
+                    value = html.escape(str(self._shown(key)))
+                    if key == 'request_hash':
+                        value = f'<code title="{value}">{value[:16]}…</code>'
+                    rows.append(
+                        f'<tr><td style="text-align:left;color:#59636e;padding:2px 12px 2px 8px;white-space:nowrap">'
+                        f'{html.escape(self._NAMES.get(key, key.replace("_", " ")))}</td>'
+                        f'<td style="text-align:left;padding:2px 8px">{value}</td></tr>'
+                    )
+        return (
+            '<table class="pw-lineage-record" style="border-collapse:collapse;font-size:13px">'
+            + ''.join(rows)
+            + '</table>'
+        )
+
+
+def eval_rows(dataset: str, version_id: str) -> pd.DataFrame:
+    """Return every evaluation row of a version on a dataset (read once per table version; treat as read-only)."""
+    evals = tables.open_table(tables.eval_path(dataset))
+    if evals is None:
+        raise WorkspaceError(f'dataset {dataset!r} has no evaluations; run ws.evaluate first')
+    return READS.get(
+        evals, ('eval_rows', version_id), lambda: evals.where(evals.version_id == version_id).collect().to_pandas()
+    )
+
+
+def score_columns(evals: Any) -> list[str]:
+    """Return the scorer columns of an evaluation table, in the order they were added."""
+    meta = evals.get_metadata()['columns']
+    return [
+        name
+        for name, col in meta.items()
+        if isinstance(col.get('custom_metadata'), dict) and col['custom_metadata'].get('scorer')
+    ]
+
+
+def _predicted(frame: pd.DataFrame) -> list[str | None]:
+    return [None if pd.isna(p) else str(p) for p in frame['prediction']]
+
+
+@dataclass(frozen=True, repr=False)
+class Summary:
+    """A run's headline numbers, ready to print or to display in a notebook."""
+
+    run: Run
+    metrics: dict[str, Any]
+    errors: int
+    per_category: pd.DataFrame | None = None
+    confusion: pd.DataFrame | None = None
+    notes: list[str] = field(default_factory=list)
+    #: The 95% interval of the headline metric (`main_score_name`): Wilson for a proportion, bootstrap otherwise.
+    interval: tuple[float, float] | None = None
+    #: One label taking most predictions while the expected labels do not (a collapsed version), if any.
+    skew: metrics.Skew | None = None
+
+    @property
+    def headline(self) -> str:
+        """Return the name of the headline metric (accuracy for labels, ROUGE-L for text, validity for JSON)."""
+        return next((name for name in _MAIN_SCORE.values() if name in self.metrics), next(iter(self.metrics)))
+
+    def _metric_rows(self) -> list[tuple[str, str]]:
+        """Return the metrics as (name, shown value): a score equal to accuracy (exact match on labels) is left
+        out, latency is in milliseconds and token counts are rounded."""
+        rows = []
+        accuracy = self.metrics.get('accuracy')
+        for name, value in self.metrics.items():
+            if name == 'exact_match' and accuracy is not None and abs(value - accuracy) < 1e-12:
+                continue  # exact_match on a label task is accuracy under another name (a judge's score is not)
+            if name.endswith('_usd'):
+                rows.append((name[: -len('_usd')].replace('_', ' ') + ' (USD)', format_usd(value)))
+            elif name == 'mean_latency_s':
+                rows.append(('mean latency', f'{value * 1000:,.0f} ms'))
+            elif name.startswith('mean_') and name.endswith('_tokens'):
+                rows.append((name.replace('_', ' '), f'{value:,.1f}'))
+            elif isinstance(value, float):
+                shown = f'{value:.3f}'
+                if name == self.headline and self.interval is not None:
+                    shown += f' (95% CI {self.interval[0]:.3f} to {self.interval[1]:.3f})'
+                rows.append(({'macro_f1': 'macro-F1'}.get(name, name), shown))
+            else:
+                rows.append((name, str(value)))
+        return rows
+
+    def _header(self) -> list[tuple[str, str]]:
+        r = self.run
+        rows = [
+            ('version', r.version.id),
+            ('dataset', f'{r.dataset} (table version {r.dataset_version}), split {r.split or "all"}, n = {r.n:,}'),
+            *self._metric_rows(),
+            ('model calls', f'{r.calls:,}' + (f' (and {r.judge_calls:,} judge calls)' if r.judge_calls else '')),
+            ('rows reused', f'{r.reused:,}'),
+            ('errors', f'{self.errors:,}'),
+            ('wall time', f'{r.wall_s:.2f} s'),
+        ]
+        return rows
+
+    def __repr__(self) -> str:
+        return str(self)
+
+    def __str__(self) -> str:
+        width = max(len(k) for k, _ in self._header())
+        lines = [f'{k:<{width}}  {v}' for k, v in self._header()]
+        if self.per_category is not None:
+            lines += ['', 'per category:', self.per_category.round(3).to_string()]
+        if self.confusion is not None:
+            lines += ['', 'confusion matrix (rows: expected, columns: predicted):', self.confusion.to_string()]
+        lines += [f'note: {n}' for n in self.notes]
+        return '\n'.join(lines)
+
+    def _repr_html_(self) -> str:
+        cell = 'text-align:left;padding:2px 10px 2px 0'
+        head = ''.join(
+            f'<tr><th style="{cell};white-space:nowrap">{html.escape(k)}</th><td style="{cell}">{html.escape(v)}</td>'
+            '</tr>'
+            for k, v in self._header()
+        )
+        parts = [f'<table class="pw-summary">{head}</table>']
+        if self.per_category is not None:
+            table = self.per_category.style.format(
+                {'precision': '{:.2f}', 'recall': '{:.2f}', 'f1': '{:.2f}'}
+            ).to_html()
+            parts.append('<h4>Per category</h4>' + table)
+        if self.confusion is not None:
+            parts.append(
+                '<h4>Confusion matrix</h4><p>Rows: expected category; columns: predicted category.</p>'
+                + _confusion_heatmap(self.confusion).to_html()
+            )
+        parts += [f'<p>{html.escape(n)}</p>' for n in self.notes]
+        return '\n'.join(parts)
+
+
+def _confusion_heatmap(matrix: pd.DataFrame) -> Any:
+    """Return a confusion matrix as a pandas Styler heatmap: darker cells hold more examples, zeros are blank."""
+    peak = max(int(matrix.to_numpy().max()), 1)
+    return (
+        matrix.style.background_gradient(cmap='Blues', axis=None, vmin=0, vmax=peak)
+        .format(lambda v: '' if v == 0 else str(v))
+        .set_properties(**{'text-align': 'center', 'min-width': '2.6em'})
+    )
+
+
+def summarize(run: Run, frame: pd.DataFrame | None = None) -> Summary:
+    """Compute a run's summary from its evaluation rows (`run.rows()` unless given)."""
+    ds = get_dataset(run.dataset)
+    frame = run.rows() if frame is None else frame
+    frame, ruled = rules.apply_blocks(frame, run.score_columns())
+    errors = int(frame['error'].notna().sum())
+    values: dict[str, Any] = {}
+    per_cat = confusion = None
+    if ds.task == 'choice':
+        expected = [str(e) for e in frame['expected']]
+        order = run._label_order(frame)
+        values.update(metrics.classification_summary(expected, _predicted(frame), order))
+        values.pop('n', None)
+        per_cat = metrics.per_category(expected, _predicted(frame), order)
+        confusion = metrics.confusion_matrix(expected, _predicted(frame), order)
+    names = [c for c in run.score_columns() if c in frame.columns]
+    if names:
+        values.update(
+            metrics.mean_scores(
+                frame[names].astype(object).where(frame[names].notna(), None).to_dict(orient='records'), names
+            )
+        )
+    for column in ('latency_s', 'prompt_tokens', 'completion_tokens'):
+        series = frame[column].dropna()
+        values[f'mean_{column}'] = float(series.mean()) if len(series) else 0.0
+    values.update(ruled.metrics())
+    notes = ruled.notes() + _extras(run, frame, values)
+    if errors:
+        notes.append(f'{errors} of {len(frame)} rows have a model error; they count as wrong (see failures())')
+    skew = None
+    interval: tuple[float, float] | None = None
+    if ds.task == 'choice' and len(frame):
+        skew = metrics.label_skew(expected, _predicted(frame))
+        if skew is not None:
+            notes.append(f'{run.version.id} {skew["message"]}: it may have collapsed onto one answer')
+        correct = sum(e == p for e, p in zip(expected, _predicted(frame)))
+        interval = stats.proportion_interval(correct, len(frame))
+    elif len(frame) and _ROW_SCORE[ds.task] in frame.columns:
+        column = frame[_ROW_SCORE[ds.task]].fillna(0.0).astype(float)
+        if ds.task == 'json':  # validity is a proportion
+            interval = stats.proportion_interval(int(column.sum()), len(column))
+        else:
+            interval = stats.bootstrap_interval(column.tolist())
+    return Summary(
+        run=run,
+        metrics=values,
+        errors=errors,
+        per_category=per_cat,
+        confusion=confusion,
+        notes=notes,
+        interval=interval,
+        skew=skew,
+    )
+
+
+def _extras(run: Run, frame: pd.DataFrame, values: dict[str, Any]) -> list[str]:
+    """Add the run's cost in dollars and, with samples, pass@k, pass^k and agreement; return notes."""
+    notes = []
+    if run.samples > 1:
+        values.update(samples.sample_metrics(run))
+        frame = samples.sample_rows(run)
+    cost = costs.run_cost(costs.frame_costs(frame, run.version.model))
+    if cost is None:
+        notes.append(f'no price is known for {run.version.model}; its cost is not shown')
+    else:
+        values['cost_usd'] = cost
+        values['cost_per_row_usd'] = cost / max(run.n, 1)
+    return notes
+
+
+def _row_to_run(row: dict[str, Any]) -> Run:
+    return Run(
+        run_id=row['run_id'],
+        version=get_version(row['version_id']),
+        dataset=row['dataset'],
+        split=row['split'],
+        dataset_version=row['dataset_version'],
+        example_ids=tuple(row['example_ids'] or ()),
+        calls=row['calls'],
+        reused=row['reused'],
+        started_at=row['started_at'],
+        wall_s=row['wall_s'],
+        errors=row['errors'],
+        samples=row.get('samples') or 1,
+        judge_calls=row.get('judge_calls') or 0,
+        cost_usd=row.get('cost_usd'),
+    )
+
+
+def get_run(run_id: str) -> Run:
+    """Return a past run by id."""
+    t = tables.runs()
+    rows = list(t.where(t.run_id == run_id).collect())
+    if not rows:
+        raise WorkspaceError(f'no run {run_id!r}; list runs with ws.list_runs()')
+    return _row_to_run(rows[0])
+
+
+def list_runs(prompt: str | None = None, dataset: str | None = None) -> pd.DataFrame:
+    """Return past evaluation runs, newest first, with their cost and headline metrics."""
+    t = tables.runs()
+    query: Any = t
+    conditions = []
+    if prompt:
+        conditions.append(t.prompt == prompt)
+    if dataset:
+        conditions.append(t.dataset == dataset)
+    if conditions:  # Pixeltable takes one where() per query, so the filters are combined into one predicate
+        query = query.where(functools.reduce(operator.and_, conditions))
+    result = (
+        query.select(
+            t.run_id,
+            t.started_at,
+            t.version_id,
+            t.dataset,
+            t.dataset_version,
+            t.split,
+            t.n,
+            t.calls,
+            t.reused,
+            t.errors,
+            t.wall_s,
+            t.samples,
+            t.judge_calls,
+            t.cost_usd,
+            t.metrics,
+        )
+        .order_by(t.started_at, asc=False)
+        .collect()
+    )
+    return result.to_pandas()
+
+
+def lineage(version: Version | str, dataset: str, example_id: str) -> Lineage:
+    """Return where one prediction comes from: dataset and table version, example, version and its parents,
+    model and params, request hash, when the model answered it and who asked first. It reads like a dict, shows
+    as a table in a notebook, and `.to_dict()` gives plain JSON-friendly values.
+
+    >>> lineage('ticket_router:v2', 'support_tickets', 't017')
+    """
+    v = get_version(version)
+    evals = tables.open_table(tables.eval_path(dataset))
+    rows: Sequence[dict[str, Any]] = (
+        list(evals.where((evals.version_id == v.id) & (evals.example_id == example_id)).collect()) if evals else []
+    )
+    if not rows:
+        raise WorkspaceError(f'{v.id} has no prediction for example {example_id!r} of {dataset!r}; evaluate it first')
+    row = rows[0]
+    request = store.requests_for([row['request_hash']]).get(row['request_hash'], {})
+    score_names = score_columns(evals)
+    return Lineage(
+        {
+            'dataset': dataset,
+            'dataset_version': row['dataset_version'],
+            'example_id': example_id,
+            'split': row['split'],
+            'version': v.id,
+            'parents': parent_chain(v),
+            'model': v.model,
+            'model_id': (request.get('request') or {}).get('model_id'),
+            'params': dict(v.params),
+            'request_hash': row['request_hash'],
+            'answered_at': request.get('answered_at'),
+            'first_requested_by': {
+                'version': request.get('first_version_id'),
+                'dataset': request.get('first_dataset'),
+                'example_id': request.get('first_example_id'),
+            },
+            'reused': bool(row['reused']),
+            'evaluated_at': row['evaluated_at'],
+            'prediction': row['prediction'],
+            'expected': row['expected'],
+            'error': row['error'],
+            'demos': row.get('demo_source'),
+            'scores': {name: row[name] for name in score_names},
+        }
+    )

@@ -1,0 +1,446 @@
+"""Paired comparison statistics: two versions' per-example scores on the same examples in, a verdict out.
+
+`a` and `b` hold one score per example, same examples in the same order; for classification they are 0/1
+correctness. Every difference is `b - a`, so a positive difference means `b` did better.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from statistics import NormalDist
+
+import numpy as np
+
+from workspace.core.metrics import encode_labels, label_metric
+from workspace.display.formats import p_phrase, points
+from workspace.errors import ComparisonError
+
+__all__ = [
+    'McNemarResult',
+    'Comparison',
+    'paired_bootstrap_ci',
+    'mcnemar_exact',
+    'required_sample_size',
+    'compare_scores',
+    'proportion_interval',
+    'bootstrap_interval',
+    'MetricComparison',
+    'compare_label_metric',
+    'label_metric_interval',
+]
+
+# Cells (resamples x examples) drawn at once; 4M keeps each chunk's index and value arrays near 32 MB apiece.
+_CHUNK_CELLS = 4_000_000
+_PERMUTATIONS = 10_000
+
+
+@dataclass(frozen=True)
+class McNemarResult:
+    """Discordant-pair counts and the exact two-sided McNemar p-value."""
+
+    b_only: int
+    a_only: int
+    n_discordant: int
+    p_value: float
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Two versions' paired scores compared: means, difference `b - a` with its CI, p-value and verdict."""
+
+    n: int
+    metric: str
+    mean_a: float
+    mean_b: float
+    diff: float
+    ci_low: float
+    ci_high: float
+    p_value: float
+    significant: bool
+    verdict: str
+
+
+def _paired(a: Sequence[float], b: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """Return a and b as float arrays after checking they pair up and hold only numbers."""
+    if len(a) != len(b):
+        raise ComparisonError(
+            f'a has {len(a)} scores but b has {len(b)}; pass one score per example for both, same examples in order'
+        )
+    if len(a) == 0:
+        raise ComparisonError('a and b are empty; compare at least one example')
+    arrays = []
+    for name, values in (('a', a), ('b', b)):
+        try:
+            array = np.asarray(values, dtype=float)
+        except (TypeError, ValueError) as exc:
+            raise ComparisonError(f'{name} holds a non-number ({exc}); score failed rows as 0.0') from exc
+        if array.ndim != 1:
+            raise ComparisonError(f'{name} has shape {array.shape}; pass a flat sequence of per-example scores')
+        missing = np.flatnonzero(np.isnan(array))
+        if missing.size:
+            raise ComparisonError(f'{name}[{missing[0]}] is {values[missing[0]]!r}; score failed rows as 0.0 instead')
+        arrays.append(array)
+    return arrays[0], arrays[1]
+
+
+def check_confidence(confidence: float) -> float:
+    """Return 1 - confidence after checking confidence is a probability."""
+    if not 0 < confidence < 1:
+        raise ComparisonError(f'confidence {confidence!r} is not between 0 and 1; pass e.g. 0.95')
+    return 1 - confidence
+
+
+def _chunks(total: int, n: int) -> Iterator[int]:
+    """Yield row counts summing to `total`, each chunk of rows x n at most `_CHUNK_CELLS` cells."""
+    rows = max(1, _CHUNK_CELLS // n)
+    for start in range(0, total, rows):
+        yield min(rows, total - start)
+
+
+def paired_bootstrap_ci(
+    a: Sequence[float], b: Sequence[float], *, confidence: float = 0.95, resamples: int = 10_000, seed: int = 0
+) -> tuple[float, float, float]:
+    """Return `(mean(b) - mean(a), low, high)`, a percentile bootstrap CI resampling examples as pairs.
+
+    >>> paired_bootstrap_ci([0, 0, 1, 1], [1, 1, 1, 1])
+    (0.5, 0.0, 1.0)
+    """
+    alpha = check_confidence(confidence)
+    if resamples < 1:
+        raise ComparisonError(f'resamples {resamples!r} is below 1; pass e.g. 10_000')
+    xa, xb = _paired(a, b)
+    diff = float(xb.mean() - xa.mean())
+    if len(xa) == 1:
+        return diff, diff, diff
+    deltas, rng = xb - xa, np.random.default_rng(seed)
+    draws = (rng.integers(0, len(deltas), size=(rows, len(deltas))) for rows in _chunks(resamples, len(deltas)))
+    means = np.concatenate([deltas[indices].mean(axis=1) for indices in draws])
+    low, high = np.quantile(means, [alpha / 2, 1 - alpha / 2])
+    return diff, float(low), float(high)
+
+
+def _binary(values: Sequence[float], name: str) -> np.ndarray:
+    """Return values as a bool array after checking each is 0, 1 or a bool."""
+    array = np.asarray(values)
+    if array.dtype.kind not in 'biuf' or array.ndim != 1:
+        raise ComparisonError(
+            f'{name} must be a flat sequence of 0/1 or bool correctness, got dtype {array.dtype}; score each example'
+        )
+    bad = np.flatnonzero((array != 0) & (array != 1))
+    if bad.size:
+        raise ComparisonError(
+            f'{name}[{bad[0]}] is {array[bad[0]].item()!r}, not 0/1 or bool; '
+            'for graded scores use compare_scores(..., binary=False)'
+        )
+    return array.astype(bool)
+
+
+def mcnemar_exact(a_correct: Sequence[float], b_correct: Sequence[float]) -> McNemarResult:
+    """Run the exact two-sided McNemar test: a binomial test with p = 0.5 on the pairs only one version got right.
+
+    >>> mcnemar_exact([1, 1, 0, 0, 0, 0], [1, 0, 1, 1, 1, 1])
+    McNemarResult(b_only=4, a_only=1, n_discordant=5, p_value=0.375)
+    """
+    if len(a_correct) != len(b_correct):
+        raise ComparisonError(
+            f'a_correct has {len(a_correct)} values but b_correct has {len(b_correct)}; pass one per example for both'
+        )
+    if len(a_correct) == 0:
+        raise ComparisonError('a_correct and b_correct are empty; compare at least one example')
+    xa, xb = _binary(a_correct, 'a_correct'), _binary(b_correct, 'b_correct')
+    b_only, a_only = int(np.sum(xb & ~xa)), int(np.sum(xa & ~xb))
+    n = b_only + a_only
+    # Under H0 each discordant pair goes either way with p = 0.5; the distribution is symmetric, so the
+    # two-sided p-value is twice the smaller tail, in exact integers until the final division.
+    term, tail = 1, 0
+    for i in range(min(b_only, a_only) + 1):
+        tail += term
+        term = term * (n - i) // (i + 1)
+    return McNemarResult(b_only=b_only, a_only=a_only, n_discordant=n, p_value=min(1.0, 2 * tail / 2**n))
+
+
+def required_sample_size(p_discordant: float, effect: float, *, alpha: float = 0.05, power: float = 0.8) -> int:
+    """Return about how many examples McNemar's test needs to detect an accuracy difference of `effect`.
+
+    Connor (1987): `n = (z_{1-alpha/2} * sqrt(psi) + z_power * sqrt(psi - effect**2))**2 / effect**2`, with psi
+    the fraction of discordant pairs. Since psi can be no smaller than the effect, psi <= effect is raised to
+    effect + 1e-6.
+
+    >>> required_sample_size(0.2, 0.05)
+    626
+    """
+    if not 0 < effect < 1:
+        raise ComparisonError(f'effect {effect!r} is not between 0 and 1; pass an accuracy difference, e.g. 0.05')
+    if not 0 <= p_discordant <= 1:
+        raise ComparisonError(f'p_discordant {p_discordant!r} is not between 0 and 1; pass a fraction of examples')
+    if not 0 < alpha < 1 or not 0 < power < 1:
+        raise ComparisonError(f'alpha {alpha!r} and power {power!r} must be between 0 and 1; e.g. 0.05 and 0.8')
+    psi = max(p_discordant, effect + 1e-6)
+    z_alpha, z_power = NormalDist().inv_cdf(1 - alpha / 2), NormalDist().inv_cdf(power)
+    return math.ceil((z_alpha * math.sqrt(psi) + z_power * math.sqrt(psi - effect**2)) ** 2 / effect**2)
+
+
+def _sign_flip_p_value(deltas: np.ndarray, *, seed: int) -> float:
+    """Return the two-sided p-value of a paired sign-flip permutation test of mean(deltas) = 0."""
+    # The relative tolerance counts flips that reproduce the observed mean up to float rounding as ties.
+    threshold, rng, extreme = abs(deltas.mean()) * (1 - 1e-9), np.random.default_rng(seed), 0
+    for rows in _chunks(_PERMUTATIONS, len(deltas)):
+        signs = rng.integers(0, 2, size=(rows, len(deltas))) * 2 - 1
+        extreme += int(np.sum(np.abs((signs * deltas).mean(axis=1)) >= threshold))
+    return (extreme + 1) / (_PERMUTATIONS + 1)
+
+
+def _graded_sample_size(deltas: np.ndarray, effect: float, *, alpha: float, power: float = 0.8) -> int | None:
+    """Return `((z_{1-alpha/2} + z_power) * sd(deltas) / effect)**2` rounded up, None if sd is 0 or unknown."""
+    if not effect > 0:
+        raise ComparisonError(f'detectable_effect {effect!r} is not above 0; pass a score difference, e.g. 0.05')
+    sd = float(np.std(deltas, ddof=1)) if len(deltas) > 1 else 0.0
+    if sd == 0:
+        return None
+    z = NormalDist().inv_cdf(1 - alpha / 2) + NormalDist().inv_cdf(power)
+    return math.ceil((z * sd / effect) ** 2)
+
+
+def _verdict(
+    *,
+    name_a: str,
+    name_b: str,
+    split: str,
+    n: int,
+    diff: float,
+    low: float,
+    high: float,
+    p: float,
+    confidence: float,
+    significant: bool,
+    needed: int | None,
+    effect: float,
+) -> str:
+    """Say in one sentence which version did better, or that neither did and how many examples would tell."""
+    ci = f'{confidence * 100:.3g}% CI {points(low)} to {points(high)}, {p_phrase(p)}'
+    if significant:
+        word = 'better' if low > 0 else 'worse'
+        return f'{name_b} is {word} than {name_a} on {split} ({points(diff)} points, {ci}, n = {n})'
+    target = f'{effect * 100:.3g} points'
+    if needed is None:
+        more = f'the scores do not vary enough to estimate how many examples would detect {target}'
+    else:
+        more = f'about {needed:,} examples would be needed to detect {target}'
+    return (
+        f'no detectable difference between {name_b} and {name_a} on {split} at n = {n} '
+        f'({points(diff)} points, {ci}); {more}'
+    )
+
+
+def compare_scores(
+    a: Sequence[float],
+    b: Sequence[float],
+    *,
+    name_a: str,
+    name_b: str,
+    split: str,
+    metric: str = 'accuracy',
+    binary: bool = True,
+    confidence: float = 0.95,
+    resamples: int = 10_000,
+    seed: int = 0,
+    detectable_effect: float = 0.05,
+) -> Comparison:
+    """Compare version b with version a on the same examples: bootstrap CI, McNemar or sign-flip p, and a verdict.
+
+    Binary scores use the exact McNemar test and Connor's sample size at the observed discordant fraction;
+    graded scores use a 10,000-flip paired sign-flip test and `n = ((z_{1-alpha/2} + z_0.8) * sd(b - a) / effect)**2`.
+
+    >>> result = compare_scores([0] * 20 + [1] * 20, [1] * 40, name_a='v1', name_b='v2', split='dev')
+    >>> result.diff, result.significant, result.verdict.startswith('v2 is better than v1 on dev (+50.0 points')
+    (0.5, True, True)
+    """
+    alpha = check_confidence(confidence)
+    xa, xb = _paired(a, b)
+    if binary:
+        test = mcnemar_exact(a, b)
+        p_value = test.p_value
+        needed: int | None = required_sample_size(test.n_discordant / len(xa), detectable_effect, alpha=alpha)
+    else:
+        p_value = _sign_flip_p_value(xb - xa, seed=seed)
+        needed = _graded_sample_size(xb - xa, detectable_effect, alpha=alpha)
+    diff, low, high = paired_bootstrap_ci(a, b, confidence=confidence, resamples=resamples, seed=seed)
+    significant = p_value < alpha and (low > 0 or high < 0)
+    verdict = _verdict(
+        name_a=name_a,
+        name_b=name_b,
+        split=split,
+        n=len(xa),
+        diff=diff,
+        low=low,
+        high=high,
+        p=p_value,
+        confidence=confidence,
+        significant=significant,
+        needed=needed,
+        effect=detectable_effect,
+    )
+    return Comparison(
+        n=len(xa),
+        metric=metric,
+        mean_a=float(xa.mean()),
+        mean_b=float(xb.mean()),
+        diff=diff,
+        ci_low=low,
+        ci_high=high,
+        p_value=p_value,
+        significant=significant,
+        verdict=verdict,
+    )
+
+
+def proportion_interval(successes: int, n: int, *, confidence: float = 0.95) -> tuple[float, float]:
+    """Return the Wilson score interval of a proportion (scipy's `binomtest(...).proportion_ci`).
+
+    >>> [round(x, 3) for x in proportion_interval(7, 10)]
+    [0.397, 0.892]
+    """
+    from scipy.stats import binomtest
+
+    check_confidence(confidence)
+    if n <= 0:
+        raise ComparisonError(f'n = {n!r}; an interval needs at least one example')
+    ci = binomtest(int(successes), int(n)).proportion_ci(confidence_level=confidence, method='wilson')
+    return float(ci.low), float(ci.high)
+
+
+def bootstrap_interval(
+    values: Sequence[float], *, confidence: float = 0.95, resamples: int = 10_000, seed: int = 0
+) -> tuple[float, float]:
+    """Return a percentile bootstrap interval of the mean of `values` (scipy's `bootstrap`)."""
+    from scipy.stats import bootstrap
+
+    check_confidence(confidence)
+    data = np.asarray(values, dtype=float)
+    if len(data) < 2 or np.all(data == data[0]):
+        value = float(data.mean()) if len(data) else math.nan
+        return value, value
+    result = bootstrap(
+        (data,), np.mean, confidence_level=confidence, n_resamples=resamples, method='percentile', rng=seed
+    )
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
+
+
+@dataclass(frozen=True)
+class MetricComparison:
+    """A split-level metric of two versions' predictions on the same examples: b - a, its interval and p-value."""
+
+    metric: str
+    n: int
+    value_a: float
+    value_b: float
+    diff: float
+    ci_low: float
+    ci_high: float
+    p_value: float
+
+
+def compare_label_metric(
+    metric: str,
+    expected: Sequence[str],
+    predicted_a: Sequence[str | None],
+    predicted_b: Sequence[str | None],
+    *,
+    confidence: float = 0.95,
+    resamples: int = 10_000,
+    seed: int = 0,
+) -> MetricComparison:
+    """Compare a split-level label metric (accuracy, macro-F1, balanced accuracy) of b against a, paired.
+
+    The p-value is a paired permutation test (scipy's `permutation_test` swapping the two versions' predictions
+    within each example), the interval a paired percentile bootstrap of the difference (scipy's `bootstrap`):
+    both work for metrics that need the whole split, which a per-example test cannot express.
+
+    >>> result = compare_label_metric('macro_f1', ['a'] * 30 + ['b'] * 20, ['a'] * 50, ['a'] * 30 + ['b'] * 20)
+    >>> round(result.diff, 3), result.p_value < 0.001
+    (0.625, True)
+    """
+    from scipy.stats import bootstrap, permutation_test
+
+    check_confidence(confidence)
+    if not (len(expected) == len(predicted_a) == len(predicted_b)) or not expected:
+        raise ComparisonError(
+            f'expected, a and b have {len(expected)}, {len(predicted_a)} and {len(predicted_b)} labels; '
+            'pass one per example for each, same examples in order'
+        )
+    truth, guess_a, classes = encode_labels(expected, predicted_a)
+    _, guess_b, _ = encode_labels(expected, predicted_b)
+    k = len(classes)
+
+    def diff(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
+        a, b = np.moveaxis(a, axis, -1), np.moveaxis(b, axis, -1)
+        return label_metric(metric, truth, b, k) - label_metric(metric, truth, a, k)
+
+    def resampled(index: np.ndarray, axis: int = -1) -> np.ndarray:
+        index = np.moveaxis(np.asarray(index, dtype=np.int64), axis, -1)
+        return label_metric(metric, truth[index], guess_b[index], k) - label_metric(
+            metric, truth[index], guess_a[index], k
+        )
+
+    observed = float(diff(guess_a, guess_b))
+    if np.array_equal(guess_a, guess_b):
+        p_value, low, high = 1.0, observed, observed
+    else:
+        test = permutation_test(
+            (guess_a, guess_b),
+            diff,
+            permutation_type='samples',
+            vectorized=True,
+            n_resamples=resamples,
+            alternative='two-sided',
+            rng=seed,
+        )
+        p_value = float(test.pvalue)
+        ci = bootstrap(
+            (np.arange(len(truth)),),
+            resampled,
+            vectorized=True,
+            confidence_level=confidence,
+            n_resamples=resamples,
+            method='percentile',
+            rng=seed,
+        ).confidence_interval
+        low, high = float(ci.low), float(ci.high)
+    value_a = float(label_metric(metric, truth, guess_a, k))
+    return MetricComparison(metric, len(truth), value_a, value_a + observed, observed, low, high, min(1.0, p_value))
+
+
+def label_metric_interval(
+    metric: str,
+    expected: Sequence[str],
+    predicted: Sequence[str | None],
+    *,
+    confidence: float = 0.95,
+    resamples: int = 10_000,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Return a percentile bootstrap interval of a split-level label metric (scipy's `bootstrap`, vectorised).
+
+    >>> low, high = label_metric_interval('macro_f1', ['a'] * 30 + ['b'] * 20, ['a'] * 40 + ['b'] * 10)
+    >>> 0.6 < low < high < 1.0
+    True
+    """
+    from scipy.stats import bootstrap
+
+    check_confidence(confidence)
+    truth, guess, classes = encode_labels(expected, predicted)
+    if len(truth) < 2:
+        value = float(label_metric(metric, truth, guess, len(classes)))
+        return value, value
+
+    def statistic(index: np.ndarray, axis: int = -1) -> np.ndarray:
+        index = np.moveaxis(np.asarray(index, dtype=np.int64), axis, -1)
+        return label_metric(metric, truth[index], guess[index], len(classes))
+
+    ci = bootstrap(
+        (np.arange(len(truth)),), statistic, vectorized=True, confidence_level=confidence,
+        n_resamples=resamples, method='percentile', rng=seed,
+    ).confidence_interval  # fmt: skip
+    return float(ci.low), float(ci.high)

@@ -1,0 +1,501 @@
+"""Prompt versions: immutable rows of template, model, params, output spec and demos, each with a parent."""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypedDict
+
+import jinja2
+import pandas as pd
+
+from udfs import render as render_udfs
+from workspace.config import current_user, utc_now
+from workspace.core.demo_policies import DemoPolicy, check_policy, is_policy
+from workspace.errors import LabelError, TemplateError, VersionError
+from workspace.storage import audit_log, backends, calibration, store, tables
+
+__all__ = [
+    'OutputSpec',
+    'Params',
+    'Version',
+    'text',
+    'choice',
+    'json_object',
+    'create_version',
+    'edit',
+    'get_version',
+    'list_versions',
+    'parent_chain',
+    'label_target',
+    'build_request',
+]
+
+log = logging.getLogger(__name__)
+
+_PROMPT_NAME = re.compile(r'^[A-Za-z][A-Za-z0-9_-]{0,63}$')
+_VERSION_REF = re.compile(r'^(?P<prompt>[^:@]+)(?::v?(?P<number>\d+)|@(?P<label>[^:@]+))?$')
+
+
+class OutputSpec(TypedDict, total=False):
+    """What a version's output is: free text, one of N labels, or JSON (optionally with a schema)."""
+
+    kind: Literal['text', 'choice', 'json']
+    labels: list[str]
+    schema: dict[str, Any] | None
+    decode: calibration.Decode
+
+
+class Params(TypedDict, total=False):
+    """Decoding parameters sent with every request of a version."""
+
+    temperature: float
+    max_tokens: int
+    stop: list[str]
+    seed: int
+    top_p: float
+
+
+_PARAM_TYPES: dict[str, tuple[type, ...]] = {
+    'temperature': (int, float),
+    'max_tokens': (int,),
+    'stop': (list,),
+    'seed': (int,),
+    'top_p': (int, float),
+}
+
+
+def text() -> OutputSpec:
+    """Return the output spec for free text.
+
+    >>> text()
+    {'kind': 'text'}
+    """
+    return {'kind': 'text'}
+
+
+def choice(labels: Sequence[str], *, decode: calibration.Decode = 'mask') -> OutputSpec:
+    """Return the output spec for one label out of `labels`; the embedded model is constrained to them.
+
+    `decode` is how the local model chooses: `'mask'` generates under a token mask, `'rank'` answers the label
+    with the highest log-likelihood, `'calibrated'` divides those by the content-free probabilities first (see
+    `workspace.storage.calibration`).
+
+    >>> choice(['BILLING', 'REFUND'])
+    {'kind': 'choice', 'labels': ['BILLING', 'REFUND']}
+    """
+    labels = [str(label) for label in labels]
+    if not labels or any(not label.strip() for label in labels) or len(set(labels)) != len(labels):
+        raise VersionError(f'choice() needs distinct, non-empty labels; got {labels!r}')
+    calibration.check_decode(decode)
+    spec: OutputSpec = {'kind': 'choice', 'labels': labels}
+    if decode != 'mask':  # the default adds nothing: versions made before `decode` existed keep their hashes
+        spec['decode'] = decode
+    return spec
+
+
+def json_object(schema: Mapping[str, Any] | None = None) -> OutputSpec:
+    """Return the output spec for a JSON value, validated against `schema` when one is given.
+
+    >>> json_object({'type': 'object'})
+    {'kind': 'json', 'schema': {'type': 'object'}}
+    """
+    return {'kind': 'json', 'schema': dict(schema) if schema is not None else None}
+
+
+def _default_params(output: OutputSpec) -> Params:
+    if output['kind'] == 'choice':
+        return {'temperature': 0.0, 'max_tokens': 16, 'seed': 0}
+    if output['kind'] == 'json':
+        return {'temperature': 0.0, 'max_tokens': 256, 'seed': 0}
+    return {'temperature': 0.0, 'max_tokens': 128, 'stop': ['\n\n'], 'seed': 0}
+
+
+@dataclass(frozen=True)
+class Version:
+    """One immutable prompt version. Create with `create_version` or `edit`; never change in place."""
+
+    id: str
+    prompt: str
+    number: int
+    parent_id: str | None
+    template: str
+    model: str
+    params: Params
+    output: OutputSpec
+    demos: list[dict[str, Any]] | DemoPolicy = field(default_factory=list)
+    instructions: str = ''
+    content_hash: str = ''
+    created_at: datetime.datetime | None = None
+    author: str | None = None
+    note: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        parent = f', parent={self.parent_id}' if self.parent_id else ''
+        return f'<Version {self.id} model={self.model} output={self.output["kind"]}{parent}>'
+
+    @property
+    def labels(self) -> list[str]:
+        """Return the label set of a choice output, else an empty list."""
+        return list(self.output.get('labels') or [])
+
+    def variables(self) -> set[str]:
+        """Return the dataset fields the template reads (the reserved `demos`, `labels`, `instructions` excluded)."""
+        return render_udfs.template_variables(self.template) - render_udfs.RESERVED_VARIABLES
+
+    @property
+    def demo_policy(self) -> DemoPolicy | None:
+        """Return the version's demo policy (demos picked per example), or None if its demos are fixed."""
+        return self.demos if is_policy(self.demos) else None  # type: ignore[return-value]
+
+    def render(self, fields: Mapping[str, Any], *, demos: Sequence[Mapping[str, Any]] | None = None) -> str:
+        """Return the prompt this version sends for one example's input fields; raise `TemplateError` if the
+        template breaks the size or time limit, is stopped by the sandbox, or fails for these fields. A version
+        with a demo policy needs the `demos` retrieved for that example (see `workspace.core.demo_policies.retrieve`)."""
+        if demos is None and self.demo_policy is not None:
+            raise VersionError(f'{self.id} picks its demos per example; render it with the demos retrieved for it')
+        try:
+            return render_udfs.render(
+                self.template,
+                fields,
+                demos=self.demos if demos is None else demos,  # type: ignore[arg-type]
+                labels=self.labels,
+                instructions=self.instructions,
+            )
+        except jinja2.UndefinedError as e:
+            raise _UndefinedField(self.id, e.message or 'a variable is undefined') from None
+        except render_udfs.RenderLimitError as e:
+            raise TemplateError(f'template of {self.id} stopped: {e.message}') from None
+        except render_udfs.SecurityError as e:
+            raise TemplateError(f'template of {self.id} stopped by the sandbox: {e.message}') from None
+        except Exception as e:  # a filter or an operator failing on these values: a template bug, not ours
+            raise TemplateError(f'template of {self.id} failed to render: {type(e).__name__}: {e}') from None
+
+
+class _UndefinedField(TemplateError, jinja2.UndefinedError):
+    """A template read a variable the fields do not have. Also a `jinja2.UndefinedError` whose `message` is the
+    bare reason, so a caller that knows which example it rendered (evaluation) can catch that and name it."""
+
+    def __init__(self, version_id: str, message: str) -> None:
+        super().__init__(message)
+        self.version_id = version_id
+
+    def __str__(self) -> str:
+        return f'template of {self.version_id} failed to render: {self.message}'
+
+
+def _content(
+    template: str, model: str, params: Mapping[str, Any], output: Mapping[str, Any], demos: Any, instructions: str
+) -> str:
+    body = {
+        'template': template,
+        'model': model,
+        'params': params,
+        'output': output,
+        'demos': demos,
+        'instructions': instructions,
+    }
+    return hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+def _check(
+    prompt: str,
+    template: str,
+    model: str,
+    params: Mapping[str, Any],
+    output: Mapping[str, Any],
+    demos: Any,
+    instructions: str,
+) -> None:
+    if not _PROMPT_NAME.match(prompt):
+        raise VersionError(f'prompt name {prompt!r} is not valid; use letters, digits, _ and -, starting with a letter')
+    if not isinstance(template, str) or not template.strip():
+        raise TemplateError(f'the template of prompt {prompt!r} is empty; give the text to send to the model')
+    try:
+        render_udfs.template_variables(template)
+    except jinja2.TemplateSyntaxError as e:
+        raise TemplateError(
+            f'template of prompt {prompt!r} does not parse: {e.message} (template line {e.lineno})'
+        ) from None
+    backends.parse_model(model)
+    if is_policy(demos):
+        check_policy(demos)
+    elif not isinstance(demos, list) or any(not isinstance(d, dict) for d in demos):
+        raise VersionError(
+            'demos must be a list of dicts, each with input fields and an expected output, or a policy such as '
+            "ws.nearest('dataset', k=8)"
+        )
+    try:
+        render_udfs.check_template(
+            template,
+            demos=[] if is_policy(demos) else demos,
+            labels=list(output.get('labels') or []),
+            instructions=instructions,
+        )
+    except render_udfs.SecurityError as e:
+        raise TemplateError(
+            f'template of prompt {prompt!r} is refused: it uses {e.message}, which the sandbox forbids. A template '
+            'may read input fields, demos, labels and instructions, with filters, tests, loops and conditions'
+        ) from None
+    except render_udfs.RenderLimitError as e:
+        raise TemplateError(f'template of prompt {prompt!r} is refused: with placeholder inputs, {e.message}') from None
+    if output.get('kind') not in ('text', 'choice', 'json'):
+        raise VersionError(
+            f'output spec {dict(output)!r} is not valid; use ws.text(), ws.choice([...]) or ws.json_object()'
+        )
+    calibration.check_decode(output.get('decode', 'mask'), model)
+    for name, value in params.items():
+        if name not in _PARAM_TYPES:
+            raise VersionError(f'unknown param {name!r}; known params are: {", ".join(_PARAM_TYPES)}')
+        if not isinstance(value, _PARAM_TYPES[name]) or isinstance(value, bool):
+            raise VersionError(f'param {name!r} must be {_PARAM_TYPES[name][0].__name__}, got {value!r}')
+
+
+def _row_to_version(row: Mapping[str, Any]) -> Version:
+    return Version(
+        id=row['version_id'],
+        prompt=row['prompt'],
+        number=row['number'],
+        parent_id=row['parent_id'],
+        template=row['template'],
+        model=row['model'],
+        params=Params(**(row['params'] or {})),
+        output=OutputSpec(**(row['output'] or {'kind': 'text'})),
+        demos=row['demos'] or [],
+        instructions=row['instructions'] or '',
+        content_hash=row['content_hash'],
+        created_at=row['created_at'],
+        author=row['author'],
+        note=row['note'],
+        meta=row['meta'] or {},
+    )
+
+
+def select_versions(where: Any = None) -> list[Version]:
+    """Return the versions matching a Pixeltable condition on the versions table (all for None), by prompt and number."""
+    t = tables.versions()
+    query = t.where(where) if where is not None else t
+    return [_row_to_version(r) for r in query.order_by(t.prompt, t.number).collect()]
+
+
+def create_version(
+    prompt: str,
+    *,
+    template: str,
+    model: str = 'local',
+    params: Params | None = None,
+    output: OutputSpec | None = None,
+    demos: Sequence[Mapping[str, Any]] | DemoPolicy = (),
+    instructions: str = '',
+    parent: Version | str | None = None,
+    author: str | None = None,
+    note: str = '',
+    meta: Mapping[str, Any] | None = None,
+) -> Version:
+    """Create a version of `prompt`, or return the existing version with exactly the same content.
+
+    Params not given take the output kind's defaults (temperature 0, seed 0, a max_tokens that fits the output).
+    Creating the same content twice returns the first version, so a notebook cell can run again safely.
+
+    >>> v1 = create_version('ticket_router', template='Ticket: {{ text }}\\nCategory:', output=choice(['A', 'B']))
+    """
+    spec: OutputSpec = OutputSpec(**(output or text()))
+    merged: dict[str, Any] = {**_default_params(spec), **(params or {})}
+    demo_list: Any = dict(demos) if is_policy(demos) else [dict(d) for d in demos]  # type: ignore[union-attr]
+    _check(prompt, template, model, merged, spec, demo_list, instructions)
+    parent_id = parent.id if isinstance(parent, Version) else parent
+    content_hash = _content(template, model, merged, spec, demo_list, instructions)
+    t = tables.versions()
+    existing = select_versions((t.prompt == prompt) & (t.content_hash == content_hash))
+    if existing:
+        log.info('%s already has this content; returning it', existing[0].id)
+        return existing[0]
+    if parent_id is not None and not select_versions(t.version_id == parent_id):
+        raise VersionError(f'parent version {parent_id!r} does not exist')
+    for _ in range(5):  # another process may take the same number first
+        number = t.where(t.prompt == prompt).select(n=t.number).order_by(t.number, asc=False).limit(1).collect()
+        next_number = (number[0]['n'] if len(number) else 0) + 1
+        version_id = f'{prompt}:v{next_number}'
+        row = {
+            'version_id': version_id,
+            'prompt': prompt,
+            'number': next_number,
+            'parent_id': parent_id,
+            'template': template,
+            'model': model,
+            'params': merged,
+            'output': spec,
+            'demos': demo_list,
+            'instructions': instructions,
+            'content_hash': content_hash,
+            'created_at': utc_now(),
+            'author': author or current_user(),
+            'note': note,
+            'meta': dict(meta or {}),
+        }
+        try:
+            t.insert([row])
+        except Exception as e:  # a duplicate primary key: someone else took this number
+            if 'Duplicate primary key' not in str(e):
+                raise
+            continue
+        audit_log.record('version.created', version_id, after={'parent': parent_id, 'model': model}, by=row['author'])
+        return _row_to_version(row)
+    raise VersionError(f'could not allocate a version number for {prompt!r}; try again')
+
+
+def edit(
+    version: Version | str,
+    *,
+    template: str | None = None,
+    model: str | None = None,
+    params: Params | None = None,
+    output: OutputSpec | None = None,
+    demos: Sequence[Mapping[str, Any]] | DemoPolicy | None = None,
+    instructions: str | None = None,
+    author: str | None = None,
+    note: str = '',
+    meta: Mapping[str, Any] | None = None,
+) -> Version:
+    """Create a new version from `version` with the given fields changed; its parent is `version`.
+
+    `params` are merged into the parent's params; every other field replaces the parent's.
+
+    >>> v2 = edit(v1, template='Support ticket: {{ text }}\\nCategory:')
+    """
+    base = get_version(version)
+    return create_version(
+        base.prompt,
+        template=base.template if template is None else template,
+        model=base.model if model is None else model,
+        params={**base.params, **(params or {})},  # type: ignore[typeddict-item]
+        output=base.output if output is None else output,
+        demos=base.demos if demos is None else demos,
+        instructions=base.instructions if instructions is None else instructions,
+        parent=base,
+        author=author,
+        note=note,
+        meta=meta if meta is not None else _inherited_meta(base),
+    )
+
+
+def _inherited_meta(base: Version) -> dict[str, Any] | None:
+    """Return what an edit keeps of its parent's metadata: a judge stays a judge (how to read its answer)."""
+    return {'judge': base.meta['judge']} if isinstance(base.meta, dict) and 'judge' in base.meta else None
+
+
+def label_target(prompt: str, label: str) -> str:
+    """Return the id of the version `prompt@label` points at, or raise LabelError listing the prompt's labels.
+
+    It reads the labels table (whose writer is `labels.py`) here, below the label moves, so that resolving a
+    reference needs nothing above this module.
+    """
+    t = tables.labels()
+    rows = t.where(t.prompt == prompt).select(t.label, t.version_id).collect()
+    current = {r['label']: r['version_id'] for r in rows}
+    if label not in current:
+        raise LabelError(
+            f'{prompt}@{label} does not exist; labels of {prompt!r}: {", ".join(sorted(current)) or "none yet"}. '
+            f'Set one with ws.set_label(version, {label!r})'
+        )
+    return current[label]
+
+
+def get_version(ref: Version | str) -> Version:
+    """Return a version by id (`ticket_router:v3` or `ticket_router:3`), label (`ticket_router@production`),
+    or prompt name alone (its latest version).
+
+    >>> get_version('ticket_router@production')
+    """
+    if isinstance(ref, Version):
+        return ref
+    match = _VERSION_REF.match(ref.strip()) if isinstance(ref, str) else None
+    if not match:
+        raise VersionError(f"{ref!r} is not a version reference; use 'prompt:v3', 'prompt@label' or a prompt name")
+    prompt, number, label = match['prompt'], match['number'], match['label']
+    if label is not None:
+        return get_version(label_target(prompt, label))
+    t = tables.versions()
+    found = select_versions(t.prompt == prompt)
+    if not found:
+        known = sorted({v.prompt for v in select_versions()})
+        raise VersionError(f'prompt {prompt!r} has no versions; known prompts: {", ".join(known) or "none yet"}')
+    if number is None:
+        return found[-1]
+    for v in found:
+        if v.number == int(number):
+            return v
+    raise VersionError(f'{prompt!r} has no version {number}; it has v1 to v{found[-1].number}')
+
+
+def list_versions(prompt: str | None = None) -> pd.DataFrame:
+    """Return the versions of `prompt` (or of every prompt) as a table, oldest first."""
+    t = tables.versions()
+    found = select_versions(t.prompt == prompt) if prompt else select_versions()
+    return pd.DataFrame(
+        [
+            {
+                'version': v.id,
+                'parent': v.parent_id,
+                'model': v.model,
+                'output': v.output['kind'],
+                'demos': f'nearest {v.demo_policy["k"]} of {v.demo_policy["dataset"]}'
+                if v.demo_policy
+                else len(v.demos),
+                'created_at': v.created_at,
+                'author': v.author,
+                'note': v.note,
+            }
+            for v in found
+        ],
+        columns=['version', 'parent', 'model', 'output', 'demos', 'created_at', 'author', 'note'],
+    )
+
+
+def parent_chain(version: Version | str) -> list[str]:
+    """Return the ids of a version's ancestors, nearest first."""
+    chain: list[str] = []
+    current = get_version(version)
+    while current.parent_id is not None and current.parent_id not in chain:
+        chain.append(current.parent_id)
+        current = get_version(current.parent_id)
+    return chain
+
+
+def _constraint(version: Version, demos: Sequence[Mapping[str, Any]] | None = None) -> dict[str, Any] | None:
+    if version.output['kind'] == 'choice':
+        return calibration.choice_constraint(version, demos)
+    if version.output['kind'] == 'json':
+        return {'json_schema': version.output.get('schema')}
+    return None
+
+
+def build_request(
+    version: Version,
+    fields: Mapping[str, Any],
+    *,
+    model_id: str | None = None,
+    demos: Sequence[Mapping[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Return the request `version` sends for one example's input fields, with its `hash`; a version with a demo
+    policy needs the `demos` retrieved for the example (`workspace.core.demo_policies.retrieve`)."""
+    try:
+        prompt = version.render(fields, demos=demos)
+    except jinja2.UndefinedError as e:
+        where = f' for example {fields["example_id"]!r}' if 'example_id' in fields else ''
+        raise TemplateError(f'template of {version.id} failed to render{where}: {e.message}') from None
+    request: dict[str, Any] = {
+        'model': version.model,
+        'model_id': model_id or backends.model_identity(version.model),
+        'params': dict(version.params),
+        'prompt': prompt,
+        'constraint': _constraint(version, demos),
+    }
+    request['hash'] = store.request_hash(request)
+    return request

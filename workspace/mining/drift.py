@@ -1,0 +1,220 @@
+"""Drift of a prompt family over time windows: its share of traffic, its slot values, and where its inputs sit.
+
+Each window (a day or a week) is compared with the window before it, on three statistics:
+
+- share: the family's log lines over all log lines in the window; flagged when it changes by half or more
+  (x1.5 or /1.5) and a chi-square test of the two windows' counts gives p < 0.001;
+- slots: for each enum slot (and integer or number slot, in five bins of the earlier window's quantiles), the
+  Jensen-Shannon distance (base 2, scipy) between the two windows' value distributions; flagged when one is >= 0.2
+  and a chi-square test gives p < 0.001;
+- centre: the members' slot values (all slots of a member joined) embedded by the project's embedder; the cosine
+  distance between the two windows' mean vectors, flagged when >= 0.05 and Welch's t-test of the members'
+  distances to the earlier centre gives p < 0.001. Slot values rather than whole prompts, so that an edit of the
+  template's constant text (recorded as a template event) is not taken for drift of what flows through it.
+
+A window with fewer than 20 members on either side is not tested. The figures on the bundled log are in
+docs/benchmarks.md ("Prompt families").
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+from scipy.spatial.distance import jensenshannon
+
+from workspace.errors import FamilyError
+from workspace.mining.families import Family, get_family
+from workspace.storage import tables
+from workspace.storage.embeddings import embed
+
+__all__ = ['DriftReport', 'drift', 'render_drift']
+
+Window = Literal['day', 'week']
+MIN_MEMBERS = 20
+P_VALUE = 0.001
+SHARE_RATIO = 1.5
+JS_FLAG = 0.2
+CENTRE_FLAG = 0.05
+
+
+@dataclass(frozen=True)
+class DriftReport:
+    """A family's drift per window: one row per window with its statistics, flags and reasons."""
+
+    family_id: str
+    window: Window
+    table: pd.DataFrame
+
+    @property
+    def flagged(self) -> pd.DataFrame:
+        """Return the windows where a statistic crossed its threshold."""
+        return self.table[self.table['flag']]
+
+    def __repr__(self) -> str:
+        flagged = ', '.join(f'{w:%Y-%m-%d} ({r})' for w, r in zip(self.flagged['window'], self.flagged['reasons']))
+        return (
+            f'<DriftReport {self.family_id} by {self.window}: {len(self.table)} windows; flagged: {flagged or "none"}>'
+        )
+
+    def _repr_html_(self) -> str:
+        return render_drift(self)
+
+
+def _window_start(at: pd.Series, window: Window) -> pd.Series:
+    day = at.dt.tz_convert('UTC').dt.floor('D')
+    return day - pd.to_timedelta(day.dt.weekday, unit='D') if window == 'week' else day
+
+
+def _bins(reference: list[float], values: list[float]) -> tuple[np.ndarray, np.ndarray]:
+    edges = np.unique(np.quantile(reference, [0.2, 0.4, 0.6, 0.8]))
+    return np.bincount(np.searchsorted(edges, reference), minlength=len(edges) + 1), np.bincount(
+        np.searchsorted(edges, values), minlength=len(edges) + 1
+    )
+
+
+def _slot_js(before: list[dict], after: list[dict], slots: list[Any]) -> tuple[float, str | None, float]:
+    """Return the largest Jensen-Shannon distance over the testable slots, its slot, and its chi-square p-value."""
+    best: tuple[float, str | None, float] = (0.0, None, 1.0)
+    for slot in slots:
+        a = [m[slot.name] for m in before if m.get(slot.name) is not None]
+        b = [m[slot.name] for m in after if m.get(slot.name) is not None]
+        if len(a) < MIN_MEMBERS or len(b) < MIN_MEMBERS:
+            continue
+        if slot.type == 'enum':
+            keys = sorted(set(a) | set(b))
+            ca = np.array([a.count(k) for k in keys], dtype=float)
+            cb = np.array([b.count(k) for k in keys], dtype=float)
+        elif slot.type in ('integer', 'number'):
+            try:
+                fa = [float(v.replace(',', '')) for v in a]
+                fb = [float(v.replace(',', '')) for v in b]
+            except ValueError:
+                continue
+            ca, cb = (x.astype(float) for x in _bins(fa, fb))
+        else:
+            continue
+        keep = (ca + cb) > 0
+        ca, cb = ca[keep], cb[keep]
+        if len(ca) < 2:
+            continue
+        distance = float(jensenshannon(ca / ca.sum(), cb / cb.sum(), base=2))
+        p = float(stats.chi2_contingency(np.vstack([ca, cb]))[1])
+        if distance > best[0]:
+            best = (distance, slot.name, p)
+    return best
+
+
+def _centre(before: list[dict], after: list[dict]) -> tuple[float, float]:
+    """Return the cosine distance between the windows' mean slot-value vectors and Welch's t-test p-value."""
+    texts_a = ['\n'.join(m.values()) for m in before]
+    texts_b = ['\n'.join(m.values()) for m in after]
+    va, vb = embed(texts_a), embed(texts_b)
+    ca, cb = va.mean(axis=0), vb.mean(axis=0)
+    distance = 1.0 - float(ca @ cb / (np.linalg.norm(ca) * np.linalg.norm(cb)))
+    unit = ca / np.linalg.norm(ca)
+    p = float(stats.ttest_ind(1.0 - vb @ unit, 1.0 - va @ unit, equal_var=False).pvalue)
+    return distance, p
+
+
+def drift(family: Family | str, *, window: Window = 'week') -> DriftReport:
+    """Return a family's traffic share, slot value distributions and centre per window, each window compared
+    with the one before, with a flag where a statistic crosses its threshold (see the module docstring).
+
+    >>> report = ws.drift('fam-3f2a9c01de', window='week')
+    >>> report.flagged
+    """
+    if window not in ('day', 'week'):
+        raise FamilyError(f"window {window!r} is not one of 'day', 'week'")
+    fam = get_family(family)
+    template = fam.template
+    members = fam.members()
+    if members.empty:
+        raise FamilyError(f'family {fam.id!r} has no members')
+    occ = tables.prompt_occurrences()
+    lines = pd.DataFrame(list(occ.select(occ.prompt_hash, occ.at).collect()), columns=['prompt_hash', 'at'])
+    lines['window'] = _window_start(pd.to_datetime(lines['at'], utc=True), window)
+    ours = set(members['prompt_hash'])
+    lines['ours'] = lines['prompt_hash'].isin(ours)
+    traffic = lines.groupby('window').agg(total=('ours', 'size'), family=('ours', 'sum'))
+    members['window'] = _window_start(pd.to_datetime(members['first_seen'], utc=True), window)
+    slots = list(template.slots) if template is not None else []
+    rows = []
+    previous: tuple[Any, list[dict], float, int, int] | None = None
+    for start, counts in traffic.iterrows():
+        parsed = [s for s in members.loc[members['window'] == start, 'slots'] if isinstance(s, dict)]
+        share = counts['family'] / counts['total'] if counts['total'] else 0.0
+        row: dict[str, Any] = {
+            'window': start,
+            'traffic': int(counts['family']),
+            'share': share,
+            'new_members': int((members['window'] == start).sum()),
+            'share_p': None,
+            'slot_js': None,
+            'slot': None,
+            'slot_p': None,
+            'centre_shift': None,
+            'centre_p': None,
+        }
+        reasons = []
+        if previous is not None:
+            _, before, old_share, old_family, old_total = previous
+            ratio = (share + 1e-9) / (old_share + 1e-9)
+            table = [[counts['family'], counts['total'] - counts['family']], [old_family, old_total - old_family]]
+            if min(counts['family'], old_family) + max(counts['family'], old_family) > 0:
+                row['share_p'] = float(stats.chi2_contingency(table)[1])
+                if (ratio >= SHARE_RATIO or ratio <= 1 / SHARE_RATIO) and row['share_p'] < P_VALUE:
+                    reasons.append(f'share {old_share:.1%} -> {share:.1%} (p={row["share_p"]:.1g})')
+            if len(before) >= MIN_MEMBERS and len(parsed) >= MIN_MEMBERS:
+                js, slot, p = _slot_js(before, parsed, slots)
+                row.update(slot_js=js, slot=slot, slot_p=p)
+                if js >= JS_FLAG and p < P_VALUE:
+                    reasons.append(f'slot {slot!r} JS distance {js:.2f} (p={p:.1g})')
+                shift, p = _centre(before, parsed)
+                row.update(centre_shift=shift, centre_p=p)
+                if shift >= CENTRE_FLAG and p < P_VALUE:
+                    reasons.append(f'centre shift {shift:.3f} (p={p:.1g})')
+        row['flag'] = bool(reasons)
+        row['reasons'] = '; '.join(reasons)
+        rows.append(row)
+        previous = (start, parsed, share, int(counts['family']), int(counts['total']))
+    return DriftReport(fam.id, window, pd.DataFrame(rows))
+
+
+def render_drift(report: DriftReport) -> str:
+    """Render a drift report as HTML: a chart of share, slot JS distance and centre shift per window (flagged
+    windows marked), and the table."""
+    import matplotlib
+
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    t = report.table
+    fig, axes = plt.subplots(3, 1, figsize=(8, 6), sharex=True)
+    series = [('share', 'share of traffic', None), ('slot_js', 'slot JS distance', JS_FLAG),
+              ('centre_shift', 'centre shift', CENTRE_FLAG)]  # fmt: skip
+    for ax, (column, label, threshold) in zip(axes, series):
+        values = pd.to_numeric(t[column], errors='coerce')
+        ax.plot(t['window'], values, marker='o')
+        if threshold is not None:
+            ax.axhline(threshold, color='#c62828', linestyle='--', linewidth=1)
+        for when in t.loc[t['flag'], 'window']:
+            ax.axvspan(when, when + pd.Timedelta(days=7 if report.window == 'week' else 1), color='#ffcc80', alpha=0.4)
+        ax.set_ylabel(label, fontsize=8)
+    axes[0].set_title(f'{report.family_id}: drift by {report.window} (flagged windows shaded)')
+    fig.autofmt_xdate()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format='png', dpi=90, bbox_inches='tight')
+    plt.close(fig)
+    chart = base64.b64encode(buffer.getvalue()).decode()
+    shown = t.assign(window=t['window'].dt.strftime('%Y-%m-%d'))
+    return (
+        f'<div class="pw-view pw-drift"><img class="pw-chart" alt="{html.escape(report.family_id)} drift" '
+        f'src="data:image/png;base64,{chart}"/>{shown.round(4).to_html(index=False)}</div>'
+    )

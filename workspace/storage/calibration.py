@@ -1,0 +1,151 @@
+"""How the local model chooses one label of a `choice` output: under a token mask, by rank, or calibrated.
+
+- ``mask`` (the default): the model generates, and a token mask lets it spell exactly one label.
+- ``rank`` (rank classification): every label is scored by its log-likelihood after the prompt, and the most
+  likely label is the answer. A label's score is the sum of its tokens' log-probabilities, spelled as a demo would
+  spell it: with one leading space after a prompt that ends without whitespace (``Sentiment:`` then
+  `` positive``), without one after a prompt that ends in a space or newline. When a label's tokens begin another
+  label's, its score keeps only the probability that the answer stops there (the other label's continuation is
+  taken out), so a short label is not favoured for being a prefix.
+- ``calibrated`` (contextual calibration, Zhao et al. 2021, "Calibrate Before Use"): the rank scores divided by
+  the probabilities the same prompt gives each label for content-free inputs, i.e. the version's template
+  rendered with every input field replaced by ``N/A``, by ``""`` and by ``[MASK]``; each content-free
+  distribution is normalized over the labels and the three are averaged. The answer is the label with the
+  largest ratio, which removes the prompt's own bias towards a label (its majority demo, its last demo, a
+  frequent word).
+
+The answer is the label's text, and the stored completion carries every label's `scores`: for `rank` each
+label's log-probability, for `calibrated` the calibrated log-probabilities normalized over the labels.
+
+`rank` and `calibrated` read the model's probabilities, which only the local model exposes; a version with a
+remote model is refused. The decoding is part of the request (`{'choice': labels, 'decode': 'rank'}`), so it is
+part of the request's identity; `mask` adds nothing, so requests made before these options existed keep their
+hashes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal, Protocol
+
+import jinja2
+from scipy.special import logsumexp
+
+from workspace.errors import TemplateError, VersionError
+
+
+class _Version(Protocol):
+    """What calibration reads of a `workspace.core.versions.Version` (a protocol, so the backends, which use this module,
+    do not depend on versions)."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def output(self) -> Any: ...
+
+    @property
+    def labels(self) -> list[str]: ...
+
+    def variables(self) -> Any: ...
+
+    def render(self, fields: Mapping[str, Any], *, demos: Sequence[Mapping[str, Any]] | None = None) -> str: ...
+
+
+__all__ = [
+    'Decode',
+    'DECODES',
+    'CONTENT_FREE_INPUTS',
+    'check_decode',
+    'choice_constraint',
+    'content_free_prompts',
+    'normalize',
+    'content_free_prior',
+    'calibrate',
+]
+
+Decode = Literal['mask', 'rank', 'calibrated']
+
+#: The ways a choice output can be decoded; the first is the default.
+DECODES: tuple[Decode, ...] = ('mask', 'rank', 'calibrated')
+
+#: What replaces every input field of a content-free prompt (Zhao et al. 2021 average these three).
+CONTENT_FREE_INPUTS = ('N/A', '', '[MASK]')
+
+
+def check_decode(decode: str, model: str | None = None) -> None:
+    """Raise VersionError if `decode` is not a known decoding, or needs label scores `model` cannot give."""
+    if decode not in DECODES:
+        raise VersionError(f'decode {decode!r} is not known; use one of {", ".join(map(repr, DECODES))}')
+    if decode != 'mask' and model is not None and model.partition(':')[0] != 'local':
+        raise VersionError(
+            f'decode={decode!r} scores every label by its log-likelihood, which only the local model exposes; '
+            f'model {model!r} answers with text only. Use ws.choice(labels) (decode="mask") with {model!r}, '
+            "or model='local'"
+        )
+
+
+def content_free_prompts(version: _Version, demos: Sequence[Mapping[str, Any]] | None = None) -> list[str]:
+    """Return the version's prompt for each content-free input: every input field replaced by it. A version with a
+    demo policy is calibrated per example, with the demos retrieved for that example (the prior depends on the
+    demos, and the local model decodes the shared demo blocks once).
+
+    >>> content_free_prompts(v)  # doctest: +SKIP
+    ['Verse: N/A\\nSentiment:', 'Verse: \\nSentiment:', 'Verse: [MASK]\\nSentiment:']
+    """
+    names = sorted(version.variables())
+    try:
+        return [version.render(dict.fromkeys(names, value), demos=demos) for value in CONTENT_FREE_INPUTS]
+    except jinja2.TemplateError as e:
+        raise TemplateError(
+            f'template of {version.id} does not render with its input fields set to "N/A" ({e}); contextual '
+            'calibration needs a template whose fields can be plain text, or use decode="rank"'
+        ) from None
+
+
+def choice_constraint(version: _Version, demos: Sequence[Mapping[str, Any]] | None = None) -> dict[str, Any]:
+    """Return the constraint of a choice version's requests: its labels, and how to decode them if not masked.
+
+    >>> choice_constraint(v)  # doctest: +SKIP
+    {'choice': ['negative', 'no_impact', 'positive'], 'decode': 'rank'}
+    """
+    constraint: dict[str, Any] = {'choice': version.labels}
+    decode = version.output.get('decode', 'mask')
+    if decode != 'mask':
+        constraint['decode'] = decode
+    if decode == 'calibrated':
+        constraint['content_free'] = content_free_prompts(version, demos)
+    return constraint
+
+
+def normalize(scores: Mapping[str, float]) -> dict[str, float]:
+    """Return log-probabilities over the labels from unnormalized log-scores (a log-softmax).
+
+    >>> normalize({'a': 0.0, 'b': 0.0})
+    {'a': -0.6931471805599453, 'b': -0.6931471805599453}
+    """
+    total = float(logsumexp(list(scores.values())))
+    return {label: score - total for label, score in scores.items()}
+
+
+def content_free_prior(per_prompt: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    """Return the log of the mean, over content-free prompts, of each label's probability normalized over labels.
+
+    >>> content_free_prior([{'a': math.log(0.9), 'b': math.log(0.1)}, {'a': math.log(0.5), 'b': math.log(0.5)}])
+    {'a': -0.35667494393873245, 'b': -1.2039728043259361}
+    """
+    normalized = [normalize(scores) for scores in per_prompt]
+    return {
+        label: float(logsumexp([n[label] for n in normalized]) - math.log(len(normalized))) for label in normalized[0]
+    }
+
+
+def calibrate(scores: Mapping[str, float], prior: Mapping[str, float]) -> dict[str, float]:
+    """Return calibrated log-probabilities over the labels: each label's probability divided by its prior,
+    normalized. The argmax is the label with the largest ratio p(label | input) / p(label | content-free).
+
+    >>> calibrate({'a': math.log(0.6), 'b': math.log(0.4)}, {'a': math.log(0.8), 'b': math.log(0.2)})['b'] > -0.7
+    True
+    """
+    return normalize({label: scores[label] - prior[label] for label in scores})
