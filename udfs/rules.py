@@ -11,6 +11,7 @@ no pattern can hang the process; keyword lists use Python's `re` on escaped lite
 
 from __future__ import annotations
 
+import difflib
 import functools
 import importlib
 import json
@@ -27,6 +28,8 @@ __all__ = [
     'INJECTION_PATTERNS',
     'check',
     'check_config',
+    'check_settings',
+    'SETTINGS',
     'check_text',
     'check_fields',
     'fields_violations',
@@ -339,9 +342,16 @@ def _json_schema(rule: Mapping[str, Any], text: str) -> list[Violation]:
 
 def _custom_function(name: str) -> Callable[[str], Any]:
     module, _, attr = name.rpartition('.')
-    if not module.startswith('udfs') or not attr:
+    if not (module == 'udfs' or module.startswith('udfs.')) or not attr:
         raise ValueError(f'custom check {name!r} must name a function in the udfs package, e.g. udfs.rules.no_urls')
-    fn = getattr(importlib.import_module(module), attr, None)
+    try:
+        found = importlib.import_module(module)
+    except ImportError as e:
+        raise ValueError(
+            f'custom check {name!r}: module {module!r} cannot be imported ({e}); write the function in a module of '
+            'the udfs package, e.g. udfs.rules.no_urls'
+        ) from None
+    fn = getattr(found, attr, None)
     if not callable(fn):
         raise ValueError(f'custom check {name!r} does not exist; define it in {module}')
     return fn
@@ -377,8 +387,36 @@ _CHECKS: dict[str, Callable[[Mapping[str, Any], str], list[Violation]]] = {
 }
 
 
+#: The settings each kind of rule takes (a `judge` rule's are checked in `workspace/core/rules.py`).
+SETTINGS: dict[str, tuple[str, ...]] = {
+    'regex': ('pattern',),
+    'keyword': ('words',),
+    'length': ('unit', 'min', 'max'),
+    'pii': ('entities', 'min_score'),
+    'injection': ('heuristics',),
+    'json_schema': ('schema',),
+    'custom': ('function',),
+    'judge': ('judge', 'fail'),
+}
+
+
+def check_settings(kind: str, config: Mapping[str, Any]) -> None:
+    """Raise ValueError naming the settings `kind` does not take (a typo would otherwise be ignored)."""
+    known = SETTINGS.get(kind, ())
+    unknown = [name for name in config if name not in known]
+    if not unknown:
+        return
+    close = [difflib.get_close_matches(name, known, n=1) for name in unknown]
+    hints = '; '.join(f'did you mean {c[0]!r} for {n!r}?' for n, c in zip(unknown, close) if c)
+    raise ValueError(
+        f'a {kind} rule does not take the setting(s) {", ".join(map(repr, unknown))}; its settings are: '
+        f'{", ".join(known)}' + (f' ({hints})' if hints else '')
+    )
+
+
 def check_config(kind: str, config: Mapping[str, Any]) -> None:
     """Raise ValueError naming the problem if `config` is not usable for a rule of `kind`."""
+    check_settings(kind, config)
     if kind == 'regex':
         if not isinstance(config.get('pattern'), str) or not config['pattern']:
             raise ValueError("a regex rule needs pattern='...'")
@@ -401,12 +439,21 @@ def check_config(kind: str, config: Mapping[str, Any]) -> None:
         if low is not None and high is not None and low > high:
             raise ValueError(f'min={low} is more than max={high}')
     elif kind == 'pii':
-        unknown = sorted(set(config.get('entities') or ()) - set(PII_ENTITIES))
+        entities = config.get('entities')
+        if entities is not None and (not isinstance(entities, list) or not all(isinstance(e, str) for e in entities)):
+            raise ValueError(f'entities={entities!r} must be a list of entity names, e.g. ["CREDIT_CARD"]')
+        unknown = sorted(set(entities or ()) - set(PII_ENTITIES))
         if unknown:
             raise ValueError(f'unknown pii entities {unknown}; choose from {", ".join(PII_ENTITIES)}')
+        score = config.get('min_score', 0.4)
+        if isinstance(score, bool) or not isinstance(score, (int, float)) or not 0 <= score <= 1:
+            raise ValueError(f'min_score={score!r} must be a number from 0 to 1')
     elif kind == 'injection':
         known = {n for n, _ in INJECTION_PATTERNS}
-        unknown = sorted(set(config.get('heuristics') or ()) - known)
+        names = config.get('heuristics')
+        if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
+            raise ValueError(f'heuristics={names!r} must be a list of heuristic names, e.g. ["ignore_instructions"]')
+        unknown = sorted(set(names or ()) - known)
         if unknown:
             raise ValueError(f'unknown injection heuristics {unknown}; choose from {", ".join(sorted(known))}')
     elif kind == 'json_schema':

@@ -24,6 +24,7 @@ import pandas as pd
 from workspace.analysis.compare import flips, significance
 from workspace.analysis.diff import VersionDiff, diff_versions, render_diff_text
 from workspace.config import utc_now
+from workspace.core import rules
 from workspace.core.runs import get_run, list_runs
 from workspace.core.versions import Version, get_version
 from workspace.errors import VersionError
@@ -202,6 +203,7 @@ def changelog(version: Version | str, *, model: str | None = None) -> Changelog:
     child = get_version(version)
     parent = _parent(child)
     request = _request(parent, child, model or child.model)
+    rules.raise_if_blocked(rules.screen(rules.blocking_rules(child.prompt), None, request['prompt']))
     answer = store.answer(request, origin=(child.id, None, None))
     text = (answer['text'] or '').strip() or None
     row = {

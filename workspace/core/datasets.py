@@ -220,8 +220,38 @@ def parse_records(origin: str, items: Sequence[Any], unit: str = 'row') -> Parse
     return Parsed(origin, list(columns), records)
 
 
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return '\0' in value
+    if isinstance(value, Mapping):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
+def _refuse_nul(parsed: Parsed) -> Parsed:
+    """Raise DatasetError naming the line and column of the first NUL byte; PostgreSQL cannot store one in text,
+    and replacing it (Pixeltable writes a space) would change the example silently."""
+    for column in parsed.columns:
+        if '\0' in str(column):
+            raise DatasetError(f'{parsed.origin}: the header has a NUL byte (\\x00) in column {column!r}; remove it')
+    for record in parsed.records:
+        for column, value in record.values.items():
+            if _has_nul(value):
+                raise DatasetError(
+                    f'{parsed.origin}: {record.where}, column {column!r}, holds a NUL byte (\\x00), which cannot be '
+                    "stored in text; remove it from the source (e.g. tr -d '\\000' < in.csv > out.csv)"
+                )
+    return parsed
+
+
 def parse_source(source: Source) -> Parsed:
     """Read a CSV, JSONL or JSON file, a DataFrame or a list of dicts into records, refusing defects by line."""
+    return _refuse_nul(_parse_source(source))
+
+
+def _parse_source(source: Source) -> Parsed:
     if isinstance(source, pd.DataFrame):
         frame = source.astype(object).where(source.notna(), None)
         return parse_records('DataFrame', frame.to_dict(orient='records'))

@@ -204,23 +204,63 @@ def add_scorer(
 
 
 def _rows_to_write(v: Version, ds: Dataset, requests: Mapping[str, dict[str, Any]], retry_errors: bool) -> list[str]:
-    """Return the examples whose evaluation row is missing, stale (another request), or failed and retried."""
+    """Return the examples whose evaluation row is missing, stale (another request), failed and retried, or kept
+    from the model by a rule (checked again: the rule may have changed)."""
     frame = eval_rows(ds.name, v.id)
     existing = {ex: (key, error) for ex, key, error in zip(frame['example_id'], frame['request_hash'], frame['error'])}
     stale = [ex for ex, req in requests.items() if ex not in existing or existing[ex][0] != req['hash']]
-    failed = [ex for ex in requests if ex not in stale and retry_errors and not pd.isna(existing[ex][1])]
+    failed = [
+        ex
+        for ex in requests
+        if ex not in stale and not pd.isna(existing[ex][1]) and (retry_errors or rules.is_blocked(existing[ex][1]))
+    ]
     return stale + failed
 
 
+def _screen(v: Version, ds: Dataset, requests: Mapping[str, dict[str, Any]], examples: list[str]) -> dict[str, str]:
+    """Return {example id: why} for the requests a blocking input or prompt rule keeps from the model."""
+    blocking = rules.blocking_rules(v.prompt)
+    if not blocking:
+        return {}
+    by_id = {row['example_id']: row for row in ds.rows()} if examples else {}
+    blocked = {}
+    for ex in examples:
+        fields = {name: by_id[ex][name] for name in ds.inputs}
+        found = rules.screen(blocking, fields, requests[ex]['prompt'])
+        if found:
+            blocked[ex] = rules.blocked_message(found)
+    if blocked:
+        log.warning('%s: %d request(s) kept from the model by a blocking rule', v.id, len(blocked))
+    return blocked
+
+
+def _blocked_answer(key: str, message: str) -> store.Answer:
+    return store.Answer(
+        hash=key,
+        text=None,
+        prompt_tokens=None,
+        completion_tokens=None,
+        latency_s=None,
+        finish_reason=None,
+        error=message,
+        answered_at=None,
+        reused=False,
+        scores=None,
+    )
+
+
 def _sample_requests(
-    v: Version, ds: Dataset, requests: Mapping[str, dict[str, Any]], k: int, retry_errors: bool
+    v: Version, ds: Dataset, requests: Mapping[str, dict[str, Any]], k: int, retry_errors: bool, again: set[str]
 ) -> dict[tuple[str, int], dict[str, Any]]:
-    """Return the sample requests (example id, index) whose stored sample is missing or another request."""
+    """Return the sample requests (example id, index) whose stored sample is missing or another request, and
+    those of the examples `again` (rows written again: a rule that blocked them may have changed)."""
     if k <= 1:
         return {}
     stored = samples_module.stored_samples(ds.name, v.id)
     wanted = {(ex, i): samples_module.sample_request(req, i) for ex, req in requests.items() for i in range(k)}
-    return {key: req for key, req in wanted.items() if retry_errors or stored.get(key) != req['hash']}
+    return {
+        key: req for key, req in wanted.items() if retry_errors or key[0] in again or stored.get(key) != req['hash']
+    }
 
 
 def _eval_row(v: Version, ds: Dataset, row: Mapping[str, Any], key: str, answer: store.Answer, **extra: Any):
@@ -254,8 +294,10 @@ def evaluate(
 ) -> Run:
     """Evaluate `version` on a dataset split (all rows if `split` is None) and return the run.
 
-    Only requests the store has not answered reach the model. Rows whose model call failed keep the error and
-    count in the summary; `retry_errors=True` sends those requests again. `samples=k` asks each request k times
+    Only requests the store has not answered reach the model, and none that a blocking input or prompt rule
+    fails: such a row stores the rule and the span as its error and counts as wrong (it is checked again on the
+    next evaluation, so a changed rule takes effect). Rows whose model call failed keep the error and count in the
+    summary; `retry_errors=True` sends those requests again. `samples=k` asks each request k times
     (the version must sample: temperature above 0); the sample index is part of the request identity, so k = 5
     after k = 3 makes 2 more calls per row, and `ws.sample_report(run)` reads pass@k and pass^k. Judge scorers
     of the dataset (`add_scorer(dataset, judge)`) judge the rows, calling only for new judge requests.
@@ -288,9 +330,10 @@ def evaluate(
     }
     table = eval_table(ds)
     to_write = _rows_to_write(v, ds, requests, retry_errors)
-    sampled = _sample_requests(v, ds, requests, samples, retry_errors)
-    asked = [(requests[ex], (v.id, ds.name, ex)) for ex in to_write]
-    asked += [(req, (v.id, ds.name, ex)) for (ex, _), req in sampled.items()]
+    blocked = _screen(v, ds, requests, to_write)
+    sampled = _sample_requests(v, ds, requests, samples, retry_errors, set(to_write))
+    asked = [(requests[ex], (v.id, ds.name, ex)) for ex in to_write if ex not in blocked]
+    asked += [(req, (v.id, ds.name, ex)) for (ex, _), req in sampled.items() if ex not in blocked]
     batch = store.answer_many(asked, retry_errors=retry_errors, progress=progress)
 
     evaluated_at = utc_now()
@@ -298,7 +341,7 @@ def evaluate(
     updates = []
     for ex in to_write:
         key = requests[ex]['hash']
-        answer = batch.answers.get(key)
+        answer = _blocked_answer(key, blocked[ex]) if ex in blocked else batch.answers.get(key)
         if answer is None:
             raise WorkspaceError(f'request {key[:12]} for example {ex!r} is missing from the store; evaluate again')
         extra = {
@@ -311,7 +354,8 @@ def evaluate(
         updates.append(_eval_row(v, ds, by_id[ex], key, answer, **extra))
     if updates:
         tables.upsert(table, updates)
-    samples_module.write_samples(ds.name, v, sampled, batch.answers)
+    kept_back = {r['hash']: _blocked_answer(r['hash'], blocked[ex]) for (ex, _), r in sampled.items() if ex in blocked}
+    samples_module.write_samples(ds.name, v, sampled, {**batch.answers, **kept_back})
     judge_calls = judges.judge_evaluation(ds, table, v.id, list(requests), progress=progress)
 
     answered_now = {ex for ex in requests if requests[ex]['hash'] in batch.called}

@@ -33,6 +33,7 @@ import pandas as pd
 
 from udfs import parse as parse_udfs, render as render_udfs
 from workspace.config import utc_now
+from workspace.core import rules
 from workspace.core.datasets import Dataset, get_dataset
 from workspace.core.versions import Params, Version, choice, create_version, get_version, json_object
 from workspace.errors import TemplateError, VersionError, WorkspaceError
@@ -362,7 +363,9 @@ def judge_rows(
 ) -> Judged:
     """Judge predictions: each row names `version_id`, `example_id`, `prediction` and `request_hash` (the judged
     prediction's request). Only judge requests the store has not answered reach the model. Rows with no
-    prediction are not judged. The verdicts are written to the dataset's judgements table and returned.
+    prediction are not judged. A judge request that a blocking input or prompt rule fails (see `ws.set_rule`) is
+    not sent: its row stores the rule as the error. The verdicts are written to the dataset's judgements table
+    and returned.
 
     >>> judge_rows(correctness_judge(), 'support_tickets', run.rows().to_dict('records')).frame
     """
@@ -389,16 +392,20 @@ def judge_rows(
     fresh = [
         (row, r)
         for row, r in requests
-        if stored.get((row['version_id'], row['example_id']), {}).get('request_hash') != r['hash']
+        if (found := stored.get((row['version_id'], row['example_id']), {})).get('request_hash') != r['hash']
+        or rules.is_blocked(found.get('error'))
     ]
+    blocked = _screen(j, ds, by_id, fresh)
     origin: dict[str, store.Origin] = {}
     for row, request in fresh:
-        origin.setdefault(request['hash'], (j.id, ds.name, row['example_id']))
-    batch = store.answer_many([(r, origin[r['hash']]) for _, r in fresh], progress=progress)
+        if (row['version_id'], row['example_id']) not in blocked:
+            origin.setdefault(request['hash'], (j.id, ds.name, row['example_id']))
+    batch = store.answer_many([(r, origin[r['hash']]) for _, r in fresh if r['hash'] in origin], progress=progress)
     now = utc_now()
     out = []
     for row, request in fresh:
-        answer = batch.answers[request['hash']]
+        why = blocked.get((row['version_id'], row['example_id']))
+        answer = batch.answers[request['hash']] if why is None else {**_NO_ANSWER, 'error': why}
         read = read_verdict(answer['text'], spec, j.output)
         out.append(
             {
@@ -416,7 +423,7 @@ def judge_rows(
                 'latency_s': answer['latency_s'],
                 'prompt_tokens': answer['prompt_tokens'],
                 'completion_tokens': answer['completion_tokens'],
-                'reused': request['hash'] not in batch.called,
+                'reused': why is None and request['hash'] not in batch.called,
                 'judged_at': now,
             }
         )
@@ -425,6 +432,36 @@ def judge_rows(
     written = {(r['version_id'], r['example_id']): r for r in out}
     frame = [written.get(key) or stored[key] for key in ((row['version_id'], row['example_id']) for row, _ in requests)]
     return Judged(pd.DataFrame(frame, columns=_JUDGED_COLUMNS), batch.calls)
+
+
+_NO_ANSWER: dict[str, Any] = {'text': None, 'latency_s': None, 'prompt_tokens': None, 'completion_tokens': None}
+
+
+def _screen(
+    judge: Version,
+    ds: Dataset,
+    examples: Mapping[str, Mapping[str, Any]],
+    fresh: Sequence[tuple[Mapping[str, Any], Mapping[str, Any]]],
+) -> dict[tuple[str, str], str]:
+    """Return {(version id, example id): why} for the judge requests a blocking rule keeps from the model: input
+    rules of the judge's prompt or of the judged version's prompt on the example's input fields, and prompt rules
+    of the judge's prompt on the judge's rendered prompt."""
+    active = rules.active_rules()
+    own = rules.blocking_rules(judge.prompt, active)
+    if not any(r.enforcement == 'block' and r.stage in ('input', 'prompt') for r in active):
+        return {}
+    judged: dict[str, list[rules.Rule]] = {}
+    blocked = {}
+    for row, request in fresh:
+        vid = row['version_id']
+        if vid not in judged:
+            inputs = rules.blocking_rules(get_version(vid).prompt, active)
+            judged[vid] = own + [r for r in inputs if r.stage == 'input' and r not in own]
+        example = examples[row['example_id']]
+        found = rules.screen(judged[vid], {n: example[n] for n in ds.inputs}, request['prompt'])
+        if found:
+            blocked[(vid, row['example_id'])] = rules.blocked_message(found)
+    return blocked
 
 
 def _stored(dataset: str, judge_id: str, version_ids: set[str]) -> dict[tuple[str, str], dict[str, Any]]:

@@ -1,8 +1,11 @@
 """Guardrail rules: stored and versioned, a computed column on every evaluation table, checked when serving.
 
 A rule checks one stage of a request: the example's `input` fields, the rendered `prompt`, or the model's
-`output`. Its enforcement is `block` (serving refuses; an evaluation row counts as a failure) or `warn` (reported).
-Setting a rule whose content changed writes a new version of it, with its parent, so the history stays.
+`output`. Its enforcement is `block` or `warn` (reported). A blocking input or prompt rule is checked before the
+request is sent, wherever a request is made (evaluation, optimization, judging, suggestions, serving): a request
+it fails never reaches the model; an evaluation row stores the rule and the span as its error (`BLOCKED`) and
+counts as a failure, and serving refuses. A blocking output rule fails the row (or the served request) after the
+model answered. Setting a rule whose content changed writes a new version of it, with its parent.
 
 In evaluations each active rule (every kind but `judge`) is a computed column `rule_<name>` of each dataset's
 evaluation table, holding the row's violations with their spans; adding or changing a rule recomputes that column
@@ -46,6 +49,11 @@ __all__ = [
     'RuleTally',
     'tally',
     'apply_blocks',
+    'BLOCKED',
+    'blocking_rules',
+    'screen',
+    'blocked_message',
+    'is_blocked',
 ]
 
 log = logging.getLogger(__name__)
@@ -161,6 +169,10 @@ def _validate(name: str, kind: str, stage: str, enforcement: str, prompts: Any, 
         raise RuleError(f'prompts={prompts!r} must be a non-empty list of prompt names, or None for every prompt')
     if kind == 'json_schema' and stage != 'output':
         raise RuleError('a json_schema rule checks the output; use stage="output"')
+    try:
+        checks.check_settings(kind, config)
+    except ValueError as e:
+        raise RuleError(f'rule {name!r}: {e}') from None
     if kind == 'judge':
         if stage != 'output':
             raise RuleError('a judge rule judges the model\'s output (it calls a model); use stage="output"')
@@ -334,6 +346,57 @@ def raise_if_blocked(violations: Sequence[Violation]) -> None:
             raise GuardrailViolation(v, list(violations))
 
 
+# --- before a request is sent ---------------------------------------------------------------------------------
+
+#: How the stored error of a request a rule kept from the model begins; the rest names the rule and the span.
+BLOCKED = 'blocked before sending: '
+
+
+def blocking_rules(prompt: str | Sequence[str], rules: Sequence[Rule] | None = None) -> list[Rule]:
+    """Return the active rules that keep a request of `prompt` (or of any of several prompts) from the model:
+    `block` rules on the input or the rendered prompt. Judge rules call a model themselves and check outputs."""
+    names = [prompt] if isinstance(prompt, str) else list(prompt)
+    return [
+        r
+        for r in (rules if rules is not None else active_rules())
+        if r.enforcement == 'block'
+        and r.stage in ('input', 'prompt')
+        and r.kind != 'judge'
+        and any(r.applies_to(n) for n in names)
+    ]
+
+
+def screen(rules: Sequence[Rule], fields: Mapping[str, Any] | None, text: str | None) -> list[Violation]:
+    """Return what the blocking `rules` find in a request before it is sent: input rules in its input fields,
+    prompt rules in its rendered prompt. An empty list means the request may be sent.
+
+    >>> screen(blocking_rules('ticket_router'), {'text': 'card 4111 1111 1111 1111'}, 'Ticket: card 4111 ...')
+    """
+    found: list[Violation] = []
+    for rule in rules:
+        if rule.stage == 'input' and fields is not None:
+            found += checks.fields_violations(rule.spec(), fields)
+        elif rule.stage == 'prompt' and text is not None:
+            found += checks.check(rule.spec(), text)
+    return found
+
+
+def blocked_message(violations: Sequence[Violation]) -> str:
+    """Return the error stored for a request kept from the model: `BLOCKED`, the rule, the field and the span.
+
+    The matched text is left out: it is what the rule keeps from leaving (the rule's column holds it)."""
+    v = violations[0]
+    where = f' in {v["field"]}' if v.get('field') else ''
+    span = f' at characters {v["span"][0]}-{v["span"][1]}' if v.get('span') else ''
+    more = f' (and {len(violations) - 1} more)' if len(violations) > 1 else ''
+    return f'{BLOCKED}rule {v["rule"]} ({v["stage"]}{where}){span}: {v["message"]}{more}; not sent to the model'
+
+
+def is_blocked(error: Any) -> bool:
+    """Return whether a stored error says a rule kept the request from the model."""
+    return isinstance(error, str) and error.startswith(BLOCKED)
+
+
 # --- evaluation columns ---------------------------------------------------------------------------------------
 
 
@@ -436,6 +499,10 @@ def tally(frame: pd.DataFrame) -> RuleTally:
                     blocked[i] = True
                     reasons[i] = _reason(v)
         counts[name] = n
+    for i, error in frame['error'].items() if 'error' in frame.columns else ():
+        if is_blocked(error) and not blocked[i]:  # kept from the model by a rule since changed or switched off
+            blocked[i] = True
+            reasons[i] = error
     return RuleTally(counts, blocked, reasons)
 
 

@@ -424,7 +424,7 @@ def summarize(run: Run, frame: pd.DataFrame | None = None) -> Summary:
     ds = get_dataset(run.dataset)
     frame = run.rows() if frame is None else frame
     frame, ruled = rules.apply_blocks(frame, run.score_columns())
-    errors = int(frame['error'].notna().sum())
+    errors = int((frame['error'].notna() & ~ruled.blocked).sum())  # a row a rule kept from the model is no model error
     values: dict[str, Any] = {}
     per_cat = confusion = None
     if ds.task == 'choice':

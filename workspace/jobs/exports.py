@@ -226,6 +226,8 @@ def export_version(
 
 
 def _read_prompt_file(path: Path) -> dict[str, Any]:
+    if path.is_dir():
+        raise WorkspaceError(f'prompt file {str(path)!r} is a folder; give the path of a .yaml or .json file in it')
     if not path.is_file():
         raise WorkspaceError(f'prompt file {str(path)!r} does not exist')
     import yaml

@@ -143,6 +143,8 @@ def run_notebook(
     from papermill.exceptions import PapermillExecutionError
 
     path = config.resolve_path(notebook).resolve()
+    if path.is_dir():
+        raise WorkspaceError(f'notebook {str(notebook)!r} is a folder; give the path of an .ipynb file in it')
     if not path.is_file():
         raise WorkspaceError(f'notebook {str(notebook)!r} does not exist (working directory: {Path.cwd()})')
     given = dict(parameters or {})

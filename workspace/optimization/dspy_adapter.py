@@ -100,11 +100,15 @@ class Ledger:
     max_errors: int = 10
     on_request: Callable[[Ledger], None] | None = None
     label: str = ''
+    #: Checks a request before it is sent: (request, its input fields or None) in, why it must not be sent (a
+    #: blocking rule) or None out. A blocked request fails like a model error but is not sent nor counted as one.
+    screen: Callable[[Mapping[str, Any], Mapping[str, Any] | None], str | None] | None = None
     requests: int = 0
     calls: int = 0
     reused: int = 0
     tokens: int = 0
     errors: int = 0
+    blocked: int = 0
     last_error: str | None = None
     _memo: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
@@ -117,13 +121,20 @@ class Ledger:
         if self.deadline is not None and time.monotonic() > self.deadline:
             raise Stop('max_minutes', 'the max_minutes budget is spent')
 
-    def answer(self, request: Mapping[str, Any], example_id: str | None) -> dict[str, Any]:
-        """Return the store's answer to `request`, counting it against the budget; raise ModelCallError on an error."""
+    def answer(
+        self, request: Mapping[str, Any], example_id: str | None, inputs: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Return the store's answer to `request`, counting it against the budget; raise ModelCallError on an error
+        or when `screen` keeps the request (made from `inputs`, if it is the task's) from the model."""
         with self._lock:
             self.check_time()
             if self.max_requests is not None and self.requests >= self.max_requests:
                 raise Stop('max_calls', f'the max_calls budget of {self.max_requests} requests is spent')
             self.requests += 1
+            why = self.screen(request, inputs) if self.screen is not None else None
+            if why is not None:
+                self.blocked += 1
+                raise ModelCallError(why)
             body = {k: v for k, v in request.items() if k != 'hash'}
             key = json.dumps(body, sort_keys=True, ensure_ascii=False)
             out = self._memo.get(key)
@@ -343,6 +354,7 @@ class WorkspaceLM(dspy.BaseLM):
         options = {**self.kwargs, **kwargs}
         request = options.pop('workspace_request', None)
         example_id = options.pop('workspace_example', None)
+        inputs = options.pop('workspace_inputs', None)
         if request is None:
             text = prompt if isinstance(prompt, str) else _flatten(messages)
             params = dict(self.proposal_params)
@@ -358,7 +370,7 @@ class WorkspaceLM(dspy.BaseLM):
         choices, prompt_tokens, completion_tokens = [], 0, 0
         for i in range(int(options.get('n') or 1)):
             varied = dict(params, seed=int(params.get('seed', 0)) + i) if i else params
-            out = self.ledger.answer({**request, 'params': varied}, example_id)
+            out = self.ledger.answer({**request, 'params': varied}, example_id, inputs)
             prompt_tokens += int(out.get('prompt_tokens') or 0)
             completion_tokens += int(out.get('completion_tokens') or 0)
             choices.append(
@@ -427,7 +439,9 @@ class VersionAdapter(dspy.Adapter):
             chosen = self.active.candidate or self.task.candidate(signature, demos, lm.version)
             version = chosen.apply(lm.version)
             request = self.task.request(version, inputs, lm.model_id)
-            kwargs.update(workspace_request=request, workspace_example=self.task.example_id(inputs))
+            kwargs.update(
+                workspace_request=request, workspace_example=self.task.example_id(inputs), workspace_inputs=inputs
+            )
             outputs = lm(prompt=request['prompt'], **kwargs)
             return [{self.task.output: parse_udfs.parse(_text(o), dict(version.output))} for o in outputs]
         outputs = lm(prompt=self.render_plain(signature, demos, inputs), **kwargs)

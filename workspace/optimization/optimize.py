@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, TypedDict
 import pandas as pd
 
 from workspace.config import utc_now
+from workspace.core import rules
 from workspace.core.datasets import Dataset, get_dataset
 from workspace.core.demo_policies import nearest, retrieve
 from workspace.core.evaluate import check_template, evaluate
@@ -464,6 +465,7 @@ def _prepare(
         train_rows, dev_rows = ds.rows(train), ds.rows(dev)
     except DatasetError as e:
         raise OptimizeError(f'{e}; pass train= and dev= naming splits with examples') from None
+    train_rows, dev_rows = _allowed(baseline, ds, train_rows, train), _allowed(baseline, ds, dev_rows, dev)
     if test == 'auto':
         test = 'test' if 'test' in ds.splits() and 'test' not in (train, dev) else None
     elif test is not None and test not in ds.splits():
@@ -492,6 +494,38 @@ def _prepare(
         name, baseline, ds, train, dev, test, train_rows, dev_rows, scorer, metric_key, plan, limits, seed,
         max_errors, teacher_version, dataset_version, run_id,
     )  # fmt: skip
+
+
+def _allowed(baseline: Version, ds: Dataset, rows: list[dict[str, Any]], split: str) -> list[dict[str, Any]]:
+    """Return the rows no blocking input rule of the baseline's prompt fails: the others never reach a model (not
+    as examples, nor as demos, nor in a proposer's prompt)."""
+    blocking = [r for r in rules.blocking_rules(baseline.prompt) if r.stage == 'input']
+    kept = [row for row in rows if not rules.screen(blocking, {n: row[n] for n in ds.inputs}, None)]
+    if len(kept) < len(rows):
+        log.warning(
+            '%d of %d %s examples are left out: a blocking input rule fails them',
+            len(rows) - len(kept),
+            len(rows),
+            split,
+        )
+    if not kept:
+        raise OptimizeError(
+            f'every {split} example fails a blocking input rule of {baseline.prompt!r}; see ws.list_rules()'
+        )
+    return kept
+
+
+def _screener(baseline: Version, ds: Dataset) -> Callable[[Mapping[str, Any], Mapping[str, Any] | None], str | None]:
+    """Return the optimizer's check of each request before it is sent: the blocking rules of the baseline's prompt,
+    input rules on a task request's input fields, prompt rules on every prompt (proposals included)."""
+    blocking = rules.blocking_rules(baseline.prompt)
+
+    def screen(request: Mapping[str, Any], inputs: Mapping[str, Any] | None) -> str | None:
+        fields = {n: inputs.get(n) for n in ds.inputs} if inputs is not None else None
+        found = rules.screen(blocking, fields, request.get('prompt'))
+        return rules.blocked_message(found) if found else None
+
+    return screen
 
 
 @dataclass
@@ -585,6 +619,7 @@ def _search(setup: _Setup, *, progress: bool, started: Any, clock: float) -> _Se
         deadline=time.monotonic() + 60 * limits['max_minutes'] if 'max_minutes' in limits else None,
         max_errors=setup.max_errors,
         on_request=on_request,
+        screen=_screener(baseline, ds),
     )
     trials_table = tables.trials()
     active = da.Active()

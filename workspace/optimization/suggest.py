@@ -19,6 +19,7 @@ import jinja2
 import pandas as pd
 
 from udfs import parse as parse_udfs, render as render_udfs
+from workspace.core import rules
 from workspace.core.datasets import get_dataset
 from workspace.core.evaluate import check_template
 from workspace.core.runs import Run, get_run
@@ -155,6 +156,10 @@ def _report(run: Run, max_failures: int) -> str:
         if not k.startswith('mean_')
     )
     failures = run.failures()
+    blocking = [r for r in rules.blocking_rules(version.prompt) if r.stage == 'input']
+    if blocking:  # a case whose inputs a blocking rule keeps from the model is not shown to one either
+        allowed = [not rules.screen(blocking, {n: row[n] for n in ds.inputs}, None) for _, row in failures.iterrows()]
+        failures = failures[allowed]
     shown = failures.head(max_failures)
     cases = []
     for _, row in shown.iterrows():
@@ -244,6 +249,7 @@ def suggest(run: Run | str, *, model: str | None = None, max_failures: int = 8, 
         'constraint': {'json_schema': schema},
     }
     origin = (f'suggest:{the_run.run_id}', the_run.dataset, None)
+    rules.raise_if_blocked(rules.screen(rules.blocking_rules(the_run.version.prompt), None, prompt))
     out = answer(request, origin=origin)
     if out['error'] is not None:  # a stored failure (a timeout, a 5xx) is worth one more try
         out = answer(request, origin=origin, retry_errors=True)

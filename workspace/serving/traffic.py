@@ -170,11 +170,21 @@ def assign(prompt: str, unit_id: str | int, traffic: Mapping[str, float], *, exp
     return _assigner(prompt, traffic, experiment).assign(unit_id)
 
 
+#: The largest outcome magnitude stored: sums and squares of outcomes (means, variances, tests) stay finite in
+#: floating point for billions of units; 1e308 alone would make a mean of two units infinite.
+MAX_OUTCOME = 1e15
+
+
 def _outcome(value: object, where: str) -> float:
     if isinstance(value, (bool, np.bool_)):
         return float(value)
     if not isinstance(value, numbers.Real) or not math.isfinite(value):
         raise ComparisonError(f'{where}outcome {value!r} is not a finite number; log 0/1 for binary outcomes')
+    if abs(value) > MAX_OUTCOME:
+        raise ComparisonError(
+            f'{where}outcome {value!r} is larger than {MAX_OUTCOME:g} in magnitude: means and tests over such values '
+            'are not finite; log it in a larger unit (thousands, millions) or 0/1 for binary outcomes'
+        )
     return float(value)
 
 

@@ -138,6 +138,8 @@ def audit(
 
     >>> audit(since='7d', kind='label')
     """
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise WorkspaceError(f'limit={limit!r} is not valid; give a whole number of rows, 1 or more, or None for all')
     t = tables.audit()
     conditions: list[Any] = []
     if since is not None:

@@ -63,8 +63,9 @@ def install_error_handlers(app: FastAPI) -> None:
             detail = next(err for err in errors if err.get('type') == 'json_invalid')
             reason = (detail.get('ctx') or {}).get('error', 'invalid JSON')
             return json_error(400, 'malformed_json', f'the body is not valid JSON: {reason}')
-        parts = [f'{".".join(str(p) for p in err["loc"][1:]) or "body"}: {err["msg"]}' for err in errors[:5]]
-        return json_error(422, 'invalid_body', '; '.join(parts))
+        parts = [_invalid(request, err) for err in errors[:5]]
+        in_body = all(err['loc'][:1] == ('body',) for err in errors)
+        return json_error(422, 'invalid_body' if in_body else 'invalid_request', '; '.join(parts))
 
     @app.exception_handler(HTTPException)
     async def _on_http(request: Request, e: HTTPException) -> JSONResponse:
@@ -76,6 +77,17 @@ def install_error_handlers(app: FastAPI) -> None:
         incident = uuid.uuid4().hex[:12]
         log.exception('incident %s on %s %s', incident, request.method, request.url.path)
         return json_error(500, 'internal_error', f'the server failed; incident {incident} is in its log')
+
+
+def _invalid(request: Request, err: dict[str, Any]) -> str:
+    """Return one validation error as `where: what`, naming the known fields when an unknown one was sent."""
+    where = '.'.join(str(p) for p in err['loc'][1:]) or str(err['loc'][0])
+    if err.get('type') != 'extra_forbidden':
+        return f'{where}: {err["msg"]}'
+    route = request.scope.get('route')
+    body = getattr(getattr(route, 'body_field', None), 'type_', None)
+    known = ', '.join(getattr(body, 'model_fields', {})) or 'see /docs'
+    return f'{where}: is not a field of this request; its fields are: {known}'
 
 
 def install_docs(app: FastAPI) -> None:

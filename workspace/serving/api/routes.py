@@ -4,10 +4,10 @@ audit) and the server's own (health, docs)."""
 from __future__ import annotations
 
 import time
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Request
-from pydantic import BaseModel, Field
+from fastapi import APIRouter, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
 
 from workspace.core import rules
 from workspace.core.labels import set_label
@@ -26,6 +26,8 @@ health = APIRouter()
 class RenderBody(BaseModel):
     """A request to render (or complete) a version for an application."""
 
+    model_config = ConfigDict(extra='forbid')  # a misspelt field is refused, not ignored
+
     version: str = Field(description="a version reference: 'prompt@label', 'prompt:v3' or a prompt name")
     fields: dict[str, Any] = Field(default_factory=dict, description='the input fields the template reads')
     unit_id: str | int | None = Field(default=None, description='a stable id of the user or session, for A/B arms')
@@ -34,6 +36,8 @@ class RenderBody(BaseModel):
 class OutcomeBody(BaseModel):
     """The outcome of one served execution (0/1, or any number)."""
 
+    model_config = ConfigDict(extra='forbid')  # a misspelt field is refused, not ignored
+
     execution_id: str
     outcome: float
 
@@ -41,12 +45,16 @@ class OutcomeBody(BaseModel):
 class LabelBody(BaseModel):
     """Where a label should point."""
 
+    model_config = ConfigDict(extra='forbid')  # a misspelt field is refused, not ignored
+
     version: str
     note: str = ''
 
 
 class RuleBody(BaseModel):
     """A rule's content (see ws.set_rule)."""
+
+    model_config = ConfigDict(extra='forbid')  # a misspelt field is refused, not ignored
 
     kind: Literal['regex', 'keyword', 'length', 'pii', 'injection', 'json_schema', 'judge', 'custom']
     stage: Literal['input', 'prompt', 'output'] = 'output'
@@ -143,7 +151,11 @@ def put_rule(request: Request, name: str, body: RuleBody, key: AdminKey) -> dict
 
 @admin.get('/v1/audit')
 def get_audit(
-    request: Request, key: AdminKey, since: str | None = None, kind: str | None = None, limit: int = 100
+    request: Request,
+    key: AdminKey,
+    since: str | None = None,
+    kind: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=10_000, description='the newest rows to return')] = 100,
 ) -> list[dict[str, Any]]:
     """Return the audit log, newest first."""
     with DB_LOCK:

@@ -88,6 +88,8 @@ def local_path(name: str) -> Path:
     if not name:
         return embedded_model_path()
     path = Path(name).expanduser()
+    if path.is_dir():
+        raise BackendError(f'model file {str(path)!r} is a folder; give the path of a .gguf file in it')
     if not path.is_file():
         raise BackendError(f'model file {str(path)!r} does not exist; give the path of a .gguf file')
     return path

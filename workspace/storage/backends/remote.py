@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,9 +54,16 @@ class _RateLimiter:
             sleep(start - now)
 
 
+class _BadAnswer(Exception):
+    """A 200 answer that is not a usable chat completion (malformed JSON, no choices): retried like a 5xx, since
+    a proxy or an overloaded server sends these for a moment, and a later attempt usually gets a real answer."""
+
+
 def _retryable(exc: Exception) -> tuple[bool, float | None]:
     name = type(exc).__name__
     status = getattr(exc, 'status_code', None)
+    if isinstance(exc, (_BadAnswer, json.JSONDecodeError)) or name == 'APIResponseValidationError':
+        return True, None
     if name in ('APITimeoutError', 'APIConnectionError') or (status is not None and (status == 429 or status >= 500)):
         headers = getattr(getattr(exc, 'response', None), 'headers', None) or {}
         value = headers.get('retry-after')
@@ -63,6 +72,31 @@ def _retryable(exc: Exception) -> tuple[bool, float | None]:
         except ValueError:
             return True, None
     return False, None
+
+
+def _choice(out: Any) -> Any:
+    """Return the first choice of a chat completion; raise _BadAnswer if the answer has none."""
+    choices = getattr(out, 'choices', None)
+    if not isinstance(choices, list):
+        raise _BadAnswer(f'the answer is not a chat completion: {str(out)[:120]!r}')
+    if not choices or choices[0].message is None:
+        raise _BadAnswer('the answer has an empty choices list; is the endpoint chat-completions?')
+    return choices[0]
+
+
+def _describe(exc: Exception) -> str:
+    return f'the answer is not valid JSON ({exc})' if isinstance(exc, json.JSONDecodeError) else str(exc)
+
+
+def _without_userinfo(url: str | None) -> str | None:
+    """Return `url` without a `user:password@` part, which httpx turns into a Basic Authorization header that
+    replaces the Bearer key."""
+    if not url:
+        return url
+    parts = urllib.parse.urlsplit(url)
+    if '@' not in parts.netloc:
+        return url
+    return urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition('@')[2]))
 
 
 class ChatBackend:
@@ -110,13 +144,22 @@ class ChatBackend:
 
     def _make_client(self) -> Any:
         key = self._key()
+        url = _without_userinfo(self.base_url)
+        if url != self.base_url:
+            log.warning(
+                '%s: the user and password in the base URL %s are not sent (httpx would send them as Basic auth '
+                'in place of the key); the key comes from %s',
+                self.kind,
+                public_url(self.base_url or ''),
+                self.key_env,
+            )
         if self.kind == 'groq':
             import groq
 
-            return groq.Groq(api_key=key, base_url=self.base_url, max_retries=0)
+            return groq.Groq(api_key=key, base_url=url, max_retries=0)
         import openai
 
-        return openai.OpenAI(api_key=key or 'no-key', base_url=self.base_url, max_retries=0)
+        return openai.OpenAI(api_key=key or 'no-key', base_url=url, max_retries=0)
 
     def _redact(self, text: str) -> str:
         key = os.environ.get(self.key_env)
@@ -167,24 +210,23 @@ class ChatBackend:
             start = time.perf_counter()
             try:
                 out = client.chat.completions.create(**kwargs, timeout=timeout)
+                choice = _choice(out)
             except Exception as exc:
                 retry, retry_after = _retryable(exc)
                 timed_out = type(exc).__name__ == 'APITimeoutError'
                 timeouts += timed_out
                 spent = timeouts >= timeout_attempts if timed_out else attempt >= policy.max_attempts
                 if not retry or spent:
-                    what = f'timed out after {timeout:g} s' if timed_out else self._redact(str(exc))
+                    what = f'timed out after {timeout:g} s' if timed_out else self._redact(_describe(exc))
+                    kind = 'BadAnswer' if isinstance(exc, _BadAnswer) else type(exc).__name__
                     raise BackendError(
-                        f'{self.kind} request failed after {attempt} attempt(s): {type(exc).__name__}: {what}'
+                        f'{self.kind} request failed after {attempt} attempt(s): {kind}: {what}'
                     ) from None
                 wait = policy.delay(attempt, retry_after)
                 log.info('%s: %s; retry %d in %.2f s', self.kind, type(exc).__name__, attempt, wait)
                 self._sleep(wait)
                 continue
             usage = out.usage
-            choice = out.choices[0] if out.choices else None
-            if choice is None or choice.message is None:
-                raise BackendError(f'{self.kind} answered without a choice; the endpoint is not chat-completions')
             return Completion(
                 text=choice.message.content or '',
                 prompt_tokens=getattr(usage, 'prompt_tokens', None),
