@@ -482,11 +482,13 @@ def build_request(
     *,
     model_id: str | None = None,
     demos: Sequence[Mapping[str, Any]] | None = None,
+    prompt: str | None = None,
 ) -> dict[str, Any]:
     """Return the request `version` sends for one example's input fields, with its `hash`; a version with a demo
-    policy needs the `demos` retrieved for the example (`workspace.core.demo_policies.retrieve`)."""
+    policy needs the `demos` retrieved for the example (`workspace.core.demo_policies.retrieve`). `prompt` is the
+    version already rendered with these fields and demos, when the caller has it (serving renders elsewhere)."""
     try:
-        prompt = version.render(fields, demos=demos)
+        prompt = version.render(fields, demos=demos) if prompt is None else prompt
     except jinja2.UndefinedError as e:
         where = f' for example {fields["example_id"]!r}' if 'example_id' in fields else ''
         raise TemplateError(f'template of {version.id} failed to render{where}: {e.message}') from None

@@ -323,6 +323,10 @@ def _keys(args: argparse.Namespace) -> int:
 def _audit(args: argparse.Namespace) -> int:
     from workspace.storage.audit_log import audit
 
+    if args.verify:
+        check = audit(verify=True)
+        print(check)
+        return 0 if check.ok else 1
     _out(audit(since=args.since, kind=args.kind, subject=args.subject, limit=args.limit))
     return 0
 
@@ -623,6 +627,12 @@ def _add_audit(commands: Any) -> None:
     p.add_argument('--kind', help='a kind (label.moved) or its first part (label)')
     p.add_argument('--subject', help='changes to one thing: a version id, prompt@label, rule or key name')
     p.add_argument('--limit', type=int, default=50)
+    p.add_argument(
+        '--verify',
+        action='store_true',
+        help='check the hash chain and table history instead: exit 1 naming the first broken link if a row was '
+        'deleted or changed outside the workspace',
+    )
 
 
 def _add_rules(commands: Any) -> None:

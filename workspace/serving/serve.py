@@ -9,7 +9,10 @@ The same resolution, rendering and rules as in a notebook, fast enough for every
   `ExecutionLog` that buffers rows and writes them every `flush_seconds`, when `flush_rows` are waiting, and at
   exit, so a request never waits for the store.
 
-Pixeltable is called from one thread at a time (`DB_LOCK`): request threads only on a cold cache or a model call.
+Reads of the catalog and changes hold `DB_LOCK`, so they reach Pixeltable one at a time. A model call does not:
+it can take a minute, and holding the lock that long would stall every other request; the request store's own
+reads and writes around it run on the request's thread (Pixeltable gives each thread its own connection and
+transaction).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from workspace.core.rules import Rule, Violation
 from workspace.core.versions import Version, build_request, get_version
 from workspace.errors import GuardrailViolation, LabelError, ServeError, VersionError, WorkspaceError
 from workspace.serving import experiments, keys
+from workspace.serving.render_workers import RenderWorkers
 from workspace.serving.traffic import Assigner, log_outcome
 from workspace.storage import audit_log, store, tables
 
@@ -74,6 +78,12 @@ class ServeSettings:
     flush_rows: int = 500
     #: The largest request body the HTTP server reads, in bytes.
     max_body: int = 64 * 1024
+    #: The largest request line and headers the HTTP server reads, in bytes (refused before any key check).
+    max_header: int = 32 * 1024
+    #: Seconds the HTTP server works on one request before it answers 504 (the model call may still finish).
+    request_timeout: float = 60.0
+    #: Worker processes the HTTP server renders templates in (each render capped in time, see render_workers.py).
+    render_workers: int = 2
 
     @classmethod
     def from_env(cls) -> ServeSettings:
@@ -396,21 +406,38 @@ def _fields(fields: Any) -> dict[str, Any]:
 
 
 class Server:
-    """Serve versions to an application: resolve, render, check rules, call the model, log executions."""
+    """Serve versions to an application: resolve, render, check rules, call the model, log executions.
+
+    With `render_workers` (the HTTP server), templates are rendered in worker processes, each render capped in
+    time, so that a slow template holds neither this process nor other requests.
+    """
 
     def __init__(
-        self, settings: ServeSettings | None = None, *, background: bool = False, writer_process: bool = False
+        self,
+        settings: ServeSettings | None = None,
+        *,
+        background: bool = False,
+        writer_process: bool = False,
+        render_workers: bool = False,
     ) -> None:
         self.settings = settings or ServeSettings.from_env()
         self.catalog = Catalog(self.settings.ttl)
         self.executions = ExecutionLog(self.settings.flush_seconds, self.settings.flush_rows, process=writer_process)
+        self.workers = RenderWorkers(self.settings.render_workers) if render_workers else None
         if background:
             self.catalog.start()
 
     def close(self) -> None:
-        """Stop the background threads and write the buffered executions."""
+        """Stop the background threads and worker processes, and write the buffered executions."""
         self.catalog.stop()
+        if self.workers is not None:
+            self.workers.close()
         self.executions.close()
+
+    def _text(self, version: Version, values: Mapping[str, Any]) -> str:
+        if self.workers is None or version.demo_policy is not None:
+            return version.render(values)
+        return self.workers.render(version, values)
 
     def _log(
         self,
@@ -456,7 +483,7 @@ class Server:
         try:
             rules.raise_if_blocked(call.violations)
             try:
-                call.text = version.render(values)
+                call.text = self._text(version, values)
             except jinja2.UndefinedError as e:
                 needed = ', '.join(sorted(version.variables()))
                 raise ServeError(f'{version.id} cannot render: {e.message}; it reads the fields {needed}') from None
@@ -486,18 +513,16 @@ class Server:
         """Render as `render` does, call the model through the request store, check output rules, log it."""
         call = self._render('complete', ref, fields, unit_id, caller)
         version = call.version
-        with DB_LOCK:
-            answer = store.answer(build_request(version, call.fields), origin=(version.id, None, None))
+        request = build_request(version, call.fields, prompt=call.text)  # rendered once, above
+        answer = store.answer(request, origin=(version.id, None, None))  # not under DB_LOCK: see the module doc
         if answer['error'] is not None:
             message = f'the model failed on {version.id}: {answer["error"]}'
             self._log(call, 'error', message, answer)
             raise ServeError(message)
         output = answer['text'] or ''
         try:
-            with DB_LOCK:  # a judge rule asks the request store
-                call.violations += rules.check(
-                    self.catalog.rules_for(version.prompt), 'output', output, fields=call.fields
-                )
+            # A judge rule asks the request store: a model call, so not under DB_LOCK either.
+            call.violations += rules.check(self.catalog.rules_for(version.prompt), 'output', output, fields=call.fields)
             rules.raise_if_blocked(call.violations)
         except GuardrailViolation as e:
             self._log(call, 'blocked', str(e), answer)

@@ -482,7 +482,8 @@ __all__ += [
 
 
 def audit() -> pxt.Table:
-    """Every change a person or a program made (owned by `audit.py`, append-only): who, when, what, before, after."""
+    """Every change a person or a program made (owned by `audit_log.py`, append-only and hash-chained): who, when,
+    what, before, after."""
     return _open_or_create(
         AUDIT,
         {
@@ -494,6 +495,9 @@ def audit() -> pxt.Table:
             'before': pxt.Json | None,
             'after': pxt.Json | None,
             'note': pxt.String | None,
+            'seq': pxt.Int | None,  # the row's place in the hash chain, from 1 (audit_log.py)
+            'prev_hash': pxt.String | None,  # row_hash of the row before it
+            'row_hash': pxt.String | None,  # sha256 of this row's content and prev_hash
         },
         'event_id',
     )
@@ -709,6 +713,9 @@ def family_history() -> pxt.Table:
             'by': pxt.String | None,
             'at': pxt.Timestamp,
             'note': pxt.String | None,
+            'seq': pxt.Int | None,  # the row's place in the hash chain, from 1 (audit_log.py)
+            'prev_hash': pxt.String | None,  # row_hash of the row before it
+            'row_hash': pxt.String | None,  # sha256 of this row's content and prev_hash
         },
         'event_id',
     )

@@ -12,8 +12,13 @@ GET  /v1/audit                    the audit log                                 
 ```
 
 A key goes in `Authorization: Bearer <key>` (or `X-API-Key`). Each key has a rate limit (requests per second,
-bursts up to twice that); over it the server answers 429 with Retry-After. Bodies over `max_body` bytes get 413.
-Every error is JSON, `{"error": {"type": ..., "message": ...}}`, never a stack trace.
+bursts up to twice that); over it the server answers 429 with Retry-After. Bodies over `max_body` bytes get 413;
+a request line and headers over `max_header` bytes get 431 before any key is checked (uvicorn stops reading them
+at the limit). Every error is JSON, `{"error": {"type": ..., "message": ...}}`, never a stack trace.
+
+Nothing runs on the event loop but parsing and routing: each route works on a worker thread and answers 504 after
+`request_timeout` seconds, and templates are rendered in worker processes (`render_workers`), each render capped
+in time, so one slow template stalls neither the server nor other requests.
 """
 
 from __future__ import annotations
@@ -28,23 +33,26 @@ from fastapi import FastAPI
 
 from workspace.errors import ServeError
 from workspace.serving.api import routes
-from workspace.serving.api.guard import BodyLimit, Bucket
+from workspace.serving.api.guard import BodyLimit, Bucket, HeaderLimit, header_limited_protocol
 from workspace.serving.api.handlers import install_docs, install_error_handlers
 from workspace.serving.serve import Server, ServeSettings
 
 __all__ = ['create_app', 'run', 'start_server', 'RunningServer']
 
 
-def create_app(settings: ServeSettings | None = None, *, writer_process: bool = False) -> FastAPI:
-    """Return the FastAPI app, with its serving state (catalog refreshed in the background, execution log).
+def create_app(
+    settings: ServeSettings | None = None, *, writer_process: bool = False, render_workers: bool = True
+) -> FastAPI:
+    """Return the FastAPI app, with its serving state (catalog refreshed in the background, execution log,
+    render worker processes).
 
-    `writer_process=True` writes executions from a separate process (what `prompt-workspace serve` does); it
-    needs the `if __name__ == '__main__':` guard of multiprocessing in a script that calls it.
+    `writer_process=True` writes executions from a separate process (what `prompt-workspace serve` does). Worker
+    processes are spawned, so a script that calls this needs multiprocessing's `if __name__ == '__main__':` guard.
 
     >>> app = create_app()
     """
     settings = settings or ServeSettings.from_env()
-    server = Server(settings, background=True, writer_process=writer_process)
+    server = Server(settings, background=True, writer_process=writer_process, render_workers=render_workers)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -60,6 +68,7 @@ def create_app(settings: ServeSettings | None = None, *, writer_process: bool = 
         version='1',
     )
     app.add_middleware(BodyLimit, limit=settings.max_body)
+    app.add_middleware(HeaderLimit, limit=settings.max_header)  # the last added runs first: before the body
     app.state.server = server
     app.state.buckets = Bucket()
     install_error_handlers(app)
@@ -76,8 +85,13 @@ def run(host: str = '127.0.0.1', port: int = 8000, *, settings: ServeSettings | 
     """
     import uvicorn
 
+    settings = settings or ServeSettings.from_env()
     app = create_app(settings, writer_process=True)
-    uvicorn.run(app, host=host, port=port, log_level='warning', access_log=False)
+    uvicorn.run(app, **_uvicorn_options(settings), host=host, port=port)
+
+
+def _uvicorn_options(settings: ServeSettings) -> dict[str, Any]:
+    return {'http': header_limited_protocol(settings.max_header), 'log_level': 'warning', 'access_log': False}
 
 
 class RunningServer:
@@ -104,7 +118,8 @@ def start_server(host: str = '127.0.0.1', port: int = 0, *, settings: ServeSetti
     """
     import uvicorn
 
-    config = uvicorn.Config(create_app(settings), host=host, port=port, log_level='warning', access_log=False)
+    settings = settings or ServeSettings.from_env()
+    config = uvicorn.Config(create_app(settings), host=host, port=port, **_uvicorn_options(settings))
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name='http-api', daemon=True)
     thread.start()

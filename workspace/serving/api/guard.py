@@ -3,6 +3,7 @@ errors as JSON."""
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 import time
@@ -15,7 +16,17 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from workspace.serving import keys
 from workspace.serving.serve import Server
 
-__all__ = ['ApiError', 'BodyLimit', 'Bucket', 'json_error', 'ReadKey', 'ServeKey', 'AdminKey']
+__all__ = [
+    'ApiError',
+    'BodyLimit',
+    'HeaderLimit',
+    'header_limited_protocol',
+    'Bucket',
+    'json_error',
+    'ReadKey',
+    'ServeKey',
+    'AdminKey',
+]
 
 
 class Bucket:
@@ -85,6 +96,87 @@ class BodyLimit:
         return await self.app(scope, replay, send)
 
 
+def _too_large_message(limit: int) -> str:
+    return (
+        f'the request line and headers are larger than {limit} bytes (WORKSPACE_SERVE_MAX_HEADER); send the key in '
+        'Authorization and the data in the body'
+    )
+
+
+class HeaderLimit:
+    """Refuse a request whose request line and headers pass `limit` bytes with a JSON 431, before any route (and
+    so before any key check) sees it. The server's protocol (`header_limited_protocol`) already stops reading such
+    a request at the limit; this covers any other ASGI server the app runs under."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope['type'] == 'http':
+            size = len(scope.get('raw_path') or b'') + len(scope.get('query_string') or b'')
+            size += sum(len(k) + len(v) + 4 for k, v in scope.get('headers') or [])
+            if size > self.limit:
+                response = json_error(431, 'headers_too_large', _too_large_message(self.limit))
+                return await response(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
+def header_limited_protocol(limit: int) -> type:
+    """Return uvicorn's httptools protocol that stops reading a request once its request line and headers pass
+    `limit` bytes and answers a JSON 431.
+
+    httptools has no limit of its own, so without this a 16 MB header is read whole, into memory, before the app
+    can refuse it. The refused connection reads and drops the rest of what the client sends for a moment before
+    closing, so that a client still sending its headers receives the answer instead of a reset.
+    """
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    body = json.dumps({'error': {'type': 'headers_too_large', 'message': _too_large_message(limit)}}).encode()
+    answer = (
+        b'HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n'
+        + f'content-length: {len(body)}\r\nconnection: close\r\n\r\n'.encode()
+        + body
+    )
+
+    class HeaderLimitedProtocol(HttpToolsProtocol):  # type: ignore[misc]
+        _head = 0  # bytes of the request head being read
+        _heads = 0  # heads read whole on this connection
+        _in_head = True
+        _refused = False
+
+        def data_received(self, data: bytes) -> None:
+            if self._refused:
+                return  # the rest of a refused request, dropped
+            heads = self._heads
+            super().data_received(data)
+            if self._heads != heads:  # a head ended in this chunk: what follows is a body or the next request
+                self._head = 0
+            elif self._in_head:
+                self._head += len(data)
+                if self._head > limit:
+                    self._refuse()
+
+        def on_headers_complete(self) -> None:
+            self._in_head, self._heads = False, self._heads + 1
+            super().on_headers_complete()
+
+        def on_message_complete(self) -> None:
+            self._in_head = True  # the next request on this connection starts with its head
+            super().on_message_complete()
+
+        def _refuse(self) -> None:
+            self._refused = True
+            if self.cycle is not None and not self.cycle.response_complete:
+                self.transport.close()  # a pipelined request is still being answered: no room for ours
+                return
+            self.transport.write(answer)
+            if self.transport.can_write_eof():
+                self.transport.write_eof()
+            self.loop.call_later(2.0, self.transport.close)
+
+    return HeaderLimitedProtocol
+
+
 class ApiError(Exception):
     """An error the API answers with its own status and kind."""
 
@@ -111,7 +203,8 @@ _BEARER = HTTPBearer(auto_error=False, description='an API key from `prompt-work
 def _guard(needed: str) -> Any:
     """Return a dependency that admits a request whose key has at least the scope `needed`, within its rate."""
 
-    async def check(
+    # A plain function: FastAPI runs it on a worker thread, since reading the keys may reload the catalog.
+    def check(
         request: Request, bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)]
     ) -> keys.ApiKey:
         server: Server = request.app.state.server

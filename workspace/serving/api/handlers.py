@@ -85,7 +85,7 @@ def _invalid(request: Request, err: dict[str, Any]) -> str:
     if err.get('type') != 'extra_forbidden':
         return f'{where}: {err["msg"]}'
     route = request.scope.get('route')
-    body = getattr(getattr(route, 'body_field', None), 'type_', None)
+    body = getattr(getattr(getattr(route, 'body_field', None), 'field_info', None), 'annotation', None)
     known = ', '.join(getattr(body, 'model_fields', {})) or 'see /docs'
     return f'{where}: is not a field of this request; its fields are: {known}'
 

@@ -4,15 +4,17 @@ audit) and the server's own (health, docs)."""
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any, Literal
+from collections.abc import Callable
+from typing import Annotated, Any, Literal, TypeVar
 
+import anyio
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from workspace.core import rules
 from workspace.core.labels import set_label
 from workspace.errors import ServeError
-from workspace.serving.api.guard import AdminKey, ReadKey, ServeKey
+from workspace.serving.api.guard import AdminKey, ApiError, ReadKey, ServeKey
 from workspace.serving.serve import DB_LOCK, Server
 from workspace.storage import audit_log
 
@@ -21,6 +23,8 @@ __all__ = ['serving', 'admin', 'health']
 serving = APIRouter()
 admin = APIRouter()
 health = APIRouter()
+
+T = TypeVar('T')
 
 
 class RenderBody(BaseModel):
@@ -83,10 +87,23 @@ def healthz(request: Request) -> dict[str, Any]:
     }
 
 
+async def _capped(request: Request, work: Callable[[], T]) -> T:
+    """Run `work` on a worker thread, never on the event loop; answer 504 if it takes over the server's
+    `request_timeout` (the work goes on in the background: a model call still lands in the request store)."""
+    cap = _server(request).settings.request_timeout
+    try:
+        with anyio.fail_after(cap):
+            return await anyio.to_thread.run_sync(work, abandon_on_cancel=True)
+    except TimeoutError:
+        raise ApiError(
+            504, 'timeout', f'the request took longer than {cap:g} s (WORKSPACE_SERVE_REQUEST_TIMEOUT); try again later'
+        ) from None
+
+
 @serving.get('/v1/prompts/{ref}')
-def get_prompt(request: Request, ref: str, key: ReadKey) -> dict[str, Any]:
+async def get_prompt(request: Request, ref: str, key: ReadKey) -> dict[str, Any]:
     """Return the version a reference names: `ticket_router@production`, `ticket_router:v3` or a prompt."""
-    version, _, _ = _server(request).catalog.resolve(ref)
+    version, _, _ = await _capped(request, lambda: _server(request).catalog.resolve(ref))
     return {
         'version_id': version.id,
         'prompt': version.prompt,
@@ -102,55 +119,69 @@ def get_prompt(request: Request, ref: str, key: ReadKey) -> dict[str, Any]:
     }
 
 
-# Rendering is CPU work on cached state, so it runs on the event loop rather than hopping to a worker thread;
-# only a version or prompt seen for the first time reads the store.
 @serving.post('/v1/render')
 async def render(request: Request, body: RenderBody, key: ServeKey) -> dict[str, Any]:
     """Resolve the version (or the unit's A/B arm), render it, check input and prompt rules."""
-    return _served(_server(request).render(body.version, body.fields, unit_id=body.unit_id, caller=f'key:{key.name}'))
+    server = _server(request)
+    served = await _capped(
+        request, lambda: server.render(body.version, body.fields, unit_id=body.unit_id, caller=f'key:{key.name}')
+    )
+    return _served(served)
 
 
 @serving.post('/v1/complete')
-def complete(request: Request, body: RenderBody, key: ServeKey) -> dict[str, Any]:
+async def complete(request: Request, body: RenderBody, key: ServeKey) -> dict[str, Any]:
     """Render, call the model through the request store, check output rules."""
-    return _served(_server(request).complete(body.version, body.fields, unit_id=body.unit_id, caller=f'key:{key.name}'))
+    server = _server(request)
+    served = await _capped(
+        request, lambda: server.complete(body.version, body.fields, unit_id=body.unit_id, caller=f'key:{key.name}')
+    )
+    return _served(served)
 
 
 @serving.post('/v1/outcomes')
-def outcomes(request: Request, body: OutcomeBody, key: ServeKey) -> dict[str, Any]:
+async def outcomes(request: Request, body: OutcomeBody, key: ServeKey) -> dict[str, Any]:
     """Log the outcome of a served execution for its unit's A/B experiment."""
-    return {'event_id': _server(request).log_outcome(body.execution_id, body.outcome)}
+    return {'event_id': await _capped(request, lambda: _server(request).log_outcome(body.execution_id, body.outcome))}
 
 
 @admin.put('/v1/labels/{prompt}/{label}')
-def move_label(request: Request, prompt: str, label: str, body: LabelBody, key: AdminKey) -> dict[str, Any]:
+async def move_label(request: Request, prompt: str, label: str, body: LabelBody, key: AdminKey) -> dict[str, Any]:
     """Point a label at a version of the prompt."""
-    with DB_LOCK, audit_log.acting_as(f'key:{key.name}'):
-        version = _server(request).catalog.resolve(body.version)[0]
-        if version.prompt != prompt:
-            raise ServeError(f'{version.id} is not a version of {prompt!r}')
-        previous = set_label(version, label, note=body.note, by=f'key:{key.name}')
-    return {'prompt': prompt, 'label': label, 'version_id': version.id, 'previous_id': previous}
+
+    def move() -> dict[str, Any]:
+        with DB_LOCK, audit_log.acting_as(f'key:{key.name}'):
+            version = _server(request).catalog.resolve(body.version)[0]
+            if version.prompt != prompt:
+                raise ServeError(f'{version.id} is not a version of {prompt!r}')
+            previous = set_label(version, label, note=body.note, by=f'key:{key.name}')
+        return {'prompt': prompt, 'label': label, 'version_id': version.id, 'previous_id': previous}
+
+    return await _capped(request, move)
 
 
 @admin.put('/v1/rules/{name}')
-def put_rule(request: Request, name: str, body: RuleBody, key: AdminKey) -> dict[str, Any]:
+async def put_rule(request: Request, name: str, body: RuleBody, key: AdminKey) -> dict[str, Any]:
     """Create or change a rule (a changed rule gets a new version)."""
-    with DB_LOCK, audit_log.acting_as(f'key:{key.name}'):
-        rule = rules.set_rule(
-            name,
-            body.kind,
-            stage=body.stage,
-            enforcement=body.enforcement,
-            prompts=body.prompts,
-            active=body.active,
-            **body.config,
-        )
+
+    def put() -> rules.Rule:
+        with DB_LOCK, audit_log.acting_as(f'key:{key.name}'):
+            return rules.set_rule(
+                name,
+                body.kind,
+                stage=body.stage,
+                enforcement=body.enforcement,
+                prompts=body.prompts,
+                active=body.active,
+                **body.config,
+            )
+
+    rule = await _capped(request, put)
     return {**rule.spec(), 'active': rule.active, 'parent_id': rule.parent_id}
 
 
 @admin.get('/v1/audit')
-def get_audit(
+async def get_audit(
     request: Request,
     key: AdminKey,
     since: str | None = None,
@@ -158,7 +189,11 @@ def get_audit(
     limit: Annotated[int, Query(ge=1, le=10_000, description='the newest rows to return')] = 100,
 ) -> list[dict[str, Any]]:
     """Return the audit log, newest first."""
-    with DB_LOCK:
-        frame = audit_log.audit(since=since, kind=kind, limit=limit)
-    frame['at'] = frame['at'].astype(str)
-    return frame.astype(object).where(frame.notna(), None).to_dict(orient='records')
+
+    def read() -> list[dict[str, Any]]:
+        with DB_LOCK:
+            frame = audit_log.audit(since=since, kind=kind, limit=limit)
+        frame['at'] = frame['at'].astype(str)
+        return frame.astype(object).where(frame.notna(), None).to_dict(orient='records')
+
+    return await _capped(request, read)
