@@ -18,6 +18,9 @@ for name in ('GROQ_API_KEY', 'GROQ_BASE_URL', 'OPENAI_API_KEY', 'OPENAI_BASE_URL
     os.environ.pop(name, None)
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# Marks every process the session starts, and fails the session if one is still running at its end.
+pytest_plugins = ['session_guard']
 CLI = [sys.executable, '-m', 'workspace.jobs.cli']  # the prompt-workspace command, run in a new process
 SHARED = ROOT.parent / 'shared' / 'datasets'
 TICKETS_CSV = ROOT / 'datasets' / 'support_tickets.csv'

@@ -155,6 +155,7 @@ def jupyterlab(tmp_path: Path) -> Iterator[tuple[str, Path]]:
         stderr=subprocess.STDOUT,
         env=env,
         cwd=work,
+        start_new_session=True,  # its own process group: stopping it stops its kernels too
     )
     base = f'http://127.0.0.1:{port}'
     try:
@@ -168,12 +169,27 @@ def jupyterlab(tmp_path: Path) -> Iterator[tuple[str, Path]]:
             pytest.fail(f'JupyterLab did not start: {(tmp_path / "jupyterlab.log").read_text()[-2000:]}')
         yield f'{base}/lab/tree/compare.ipynb?token={token}', tmp_path
     finally:
-        process.terminate()
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        _stop_group(process)
         log.close()
+
+
+def _stop_group(process: subprocess.Popen) -> None:
+    """Stop JupyterLab and every process of its group (its kernels): SIGTERM, then SIGKILL after 15 s."""
+    import signal
+
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        process.wait(15)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(process.pid, signal.SIGKILL)  # kernels that outlived their server, or a server that hung
+    except ProcessLookupError:
+        pass
+    process.wait()
 
 
 def run_all_cells(page, url: str, ready: str) -> None:

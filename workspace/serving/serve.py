@@ -169,6 +169,15 @@ class Catalog:
             return self.refresh()
         return snap
 
+    def current(self) -> _Snapshot:
+        """Return the snapshot as it is, loading it only if there is none yet: never waits for a reload (what the
+        HTTP server's key check reads on its event loop; a background thread keeps it fresh)."""
+        return self._snapshot if self._snapshot is not None else self.refresh()
+
+    def stale_here(self) -> bool:
+        """Return whether this process changed something (a key, a label, a rule) since the snapshot was loaded."""
+        return self._snapshot is None or self._snapshot.change != audit_log.changes()
+
     def start(self) -> None:
         """Reload in a background thread every `ttl` seconds, so no request waits for a reload."""
         if self._thread is not None:

@@ -103,6 +103,10 @@ def insert_new(table: pxt.Table, rows: list[dict[str, Any]], key: str, **kwargs:
     """
     pending = list(rows)
     for _ in range(5):
+        # Keys already stored are left out first: a failed insert costs a rollback, and psycopg logs a warning
+        # when it closes the aborted pipeline (what a process waiting on another's claims used to print).
+        present = _present(table, key, [r[key] for r in pending])
+        pending = [r for r in pending if r[key] not in present]
         if not pending:
             return set()
         try:
@@ -111,9 +115,15 @@ def insert_new(table: pxt.Table, rows: list[dict[str, Any]], key: str, **kwargs:
         except Exception as e:
             if not is_duplicate_key(e):
                 raise
-        present = {r[key] for r in table.where(table[key].isin([r[key] for r in pending])).select(table[key]).collect()}
-        pending = [r for r in pending if r[key] not in present]
     raise RuntimeError(f'could not insert {len(pending)} rows into {table._name} after 5 attempts')
+
+
+def _present(table: pxt.Table, key: str, keys: list[Any]) -> set[Any]:
+    found: set[Any] = set()
+    for start in range(0, len(keys), 5000):
+        chunk = keys[start : start + 5000]
+        found |= {r[key] for r in table.where(table[key].isin(chunk)).select(table[key]).collect()}
+    return found
 
 
 def upsert(table: pxt.Table, rows: list[dict[str, Any]]) -> None:

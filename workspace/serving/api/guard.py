@@ -9,6 +9,7 @@ import threading
 import time
 from typing import Annotated, Any
 
+import anyio
 from fastapi import Depends, Request
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -203,15 +204,18 @@ _BEARER = HTTPBearer(auto_error=False, description='an API key from `prompt-work
 def _guard(needed: str) -> Any:
     """Return a dependency that admits a request whose key has at least the scope `needed`, within its rate."""
 
-    # A plain function: FastAPI runs it on a worker thread, since reading the keys may reload the catalog.
-    def check(
+    # On the event loop: it reads the keys of the catalog's current snapshot (kept fresh by a background thread)
+    # and compares one SHA-256, so it never waits.
+    async def check(
         request: Request, bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)]
     ) -> keys.ApiKey:
         server: Server = request.app.state.server
         key = bearer.credentials if bearer is not None else request.headers.get('x-api-key', '')
         if not key:
             raise ApiError(401, 'missing_key', 'no API key; send it as "Authorization: Bearer <key>"')
-        found = keys.verify(key, server.catalog.snapshot().keys)
+        found = keys.verify(key, server.catalog.current().keys)
+        if found is None and server.catalog.stale_here():  # a key made in this process since the last load
+            found = keys.verify(key, (await anyio.to_thread.run_sync(server.catalog.snapshot)).keys)
         if found is None:
             raise ApiError(401, 'invalid_key', 'the API key is wrong or revoked')
         if not keys.allows(found.scope, needed):
