@@ -25,6 +25,10 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ[MARK] = uuid.uuid4().hex
 
 
+#: Helpers multiprocessing starts for this very process; they exit with it (a pipe to it closes).
+_OWN_HELPERS = ('multiprocessing.resource_tracker', 'multiprocessing.forkserver')
+
+
 def _marked(mark: str) -> list[object]:
     import psutil
 
@@ -33,8 +37,11 @@ def _marked(mark: str) -> list[object]:
         if process.pid == os.getpid():
             continue
         try:
-            if process.environ().get(MARK) == mark and process.status() != psutil.STATUS_ZOMBIE:
-                found.append(process)
+            if process.environ().get(MARK) != mark or process.status() == psutil.STATUS_ZOMBIE:
+                continue
+            if process.ppid() == os.getpid() and any(h in ' '.join(process.cmdline()) for h in _OWN_HELPERS):
+                continue
+            found.append(process)
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
     return found

@@ -40,6 +40,7 @@ from jinja2.visitor import NodeTransformer
 __all__ = [
     'RESERVED_VARIABLES',
     'RenderLimitError',
+    'RenderTimeoutError',
     'SecurityError',
     'template_variables',
     'check_template',
@@ -58,6 +59,10 @@ _DEFAULT_TIMEOUT_S = 5.0
 
 class RenderLimitError(jinja2.TemplateRuntimeError):
     """A render built a value or a prompt over the size limit, or ran over the time limit."""
+
+
+class RenderTimeoutError(RenderLimitError):
+    """A render ran over the time limit."""
 
 
 def _setting(name: str, default: float) -> float:
@@ -96,7 +101,7 @@ _budget: contextvars.ContextVar[_Budget | None] = contextvars.ContextVar('render
 def _tick() -> None:
     budget = _budget.get()
     if budget is not None and time.monotonic() > budget.deadline:
-        raise RenderLimitError(
+        raise RenderTimeoutError(
             f'rendering took longer than {budget.timeout_s:g} s (WORKSPACE_RENDER_TIMEOUT_S); a loop in the '
             'template runs too long'
         )
@@ -388,8 +393,9 @@ def _render(
     demos: Sequence[Mapping[str, Any]],
     labels: Sequence[str],
     instructions: str,
+    timeout_s: float | None = None,
 ) -> str:
-    timeout = render_timeout_s()
+    timeout = render_timeout_s() if timeout_s is None else timeout_s
     budget = _Budget(max_prompt_chars(), timeout, time.monotonic() + timeout)
     token = _budget.set(budget)
     try:
@@ -411,14 +417,16 @@ def render(
     demos: Sequence[Mapping[str, Any]] = (),
     labels: Sequence[str] = (),
     instructions: str = '',
+    timeout_s: float | None = None,
 ) -> str:
     """Render `template` with one example's `fields`, the version's `demos`, `labels` and `instructions`.
 
     Instructions a template does not place itself are put on top, separated by a blank line, so that an
-    optimizer can propose instructions for any template. Raises `RenderLimitError` past the size or time limit,
+    optimizer can propose instructions for any template. Raises `RenderLimitError` past the size or time limit
+    (`RenderTimeoutError` past the time limit: `WORKSPACE_RENDER_TIMEOUT_S`, or `timeout_s` when given),
     `SecurityError` on an unsafe construct, and `jinja2.UndefinedError` for a variable `fields` lacks.
     """
-    text = _render(_compiled(template), fields, demos, labels, instructions)
+    text = _render(_compiled(template), fields, demos, labels, instructions, timeout_s)
     if instructions and 'instructions' not in _variables(template):
         text = f'{instructions}\n\n{text}'
         _check_size(len(text), 'the prompt')

@@ -3,10 +3,12 @@ the process that serves other requests.
 
 A template is user code: the sandbox (`udfs/render.py`) stops a render past `WORKSPACE_RENDER_TIMEOUT_S` by
 checking the clock in every loop, but the render still runs Python in the serving process until then, and its
-interpreter lock slows every other request. In a worker process it costs the server nothing; a worker that does
-not answer within the cap (the render timeout and one second) is killed and replaced, so even a render the
-sandbox cannot stop ends at the cap. Each worker renders one template at a time; a request waits for an idle
-worker within the same cap.
+interpreter lock slows every other request. So a render gets 20 ms on the request's thread (nearly every template
+needs well under a millisecond, less than a round trip to another process), and one that needs longer starts
+again in a worker process, where it costs the server nothing; a worker that does not answer within the cap (the
+render timeout and one second) is killed and replaced, so even a render the sandbox cannot stop ends at the cap. Each worker renders one template at a time; a request waits for an idle
+worker within the same cap. Workers run at a lower CPU priority than the server, so a slow template takes the CPU
+only when the server does not need it.
 
 Workers are spawned (no fork of a process with threads and database connections) and import only the sandbox:
 `udfs.render` imports Pixeltable solely to declare its UDF, so a worker gives it a stand-in `udf` decorator
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import queue
 import sys
 import threading
@@ -45,8 +48,32 @@ def _import_sandbox() -> Any:
     return render
 
 
+def _run(render: Any, job: tuple[Any, ...], timeout_s: float | None = None) -> tuple[str, str]:
+    """Render one job; return ('ok', text), or (kind, message) for a failure: 'timeout', 'limit', 'undefined',
+    'sandbox' or 'failed'."""
+    template, fields, demos, labels, instructions = job
+    try:
+        text = render.render(
+            template, fields, demos=demos, labels=labels, instructions=instructions, timeout_s=timeout_s
+        )
+        return 'ok', text
+    except jinja2.UndefinedError as e:
+        return 'undefined', e.message or 'a variable is undefined'
+    except render.RenderTimeoutError as e:
+        return 'timeout', str(e.message)
+    except render.RenderLimitError as e:
+        return 'limit', str(e.message)
+    except render.SecurityError as e:
+        return 'sandbox', str(e.message)
+    except Exception as e:  # a filter or an operator failing on these values: the template's bug
+        return 'failed', f'{type(e).__name__}: {e}'
+
+
 def _serve(conn: Any) -> None:
     """A worker's loop: render each job it receives and send back (kind, text or message) until told to stop."""
+    # A lower priority: when a slow template competes for the CPU with the server, the server (and every fast
+    # request) comes first.
+    os.nice(10)
     render = _import_sandbox()
     conn.send(('ready', ''))
     while True:
@@ -56,18 +83,17 @@ def _serve(conn: Any) -> None:
             return  # the server went away
         if job is None:
             return
-        template, fields, demos, labels, instructions = job
-        try:
-            out = ('ok', render.render(template, fields, demos=demos, labels=labels, instructions=instructions))
-        except jinja2.UndefinedError as e:
-            out = ('undefined', e.message or 'a variable is undefined')
-        except render.RenderLimitError as e:
-            out = ('limit', str(e.message))
-        except render.SecurityError as e:
-            out = ('sandbox', str(e.message))
-        except Exception as e:  # a filter or an operator failing on these values: the template's bug
-            out = ('failed', f'{type(e).__name__}: {e}')
-        conn.send(out)
+        conn.send(_run(render, job))
+
+
+def _result(version: Any, kind: str, value: str) -> str:
+    """Return the rendered text, or raise what `Version.render` raises for the failure `kind`."""
+    if kind == 'ok':
+        return value
+    if kind == 'undefined':
+        raise jinja2.UndefinedError(value)
+    what = {'sandbox': 'stopped by the sandbox', 'failed': 'failed to render'}.get(kind, 'stopped')
+    raise TemplateError(f'template of {version.id} {what}: {value}')
 
 
 class _Worker:
@@ -93,15 +119,17 @@ class _Worker:
 
 
 class RenderWorkers:
-    """A fixed number of render worker processes; `render` sends a version's template to an idle one.
+    """Renders for the HTTP server: 20 ms (`first_try_s`) on the calling thread, then in one of `size` worker
+    processes, each render there capped at the render time limit plus `grace_s`.
 
     >>> workers = RenderWorkers(2)
     >>> workers.render(version, {'text': 'My parcel is late'})
     """
 
-    def __init__(self, size: int, *, grace_s: float = 1.0) -> None:
+    def __init__(self, size: int, *, grace_s: float = 1.0, first_try_s: float = 0.02) -> None:
         self.size = size
         self.grace_s = grace_s
+        self.first_try_s = first_try_s
         self._context = multiprocessing.get_context('spawn')
         self._idle: queue.Queue[_Worker] = queue.Queue()
         self._all: set[_Worker] = set()
@@ -139,8 +167,22 @@ class RenderWorkers:
     def render(
         self, version: Any, fields: Mapping[str, Any], *, demos: Sequence[Mapping[str, Any]] | None = None
     ) -> str:
-        """Return `version` rendered with `fields` in a worker; raise as `Version.render` does (TemplateError, or
-        `jinja2.UndefinedError` for a missing field), and TemplateError when the cap is reached."""
+        """Return `version` rendered with `fields`; raise as `Version.render` does (TemplateError, or
+        `jinja2.UndefinedError` for a missing field), and TemplateError when the cap is reached.
+
+        The render is tried first on this thread for at most `first_try_s`: nearly every template is done by then,
+        and a process round trip would cost more than the render. One that is not goes to a worker, from the start.
+        """
+        from udfs import render as sandbox
+
+        job = (version.template, dict(fields), list(version.demos if demos is None else demos), list(version.labels),
+               version.instructions)  # fmt: skip
+        kind, value = _run(sandbox, job, min(self.first_try_s, sandbox.render_timeout_s()))
+        if kind == 'timeout' and self.first_try_s < sandbox.render_timeout_s():
+            kind, value = self._in_worker(version, job)
+        return _result(version, kind, value)
+
+    def _in_worker(self, version: Any, job: tuple[Any, ...]) -> tuple[str, str]:
         cap = self.cap()
         deadline = time.monotonic() + cap
         try:
@@ -150,8 +192,6 @@ class RenderWorkers:
                 f'every render worker was busy for {cap:g} s; try again, or run the server with more '
                 'WORKSPACE_SERVE_RENDER_WORKERS'
             ) from None
-        job = (version.template, dict(fields), list(version.demos if demos is None else demos), list(version.labels),
-               version.instructions)  # fmt: skip
         try:
             worker.conn.send(job)
             if not worker.conn.poll(max(0.0, deadline - time.monotonic())):
@@ -165,12 +205,7 @@ class RenderWorkers:
             self._replace(worker)
             raise ServeError(f'the render worker failed ({type(e).__name__}); try again') from None
         self._idle.put(worker)
-        if kind == 'ok':
-            return value
-        if kind == 'undefined':
-            raise jinja2.UndefinedError(value)
-        what = {'limit': 'stopped', 'sandbox': 'stopped by the sandbox', 'failed': 'failed to render'}[kind]
-        raise TemplateError(f'template of {version.id} {what}: {value}')
+        return kind, value
 
     def close(self) -> None:
         """Stop every worker."""

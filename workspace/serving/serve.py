@@ -290,7 +290,8 @@ class ExecutionLog:
 
     def pending(self) -> int:
         """Return how many rows wait to be written (approximate with a writer process)."""
-        return self._queue.qsize() if self._queue is not None else len(self._rows)
+        queued = self._queue
+        return queued.qsize() if queued is not None else len(self._rows)
 
     def find(self, execution_id: str) -> dict[str, Any] | None:
         """Return a recent row by id, written or not (None if it is older than the last 10,000)."""
@@ -328,6 +329,10 @@ class ExecutionLog:
         if self._process is not None:
             self._queue.put(None)
             self._process.join(timeout=60)
+            with self._lock:  # released now, so its semaphores are freed before exit instead of reported leaked
+                self._queue.close()
+                self._queue.join_thread()
+                self._queue = None
         self.flush()
 
 
