@@ -78,9 +78,9 @@ def _choice(out: Any) -> Any:
     """Return the first choice of a chat completion; raise _BadAnswer if the answer has none."""
     choices = getattr(out, 'choices', None)
     if not isinstance(choices, list):
-        raise _BadAnswer(f'the answer is not a chat completion: {str(out)[:120]!r}')
+        raise _BadAnswer(f'the endpoint answered without a choice ({str(out)[:120]!r}); is it chat-completions?')
     if not choices or choices[0].message is None:
-        raise _BadAnswer('the answer has an empty choices list; is the endpoint chat-completions?')
+        raise _BadAnswer('the endpoint answered without a choice (an empty choices list); is it chat-completions?')
     return choices[0]
 
 
