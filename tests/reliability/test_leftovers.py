@@ -70,15 +70,16 @@ def test_a_python_process_that_exits_stops_the_server_it_started(fresh_home):
 
 
 def test_the_last_of_two_processes_stops_the_server(fresh_home, tmp_path):
-    home, go = fresh_home, tmp_path / 'go'
+    home, ready, go = fresh_home, tmp_path / 'ready', tmp_path / 'go'
     env = child_env(PIXELTABLE_HOME=str(home))
     waiting = (
-        f'ws.list_datasets()\nimport time, pathlib\nwhile not pathlib.Path({str(go)!r}).exists(): time.sleep(0.1)\n'
+        f'ws.list_datasets()\nimport time, pathlib\npathlib.Path({str(ready)!r}).write_text("")\n'
+        f'while not pathlib.Path({str(go)!r}).exists(): time.sleep(0.1)\n'
     )
     try:
         first = spawn_python(waiting, env=env)  # a notebook kernel, say
         deadline = time.monotonic() + 300
-        while not _servers(home):
+        while not ready.exists():  # connected, its home made
             assert first.poll() is None and time.monotonic() < deadline, 'the first process did not connect'
             time.sleep(0.2)
         done = subprocess.run([*CLI, 'versions', 'list'], env=env, capture_output=True, text=True)
