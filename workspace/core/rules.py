@@ -387,7 +387,8 @@ def blocked_message(violations: Sequence[Violation]) -> str:
     The matched text is left out: it is what the rule keeps from leaving (the rule's column holds it)."""
     v = violations[0]
     where = f' in {v["field"]}' if v.get('field') else ''
-    span = f' at characters {v["span"][0]}-{v["span"][1]}' if v.get('span') else ''
+    found = v.get('span')
+    span = f' at characters {found[0]}-{found[1]}' if found else ''
     more = f' (and {len(violations) - 1} more)' if len(violations) > 1 else ''
     return f'{BLOCKED}rule {v["rule"]} ({v["stage"]}{where}){span}: {v["message"]}{more}; not sent to the model'
 

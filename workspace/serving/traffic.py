@@ -180,7 +180,7 @@ def _outcome(value: object, where: str) -> float:
         return float(value)
     if not isinstance(value, numbers.Real) or not math.isfinite(value):
         raise ComparisonError(f'{where}outcome {value!r} is not a finite number; log 0/1 for binary outcomes')
-    if abs(value) > MAX_OUTCOME:
+    if abs(float(value)) > MAX_OUTCOME:
         raise ComparisonError(
             f'{where}outcome {value!r} is larger than {MAX_OUTCOME:g} in magnitude: means and tests over such values '
             'are not finite; log it in a larger unit (thousands, millions) or 0/1 for binary outcomes'
