@@ -19,7 +19,7 @@ from workspace.core import metrics, rules, stats
 from workspace.core.datasets import Dataset, get_dataset
 from workspace.core.evaluate import evaluate
 from workspace.core.labels import set_label
-from workspace.core.runs import Run, main_score_name
+from workspace.core.runs import Run, judge_score_columns, main_score_name
 from workspace.core.versions import Version, get_version
 from workspace.errors import ComparisonError
 from workspace.storage import costs, store
@@ -170,6 +170,24 @@ def _macro_f1_diff_ci(
     return float(diffs[0]), float(low), float(high)
 
 
+def _scorer_means(frame: pd.DataFrame, scorers: Sequence[str], judged: Sequence[str]) -> dict[str, float]:
+    """Return the mean of each scorer column besides the main one; a judge's over the rows it judged (with
+    `<column>_n`, how many), as a judge scores only where it was asked. A judge that judged nothing is left out
+    of versions that have none, and shows as n = 0 beside versions that have some."""
+    means: dict[str, float] = {}
+    for name in scorers:
+        if name not in frame.columns:
+            continue
+        values = pd.to_numeric(frame[name], errors='coerce')
+        if name in judged:
+            present = values.dropna()
+            means[name] = float(present.mean()) if len(present) else float('nan')
+            means[f'{name}_n'] = len(present)
+        else:
+            means[name] = float(values.fillna(0.0).mean())
+    return means
+
+
 @dataclass(frozen=True)
 class VersionComparison:
     """Several versions evaluated on the same dataset split, aligned example by example."""
@@ -183,6 +201,9 @@ class VersionComparison:
     table: pd.DataFrame
     pairwise: dict[str, stats.Comparison]
     notes: list[str] = field(default_factory=list)
+    #: Scorer columns besides the main score (custom scorers, judges), each a column of `table` with its mean; a
+    #: judge's mean is over the rows it judged, counted in `<column>_n`.
+    scorers: list[str] = field(default_factory=list)
 
     @property
     def task(self) -> str:
@@ -237,6 +258,8 @@ def measure(
     frames = {run.version.id: _frame(run).loc[common] for run in runs}
     task = dataset.task
     main = main_score_name(task)
+    judged = judge_score_columns(dataset.name)
+    scorers = [c for c in base.score_columns() if c != row_score_name(task)]
     rows, pairwise = [], {}
     for run in runs:
         frame = frames[run.version.id]
@@ -262,8 +285,10 @@ def measure(
             calls=run.calls,
             reused=run.reused,
             errors=int(frame['error'].notna().sum()),
+            judge_calls=run.judge_calls,
             cost_usd=costs.run_cost(costs.frame_costs(frame, run.version.model)),
             **rules.tally(frame).metrics(),  # rows blocked and violations per rule, when there are rules
+            **_scorer_means(frame, scorers, judged),
         )
         if run.version.id != baseline:
             cmp = stats.compare_scores(
@@ -304,8 +329,12 @@ def measure(
         if row['errors']:
             notes.append(f'{run.version.id} has {row["errors"]} rows with a model error; they count as wrong')
     table = pd.DataFrame(rows).set_index('version')
+    for name in judged:  # a judge no compared version was asked for says nothing here
+        if f'{name}_n' in table.columns and not table[f'{name}_n'].any():
+            table = table.drop(columns=[name, f'{name}_n'])
+    shown = [c for c in scorers if c in table.columns]
     return VersionComparison(
-        dataset, split, runs, baseline, common, frames, table, pairwise, list(dict.fromkeys(notes))
+        dataset, split, runs, baseline, common, frames, table, pairwise, list(dict.fromkeys(notes)), shown
     )
 
 
@@ -318,10 +347,13 @@ def build_comparison(
     progress: bool | Callable[[int, int], None] = False,
     confidence: float = 0.95,
     resamples: int = 10_000,
+    judges: Sequence[str] | Literal['all'] | None = None,
 ) -> VersionComparison:
     """Evaluate each version on the split (incrementally: only missing requests reach the model) and align them.
 
     The baseline defaults to the first version. Versions are references like 'ticket_router@production'.
+    `judges` names judge columns of the dataset to judge the rows with (see `evaluate`); by default only those
+    attached with `every_evaluation=True` run. Scores judged earlier show either way.
 
     >>> cmp = build_comparison('support_tickets', ['ticket_router@production', 'ticket_router:v3'], 'dev')
     """
@@ -331,7 +363,7 @@ def build_comparison(
         raise ComparisonError('give the versions to compare, e.g. [baseline, candidate]')
     # The same version twice (an optimizer that kept its baseline, a label on a listed version) is shown once.
     resolved = list({v.id: v for v in given}.values())
-    runs = [evaluate(v, ds, split, progress=progress) for v in resolved]
+    runs = [evaluate(v, ds, split, judges=judges, progress=progress) for v in resolved]
     base = get_version(baseline).id if baseline is not None else resolved[0].id
     cmp = measure(ds, split, runs, base, confidence=confidence, resamples=resamples)
     notes = list(cmp.notes)

@@ -12,9 +12,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import jinja2
+import pandas as pd
 
 from udfs import render as render_udfs
 from workspace.analysis.compare import VersionComparison, measure, version_labels
+from workspace.analysis.grid import GridColumn, GridPage, GridQuery, grid_columns, grid_frame, query_grid
 from workspace.analysis.model_comparison import cost_table
 from workspace.core.evaluate import check_template, evaluate
 from workspace.core.runs import Run, get_run, list_runs
@@ -61,6 +63,8 @@ class CompareState:
         self.flip_page = 0
         self.flips_per_page = FLIPS_PER_PAGE
         self.editing = cmp.baseline
+        self.grid_query = GridQuery()
+        self._grid: tuple[VersionComparison, pd.DataFrame, list[GridColumn]] | None = None
         self.reload()
 
     @property
@@ -176,6 +180,29 @@ class CompareState:
         self.select(self.baseline, [*self.candidates, version_id])
         self.focus = version_id
         return run
+
+    def grid_columns(self) -> list[GridColumn]:
+        """Return the grid's columns for the versions compared now."""
+        return self._grid_data()[2]
+
+    def grid_page(self, query: GridQuery | None = None) -> GridPage:
+        """Return the page of the grid (every example against every compared version) that `query` (default:
+        the view's own, `grid_query`) asks for; the grid is laid out once per comparison."""
+        _, frame, columns = self._grid_data()
+        return query_grid(frame, columns, query or self.grid_query)
+
+    def _grid_data(self) -> tuple[VersionComparison, pd.DataFrame, list[GridColumn]]:
+        if self._grid is None or self._grid[0] is not self.cmp:
+            names = {v: v.rsplit(':', 1)[-1] for v in self.cmp.version_ids}
+            if len({v.rsplit(':', 1)[0] for v in self.cmp.version_ids}) > 1:
+                names = {v: v for v in self.cmp.version_ids}
+            columns = grid_columns(self.cmp, names)
+            self._grid = (self.cmp, grid_frame(self.cmp), columns)
+            keys, q = {c.key for c in columns}, self.grid_query  # a version that left takes its sort and filters
+            self.grid_query = q.replace(
+                sort=q.sort if q.sort in keys else None, filters=tuple(f for f in q.filters if f.column in keys)
+            )
+        return self._grid
 
     def sample_reports(self) -> list[SampleReport]:
         """Return the sample reports of the compared versions' latest runs with samples on this split."""

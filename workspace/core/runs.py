@@ -26,7 +26,18 @@ from workspace.errors import WorkspaceError
 from workspace.storage import costs, store, tables
 from workspace.storage.reads import READS
 
-__all__ = ['Failures', 'Lineage', 'Run', 'Summary', 'get_run', 'list_runs', 'lineage', 'main_score_name', 'summarize']
+__all__ = [
+    'Failures',
+    'Lineage',
+    'Run',
+    'Summary',
+    'get_run',
+    'judge_score_columns',
+    'list_runs',
+    'lineage',
+    'main_score_name',
+    'summarize',
+]
 
 _MAIN_SCORE = {'choice': 'accuracy', 'text': 'rouge_l', 'json': 'json_valid'}
 _ROW_SCORE = {'choice': 'exact_match', 'text': 'rouge_l', 'json': 'json_valid'}
@@ -314,6 +325,15 @@ def score_columns(evals: Any) -> list[str]:
     ]
 
 
+def judge_score_columns(dataset: str) -> list[str]:
+    """Return the judge scorer columns of a dataset's evaluations (they hold scores only where a judge was asked)."""
+    evals = tables.open_table(tables.eval_path(dataset))
+    if evals is None:
+        return []
+    meta = evals.get_metadata()['columns']
+    return [n for n, c in meta.items() if (c.get('custom_metadata') or {}).get('scorer') == 'judge']
+
+
 def _predicted(frame: pd.DataFrame) -> list[str | None]:
     return [None if pd.isna(p) else str(p) for p in frame['prediction']]
 
@@ -434,18 +454,30 @@ def summarize(run: Run, frame: pd.DataFrame | None = None) -> Summary:
         values.pop('n', None)
         per_cat = metrics.per_category(expected, _predicted(frame), order)
         confusion = metrics.confusion_matrix(expected, _predicted(frame), order)
-    names = [c for c in run.score_columns() if c in frame.columns]
+    judged = set(judge_score_columns(run.dataset))
+    names = [c for c in run.score_columns() if c in frame.columns and c not in judged]
     if names:
         values.update(
             metrics.mean_scores(
                 frame[names].astype(object).where(frame[names].notna(), None).to_dict(orient='records'), names
             )
         )
+    judge_notes = []
+    for name in [c for c in run.score_columns() if c in judged and c in frame.columns]:
+        # a judge scores only the rows it was asked to judge: its mean is over those, never over empty cells
+        present = frame[name].dropna()
+        if len(present):
+            values[name] = float(present.mean())
+        if len(present) < len(frame):
+            judge_notes.append(
+                f'judge {name}: {len(present)} of {len(frame)} rows judged; judge the others with '
+                f'ws.evaluate(..., judges=[{name!r}])'
+            )
     for column in ('latency_s', 'prompt_tokens', 'completion_tokens'):
         series = frame[column].dropna()
         values[f'mean_{column}'] = float(series.mean()) if len(series) else 0.0
     values.update(ruled.metrics())
-    notes = ruled.notes() + _extras(run, frame, values)
+    notes = ruled.notes() + judge_notes + _extras(run, frame, values)
     if errors:
         notes.append(f'{errors} of {len(frame)} rows have a model error; they count as wrong (see failures())')
     skew = None

@@ -8,8 +8,9 @@ import html
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import pandas as pd
+
+from workspace.display.formats import count, milliseconds, money, percent, score, tokens
 
 __all__ = [
     'render_sample_report',
@@ -43,23 +44,19 @@ def _esc(value: Any) -> str:
     return html.escape(str(value))
 
 
-def _ci(value: float, low: float, high: float, digits: int = 3) -> str:
-    return f'{value:.{digits}f} <span class="pw-ci">[{low:.{digits}f}, {high:.{digits}f}]</span>'
+def _ci(value: float, low: float, high: float, kind: str = 'percent') -> str:
+    shown = percent if kind == 'percent' else score
+    return f'{shown(value)} <span class="pw-ci">[{shown(low)}, {shown(high)}]</span>'
 
 
 def format_usd(value: float | None) -> str:
-    """Return dollars for people: n/a when unknown, $0 for free, else enough digits to see a per-row cost.
+    """Return dollars for people (the one formatter's `money`): n/a when unknown, $0 for free, else enough digits
+    to see a per-row cost.
 
     >>> format_usd(None), format_usd(0.0), format_usd(0.0000171), format_usd(0.25), format_usd(12.5)
     ('n/a', '$0', '$0.0000171', '$0.25', '$12.50')
     """
-    if value is None or pd.isna(value):
-        return 'n/a'
-    if value == 0:
-        return '$0'
-    if value >= 1:
-        return f'${value:,.2f}'
-    return '$' + np.format_float_positional(value, precision=3, unique=False, fractional=False, trim='-')
+    return money(value)
 
 
 def render_sample_report(report: Any, *, limit: int = 50) -> str:
@@ -74,7 +71,7 @@ def render_sample_report(report: Any, *, limit: int = 50) -> str:
     unstable = report.rows[report.rows['unstable']].head(limit)
     if len(unstable):
         cells = ''.join(
-            f'<tr><td>{_esc(r.example_id)}</td><td>{r.passed} of {r.samples}</td><td>{r.agreement:.2f}</td>'
+            f'<tr><td>{_esc(r.example_id)}</td><td>{r.passed} of {r.samples}</td><td>{percent(r.agreement)}</td>'
             f'<td>{_esc(r.modal_prediction)}</td></tr>'
             for r in unstable.itertuples()
         )
@@ -102,12 +99,12 @@ def render_agreement(agreement: Any) -> str:
     t = agreement.table
     pct = f'{agreement.confidence * 100:.3g}%'
     rows = [
-        ("Cohen's kappa", agreement.kappa),
-        ('true-positive rate (judge passes what people pass)', agreement.tpr),
-        ('true-negative rate (judge fails what people fail)', agreement.tnr),
-        ('accuracy', agreement.accuracy),
+        ("Cohen's kappa", agreement.kappa, 'score'),
+        ('true-positive rate (judge passes what people pass)', agreement.tpr, 'percent'),
+        ('true-negative rate (judge fails what people fail)', agreement.tnr, 'percent'),
+        ('accuracy', agreement.accuracy, 'percent'),
     ]
-    stats = ''.join(f'<tr><td>{_esc(n)}</td><td>{_ci(*v)}</td></tr>' for n, v in rows)
+    stats = ''.join(f'<tr><td>{_esc(n)}</td><td>{_ci(*v, kind=k)}</td></tr>' for n, v, k in rows)
     table = (
         '<table class="pw-agreement-table"><tr><th></th><th>judge pass</th><th>judge fail</th></tr>'
         f'<tr><td>people pass</td><td>{t["tp"]}</td><td>{t["fn"]}</td></tr>'
@@ -125,19 +122,19 @@ def render_cost_quality(table: pd.DataFrame, *, metric: str, title: str = 'Cost 
     """Render models side by side: one row per version with model, quality, latency, tokens and cost, and a
     scatter chart of quality against cost per row (log scale when costs span orders of magnitude; unknown and
     zero costs drawn at the left edge and labelled)."""
-    head = ['version', 'model', metric, 'mean latency ms', 'mean tokens', 'cost per row', 'cost of run', 'errors']
+    head = ['version', 'model', metric, 'mean latency', 'mean tokens', 'cost per row', 'cost of run', 'errors']
     cells = []
     for version, row in table.iterrows():
         cells.append(
             [
                 _esc(version),
                 _esc(row['model']),
-                f'{row[metric]:.3f}',
-                f'{row["mean_latency_s"] * 1000:,.0f}',
-                f'{row["mean_tokens"]:,.1f}',
-                format_usd(row.get('cost_per_row_usd')),
-                format_usd(row.get('cost_usd')),
-                str(int(row['errors'])),
+                percent(row[metric]),
+                milliseconds(row['mean_latency_s']),
+                tokens(row['mean_tokens']),
+                money(row.get('cost_per_row_usd')),
+                money(row.get('cost_usd')),
+                count(row['errors']),
             ]
         )
     rows = ''.join('<tr>' + ''.join(f'<td>{c}</td>' for c in r) + '</tr>' for r in cells)

@@ -14,6 +14,7 @@ import ipywidgets as w
 
 from workspace.analysis.compare import VersionComparison, build_comparison
 from workspace.analysis.comparison_state import CompareState
+from workspace.analysis.grid import FILTER_OPS, GridFilter
 from workspace.analysis.model_comparison import ModelComparison
 from workspace.core.datasets import Dataset
 from workspace.core.runs import Run, main_score_name
@@ -24,7 +25,7 @@ from workspace.ui import views
 
 __all__ = ['CompareView', 'compare', 'render_tab']
 
-TABS = ('Summary', 'Per category', 'Confusion', 'Flips', 'Diff', 'Samples', 'Cost', 'Edit')
+TABS = ('Summary', 'Grid', 'Per category', 'Confusion', 'Flips', 'Diff', 'Samples', 'Cost', 'Edit')
 
 Progress = Callable[[int, int], None]
 
@@ -33,6 +34,8 @@ def render_tab(state: CompareState, tab: str) -> str:
     """Return the HTML of one tab of a comparison view."""
     if tab == 'Summary':
         return views.render_summary(state.cmp, labels=state.labels)
+    if tab == 'Grid':
+        return views.render_grid(state.grid_page(), state.cmp)
     if tab == 'Per category':
         return views.render_per_category(state.cmp)
     if tab == 'Confusion':
@@ -125,6 +128,8 @@ class CompareView(w.VBox):
         self.previous_page = w.Button(description='Previous', icon='chevron-left', layout=w.Layout(width='100px'))
         self.next_page = w.Button(description='Next', icon='chevron-right', layout=w.Layout(width='100px'))
 
+        self._grid_controls()
+
         self.edit_source = w.Dropdown(
             description='Edit', layout=w.Layout(width='340px'), style={'description_width': '40px'}
         )
@@ -165,6 +170,7 @@ class CompareView(w.VBox):
         )
         children = [
             self.panes['Summary'],
+            self.grid_tab,
             self.panes['Per category'],
             self.panes['Confusion'],
             flips_tab,
@@ -195,6 +201,7 @@ class CompareView(w.VBox):
             self.note,
             self.save_button,
             self.revert_button,
+            *self.grid_bar.children,
         ]
         self.baseline.observe(self._on_baseline, names='value')
         self.focus.observe(self._on_focus, names='value')
@@ -269,6 +276,7 @@ class CompareView(w.VBox):
             self.edit_source.options = [(self._option(v) + self._role(v), v) for v in editable]
             self.edit_source.value = s.editing
             self._sync_flip_filter()
+            self._sync_grid_controls()
         finally:
             self._syncing = False
 
@@ -368,6 +376,102 @@ class CompareView(w.VBox):
         self._sync_controls()
         self._stale.add('Flips')
         self._render_visible()
+
+    # --- grid ---------------------------------------------------------------------------------------------------
+
+    def _grid_controls(self) -> None:
+        """Make the Grid tab: a search box, a sort column and order, one filter (column, operator, value) and pages."""
+        compact = {'description_width': 'initial'}
+        self.grid_search = w.Text(
+            placeholder='search inputs, outputs, expected, errors',
+            layout=w.Layout(width='300px'),
+            continuous_update=True,
+        )
+        self.grid_search.add_class('pw-grid-search')
+        self.grid_sort = w.Dropdown(description='Sort by', layout=w.Layout(width='250px'), style=compact)
+        self.grid_order = w.ToggleButtons(
+            options=[('↑', True), ('↓', False)], tooltips=['ascending', 'descending'], style={'button_width': '34px'}
+        )
+        self.grid_filter_column = w.Dropdown(description='Filter', layout=w.Layout(width='240px'), style=compact)
+        self.grid_filter_op = w.Dropdown(options=list(FILTER_OPS), value='contains', layout=w.Layout(width='140px'))
+        self.grid_filter_value = w.Text(placeholder='value (pass, fail, 50%, …)', layout=w.Layout(width='170px'))
+        self.grid_previous = w.Button(description='Previous', icon='chevron-left', layout=w.Layout(width='100px'))
+        self.grid_next = w.Button(description='Next', icon='chevron-right', layout=w.Layout(width='100px'))
+        for control in (self.grid_search, self.grid_sort, self.grid_order, self.grid_filter_column):
+            control.observe(self._on_grid, names='value')
+        for control in (self.grid_filter_op, self.grid_filter_value):
+            control.observe(self._on_grid_filter, names='value')
+        self.grid_previous.on_click(lambda _: self._grid_turn(-1))
+        self.grid_next.on_click(lambda _: self._grid_turn(1))
+        self.grid_bar = w.HBox(
+            [
+                self.grid_search,
+                self.grid_sort,
+                self.grid_order,
+                self.grid_filter_column,
+                self.grid_filter_op,
+                self.grid_filter_value,
+                self.grid_previous,
+                self.grid_next,
+            ],
+            layout=w.Layout(flex_flow='row wrap', align_items='center'),
+        )
+        self.grid_tab = w.VBox([self.grid_bar, self.panes['Grid']])
+        self.grid_tab.add_class('pw-grid-tab')
+
+    def _sync_grid_controls(self) -> None:
+        columns = self.state.grid_columns()
+        q = self.state.grid_query
+        options = [(c.title, c.key) for c in columns]
+        self.grid_sort.options = [('(as listed)', None), *options]
+        self.grid_sort.value = q.sort
+        self.grid_order.value = q.ascending
+        chosen = self.grid_filter_column.value  # the filter being typed stays, unless its column left the grid
+        self.grid_filter_column.options = [('(none)', None), *options]
+        self.grid_filter_column.value = chosen if chosen in {c.key for c in columns} else None
+        page = self.state.grid_page()
+        self.grid_previous.disabled = page.page <= 0
+        self.grid_next.disabled = page.page >= page.pages - 1
+
+    def _on_grid(self, _change: object) -> None:
+        if self._syncing:
+            return
+        self._query_grid()
+
+    def _on_grid_filter(self, _change: object) -> None:
+        if self._syncing or self.grid_filter_column.value is None:
+            return
+        self._query_grid()
+
+    def _query_grid(self, page: int = 0) -> None:
+        column = self.grid_filter_column.value
+        op = self.grid_filter_op.value
+        value = self.grid_filter_value.value
+        needs_value = op not in ('is empty', 'is not empty')
+        filters = (GridFilter(column, op, value),) if column is not None and (value.strip() or not needs_value) else ()
+        self.state.grid_query = self.state.grid_query.replace(
+            search=self.grid_search.value,
+            sort=self.grid_sort.value,
+            ascending=self.grid_order.value,
+            filters=filters,
+            page=page,
+        )
+        self._render_grid()
+
+    def _grid_turn(self, step: int) -> None:
+        self._query_grid(self.state.grid_query.page + step)
+
+    def _render_grid(self) -> None:
+        try:
+            self.panes['Grid'].value = render_tab(self.state, 'Grid')
+        except WorkspaceError as e:
+            self.panes['Grid'].value = _message(_esc(e), 'error')
+        self._stale.discard('Grid')
+        self._syncing = True
+        try:
+            self._sync_grid_controls()
+        finally:
+            self._syncing = False
 
     # --- edit ---------------------------------------------------------------------------------------------------
 

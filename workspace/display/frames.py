@@ -1,0 +1,108 @@
+"""DataFrames that read well in a notebook: the values stay as they are (numbers to compute with, dicts and lists
+to index), and the display goes through the one formatter, `workspace.display.formats`.
+
+`shown(frame)` returns a `Shown` DataFrame: a notebook renders it with each column formatted by its kind (from
+its name, or as given): proportions as percentages, latencies in milliseconds, token counts whole, money in
+dollars, p-values as `<0.001`, times to the second, and nested values (violations, audit rows, slots, history)
+as one readable line. `print()` shows the same text.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import pandas as pd
+
+from workspace.display.formats import Kind, format_value, kind_of
+
+__all__ = ['Shown', 'shown', 'column_kinds']
+
+_TABLE_STYLES = [
+    {'selector': 'th', 'props': 'text-align: left; vertical-align: bottom; white-space: nowrap; padding: 3px 8px;'},
+    {'selector': 'td', 'props': 'padding: 3px 8px; border-bottom: 1px solid #e5e7eb; vertical-align: top;'},
+]
+
+
+def _nested(series: pd.Series) -> bool:
+    sample = series.dropna().head(20)
+    return len(sample) > 0 and all(isinstance(v, (dict, list, tuple)) for v in sample)
+
+
+def _timestamps(series: pd.Series) -> bool:
+    return pd.api.types.is_datetime64_any_dtype(series.dtype)
+
+
+def column_kinds(frame: pd.DataFrame, given: Mapping[str, Kind] | None = None) -> dict[str, Kind]:
+    """Return the kind of each column that needs formatting: as given, else from its name, else from its values
+    (timestamps, nested values, floats as 3 significant digits are left to 'score')."""
+    kinds: dict[str, Kind] = {}
+    for column in frame.columns:
+        if given and column in given:
+            kinds[column] = given[column]
+            continue
+        series = frame[column]
+        if _timestamps(series):
+            kinds[column] = 'timestamp'
+        elif series.dtype == object and _nested(series):
+            kinds[column] = 'nested'
+        elif (found := kind_of(str(column))) is not None:
+            kinds[column] = found
+        elif pd.api.types.is_float_dtype(series.dtype):
+            kinds[column] = 'score'
+    return kinds
+
+
+class Shown(pd.DataFrame):
+    """A DataFrame shown through the workspace's formatter (see the module docstring); otherwise a DataFrame."""
+
+    _metadata = ['kinds']
+    kinds: dict[str, Kind] | None
+
+    @property
+    def _constructor(self) -> Callable[..., Shown]:
+        return Shown
+
+    def _formatters(self) -> dict[str, Callable[[Any], str]]:
+        kinds = column_kinds(self, getattr(self, 'kinds', None))
+        return {c: (lambda v, k=k: format_value(v, k)) for c, k in kinds.items()}
+
+    def formatted(self) -> pd.DataFrame:
+        """Return a plain DataFrame of the strings a person sees."""
+        out = pd.DataFrame(self).copy()
+        for column, fmt in self._formatters().items():
+            out[column] = [fmt(v) for v in self[column]]
+        return out
+
+    def _repr_html_(self) -> str:  # type: ignore[override]
+        if self.empty:
+            return f'<p>No rows{": columns " + html.escape(", ".join(map(str, self.columns))) if len(self.columns) else ""}.</p>'
+        frame = pd.DataFrame(self)
+        limit = 200
+        more = len(frame) - limit
+        styler = frame.head(limit).style.format(self._formatters(), na_rep='')  # type: ignore[arg-type]
+        styler = styler.set_properties(**{'text-align': 'left', 'white-space': 'pre-wrap', 'max-width': '40em'})
+        table = styler.set_table_styles(_TABLE_STYLES).to_html()
+        tail = (
+            f'<p style="color:#59636e">{more:,} more rows not shown (len(frame) = {len(frame):,}).</p>'
+            if more > 0
+            else ''
+        )
+        return table + tail
+
+    def __repr__(self) -> str:
+        return pd.DataFrame(self.formatted()).__repr__()
+
+
+def shown(frame: pd.DataFrame, kinds: Mapping[str, Kind] | None = None) -> Shown:
+    """Return `frame` as a `Shown` DataFrame: the same values, displayed through the one formatter; `kinds`
+    overrides the kind of some columns (e.g. `{'dev_score': 'percent'}`).
+
+    >>> shown(pd.DataFrame({'share': [0.212361], 'mean_latency_s': [1.7334]}))
+       share mean_latency_s
+    0  21.2%       1,733 ms
+    """
+    out = Shown(frame)
+    out.kinds = dict(kinds or {})
+    return out
