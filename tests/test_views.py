@@ -265,6 +265,10 @@ def test_report_is_a_standalone_document(cmp, tmp_path):
     assert doc.count('<style>') == 1  # one stylesheet, shared with the widget
     assert doc.count('<h4>Prompt diff</h4>') == 2 and doc.count('pw-chart') >= 4
     assert 'system-ui' in doc and 'table version' in doc
+    # every flip of every candidate, each expanding to both outputs and prompts; none sends the reader elsewhere
+    changed = sum(views.flip_counts(cmp.flips(v))['any change'] for v in cmp.version_ids if v != cmp.baseline)
+    assert doc.count('<details class="pw-flip">') == changed and 'in the widget' not in doc
+    assert doc.count('<details class="pw-flips-all" open>') == 2  # a page or fewer: shown unfolded
 
 
 def test_text_task_views(ws, monkeypatch):
@@ -321,7 +325,8 @@ def test_grid_has_every_example_against_every_version(cmp):
 
     html = views.render_grid(query_grid(frame, columns, GridQuery(sort='router:v2|exact_match')), cmp)
     assert 'Showing 1–6 of 6 examples' in html and html.count('<tr data-example=') == 6
-    assert '✓ pass' in html and '✗ fail' in html and 'exact_match 100.0%' in html and 'scripted failure' in html
+    assert '✓ pass' in html and '✗ fail' in html and 'scripted failure' in html
+    assert 'exact_match 100.0%' not in html  # the badge says it: the cell lists the other scores
     assert 'v2 <span class="pw-sorted">▲ exact_match</span>' in html and 'v1 (baseline)' in html
     empty = views.render_grid(query_grid(frame, columns, GridQuery(search='zebra')), cmp)
     assert 'No example of 6 matching “zebra”' in empty

@@ -21,6 +21,8 @@ from workspace.core.evaluate import evaluate
 from workspace.core.labels import set_label
 from workspace.core.runs import Run, judge_score_columns, main_score_name
 from workspace.core.versions import Version, get_version
+from workspace.display.formats import p_phrase, points
+from workspace.display.results import render_record
 from workspace.errors import ComparisonError
 from workspace.storage import costs, store
 
@@ -411,7 +413,7 @@ def version_labels(prompts: Sequence[str]) -> dict[str, list[str]]:
 
 @dataclass(frozen=True)
 class Promotion:
-    """What `promote_if_better` decided, and the comparison it decided on."""
+    """What `promote_if_better` decided, by which metric, and the comparison it decided on."""
 
     promoted: bool
     label: str
@@ -420,10 +422,59 @@ class Promotion:
     verdict: str
     diff: float
     p_value: float
+    metric: str = 'accuracy'
 
     def __str__(self) -> str:
         action = f'moved {self.label} to {self.candidate}' if self.promoted else f'kept {self.label} on {self.baseline}'
-        return f'{action}: {self.verdict}'
+        return f'{action} (decided by {self.metric}): {self.verdict}'
+
+    def _repr_html_(self) -> str:
+        return render_record(
+            'Promotion' if self.promoted else 'No promotion',
+            [
+                ('label', self.label),
+                ('candidate', self.candidate),
+                ('baseline', self.baseline),
+                ('metric', self.metric),
+                ('verdict', str(self)),
+            ],
+        )
+
+
+def _label_metric_verdict(runs: Sequence[Run], metric: str, split: str | None, confidence: float) -> stats.Comparison:
+    """Compare two runs by a metric of the whole split (macro-F1, balanced accuracy), paired (see
+    `stats.compare_label_metric`), and say it in the words of the optimizer's test sentence, naming the metric."""
+    common, _ = _check_same_examples(*runs)
+    a, b = (_frame(r).loc[common] for r in runs)
+    result = stats.compare_label_metric(
+        metric, [str(e) for e in a['expected']], _predictions(a), _predictions(b), confidence=confidence
+    )
+    names = (runs[0].version.id, runs[1].version.id)
+    detail = (
+        f'{metric} {result.value_b:.3f} vs {result.value_a:.3f} ({points(result.diff)} points, '
+        f'{confidence * 100:.3g}% CI {points(result.ci_low)} to {points(result.ci_high)}, {p_phrase(result.p_value)}, '
+        f'n = {result.n})'
+    )
+    alpha = 1 - confidence
+    significant = result.p_value < alpha and (result.ci_low > 0 or result.ci_high < 0)
+    where = split or 'all rows'
+    if significant:
+        word = 'better' if result.diff > 0 else 'worse'
+        verdict = f'{names[1]} is {word} than {names[0]} on {where}: {detail}'
+    else:
+        verdict = f'no detectable difference between {names[1]} and {names[0]} on {where}: {detail}'
+    return stats.Comparison(
+        n=result.n,
+        metric=metric,
+        mean_a=result.value_a,
+        mean_b=result.value_b,
+        diff=result.diff,
+        ci_low=result.ci_low,
+        ci_high=result.ci_high,
+        p_value=result.p_value,
+        significant=significant,
+        verdict=verdict,
+    )
 
 
 def promote_if_better(
@@ -435,20 +486,35 @@ def promote_if_better(
     baseline: Version | str | None = None,
     confidence: float = 0.95,
     by: str | None = None,
+    metric: str | None = None,
 ) -> Promotion:
     """Move `label` to `candidate` only if it is significantly better than `baseline` on a dataset split.
 
     The baseline defaults to the version the label points at now. Both are evaluated incrementally (only missing
-    requests reach the model); the decision uses the paired test of `ws.significance` and is recorded in the
-    label's history with the verdict as its note.
+    requests reach the model); the decision uses the paired test of `ws.significance` on the task's main score,
+    or, with `metric='macro_f1'` or `'balanced_accuracy'` (label tasks), a paired permutation test of that metric
+    over the split: pass the metric the optimizer chose by, so its test sentence and this decision agree. The
+    verdict, naming the metric, is recorded in the label's history as its note.
 
-    >>> promote_if_better(result.best, 'production', dataset=tickets, split='test')
+    >>> promote_if_better(result.best, 'production', dataset=tickets, split='test', metric='macro_f1')
     """
     cand = get_version(candidate)
     base = get_version(f'{cand.prompt}@{label}' if baseline is None else baseline)
     runs = [evaluate(v, dataset, split, progress=False) for v in (base, cand)]
-    result = significance(*runs, confidence=confidence)
+    task = get_dataset(dataset).task
+    name = metric or main_score_name(task)
+    if name in ('macro_f1', 'balanced_accuracy'):
+        if task != 'choice':
+            raise ComparisonError(f'metric {name!r} applies to label tasks; this dataset is a {task} task')
+        result = _label_metric_verdict(runs, name, split, confidence)
+    elif name == main_score_name(task):
+        result = significance(*runs, confidence=confidence)
+    else:
+        raise ComparisonError(
+            f'metric {name!r} cannot decide a promotion; use {main_score_name(task)!r}'
+            + (", 'macro_f1' or 'balanced_accuracy'" if task == 'choice' else '')
+        )
     better = result.significant and result.diff > 0 and cand.id != base.id
     if better:
-        set_label(cand, label, note=result.verdict, by=by)
-    return Promotion(better, label, cand.id, base.id, result.verdict, result.diff, result.p_value)
+        set_label(cand, label, note=f'{name}: {result.verdict}', by=by)
+    return Promotion(better, label, cand.id, base.id, result.verdict, result.diff, result.p_value, name)

@@ -29,6 +29,7 @@ from workspace.core import demo_policies as demos, judges as judging, rules, sam
 from workspace.core.datasets import Dataset, get_dataset
 from workspace.core.runs import Run, eval_rows, main_score_name, summarize
 from workspace.core.versions import Version, build_request, get_version
+from workspace.display.frames import shown
 from workspace.errors import TemplateError, WorkspaceError
 from workspace.storage import backends, store, tables
 
@@ -245,7 +246,7 @@ def list_scorers(dataset: Dataset | str) -> pd.DataFrame:
                 'only_if': meta.get('only_if'),
             }
         )
-    return pd.DataFrame(rows, columns=['column', 'scorer', 'tier', 'runs', 'only_if'])
+    return shown(pd.DataFrame(rows, columns=['column', 'scorer', 'tier', 'runs', 'only_if']))
 
 
 def _rows_to_write(v: Version, ds: Dataset, requests: Mapping[str, dict[str, Any]], retry_errors: bool) -> list[str]:

@@ -21,7 +21,9 @@ import pandas as pd
 from workspace.core import metrics, rules, samples, stats
 from workspace.core.datasets import get_dataset
 from workspace.core.versions import Version, get_version, parent_chain
-from workspace.display.results import format_usd
+from workspace.display.formats import count, milliseconds, money, percent, timestamp, tokens
+from workspace.display.frames import shown
+from workspace.display.results import render_record
 from workspace.errors import WorkspaceError
 from workspace.storage import costs, store, tables
 from workspace.storage.reads import READS
@@ -74,6 +76,23 @@ class Run:
         return (
             f'<Run {self.run_id} {self.version.id} on {self.dataset}/{self.split or "all"}: n={len(self.example_ids)} '
             f'calls={self.calls} reused={self.reused} errors={self.errors}>'
+        )
+
+    def _repr_html_(self) -> str:
+        judge = f' and {count(self.judge_calls)} judge calls' if self.judge_calls else ''
+        return render_record(
+            f'Run {self.run_id}: {self.version.id} on {self.dataset} / {self.split or "all rows"}',
+            [
+                ('examples', count(self.n)),
+                ('model calls', f'{count(self.calls)}{judge}'),
+                ('rows reused', f'{count(self.reused)} (answered earlier: no model call)'),
+                ('errors', count(self.errors)),
+                ('samples per row', count(self.samples) if self.samples > 1 else None),
+                ('cost', money(self.cost_usd) if self.cost_usd is not None else None),
+                ('wall time', f'{self.wall_s:.2f} s'),
+                ('started', timestamp(self.started_at)),
+            ],
+            notes=['run.summary() has the metrics; run.failures() the examples it got wrong'],
         )
 
     @property
@@ -359,26 +378,27 @@ class Summary:
         return next((name for name in _MAIN_SCORE.values() if name in self.metrics), next(iter(self.metrics)))
 
     def _metric_rows(self) -> list[tuple[str, str]]:
-        """Return the metrics as (name, shown value): a score equal to accuracy (exact match on labels) is left
-        out, latency is in milliseconds and token counts are rounded."""
+        """Return the metrics as (name, shown value) through the one formatter: scores as percentages, latency in
+        milliseconds, token counts whole, money in dollars; a score equal to accuracy (exact match on labels) is
+        left out."""
         rows = []
         accuracy = self.metrics.get('accuracy')
         for name, value in self.metrics.items():
             if name == 'exact_match' and accuracy is not None and abs(value - accuracy) < 1e-12:
                 continue  # exact_match on a label task is accuracy under another name (a judge's score is not)
             if name.endswith('_usd'):
-                rows.append((name[: -len('_usd')].replace('_', ' ') + ' (USD)', format_usd(value)))
+                rows.append((name[: -len('_usd')].replace('_', ' ') + ' (USD)', money(value)))
             elif name == 'mean_latency_s':
-                rows.append(('mean latency', f'{value * 1000:,.0f} ms'))
+                rows.append(('mean latency', milliseconds(value)))
             elif name.startswith('mean_') and name.endswith('_tokens'):
-                rows.append((name.replace('_', ' '), f'{value:,.1f}'))
+                rows.append((name.replace('_', ' '), tokens(value)))
             elif isinstance(value, float):
-                shown = f'{value:.3f}'
+                shown = percent(value) if 0.0 <= value <= 1.0 else f'{value:,.3f}'  # scores are in [0, 1]
                 if name == self.headline and self.interval is not None:
-                    shown += f' (95% CI {self.interval[0]:.3f} to {self.interval[1]:.3f})'
+                    shown += f' (95% CI {percent(self.interval[0])} to {percent(self.interval[1])})'
                 rows.append(({'macro_f1': 'macro-F1'}.get(name, name), shown))
             else:
-                rows.append((name, str(value)))
+                rows.append((name, count(value) if isinstance(value, int) else str(value)))
         return rows
 
     def _header(self) -> list[tuple[str, str]]:
@@ -401,7 +421,7 @@ class Summary:
         width = max(len(k) for k, _ in self._header())
         lines = [f'{k:<{width}}  {v}' for k, v in self._header()]
         if self.per_category is not None:
-            lines += ['', 'per category:', self.per_category.round(3).to_string()]
+            lines += ['', 'per category:', self.per_category.round(2).to_string()]
         if self.confusion is not None:
             lines += ['', 'confusion matrix (rows: expected, columns: predicted):', self.confusion.to_string()]
         lines += [f'note: {n}' for n in self.notes]
@@ -581,7 +601,7 @@ def list_runs(prompt: str | None = None, dataset: str | None = None) -> pd.DataF
         .order_by(t.started_at, asc=False)
         .collect()
     )
-    return result.to_pandas()
+    return shown(result.to_pandas())
 
 
 def lineage(version: Version | str, dataset: str, example_id: str) -> Lineage:

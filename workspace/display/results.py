@@ -18,6 +18,7 @@ __all__ = [
     'render_agreement',
     'render_cost_quality',
     'render_changelog',
+    'render_record',
     'format_usd',
 ]
 
@@ -27,6 +28,8 @@ _STYLE = """
 .pw-eval table { border-collapse: collapse; margin: 6px 0; }
 .pw-eval th, .pw-eval td { border-bottom: 1px solid #e5e7eb; padding: 3px 8px; text-align: right; }
 .pw-eval th:first-child, .pw-eval td:first-child { text-align: left; }
+.pw-eval table.pw-record td { text-align: left; vertical-align: top; }
+.pw-eval table.pw-record td:first-child { color: #59636e; white-space: nowrap; padding-right: 16px; }
 .pw-eval .pw-ci { color: #6b7280; font-size: 11px; }
 .pw-eval .pw-unstable { color: #b45309; }
 .pw-eval .pw-good { color: #1a7f37; } .pw-eval .pw-bad { color: #c62828; }
@@ -57,6 +60,27 @@ def format_usd(value: float | None) -> str:
     ('n/a', '$0', '$0.0000171', '$0.25', '$12.50')
     """
     return money(value)
+
+
+def render_record(title: str, fields: Sequence[tuple[str, Any]], *, notes: Sequence[str] = ()) -> str:
+    """Render a result object as a titled two-column table of (name, value) with notes under it: what every
+    result object of the workspace shows in a notebook. Values are shown as given (format them with
+    `workspace.display.formats` first); None and '' rows are left out; nested values read as one line.
+
+    >>> render_record('IngestReport log.jsonl', [('lines', '1,200'), ('new prompts', '30')]).count('<tr>')
+    2
+    """
+    from workspace.display.formats import readable
+
+    rows = ''.join(
+        f'<tr><td>{_esc(name)}</td><td>{_esc(readable(value) if isinstance(value, (dict, list, tuple)) else value)}'
+        '</td></tr>'
+        for name, value in fields
+        if value is not None and value != ''
+    )
+    body = f'<h4>{_esc(title)}</h4><table class="pw-record">{rows}</table>'
+    body += ''.join(f'<div class="pw-note">{_esc(n)}</div>' for n in notes)
+    return _wrap(body, 'pw-record-view')
 
 
 def render_sample_report(report: Any, *, limit: int = 50) -> str:
@@ -150,6 +174,7 @@ def _cost_chart(table: pd.DataFrame, metric: str) -> str:
 
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
+    from matplotlib import transforms
     from matplotlib.ticker import FuncFormatter
 
     costs = pd.to_numeric(table['cost_per_row_usd'], errors='coerce') * 1000  # per 1,000 rows: readable ticks
@@ -161,10 +186,16 @@ def _cost_chart(table: pd.DataFrame, metric: str) -> str:
     x = costs.fillna(floor).clip(lower=floor)
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
     labels = []
-    for version, xv, yv, cost in zip(table.index, x, table[metric], costs):
+    # Versions at the same cost and quality (the same model and answers) are drawn side by side, a marker apart,
+    # so none hides another.
+    spot = [(round(float(xv), 12), round(float(yv), 6)) for xv, yv in zip(x, table[metric])]
+    for version, xv, yv, cost, where in zip(table.index, x, table[metric], costs, spot):
         free, unknown = cost == 0, pd.isna(cost)
         color = '#9ca3af' if unknown else '#16a34a' if free else '#2563eb'
-        ax.scatter([xv], [yv], s=60, color=color, marker='x' if unknown else 'o', zorder=3)
+        twins = [i for i, other in enumerate(spot) if other == where]
+        shift = (twins.index(list(table.index).index(version)) - (len(twins) - 1) / 2) * 10.0  # points
+        placed = transforms.offset_copy(ax.transData, fig=fig, x=shift, y=0, units='points')
+        ax.scatter([xv], [yv], s=60, color=color, marker='x' if unknown else 'o', zorder=3, transform=placed)
         tag = ' (free)' if free else ' (cost n/a)' if unknown else ''
         labels.append(
             (float(yv), float(xv), f'{str(version).rpartition(":")[2] or version} · {table.loc[version, "model"]}{tag}')

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from workspace.analysis.changelog import Changelog
-from workspace.analysis.compare import VersionComparison
+from workspace.analysis.compare import VersionComparison, row_score_name
 from workspace.analysis.comparison_state import FLIPS_PER_PAGE
 from workspace.analysis.diff import Op, diff_versions, render_diff_html, word_ops
 from workspace.analysis.grid import GridColumn, GridPage
@@ -154,7 +154,9 @@ STYLESHEET = f"""<style>
   white-space: normal; overflow-wrap: anywhere; }}
 .pw-view table.pw-grid-table th.pw-grid-id, .pw-view table.pw-grid-table td.pw-grid-id {{ width: 72px; }}
 .pw-view table.pw-grid-table th.pw-grid-expected {{ width: 100px; }}
-.pw-view table.pw-grid-table th.pw-grid-outcome {{ width: 72px; }}
+.pw-view table.pw-grid-table th.pw-grid-outcome {{ width: 82px; }}
+.pw-view table.pw-grid-table th {{ overflow-wrap: normal; }}
+.pw-view .pw-scores span {{ white-space: nowrap; }}
 .pw-view table.pw-grid-table th.pw-grid-input {{ width: 24%; }}
 .pw-view table.pw-grid-table td.pw-row-fail {{ background: #fff5f5; }}
 .pw-view .pw-badge {{ display: inline-block; font-size: 10.5px; font-weight: 600; border-radius: 8px; padding: 0 5px;
@@ -163,6 +165,8 @@ STYLESHEET = f"""<style>
 .pw-view .pw-badge.pw-fail {{ background: #fee2e2; color: #991b1b; }}
 .pw-view .pw-scores {{ color: #59636e; font-size: 11px; }}
 .pw-view .pw-sorted {{ color: #1e40af; font-weight: 600; }}
+.pw-view details.pw-flips-all > summary {{ cursor: pointer; }}
+.pw-view details.pw-flips-all > summary h4 {{ display: inline; }}
 .pw-view.pw-report {{ max-width: 1180px; margin: 0 auto; padding: 8px 16px 40px; }}
 </style>
 """
@@ -194,7 +198,7 @@ def format_change(diff: float | None, *, scale: float = 100.0, digits: int = 1) 
     value = _number(diff)
     if value is None:
         return ''
-    return f'{round(value * scale, digits) + 0.0:+.{digits}f}'  # + 0.0 turns a rounded -0.0 into +0.0
+    return f'{round(value * scale, digits) + 0.0:+,.{digits}f}'  # + 0.0 turns a rounded -0.0 into +0.0
 
 
 def format_interval(low: float | None, high: float | None, *, scale: float = 100.0, digits: int = 1) -> str:
@@ -207,7 +211,7 @@ def format_interval(low: float | None, high: float | None, *, scale: float = 100
     ends = [_number(low), _number(high)]
     if None in ends:
         return ''
-    shown = [f'{round(v * scale, digits) + 0.0:.{digits}f}' for v in ends if v is not None]
+    shown = [f'{round(v * scale, digits) + 0.0:,.{digits}f}' for v in ends if v is not None]
     return f'[{shown[0]}, {shown[1]}]'
 
 
@@ -579,8 +583,13 @@ def _f1_chart(f1: pd.DataFrame, cmp: VersionComparison, names: Mapping[str, str]
     plt = _pyplot()
     labels = list(f1.index)[::-1]  # the first label at the top
     versions = list(f1.columns)
-    fig, ax = plt.subplots(figsize=(6.4, 0.26 * len(labels) + 0.9))
-    offsets = np.linspace(-0.22, 0.22, len(versions)) if len(versions) > 1 else np.zeros(1)
+    # One lane per version inside each category's row, a marker's width apart, so versions with the same F1 on
+    # a category sit one above the other instead of hiding each other.
+    lane = 0.1  # inches between lanes; a marker (s=30) is about 0.08 in wide
+    row = max(0.28, lane * len(versions) + 0.08)
+    fig, ax = plt.subplots(figsize=(6.4, row * len(labels) + 0.9))
+    spread = lane * (len(versions) - 1) / row  # in rows
+    offsets = np.linspace(-spread / 2, spread / 2, len(versions)) if len(versions) > 1 else np.zeros(1)
     for y in range(len(labels)):
         ax.axhline(y, color='#eceff2', linewidth=0.8, zorder=1)
     for i, version in enumerate(versions):
@@ -588,7 +597,7 @@ def _f1_chart(f1: pd.DataFrame, cmp: VersionComparison, names: Mapping[str, str]
         ax.scatter(
             f1.loc[labels, version],
             np.arange(len(labels)) + offsets[i],
-            s=34,
+            s=30,
             marker=_MARKERS[i % len(_MARKERS)],
             color=_PALETTE[i % len(_PALETTE)],
             label=name,
@@ -965,7 +974,9 @@ def _grid_cell(row: Any, version: str, scorers: Sequence[GridColumn]) -> str:
     text = '<span class="pw-muted">no answer</span>' if _missing_text(output) else html.escape(clip(output, 90))
     title = '' if _missing_text(output) else html.escape(clip(output, 600))
     scores = ' · '.join(
-        f'{html.escape(c.title.split(" ", 1)[1])} {percent(row[c.key]) or "–"}' for c in scorers if c.version == version
+        f'<span>{html.escape(c.title.split(" ", 1)[1])} {percent(row[c.key]) or "–"}</span>'
+        for c in scorers
+        if c.version == version
     )
     err = f'<div class="pw-error-text" title="{html.escape(str(error))}">{html.escape(clip(error, 80))}</div>'
     return (
@@ -983,7 +994,12 @@ def render_grid(page: GridPage, cmp: VersionComparison) -> str:
     version with its output, pass or fail, and every score (custom scorers and judges), then the outcome across
     versions. The columns the query sorts by carry an arrow; the counts say how many rows match."""
     names = short_names(cmp.version_ids)
-    scorers = [c for c in page.columns if c.kind == 'score']
+    # each cell's badge says pass or fail by the row score; the cell lists every other score (a text task's ROUGE-L
+    # too, as the badge only says whether it reached the bar)
+    row_score = row_score_name(cmp.task)
+    scorers = [
+        c for c in page.columns if c.kind == 'score' and (cmp.task == 'text' or not c.key.endswith(f'|{row_score}'))
+    ]
     start = page.page * page.query.per_page
     searched = f' matching “{html.escape(page.query.search)}”' if page.query.search.strip() else ''
     titles = {c.key: c.title for c in page.columns}
@@ -1061,7 +1077,8 @@ def render_report(
     prompts: PromptLookup = _no_prompts,
 ) -> str:
     """Render a standalone HTML document: summary, per-category chart and table, confusion matrices, and for
-    each candidate its changelog, prompt diff and first page of flips. It opens in any browser, without a kernel.
+    each candidate its changelog, prompt diff and every flip (folded when there are more than a page of them, each
+    row expanding to both outputs and prompts). It opens in any browser, without a kernel.
 
     `labels` maps a version id to its labels (`production`, ...), shown beside it in the summary; `changelogs`
     a version id to its changelog; `prompts` looks up rendered prompts by request hash (see `render_flips`)."""
@@ -1081,14 +1098,19 @@ def render_report(
     for candidate in cmp.version_ids:
         if candidate == cmp.baseline:
             continue
-        hint = 'in the widget, or ws.flips(run_a, run_b) for all (a DataFrame).'
+        counts = flip_counts(cmp.flips(candidate))
+        every = max(counts['any change'], 1)  # the report carries every flip, folded: it has no pages to turn
         parts += [
             f'<h2>{html.escape(candidate)} against {html.escape(cmp.baseline)}</h2>',
             *_changelog_section((changelogs or {}).get(candidate)),
             '<h4>Prompt diff</h4>',
             render_diff_html(diff_versions(cmp.version(cmp.baseline), cmp.version(candidate))),
-            '<h4>Flips</h4>',
-            _flips_body(cmp, candidate, 'any change', 0, FLIPS_PER_PAGE, prompts=prompts, more_hint=hint, title=False),
+            f'<details class="pw-flips-all"{" open" if counts["any change"] <= FLIPS_PER_PAGE else ""}>'
+            f'<summary><h4>Flips: {counts["any change"]:,} examples changed ({counts["fixed"]:,} fixed, '
+            f'{counts["broken"]:,} broken); click to {"fold" if counts["any change"] <= FLIPS_PER_PAGE else "unfold"}'
+            '</h4></summary>',
+            _flips_body(cmp, candidate, 'any change', 0, every, prompts=prompts, title=False),
+            '</details>',
         ]
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'

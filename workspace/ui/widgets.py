@@ -423,12 +423,12 @@ class CompareView(w.VBox):
         columns = self.state.grid_columns()
         q = self.state.grid_query
         options = [(c.title, c.key) for c in columns]
-        self.grid_sort.options = [('(as listed)', None), *options]
-        self.grid_sort.value = q.sort
+        self.grid_sort.options = [('(as listed)', ''), *options]
+        self.grid_sort.value = q.sort or ''
         self.grid_order.value = q.ascending
         chosen = self.grid_filter_column.value  # the filter being typed stays, unless its column left the grid
-        self.grid_filter_column.options = [('(none)', None), *options]
-        self.grid_filter_column.value = chosen if chosen in {c.key for c in columns} else None
+        self.grid_filter_column.options = [('(none)', ''), *options]
+        self.grid_filter_column.value = chosen if chosen in {c.key for c in columns} else ''
         page = self.state.grid_page()
         self.grid_previous.disabled = page.page <= 0
         self.grid_next.disabled = page.page >= page.pages - 1
@@ -439,19 +439,19 @@ class CompareView(w.VBox):
         self._query_grid()
 
     def _on_grid_filter(self, _change: object) -> None:
-        if self._syncing or self.grid_filter_column.value is None:
+        if self._syncing or not self.grid_filter_column.value:
             return
         self._query_grid()
 
     def _query_grid(self, page: int = 0) -> None:
-        column = self.grid_filter_column.value
+        column = self.grid_filter_column.value or None
         op = self.grid_filter_op.value
         value = self.grid_filter_value.value
         needs_value = op not in ('is empty', 'is not empty')
         filters = (GridFilter(column, op, value),) if column is not None and (value.strip() or not needs_value) else ()
         self.state.grid_query = self.state.grid_query.replace(
             search=self.grid_search.value,
-            sort=self.grid_sort.value,
+            sort=self.grid_sort.value or None,
             ascending=self.grid_order.value,
             filters=filters,
             page=page,
