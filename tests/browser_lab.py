@@ -78,7 +78,7 @@ class Lab:
 
     def url(self, path: str) -> str:
         """Return the address that opens a notebook, by its path under the served folder."""
-        return f'{self.base}/lab/tree/{path}?token={self.token}'
+        return f'{self.base}/lab/tree/{path}?reset&token={self.token}'  # reset: no tab of an earlier test reopens
 
     def write(self, name: str, source: str) -> str:
         """Write a one-cell notebook the tests run; return its path for `url`."""

@@ -243,7 +243,10 @@ def _label_by_keyboard(page, keys: str) -> None:
 def test_every_notebook_runs_as_opened(lab, browser_page, ws, tiny_tickets, tmp_path):
     """Each notebook of notebooks/, opened in JupyterLab where a newcomer finds it (the kernel starts in
     notebooks/, the project's kernel), with small values typed into its parameters cell, runs all its cells
-    without an error, in order: 01 to 05 build on each other, 06 to 08 stand alone."""
+    without an error, in order: 01 to 05 build on each other, 06 to 08 stand alone. 07 and 08 run here only (the
+    others also run headless in test_notebooks.py): 07 defines rules, serves over HTTP and never shows a key; 08
+    ingests the bundled log (its default path, relative to notebooks/), shows the drift once and evaluates a
+    version made from a family."""
     page, shots = browser_page, lab.shots
     tiny = repr(str(tiny_tickets))
     report = tmp_path / 'report.html'
@@ -289,8 +292,9 @@ def test_every_notebook_runs_as_opened(lab, browser_page, ws, tiny_tickets, tmp_
             if name == '07_guardrails_and_serving':
                 assert 'guarded_router:v2' in text and 'http://127.0.0.1:' in text and 'pw_' not in text
             if name == '08_prompt_families':
-                assert 'Route the support ticket to one team' in text and text.count('<DriftReport') == 0
-                assert page.locator('.pw-drift img.pw-chart').count() == 1  # the drift shows once
+                assert 'Route the support ticket to one team' in text and '{{ email }}' in text
+                assert page.locator('.pw-drift img.pw-chart').count() == 1 and '<DriftReport' not in text  # once
+                assert 'router_from_log:v1' in text and 'accuracy' in text
             _shot_end(page, shots / f'notebook-{name}.png')
         except Exception:
             page.screenshot(path=str(shots / f'notebook-{name}-failure.png'), full_page=True)
@@ -298,3 +302,8 @@ def test_every_notebook_runs_as_opened(lab, browser_page, ws, tiny_tickets, tmp_
         finally:
             lab.shutdown_kernels()
     assert ws.get_version('ticket_router@staging').id == 'ticket_router:v2'
+    assert ws.get_version('guarded_router@production').id == 'guarded_router:v2'
+    assert set(ws.audit(kind='key')['kind']) == {'key.created', 'key.revoked'}
+    family = ws.get_family(ws.similar('Route the support ticket to one team', k=1)['family_id'][0])
+    assert ws.get_version('router_from_log').template == family.jinja
+    assert ws.list_runs(prompt='router_from_log').iloc[0]['n'] <= 20

@@ -246,6 +246,8 @@ def test_progress_label_counts_calls_and_time_left():
     assert label.value == '23 / 24 calls, under a second left'
     clock(24, 24)
     assert label.value == '24 / 24 calls'
+    clock.judge(2, 6)  # a judge's calls, counted as judge calls (see judges._judge_progress)
+    assert label.value.startswith('2 / 6 judge calls') and (bar.value, bar.max) == (2, 6)
 
 
 def test_samples_and_cost_panes(view):

@@ -50,8 +50,9 @@ class TemplateCheck:
 class CompareState:
     """The comparison a view shows, the versions it can add, and the operations its controls trigger."""
 
-    def __init__(self, cmp: VersionComparison) -> None:
+    def __init__(self, cmp: VersionComparison, *, judges: Sequence[str] | str | None = None) -> None:
         self.cmp = cmp
+        self.judges = judges  # the judge columns the view's evaluations ask for (see `evaluate`)
         self.runs: dict[str, Run] = {run.version.id: run for run in cmp.runs}
         self.prompts = list(dict.fromkeys(run.version.prompt for run in cmp.runs))
         self.available: list[str] = []
@@ -170,7 +171,9 @@ class CompareState:
         return version, version.id not in before
 
     def _evaluate(self, version_id: str, progress: Progress | None) -> Run:
-        run = evaluate(self.version(version_id), self.cmp.dataset, self.cmp.split, progress=progress or False)
+        run = evaluate(
+            self.version(version_id), self.cmp.dataset, self.cmp.split, judges=self.judges, progress=progress or False
+        )
         self.runs[version_id] = run
         return run
 

@@ -285,7 +285,9 @@ class Lineage(Mapping[str, Any]):
             return 'yes: answered earlier, no model call' if value else 'no: this evaluation called the model'
         if key == 'error' and value is None:
             return 'none'
-        if key in ('params', 'scores'):
+        if key == 'scores':  # scores are proportions, shown as everywhere else
+            return ', '.join(f'{k} {percent(v) if isinstance(v, float) else v}' for k, v in (value or {}).items())
+        if key == 'params':
             return ', '.join(f'{k} {v:.3g}' if isinstance(v, float) else f'{k} {v}' for k, v in (value or {}).items())
         if isinstance(value, str) and key.endswith('_at'):
             return value.replace('T', ' ')[:19]
@@ -421,7 +423,8 @@ class Summary:
         width = max(len(k) for k, _ in self._header())
         lines = [f'{k:<{width}}  {v}' for k, v in self._header()]
         if self.per_category is not None:
-            lines += ['', 'per category:', self.per_category.round(2).to_string()]
+            formats = {c: percent for c in ('precision', 'recall', 'f1')} | {'support': count}
+            lines += ['', 'per category:', self.per_category.to_string(formatters=formats)]
         if self.confusion is not None:
             lines += ['', 'confusion matrix (rows: expected, columns: predicted):', self.confusion.to_string()]
         lines += [f'note: {n}' for n in self.notes]
@@ -437,7 +440,7 @@ class Summary:
         parts = [f'<table class="pw-summary">{head}</table>']
         if self.per_category is not None:
             table = self.per_category.style.format(
-                {'precision': '{:.2f}', 'recall': '{:.2f}', 'f1': '{:.2f}'}
+                {'precision': percent, 'recall': percent, 'f1': percent, 'support': count}
             ).to_html()
             parts.append('<h4>Per category</h4>' + table)
         if self.confusion is not None:

@@ -70,29 +70,39 @@ class Shown(pd.DataFrame):
 
     def formatted(self) -> pd.DataFrame:
         """Return a plain DataFrame of the strings a person sees."""
-        out = pd.DataFrame(self).copy()
-        for column, fmt in self._formatters().items():
-            out[column] = [fmt(v) for v in self[column]]
-        return out
+        return _formatted(self, pd.DataFrame(self))
 
     def _repr_html_(self) -> str:  # type: ignore[override]
         if self.empty:
-            return f'<p>No rows{": columns " + html.escape(", ".join(map(str, self.columns))) if len(self.columns) else ""}.</p>'
-        frame = pd.DataFrame(self)
+            columns = ', '.join(map(str, self.columns))
+            return f'<p>No rows{": columns " + html.escape(columns) if columns else ""}.</p>'
         limit = 200
-        more = len(frame) - limit
-        styler = frame.head(limit).style.format(self._formatters(), na_rep='')  # type: ignore[arg-type]
-        styler = styler.set_properties(**{'text-align': 'left', 'white-space': 'pre-wrap', 'max-width': '40em'})
+        frame = pd.DataFrame(self).head(limit)
+        text = _formatted(self, frame)
+        # long text wraps in a readable column; numbers, times and short values stay on one line
+        long = [c for c in frame.columns if text[c].astype(str).str.len().max() > 40]
+        styler = frame.style.format(self._formatters(), na_rep='')  # type: ignore[arg-type]
+        styler = styler.set_properties(**{'text-align': 'left', 'white-space': 'nowrap'})
+        if long:
+            styler = styler.set_properties(
+                subset=long, **{'white-space': 'pre-wrap', 'min-width': '16em', 'max-width': '40em'}
+            )
+        if isinstance(frame.index, pd.RangeIndex):  # a listing: its row numbers say nothing
+            styler = styler.hide(axis='index')
         table = styler.set_table_styles(_TABLE_STYLES).to_html()
-        tail = (
-            f'<p style="color:#59636e">{more:,} more rows not shown (len(frame) = {len(frame):,}).</p>'
-            if more > 0
-            else ''
-        )
+        more = len(self) - limit
+        tail = f'<p style="color:#59636e">{more:,} more rows not shown ({len(self):,} in all).</p>' if more > 0 else ''
         return table + tail
 
     def __repr__(self) -> str:
         return pd.DataFrame(self.formatted()).__repr__()
+
+
+def _formatted(shown_frame: Shown, frame: pd.DataFrame) -> pd.DataFrame:
+    out = frame.copy()
+    for column, fmt in shown_frame._formatters().items():
+        out[column] = [fmt(v) for v in frame[column]]
+    return out
 
 
 def shown(frame: pd.DataFrame, kinds: Mapping[str, Kind] | None = None) -> Shown:

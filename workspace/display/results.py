@@ -49,6 +49,8 @@ def _esc(value: Any) -> str:
 
 def _ci(value: float, low: float, high: float, kind: str = 'percent') -> str:
     shown = percent if kind == 'percent' else score
+    if not shown(value):  # not measurable here (no verdict of one kind, say): the notes say why
+        return '<span class="pw-ci">n/a</span>'
     return f'{shown(value)} <span class="pw-ci">[{shown(low)}, {shown(high)}]</span>'
 
 

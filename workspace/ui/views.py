@@ -589,7 +589,8 @@ def _f1_chart(f1: pd.DataFrame, cmp: VersionComparison, names: Mapping[str, str]
     row = max(0.28, lane * len(versions) + 0.08)
     fig, ax = plt.subplots(figsize=(6.4, row * len(labels) + 0.9))
     spread = lane * (len(versions) - 1) / row  # in rows
-    offsets = np.linspace(-spread / 2, spread / 2, len(versions)) if len(versions) > 1 else np.zeros(1)
+    # the first version on top of each row, as in the legend
+    offsets = np.linspace(spread / 2, -spread / 2, len(versions)) if len(versions) > 1 else np.zeros(1)
     for y in range(len(labels)):
         ax.axhline(y, color='#eceff2', linewidth=0.8, zorder=1)
     for i, version in enumerate(versions):
@@ -633,9 +634,9 @@ def _category_table(tables: Mapping[str, pd.DataFrame], names: Mapping[str, str]
             f1 = t.loc[label, 'f1']
             css = '' if version == baseline or abs(f1 - base_f1) < 1e-9 else 'pw-better' if f1 > base_f1 else 'pw-worse'
             cells += [
-                f'<td class="pw-first">{t.loc[label, "precision"]:.2f}</td>',
-                f'<td>{t.loc[label, "recall"]:.2f}</td>',
-                f'<td class="{css}">{f1:.2f}</td>',
+                f'<td class="pw-first">{percent(t.loc[label, "precision"])}</td>',
+                f'<td>{percent(t.loc[label, "recall"])}</td>',
+                f'<td class="{css}">{percent(f1)}</td>',
             ]
         rows.append('<tr>' + ''.join(cells) + '</tr>')
     return _scroll(
@@ -649,7 +650,7 @@ def _per_category_body(cmp: VersionComparison) -> str:
         columns = list(next(iter(cmp.runs)).score_columns())
         means = pd.DataFrame({v: f[columns].fillna(0).mean() for v, f in cmp.frames.items()}).T
         return '<p>Per-category views apply to label tasks; mean of each score per version:</p>' + _scroll(
-            means.round(3).to_html(classes='pw-category-table')
+            means.map(percent).to_html(classes='pw-category-table')
         )
     names = short_names(cmp.version_ids)
     tables = _per_category(cmp)
@@ -822,7 +823,7 @@ def _outcome(row: pd.Series, tag: str) -> str:
         if pd.isna(row[f'prediction_{tag}'])
         else f'<code>{html.escape(str(row[f"prediction_{tag}"]))}</code>'
     )
-    parts = [f'prediction {prediction}, score {row[f"score_{tag}"]:.2f}']
+    parts = [f'prediction {prediction}, score {percent(row[f"score_{tag}"])}']
     if pd.notna(error):
         parts.append(f'<div class="pw-error-text">{html.escape(clip(error, 400))}</div>')
     return ''.join(parts)

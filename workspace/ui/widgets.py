@@ -84,7 +84,15 @@ class _Clock:
         elapsed = time.perf_counter() - self.start
         left = elapsed / done * (total - done) if done else 0.0
         eta = '' if not done or done >= total else ', under a second left' if left < 1 else f', about {left:.0f} s left'
-        self.label.value = f'{done:,} / {total:,} calls{eta}'
+        self.label.value = f'{done:,} / {total:,} {self.what}{eta}'
+
+    what = 'calls'
+
+    def judge(self, done: int, total: int) -> None:
+        """Count judge calls as judge calls (a judge the dataset runs on every evaluation, or one asked for)."""
+        if self.what != 'judge calls':
+            self.what, self.start = 'judge calls', time.perf_counter()
+        self(done, total)
 
 
 class CompareView(w.VBox):
@@ -608,16 +616,20 @@ def compare(
     split: str | None = None,
     *,
     baseline: Version | str | None = None,
+    judges: Sequence[str] | str | None = None,
 ) -> CompareView:
     """Evaluate the versions on a split (only missing requests reach the model) and show them side by side; or show
-    a comparison already made (`ws.compare(ws.evaluate_models(...))`).
+    a comparison already made (`ws.compare(ws.evaluate_models(...))`). `judges` names judge columns of the dataset
+    to judge the rows with, here and in versions added in the view (see `evaluate`); scores judged earlier show
+    either way.
 
     >>> ws.compare(tickets, ['ticket_router@production', v2, v3], split='dev')
     """
     if isinstance(dataset, ModelComparison):
         dataset = dataset.comparison
     if isinstance(dataset, VersionComparison):
-        return CompareView(CompareState(dataset))
+        return CompareView(CompareState(dataset, judges=judges))
     if not versions:
         raise WorkspaceError('give the versions to compare, e.g. ws.compare(tickets, [v1, v2], split="dev")')
-    return CompareView(CompareState(build_comparison(dataset, versions, split, baseline=baseline, progress=True)))
+    cmp = build_comparison(dataset, versions, split, baseline=baseline, progress=True, judges=judges)  # type: ignore[arg-type]
+    return CompareView(CompareState(cmp, judges=judges))
