@@ -65,7 +65,8 @@ class CompareState:
         self.flips_per_page = FLIPS_PER_PAGE
         self.editing = cmp.baseline
         self.grid_query = GridQuery()
-        self._grid: tuple[VersionComparison, pd.DataFrame, list[GridColumn]] | None = None
+        self._grid: tuple[VersionComparison, pd.DataFrame] | None = None
+        self._columns: tuple[VersionComparison, list[GridColumn]] | None = None
         self.reload()
 
     @property
@@ -185,27 +186,26 @@ class CompareState:
         return run
 
     def grid_columns(self) -> list[GridColumn]:
-        """Return the grid's columns for the versions compared now."""
-        return self._grid_data()[2]
-
-    def grid_page(self, query: GridQuery | None = None) -> GridPage:
-        """Return the page of the grid (every example against every compared version) that `query` (default:
-        the view's own, `grid_query`) asks for; the grid is laid out once per comparison."""
-        _, frame, columns = self._grid_data()
-        return query_grid(frame, columns, query or self.grid_query)
-
-    def _grid_data(self) -> tuple[VersionComparison, pd.DataFrame, list[GridColumn]]:
-        if self._grid is None or self._grid[0] is not self.cmp:
+        """Return the grid's columns for the versions compared now (cheap: the rows are laid out when asked)."""
+        if self._columns is None or self._columns[0] is not self.cmp:
             names = {v: v.rsplit(':', 1)[-1] for v in self.cmp.version_ids}
             if len({v.rsplit(':', 1)[0] for v in self.cmp.version_ids}) > 1:
                 names = {v: v for v in self.cmp.version_ids}
             columns = grid_columns(self.cmp, names)
-            self._grid = (self.cmp, grid_frame(self.cmp), columns)
+            self._columns = (self.cmp, columns)
             keys, q = {c.key for c in columns}, self.grid_query  # a version that left takes its sort and filters
             self.grid_query = q.replace(
                 sort=q.sort if q.sort in keys else None, filters=tuple(f for f in q.filters if f.column in keys)
             )
-        return self._grid
+        return self._columns[1]
+
+    def grid_page(self, query: GridQuery | None = None) -> GridPage:
+        """Return the page of the grid (every example against every compared version) that `query` (default:
+        the view's own, `grid_query`) asks for; the grid is laid out once per comparison, when first asked."""
+        columns = self.grid_columns()
+        if self._grid is None or self._grid[0] is not self.cmp:
+            self._grid = (self.cmp, grid_frame(self.cmp))
+        return query_grid(self._grid[1], columns, query or self.grid_query)
 
     def sample_reports(self) -> list[SampleReport]:
         """Return the sample reports of the compared versions' latest runs with samples on this split."""

@@ -112,7 +112,7 @@ class Run:
         frame = self.rows()
         inputs = pd.DataFrame(ds.rows(), columns=['example_id', *ds.inputs])
         frame = frame.drop(columns=[c for c in ds.inputs if c in frame.columns]).merge(inputs, on='example_id')
-        return frame
+        return shown(frame)  # violations, scores and times read plainly in a notebook; the values stay as they are
 
     def rows(self) -> pd.DataFrame:
         """Return this run's rows of the evaluation table (expected, prediction, scores, ...), without inputs."""

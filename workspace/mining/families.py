@@ -583,7 +583,7 @@ class Family:
                         **{k: v.get(k) for k in ('rule', 'enforcement', 'span', 'match', 'message')},
                     }
                 )
-        return pd.DataFrame(found, columns=['prompt_hash', 'rule', 'enforcement', 'span', 'match', 'message'])
+        return shown(pd.DataFrame(found, columns=['prompt_hash', 'rule', 'enforcement', 'span', 'match', 'message']))
 
     def members(self) -> pd.DataFrame:
         """Return the members, oldest first: prompt, count, first and last seen, confidence, reason, the number of

@@ -237,7 +237,9 @@ class CompareView(w.VBox):
 
     def _render_visible(self, _change: object = None) -> None:
         tab = TABS[self.tabs.selected_index or 0]
-        if tab in self._stale:
+        if tab == 'Grid' and tab in self._stale:
+            self._render_grid()
+        elif tab in self._stale:
             self.panes[tab].value = render_tab(self.state, tab)
             self._stale.discard(tab)
 
@@ -437,9 +439,6 @@ class CompareView(w.VBox):
         chosen = self.grid_filter_column.value  # the filter being typed stays, unless its column left the grid
         self.grid_filter_column.options = [('(none)', ''), *options]
         self.grid_filter_column.value = chosen if chosen in {c.key for c in columns} else ''
-        page = self.state.grid_page()
-        self.grid_previous.disabled = page.page <= 0
-        self.grid_next.disabled = page.page >= page.pages - 1
 
     def _on_grid(self, _change: object) -> None:
         if self._syncing:
@@ -471,7 +470,10 @@ class CompareView(w.VBox):
 
     def _render_grid(self) -> None:
         try:
-            self.panes['Grid'].value = render_tab(self.state, 'Grid')
+            page = self.state.grid_page()
+            self.panes['Grid'].value = views.render_grid(page, self.state.cmp)
+            self.grid_previous.disabled = page.page <= 0
+            self.grid_next.disabled = page.page >= page.pages - 1
         except WorkspaceError as e:
             self.panes['Grid'].value = _message(_esc(e), 'error')
         self._stale.discard('Grid')
