@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 SECTIONS = [
+    'startup',
     'contract',
     'compare',
     'optimize',

@@ -30,7 +30,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Literal, Protocol
 
 import jinja2
-from scipy.special import logsumexp
 
 from workspace.errors import TemplateError, VersionError
 
@@ -117,6 +116,13 @@ def choice_constraint(version: _Version, demos: Sequence[Mapping[str, Any]] | No
     if decode == 'calibrated':
         constraint['content_free'] = content_free_prompts(version, demos)
     return constraint
+
+
+def logsumexp(values: Sequence[float]) -> float:
+    """Return log(sum(exp(values))), computed stably (scipy's, imported on first use: it costs 0.2 s at start)."""
+    from scipy.special import logsumexp as scipy_logsumexp
+
+    return float(scipy_logsumexp(values))
 
 
 def normalize(scores: Mapping[str, float]) -> dict[str, float]:

@@ -906,14 +906,14 @@ def _flips_body(
         f'({html.escape(which)}), page {page + 1} of {pages}. Click a row for both outputs and rendered prompts, '
         'differences highlighted.</p>'
     )
-    prompts = dict(prompts(list(window['request_hash_a']) + list(window['request_hash_b'])))
+    rendered = dict(prompts(list(window['request_hash_a']) + list(window['request_hash_b'])))
     first_input = list(cmp.dataset.inputs)[0]
     head = (
         '<div class="pw-flip-head"><span></span><span>change</span><span>example</span><span>expected</span>'
         f'<span>{html.escape(names[cmp.baseline])} → {html.escape(names[candidate])}</span>'
         f'<span>{html.escape(first_input)}</span></div>'
     )
-    rows = ''.join(_flip_html(row, cmp, candidate, names, prompts, first_input) for _, row in window.iterrows())
+    rows = ''.join(_flip_html(row, cmp, candidate, names, rendered, first_input) for _, row in window.iterrows())
     rest = len(shown) - start - len(window)
     tail = f'<p class="pw-sub">{rest:,} more {more_hint}</p>' if rest > 0 and more_hint else ''
     return header + position + f'<div class="pw-flip-list">{head}{rows}</div>' + tail

@@ -1,0 +1,117 @@
+"""Benchmark: how long the workspace takes to start.
+
+- `import workspace` beside `import pixeltable`, each in a new process, interleaved so that both see the same load
+  (target: the workspace <= 1.2x Pixeltable); also the first use of `ws.evaluate` (it imports the evaluation layer,
+  Pixeltable included) and the command line's module;
+- a no-op evaluation from the command line (`prompt-workspace eval VERSION DATASET --split dev`, every request
+  answered before): with the embedded PostgreSQL already running (a notebook kernel or `prompt-workspace lab`
+  holds it; target <= 1.5 s) and with it stopped (the command starts it and stops it again).
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+REPEATS = int(os.environ.get('BENCH_STARTUP_REPEATS', '7'))
+
+IMPORTS = {
+    'import pixeltable': 'import pixeltable',
+    'import workspace': 'import workspace',
+    'import workspace; ws.evaluate': 'import workspace as ws; ws.evaluate',
+    'import workspace.jobs.cli': 'import workspace.jobs.cli',
+}
+
+
+def _seconds(args: list[str], env: dict[str, str] | None = None) -> float:
+    start = time.perf_counter()
+    done = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True)
+    elapsed = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f'{args} failed: {done.stderr[-2000:]}')
+    return elapsed
+
+
+def _row(name: str, times: list[float], reference: float | None = None) -> str:
+    ratio = f'{statistics.median(times) / reference:.2f}x' if reference else ''
+    return f'| {name} | {min(times):.2f} | {statistics.median(times):.2f} | {max(times):.2f} | {ratio} |'
+
+
+def _imports() -> list[str]:
+    times: dict[str, list[float]] = {name: [] for name in IMPORTS}
+    for _ in range(REPEATS):  # interleaved: each repetition times every import once, under the same load
+        for name, code in IMPORTS.items():
+            times[name].append(_seconds([sys.executable, '-c', code]))
+    reference = statistics.median(times['import pixeltable'])
+    lines = [
+        f'### Imports, each in a new process ({REPEATS} rounds, interleaved)',
+        '',
+        '| what | min s | median s | max s | against import pixeltable |',
+        '|---|---|---|---|---|',
+    ]
+    lines += [_row(name, t, reference) for name, t in times.items()]
+    return lines
+
+
+def _server_running() -> bool:
+    from pixeltable.env import Env
+
+    return Env._instance is not None and Env._instance._db_server is not None
+
+
+def _stop_server() -> None:
+    from pixeltable.env import Env
+
+    server = Env._instance._db_server
+    server.cleanup_mode = 'stop'
+    server._cleanup()
+    Env._instance = None
+
+
+def _cli_noop() -> list[str]:
+    import workspace as ws
+
+    tickets = ws.import_dataset(
+        'bench_startup', ROOT / 'datasets' / 'support_tickets.csv', input=['text'], expected='category',
+        split='split', id='id', if_exists='replace',
+    )  # fmt: skip
+    version = ws.create_version(
+        'bench_startup', template='Ticket: {{ text }}\nCategory:', output=ws.choice(tickets.labels())
+    )
+    ws.evaluate(version, tickets, 'dev', progress=False)  # every request answered: the command has nothing to ask
+    command = [sys.executable, '-m', 'workspace.jobs.cli', 'eval', version.id, tickets.name, '--split', 'dev', '-q']
+    env = dict(os.environ)
+    warm = [_seconds(command, env) for _ in range(REPEATS)]
+    cold: list[float] = []
+    if _server_running():
+        _stop_server()
+        cold = [_seconds(command, env) for _ in range(max(2, REPEATS // 2))]
+    rows = len(tickets.rows('dev'))
+    lines = [
+        '',
+        f'### A no-op evaluation from the command line ({rows} dev rows, every request answered before)',
+        '',
+        '| PostgreSQL | min s | median s | max s | |',
+        '|---|---|---|---|---|',
+        _row('already running (a notebook or `prompt-workspace lab` holds it)', warm),
+    ]
+    if cold:
+        lines.append(_row('stopped: the command starts it and stops it again', cold))
+    return lines
+
+
+def run() -> list[str]:
+    load = os.getloadavg()
+    return [
+        '## Start-up (`bench/startup.py`)',
+        '',
+        f'Load average at the start: {load[0]:.2f} (1 min), {load[1]:.2f} (5 min).',
+        '',
+        *_imports(),
+        *_cli_noop(),
+    ]
