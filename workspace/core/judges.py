@@ -497,7 +497,7 @@ def _judge_progress(progress: store.Progress, column: str) -> store.Progress:
     """Return a progress that counts judge calls as judge calls (the store's own bar says model calls): a bar of
     its own, or, for a progress function with a `judge` method (the comparison widget's), that method."""
     if callable(progress) and callable(getattr(progress, 'judge', None)):
-        return progress.judge  # type: ignore[union-attr]
+        return progress.judge  # type: ignore[union-attr,attr-defined]
     if progress is not True:
         return progress
     bar: list[Any] = []

@@ -16,7 +16,7 @@ from __future__ import annotations
 import datetime
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 __all__ = [
@@ -221,6 +221,18 @@ def _missing_nested(value: Any) -> bool:
     return not isinstance(value, (Mapping, list, tuple)) and _missing(value)
 
 
+_FORMATTERS: dict[str, Callable[[Any], str]] = {
+    'percent': percent,
+    'ms': milliseconds,
+    'tokens': tokens,
+    'money': money,
+    'p': format_p,
+    'count': count,
+    'score': score,
+    'timestamp': timestamp,
+}
+
+
 def format_value(value: Any, kind: Kind) -> str:
     """Format one value by its kind (see `Kind`); this is what every table cell of the workspace goes through.
 
@@ -229,16 +241,7 @@ def format_value(value: Any, kind: Kind) -> str:
     """
     if kind == 'nested' or isinstance(value, (Mapping, list, tuple)):
         return readable(value)
-    formatter = {
-        'percent': percent,
-        'ms': milliseconds,
-        'tokens': tokens,
-        'money': money,
-        'p': format_p,
-        'count': count,
-        'score': score,
-        'timestamp': timestamp,
-    }.get(kind)
+    formatter: Callable[[Any], str] | None = _FORMATTERS.get(kind)
     if formatter is not None:
         try:
             return formatter(value)

@@ -9,6 +9,7 @@ as one readable line. `print()` shows the same text.
 
 from __future__ import annotations
 
+import functools
 import html
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -66,7 +67,7 @@ class Shown(pd.DataFrame):
 
     def _formatters(self) -> dict[str, Callable[[Any], str]]:
         kinds = column_kinds(self, getattr(self, 'kinds', None))
-        return {c: (lambda v, k=k: format_value(v, k)) for c, k in kinds.items()}
+        return {c: functools.partial(_format, kind=k) for c, k in kinds.items()}
 
     def formatted(self) -> pd.DataFrame:
         """Return a plain DataFrame of the strings a person sees."""
@@ -96,6 +97,10 @@ class Shown(pd.DataFrame):
 
     def __repr__(self) -> str:
         return pd.DataFrame(self.formatted()).__repr__()
+
+
+def _format(value: Any, *, kind: Kind) -> str:
+    return format_value(value, kind)
 
 
 def _formatted(shown_frame: Shown, frame: pd.DataFrame) -> pd.DataFrame:

@@ -130,7 +130,7 @@ def render_agreement(agreement: Any) -> str:
         ('true-negative rate (judge fails what people fail)', agreement.tnr, 'percent'),
         ('accuracy', agreement.accuracy, 'percent'),
     ]
-    stats = ''.join(f'<tr><td>{_esc(n)}</td><td>{_ci(*v, kind=k)}</td></tr>' for n, v, k in rows)
+    stats = ''.join(f'<tr><td>{_esc(n)}</td><td>{_ci(v[0], v[1], v[2], kind=k)}</td></tr>' for n, v, k in rows)
     table = (
         '<table class="pw-agreement-table"><tr><th></th><th>judge pass</th><th>judge fail</th></tr>'
         f'<tr><td>people pass</td><td>{t["tp"]}</td><td>{t["fn"]}</td></tr>'
@@ -196,11 +196,17 @@ def _cost_chart(table: pd.DataFrame, metric: str) -> str:
         color = '#9ca3af' if unknown else '#16a34a' if free else '#2563eb'
         twins = [i for i, other in enumerate(spot) if other == where]
         shift = (twins.index(list(table.index).index(version)) - (len(twins) - 1) / 2) * 10.0  # points
-        placed = transforms.offset_copy(ax.transData, fig=fig, x=shift, y=0, units='points')
-        ax.scatter([xv], [yv], s=60, color=color, marker='x' if unknown else 'o', zorder=3, transform=placed)
+        nudged = transforms.offset_copy(ax.transData, fig=fig, x=shift, y=0, units='points')
+        ax.scatter([xv], [yv], s=60, color=color, marker='x' if unknown else 'o', zorder=3, transform=nudged)
         tag = ' (free)' if free else ' (cost n/a)' if unknown else ''
+        right = (len(twins) - 1) / 2 * 10.0 * fig.dpi / 72  # past the rightmost of the markers side by side
         labels.append(
-            (float(yv), float(xv), f'{str(version).rpartition(":")[2] or version} · {table.loc[version, "model"]}{tag}')
+            (
+                float(yv),
+                float(xv),
+                f'{str(version).rpartition(":")[2] or version} · {table.loc[version, "model"]}{tag}',
+                right,
+            )
         )
     if log:
         ax.set_xscale('log')
@@ -220,14 +226,16 @@ def _cost_chart(table: pd.DataFrame, metric: str) -> str:
     # Each label beside its point, pushed up just enough not to overlap the one below it (hand-written: matplotlib
     # has no label placement, and adjustText would be a dependency for four labels).
     placed: list[tuple[float, float]] = []  # (x, y) in pixels of labels already placed
-    for yv, xv, text in sorted(labels):
+    for yv, xv, text, right in sorted(labels):
         px, py = ax.transData.transform((xv, yv))
         y_label = py - 4
         for qx, qy in placed:
             if abs(qx - px) < 150 and y_label < qy + 12:
                 y_label = qy + 12
         placed.append((px, y_label))
-        ax.annotate(text, (xv, yv), xytext=(8, y_label - py), textcoords='offset pixels', fontsize=8, color='#374151')
+        ax.annotate(
+            text, (xv, yv), xytext=(8 + right, y_label - py), textcoords='offset pixels', fontsize=8, color='#374151'
+        )
     ax.set_title('quality against cost: up and to the left is better (free: green, unknown: grey)', fontsize=8)
     buffer = io.BytesIO()
     fig.savefig(buffer, format='png', dpi=90, bbox_inches='tight')

@@ -955,7 +955,7 @@ def _grid_head(page: GridPage, cmp: VersionComparison, names: Mapping[str, str])
             version = column.version
             mark = ' (baseline)' if version == cmp.baseline else ''
             what = ''
-            if sorted_version == version:
+            if sort is not None and sorted_version == version:
                 what = f' <span class="pw-sorted">{arrow} {html.escape(by_key[sort].title.split(" ", 1)[1])}</span>'
             cells.append(
                 f'<th class="pw-grid-version" title="{html.escape(version)}">{html.escape(names[version] + mark)}'
