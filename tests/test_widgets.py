@@ -71,6 +71,7 @@ def test_focus_filter_and_pages_drive_the_flips_pane(view):
     ) in view.flip_filter.options
     view.flip_filter.value = 'fixed'
     assert view.panes['Flips'].value.count('<details class="pw-flip">') == 4
+    assert 'Ticket: The parcel has not arrived' in view.panes['Flips'].value  # each row's rendered prompts
     view.focus.value = 'router:v3'
     assert ('model error (1)', 'model error') in view.flip_filter.options
     view.flip_filter.value = 'model error'

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 
 import ipywidgets as w
 
-from workspace.analysis.compare import VersionComparison, build_comparison
+from workspace.analysis.compare import VersionComparison, build_comparison, prompts_for
 from workspace.analysis.comparison_state import CompareState
 from workspace.analysis.grid import FILTER_OPS, GridFilter
 from workspace.analysis.model_comparison import ModelComparison
@@ -53,6 +53,7 @@ def render_tab(state: CompareState, tab: str) -> str:
             state.flip_filter,
             page=state.flip_page,
             per_page=state.flips_per_page,
+            prompts=prompts_for,  # each row expands to both rendered prompts, read from the request store
         )
     if tab == 'Diff':
         return views.render_prompt_diff(state.cmp, state.focus)  # type: ignore[arg-type]
