@@ -1,4 +1,5 @@
-"""Benchmark: building the comparison of 3 versions on 1,000 rows when every prediction already exists.
+"""Benchmark: building the comparison of 4 versions on 1,000 rows when every prediction already exists, and the
+first render of its grid (every version x every example).
 
 The predictions are made once by a local OpenAI-compatible server that answers instantly (tests/openai_server.py),
 so the figure measures the workspace, not a model: evaluation bookkeeping, reads, statistics and rendering.
@@ -16,6 +17,7 @@ import pandas as pd
 
 import workspace as ws
 from workspace.analysis.compare import build_comparison
+from workspace.analysis.grid import GridFilter, GridQuery, grid_columns, grid_frame, query_grid
 from workspace.ui import views
 from workspace.ui.widgets import TABS
 
@@ -52,9 +54,9 @@ def run() -> list[str]:
         prompt = body['messages'][-1]['content']
         text = prompt.split('Query: ', 1)[-1].split('\n', 1)[0]
         right = truth.get(text, labels[0])
-        # v1 is right on a third of rows, v2 on half, v3 on two thirds: the comparison has flips to show
-        bucket = {'A': 3, 'B': 2, 'C': 3}[prompt[0]]
-        ok = hash(text) % bucket != 0 if prompt[0] == 'C' else hash(text) % bucket == 0
+        # v1 is right on a third of rows, v2 on half, v3 on two thirds, v4 on three quarters: flips to show
+        bucket = {'A': 3, 'B': 2, 'C': 3, 'D': 4}[prompt[0]]
+        ok = hash(text) % bucket != 0 if prompt[0] in 'CD' else hash(text) % bucket == 0
         return Canned(200, completion_body(right if ok else labels[hash(text) % len(labels)]))
 
     with OpenAICompatibleServer(answer) as server:
@@ -67,9 +69,11 @@ def run() -> list[str]:
         )
         v2 = ws.edit(v1, template='B\nQuery: {{ text }}\nIntent:')
         v3 = ws.edit(v1, template='C\nQuery: {{ text }}\nIntent:')
-        _, fill = _timed(lambda: [ws.evaluate(v, data, progress=False) for v in (v1, v2, v3)])
+        v4 = ws.edit(v1, template='D\nQuery: {{ text }}\nIntent:')
+        versions = [v1, v2, v3, v4]
+        _, fill = _timed(lambda: [ws.evaluate(v, data, progress=False) for v in versions])
         calls_before = len(server.received)
-        cmp, build = _timed(lambda: build_comparison(data, [v1, v2, v3]))
+        cmp, build = _timed(lambda: build_comparison(data, versions))
         calls = len(server.received) - calls_before
         renders = {}
         for name, fn in [
@@ -79,9 +83,20 @@ def run() -> list[str]:
         ]:
             _, renders[name] = _timed(lambda fn=fn: fn(cmp))
         _, renders['flips'] = _timed(lambda: views.render_flips(cmp, v3.id))
-        _, again = _timed(lambda: build_comparison(data, [v1, v2, v3]))
+        # the grid's first render: laid out from the comparison (1,000 rows x 4 versions), then its first page
+        columns = grid_columns(cmp, views.short_names(cmp.version_ids))
+        frame, renders['grid: lay out 1,000 rows x 4 versions'] = _timed(lambda: grid_frame(cmp))
+        _, renders['grid: first page (50 rows)'] = _timed(
+            lambda: views.render_grid(query_grid(frame, columns, GridQuery()), cmp)
+        )
+        query = GridQuery(search='card', sort=f'{v4.id}|pass', filters=(GridFilter('outcome', '=', 'mixed'),))
+        _, renders['grid: search, sort and filter, then a page'] = _timed(
+            lambda: views.render_grid(query_grid(frame, columns, query), cmp)
+        )
+        grid_first = renders['grid: lay out 1,000 rows x 4 versions'] + renders['grid: first page (50 rows)']
+        _, again = _timed(lambda: build_comparison(data, versions))
         # What a user waits for: from the call to a widget showing its summary, then each tab the first time
-        view, widget = _timed(lambda: ws.compare(data, [v1, v2, v3]))
+        view, widget = _timed(lambda: ws.compare(data, versions))
         tabs = {}
         for index, tab in enumerate(TABS[1:], start=1):  # the summary renders with the widget
             _, tabs[tab] = _timed(lambda index=index: setattr(view.tabs, 'selected_index', index))
@@ -91,19 +106,21 @@ def run() -> list[str]:
         check, checking = _timed(lambda: view.state.check(v1.template.replace('Query:', 'Customer query:')))
         check_calls = len(server.received) - fixed
     return [
-        '## Comparison of 3 versions on 1,000 rows (`bench/compare.py`)',
+        '## Comparison of 4 versions on 1,000 rows (`bench/compare.py`)',
         '',
         f'Data: {source}, {len(labels)} labels; predictions made beforehand by an instant local server '
-        f'({fill:.1f} s for 3,000 requests, i.e. {1000 * fill / 3000:.0f} ms of workspace overhead per request).',
+        f'({fill:.1f} s for 4,000 requests, i.e. {1000 * fill / 4000:.0f} ms of workspace overhead per request).',
         '',
         '| step | wall s |',
         '|---|---:|',
-        f'| build the comparison (3 incremental evaluations, reads, paired bootstrap and McNemar for 2 pairs, '
+        f'| build the comparison (4 incremental evaluations, reads, paired bootstrap and McNemar for 3 pairs, '
         f'macro-F1 intervals): {calls} model calls | {build:.2f} |',
         f'| the same again (warm) | {again:.2f} |',
         *[f'| render {name} | {seconds:.2f} |' for name, seconds in renders.items()],
         '',
-        'From `ws.compare(data, [v1, v2, v3])` to the widget showing its summary, then each tab opened the first '
+        f'Grid, first render (layout and first page): {grid_first:.2f} s (target: 0.5 s or less).',
+        '',
+        'From `ws.compare(data, [v1, v2, v3, v4])` to the widget showing its summary, then each tab opened the first '
         'time (panes render when opened; later visits are instant):',
         '',
         '| step | wall s |',

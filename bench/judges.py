@@ -44,16 +44,16 @@ def run() -> list[str]:
     predict_s = time.perf_counter() - start
 
     judge = rubric_judge('The answer is the support category that fits the ticket.', name='bench_rubric_judge')
-    ws.add_scorer(tickets, judge, column='rubric')
+    ws.add_scorer(tickets, judge, column='rubric', every_evaluation=True)
     rows: list[tuple[str, int, str, int, float]] = []
     _step(rows, f'judge {n} rows (new judge scorer)', str(n), lambda: ws.evaluate(version, tickets, progress=False))
     _step(rows, 're-run unchanged', '0', lambda: ws.evaluate(version, tickets, progress=False))
     edited = ws.edit(judge, instructions='The answer names the one support category that fits the ticket best.')
-    ws.add_scorer(tickets, edited, column='rubric', if_exists='replace')
+    ws.add_scorer(tickets, edited, column='rubric', if_exists='replace', every_evaluation=True)
     _step(rows, 'rubric edited (in every judge prompt)', str(n), lambda: ws.evaluate(version, tickets, progress=False))
     hinted = ws.edit(edited, template="{% if 'refund' in input %}Refunds are billing.\n{% endif %}" + edited.template)
     k = sum('refund' in r['text'] for r in tickets.rows())
-    ws.add_scorer(tickets, hinted, column='rubric', if_exists='replace')
+    ws.add_scorer(tickets, hinted, column='rubric', if_exists='replace', every_evaluation=True)
     _step(
         rows,
         f'template edit that renders on k = {k} rows',

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from browser_lab import browser_page, lab  # noqa: F401  (one JupyterLab per test session)
 
 # Before anything imports Pixeltable: it reads its home once per process.
 SESSION_HOME = Path(tempfile.mkdtemp(prefix='pw-test-pxt-'))

@@ -3,18 +3,14 @@ judge checked against them with the real embedded model, and the widget once in 
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import nbformat
 import pytest
-import test_browser
+from browser_lab import run_all_cells
 
 from workspace.analysis.agreement import judge_agreement
 from workspace.analysis.annotations import add_annotation, list_annotations
 from workspace.core.judges import correctness_judge
 
 LABELS = ['BILLING', 'DELIVERY', 'TECHNICAL']
-jupyterlab = test_browser.jupyterlab  # the fixture: JupyterLab on localhost over a temporary folder
 
 
 @pytest.fixture
@@ -26,18 +22,23 @@ def run(ws, tiny):
 def test_widget_records_verdicts_with_who_and_when(ws, run):
     view = ws.annotate(run, n=4, annotator='ana', seed=1)
     session = view.session
-    assert len(session.rows) == 4 and 'row 1 of 4' in view.pane.value
+    assert len(session.rows) == 4 and 'row 1 of 4' in view.row_html
     first = session.current()
-    assert first['text'] in view.pane.value and 'pw-reference' in view.pane.value
-    view.note.value = 'right category'
-    view.pass_button.click()
-    assert view.note.value == '' and 'row 2 of 4' in view.pane.value
+    assert first['text'] in view.row_html and 'pw-reference' in view.row_html
+    view.note = 'right category'
+    view.press('p')  # what P does in the browser: the card sends the action
+    assert view.note == '' and 'row 2 of 4' in view.row_html
     second = session.current()
-    view.fail_button.click()
-    view.skip_button.click()
-    view.back_button.click()  # back to the skipped row
+    view._on_message(view, {'action': 'fail', 'note': ''}, [])  # a message from the card, as the browser sends it
+    view.press('ArrowRight')
+    view.press('b')  # back to the skipped row
     assert session.current()['example_id'] == session.rows[2]['example_id']
-    assert '1 pass, 1 fail, 2 open' in view.status.value and 'ana' in view.status.value
+    assert '1 pass, 1 fail, 2 open' in view.status_html and 'ana' in view.status_html
+    with pytest.raises(ws.WorkspaceError, match=r"key 'x' does nothing here; the keys are p, f, s"):
+        view.press('x')
+    bundle = view._repr_mimebundle_()
+    data = bundle[0] if isinstance(bundle, tuple) else bundle
+    assert 'application/vnd.jupyter.widget-view+json' in data and 'pw-annotate' in data['text/html']
 
     stored = list_annotations(run.dataset, annotator='ana')
     assert list(stored['example_id']) == [first['example_id'], second['example_id']]
@@ -56,8 +57,8 @@ def test_widget_records_verdicts_with_who_and_when(ws, run):
     with pytest.raises(ws.WorkspaceError, match=r"verdict 'ok' is not 'pass' or 'fail'"):
         add_annotation(run, first['example_id'], 'ok')
     done = ws.annotate(run, n=1, annotator='cy')
-    done.pass_button.click()
-    assert 'All rows seen' in done.pane.value and done.pass_button.disabled
+    done.press('p')
+    assert 'All rows seen' in done.row_html and done.done
 
 
 def test_judge_agreement_with_people(ws, run, local):
@@ -89,49 +90,73 @@ ANNOTATE_NOTEBOOK = """\
 import pandas as pd
 import workspace as ws
 
-rows = [
-    {'id': 'k1', 'text': 'I was charged twice for my order.', 'category': 'BILLING', 'split': 'dev'},
-    {'id': 'k2', 'text': 'My parcel has not arrived after two weeks.', 'category': 'DELIVERY', 'split': 'dev'},
-    {'id': 'k3', 'text': 'The app crashes when I open my basket.', 'category': 'TECHNICAL', 'split': 'dev'},
-]
-data = ws.import_dataset('annotate_tickets', pd.DataFrame(rows), input='text', expected='category',
-                         split='split', id='id', if_exists='replace')
+tickets = pd.read_csv(TICKETS_CSV)
+rows = tickets[tickets['split'] == 'dev'].groupby('category').head(2).head(12)
+data = ws.import_dataset('annotate_tickets', rows, input='text', expected='category', split='split', id='id',
+                         if_exists='replace')
 v1 = ws.create_version('annotate_router', template='Ticket: {{ text }}\\nCategory:',
-                       output=ws.choice(['BILLING', 'DELIVERY', 'TECHNICAL']))
+                       output=ws.choice(sorted(tickets['category'].unique())))
 run = ws.evaluate(v1, data, 'dev', progress=False)
-ws.annotate(run, n=3, annotator='browser')
+ws.annotate(run, n=12, annotator='browser')
+"""
+
+#: Where the keyboard focus is, and whether JupyterLab put the notebook into edit mode.
+FOCUS_JS = """
+() => ({
+  card: document.activeElement && document.activeElement.classList.contains('pw-annotate-card'),
+  note: document.activeElement && document.activeElement.classList.contains('pw-annotate-note'),
+  mode: window.jupyterapp.shell.currentWidget.content.mode,
+})
 """
 
 
-def test_annotation_widget_in_jupyterlab(jupyterlab):
-    from playwright.sync_api import sync_playwright
+def _position(page) -> str:
+    return page.locator('.pw-annotate-row .pw-position').inner_text()
 
-    test_browser._ensure_chromium()
-    url, folder = jupyterlab
-    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(ANNOTATE_NOTEBOOK)])
-    notebook.metadata['kernelspec'] = {'name': 'python3', 'display_name': 'Python 3', 'language': 'python'}
-    root = next(p.parent for p in Path(folder).rglob('compare.ipynb'))  # the folder JupyterLab serves
-    nbformat.write(notebook, root / 'annotate.ipynb')
-    url = url.replace('compare.ipynb', 'annotate.ipynb')
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=str(test_browser.CHROMIUM), headless=True, args=test_browser.CHROMIUM_ARGS
-        )
-        page = browser.new_page(viewport={'width': 1280, 'height': 900})
-        try:
-            test_browser.run_all_cells(page, url, '.pw-annotate')
-            assert 'row 1 of 3' in page.locator('.pw-position').inner_text()
-            page.get_by_placeholder('a note (optional)').fill('looks right')
-            page.get_by_role('button', name='Pass').click()
-            page.wait_for_selector('text=row 2 of 3', timeout=30_000)
-            page.get_by_role('button', name='Fail').click()
-            page.wait_for_selector('text=row 3 of 3', timeout=30_000)
-            page.screenshot(path=str(Path(folder) / 'annotate.png'), full_page=True)
-        except Exception:
-            page.screenshot(path=str(Path(folder) / 'annotate-failure.png'), full_page=True)
-            raise
-        finally:
-            browser.close()
+
+def _wait_row(page, n: int) -> None:
+    page.wait_for_function(
+        "(n) => { const p = document.querySelector('.pw-annotate-row .pw-position');"
+        " return p && p.textContent.startsWith('row ' + n + ' of'); }",
+        arg=n,
+        timeout=30_000,
+    )
+
+
+def test_annotation_widget_labels_rows_by_keyboard_in_jupyterlab(lab, browser_page, ws):
+    """Ten rows labelled from the keyboard in a real JupyterLab: P passes, F fails, S skips, B goes back, N opens
+    the note; Enter never puts the cell into edit mode, and the focus stays on the card after each verdict."""
+    from conftest import TICKETS_CSV
+
+    page = browser_page
+    path = lab.write('annotate.ipynb', ANNOTATE_NOTEBOOK.replace('TICKETS_CSV', repr(str(TICKETS_CSV))))
+    try:
+        run_all_cells(page, lab.url(path), '.pw-annotate-card')
+        _wait_row(page, 1)
+        page.locator('.pw-annotate-card').click()
+        page.keyboard.press('Enter')  # JupyterLab's "edit the cell" key: the widget keeps it
+        assert page.evaluate(FOCUS_JS) == {'card': True, 'note': False, 'mode': 'command'}
+        page.keyboard.press('n')
+        assert page.evaluate(FOCUS_JS)['note']
+        page.keyboard.type('looks right')
+        page.keyboard.press('Enter')  # back to the row, the note kept for the verdict
+        assert page.evaluate(FOCUS_JS)['card']
+        keys = ['p', 'f', 'p', 'p', 'f', 'p', 'p', 'f', 'p', 'p']
+        for n, key in enumerate(keys, start=1):
+            page.keyboard.press(key)
+            _wait_row(page, n + 1)
+            assert page.evaluate(FOCUS_JS) == {'card': True, 'note': False, 'mode': 'command'}, f'after verdict {n}'
+        page.keyboard.press('s')  # skip row 11
+        _wait_row(page, 12)
+        page.keyboard.press('ArrowLeft')  # back to row 11
+        _wait_row(page, 11)
+        assert '10 pass' not in page.locator('.pw-annotate-status').inner_text()
+        assert '7 pass, 3 fail, 2 open' in page.locator('.pw-annotate-status').inner_text()
+        page.locator('.pw-annotate-view').scroll_into_view_if_needed()
+        page.screenshot(path=str(lab.shots / 'annotate-keyboard.png'))
+    except Exception:
+        page.screenshot(path=str(lab.shots / 'annotate-failure.png'), full_page=True)
+        raise
     stored = list_annotations('annotate_tickets', annotator='browser')
-    assert list(stored['verdict']) == ['pass', 'fail'] and stored['note'].iloc[0] == 'looks right'
-    assert (Path(folder) / 'annotate.png').stat().st_size > 10_000
+    assert list(stored['verdict']) == ['pass' if k == 'p' else 'fail' for k in keys]
+    assert stored['note'].iloc[0] == 'looks right' and stored['note'].iloc[1:].isna().all()

@@ -1,34 +1,13 @@
-"""The comparison widget in a real browser: JupyterLab on localhost, a notebook that builds the widget on a tiny
-dataset with the embedded model, run in headless Chromium driven by Playwright."""
+"""The comparison widget and every notebook in a real browser: JupyterLab on localhost (one server for the
+session, `tests/browser_lab.py`), notebooks run as a newcomer runs them, in headless Chromium at 1440x900."""
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
-import nbformat
-import pytest
+from browser_lab import run_all_cells
 
-CHROMIUM = Path('/usr/bin/chromium')
-CHROMIUM_ARGS = [
-    '--no-sandbox',
-    '--disable-gpu',
-    '--disable-quic',
-    '--no-first-run',
-    '--disable-background-networking',
-    '--disable-component-update',
-    '--disable-sync',
-]
-
-VIEWPORT = {'width': 1440, 'height': 900}  # a laptop-sized window
+# --- the comparison widget --------------------------------------------------------------------------------------
 
 NOTEBOOK = """\
 import pandas as pd
@@ -53,15 +32,6 @@ ws.set_label(v2, 'production')
 ws.set_label(v3, 'staging')
 ws.compare(data, [v1, v2, v3, v4], split='dev')
 """
-
-#: Settings for the test's JupyterLab: no news or update toasts over the screenshots.
-LAB_SETTINGS = {
-    '@jupyterlab/apputils-extension/notification.jupyterlab-settings': {
-        'fetchNews': 'false',
-        'checkForUpdates': False,
-        'doNotDisturbMode': True,
-    }
-}
 
 #: Returns what in the visible tab is wider than the tab's pane without scrolling, or clips its content.
 OVERFLOW_JS = """
@@ -93,132 +63,23 @@ OVERFLOW_JS = """
 }
 """
 
-
-def _ensure_chromium() -> None:
-    """Install Debian's chromium when it is missing and we may (CI runs as root); otherwise say how."""
-    if CHROMIUM.exists():
-        return
-    if os.geteuid() == 0 and shutil.which('apt-get'):
-        subprocess.run(['apt-get', 'update', '-qq'], check=False, capture_output=True)
-        subprocess.run(['apt-get', 'install', '-y', '-qq', 'chromium'], check=True, capture_output=True)
-    if not CHROMIUM.exists():
-        pytest.fail('the browser test needs Debian chromium at /usr/bin/chromium: run `sudo apt-get install chromium`')
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def jupyterlab(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    """Start JupyterLab on localhost over a folder holding the notebook; yield (notebook URL, folder)."""
-    from conftest import ROOT, TICKETS_CSV
-
-    from workspace import config
-
-    config.connect()  # the kernel shares this session's Pixeltable home
-    source = NOTEBOOK.replace('TICKETS_CSV', repr(str(TICKETS_CSV)))
-    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source)])
-    notebook.metadata['kernelspec'] = {'name': 'python3', 'display_name': 'Python 3', 'language': 'python'}
-    work = tmp_path / 'work'  # what the file browser shows: the notebook alone
-    work.mkdir()
-    nbformat.write(notebook, work / 'compare.ipynb')
-    for name, values in LAB_SETTINGS.items():
-        target = tmp_path / 'lab-settings' / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(json.dumps(values))
-    port, token = _free_port(), 'pw-browser-test'
-    env = {
-        **os.environ,
-        'PYTHONPATH': str(ROOT),
-        'JUPYTER_CONFIG_DIR': str(tmp_path / 'jupyter-config'),
-        'JUPYTER_RUNTIME_DIR': str(tmp_path / 'jupyter-runtime'),
-        'JUPYTERLAB_SETTINGS_DIR': str(tmp_path / 'lab-settings'),
-    }
-    log = (tmp_path / 'jupyterlab.log').open('w')
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            '-m',
-            'jupyterlab',
-            '--no-browser',
-            f'--port={port}',
-            '--ip=127.0.0.1',
-            f'--IdentityProvider.token={token}',
-            f'--ServerApp.root_dir={work}',
-            '--LabApp.expose_app_in_browser=True',
-            '--ServerApp.allow_root=True',
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-        cwd=work,
-        start_new_session=True,  # its own process group: stopping it stops its kernels too
-    )
-    base = f'http://127.0.0.1:{port}'
-    try:
-        for _ in range(120):
-            try:
-                urllib.request.urlopen(f'{base}/api/status?token={token}', timeout=1)
-                break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            pytest.fail(f'JupyterLab did not start: {(tmp_path / "jupyterlab.log").read_text()[-2000:]}')
-        yield f'{base}/lab/tree/compare.ipynb?token={token}', tmp_path
-    finally:
-        _stop_group(process)
-        log.close()
-
-
-def _stop_group(process: subprocess.Popen) -> None:
-    """Stop JupyterLab and every process of its group (its kernels): SIGTERM, then SIGKILL after 15 s."""
-    import signal
-
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    try:
-        process.wait(15)
-    except subprocess.TimeoutExpired:
-        pass
-    try:
-        os.killpg(process.pid, signal.SIGKILL)  # kernels that outlived their server, or a server that hung
-    except ProcessLookupError:
-        pass
-    process.wait()
-
-
-def run_all_cells(page, url: str, ready: str) -> None:
-    """Open the notebook at `url`, run all its cells once the kernel is idle, and wait for `ready` to show;
-    fail with the notebook's error if a cell raised."""
-    page.goto(url, timeout=120_000)
-    page.wait_for_selector('.jp-Notebook', timeout=120_000)
-    # Ready means the notebook's kernel is connected and idle: a command sent earlier is dropped.
-    page.wait_for_function(
-        '() => { const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;'
-        ' const s = w && w.sessionContext; const k = s && s.isReady && s.session && s.session.kernel;'
-        " return !!k && k.connectionStatus === 'connected' && k.status === 'idle'; }",
-        timeout=180_000,
-    )
-    assert page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')") is True
-    page.wait_for_selector(f'{ready}, [data-mime-type="application/vnd.jupyter.error"]', timeout=300_000)
-    errors = page.locator('[data-mime-type="application/vnd.jupyter.error"]')
-    assert errors.count() == 0, errors.first.inner_text()
+#: Returns the tables of the summary that scroll sideways (a table wider than its box): none should.
+SUMMARY_SCROLL_JS = """
+() => [...document.querySelectorAll('.pw-compare .pw-summary .pw-scroll')]
+  .filter((box) => box.offsetParent !== null && box.scrollWidth > box.clientWidth + 1)
+  .map((box) => box.querySelector('table').className + ' ' + box.scrollWidth + ' > ' + box.clientWidth)
+"""
 
 
 def _open_tab(page, name: str, ready: str) -> None:
-    page.locator('.pw-compare .lm-TabBar-tab', has_text=name).click()
+    page.locator('.pw-compare .lm-TabBar-tab', has_text=name).first.click()
     page.wait_for_selector(f'.pw-compare .widget-tab-contents > .lm-Widget:not(.lm-mod-hidden) {ready}', timeout=60_000)
     page.wait_for_timeout(300)  # images decode and lay out
 
 
-def _shot(page, path: Path) -> None:
-    """Screenshot the window as a user sees it, scrolled so the widget starts at the top."""
-    page.evaluate("document.querySelector('.pw-compare').scrollIntoView({block: 'start'})")
+def _shot(page, path: Path, selector: str = '.pw-compare') -> None:
+    """Screenshot the window as a user sees it, scrolled so the element starts at the top."""
+    page.evaluate(f"document.querySelector('{selector}').scrollIntoView({{block: 'start'}})")
     page.wait_for_timeout(200)
     page.screenshot(path=str(path))
 
@@ -232,6 +93,7 @@ def _assert_fits(page, tab: str) -> None:
 
 TABS = [
     ('Summary', '.pw-summary-table'),
+    ('Grid', '.pw-grid-table'),
     ('Per category', 'img.pw-chart'),
     ('Confusion', 'figure img.pw-chart'),
     ('Flips', 'details.pw-flip'),
@@ -242,76 +104,206 @@ TABS = [
 ]
 
 
-def test_comparison_widget_in_jupyterlab_fits_every_tab_and_checks_edits(jupyterlab):
+def _grid_count(page) -> str:
+    return page.locator('.pw-compare .pw-grid-count').inner_text()
+
+
+def _wait_grid(page, text: str) -> None:
+    page.wait_for_function(
+        "(t) => { const c = document.querySelector('.pw-compare .pw-grid-count'); return c && c.textContent.includes(t); }",
+        arg=text,
+        timeout=30_000,
+    )
+
+
+def _drive_grid(page, shots: Path) -> None:
+    """Search, sort and filter the grid as a person would, checking what each shows."""
+    assert 'Showing 1–16 of 16 examples' in _grid_count(page)
+    search = page.locator('.pw-grid-tab .pw-grid-search input')
+    search.fill('order')
+    _wait_grid(page, 'matching “order”')
+    rows = page.locator('.pw-grid-table tbody tr')
+    assert 0 < rows.count() < 16
+    assert all('order' in rows.nth(i).inner_text().lower() for i in range(rows.count()))
+    selects = page.locator('.pw-grid-tab select')
+    selects.nth(0).select_option(label='v4 pass')  # sort by whether v4 passed, failures first
+    page.wait_for_selector('.pw-grid-table th .pw-sorted:has-text("pass")', timeout=30_000)
+    page.locator('.pw-grid-tab button', has_text='↓').click()
+    page.wait_for_selector('.pw-grid-table th .pw-sorted:has-text("▼")', timeout=30_000)
+    badges = page.locator('.pw-grid-table tbody tr td:nth-child(7) .pw-badge')  # v4's cell: passes first now
+    seen = [badges.nth(i).inner_text() for i in range(badges.count())]
+    assert seen == sorted(seen, key=lambda b: 'fail' in b), seen
+    search.press('Control+a')
+    search.press('Delete')  # as a person clears it (an empty fill sends no input event)
+    _wait_grid(page, 'of 16 examples (16 in all)')
+    selects.nth(1).select_option(label='outcome')  # filter: the rows where the versions disagree
+    selects.nth(2).select_option('=')
+    page.locator('.pw-grid-tab input[placeholder^="value"]').fill('mixed')
+    _wait_grid(page, 'outcome = mixed')
+    outcomes = page.locator('.pw-grid-table tbody td.pw-grid-outcome')
+    assert outcomes.count() and {outcomes.nth(i).inner_text() for i in range(outcomes.count())} == {'mixed'}
+    _assert_fits(page, 'Grid (filtered)')
+    _shot(page, shots / 'compare-2b-grid-filtered.png')
+
+
+def test_comparison_widget_in_jupyterlab(lab, browser_page, ws):
     """Four versions in a real JupyterLab at 1440x900: each tab fits its pane (wide content scrolls inside it),
-    the Edit tab refuses a template reading an undefined variable before storing a version, and a good edit is
-    saved and evaluated. Screenshots of every tab land in the test's tmp dir."""
-    from playwright.sync_api import TimeoutError as PlaywrightTimeoutError, sync_playwright
+    the summary needs no sideways scrolling, the grid is searched, sorted and filtered, the Edit tab refuses a
+    template reading an undefined variable before storing a version, and a good edit is saved and evaluated."""
+    from conftest import TICKETS_CSV
+    from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
-    import workspace as ws
+    page, shots = browser_page, lab.shots
+    console_errors: list[str] = []
+    page.on('console', lambda m: console_errors.append(m.text) if m.type == 'error' else None)
+    path = lab.write('compare.ipynb', NOTEBOOK.replace('TICKETS_CSV', repr(str(TICKETS_CSV))))
+    try:
+        run_all_cells(page, lab.url(path), '.pw-summary-table')
+        summary = page.locator('.pw-summary-table.pw-quality')
+        assert 'baseline' in summary.inner_text() and '@production' in summary.inner_text()
+        assert page.locator('.pw-verdicts li').count() == 3
+        assert page.evaluate(SUMMARY_SCROLL_JS) == []  # four versions fit at 1440 px without sideways scrolling
 
-    _ensure_chromium()
-    url, folder = jupyterlab
-    shots = folder / 'screenshots'
-    shots.mkdir()
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport=VIEWPORT)
-        console_errors: list[str] = []
-        page.on('console', lambda m: console_errors.append(m.text) if m.type == 'error' else None)
+        for index, (tab, ready) in enumerate(TABS):
+            _open_tab(page, tab, ready)
+            if tab == 'Flips':
+                page.locator('details.pw-flip > summary').first.click()
+            _assert_fits(page, tab)
+            _shot(page, shots / f'compare-{index + 1}-{tab.lower().replace(" ", "-")}.png')
+            if tab == 'Grid':
+                _drive_grid(page, shots)
+
+        # The Edit tab: a template reading a variable the dataset lacks is refused before anything is stored
+        assert 'editing browser_router:v1 (baseline)' in page.locator('.pw-compare').inner_text()
+        versions = len(ws.list_versions('browser_router'))
+        textarea = page.locator('.pw-compare textarea')
+        textarea.fill('Ticket: {{ ticket_text }}\nCategory:')
+        page.get_by_role('button', name='Save version').click()
+        refused = page.wait_for_selector('text=Not saved:', timeout=60_000)
+        assert "reads {{ ticket_text }}, which dataset 'browser_tickets' does not have" in refused.inner_text()
+        assert len(ws.list_versions('browser_router')) == versions
+        _assert_fits(page, 'Edit (refused)')
+        _shot(page, shots / 'compare-9b-edit-refused.png')
+
+        # a good edit that changes only the tickets about a refund: checked, saved, evaluated
+        textarea.fill('Ticket: {{ text }}\n{% if "refund" in text | lower %}(mentions a refund)\n{% endif %}Category:')
+        page.get_by_role('button', name='Save version').click()
+        page.wait_for_selector('text=Not evaluated yet: Evaluate runs it', timeout=60_000)
+        assert len(ws.list_versions('browser_router')) == versions + 1
+        evaluate = page.locator('.pw-compare button', has_text='Evaluate (')
+        calls = int(evaluate.inner_text().split('(')[1].split()[0])
+        assert 0 < calls < 16  # only the rows that mention a refund
+        _shot(page, shots / 'compare-9c-edit-saved.png')
+        evaluate.click()
+        try:  # the bar while the model works, if the screenshot is quick enough to catch it
+            page.wait_for_selector('.pw-compare .widget-progress', state='visible', timeout=10_000)
+            _shot(page, shots / 'compare-9d-edit-evaluating.png')
+        except PlaywrightTimeoutError:
+            pass
+        done = page.wait_for_selector('text=added to the comparison as a candidate', timeout=120_000)
+        assert f'{calls} model call' in done.inner_text()
+        _assert_fits(page, 'Edit (evaluated)')
+        _shot(page, shots / 'compare-9e-edit-evaluated.png')
+        _open_tab(page, 'Summary', '.pw-summary-table')
+        assert page.locator('.pw-verdicts li').count() == 4
+        _assert_fits(page, 'Summary with five versions')
+        assert page.evaluate(SUMMARY_SCROLL_JS) == []
+        _shot(page, shots / 'compare-1b-summary-five-versions.png')
+    except Exception:
+        page.screenshot(path=str(shots / 'compare-failure.png'), full_page=True)
+        raise
+    assert [m for m in console_errors if 'pw-' in m or 'widget' in m.lower()] == []
+
+
+# --- every notebook, as a newcomer runs it ---------------------------------------------------------------------
+
+
+def _outputs(page) -> str:
+    return '\n'.join(page.locator('.jp-Notebook .jp-OutputArea').all_inner_texts())
+
+
+def _shot_end(page, path: Path) -> None:
+    """Screenshot the window scrolled to the notebook's last output."""
+    page.evaluate("[...document.querySelectorAll('.jp-Notebook .jp-Cell')].pop().scrollIntoView({block: 'end'})")
+    page.wait_for_timeout(300)
+    page.screenshot(path=str(path))
+
+
+def _label_by_keyboard(page, keys: str) -> None:
+    page.locator('.pw-annotate-card').click()
+    for n, key in enumerate(keys, start=2):
+        page.keyboard.press(key)
+        page.wait_for_function(
+            "(n) => document.querySelector('.pw-annotate-row .pw-position').textContent.startsWith('row ' + n + ' ')",
+            arg=n,
+            timeout=30_000,
+        )
+
+
+def test_every_notebook_runs_as_opened(lab, browser_page, ws, tiny_tickets, tmp_path):
+    """Each notebook of notebooks/, opened in JupyterLab where a newcomer finds it (the kernel starts in
+    notebooks/, the project's kernel), with small values typed into its parameters cell, runs all its cells
+    without an error, in order: 01 to 05 build on each other, 06 to 08 stand alone. 07 and 08 run here only (the
+    others also run headless in test_notebooks.py): 07 defines rules, serves over HTTP and never shows a key; 08
+    ingests the bundled log (its default path, relative to notebooks/), shows the drift once and evaluates a
+    version made from a family."""
+    page, shots = browser_page, lab.shots
+    tiny = repr(str(tiny_tickets))
+    report = tmp_path / 'report.html'
+    steps = [
+        ('01_quickstart', f"dataset_name = 'nb_lab'\ndataset_path = {tiny}\nfresh = True"),
+        ('02_iterate', "dataset_name = 'nb_lab'\nhint_word = 'charged'"),
+        ('03_optimize', "dataset_name = 'nb_lab'\nmax_calls = 40\nmax_candidates = 2\ntest = 'dev'"),
+        ('04_diff_report', f"dataset_name = 'nb_lab'\nreport_path = {str(report)!r}"),
+        ('05_scheduled_eval', "dataset = 'nb_lab'\nlabel = 'staging'"),
+        (
+            '06_judges_and_samples',
+            f"dataset_name = 'nb_lab_judged'\ndataset_path = {tiny}\nsamples = 2\nannotate_rows = 6",
+        ),
+        ('07_guardrails_and_serving', f"dataset_name = 'nb_lab_guard'\ndataset_path = {tiny}"),
+        ('08_prompt_families', 'dev_share = 0.01'),  # the log's default path, relative to notebooks/
+    ]
+    for name, parameters in steps:
         try:
-            run_all_cells(page, url, '.pw-summary-table')
-            summary = page.locator('.pw-summary-table')
-            assert 'baseline' in summary.inner_text() and '@production' in summary.inner_text()
-            assert page.locator('.pw-verdicts li').count() == 3
-
-            for index, (tab, ready) in enumerate(TABS):
-                _open_tab(page, tab, ready)
-                if tab == 'Flips':
-                    page.locator('details.pw-flip > summary').first.click()
-                _assert_fits(page, tab)
-                _shot(page, shots / f'{index + 1}-{tab.lower().replace(" ", "-")}.png')
-
-            # The Edit tab: a template reading a variable the dataset lacks is refused before anything is stored
-            assert 'editing browser_router:v1 (baseline)' in page.locator('.pw-compare').inner_text()
-            versions = len(ws.list_versions('browser_router'))
-            textarea = page.locator('.pw-compare textarea')
-            textarea.fill('Ticket: {{ ticket_text }}\nCategory:')
-            page.get_by_role('button', name='Save version').click()
-            refused = page.wait_for_selector('text=Not saved:', timeout=60_000)
-            assert "reads {{ ticket_text }}, which dataset 'browser_tickets' does not have" in refused.inner_text()
-            assert len(ws.list_versions('browser_router')) == versions
-            _assert_fits(page, 'Edit (refused)')
-            _shot(page, shots / '7-edit-refused.png')
-
-            # a good edit that changes only the tickets about a refund: checked, saved, evaluated
-            textarea.fill(
-                'Ticket: {{ text }}\n{% if "refund" in text | lower %}(mentions a refund)\n{% endif %}Category:'
+            run_all_cells(
+                page,
+                lab.url(f'project/notebooks/{name}.ipynb'),
+                parameters=f'\n# small values for the test\n{parameters}\n',
+                timeout_s=900,
             )
-            page.get_by_role('button', name='Save version').click()
-            page.wait_for_selector('text=Not evaluated yet: Evaluate runs it', timeout=60_000)
-            assert len(ws.list_versions('browser_router')) == versions + 1
-            evaluate = page.locator('.pw-compare button', has_text='Evaluate (')
-            calls = int(evaluate.inner_text().split('(')[1].split()[0])
-            assert 0 < calls < 16  # only the rows that mention a refund
-            _shot(page, shots / '8-edit-saved.png')
-            evaluate.click()
-            try:  # the bar while the model works, if the screenshot is quick enough to catch it
-                page.wait_for_selector('.pw-compare .widget-progress', state='visible', timeout=10_000)
-                _shot(page, shots / '8b-edit-evaluating.png')
-            except PlaywrightTimeoutError:
-                pass
-            done = page.wait_for_selector('text=added to the comparison as a candidate', timeout=120_000)
-            assert f'{calls} model call' in done.inner_text()
-            _assert_fits(page, 'Edit (evaluated)')
-            _shot(page, shots / '9-edit-evaluated.png')
-            _open_tab(page, 'Summary', '.pw-summary-table')
-            assert page.locator('.pw-verdicts li').count() == 4
-            _assert_fits(page, 'Summary with five versions')
+            text = _outputs(page)
+            if name == '01_quickstart':
+                assert 'accuracy' in text and 'llama_' not in text
+            if name == '02_iterate':
+                assert page.locator('.pw-compare .pw-summary-table').count() and 'rows reused' in text
+                assert page.evaluate(SUMMARY_SCROLL_JS) == []
+                _shot(page, shots / 'notebook-02-compare.png')
+            if name == '03_optimize':
+                assert '(decided by macro_f1)' in text  # the promotion names the optimizer's metric
+                assert 'trial 2 (trial 2)' not in text
+            if name == '04_diff_report':
+                assert 'report written to' in text and report.read_text().startswith('<!DOCTYPE html>')
+            if name == '05_scheduled_eval':
+                assert 'no regression' in text
+            if name == '06_judges_and_samples':
+                assert 'judge calls' in text and 'when asked' in text
+                _label_by_keyboard(page, 'pfp')
+                _shot(page, shots / 'notebook-06-annotate.png', '.pw-annotate-view')
+            if name == '07_guardrails_and_serving':
+                assert 'guarded_router:v2' in text and 'http://127.0.0.1:' in text and 'pw_' not in text
+            if name == '08_prompt_families':
+                assert 'Route the support ticket to one team' in text and '{{ email }}' in text
+                assert page.locator('.pw-drift img.pw-chart').count() == 1 and '<DriftReport' not in text  # once
+                assert 'router_from_log:v1' in text and 'accuracy' in text
+            _shot_end(page, shots / f'notebook-{name}.png')
         except Exception:
-            page.screenshot(path=str(folder / 'failure.png'), full_page=True)
+            page.screenshot(path=str(shots / f'notebook-{name}-failure.png'), full_page=True)
             raise
         finally:
-            browser.close()
-    assert [m for m in console_errors if 'pw-' in m or 'widget' in m.lower()] == []
-    assert len(list(shots.glob('[1-9]-*.png'))) == 11  # eight tabs, then the edit's three steps
+            lab.shutdown_kernels()
+    assert ws.get_version('ticket_router@staging').id == 'ticket_router:v2'
+    assert ws.get_version('guarded_router@production').id == 'guarded_router:v2'
+    assert set(ws.audit(kind='key')['kind']) == {'key.created', 'key.revoked'}
+    family = ws.get_family(ws.similar('Route the support ticket to one team', k=1)['family_id'][0])
+    assert ws.get_version('router_from_log').template == family.jinja
+    assert ws.list_runs(prompt='router_from_log').iloc[0]['n'] <= 20

@@ -153,4 +153,24 @@ def test_a_version_answering_one_label_is_named_in_a_warning_and_headlines_carry
 
     summary = evaluate(v1, tiny, 'dev', progress=False).summary()
     assert summary.skew['label'] == 'BILLING' and 'expected share 33%' in ' '.join(summary.notes)
-    assert '95% CI 0.097 to 0.700' in str(summary)
+    assert '33.3% (95% CI 9.7% to 70.0%)' in str(summary)
+
+
+def test_promotion_names_the_metric_it_decided_by(scripted_versions):
+    """The promotion message names its metric; with the optimizer's metric (macro-F1) it reads like the
+    optimizer's test sentence, so the two never disagree about what was measured."""
+    from workspace.analysis.compare import promote_if_better
+    from workspace.core.labels import set_label
+
+    tiny, v1, v2, v3, server = scripted_versions
+    set_label(v1, 'production')
+    by_accuracy = promote_if_better(v2, 'production', dataset=tiny, split='dev')
+    assert by_accuracy.metric == 'accuracy' and str(by_accuracy).startswith(
+        'kept production on router:v1 (decided by accuracy): '
+    )
+    by_f1 = promote_if_better(v2, 'production', dataset=tiny, split='dev', metric='macro_f1')
+    assert by_f1.metric == 'macro_f1' and '(decided by macro_f1)' in str(by_f1)
+    assert 'on dev: macro_f1 1.000 vs 0.' in by_f1.verdict and 'points, 95% CI' in by_f1.verdict
+    assert 'promotion' in by_f1._repr_html_().lower()
+    with pytest.raises(errors.ComparisonError, match=r"metric 'rouge_l' cannot decide a promotion; use 'accuracy'"):
+        promote_if_better(v2, 'production', dataset=tiny, split='dev', metric='rouge_l')

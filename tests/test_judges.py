@@ -22,9 +22,13 @@ def test_judge_call_counts_follow_the_contract(ws, tiny, local):
     judge = correctness_judge()
     assert judge.meta['judge']['pass_labels'] == ['yes'] and correctness_judge().id == judge.id
 
-    # adding a judge scorer makes no call; the next evaluation judges each row once
+    # adding a judge scorer makes no call; an evaluation that does not ask for it makes none either; the next
+    # evaluation attached with every_evaluation judges each row once
     column, calls = _calls(local, lambda: ws.add_scorer(tiny, judge, column='judged'))
     assert column == 'judged' and calls == 0
+    unasked, calls = _calls(local, lambda: ws.evaluate(v1, tiny, 'dev', progress=False))
+    assert calls == unasked.judge_calls == 0 and 'judged' not in unasked.summary().metrics
+    ws.add_scorer(tiny, judge, column='judged', if_exists='replace', every_evaluation=True)
     run, calls = _calls(local, lambda: ws.evaluate(v1, tiny, 'dev', progress=False))
     assert run.calls == 0 and run.judge_calls == 6 and calls == 6
     frame = run.predictions()
@@ -51,7 +55,7 @@ def test_judge_call_counts_follow_the_contract(ws, tiny, local):
         judge, template="{% if 'charged' in input %}Charges are billing questions.\n{% endif %}" + judge.template
     )
     assert edited.parent_id == judge.id and judges.is_judge(edited)
-    ws.add_scorer(tiny, edited, column='judged', if_exists='replace')
+    ws.add_scorer(tiny, edited, column='judged', if_exists='replace', every_evaluation=True)
     k = sum('charged' in row['text'] for row in tiny.rows('dev'))
     assert 0 < k < 6
     run3, calls = _calls(local, lambda: ws.evaluate(v1, tiny, 'dev', progress=False))
@@ -70,7 +74,7 @@ def test_only_if_gates_the_judge_on_a_cheaper_scorer(ws, tiny, local):
         {'text': 'x', 'input': 'x', 'prediction': 'BILLING', 'expected': 'BILLING'}
     )
     ws.add_scorer(tiny, judge, column='caps', only_if='exact_match')
-    run, calls = _calls(local, lambda: ws.evaluate(v1, tiny, 'dev', progress=False))
+    run, calls = _calls(local, lambda: ws.evaluate(v1, tiny, 'dev', judges=['caps'], progress=False))
     frame = run.predictions()
     assert run.judge_calls == calls == right
     assert (frame.loc[frame['exact_match'] < 1, 'caps'] == 0.0).all()
@@ -143,3 +147,52 @@ def test_judge_template_checked_before_any_call(ws, tiny, local):
     with pytest.raises(errors.VersionError, match=r'pass_labels'):
         ws.create_judge('odd_judge', template='{{ prediction }}', labels=['good', 'bad'], pass_labels=['fine'])
     assert local.calls == before
+
+
+def test_a_judge_runs_only_where_asked(ws, tiny, local, caplog):
+    """A judge attached to a dataset in one notebook makes no call in another notebook's evaluation or comparison
+    unless that one asks for it; asked, it says its judge calls before it starts, counts them apart and its
+    scores reach the summary and the comparison. Attached for every evaluation, it warns each time it calls."""
+    import logging
+
+    from workspace.analysis.compare import build_comparison
+    from workspace.core.evaluate import list_scorers
+
+    v1 = ws.create_version('router', template=TEMPLATE, output=ws.choice(LABELS))
+    v2 = ws.edit(v1, template=HINTED)
+    ws.evaluate(v1, tiny, 'dev', progress=False)
+    ws.add_scorer(tiny, correctness_judge(), column='judged_correct')  # "notebook 06"
+    scorers = list_scorers(tiny).set_index('column')
+    assert scorers.loc['judged_correct', 'tier'] == 'judge'
+    assert scorers.loc['judged_correct', 'runs'] == "when asked: evaluate(..., judges=['judged_correct'])"
+    assert scorers.loc['exact_match', 'runs'] == 'every row, no model call'
+
+    # "notebook 07": an evaluation of another version and a comparison make only their own model calls
+    run2, calls = _calls(local, lambda: ws.evaluate(v2, tiny, 'dev', progress=False))
+    assert run2.judge_calls == 0 and calls == run2.calls
+    cmp, calls = _calls(local, lambda: build_comparison(tiny, [v1, v2], 'dev'))
+    assert calls == 0 and 'judged_correct' not in cmp.table.columns
+
+    # asked: the calls are said before they start and counted as judge calls
+    with caplog.at_level(logging.INFO, logger='workspace.core.judges'):
+        judged, calls = _calls(local, lambda: ws.evaluate(v2, tiny, 'dev', judges=['judged_correct'], progress=False))
+    assert judged.calls == 0 and judged.judge_calls == calls == 6
+    assert 'judged_correct judges 6 rows of router:v2 with correctness_judge:v1: 6 judge calls' in caplog.text
+    assert 'judge calls' in str(judged.summary()) and 0 <= judged.summary().metrics['judged_correct'] <= 1
+    cmp = build_comparison(tiny, [v1, v2], 'dev')
+    assert cmp.table.loc['router:v2', 'judged_correct'] == judged.summary().metrics['judged_correct']
+    assert cmp.table.loc['router:v2', 'judged_correct_n'] == 6 and cmp.table.loc['router:v1', 'judged_correct_n'] == 0
+    with pytest.raises(
+        ws.WorkspaceError,
+        match=r"judges='nope' is not a judge column of this dataset; its judge "
+        r'columns: judged_correct',
+    ):
+        ws.evaluate(v2, tiny, 'dev', judges=['nope'], progress=False)
+
+    # attached for every evaluation: rows are judged without asking, with a warning that says the cost
+    ws.add_scorer(tiny, rubric_judge('Names one category.', name='caps_judge'), column='caps', every_evaluation=True)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger='workspace.core.judges'):
+        run1, calls = _calls(local, lambda: ws.evaluate(v1, tiny, 'dev', progress=False))
+    assert run1.judge_calls == calls == 6 and 'caps judges 6 rows of router:v1' in caplog.text
+    assert 'every evaluation of this dataset' in caplog.text

@@ -1,5 +1,6 @@
-"""The notebooks: well-formed (parameters cell first, no outputs, only the workspace API), and each one run
-headless under papermill on small parameters, in order, as a user would."""
+"""The notebooks: well-formed (parameters cell first, no outputs, only the workspace API), and run headless under
+papermill on small parameters, in order, as a user or cron would. Every notebook also runs as opened in JupyterLab
+in tests/test_browser.py (07 and 08 only there)."""
 
 from __future__ import annotations
 
@@ -126,19 +127,6 @@ def test_notebooks_run_in_order_under_papermill(ws, tiny_tickets, tmp_path):
     assert scheduled_history('ticket_router').iloc[0]['status'] == 'ok'
 
 
-def test_prompt_families_notebook(ws):
-    """08 ingests the bundled log, shows a template, its slots and a drift chart, and evaluates a version made
-    from the ticket-routing family on a few rows with the embedded model."""
-    _, book = _run('08_prompt_families.ipynb')
-    text = _text(book)
-    assert 'Route the support ticket to one team' in text and '{{ email }}' in text
-    assert 'data:image/png;base64' in text and 'flagged: 2026-10-12' in text
-    assert 'router_from_log:v1' in text and 'accuracy' in text
-    family = ws.get_family(ws.similar('Route the support ticket to one team', k=1)['family_id'][0])
-    assert ws.get_version('router_from_log').template == family.jinja
-    assert ws.list_runs(prompt='router_from_log').iloc[0]['n'] <= 20
-
-
 def test_scheduled_notebook_flags_a_regression(scripted_versions):
     import workspace as ws
 
@@ -204,17 +192,6 @@ def test_runs_started_in_the_same_millisecond_get_separate_files(tmp_path: Path)
     names = {p.name for p in paths}
     assert '05_scheduled_eval-030000.123.ipynb' in names and '05_scheduled_eval-030000.123-16.ipynb' in names
     assert all(p.parent == tmp_path / '2026-11-25' for p in paths)
-
-
-def test_guardrails_and_serving_notebook_runs_under_papermill(ws, tiny_tickets):
-    """07 defines rules, shows their violations in an evaluation, serves from Python and over HTTP, reads the audit."""
-    _, book = _run('07_guardrails_and_serving.ipynb', dataset_name='nb_guard', dataset_path=str(tiny_tickets))
-    text = _text(book)
-    assert 'violations:mentions_delivery' in text and "rule 'no_injection' blocks this input" in text
-    assert 'guarded_router:v2' in text and 'http://127.0.0.1:' in text and 'pw_' not in text  # no key in outputs
-    assert ws.get_version('guarded_router@production').id == 'guarded_router:v2'
-    kinds = set(ws.audit(kind='key')['kind'])
-    assert kinds == {'key.created', 'key.revoked'}
 
 
 def test_judges_and_samples_notebook_under_papermill(ws, tiny_tickets):

@@ -201,3 +201,22 @@ def test_doctests() -> None:
     for test in (t for fn in pure for t in finder.find(fn, globs=vars(diff).copy())):
         runner.run(test)
     assert runner.summarize(verbose=False).failed == 0
+
+
+def test_template_diff_keeps_tags_whole_and_follows_the_structure():
+    """A zero-shot template turned few-shot: the diff inserts the demo loop as one block and keeps the ticket line
+    equal, instead of interleaving fragments of `{{ d.text }}` and `{{ text }}`."""
+    zero = version(template='Classify the ticket: {{ labels | join(", ") }}.\n\nTicket: {{ text }}\nCategory:')
+    few = version(
+        'ticket_router:v2',
+        template='{% for d in demos %}Ticket: {{ d.text }}\nCategory: {{ d.expected }}\n\n{% endfor %}'
+        'Ticket: {{ text }}\nCategory:',
+    )
+    ops = diff_versions(zero, few).template_ops
+    assert ops[-1] == ('equal', 'Ticket: {{ text }}\nCategory:')
+    for _, text in ops:  # no op splits a tag: each opens and closes the tags it holds
+        assert text.count('{{') == text.count('}}') and text.count('{%') == text.count('%}'), ops
+    changed = [text for op, text in ops if op != 'equal']
+    assert not any(text.strip() in ('{', '}', '{{', '}}', '.', ':') for text in changed)
+    assert ''.join(t for op, t in ops if op != 'insert') == zero.template
+    assert ''.join(t for op, t in ops if op != 'delete') == few.template

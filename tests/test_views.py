@@ -7,6 +7,7 @@ import re
 
 import pytest
 
+from workspace import errors as ws_errors
 from workspace.analysis.compare import build_comparison, prompts_for
 from workspace.display import formats
 from workspace.ui import views
@@ -120,20 +121,22 @@ def cmp(scripted_versions):
     return build_comparison(tiny, [v1, v2, v3], 'dev')
 
 
-def _row(html: str, name: str) -> str:
-    """Return the summary table row whose version cell shows `name`."""
-    return next(r for r in re.findall(r'<tr>.*?</tr>', html) if re.search(rf'<b title="[^"]*">{name}</b>', r))
+def _row(html: str, name: str, table: str = 'pw-quality') -> str:
+    """Return the row of a summary table (quality, cost or scores) whose version cell shows `name`."""
+    part = html.split(f'pw-summary-table {table}')[1].split('</table>')[0]
+    return next(r for r in re.findall(r'<tr>.*?</tr>', part) if re.search(rf'<b title="[^"]*">{name}</b>', r))
 
 
 def test_summary_reads_at_a_glance(cmp):
     html = views.render_summary(cmp, labels={'router:v2': ['production']})
-    assert 'class="pw-summary-table"' in html and '<br' not in html.split('pw-summary-table')[1].split('</table>')[0]
+    assert 'class="pw-summary-table pw-quality"' in html and 'class="pw-summary-table pw-cost"' in html
+    assert '<br' not in html.split('pw-summary-table')[1].split('</table>')[0]
     for short in ('v1', 'v2', 'v3'):
         assert f'>{short}</b>' in html
     assert 'pw-tag-baseline">baseline' in _row(html, 'v1') and 'pw-tag-label">@production' in _row(html, 'v2')
     v2 = _row(html, 'v2')
     # accuracy and its change on one scale (percent and points), the interval in small type, p formatted once
-    assert '<td class="pw-first">100.0</td>' in v2 and '+66.7</span> <span class="pw-ci">[' in v2
+    assert '<td class="pw-first">100.0%<span class="pw-ci">[' in v2 and '+66.7</span><span class="pw-ci">[' in v2
     assert '<td>0.12</td>' in v2  # McNemar's exact p = 0.125
     assert 'e-0' not in html and 'p = ' not in v2
     for comparison in cmp.pairwise.values():
@@ -149,21 +152,21 @@ def test_summary_colours_a_latency_increase_red_and_a_decrease_green(cmp):
     table.loc['router:v2', ['latency_diff', 'latency_ci_low', 'latency_ci_high']] = [0.05, 0.02, 0.08]
     table.loc['router:v3', ['latency_diff', 'latency_ci_low', 'latency_ci_high']] = [-0.05, -0.08, -0.02]
     html = views.render_summary(dataclasses.replace(cmp, table=table))
-    assert '<span class="pw-worse">+50</span> <span class="pw-ci">[20, 80]</span>' in _row(html, 'v2')
-    assert '<span class="pw-better">-50</span> <span class="pw-ci">[-80, -20]</span>' in _row(html, 'v3')
+    assert '<span class="pw-worse">+50</span><span class="pw-ci">[20, 80]</span>' in _row(html, 'v2', 'pw-cost')
+    assert '<span class="pw-better">-50</span><span class="pw-ci">[-80, -20]</span>' in _row(html, 'v3', 'pw-cost')
 
 
 def test_summary_shows_the_exact_token_change_red_when_it_grows(cmp):
     frames = dict(cmp.frames)
     frames['router:v2'] = frames['router:v2'].assign(prompt_tokens=frames['router:v2']['prompt_tokens'] + 40)
     html = views.render_summary(dataclasses.replace(cmp, frames=frames))
-    assert '<td><span class="pw-worse">+40</span></td>' in _row(html, 'v2')  # no interval: the count is exact
+    assert '<td><span class="pw-worse">+40</span></td>' in _row(html, 'v2', 'pw-cost')  # exact: no interval
 
 
 def test_summary_shows_a_headline_interval_when_the_table_has_one(cmp):
     table = cmp.table.assign(accuracy_low=[0.1, 0.9, 0.5], accuracy_high=[0.6, 1.0, 0.95])
     html = views.render_summary(dataclasses.replace(cmp, table=table))
-    assert '<td class="pw-first">100.0 <span class="pw-ci">[90.0, 100.0]</span></td>' in _row(html, 'v2')
+    assert '<td class="pw-first">100.0%<span class="pw-ci">[90.0, 100.0]</span></td>' in _row(html, 'v2')
 
 
 def test_per_category_has_chart_and_table(cmp):
@@ -262,6 +265,10 @@ def test_report_is_a_standalone_document(cmp, tmp_path):
     assert doc.count('<style>') == 1  # one stylesheet, shared with the widget
     assert doc.count('<h4>Prompt diff</h4>') == 2 and doc.count('pw-chart') >= 4
     assert 'system-ui' in doc and 'table version' in doc
+    # every flip of every candidate, each expanding to both outputs and prompts; none sends the reader elsewhere
+    changed = sum(views.flip_counts(cmp.flips(v))['any change'] for v in cmp.version_ids if v != cmp.baseline)
+    assert doc.count('<details class="pw-flip">') == changed and 'in the widget' not in doc
+    assert doc.count('<details class="pw-flips-all" open>') == 2  # a page or fewer: shown unfolded
 
 
 def test_text_task_views(ws, monkeypatch):
@@ -281,4 +288,45 @@ def test_text_task_views(ws, monkeypatch):
     assert 'Per-category views apply to label tasks' in views.render_per_category(text_cmp)
     assert 'Confusion matrices apply to label tasks' in views.render_confusions(text_cmp)
     summary = views.render_summary(text_cmp)
-    assert 'rouge_l %' in summary and 'sign-flip' in summary
+    assert '>rouge_l</th>' in summary and 'sign-flip' in summary
+
+
+# --- the grid -----------------------------------------------------------------------------------------------------
+
+
+def test_grid_has_every_example_against_every_version(cmp):
+    from workspace.analysis.grid import GridFilter, GridQuery, grid_columns, grid_frame, query_grid
+
+    frame, columns = grid_frame(cmp), grid_columns(cmp, views.short_names(cmp.version_ids))
+    assert len(frame) == 6 and list(frame['example_id']) == cmp.common_ids
+    row = frame.set_index('example_id').loc['a5']  # v1 says BILLING, v2 is right, v3's call failed
+    assert (row['router:v1|pass'], row['router:v2|pass'], row['router:v3|pass']) == (False, True, False)
+    assert row['router:v2|output'] == 'TECHNICAL' and 'scripted failure' in row['router:v3|error']
+    assert row['outcome'] == 'mixed' and frame.set_index('example_id').loc['a1', 'outcome'] == 'all pass'
+    assert [c.title for c in columns[:3]] == ['example', 'text', 'expected']
+    assert {'v1 output', 'v1 pass', 'v1 exact_match', 'v3 error', 'outcome'} <= {c.title for c in columns}
+
+    def ids(**query) -> list[str]:
+        return list(query_grid(frame, columns, GridQuery(**query)).rows['example_id'])
+
+    assert ids(search='CRASHES every') == ['a5']  # every word, any case, in any text column
+    assert ids(search='technical') == ['a5', 'a6']  # expected and outputs are searched
+    assert ids(filters=(GridFilter('router:v3|error', 'is not empty'),)) == ['a5']
+    assert ids(filters=(GridFilter('router:v1|pass', '=', 'fail'),)) == ['a3', 'a4', 'a5', 'a6']
+    assert ids(filters=(GridFilter('router:v1|exact_match', '≥', '50%'), GridFilter('text', 'contains', 'card'))) == [
+        'a2'
+    ]
+    assert ids(sort='router:v1|pass', ascending=False)[:2] == ['a1', 'a2']  # stable: ties keep their order
+    assert ids(sort='text') == ['a1', 'a2', 'a5', 'a6', 'a4', 'a3']  # 'I was…', 'My card…', 'The app…', …
+    page = query_grid(frame, columns, GridQuery(per_page=4, page=9))
+    assert (page.page, page.pages, len(page.rows), page.matches) == (1, 2, 2, 6)  # past the end: the last page
+    with pytest.raises(ws_errors.ComparisonError, match=r'give a number, e.g. 0.5 or 50%'):
+        query_grid(frame, columns, GridQuery(filters=(GridFilter('router:v1|exact_match', '>', 'lots'),)))
+
+    html = views.render_grid(query_grid(frame, columns, GridQuery(sort='router:v2|exact_match')), cmp)
+    assert 'Showing 1–6 of 6 examples' in html and html.count('<tr data-example=') == 6
+    assert '✓ pass' in html and '✗ fail' in html and 'scripted failure' in html
+    assert 'exact_match 100.0%' not in html  # the badge says it: the cell lists the other scores
+    assert 'v2 <span class="pw-sorted">▲ exact_match</span>' in html and 'v1 (baseline)' in html
+    empty = views.render_grid(query_grid(frame, columns, GridQuery(search='zebra')), cmp)
+    assert 'No example of 6 matching “zebra”' in empty

@@ -30,8 +30,9 @@ def test_initial_view(view):
         view.candidate_boxes['router:v1'].disabled and 'v1 (baseline)' == view.candidate_boxes['router:v1'].description
     )
     assert view.focus.value == 'router:v2'
-    assert [view.tabs.get_title(i) for i in range(8)] == [
+    assert [view.tabs.get_title(i) for i in range(9)] == [
         'Summary',
+        'Grid',
         'Per category',
         'Confusion',
         'Flips',
@@ -42,9 +43,9 @@ def test_initial_view(view):
     ]
     assert 'pw-tag-baseline">baseline' in view.panes['Summary'].value
     assert view.panes['Per category'].value == ''  # rendered when opened: charts take a moment
-    view.tabs.selected_index = 1
+    view.tabs.selected_index = 2
     assert 'pw-chart' in view.panes['Per category'].value
-    view.tabs.selected_index = 4
+    view.tabs.selected_index = 5
     assert '<ins' in view.panes['Diff'].value
     assert 'Comparing 2 candidates against <b>router:v1</b> on tiny / dev (6 examples)' in view.status.value
     assert view.progress_row.layout.display == 'none'
@@ -63,22 +64,23 @@ def test_changing_baseline_keeps_the_old_one_as_a_candidate_without_model_calls(
 
 def test_focus_filter_and_pages_drive_the_flips_pane(view):
     view, _ = view
-    view.tabs.selected_index = 3
+    view.tabs.selected_index = 4
     assert ('fixed (4)', 'fixed') in view.flip_filter.options and (
         'any change (4)',
         'any change',
     ) in view.flip_filter.options
     view.flip_filter.value = 'fixed'
     assert view.panes['Flips'].value.count('<details class="pw-flip">') == 4
+    assert 'Ticket: The parcel has not arrived' in view.panes['Flips'].value  # each row's rendered prompts
     view.focus.value = 'router:v3'
     assert ('model error (1)', 'model error') in view.flip_filter.options
     view.flip_filter.value = 'model error'
     assert view.panes['Flips'].value.count('<details class="pw-flip">') == 1
-    view.tabs.selected_index = 4
+    view.tabs.selected_index = 5
     assert '>v3</ins>' in view.panes['Diff'].value
 
     view.state.flips_per_page = 4
-    view.tabs.selected_index = 3
+    view.tabs.selected_index = 4
     view.flip_filter.value = 'every example'
     assert 'page 1 of 2' in view.panes['Flips'].value and view.previous_page.disabled
     view.next_page.click()
@@ -93,7 +95,7 @@ def test_removing_every_candidate_leaves_the_baseline_alone(view):
     view.candidate_boxes['router:v3'].value = False
     assert view.state.candidates == [] and view.state.focus is None and view.focus.options == ()
     assert '>v2</b>' not in view.panes['Summary'].value and 'pw-tag-baseline' in view.panes['Summary'].value
-    view.tabs.selected_index = 3
+    view.tabs.selected_index = 4
     assert 'Pick a candidate' in view.panes['Flips'].value
     view.candidate_boxes['router:v3'].value = True
     assert view.state.focus == 'router:v3' and 'router:v3 against router:v1' in view.panes['Flips'].value
@@ -245,6 +247,8 @@ def test_progress_label_counts_calls_and_time_left():
     assert label.value == '23 / 24 calls, under a second left'
     clock(24, 24)
     assert label.value == '24 / 24 calls'
+    clock.judge(2, 6)  # a judge's calls, counted as judge calls (see judges._judge_progress)
+    assert label.value.startswith('2 / 6 judge calls') and (bar.value, bar.max) == (2, 6)
 
 
 def test_samples_and_cost_panes(view):
@@ -253,9 +257,9 @@ def test_samples_and_cost_panes(view):
     import workspace as ws
 
     view, (tiny, v1, v2, v3, server) = view
-    view.tabs.selected_index = 5
-    assert 'No run here has samples' in view.panes['Samples'].value
     view.tabs.selected_index = 6
+    assert 'No run here has samples' in view.panes['Samples'].value
+    view.tabs.selected_index = 7
     cost = view.panes['Cost'].value
     assert 'pw-cost-chart' in cost and '<td>router:v2</td><td>openai:fake</td>' in cost and 'n/a' in cost
 
@@ -266,3 +270,31 @@ def test_samples_and_cost_panes(view):
     pane = render_tab(state, 'Samples')
     assert f'{sampling.id}: 2 samples per row, 6 rows' in pane and '0 unstable' in pane
     assert f'{v1.id}:' not in render_tab(state, 'Samples')
+
+
+def test_grid_tab_searches_sorts_filters_and_pages(view):
+    view, _ = view
+    assert [view.tabs.get_title(i) for i in range(2)] == ['Summary', 'Grid']
+    assert view.panes['Grid'].value == ''  # rendered when opened
+    view.tabs.selected_index = 1
+    pane = view.panes['Grid']
+    assert 'Showing 1–6 of 6 examples' in pane.value and pane.value.count('<tr data-example=') == 6
+    view.grid_search.value = 'crashes'
+    assert 'Showing 1–1 of 1 examples matching “crashes”' in pane.value and 'data-example="a5"' in pane.value
+    view.grid_search.value = ''
+    view.grid_sort.value = 'router:v1|pass'
+    view.grid_order.value = False
+    assert pane.value.index('data-example="a1"') < pane.value.index('data-example="a3"')
+    assert view.state.grid_query.sort == 'router:v1|pass' and not view.state.grid_query.ascending
+    view.grid_filter_column.value = 'router:v1|pass'
+    view.grid_filter_op.value = '='
+    view.grid_filter_value.value = 'fail'
+    assert 'Showing 1–4 of 4 examples, v1 pass = fail' in pane.value
+    view.state.grid_query = view.state.grid_query.replace(per_page=3)
+    view._query_grid()
+    assert 'page 1 of 2' in pane.value and view.grid_previous.disabled and not view.grid_next.disabled
+    view.grid_next.click()
+    assert 'Showing 4–4 of 4' in pane.value and view.grid_next.disabled
+    view.candidate_boxes['router:v3'].value = False  # a version leaves: its columns leave the grid and the pickers
+    view.tabs.selected_index = 1
+    assert 'v3 output' not in [title for title, _ in view.grid_sort.options] and 'router:v3' not in pane.value

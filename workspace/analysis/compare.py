@@ -19,8 +19,10 @@ from workspace.core import metrics, rules, stats
 from workspace.core.datasets import Dataset, get_dataset
 from workspace.core.evaluate import evaluate
 from workspace.core.labels import set_label
-from workspace.core.runs import Run, main_score_name
+from workspace.core.runs import Run, judge_score_columns, main_score_name
 from workspace.core.versions import Version, get_version
+from workspace.display.formats import p_phrase, points
+from workspace.display.results import render_record
 from workspace.errors import ComparisonError
 from workspace.storage import costs, store
 
@@ -170,6 +172,24 @@ def _macro_f1_diff_ci(
     return float(diffs[0]), float(low), float(high)
 
 
+def _scorer_means(frame: pd.DataFrame, scorers: Sequence[str], judged: Sequence[str]) -> dict[str, float]:
+    """Return the mean of each scorer column besides the main one; a judge's over the rows it judged (with
+    `<column>_n`, how many), as a judge scores only where it was asked. A judge that judged nothing is left out
+    of versions that have none, and shows as n = 0 beside versions that have some."""
+    means: dict[str, float] = {}
+    for name in scorers:
+        if name not in frame.columns:
+            continue
+        values = pd.to_numeric(frame[name], errors='coerce')
+        if name in judged:
+            present = values.dropna()
+            means[name] = float(present.mean()) if len(present) else float('nan')
+            means[f'{name}_n'] = len(present)
+        else:
+            means[name] = float(values.fillna(0.0).mean())
+    return means
+
+
 @dataclass(frozen=True)
 class VersionComparison:
     """Several versions evaluated on the same dataset split, aligned example by example."""
@@ -183,6 +203,9 @@ class VersionComparison:
     table: pd.DataFrame
     pairwise: dict[str, stats.Comparison]
     notes: list[str] = field(default_factory=list)
+    #: Scorer columns besides the main score (custom scorers, judges), each a column of `table` with its mean; a
+    #: judge's mean is over the rows it judged, counted in `<column>_n`.
+    scorers: list[str] = field(default_factory=list)
 
     @property
     def task(self) -> str:
@@ -237,6 +260,8 @@ def measure(
     frames = {run.version.id: _frame(run).loc[common] for run in runs}
     task = dataset.task
     main = main_score_name(task)
+    judged = judge_score_columns(dataset.name)
+    scorers = [c for c in base.score_columns() if c != row_score_name(task)]
     rows, pairwise = [], {}
     for run in runs:
         frame = frames[run.version.id]
@@ -262,8 +287,10 @@ def measure(
             calls=run.calls,
             reused=run.reused,
             errors=int(frame['error'].notna().sum()),
+            judge_calls=run.judge_calls,
             cost_usd=costs.run_cost(costs.frame_costs(frame, run.version.model)),
             **rules.tally(frame).metrics(),  # rows blocked and violations per rule, when there are rules
+            **_scorer_means(frame, scorers, judged),
         )
         if run.version.id != baseline:
             cmp = stats.compare_scores(
@@ -304,8 +331,12 @@ def measure(
         if row['errors']:
             notes.append(f'{run.version.id} has {row["errors"]} rows with a model error; they count as wrong')
     table = pd.DataFrame(rows).set_index('version')
+    for name in judged:  # a judge no compared version was asked for says nothing here
+        if f'{name}_n' in table.columns and not table[f'{name}_n'].any():
+            table = table.drop(columns=[name, f'{name}_n'])
+    shown = [c for c in scorers if c in table.columns]
     return VersionComparison(
-        dataset, split, runs, baseline, common, frames, table, pairwise, list(dict.fromkeys(notes))
+        dataset, split, runs, baseline, common, frames, table, pairwise, list(dict.fromkeys(notes)), shown
     )
 
 
@@ -318,10 +349,13 @@ def build_comparison(
     progress: bool | Callable[[int, int], None] = False,
     confidence: float = 0.95,
     resamples: int = 10_000,
+    judges: Sequence[str] | Literal['all'] | None = None,
 ) -> VersionComparison:
     """Evaluate each version on the split (incrementally: only missing requests reach the model) and align them.
 
     The baseline defaults to the first version. Versions are references like 'ticket_router@production'.
+    `judges` names judge columns of the dataset to judge the rows with (see `evaluate`); by default only those
+    attached with `every_evaluation=True` run. Scores judged earlier show either way.
 
     >>> cmp = build_comparison('support_tickets', ['ticket_router@production', 'ticket_router:v3'], 'dev')
     """
@@ -331,7 +365,7 @@ def build_comparison(
         raise ComparisonError('give the versions to compare, e.g. [baseline, candidate]')
     # The same version twice (an optimizer that kept its baseline, a label on a listed version) is shown once.
     resolved = list({v.id: v for v in given}.values())
-    runs = [evaluate(v, ds, split, progress=progress) for v in resolved]
+    runs = [evaluate(v, ds, split, judges=judges, progress=progress) for v in resolved]
     base = get_version(baseline).id if baseline is not None else resolved[0].id
     cmp = measure(ds, split, runs, base, confidence=confidence, resamples=resamples)
     notes = list(cmp.notes)
@@ -379,7 +413,7 @@ def version_labels(prompts: Sequence[str]) -> dict[str, list[str]]:
 
 @dataclass(frozen=True)
 class Promotion:
-    """What `promote_if_better` decided, and the comparison it decided on."""
+    """What `promote_if_better` decided, by which metric, and the comparison it decided on."""
 
     promoted: bool
     label: str
@@ -388,10 +422,59 @@ class Promotion:
     verdict: str
     diff: float
     p_value: float
+    metric: str = 'accuracy'
 
     def __str__(self) -> str:
         action = f'moved {self.label} to {self.candidate}' if self.promoted else f'kept {self.label} on {self.baseline}'
-        return f'{action}: {self.verdict}'
+        return f'{action} (decided by {self.metric}): {self.verdict}'
+
+    def _repr_html_(self) -> str:
+        return render_record(
+            'Promotion' if self.promoted else 'No promotion',
+            [
+                ('label', self.label),
+                ('candidate', self.candidate),
+                ('baseline', self.baseline),
+                ('metric', self.metric),
+                ('verdict', str(self)),
+            ],
+        )
+
+
+def _label_metric_verdict(runs: Sequence[Run], metric: str, split: str | None, confidence: float) -> stats.Comparison:
+    """Compare two runs by a metric of the whole split (macro-F1, balanced accuracy), paired (see
+    `stats.compare_label_metric`), and say it in the words of the optimizer's test sentence, naming the metric."""
+    common, _ = _check_same_examples(*runs)
+    a, b = (_frame(r).loc[common] for r in runs)
+    result = stats.compare_label_metric(
+        metric, [str(e) for e in a['expected']], _predictions(a), _predictions(b), confidence=confidence
+    )
+    names = (runs[0].version.id, runs[1].version.id)
+    detail = (
+        f'{metric} {result.value_b:.3f} vs {result.value_a:.3f} ({points(result.diff)} points, '
+        f'{confidence * 100:.3g}% CI {points(result.ci_low)} to {points(result.ci_high)}, {p_phrase(result.p_value)}, '
+        f'n = {result.n})'
+    )
+    alpha = 1 - confidence
+    significant = result.p_value < alpha and (result.ci_low > 0 or result.ci_high < 0)
+    where = split or 'all rows'
+    if significant:
+        word = 'better' if result.diff > 0 else 'worse'
+        verdict = f'{names[1]} is {word} than {names[0]} on {where}: {detail}'
+    else:
+        verdict = f'no detectable difference between {names[1]} and {names[0]} on {where}: {detail}'
+    return stats.Comparison(
+        n=result.n,
+        metric=metric,
+        mean_a=result.value_a,
+        mean_b=result.value_b,
+        diff=result.diff,
+        ci_low=result.ci_low,
+        ci_high=result.ci_high,
+        p_value=result.p_value,
+        significant=significant,
+        verdict=verdict,
+    )
 
 
 def promote_if_better(
@@ -403,20 +486,35 @@ def promote_if_better(
     baseline: Version | str | None = None,
     confidence: float = 0.95,
     by: str | None = None,
+    metric: str | None = None,
 ) -> Promotion:
     """Move `label` to `candidate` only if it is significantly better than `baseline` on a dataset split.
 
     The baseline defaults to the version the label points at now. Both are evaluated incrementally (only missing
-    requests reach the model); the decision uses the paired test of `ws.significance` and is recorded in the
-    label's history with the verdict as its note.
+    requests reach the model); the decision uses the paired test of `ws.significance` on the task's main score,
+    or, with `metric='macro_f1'` or `'balanced_accuracy'` (label tasks), a paired permutation test of that metric
+    over the split: pass the metric the optimizer chose by, so its test sentence and this decision agree. The
+    verdict, naming the metric, is recorded in the label's history as its note.
 
-    >>> promote_if_better(result.best, 'production', dataset=tickets, split='test')
+    >>> promote_if_better(result.best, 'production', dataset=tickets, split='test', metric='macro_f1')
     """
     cand = get_version(candidate)
     base = get_version(f'{cand.prompt}@{label}' if baseline is None else baseline)
     runs = [evaluate(v, dataset, split, progress=False) for v in (base, cand)]
-    result = significance(*runs, confidence=confidence)
+    task = get_dataset(dataset).task
+    name = metric or main_score_name(task)
+    if name in ('macro_f1', 'balanced_accuracy'):
+        if task != 'choice':
+            raise ComparisonError(f'metric {name!r} applies to label tasks; this dataset is a {task} task')
+        result = _label_metric_verdict(runs, name, split, confidence)
+    elif name == main_score_name(task):
+        result = significance(*runs, confidence=confidence)
+    else:
+        raise ComparisonError(
+            f'metric {name!r} cannot decide a promotion; use {main_score_name(task)!r}'
+            + (", 'macro_f1' or 'balanced_accuracy'" if task == 'choice' else '')
+        )
     better = result.significant and result.diff > 0 and cand.id != base.id
     if better:
-        set_label(cand, label, note=result.verdict, by=by)
-    return Promotion(better, label, cand.id, base.id, result.verdict, result.diff, result.p_value)
+        set_label(cand, label, note=f'{name}: {result.verdict}', by=by)
+    return Promotion(better, label, cand.id, base.id, result.verdict, result.diff, result.p_value, name)

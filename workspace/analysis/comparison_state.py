@@ -12,9 +12,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import jinja2
+import pandas as pd
 
 from udfs import render as render_udfs
 from workspace.analysis.compare import VersionComparison, measure, version_labels
+from workspace.analysis.grid import GridColumn, GridPage, GridQuery, grid_columns, grid_frame, query_grid
 from workspace.analysis.model_comparison import cost_table
 from workspace.core.evaluate import check_template, evaluate
 from workspace.core.runs import Run, get_run, list_runs
@@ -48,8 +50,9 @@ class TemplateCheck:
 class CompareState:
     """The comparison a view shows, the versions it can add, and the operations its controls trigger."""
 
-    def __init__(self, cmp: VersionComparison) -> None:
+    def __init__(self, cmp: VersionComparison, *, judges: Sequence[str] | str | None = None) -> None:
         self.cmp = cmp
+        self.judges = judges  # the judge columns the view's evaluations ask for (see `evaluate`)
         self.runs: dict[str, Run] = {run.version.id: run for run in cmp.runs}
         self.prompts = list(dict.fromkeys(run.version.prompt for run in cmp.runs))
         self.available: list[str] = []
@@ -61,6 +64,9 @@ class CompareState:
         self.flip_page = 0
         self.flips_per_page = FLIPS_PER_PAGE
         self.editing = cmp.baseline
+        self.grid_query = GridQuery()
+        self._grid: tuple[VersionComparison, pd.DataFrame] | None = None
+        self._columns: tuple[VersionComparison, list[GridColumn]] | None = None
         self.reload()
 
     @property
@@ -166,7 +172,9 @@ class CompareState:
         return version, version.id not in before
 
     def _evaluate(self, version_id: str, progress: Progress | None) -> Run:
-        run = evaluate(self.version(version_id), self.cmp.dataset, self.cmp.split, progress=progress or False)
+        run = evaluate(
+            self.version(version_id), self.cmp.dataset, self.cmp.split, judges=self.judges, progress=progress or False
+        )
         self.runs[version_id] = run
         return run
 
@@ -176,6 +184,28 @@ class CompareState:
         self.select(self.baseline, [*self.candidates, version_id])
         self.focus = version_id
         return run
+
+    def grid_columns(self) -> list[GridColumn]:
+        """Return the grid's columns for the versions compared now (cheap: the rows are laid out when asked)."""
+        if self._columns is None or self._columns[0] is not self.cmp:
+            names = {v: v.rsplit(':', 1)[-1] for v in self.cmp.version_ids}
+            if len({v.rsplit(':', 1)[0] for v in self.cmp.version_ids}) > 1:
+                names = {v: v for v in self.cmp.version_ids}
+            columns = grid_columns(self.cmp, names)
+            self._columns = (self.cmp, columns)
+            keys, q = {c.key for c in columns}, self.grid_query  # a version that left takes its sort and filters
+            self.grid_query = q.replace(
+                sort=q.sort if q.sort in keys else None, filters=tuple(f for f in q.filters if f.column in keys)
+            )
+        return self._columns[1]
+
+    def grid_page(self, query: GridQuery | None = None) -> GridPage:
+        """Return the page of the grid (every example against every compared version) that `query` (default:
+        the view's own, `grid_query`) asks for; the grid is laid out once per comparison, when first asked."""
+        columns = self.grid_columns()
+        if self._grid is None or self._grid[0] is not self.cmp:
+            self._grid = (self.cmp, grid_frame(self.cmp))
+        return query_grid(self._grid[1], columns, query or self.grid_query)
 
     def sample_reports(self) -> list[SampleReport]:
         """Return the sample reports of the compared versions' latest runs with samples on this split."""

@@ -18,6 +18,9 @@ __all__ = ['FieldChange', 'VersionDiff', 'diff', 'diff_versions', 'render_diff_h
 Op = Literal['equal', 'insert', 'delete']
 
 _TOKEN = re.compile(r'\s+|\w+|[^\w\s]')
+# A template's tags ({{ ... }}, {% ... %}, {# ... #}) are single tokens: a diff aligns the template's structure and
+# never splits a tag, so it does not interleave fragments of different tags.
+_TEMPLATE_TOKEN = re.compile(r'\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\}|\s+|\w+|[^\w\s]', re.S)
 _WORD = re.compile(r'\w+')
 # Identifiers (model names, labels) read better bare; anything else is shown as JSON so its type stays visible.
 _BARE = re.compile(r'[A-Za-z_][\w.:/@-]*')
@@ -107,7 +110,8 @@ def diff_versions(a: _Version, b: _Version) -> VersionDiff:
     demos = _demo_summary(a.demos or [], b.demos or [])
     if demos:
         fields.append(FieldChange('demos', len(a.demos or []), len(b.demos or []), demos))
-    template, instructions = word_ops(a.template, b.template), word_ops(a.instructions, b.instructions)
+    template = word_ops(a.template, b.template, template=True)
+    instructions = word_ops(a.instructions, b.instructions)
     return VersionDiff(a.id, b.id, template, instructions, fields)
 
 
@@ -147,19 +151,25 @@ def render_diff_text(d: VersionDiff, *, context: int = 3) -> str:
     return '\n'.join(lines)
 
 
-def word_ops(old: str, new: str) -> list[tuple[Op, str]]:
+def word_ops(old: str, new: str, *, template: bool = False) -> list[tuple[Op, str]]:
     """Diff two texts by word, space and punctuation tokens; equal+delete rebuilds `old`, equal+insert `new`.
+    With `template=True` each Jinja tag is one token, so the diff follows the template's structure.
 
     >>> word_ops("Hi there", "Hello there")
     [('delete', 'Hi'), ('insert', 'Hello'), ('equal', ' there')]
+    >>> word_ops('Ticket: {{ text }}', '{% for d in demos %}Ticket: {{ d.text }}{% endfor %}Ticket: {{ text }}',
+    ...          template=True)
+    [('insert', '{% for d in demos %}Ticket: {{ d.text }}{% endfor %}'), ('equal', 'Ticket: {{ text }}')]
     """
-    ta, tb = _TOKEN.findall(old), _TOKEN.findall(new)
+    pattern = _TEMPLATE_TOKEN if template else _TOKEN
+    ta, tb = pattern.findall(old), pattern.findall(new)
     codes = difflib.SequenceMatcher(None, ta, tb, autojunk=False).get_opcodes()
     chunks: list[list[str]] = []  # [kind, old text, new text], adjacent kinds merged
     for i, (tag, i1, i2, j1, j2) in enumerate(codes):
         a_text, b_text = ''.join(ta[i1:i2]), ''.join(tb[j1:j2])
-        # A lone space between two changes joins them, so "a b" -> "c d" reads as one change rather than two.
-        joins = 0 < i < len(codes) - 1 and a_text.isspace() and '\n' not in a_text
+        # A lone space or punctuation between two changes joins them, so "a b" -> "c d" reads as one change
+        # rather than two, and a diff does not keep a stray ':' or '{' matched between unrelated changes.
+        joins = 0 < i < len(codes) - 1 and not _WORD.search(a_text) and '\n' not in a_text and len(a_text) <= 2
         kind = 'equal' if tag == 'equal' and not joins else 'change'
         if chunks and chunks[-1][0] == kind:
             chunks[-1][1] += a_text

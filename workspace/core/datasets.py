@@ -24,6 +24,8 @@ import pandas as pd
 import pixeltable as pxt
 
 from workspace.config import project_root, resolve_path
+from workspace.display.formats import count
+from workspace.display.results import render_record
 from workspace.errors import DatasetError
 from workspace.storage import audit_log, tables
 from workspace.storage.reads import READS
@@ -462,6 +464,17 @@ class Dataset:
 
     def __repr__(self) -> str:
         return f'<Dataset {self.name} inputs={list(self.inputs)} task={self.task} rows={len(self)}>'
+
+    def _repr_html_(self) -> str:
+        return render_record(
+            f'Dataset {self.name}',
+            [
+                ('rows', count(len(self))),
+                ('input fields', ', '.join(self.inputs)),
+                ('task', self.task),
+                ('table version', self.version),
+            ],
+        )
 
     @property
     def table(self) -> pxt.Table:

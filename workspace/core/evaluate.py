@@ -17,7 +17,7 @@ import difflib
 import logging
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import pandas as pd
@@ -25,14 +25,15 @@ import pixeltable as pxt
 
 from udfs import parse, scores
 from workspace.config import utc_now
-from workspace.core import demo_policies as demos, judges, rules, samples as samples_module
+from workspace.core import demo_policies as demos, judges as judging, rules, samples as samples_module
 from workspace.core.datasets import Dataset, get_dataset
 from workspace.core.runs import Run, eval_rows, main_score_name, summarize
 from workspace.core.versions import Version, build_request, get_version
+from workspace.display.frames import shown
 from workspace.errors import TemplateError, WorkspaceError
 from workspace.storage import backends, store, tables
 
-__all__ = ['evaluate', 'check_template', 'add_scorer', 'eval_table']
+__all__ = ['evaluate', 'check_template', 'add_scorer', 'list_scorers', 'eval_table']
 
 log = logging.getLogger(__name__)
 
@@ -148,26 +149,35 @@ def add_scorer(
     only_if: str | None = None,
     only_if_min: float = 1.0,
     if_exists: Literal['error', 'replace'] = 'error',
+    every_evaluation: bool = False,
     **knobs: Any,
 ) -> str:
     """Add a scorer column to a dataset's evaluations and return its name.
 
     `scorer` is a scorer's name (existing predictions are scored at once, with no model call) or a judge version
-    (`ws.correctness_judge()`, `ws.rubric_judge(...)`): each later evaluation then judges its rows, calling the
-    judge only for judge requests the store has not answered. `only_if` names a cheaper scorer column: rows
-    whose score there is below `only_if_min` score 0.0 here, and a judge is not called for them.
+    (`ws.correctness_judge()`, `ws.rubric_judge(...)`). A judge calls a model, so it runs only where asked: an
+    evaluation judges its rows when it names the column (`evaluate(..., judges=['judged_correct'])`), or every
+    evaluation of the dataset does with `every_evaluation=True`, each saying how many judge calls it will make
+    before it starts. Judging calls the judge only for judge requests the store has not answered.
+    `list_scorers(dataset)` lists what is attached and when it runs. `only_if` names a cheaper scorer column:
+    rows whose score there is below `only_if_min` score 0.0 here, and a judge is not called for them.
     `if_exists='replace'` points an existing column at another scorer or judge version (an edited judge).
     Knobs go to the scorer, e.g. `add_scorer(tickets, 'regex_match', column='mentions_refund', pattern='REFUND')`.
 
     >>> add_scorer('support_tickets', 'normalized_match')
     >>> add_scorer('extractions', ws.rubric_judge('Names the product.'), column='names_product', only_if='json_valid')
     """
+    if every_evaluation and not (isinstance(scorer, Version) or ':' in str(scorer) or '@' in str(scorer)):
+        raise WorkspaceError(
+            f'every_evaluation applies to judges; {scorer!r} is a scorer that costs no model call and scores every '
+            'row already'
+        )
     ds = get_dataset(dataset)
     table = eval_table(ds)
     judge = get_version(scorer) if isinstance(scorer, Version) or ':' in scorer or '@' in scorer else None
     if judge is not None:
-        judges.judge_spec(judge)  # a version that is not a judge is refused here
-        judges.check_judge_template(judge, ds)
+        judging.judge_spec(judge)  # a version that is not a judge is refused here
+        judging.check_judge_template(judge, ds)
     name = column or (judge.prompt if judge is not None else str(scorer))
     if judge is not None:
         tier = 'judge'
@@ -179,7 +189,11 @@ def add_scorer(
     if only_if is not None:  # checked before anything changes: a refused call loses nothing
         _check_gate(table, only_if, tier)
     meta: dict[str, Any] = {'tier': tier, 'only_if': only_if, 'only_if_min': only_if_min}
-    wanted = {'scorer': 'judge', 'judge': judge.id, **meta} if judge is not None else None
+    wanted = (
+        {'scorer': 'judge', 'judge': judge.id, **meta, 'every_evaluation': every_evaluation}
+        if judge is not None
+        else None
+    )
     if name in table.columns():
         if if_exists != 'replace':
             raise WorkspaceError(
@@ -201,6 +215,38 @@ def add_scorer(
         **{name: expr}, custom_metadata={'scorer': scorer, 'knobs': knobs, **meta}, on_error='ignore'
     )
     return name
+
+
+def list_scorers(dataset: Dataset | str) -> pd.DataFrame:
+    """Return the scorer columns of a dataset's evaluations: column, scorer (a judge's version id), tier, when it
+    runs (scorers on every row at no model cost; a judge when an evaluation asks for it, or on every evaluation),
+    and its `only_if` gate.
+
+    >>> ws.list_scorers('support_tickets')
+    """
+    table = eval_table(get_dataset(dataset))
+    rows = []
+    for name, col in table.get_metadata()['columns'].items():
+        meta = col.get('custom_metadata')
+        if not isinstance(meta, dict) or not meta.get('scorer'):
+            continue
+        judge = meta.get('scorer') == 'judge'
+        if not judge:
+            runs = 'every row, no model call'
+        elif meta.get('every_evaluation'):
+            runs = 'every evaluation (judge calls)'
+        else:
+            runs = f'when asked: evaluate(..., judges=[{name!r}])'
+        rows.append(
+            {
+                'column': name,
+                'scorer': meta['judge'] if judge else meta['scorer'],
+                'tier': meta.get('tier') or ('judge' if judge else scores.get_scorer(meta['scorer']).tier),
+                'runs': runs,
+                'only_if': meta.get('only_if'),
+            }
+        )
+    return shown(pd.DataFrame(rows, columns=['column', 'scorer', 'tier', 'runs', 'only_if']))
 
 
 def _rows_to_write(v: Version, ds: Dataset, requests: Mapping[str, dict[str, Any]], retry_errors: bool) -> list[str]:
@@ -289,6 +335,7 @@ def evaluate(
     split: str | None = None,
     *,
     samples: int = 1,
+    judges: Sequence[str] | Literal['all'] | None = None,
     progress: store.Progress = True,
     retry_errors: bool = False,
 ) -> Run:
@@ -299,8 +346,10 @@ def evaluate(
     next evaluation, so a changed rule takes effect). Rows whose model call failed keep the error and count in the
     summary; `retry_errors=True` sends those requests again. `samples=k` asks each request k times
     (the version must sample: temperature above 0); the sample index is part of the request identity, so k = 5
-    after k = 3 makes 2 more calls per row, and `ws.sample_report(run)` reads pass@k and pass^k. Judge scorers
-    of the dataset (`add_scorer(dataset, judge)`) judge the rows, calling only for new judge requests.
+    after k = 3 makes 2 more calls per row, and `ws.sample_report(run)` reads pass@k and pass^k. `judges` names
+    the judge columns of the dataset (`add_scorer(dataset, judge, column=...)`) that judge this run's rows, or
+    'all'; by default only those attached with `every_evaluation=True` do. Judging calls only for new judge
+    requests, counted apart as `run.judge_calls`.
     `progress` shows a progress bar (True), nothing (False), or calls a function with (calls done, calls to make).
 
     >>> run = evaluate('ticket_router:v2', 'support_tickets', split='dev')
@@ -311,6 +360,8 @@ def evaluate(
     ds = get_dataset(dataset)
     check_template(v, ds)
     samples_module.check_samples(v, samples)
+    table = eval_table(ds)
+    asked_judges = judging.judges_to_run(table, judges)  # an unknown judge column fails before any model call
     rows = ds.rows(split)
     dataset_version = ds.version
     model_id = backends.model_identity(v.model)
@@ -328,7 +379,6 @@ def evaluate(
         )
         for row in rows
     }
-    table = eval_table(ds)
     to_write = _rows_to_write(v, ds, requests, retry_errors)
     blocked = _screen(v, ds, requests, to_write)
     sampled = _sample_requests(v, ds, requests, samples, retry_errors, set(to_write))
@@ -356,7 +406,9 @@ def evaluate(
         tables.upsert(table, updates)
     kept_back = {r['hash']: _blocked_answer(r['hash'], blocked[ex]) for (ex, _), r in sampled.items() if ex in blocked}
     samples_module.write_samples(ds.name, v, sampled, {**batch.answers, **kept_back})
-    judge_calls = judges.judge_evaluation(ds, table, v.id, list(requests), progress=progress)
+    judge_calls = judging.judge_evaluation(
+        ds, table, v.id, list(requests), columns=asked_judges, asked=judges is not None, progress=progress
+    )
 
     answered_now = {ex for ex in requests if requests[ex]['hash'] in batch.called}
     run = Run(

@@ -16,8 +16,10 @@ prompt_workspace/judgements/<dataset>   one row per (judge version, judged versi
 ```
 
 `add_scorer(dataset, judge, column=..., only_if='json_valid')` makes a judge a scorer column of the dataset's
-evaluations: each evaluation then judges its rows (only those that passed `only_if`), and the column holds the
-judge's score (1.0 pass, 0.0 fail; a 1-5 score as (s - 1) / 4). Rows that failed the cheaper scorer or have
+evaluations. A judge calls a model, so it runs only where asked: an evaluation that names it
+(`evaluate(..., judges=['judged_correct'])`), or every evaluation of the dataset when it was attached with
+`every_evaluation=True` (each then logs the judge calls it will make before it starts). Judged rows (only those that
+passed `only_if`) hold the judge's score (1.0 pass, 0.0 fail; a 1-5 score as (s - 1) / 4). Rows that failed the cheaper scorer or have
 no prediction score 0.0 without a judge call; a judge call that failed leaves the score empty (counted as 0).
 """
 
@@ -53,6 +55,8 @@ __all__ = [
     'judge_rows',
     'judge_run',
     'judge_columns',
+    'judges_to_run',
+    'new_judge_calls',
     'judge_evaluation',
 ]
 
@@ -354,23 +358,12 @@ _JUDGED_COLUMNS = [
 ]
 
 
-def judge_rows(
-    judge: Version | str,
-    dataset: Dataset | str,
-    rows: Sequence[Mapping[str, Any]],
-    *,
-    progress: store.Progress = False,
-) -> Judged:
-    """Judge predictions: each row names `version_id`, `example_id`, `prediction` and `request_hash` (the judged
-    prediction's request). Only judge requests the store has not answered reach the model. Rows with no
-    prediction are not judged. A judge request that a blocking input or prompt rule fails (see `ws.set_rule`) is
-    not sent: its row stores the rule as the error. The verdicts are written to the dataset's judgements table
-    and returned.
-
-    >>> judge_rows(correctness_judge(), 'support_tickets', run.rows().to_dict('records')).frame
-    """
-    j, ds = get_version(judge), get_dataset(dataset)
-    spec = judge_spec(j)
+def _requests(
+    j: Version, ds: Dataset, rows: Sequence[Mapping[str, Any]]
+) -> tuple[list[tuple[Mapping[str, Any], dict[str, Any]]], dict[str, dict[str, Any]]]:
+    """Return (row, judge request) for each row with a prediction, and the dataset's examples by id; raise naming a
+    row the judge cannot render."""
+    judge_spec(j)
     check_judge_template(j, ds)
     by_id = {row['example_id']: row for row in ds.rows()}
     model_id = backends.model_identity(j.model)
@@ -388,6 +381,27 @@ def judge_rows(
             raise TemplateError(
                 f'judge {j.id} failed to render for example {row["example_id"]!r}: {e.message}'
             ) from None
+    return requests, by_id
+
+
+def judge_rows(
+    judge: Version | str,
+    dataset: Dataset | str,
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    progress: store.Progress = False,
+) -> Judged:
+    """Judge predictions: each row names `version_id`, `example_id`, `prediction` and `request_hash` (the judged
+    prediction's request). Only judge requests the store has not answered reach the model. Rows with no
+    prediction are not judged. A judge request that a blocking input or prompt rule fails (see `ws.set_rule`) is
+    not sent: its row stores the rule as the error. The verdicts are written to the dataset's judgements table
+    and returned.
+
+    >>> judge_rows(correctness_judge(), 'support_tickets', run.rows().to_dict('records')).frame
+    """
+    j, ds = get_version(judge), get_dataset(dataset)
+    spec = judge_spec(j)
+    requests, by_id = _requests(j, ds, rows)
     stored = _stored(ds.name, j.id, {row['version_id'] for row, _ in requests})
     fresh = [
         (row, r)
@@ -486,7 +500,7 @@ def judge_run(run: Any, judge: Version | str, *, progress: store.Progress = Fals
 
 def judge_columns(evals: Any) -> dict[str, dict[str, Any]]:
     """Return the judge scorer columns of an evaluation table: column name to its scorer metadata (judge id,
-    only_if, only_if_min)."""
+    only_if, only_if_min, every_evaluation)."""
     found = {}
     for name, col in evals.get_metadata()['columns'].items():
         meta = col.get('custom_metadata')
@@ -495,17 +509,78 @@ def judge_columns(evals: Any) -> dict[str, dict[str, Any]]:
     return found
 
 
+def judges_to_run(evals: Any, asked: Sequence[str] | str | None) -> dict[str, dict[str, Any]]:
+    """Return the judge columns an evaluation runs: those named in `asked` ('all': every one), or by default
+    those attached with `every_evaluation=True`. Raise WorkspaceError naming the judge columns for an unknown
+    name, before any model call."""
+    columns = judge_columns(evals)
+    if asked is None:
+        return {name: meta for name, meta in columns.items() if meta.get('every_evaluation')}
+    if isinstance(asked, str) and asked != 'all':
+        asked = [asked]
+    if asked == 'all':
+        return columns
+    unknown = [name for name in asked if name not in columns]
+    if unknown:
+        have = ', '.join(columns) or 'none: attach one with ws.add_scorer(dataset, judge, column=...)'
+        raise WorkspaceError(f'judges={unknown[0]!r} is not a judge column of this dataset; its judge columns: {have}')
+    return {name: columns[name] for name in asked}
+
+
 def _gate_passed(value: Any, minimum: float) -> bool:
     return value is not None and not pd.isna(value) and float(value) >= minimum
 
 
+def _judge_progress(progress: store.Progress, column: str) -> store.Progress:
+    """Return a progress that counts judge calls as judge calls (the store's own bar says model calls): a bar of
+    its own, or, for a progress function with a `judge` method (the comparison widget's), that method."""
+    if callable(progress) and callable(getattr(progress, 'judge', None)):
+        return progress.judge  # type: ignore[union-attr,attr-defined]
+    if progress is not True:
+        return progress
+    bar: list[Any] = []
+
+    def report(done: int, total: int) -> None:
+        if not bar:
+            from tqdm.auto import tqdm
+
+            bar.append(tqdm(total=total, desc=f'judge calls ({column})', unit='call'))
+        bar[0].update(done - bar[0].n)
+        if done >= total:
+            bar[0].close()
+
+    return report
+
+
+def new_judge_calls(judge: Version | str, dataset: Dataset | str, rows: Sequence[Mapping[str, Any]]) -> tuple[int, int]:
+    """Return (judge calls judging `rows` would make, rows it would judge): the judge requests the store has
+    not answered, and the rows with a prediction. Nothing is called."""
+    j, ds = get_version(judge), get_dataset(dataset)
+    requests, _ = _requests(j, ds, rows)
+    stored = _stored(ds.name, j.id, {row['version_id'] for row, _ in requests})
+    fresh = {
+        r['hash']
+        for row, r in requests
+        if stored.get((row['version_id'], row['example_id']), {}).get('request_hash') != r['hash']
+    }
+    return len(fresh - set(store.lookup(fresh))), len(requests)
+
+
 def judge_evaluation(
-    dataset: Dataset, evals: Any, version_id: str, example_ids: Sequence[str], *, progress: store.Progress = False
+    dataset: Dataset,
+    evals: Any,
+    version_id: str,
+    example_ids: Sequence[str],
+    *,
+    columns: Mapping[str, Mapping[str, Any]] | None = None,
+    asked: bool = False,
+    progress: store.Progress = False,
 ) -> int:
-    """Judge a version's evaluation rows with every judge scorer of the dataset and write each judge's score into
-    its column; return the judge calls made. Rows that failed the column's `only_if` scorer, or have no
-    prediction, score 0.0 without a call."""
-    columns = judge_columns(evals)
+    """Judge a version's evaluation rows with the judge columns given (default: those attached with
+    `every_evaluation=True`) and write each judge's score into its column; return the judge calls made. Rows that
+    failed the column's `only_if` scorer, or have no prediction, score 0.0 without a call. Before a judge makes a
+    call, the number of calls it will make is logged (a warning when the evaluation did not name the judge)."""
+    columns = judges_to_run(evals, None) if columns is None else columns
     if not columns:
         return 0
     wanted = set(example_ids)
@@ -517,7 +592,21 @@ def judge_evaluation(
         gate, minimum = meta.get('only_if'), float(meta.get('only_if_min', 1.0))
         eligible = frame if gate is None else frame[[_gate_passed(v, minimum) for v in frame[gate]]]
         rows = eligible[['version_id', 'example_id', 'prediction', 'request_hash']].to_dict('records')
-        judged = judge_rows(meta['judge'], dataset, rows, progress=progress)
+        planned, judged_rows = new_judge_calls(meta['judge'], dataset, rows)
+        if planned:
+            say = log.info if asked else log.warning
+            say(
+                '%s judges %d rows of %s with %s: %d judge calls (the store answers the rest)%s',
+                column,
+                judged_rows,
+                version_id,
+                meta['judge'],
+                planned,
+                ''
+                if asked
+                else '; it runs on every evaluation of this dataset (add_scorer(..., every_evaluation=True))',
+            )
+        judged = judge_rows(meta['judge'], dataset, rows, progress=_judge_progress(progress, column))
         calls += judged.calls
         scores = dict(zip(judged.frame['example_id'], judged.frame['score']))
         for ex, current in zip(frame['example_id'], frame[column]):

@@ -9,6 +9,7 @@ import pandas as pd
 
 from workspace.config import current_user, utc_now
 from workspace.core.versions import Version, get_version, label_target
+from workspace.display.frames import shown
 from workspace.errors import LabelError
 from workspace.storage import audit_log, tables
 
@@ -81,7 +82,7 @@ def label_history(prompt: str, label: str | None = None) -> pd.DataFrame:
         .order_by(t.moved_at, asc=False)
         .collect()
     )
-    return rows.to_pandas()
+    return shown(rows.to_pandas())
 
 
 def rollback(prompt: str, label: str, *, note: str = '', by: str | None = None) -> str:

@@ -21,12 +21,25 @@ import pandas as pd
 from workspace.core import metrics, rules, samples, stats
 from workspace.core.datasets import get_dataset
 from workspace.core.versions import Version, get_version, parent_chain
-from workspace.display.results import format_usd
+from workspace.display.formats import count, milliseconds, money, percent, timestamp, tokens
+from workspace.display.frames import shown
+from workspace.display.results import render_record
 from workspace.errors import WorkspaceError
 from workspace.storage import costs, store, tables
 from workspace.storage.reads import READS
 
-__all__ = ['Failures', 'Lineage', 'Run', 'Summary', 'get_run', 'list_runs', 'lineage', 'main_score_name', 'summarize']
+__all__ = [
+    'Failures',
+    'Lineage',
+    'Run',
+    'Summary',
+    'get_run',
+    'judge_score_columns',
+    'list_runs',
+    'lineage',
+    'main_score_name',
+    'summarize',
+]
 
 _MAIN_SCORE = {'choice': 'accuracy', 'text': 'rouge_l', 'json': 'json_valid'}
 _ROW_SCORE = {'choice': 'exact_match', 'text': 'rouge_l', 'json': 'json_valid'}
@@ -65,6 +78,23 @@ class Run:
             f'calls={self.calls} reused={self.reused} errors={self.errors}>'
         )
 
+    def _repr_html_(self) -> str:
+        judge = f' and {count(self.judge_calls)} judge calls' if self.judge_calls else ''
+        return render_record(
+            f'Run {self.run_id}: {self.version.id} on {self.dataset} / {self.split or "all rows"}',
+            [
+                ('examples', count(self.n)),
+                ('model calls', f'{count(self.calls)}{judge}'),
+                ('rows reused', f'{count(self.reused)} (answered earlier: no model call)'),
+                ('errors', count(self.errors)),
+                ('samples per row', count(self.samples) if self.samples > 1 else None),
+                ('cost', money(self.cost_usd) if self.cost_usd is not None else None),
+                ('wall time', f'{self.wall_s:.2f} s'),
+                ('started', timestamp(self.started_at)),
+            ],
+            notes=['run.summary() has the metrics; run.failures() the examples it got wrong'],
+        )
+
     @property
     def n(self) -> int:
         return len(self.example_ids)
@@ -82,7 +112,7 @@ class Run:
         frame = self.rows()
         inputs = pd.DataFrame(ds.rows(), columns=['example_id', *ds.inputs])
         frame = frame.drop(columns=[c for c in ds.inputs if c in frame.columns]).merge(inputs, on='example_id')
-        return frame
+        return shown(frame)  # violations, scores and times read plainly in a notebook; the values stay as they are
 
     def rows(self) -> pd.DataFrame:
         """Return this run's rows of the evaluation table (expected, prediction, scores, ...), without inputs."""
@@ -255,7 +285,9 @@ class Lineage(Mapping[str, Any]):
             return 'yes: answered earlier, no model call' if value else 'no: this evaluation called the model'
         if key == 'error' and value is None:
             return 'none'
-        if key in ('params', 'scores'):
+        if key == 'scores':  # scores are proportions, shown as everywhere else
+            return ', '.join(f'{k} {percent(v) if isinstance(v, float) else v}' for k, v in (value or {}).items())
+        if key == 'params':
             return ', '.join(f'{k} {v:.3g}' if isinstance(v, float) else f'{k} {v}' for k, v in (value or {}).items())
         if isinstance(value, str) and key.endswith('_at'):
             return value.replace('T', ' ')[:19]
@@ -314,6 +346,15 @@ def score_columns(evals: Any) -> list[str]:
     ]
 
 
+def judge_score_columns(dataset: str) -> list[str]:
+    """Return the judge scorer columns of a dataset's evaluations (they hold scores only where a judge was asked)."""
+    evals = tables.open_table(tables.eval_path(dataset))
+    if evals is None:
+        return []
+    meta = evals.get_metadata()['columns']
+    return [n for n, c in meta.items() if (c.get('custom_metadata') or {}).get('scorer') == 'judge']
+
+
 def _predicted(frame: pd.DataFrame) -> list[str | None]:
     return [None if pd.isna(p) else str(p) for p in frame['prediction']]
 
@@ -339,26 +380,27 @@ class Summary:
         return next((name for name in _MAIN_SCORE.values() if name in self.metrics), next(iter(self.metrics)))
 
     def _metric_rows(self) -> list[tuple[str, str]]:
-        """Return the metrics as (name, shown value): a score equal to accuracy (exact match on labels) is left
-        out, latency is in milliseconds and token counts are rounded."""
+        """Return the metrics as (name, shown value) through the one formatter: scores as percentages, latency in
+        milliseconds, token counts whole, money in dollars; a score equal to accuracy (exact match on labels) is
+        left out."""
         rows = []
         accuracy = self.metrics.get('accuracy')
         for name, value in self.metrics.items():
             if name == 'exact_match' and accuracy is not None and abs(value - accuracy) < 1e-12:
                 continue  # exact_match on a label task is accuracy under another name (a judge's score is not)
             if name.endswith('_usd'):
-                rows.append((name[: -len('_usd')].replace('_', ' ') + ' (USD)', format_usd(value)))
+                rows.append((name[: -len('_usd')].replace('_', ' ') + ' (USD)', money(value)))
             elif name == 'mean_latency_s':
-                rows.append(('mean latency', f'{value * 1000:,.0f} ms'))
+                rows.append(('mean latency', milliseconds(value)))
             elif name.startswith('mean_') and name.endswith('_tokens'):
-                rows.append((name.replace('_', ' '), f'{value:,.1f}'))
+                rows.append((name.replace('_', ' '), tokens(value)))
             elif isinstance(value, float):
-                shown = f'{value:.3f}'
+                shown = percent(value) if 0.0 <= value <= 1.0 else f'{value:,.3f}'  # scores are in [0, 1]
                 if name == self.headline and self.interval is not None:
-                    shown += f' (95% CI {self.interval[0]:.3f} to {self.interval[1]:.3f})'
+                    shown += f' (95% CI {percent(self.interval[0])} to {percent(self.interval[1])})'
                 rows.append(({'macro_f1': 'macro-F1'}.get(name, name), shown))
             else:
-                rows.append((name, str(value)))
+                rows.append((name, count(value) if isinstance(value, int) else str(value)))
         return rows
 
     def _header(self) -> list[tuple[str, str]]:
@@ -381,7 +423,8 @@ class Summary:
         width = max(len(k) for k, _ in self._header())
         lines = [f'{k:<{width}}  {v}' for k, v in self._header()]
         if self.per_category is not None:
-            lines += ['', 'per category:', self.per_category.round(3).to_string()]
+            formats = {c: percent for c in ('precision', 'recall', 'f1')} | {'support': count}
+            lines += ['', 'per category:', self.per_category.to_string(formatters=formats)]
         if self.confusion is not None:
             lines += ['', 'confusion matrix (rows: expected, columns: predicted):', self.confusion.to_string()]
         lines += [f'note: {n}' for n in self.notes]
@@ -397,7 +440,7 @@ class Summary:
         parts = [f'<table class="pw-summary">{head}</table>']
         if self.per_category is not None:
             table = self.per_category.style.format(
-                {'precision': '{:.2f}', 'recall': '{:.2f}', 'f1': '{:.2f}'}
+                {'precision': percent, 'recall': percent, 'f1': percent, 'support': count}
             ).to_html()
             parts.append('<h4>Per category</h4>' + table)
         if self.confusion is not None:
@@ -434,18 +477,30 @@ def summarize(run: Run, frame: pd.DataFrame | None = None) -> Summary:
         values.pop('n', None)
         per_cat = metrics.per_category(expected, _predicted(frame), order)
         confusion = metrics.confusion_matrix(expected, _predicted(frame), order)
-    names = [c for c in run.score_columns() if c in frame.columns]
+    judged = set(judge_score_columns(run.dataset))
+    names = [c for c in run.score_columns() if c in frame.columns and c not in judged]
     if names:
         values.update(
             metrics.mean_scores(
                 frame[names].astype(object).where(frame[names].notna(), None).to_dict(orient='records'), names
             )
         )
+    judge_notes = []
+    for name in [c for c in run.score_columns() if c in judged and c in frame.columns]:
+        # a judge scores only the rows it was asked to judge: its mean is over those, never over empty cells
+        present = frame[name].dropna()
+        if len(present):
+            values[name] = float(present.mean())
+        if len(present) < len(frame):
+            judge_notes.append(
+                f'judge {name}: {len(present)} of {len(frame)} rows judged; judge the others with '
+                f'ws.evaluate(..., judges=[{name!r}])'
+            )
     for column in ('latency_s', 'prompt_tokens', 'completion_tokens'):
         series = frame[column].dropna()
         values[f'mean_{column}'] = float(series.mean()) if len(series) else 0.0
     values.update(ruled.metrics())
-    notes = ruled.notes() + _extras(run, frame, values)
+    notes = ruled.notes() + judge_notes + _extras(run, frame, values)
     if errors:
         notes.append(f'{errors} of {len(frame)} rows have a model error; they count as wrong (see failures())')
     skew = None
@@ -549,7 +604,7 @@ def list_runs(prompt: str | None = None, dataset: str | None = None) -> pd.DataF
         .order_by(t.started_at, asc=False)
         .collect()
     )
-    return result.to_pandas()
+    return shown(result.to_pandas())
 
 
 def lineage(version: Version | str, dataset: str, example_id: str) -> Lineage:

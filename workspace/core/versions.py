@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import html
 import json
 import logging
 import re
@@ -17,6 +18,7 @@ import pandas as pd
 from udfs import render as render_udfs
 from workspace.config import current_user, utc_now
 from workspace.core.demo_policies import DemoPolicy, check_policy, is_policy
+from workspace.display.results import render_record
 from workspace.errors import LabelError, TemplateError, VersionError
 from workspace.storage import audit_log, backends, calibration, store, tables
 
@@ -139,6 +141,23 @@ class Version:
     def __repr__(self) -> str:
         parent = f', parent={self.parent_id}' if self.parent_id else ''
         return f'<Version {self.id} model={self.model} output={self.output["kind"]}{parent}>'
+
+    def _repr_html_(self) -> str:
+        output = self.output['kind'] + (f': {", ".join(self.labels)}' if self.labels else '')
+        return render_record(
+            f'Version {self.id}',
+            [
+                ('template', self.template),
+                ('model', self.model),
+                ('params', dict(self.params) or None),
+                ('output', output),
+                ('demos', f'{len(self.demos):,}' if self.demos else None),
+                ('parent', self.parent_id),
+                ('note', self.note),
+            ],
+        ).replace(
+            '<td>' + html.escape(self.template) + '</td>', '<td><pre>' + html.escape(self.template) + '</pre></td>', 1
+        )
 
     @property
     def labels(self) -> list[str]:

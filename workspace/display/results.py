@@ -8,8 +8,9 @@ import html
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import pandas as pd
+
+from workspace.display.formats import count, milliseconds, money, percent, score, tokens
 
 __all__ = [
     'render_sample_report',
@@ -17,6 +18,7 @@ __all__ = [
     'render_agreement',
     'render_cost_quality',
     'render_changelog',
+    'render_record',
     'format_usd',
 ]
 
@@ -26,6 +28,8 @@ _STYLE = """
 .pw-eval table { border-collapse: collapse; margin: 6px 0; }
 .pw-eval th, .pw-eval td { border-bottom: 1px solid #e5e7eb; padding: 3px 8px; text-align: right; }
 .pw-eval th:first-child, .pw-eval td:first-child { text-align: left; }
+.pw-eval table.pw-record td { text-align: left; vertical-align: top; }
+.pw-eval table.pw-record td:first-child { color: #59636e; white-space: nowrap; padding-right: 16px; }
 .pw-eval .pw-ci { color: #6b7280; font-size: 11px; }
 .pw-eval .pw-unstable { color: #b45309; }
 .pw-eval .pw-good { color: #1a7f37; } .pw-eval .pw-bad { color: #c62828; }
@@ -43,23 +47,42 @@ def _esc(value: Any) -> str:
     return html.escape(str(value))
 
 
-def _ci(value: float, low: float, high: float, digits: int = 3) -> str:
-    return f'{value:.{digits}f} <span class="pw-ci">[{low:.{digits}f}, {high:.{digits}f}]</span>'
+def _ci(value: float, low: float, high: float, kind: str = 'percent') -> str:
+    shown = percent if kind == 'percent' else score
+    if not shown(value):  # not measurable here (no verdict of one kind, say): the notes say why
+        return '<span class="pw-ci">n/a</span>'
+    return f'{shown(value)} <span class="pw-ci">[{shown(low)}, {shown(high)}]</span>'
 
 
 def format_usd(value: float | None) -> str:
-    """Return dollars for people: n/a when unknown, $0 for free, else enough digits to see a per-row cost.
+    """Return dollars for people (the one formatter's `money`): n/a when unknown, $0 for free, else enough digits
+    to see a per-row cost.
 
     >>> format_usd(None), format_usd(0.0), format_usd(0.0000171), format_usd(0.25), format_usd(12.5)
     ('n/a', '$0', '$0.0000171', '$0.25', '$12.50')
     """
-    if value is None or pd.isna(value):
-        return 'n/a'
-    if value == 0:
-        return '$0'
-    if value >= 1:
-        return f'${value:,.2f}'
-    return '$' + np.format_float_positional(value, precision=3, unique=False, fractional=False, trim='-')
+    return money(value)
+
+
+def render_record(title: str, fields: Sequence[tuple[str, Any]], *, notes: Sequence[str] = ()) -> str:
+    """Render a result object as a titled two-column table of (name, value) with notes under it: what every
+    result object of the workspace shows in a notebook. Values are shown as given (format them with
+    `workspace.display.formats` first); None and '' rows are left out; nested values read as one line.
+
+    >>> render_record('IngestReport log.jsonl', [('lines', '1,200'), ('new prompts', '30')]).count('<tr>')
+    2
+    """
+    from workspace.display.formats import readable
+
+    rows = ''.join(
+        f'<tr><td>{_esc(name)}</td><td>{_esc(readable(value) if isinstance(value, (dict, list, tuple)) else value)}'
+        '</td></tr>'
+        for name, value in fields
+        if value is not None and value != ''
+    )
+    body = f'<h4>{_esc(title)}</h4><table class="pw-record">{rows}</table>'
+    body += ''.join(f'<div class="pw-note">{_esc(n)}</div>' for n in notes)
+    return _wrap(body, 'pw-record-view')
 
 
 def render_sample_report(report: Any, *, limit: int = 50) -> str:
@@ -74,7 +97,7 @@ def render_sample_report(report: Any, *, limit: int = 50) -> str:
     unstable = report.rows[report.rows['unstable']].head(limit)
     if len(unstable):
         cells = ''.join(
-            f'<tr><td>{_esc(r.example_id)}</td><td>{r.passed} of {r.samples}</td><td>{r.agreement:.2f}</td>'
+            f'<tr><td>{_esc(r.example_id)}</td><td>{r.passed} of {r.samples}</td><td>{percent(r.agreement)}</td>'
             f'<td>{_esc(r.modal_prediction)}</td></tr>'
             for r in unstable.itertuples()
         )
@@ -102,12 +125,12 @@ def render_agreement(agreement: Any) -> str:
     t = agreement.table
     pct = f'{agreement.confidence * 100:.3g}%'
     rows = [
-        ("Cohen's kappa", agreement.kappa),
-        ('true-positive rate (judge passes what people pass)', agreement.tpr),
-        ('true-negative rate (judge fails what people fail)', agreement.tnr),
-        ('accuracy', agreement.accuracy),
+        ("Cohen's kappa", agreement.kappa, 'score'),
+        ('true-positive rate (judge passes what people pass)', agreement.tpr, 'percent'),
+        ('true-negative rate (judge fails what people fail)', agreement.tnr, 'percent'),
+        ('accuracy', agreement.accuracy, 'percent'),
     ]
-    stats = ''.join(f'<tr><td>{_esc(n)}</td><td>{_ci(*v)}</td></tr>' for n, v in rows)
+    stats = ''.join(f'<tr><td>{_esc(n)}</td><td>{_ci(v[0], v[1], v[2], kind=k)}</td></tr>' for n, v, k in rows)
     table = (
         '<table class="pw-agreement-table"><tr><th></th><th>judge pass</th><th>judge fail</th></tr>'
         f'<tr><td>people pass</td><td>{t["tp"]}</td><td>{t["fn"]}</td></tr>'
@@ -125,19 +148,19 @@ def render_cost_quality(table: pd.DataFrame, *, metric: str, title: str = 'Cost 
     """Render models side by side: one row per version with model, quality, latency, tokens and cost, and a
     scatter chart of quality against cost per row (log scale when costs span orders of magnitude; unknown and
     zero costs drawn at the left edge and labelled)."""
-    head = ['version', 'model', metric, 'mean latency ms', 'mean tokens', 'cost per row', 'cost of run', 'errors']
+    head = ['version', 'model', metric, 'mean latency', 'mean tokens', 'cost per row', 'cost of run', 'errors']
     cells = []
     for version, row in table.iterrows():
         cells.append(
             [
                 _esc(version),
                 _esc(row['model']),
-                f'{row[metric]:.3f}',
-                f'{row["mean_latency_s"] * 1000:,.0f}',
-                f'{row["mean_tokens"]:,.1f}',
-                format_usd(row.get('cost_per_row_usd')),
-                format_usd(row.get('cost_usd')),
-                str(int(row['errors'])),
+                percent(row[metric]),
+                milliseconds(row['mean_latency_s']),
+                tokens(row['mean_tokens']),
+                money(row.get('cost_per_row_usd')),
+                money(row.get('cost_usd')),
+                count(row['errors']),
             ]
         )
     rows = ''.join('<tr>' + ''.join(f'<td>{c}</td>' for c in r) + '</tr>' for r in cells)
@@ -153,6 +176,7 @@ def _cost_chart(table: pd.DataFrame, metric: str) -> str:
 
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
+    from matplotlib import transforms
     from matplotlib.ticker import FuncFormatter
 
     costs = pd.to_numeric(table['cost_per_row_usd'], errors='coerce') * 1000  # per 1,000 rows: readable ticks
@@ -164,13 +188,25 @@ def _cost_chart(table: pd.DataFrame, metric: str) -> str:
     x = costs.fillna(floor).clip(lower=floor)
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
     labels = []
-    for version, xv, yv, cost in zip(table.index, x, table[metric], costs):
+    # Versions at the same cost and quality (the same model and answers) are drawn side by side, a marker apart,
+    # so none hides another.
+    spot = [(round(float(xv), 12), round(float(yv), 6)) for xv, yv in zip(x, table[metric])]
+    for version, xv, yv, cost, where in zip(table.index, x, table[metric], costs, spot):
         free, unknown = cost == 0, pd.isna(cost)
         color = '#9ca3af' if unknown else '#16a34a' if free else '#2563eb'
-        ax.scatter([xv], [yv], s=60, color=color, marker='x' if unknown else 'o', zorder=3)
+        twins = [i for i, other in enumerate(spot) if other == where]
+        shift = (twins.index(list(table.index).index(version)) - (len(twins) - 1) / 2) * 10.0  # points
+        nudged = transforms.offset_copy(ax.transData, fig=fig, x=shift, y=0, units='points')
+        ax.scatter([xv], [yv], s=60, color=color, marker='x' if unknown else 'o', zorder=3, transform=nudged)
         tag = ' (free)' if free else ' (cost n/a)' if unknown else ''
+        right = (len(twins) - 1) / 2 * 10.0 * fig.dpi / 72  # past the rightmost of the markers side by side
         labels.append(
-            (float(yv), float(xv), f'{str(version).rpartition(":")[2] or version} · {table.loc[version, "model"]}{tag}')
+            (
+                float(yv),
+                float(xv),
+                f'{str(version).rpartition(":")[2] or version} · {table.loc[version, "model"]}{tag}',
+                right,
+            )
         )
     if log:
         ax.set_xscale('log')
@@ -190,14 +226,16 @@ def _cost_chart(table: pd.DataFrame, metric: str) -> str:
     # Each label beside its point, pushed up just enough not to overlap the one below it (hand-written: matplotlib
     # has no label placement, and adjustText would be a dependency for four labels).
     placed: list[tuple[float, float]] = []  # (x, y) in pixels of labels already placed
-    for yv, xv, text in sorted(labels):
+    for yv, xv, text, right in sorted(labels):
         px, py = ax.transData.transform((xv, yv))
         y_label = py - 4
         for qx, qy in placed:
             if abs(qx - px) < 150 and y_label < qy + 12:
                 y_label = qy + 12
         placed.append((px, y_label))
-        ax.annotate(text, (xv, yv), xytext=(8, y_label - py), textcoords='offset pixels', fontsize=8, color='#374151')
+        ax.annotate(
+            text, (xv, yv), xytext=(8 + right, y_label - py), textcoords='offset pixels', fontsize=8, color='#374151'
+        )
     ax.set_title('quality against cost: up and to the left is better (free: green, unknown: grey)', fontsize=8)
     buffer = io.BytesIO()
     fig.savefig(buffer, format='png', dpi=90, bbox_inches='tight')

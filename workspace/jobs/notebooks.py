@@ -20,6 +20,7 @@ import pandas as pd
 import pixeltable as pxt
 
 from workspace import config
+from workspace.display.frames import shown
 from workspace.errors import WorkspaceError
 from workspace.storage import tables
 from workspace.storage.recovery import Owner
@@ -234,7 +235,7 @@ def list_notebook_runs(notebook: str | None = None) -> pd.DataFrame:
     t = tables.notebook_runs()
     mark_interrupted(t)
     query: Any = t.where(t.notebook.contains(notebook)) if notebook else t
-    return (
+    return shown(
         query.select(
             t.started_at,
             t.notebook,

@@ -20,6 +20,7 @@ from workspace.core.datasets import get_dataset
 from workspace.core.evaluate import evaluate
 from workspace.core.runs import main_score_name
 from workspace.core.versions import edit, get_version
+from workspace.display.frames import shown
 from workspace.display.results import format_usd
 from workspace.errors import RegressionError
 from workspace.storage import tables
@@ -175,7 +176,7 @@ def scheduled_history(prompt: str | None = None) -> pd.DataFrame:
     """Return past scheduled evaluations, newest first."""
     t = tables.scheduled_runs()
     query: Any = t.where(t.parameters['prompt'] == prompt) if prompt else t
-    return (
+    return shown(
         query.select(
             t.started_at,
             t.status,

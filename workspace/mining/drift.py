@@ -29,6 +29,8 @@ import pandas as pd
 from scipy import stats
 from scipy.spatial.distance import jensenshannon
 
+from workspace.display.formats import p_phrase, percent
+from workspace.display.frames import shown
 from workspace.errors import FamilyError
 from workspace.mining.families import Family, get_family
 from workspace.storage import tables
@@ -170,16 +172,16 @@ def drift(family: Family | str, *, window: Window = 'week') -> DriftReport:
             if min(counts['family'], old_family) + max(counts['family'], old_family) > 0:
                 row['share_p'] = float(stats.chi2_contingency(table)[1])
                 if (ratio >= SHARE_RATIO or ratio <= 1 / SHARE_RATIO) and row['share_p'] < P_VALUE:
-                    reasons.append(f'share {old_share:.1%} -> {share:.1%} (p={row["share_p"]:.1g})')
+                    reasons.append(f'share {percent(old_share)} -> {percent(share)} ({p_phrase(row["share_p"])})')
             if len(before) >= MIN_MEMBERS and len(parsed) >= MIN_MEMBERS:
                 js, slot, p = _slot_js(before, parsed, slots)
                 row.update(slot_js=js, slot=slot, slot_p=p)
                 if js >= JS_FLAG and p < P_VALUE:
-                    reasons.append(f'slot {slot!r} JS distance {js:.2f} (p={p:.1g})')
+                    reasons.append(f'slot {slot!r} JS distance {js:.2f} ({p_phrase(p)})')
                 shift, p = _centre(before, parsed)
                 row.update(centre_shift=shift, centre_p=p)
                 if shift >= CENTRE_FLAG and p < P_VALUE:
-                    reasons.append(f'centre shift {shift:.3f} (p={p:.1g})')
+                    reasons.append(f'centre shift {shift:.3f} ({p_phrase(p)})')
         row['flag'] = bool(reasons)
         row['reasons'] = '; '.join(reasons)
         rows.append(row)
@@ -213,8 +215,11 @@ def render_drift(report: DriftReport) -> str:
     fig.savefig(buffer, format='png', dpi=90, bbox_inches='tight')
     plt.close(fig)
     chart = base64.b64encode(buffer.getvalue()).decode()
-    shown = t.assign(window=t['window'].dt.strftime('%Y-%m-%d'))
+    table = shown(
+        t.assign(window=t['window'].dt.strftime('%Y-%m-%d')),
+        {'share_p': 'p', 'slot_p': 'p', 'centre_p': 'p', 'slot_js': 'score', 'centre_shift': 'score'},
+    )
     return (
         f'<div class="pw-view pw-drift"><img class="pw-chart" alt="{html.escape(report.family_id)} drift" '
-        f'src="data:image/png;base64,{chart}"/>{shown.round(4).to_html(index=False)}</div>'
+        f'src="data:image/png;base64,{chart}"/>{table._repr_html_()}</div>'
     )

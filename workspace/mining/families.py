@@ -35,6 +35,8 @@ import pandas as pd
 
 from workspace.config import current_user, utc_now
 from workspace.core import rules as guardrails
+from workspace.display.frames import shown
+from workspace.display.results import render_record
 from workspace.errors import DatasetError, FamilyError
 from workspace.mining.canonical import Template, clip, contains_in_order, coverage, mine, template_events, tokenize
 from workspace.storage import audit_log, tables
@@ -450,7 +452,7 @@ def families(*, min_size: int = 1, include_merged: bool = False) -> pd.DataFrame
     )
     columns = ['family_id', 'size', 'traffic', 'share', 'first_seen', 'last_seen', 'template', 'slots', 'status']
     if members.empty:
-        return pd.DataFrame(columns=columns)
+        return shown(pd.DataFrame(columns=columns))
     members = members.merge(_traffic(), on='prompt_hash', how='left').fillna({'traffic': 0})
     grouped = members.groupby('family_id').agg(
         size=('prompt_hash', 'count'),
@@ -474,7 +476,7 @@ def families(*, min_size: int = 1, include_merged: bool = False) -> pd.DataFrame
         out = pd.concat([out, extra], ignore_index=True) if gone else out
     else:
         out = out[out['status'] == 'active']
-    return out.sort_values(['traffic', 'family_id'], ascending=[False, True])[columns].reset_index(drop=True)
+    return shown(out.sort_values(['traffic', 'family_id'], ascending=[False, True])[columns].reset_index(drop=True))
 
 
 def _latest_templates() -> dict[str, Template]:
@@ -506,6 +508,15 @@ class Family:
     def __repr__(self) -> str:
         template = self.template
         return f'<Family {self.id} members={self.size} slots={len(template.slots) if template else 0}>'
+
+    def _repr_html_(self) -> str:
+        template = self.template
+        slots = ', '.join(f'{s.name} ({s.type})' for s in template.slots) if template else ''
+        return render_record(
+            f'Family {self.id}',
+            [('members', f'{self.size:,}'), ('template', self.jinja if template else '(none)'), ('slots', slots)],
+            notes=['.members(), .slots(), .history(), .to_version(...) and .to_dataset(...) go further'],
+        )
 
     @property
     def size(self) -> int:
@@ -541,12 +552,14 @@ class Family:
     def slots(self) -> pd.DataFrame:
         """Return the slots of the latest template: name, type, example values, enum values."""
         template = self._require_template()
-        return pd.DataFrame(
-            [
-                {'name': s.name, 'type': s.type, 'examples': list(s.examples), 'values': list(s.values or [])}
-                for s in template.slots
-            ],
-            columns=['name', 'type', 'examples', 'values'],
+        return shown(
+            pd.DataFrame(
+                [
+                    {'name': s.name, 'type': s.type, 'examples': list(s.examples), 'values': list(s.values or [])}
+                    for s in template.slots
+                ],
+                columns=['name', 'type', 'examples', 'values'],
+            )
         )
 
     def violations(self, rules: Sequence[str] | None = None) -> pd.DataFrame:
@@ -570,7 +583,7 @@ class Family:
                         **{k: v.get(k) for k in ('rule', 'enforcement', 'span', 'match', 'message')},
                     }
                 )
-        return pd.DataFrame(found, columns=['prompt_hash', 'rule', 'enforcement', 'span', 'match', 'message'])
+        return shown(pd.DataFrame(found, columns=['prompt_hash', 'rule', 'enforcement', 'span', 'match', 'message']))
 
     def members(self) -> pd.DataFrame:
         """Return the members, oldest first: prompt, count, first and last seen, confidence, reason, the number of
@@ -603,7 +616,7 @@ class Family:
                     row['template_number'], row['slots'] = number, values
                     break
             out.append(row)
-        return pd.DataFrame(out)
+        return shown(pd.DataFrame(out))
 
     def history(self) -> pd.DataFrame:
         """Return what happened to the family: template versions with their events, merges and splits."""
@@ -623,7 +636,7 @@ class Family:
                     'template': None,
                 }
             )  # fmt: skip
-        return pd.DataFrame(rows, columns=['at', 'what', 'number', 'events', 'template']).sort_values('at')
+        return shown(pd.DataFrame(rows, columns=['at', 'what', 'number', 'events', 'template']).sort_values('at'))
 
     def merge(self, other: Family | str, *, note: str = '') -> Family:
         """Merge `other` into this family (recorded); return this family."""

@@ -31,6 +31,8 @@ import pandas as pd
 
 from workspace.config import utc_now
 from workspace.core import datasets
+from workspace.display.formats import count
+from workspace.display.results import render_record
 from workspace.errors import DatasetError
 from workspace.mining.families import JOIN_COVERAGE, Assigner
 from workspace.storage import store, tables
@@ -75,6 +77,20 @@ class IngestReport:
             f'ingested); {self.new_prompts} new prompts, {self.seen_prompts} seen again; '
             f'{len(self.new_families)} new families, {len(self.joined)} families grew; '
             f'{self.template_versions} template versions; {self.seconds:.1f} s>'
+        )
+
+    def _repr_html_(self) -> str:
+        return render_record(
+            f'Ingested {self.source}',
+            [
+                ('lines read', count(self.lines)),
+                ('new lines', f'{count(self.new_lines)} ({count(self.already_ingested)} already ingested)'),
+                ('new prompts', f'{count(self.new_prompts)} ({count(self.seen_prompts)} seen again)'),
+                ('families started', f'{len(self.new_families):,}'),
+                ('families grown', ', '.join(f'{f} (+{n:,})' for f, n in self.joined.items()) or 'none'),
+                ('template versions', count(self.template_versions)),
+                ('time', f'{self.seconds:.1f} s'),
+            ],
         )
 
 

@@ -31,6 +31,7 @@ from typing import Any, Literal, overload
 import pandas as pd
 
 from workspace.config import current_user, utc_now
+from workspace.display.frames import shown
 from workspace.errors import WorkspaceError
 from workspace.storage import tables
 
@@ -350,4 +351,4 @@ def audit(
     query = query.select(t.at, t.actor, t.kind, t.subject, t.before, t.after, t.note).order_by(t.at, asc=False)
     if limit is not None:
         query = query.limit(limit)
-    return query.collect().to_pandas()
+    return shown(query.collect().to_pandas())

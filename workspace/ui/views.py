@@ -21,12 +21,13 @@ import numpy as np
 import pandas as pd
 
 from workspace.analysis.changelog import Changelog
-from workspace.analysis.compare import VersionComparison
+from workspace.analysis.compare import VersionComparison, row_score_name
 from workspace.analysis.comparison_state import FLIPS_PER_PAGE
 from workspace.analysis.diff import Op, diff_versions, render_diff_html, word_ops
+from workspace.analysis.grid import GridColumn, GridPage
 from workspace.core import metrics, stats
 from workspace.core.runs import main_score_name
-from workspace.display.formats import format_p
+from workspace.display.formats import Kind, count, format_p, format_value, money, percent
 from workspace.display.results import render_changelog
 
 __all__ = [
@@ -45,6 +46,7 @@ __all__ = [
     'render_confusions',
     'render_flips',
     'render_prompt_diff',
+    'render_grid',
     'render_edit_preview',
     'render_report',
 ]
@@ -90,7 +92,12 @@ STYLESHEET = f"""<style>
   white-space: nowrap; vertical-align: baseline; line-height: 1.4; max-width: none; }}
 .pw-view th {{ font-weight: 600; background: #f6f8fa; }}
 .pw-view table.pw-summary-table {{ font-size: 12.5px; }}
-.pw-view table.pw-summary-table td, .pw-view table.pw-summary-table th {{ padding: 3px 5px; }}
+.pw-view table.pw-summary-table td, .pw-view table.pw-summary-table th {{ padding: 3px 6px; vertical-align: top; }}
+.pw-view table.pw-summary-table .pw-ci {{ display: block; line-height: 1.2; }}
+.pw-view table.pw-summary-table tr.pw-reference td {{ color: #59636e; background: #fafbfc; }}
+.pw-view .pw-blocks {{ display: flex; flex-wrap: wrap; gap: 0 28px; align-items: flex-start; }}
+.pw-view .pw-block {{ min-width: 0; max-width: 100%; }}
+.pw-view .pw-block h4 {{ margin: 8px 0 0; }}
 .pw-view thead tr:first-child th {{ border-bottom: none; }}
 .pw-view th.pw-group {{ text-align: center; border-left: 1px solid #e5e7eb; }}
 .pw-view td.pw-first, .pw-view th.pw-first {{ border-left: 1px solid #e5e7eb; }}
@@ -142,6 +149,24 @@ STYLESHEET = f"""<style>
   padding: 4px 4px 10px 22px; }}
 .pw-view .pw-side h4 {{ margin: 4px 0 2px; }}
 .pw-view .pw-label {{ color: #59636e; font-size: 12px; margin-top: 4px; }}
+.pw-view table.pw-grid-table {{ table-layout: fixed; width: 100%; font-size: 12.5px; }}
+.pw-view table.pw-grid-table th, .pw-view table.pw-grid-table td {{ text-align: left; vertical-align: top;
+  white-space: normal; overflow-wrap: anywhere; }}
+.pw-view table.pw-grid-table th.pw-grid-id, .pw-view table.pw-grid-table td.pw-grid-id {{ width: 72px; }}
+.pw-view table.pw-grid-table th.pw-grid-expected {{ width: 100px; }}
+.pw-view table.pw-grid-table th.pw-grid-outcome {{ width: 82px; }}
+.pw-view table.pw-grid-table th {{ overflow-wrap: normal; }}
+.pw-view .pw-scores span {{ white-space: nowrap; }}
+.pw-view table.pw-grid-table th.pw-grid-input {{ width: 24%; }}
+.pw-view table.pw-grid-table td.pw-row-fail {{ background: #fff5f5; }}
+.pw-view .pw-badge {{ display: inline-block; font-size: 10.5px; font-weight: 600; border-radius: 8px; padding: 0 5px;
+  line-height: 16px; }}
+.pw-view .pw-badge.pw-pass {{ background: #dcfce7; color: #166534; }}
+.pw-view .pw-badge.pw-fail {{ background: #fee2e2; color: #991b1b; }}
+.pw-view .pw-scores {{ color: #59636e; font-size: 11px; }}
+.pw-view .pw-sorted {{ color: #1e40af; font-weight: 600; }}
+.pw-view details.pw-flips-all > summary {{ cursor: pointer; }}
+.pw-view details.pw-flips-all > summary h4 {{ display: inline; }}
 .pw-view.pw-report {{ max-width: 1180px; margin: 0 auto; padding: 8px 16px 40px; }}
 </style>
 """
@@ -173,7 +198,7 @@ def format_change(diff: float | None, *, scale: float = 100.0, digits: int = 1) 
     value = _number(diff)
     if value is None:
         return ''
-    return f'{round(value * scale, digits) + 0.0:+.{digits}f}'  # + 0.0 turns a rounded -0.0 into +0.0
+    return f'{round(value * scale, digits) + 0.0:+,.{digits}f}'  # + 0.0 turns a rounded -0.0 into +0.0
 
 
 def format_interval(low: float | None, high: float | None, *, scale: float = 100.0, digits: int = 1) -> str:
@@ -186,7 +211,7 @@ def format_interval(low: float | None, high: float | None, *, scale: float = 100
     ends = [_number(low), _number(high)]
     if None in ends:
         return ''
-    shown = [f'{round(v * scale, digits) + 0.0:.{digits}f}' for v in ends if v is not None]
+    shown = [f'{round(v * scale, digits) + 0.0:,.{digits}f}' for v in ends if v is not None]
     return f'[{shown[0]}, {shown[1]}]'
 
 
@@ -276,24 +301,38 @@ class _Metric:
     title: str
     mean: str
     prefix: str  # the table's columns `{prefix}diff`, `{prefix}ci_low`, `{prefix}ci_high`
-    scale: float
-    digits: int
+    kind: Kind  # how the mean reads (the one formatter): 'percent', 'ms' or 'tokens'
     higher_is_better: bool = True
     p: bool = False
     interval: tuple[str, str] | None = None  # the table's columns holding an interval of the mean, if any
     exact: bool = False  # the change is known exactly on these examples: no interval, coloured by its sign
 
+    @property
+    def scale(self) -> tuple[float, int]:
+        """Return the scale and decimals of a change: points for a percentage, ms for a latency, whole tokens."""
+        return {'percent': (100.0, 1), 'ms': (1000.0, 0)}.get(self.kind, (1.0, 0))
 
-def _summary_metrics(cmp: VersionComparison) -> list[_Metric]:
+    @property
+    def change_title(self) -> str:
+        unit = {'percent': 'Δ points', 'ms': 'Δ ms'}.get(self.kind, 'Δ')
+        return unit if self.exact else f'{unit} [95% CI]'
+
+
+def _quality_metrics(cmp: VersionComparison) -> list[_Metric]:
     main = main_score_name(cmp.task)
     # The headline score shows an interval of its own when the table has one (`accuracy_low`, `accuracy_high`).
-    found = [_Metric(f'{main} %', main, '', 100.0, 1, p=True, interval=(f'{main}_low', f'{main}_high'))]
+    found = [_Metric(main, main, '', 'percent', p=True, interval=(f'{main}_low', f'{main}_high'))]
     if cmp.task == 'choice':
-        found.append(_Metric('macro-F1 %', 'macro_f1', 'macro_f1_', 100.0, 1))
-    found.append(_Metric('latency ms', 'mean_latency_s', 'latency_', 1000.0, 0, higher_is_better=False))
-    # Token counts do not vary between runs of the same requests, so their change is exact on these examples
-    found.append(_Metric('tokens per request', 'mean_tokens', 'tokens_', 1.0, 0, higher_is_better=False, exact=True))
+        found.append(_Metric('macro-F1', 'macro_f1', 'macro_f1_', 'percent'))
     return found
+
+
+def _cost_metrics() -> list[_Metric]:
+    return [
+        _Metric('latency', 'mean_latency_s', 'latency_', 'ms', higher_is_better=False),
+        # Token counts do not vary between runs of the same requests, so their change is exact on these examples
+        _Metric('tokens per request', 'mean_tokens', 'tokens_', 'tokens', higher_is_better=False, exact=True),
+    ]
 
 
 def _token_changes(cmp: VersionComparison) -> pd.DataFrame:
@@ -311,10 +350,11 @@ def _mean_cell(row: Mapping[str, Any], metric: _Metric) -> str:
     value = _number(row.get(metric.mean))
     if value is None:
         return '<td class="pw-first"></td>'
-    shown = f'{value * metric.scale:.{metric.digits}f}'
+    shown = format_value(value, metric.kind)
     low, high = (row.get(metric.interval[0]), row.get(metric.interval[1])) if metric.interval else (None, None)
-    interval = format_interval(low, high, scale=metric.scale, digits=metric.digits)
-    small = f' <span class="pw-ci">{interval}</span>' if interval else ''
+    scale, digits = metric.scale
+    interval = format_interval(low, high, scale=scale, digits=digits)
+    small = f'<span class="pw-ci">{interval}</span>' if interval else ''
     return f'<td class="pw-first">{shown}{small}</td>'
 
 
@@ -327,10 +367,11 @@ def _change_cell(row: Mapping[str, Any], metric: _Metric, css: str | None = None
     )
     if css is None:
         css = change_class(low, high, higher_is_better=metric.higher_is_better)
-    change = f'<span class="{css}">{format_change(diff, scale=metric.scale, digits=metric.digits)}</span>'
+    scale, digits = metric.scale
+    change = f'<span class="{css}">{format_change(diff, scale=scale, digits=digits)}</span>'
     if metric.exact:
         return f'<td>{change}</td>'
-    return f'<td>{change} <span class="pw-ci">{format_interval(low, high, scale=metric.scale, digits=metric.digits)}</span></td>'
+    return f'<td>{change}<span class="pw-ci">{format_interval(low, high, scale=scale, digits=digits)}</span></td>'
 
 
 def _verdict_class(comparison: stats.Comparison) -> str:
@@ -339,56 +380,136 @@ def _verdict_class(comparison: stats.Comparison) -> str:
     return 'pw-better' if comparison.diff > 0 else 'pw-worse'
 
 
-def _summary_body(cmp: VersionComparison, labels: Mapping[str, Sequence[str]]) -> str:
-    names = short_names(cmp.version_ids)
-    table = cmp.table.join(_token_changes(cmp)) if len(cmp.version_ids) > 1 else cmp.table
-    specs = _summary_metrics(cmp)
-    notes = notes_by_version(cmp)
-    top = '<th rowspan="2">version</th>'
-    sub = ''
+def _head(specs: Sequence[_Metric], extra: Sequence[str] = (), extra_title: str = '') -> str:
+    top, sub = '<th rowspan="2">version</th>', ''
     for spec in specs:
-        span = 3 if spec.p else 2
-        top += f'<th class="pw-group" colspan="{span}">{html.escape(spec.title)}</th>'
-        change = 'Δ' if spec.exact else 'Δ [95% CI]'
-        sub += f'<th class="pw-first">mean</th><th>{change}</th>' + ('<th>p</th>' if spec.p else '')
-    top += '<th class="pw-group" colspan="3">requests</th>'
-    sub += '<th class="pw-first">calls</th><th>reused</th><th>errors</th>'
+        top += f'<th class="pw-group" colspan="{3 if spec.p else 2}">{html.escape(spec.title)}</th>'
+        sub += f'<th class="pw-first">mean</th><th>{spec.change_title}</th>' + ('<th>p</th>' if spec.p else '')
+    if extra:
+        top += f'<th class="pw-group" colspan="{len(extra)}">{html.escape(extra_title)}</th>'
+        sub += ''.join(f'<th{" class=pw-first" if i == 0 else ""}>{html.escape(e)}</th>' for i, e in enumerate(extra))
+    return f'<thead><tr>{top}</tr><tr>{sub}</tr></thead>'
+
+
+def _metric_cells(cmp: VersionComparison, version: str, record: Mapping[str, Any], specs: Sequence[_Metric]) -> str:
+    cells = []
+    for spec in specs:
+        cells.append(_mean_cell(record, spec))
+        # the headline change is coloured as its verdict reads: by the test and the interval together
+        verdict = cmp.pairwise.get(version) if spec.p else None
+        cells.append(_change_cell(record, spec, _verdict_class(verdict) if verdict else None))
+        if spec.p:
+            cells.append(f'<td>{format_p(record.get("p_value", float("nan")))}</td>')
+    return ''.join(cells)
+
+
+def _references(cmp: VersionComparison) -> dict[str, float]:
+    """Return the reference baselines of the comparison (a score reached without a model on the same split, such
+    as the majority label or a nearest-neighbour vote), by name, if the comparison carries any."""
+    found = getattr(cmp, 'references', None)
+    main = main_score_name(cmp.task)
+    if found is None or len(found) == 0:
+        return {}
+    if isinstance(found, pd.DataFrame):
+        column = main if main in found.columns else found.columns[0]
+        return {str(k): float(v) for k, v in found[column].items()}
+    return {str(k): float(v[main] if isinstance(v, Mapping) else v) for k, v in found.items()}
+
+
+def _quality_table(
+    cmp: VersionComparison, table: pd.DataFrame, names: Mapping[str, str], labels: Mapping[str, Sequence[str]]
+) -> str:
+    notes = notes_by_version(cmp)
+    specs = _quality_metrics(cmp)
+    body = []
+    for version, row in table.iterrows():
+        warn = _tag(f'⚠ {len(notes[version])}', 'warn') if notes.get(version) else ''
+        name = f'<td>{_version_cell(cmp, str(version), names, labels)}{warn}</td>'
+        body.append(f'<tr>{name}{_metric_cells(cmp, str(version), row.to_dict(), specs)}</tr>')
+    span = sum(3 if s.p else 2 for s in specs) - 1
+    for reference, value in _references(cmp).items():  # scores reached without a model, for scale
+        body.append(
+            f'<tr class="pw-reference"><td><span class="pw-muted">{html.escape(reference)}</span>'
+            f'{_tag("reference", "")}</td><td class="pw-first">{percent(value)}</td>'
+            f'<td colspan="{span}"><span class="pw-muted">no model</span></td></tr>'
+        )
+    return f'<table class="pw-summary-table pw-quality">{_head(specs)}<tbody>{"".join(body)}</tbody></table>'
+
+
+def _cost_table(cmp: VersionComparison, table: pd.DataFrame, names: Mapping[str, str]) -> str:
+    specs = _cost_metrics()
+    extra = ['calls', 'judge calls', 'reused', 'errors', 'cost']
     body = []
     for version, row in table.iterrows():
         record = row.to_dict()
-        cells = [
-            f'<td>{_version_cell(cmp, str(version), names, labels)}'
-            + (_tag(f'⚠ {len(notes[version])}', 'warn') if notes.get(version) else '')
-            + '</td>'
-        ]
-        for spec in specs:
-            cells.append(_mean_cell(record, spec))
-            # the headline change is coloured as its verdict reads: by the test and the interval together
-            verdict = cmp.pairwise.get(str(version)) if spec.p else None
-            cells.append(_change_cell(record, spec, _verdict_class(verdict) if verdict else None))
-            if spec.p:
-                cells.append(f'<td>{format_p(record.get("p_value", float("nan")))}</td>')
         errors = int(record['errors'])
-        cells += [
-            f'<td class="pw-first">{int(record["calls"]):,}</td>',
-            f'<td>{int(record["reused"]):,}</td>',
-            f'<td class="{"pw-worse" if errors else "pw-muted"}">{errors:,}</td>',
-        ]
-        body.append('<tr>' + ''.join(cells) + '</tr>')
-    grid = (
-        f'<table class="pw-summary-table"><thead><tr>{top}</tr><tr>{sub}</tr></thead>'
+        judge_calls = int(record.get('judge_calls') or 0)
+        cells = (
+            f'<td class="pw-first">{count(record["calls"])}</td>'
+            f'<td class="{"" if judge_calls else "pw-muted"}">{count(judge_calls)}</td>'
+            f'<td>{count(record["reused"])}</td>'
+            f'<td class="{"pw-worse" if errors else "pw-muted"}">{count(errors)}</td>'
+            f'<td>{money(record.get("cost_usd"))}</td>'
+        )
+        name = f'<td><b title="{html.escape(str(version))}">{html.escape(names[str(version)])}</b></td>'
+        body.append(f'<tr>{name}{_metric_cells(cmp, str(version), record, specs)}{cells}</tr>')
+    head = _head(specs, extra, 'requests')
+    return f'<table class="pw-summary-table pw-cost">{head}<tbody>{"".join(body)}</tbody></table>'
+
+
+def _scores_table(cmp: VersionComparison, names: Mapping[str, str]) -> str:
+    """Return the table of every other scorer (custom scorers, judges), or '' when there is none. A judge's
+    mean is over the rows it judged, with how many."""
+    scorers = [c for c in getattr(cmp, 'scorers', []) if c in cmp.table.columns]
+    if not scorers:
+        return ''
+    head = ''.join(
+        f'<th class="pw-first">{html.escape(c)}{" (judge)" if f"{c}_n" in cmp.table.columns else ""}</th>'
+        for c in scorers
+    )
+    body = []
+    for version, row in cmp.table.iterrows():
+        cells = []
+        for column in scorers:
+            judged = row.get(f'{column}_n')
+            if judged is not None and not judged:
+                cells.append('<td class="pw-first"><span class="pw-muted">not judged</span></td>')
+                continue
+            shown = percent(row[column])
+            small = (
+                f'<span class="pw-ci">{int(judged):,} of {int(row["n"]):,} judged</span>' if judged is not None else ''
+            )
+            cells.append(f'<td class="pw-first">{shown}{small}</td>')
+        name = f'<td><b title="{html.escape(str(version))}">{html.escape(names[str(version)])}</b></td>'
+        body.append(f'<tr>{name}{"".join(cells)}</tr>')
+    return (
+        f'<table class="pw-summary-table pw-scores"><thead><tr><th>version</th>{head}</tr></thead>'
         f'<tbody>{"".join(body)}</tbody></table>'
     )
+
+
+def _summary_body(cmp: VersionComparison, labels: Mapping[str, Sequence[str]]) -> str:
+    names = short_names(cmp.version_ids)
+    table = cmp.table.join(_token_changes(cmp)) if len(cmp.version_ids) > 1 else cmp.table
+    notes = notes_by_version(cmp)
     test = "McNemar's exact test" if cmp.task != 'text' else 'a paired sign-flip test'
     title = (
         f'<h3>{html.escape(cmp.dataset.name)} · {html.escape(cmp.split or "all rows")} · '
         f'{len(cmp.common_ids):,} examples · baseline {html.escape(cmp.baseline)}</h3>'
-        f'<p class="pw-sub">Δ: version minus baseline on the same examples, with a paired 95% bootstrap interval; '
-        f'p: {test}. <span class="pw-better">Green</span> is better and <span class="pw-worse">red</span> worse '
-        'where the interval excludes 0 (lower latency and fewer tokens are better).</p>'
+        f'<p class="pw-sub">Δ: version minus baseline on the same examples (percentage points for scores), with a '
+        f'paired 95% bootstrap interval below it; p: {test}. <span class="pw-better">Green</span> is better and '
+        '<span class="pw-worse">red</span> worse where the interval excludes 0 (lower latency and fewer tokens are '
+        'better).</p>'
     )
+    blocks = [
+        f'<div class="pw-block"><h4>Quality</h4>{_scroll(_quality_table(cmp, table, names, labels))}</div>',
+        f'<div class="pw-block"><h4>Speed, size and requests</h4>{_scroll(_cost_table(cmp, table, names))}</div>',
+    ]
+    scores = _scores_table(cmp, names)
+    if scores:
+        blocks.append(f'<div class="pw-block"><h4>Other scores</h4>{_scroll(scores)}</div>')
     verdicts = ''.join(f'<li class="{_verdict_class(c)}">{html.escape(c.verdict)}</li>' for c in cmp.pairwise.values())
-    parts = [title, _scroll(grid)]
+    parts = [title, f'<div class="pw-blocks">{"".join(blocks)}</div>']
     if verdicts:
         parts.append(f'<h4>Verdicts</h4><ul class="pw-verdicts">{verdicts}</ul>')
     parts.append(_notes_html(notes, names))
@@ -462,8 +583,14 @@ def _f1_chart(f1: pd.DataFrame, cmp: VersionComparison, names: Mapping[str, str]
     plt = _pyplot()
     labels = list(f1.index)[::-1]  # the first label at the top
     versions = list(f1.columns)
-    fig, ax = plt.subplots(figsize=(6.4, 0.26 * len(labels) + 0.9))
-    offsets = np.linspace(-0.22, 0.22, len(versions)) if len(versions) > 1 else np.zeros(1)
+    # One lane per version inside each category's row, a marker's width apart, so versions with the same F1 on
+    # a category sit one above the other instead of hiding each other.
+    lane = 0.1  # inches between lanes; a marker (s=30) is about 0.08 in wide
+    row = max(0.28, lane * len(versions) + 0.08)
+    fig, ax = plt.subplots(figsize=(6.4, row * len(labels) + 0.9))
+    spread = lane * (len(versions) - 1) / row  # in rows
+    # the first version on top of each row, as in the legend
+    offsets = np.linspace(spread / 2, -spread / 2, len(versions)) if len(versions) > 1 else np.zeros(1)
     for y in range(len(labels)):
         ax.axhline(y, color='#eceff2', linewidth=0.8, zorder=1)
     for i, version in enumerate(versions):
@@ -471,7 +598,7 @@ def _f1_chart(f1: pd.DataFrame, cmp: VersionComparison, names: Mapping[str, str]
         ax.scatter(
             f1.loc[labels, version],
             np.arange(len(labels)) + offsets[i],
-            s=34,
+            s=30,
             marker=_MARKERS[i % len(_MARKERS)],
             color=_PALETTE[i % len(_PALETTE)],
             label=name,
@@ -507,9 +634,9 @@ def _category_table(tables: Mapping[str, pd.DataFrame], names: Mapping[str, str]
             f1 = t.loc[label, 'f1']
             css = '' if version == baseline or abs(f1 - base_f1) < 1e-9 else 'pw-better' if f1 > base_f1 else 'pw-worse'
             cells += [
-                f'<td class="pw-first">{t.loc[label, "precision"]:.2f}</td>',
-                f'<td>{t.loc[label, "recall"]:.2f}</td>',
-                f'<td class="{css}">{f1:.2f}</td>',
+                f'<td class="pw-first">{percent(t.loc[label, "precision"])}</td>',
+                f'<td>{percent(t.loc[label, "recall"])}</td>',
+                f'<td class="{css}">{percent(f1)}</td>',
             ]
         rows.append('<tr>' + ''.join(cells) + '</tr>')
     return _scroll(
@@ -523,7 +650,7 @@ def _per_category_body(cmp: VersionComparison) -> str:
         columns = list(next(iter(cmp.runs)).score_columns())
         means = pd.DataFrame({v: f[columns].fillna(0).mean() for v, f in cmp.frames.items()}).T
         return '<p>Per-category views apply to label tasks; mean of each score per version:</p>' + _scroll(
-            means.round(3).to_html(classes='pw-category-table')
+            means.map(percent).to_html(classes='pw-category-table')
         )
     names = short_names(cmp.version_ids)
     tables = _per_category(cmp)
@@ -696,7 +823,7 @@ def _outcome(row: pd.Series, tag: str) -> str:
         if pd.isna(row[f'prediction_{tag}'])
         else f'<code>{html.escape(str(row[f"prediction_{tag}"]))}</code>'
     )
-    parts = [f'prediction {prediction}, score {row[f"score_{tag}"]:.2f}']
+    parts = [f'prediction {prediction}, score {percent(row[f"score_{tag}"])}']
     if pd.notna(error):
         parts.append(f'<div class="pw-error-text">{html.escape(clip(error, 400))}</div>')
     return ''.join(parts)
@@ -812,6 +939,107 @@ def render_flips(
     return _wrap(_flips_body(cmp, candidate, which, page, per_page, prompts=prompts), 'pw-flips')
 
 
+# --- the grid -------------------------------------------------------------------------------------------------
+
+
+def _grid_head(page: GridPage, cmp: VersionComparison, names: Mapping[str, str]) -> str:
+    sort = page.query.sort
+    arrow = '▲' if page.query.ascending else '▼'
+    by_key = {c.key: c for c in page.columns}
+    sorted_version = by_key[sort].version if sort in by_key else None
+    cells = []
+    for column in page.columns:
+        if column.version is not None:
+            if column.kind != 'output':
+                continue
+            version = column.version
+            mark = ' (baseline)' if version == cmp.baseline else ''
+            what = ''
+            if sort is not None and sorted_version == version:
+                what = f' <span class="pw-sorted">{arrow} {html.escape(by_key[sort].title.split(" ", 1)[1])}</span>'
+            cells.append(
+                f'<th class="pw-grid-version" title="{html.escape(version)}">{html.escape(names[version] + mark)}'
+                f'{what}</th>'
+            )
+            continue
+        what = f' <span class="pw-sorted">{arrow}</span>' if sort == column.key else ''
+        cells.append(f'<th class="pw-grid-{column.kind}">{html.escape(column.title)}{what}</th>')
+    return '<thead><tr>' + ''.join(cells) + '</tr></thead>'
+
+
+def _grid_cell(row: Any, version: str, scorers: Sequence[GridColumn]) -> str:
+    passed = bool(row[f'{version}|pass'])
+    output = row[f'{version}|output']
+    error = row[f'{version}|error']
+    badge = '<span class="pw-badge pw-pass">✓ pass</span>' if passed else '<span class="pw-badge pw-fail">✗ fail</span>'
+    text = '<span class="pw-muted">no answer</span>' if _missing_text(output) else html.escape(clip(output, 90))
+    title = '' if _missing_text(output) else html.escape(clip(output, 600))
+    scores = ' · '.join(
+        f'<span>{html.escape(c.title.split(" ", 1)[1])} {percent(row[c.key]) or "–"}</span>'
+        for c in scorers
+        if c.version == version
+    )
+    err = f'<div class="pw-error-text" title="{html.escape(str(error))}">{html.escape(clip(error, 80))}</div>'
+    return (
+        f'<td class="pw-grid-out {"pw-row-pass" if passed else "pw-row-fail"}" title="{title}">{badge} {text}'
+        f'<div class="pw-scores">{scores}</div>{err if not _missing_text(error) else ""}</td>'
+    )
+
+
+def _missing_text(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value)) or str(value) == ''
+
+
+def render_grid(page: GridPage, cmp: VersionComparison) -> str:
+    """Render one page of the grid: a row per example with its inputs and expected output, then a cell per
+    version with its output, pass or fail, and every score (custom scorers and judges), then the outcome across
+    versions. The columns the query sorts by carry an arrow; the counts say how many rows match."""
+    names = short_names(cmp.version_ids)
+    # each cell's badge says pass or fail by the row score; the cell lists every other score (a text task's ROUGE-L
+    # too, as the badge only says whether it reached the bar)
+    row_score = row_score_name(cmp.task)
+    scorers = [
+        c for c in page.columns if c.kind == 'score' and (cmp.task == 'text' or not c.key.endswith(f'|{row_score}'))
+    ]
+    start = page.page * page.query.per_page
+    searched = f' matching “{html.escape(page.query.search)}”' if page.query.search.strip() else ''
+    titles = {c.key: c.title for c in page.columns}
+    filtered = ''.join(
+        f', {html.escape(titles.get(f.column, f.column))} {html.escape(f.op)} {html.escape(f.value)}'.rstrip()
+        for f in page.query.filters
+    )
+    if page.rows.empty:
+        return _wrap(
+            f'<p class="pw-sub pw-grid-count">No example of {page.total:,}{searched}{filtered}.</p>', 'pw-grid-view'
+        )
+    count_line = (
+        f'<p class="pw-sub pw-grid-count">Showing {start + 1:,}–{start + len(page.rows):,} of {page.matches:,} '
+        f'examples{searched}{filtered} ({page.total:,} in all), page {page.page + 1} of {page.pages}. Each cell: '
+        'pass or fail by the row score, the output, then every score.</p>'
+    )
+    body = []
+    for _, row in page.rows.iterrows():
+        cells = []
+        for column in page.columns:
+            if column.version is not None:
+                if column.kind == 'output':
+                    cells.append(_grid_cell(row, column.version, scorers))
+                continue
+            value = row[column.key]
+            if column.kind == 'outcome':
+                css = {'all pass': 'pw-better', 'all fail': 'pw-worse'}.get(str(value), '')
+                cells.append(f'<td class="pw-grid-outcome {css}">{html.escape(str(value))}</td>')
+            elif column.kind == 'input':
+                cells.append(
+                    f'<td class="pw-grid-input" title="{html.escape(clip(value, 800))}">{html.escape(clip(value, 140))}</td>'
+                )
+            else:
+                cells.append(f'<td class="pw-grid-{column.kind}">{html.escape(str(value))}</td>')
+        body.append(f'<tr data-example="{html.escape(str(row["example_id"]))}">' + ''.join(cells) + '</tr>')
+    table = f'<table class="pw-grid-table">{_grid_head(page, cmp, names)}<tbody>{"".join(body)}</tbody></table>'
+    return _wrap(count_line + _scroll(table), 'pw-grid-view')
+
+
 def render_prompt_diff(cmp: VersionComparison, candidate: str) -> str:
     """Render the word-level template diff and the settings that changed from the baseline to `candidate`."""
     return _wrap(render_diff_html(diff_versions(cmp.version(cmp.baseline), cmp.version(candidate))), 'pw-diff-pane')
@@ -850,7 +1078,8 @@ def render_report(
     prompts: PromptLookup = _no_prompts,
 ) -> str:
     """Render a standalone HTML document: summary, per-category chart and table, confusion matrices, and for
-    each candidate its changelog, prompt diff and first page of flips. It opens in any browser, without a kernel.
+    each candidate its changelog, prompt diff and every flip (folded when there are more than a page of them, each
+    row expanding to both outputs and prompts). It opens in any browser, without a kernel.
 
     `labels` maps a version id to its labels (`production`, ...), shown beside it in the summary; `changelogs`
     a version id to its changelog; `prompts` looks up rendered prompts by request hash (see `render_flips`)."""
@@ -870,14 +1099,19 @@ def render_report(
     for candidate in cmp.version_ids:
         if candidate == cmp.baseline:
             continue
-        hint = 'in the widget, or ws.flips(run_a, run_b) for all (a DataFrame).'
+        counts = flip_counts(cmp.flips(candidate))
+        every = max(counts['any change'], 1)  # the report carries every flip, folded: it has no pages to turn
         parts += [
             f'<h2>{html.escape(candidate)} against {html.escape(cmp.baseline)}</h2>',
             *_changelog_section((changelogs or {}).get(candidate)),
             '<h4>Prompt diff</h4>',
             render_diff_html(diff_versions(cmp.version(cmp.baseline), cmp.version(candidate))),
-            '<h4>Flips</h4>',
-            _flips_body(cmp, candidate, 'any change', 0, FLIPS_PER_PAGE, prompts=prompts, more_hint=hint, title=False),
+            f'<details class="pw-flips-all"{" open" if counts["any change"] <= FLIPS_PER_PAGE else ""}>'
+            f'<summary><h4>Flips: {counts["any change"]:,} examples changed ({counts["fixed"]:,} fixed, '
+            f'{counts["broken"]:,} broken); click to {"fold" if counts["any change"] <= FLIPS_PER_PAGE else "unfold"}'
+            '</h4></summary>',
+            _flips_body(cmp, candidate, 'any change', 0, every, prompts=prompts, title=False),
+            '</details>',
         ]
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'

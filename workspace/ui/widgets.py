@@ -12,8 +12,9 @@ from collections.abc import Callable, Sequence
 
 import ipywidgets as w
 
-from workspace.analysis.compare import VersionComparison, build_comparison
+from workspace.analysis.compare import VersionComparison, build_comparison, prompts_for
 from workspace.analysis.comparison_state import CompareState
+from workspace.analysis.grid import FILTER_OPS, GridFilter
 from workspace.analysis.model_comparison import ModelComparison
 from workspace.core.datasets import Dataset
 from workspace.core.runs import Run, main_score_name
@@ -24,7 +25,7 @@ from workspace.ui import views
 
 __all__ = ['CompareView', 'compare', 'render_tab']
 
-TABS = ('Summary', 'Per category', 'Confusion', 'Flips', 'Diff', 'Samples', 'Cost', 'Edit')
+TABS = ('Summary', 'Grid', 'Per category', 'Confusion', 'Flips', 'Diff', 'Samples', 'Cost', 'Edit')
 
 Progress = Callable[[int, int], None]
 
@@ -33,6 +34,8 @@ def render_tab(state: CompareState, tab: str) -> str:
     """Return the HTML of one tab of a comparison view."""
     if tab == 'Summary':
         return views.render_summary(state.cmp, labels=state.labels)
+    if tab == 'Grid':
+        return views.render_grid(state.grid_page(), state.cmp)
     if tab == 'Per category':
         return views.render_per_category(state.cmp)
     if tab == 'Confusion':
@@ -50,6 +53,7 @@ def render_tab(state: CompareState, tab: str) -> str:
             state.flip_filter,
             page=state.flip_page,
             per_page=state.flips_per_page,
+            prompts=prompts_for,  # each row expands to both rendered prompts, read from the request store
         )
     if tab == 'Diff':
         return views.render_prompt_diff(state.cmp, state.focus)  # type: ignore[arg-type]
@@ -81,7 +85,15 @@ class _Clock:
         elapsed = time.perf_counter() - self.start
         left = elapsed / done * (total - done) if done else 0.0
         eta = '' if not done or done >= total else ', under a second left' if left < 1 else f', about {left:.0f} s left'
-        self.label.value = f'{done:,} / {total:,} calls{eta}'
+        self.label.value = f'{done:,} / {total:,} {self.what}{eta}'
+
+    what = 'calls'
+
+    def judge(self, done: int, total: int) -> None:
+        """Count judge calls as judge calls (a judge the dataset runs on every evaluation, or one asked for)."""
+        if self.what != 'judge calls':
+            self.what, self.start = 'judge calls', time.perf_counter()
+        self(done, total)
 
 
 class CompareView(w.VBox):
@@ -125,6 +137,8 @@ class CompareView(w.VBox):
         self.previous_page = w.Button(description='Previous', icon='chevron-left', layout=w.Layout(width='100px'))
         self.next_page = w.Button(description='Next', icon='chevron-right', layout=w.Layout(width='100px'))
 
+        self._grid_controls()
+
         self.edit_source = w.Dropdown(
             description='Edit', layout=w.Layout(width='340px'), style={'description_width': '40px'}
         )
@@ -165,6 +179,7 @@ class CompareView(w.VBox):
         )
         children = [
             self.panes['Summary'],
+            self.grid_tab,
             self.panes['Per category'],
             self.panes['Confusion'],
             flips_tab,
@@ -195,6 +210,7 @@ class CompareView(w.VBox):
             self.note,
             self.save_button,
             self.revert_button,
+            *self.grid_bar.children,
         ]
         self.baseline.observe(self._on_baseline, names='value')
         self.focus.observe(self._on_focus, names='value')
@@ -222,7 +238,9 @@ class CompareView(w.VBox):
 
     def _render_visible(self, _change: object = None) -> None:
         tab = TABS[self.tabs.selected_index or 0]
-        if tab in self._stale:
+        if tab == 'Grid' and tab in self._stale:
+            self._render_grid()
+        elif tab in self._stale:
             self.panes[tab].value = render_tab(self.state, tab)
             self._stale.discard(tab)
 
@@ -269,6 +287,7 @@ class CompareView(w.VBox):
             self.edit_source.options = [(self._option(v) + self._role(v), v) for v in editable]
             self.edit_source.value = s.editing
             self._sync_flip_filter()
+            self._sync_grid_controls()
         finally:
             self._syncing = False
 
@@ -368,6 +387,102 @@ class CompareView(w.VBox):
         self._sync_controls()
         self._stale.add('Flips')
         self._render_visible()
+
+    # --- grid ---------------------------------------------------------------------------------------------------
+
+    def _grid_controls(self) -> None:
+        """Make the Grid tab: a search box, a sort column and order, one filter (column, operator, value) and pages."""
+        compact = {'description_width': 'initial'}
+        self.grid_search = w.Text(
+            placeholder='search inputs, outputs, expected, errors',
+            layout=w.Layout(width='300px'),
+            continuous_update=True,
+        )
+        self.grid_search.add_class('pw-grid-search')
+        self.grid_sort = w.Dropdown(description='Sort by', layout=w.Layout(width='250px'), style=compact)
+        self.grid_order = w.ToggleButtons(
+            options=[('↑', True), ('↓', False)], tooltips=['ascending', 'descending'], style={'button_width': '34px'}
+        )
+        self.grid_filter_column = w.Dropdown(description='Filter', layout=w.Layout(width='240px'), style=compact)
+        self.grid_filter_op = w.Dropdown(options=list(FILTER_OPS), value='contains', layout=w.Layout(width='140px'))
+        self.grid_filter_value = w.Text(placeholder='value (pass, fail, 50%, …)', layout=w.Layout(width='170px'))
+        self.grid_previous = w.Button(description='Previous', icon='chevron-left', layout=w.Layout(width='100px'))
+        self.grid_next = w.Button(description='Next', icon='chevron-right', layout=w.Layout(width='100px'))
+        for control in (self.grid_search, self.grid_sort, self.grid_order, self.grid_filter_column):
+            control.observe(self._on_grid, names='value')
+        for control in (self.grid_filter_op, self.grid_filter_value):
+            control.observe(self._on_grid_filter, names='value')
+        self.grid_previous.on_click(lambda _: self._grid_turn(-1))
+        self.grid_next.on_click(lambda _: self._grid_turn(1))
+        self.grid_bar = w.HBox(
+            [
+                self.grid_search,
+                self.grid_sort,
+                self.grid_order,
+                self.grid_filter_column,
+                self.grid_filter_op,
+                self.grid_filter_value,
+                self.grid_previous,
+                self.grid_next,
+            ],
+            layout=w.Layout(flex_flow='row wrap', align_items='center'),
+        )
+        self.grid_tab = w.VBox([self.grid_bar, self.panes['Grid']])
+        self.grid_tab.add_class('pw-grid-tab')
+
+    def _sync_grid_controls(self) -> None:
+        columns = self.state.grid_columns()
+        q = self.state.grid_query
+        options = [(c.title, c.key) for c in columns]
+        self.grid_sort.options = [('(as listed)', ''), *options]
+        self.grid_sort.value = q.sort or ''
+        self.grid_order.value = q.ascending
+        chosen = self.grid_filter_column.value  # the filter being typed stays, unless its column left the grid
+        self.grid_filter_column.options = [('(none)', ''), *options]
+        self.grid_filter_column.value = chosen if chosen in {c.key for c in columns} else ''
+
+    def _on_grid(self, _change: object) -> None:
+        if self._syncing:
+            return
+        self._query_grid()
+
+    def _on_grid_filter(self, _change: object) -> None:
+        if self._syncing or not self.grid_filter_column.value:
+            return
+        self._query_grid()
+
+    def _query_grid(self, page: int = 0) -> None:
+        column = self.grid_filter_column.value or None
+        op = self.grid_filter_op.value
+        value = self.grid_filter_value.value
+        needs_value = op not in ('is empty', 'is not empty')
+        filters = (GridFilter(column, op, value),) if column is not None and (value.strip() or not needs_value) else ()
+        self.state.grid_query = self.state.grid_query.replace(
+            search=self.grid_search.value,
+            sort=self.grid_sort.value or None,
+            ascending=self.grid_order.value,
+            filters=filters,
+            page=page,
+        )
+        self._render_grid()
+
+    def _grid_turn(self, step: int) -> None:
+        self._query_grid(self.state.grid_query.page + step)
+
+    def _render_grid(self) -> None:
+        try:
+            page = self.state.grid_page()
+            self.panes['Grid'].value = views.render_grid(page, self.state.cmp)
+            self.grid_previous.disabled = page.page <= 0
+            self.grid_next.disabled = page.page >= page.pages - 1
+        except WorkspaceError as e:
+            self.panes['Grid'].value = _message(_esc(e), 'error')
+        self._stale.discard('Grid')
+        self._syncing = True
+        try:
+            self._sync_grid_controls()
+        finally:
+            self._syncing = False
 
     # --- edit ---------------------------------------------------------------------------------------------------
 
@@ -504,16 +619,20 @@ def compare(
     split: str | None = None,
     *,
     baseline: Version | str | None = None,
+    judges: Sequence[str] | str | None = None,
 ) -> CompareView:
     """Evaluate the versions on a split (only missing requests reach the model) and show them side by side; or show
-    a comparison already made (`ws.compare(ws.evaluate_models(...))`).
+    a comparison already made (`ws.compare(ws.evaluate_models(...))`). `judges` names judge columns of the dataset
+    to judge the rows with, here and in versions added in the view (see `evaluate`); scores judged earlier show
+    either way.
 
     >>> ws.compare(tickets, ['ticket_router@production', v2, v3], split='dev')
     """
     if isinstance(dataset, ModelComparison):
         dataset = dataset.comparison
     if isinstance(dataset, VersionComparison):
-        return CompareView(CompareState(dataset))
+        return CompareView(CompareState(dataset, judges=judges))
     if not versions:
         raise WorkspaceError('give the versions to compare, e.g. ws.compare(tickets, [v1, v2], split="dev")')
-    return CompareView(CompareState(build_comparison(dataset, versions, split, baseline=baseline, progress=True)))
+    cmp = build_comparison(dataset, versions, split, baseline=baseline, progress=True, judges=judges)  # type: ignore[arg-type]
+    return CompareView(CompareState(cmp, judges=judges))
