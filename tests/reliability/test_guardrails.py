@@ -116,7 +116,7 @@ def test_judging_sends_no_blocked_row_and_checks_the_judges_own_rules(ws, guarde
     ws.add_scorer(data, judge, column='judged')
     ws.set_rule('judge_no_courier', 'keyword', stage='prompt', enforcement='block', words=['courier'],
                 prompts=[judge.prompt])  # fmt: skip
-    run = ws.evaluate(version, data, 'dev', progress=False)
+    run = ws.evaluate(version, data, 'dev', judges=['judged'], progress=False)
     judged = [p for p in counting.prompts if JUDGE_QUESTION in p]
     assert counting.leaked() == []
     assert len(judged) == 5  # 6 clean rows, less a4 (a courier), which the judge's own rule blocks
