@@ -14,6 +14,7 @@ output constraint):
 from __future__ import annotations
 
 import difflib
+import json
 import logging
 import time
 import uuid
@@ -31,6 +32,7 @@ from workspace.core.runs import Run, eval_rows, main_score_name, summarize
 from workspace.core.versions import Version, build_request, get_version
 from workspace.errors import TemplateError, WorkspaceError
 from workspace.storage import backends, store, tables
+from workspace.storage.reads import table_key
 
 __all__ = ['evaluate', 'check_template', 'add_scorer', 'eval_table']
 
@@ -203,11 +205,29 @@ def add_scorer(
     return name
 
 
-def _rows_to_write(v: Version, ds: Dataset, requests: Mapping[str, dict[str, Any]], retry_errors: bool) -> list[str]:
-    """Return the examples whose evaluation row is missing, stale (another request), or failed and retried."""
+def _same_value(a: Any, b: Any) -> bool:
+    return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
+
+
+def _rows_to_write(
+    v: Version,
+    ds: Dataset,
+    requests: Mapping[str, dict[str, Any]],
+    expected: Mapping[str, Any],
+    retry_errors: bool,
+) -> list[str]:
+    """Return the examples whose evaluation row is missing, stale (another request, or another expected output:
+    a pinned dataset version evaluated after a correction), or failed and retried."""
     frame = eval_rows(ds.name, v.id)
-    existing = {ex: (key, error) for ex, key, error in zip(frame['example_id'], frame['request_hash'], frame['error'])}
-    stale = [ex for ex, req in requests.items() if ex not in existing or existing[ex][0] != req['hash']]
+    existing = {
+        ex: (key, error, exp)
+        for ex, key, error, exp in zip(frame['example_id'], frame['request_hash'], frame['error'], frame['expected'])
+    }
+    stale = [
+        ex
+        for ex, req in requests.items()
+        if ex not in existing or existing[ex][0] != req['hash'] or not _same_value(existing[ex][2], expected[ex])
+    ]
     failed = [ex for ex in requests if ex not in stale and retry_errors and not pd.isna(existing[ex][1])]
     return stale + failed
 
@@ -248,11 +268,16 @@ def evaluate(
     dataset: Dataset | str,
     split: str | None = None,
     *,
+    dataset_version: int | None = None,
     samples: int = 1,
     progress: store.Progress = True,
     retry_errors: bool = False,
 ) -> Run:
     """Evaluate `version` on a dataset split (all rows if `split` is None) and return the run.
+
+    `dataset` may name a table version (`'tickets:3'`, or `dataset_version=3`): the examples and expected outputs
+    as they were then, answered from the store wherever the request is unchanged. The run is an immutable record:
+    it reads its rows at the evaluation table's version it wrote, so later corrections never change its scores.
 
     Only requests the store has not answered reach the model. Rows whose model call failed keep the error and
     count in the summary; `retry_errors=True` sends those requests again. `samples=k` asks each request k times
@@ -266,7 +291,7 @@ def evaluate(
     """
     started, clock = utc_now(), time.perf_counter()
     v = get_version(version)
-    ds = get_dataset(dataset)
+    ds = get_dataset(dataset, version=dataset_version)
     check_template(v, ds)
     samples_module.check_samples(v, samples)
     rows = ds.rows(split)
@@ -287,7 +312,7 @@ def evaluate(
         for row in rows
     }
     table = eval_table(ds)
-    to_write = _rows_to_write(v, ds, requests, retry_errors)
+    to_write = _rows_to_write(v, ds, requests, {row['example_id']: row['expected'] for row in rows}, retry_errors)
     sampled = _sample_requests(v, ds, requests, samples, retry_errors)
     asked = [(requests[ex], (v.id, ds.name, ex)) for ex in to_write]
     asked += [(req, (v.id, ds.name, ex)) for (ex, _), req in sampled.items()]
@@ -314,6 +339,9 @@ def evaluate(
     samples_module.write_samples(ds.name, v, sampled, batch.answers)
     judge_calls = judges.judge_evaluation(ds, table, v.id, list(requests), progress=progress)
 
+    pins = {'evals': list(table_key(table))}  # the version that holds this run's rows: they never change
+    if samples > 1:
+        pins['samples'] = list(table_key(tables.samples(ds.name)))
     answered_now = {ex for ex in requests if requests[ex]['hash'] in batch.called}
     run = Run(
         run_id=uuid.uuid4().hex[:12],
@@ -328,16 +356,20 @@ def evaluate(
         wall_s=0.0,
         samples=samples,
         judge_calls=judge_calls,
+        pins=pins,
     )
     summary = summarize(run, run.rows())
     run = run.replace(
-        errors=summary.errors, wall_s=time.perf_counter() - clock, cost_usd=summary.metrics.get('cost_usd')
+        errors=summary.errors,
+        wall_s=time.perf_counter() - clock,
+        cost_usd=summary.metrics.get('cost_usd'),
+        metrics=summary.metrics,
     )
     _record(run, summary)
     log.info(
         '%s on %s/%s: %d calls, %d reused, %s = %.3f',
         v.id,
-        ds.name,
+        ds.ref,
         split,
         run.calls,
         run.reused,
@@ -370,6 +402,7 @@ def _record(run: Run, summary: Any) -> None:
                 'samples': run.samples,
                 'judge_calls': run.judge_calls,
                 'cost_usd': run.cost_usd,
+                'pins': run.pins,
             }
         ]
     )
