@@ -282,7 +282,7 @@ class Task:
             instructions = ''
         demo_list = tuple(self.demo(d) for d in demos)
         template = base.template
-        reads_demos = 'demos' in render_udfs.template_variables(template)
+        reads_demos = base.is_chat or 'demos' in render_udfs.template_variables(template)  # chat: demos are turns
         if demo_list and not reads_demos and list(demo_list) != list(base.demos):
             template = demo_template(template, self.inputs)
         return Candidate(template, instructions, demo_list)
