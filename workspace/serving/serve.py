@@ -31,6 +31,7 @@ from typing import Any
 import jinja2
 
 from udfs import parse
+from udfs.render import transcript
 from workspace import config
 from workspace.config import current_user, utc_now
 from workspace.core import rules
@@ -358,6 +359,8 @@ class Rendered:
     unit_id: str | None = None
     experiment: str | None = None
     arm: str | None = None
+    #: A chat version's rendered messages (what to send a chat API); None for a completion version.
+    messages: list[dict[str, str]] | None = None
 
 
 @dataclass(frozen=True)
@@ -387,6 +390,7 @@ class _Call:
     fields: dict[str, Any]
     text: str = ''
     violations: list[Violation] = field(default_factory=list)
+    messages: list[dict[str, str]] | None = None
 
 
 def _fields(fields: Any) -> dict[str, Any]:
@@ -456,7 +460,11 @@ class Server:
         try:
             rules.raise_if_blocked(call.violations)
             try:
-                call.text = version.render(values)
+                if version.is_chat:  # the messages to send, and as one text for the prompt rules
+                    call.messages = version.render_messages(values)
+                    call.text = transcript(call.messages)
+                else:
+                    call.text = version.render(values)
             except jinja2.UndefinedError as e:
                 needed = ', '.join(sorted(version.variables()))
                 raise ServeError(f'{version.id} cannot render: {e.message}; it reads the fields {needed}') from None
@@ -477,7 +485,14 @@ class Server:
         call = self._render('render', ref, fields, unit_id, caller)
         execution_id = self._log(call, 'ok')
         return Rendered(
-            execution_id, call.version.id, call.text, call.violations, call.unit_id, call.experiment, call.arm
+            execution_id,
+            call.version.id,
+            call.text,
+            call.violations,
+            call.unit_id,
+            call.experiment,
+            call.arm,
+            messages=call.messages,
         )
 
     def complete(
@@ -511,6 +526,7 @@ class Server:
             call.unit_id,
             call.experiment,
             call.arm,
+            messages=call.messages,
             output=output,
             prediction=parse.parse(output, version.output),
             request_hash=answer['hash'],
@@ -569,7 +585,8 @@ def render(ref: str, fields: Mapping[str, Any], *, unit_id: str | int | None = N
 
     `ref` is `prompt@label`, `prompt:v3` or a prompt name (its latest version); with a `unit_id`, a label or
     prompt reference serves the unit's arm of the prompt's running experiment. A blocking rule raises
-    GuardrailViolation naming the rule and the span; warnings come back in `.warnings`.
+    GuardrailViolation naming the rule and the span; warnings come back in `.warnings`. A chat version's rendered
+    messages are in `.messages` (`.text` holds them as one text, which the prompt rules check).
 
     >>> served = render('ticket_router@production', {'text': 'My parcel is late'}, unit_id='user-42')
     >>> served.text, served.version_id, served.warnings

@@ -22,7 +22,7 @@ from workspace.config import current_user, utc_now
 from workspace.errors import WorkspaceError
 from workspace.storage import tables
 
-__all__ = ['KINDS', 'Kind', 'record', 'audit', 'acting_as', 'actor', 'changes']
+__all__ = ['KINDS', 'Kind', 'record', 'audit', 'acting_as', 'actor', 'changes', 'parse_since']
 
 Kind = Literal[
     'version.created',
@@ -32,6 +32,7 @@ Kind = Literal[
     'rule.changed',
     'experiment.started',
     'experiment.stopped',
+    'experiment.decided',
     'dataset.imported',
     'dataset.appended',
     'dataset.corrected',
@@ -122,6 +123,16 @@ def _since(since: datetime.datetime | datetime.timedelta | str) -> datetime.date
         raise WorkspaceError(
             f"since={since!r} is not a time; give a datetime, a timedelta, an ISO date or an age such as '2h' or '7d'"
         ) from None
+
+
+def parse_since(when: datetime.datetime | datetime.timedelta | str) -> datetime.datetime:
+    """Return the time a `since=` argument names: a datetime (UTC if naive), a timedelta or an age ('2h', '7d')
+    before now, or an ISO date.
+
+    >>> parse_since('2h') < utc_now()
+    True
+    """
+    return _since(when)
 
 
 def audit(

@@ -583,6 +583,10 @@ def experiments() -> pxt.Table:
             'started_at': pxt.Timestamp,
             'started_by': pxt.String,
             'stopped_at': pxt.Timestamp | None,
+            # how it is decided, fixed before it starts: baseline, units per arm, fixed or sequential (None: no plan)
+            'plan': pxt.Json | None,
+            'decided_at': pxt.Timestamp | None,
+            'decision': pxt.Json | None,  # the winner, the version its label moved to, and why
         },
         ['prompt', 'experiment'],
     )

@@ -85,6 +85,7 @@ def get_prompt(request: Request, ref: str, key: ReadKey) -> dict[str, Any]:
         'number': version.number,
         'parent_id': version.parent_id,
         'template': version.template,
+        'messages': version.messages,
         'model': version.model,
         'params': dict(version.params),
         'output': dict(version.output),
