@@ -237,6 +237,7 @@ class ExecutionLog:
         self._rows: list[dict[str, Any]] = []
         self._recent: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._lock = threading.Lock()
+        self._flushing = threading.Lock()  # a flush waits for one in flight, so rows it took are written on return
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -280,20 +281,22 @@ class ExecutionLog:
             return self._recent.get(execution_id)
 
     def flush(self) -> int:
-        """Write the rows buffered in this process now; return how many were written."""
-        with self._lock:
-            rows, self._rows = self._rows, []
-        if not rows:
-            return 0
-        try:
-            with DB_LOCK:
-                tables.executions().insert(rows)
-        except Exception:
-            log.exception('writing %d execution rows failed; they are kept for the next write', len(rows))
+        """Write the rows buffered in this process now; return how many were written. Every row buffered before
+        the call is written when it returns (a write the background thread started is waited for)."""
+        with self._flushing:
             with self._lock:
-                self._rows = rows + self._rows
-            return 0
-        return len(rows)
+                rows, self._rows = self._rows, []
+            if not rows:
+                return 0
+            try:
+                with DB_LOCK:
+                    tables.executions().insert(rows)
+            except Exception:
+                log.exception('writing %d execution rows failed; they are kept for the next write', len(rows))
+                with self._lock:
+                    self._rows = rows + self._rows
+                return 0
+            return len(rows)
 
     def _loop(self) -> None:
         while not self._stop.is_set():
