@@ -30,7 +30,7 @@ def test_initial_view(view):
         view.candidate_boxes['router:v1'].disabled and 'v1 (baseline)' == view.candidate_boxes['router:v1'].description
     )
     assert view.focus.value == 'router:v2'
-    assert [view.tabs.get_title(i) for i in range(8)] == [
+    assert [view.tabs.get_title(i) for i in range(9)] == [
         'Summary',
         'Per category',
         'Confusion',
@@ -38,6 +38,7 @@ def test_initial_view(view):
         'Diff',
         'Samples',
         'Cost',
+        'Serving',
         'Edit',
     ]
     assert 'pw-tag-baseline">baseline' in view.panes['Summary'].value
@@ -266,3 +267,21 @@ def test_samples_and_cost_panes(view):
     pane = render_tab(state, 'Samples')
     assert f'{sampling.id}: 2 samples per row, 6 rows' in pane and '0 unstable' in pane
     assert f'{v1.id}:' not in render_tab(state, 'Samples')
+
+
+def test_the_serving_pane_shows_how_each_version_is_served(view, monkeypatch):
+    import workspace as ws
+    from workspace.serving import serve
+
+    view, (tiny, v1, v2, v3, server) = view
+    assert 'not served yet' in render_tab(view.state, 'Serving')
+    monkeypatch.setattr(serve, '_default', None)
+    ws.set_rule('mentions_ticket', 'keyword', stage='prompt', words=['ticket'])
+    for text in ('I was charged twice for the same order.', 'My parcel is late'):
+        ws.complete(v2.id, {'text': text})
+    ws.render(v3.id, {'text': 'x'})
+    serve._server().close()
+    pane = render_tab(view.state, 'Serving')
+    assert 'router:v2' in pane and 'router:v3' in pane and 'mentions_ticket 2' in pane
+    stats = view.state.serving().set_index('version_id')
+    assert stats.loc['router:v2', 'completions'] == 2 and stats.loc['router:v1', 'requests'] == 0

@@ -185,6 +185,12 @@ class CompareState:
         """Return one row per compared version: quality, latency, tokens and cost (see `cost_table`)."""
         return cost_table(self.cmp)
 
+    def serving(self):  # noqa: ANN201 - a DataFrame
+        """Return one row per compared version: how it does when served (see `serving_stats`)."""
+        from workspace.analysis.serving_stats import serving_stats
+
+        return serving_stats(versions=self.cmp.version_ids)
+
 
 def _sampled_runs(cmp: VersionComparison) -> list[Run]:
     """Return, for each compared version, its latest run with samples on the comparison's dataset split (the
