@@ -829,6 +829,7 @@ def changelogs() -> pxt.Table:
             'model': pxt.String,
             'request_hash': pxt.String,
             'created_at': pxt.Timestamp,
+            'problems': pxt.Json | None,  # why the description is unreliable, found when it was written
         },
         'version_id',
     )
