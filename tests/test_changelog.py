@@ -48,8 +48,9 @@ def test_changelog_is_a_stored_request_next_to_the_measured_effect(ws, tiny, loc
 
 
 def test_a_changelog_that_contradicts_the_diff_or_the_measured_flips_is_marked_unreliable(scripted_versions, tmp_path):
-    import workspace as ws
     from openai_server import Canned, completion_body
+
+    import workspace as ws
 
     tiny, v1, v2, v3, server = scripted_versions
     for v in (v1, v2, v3):
