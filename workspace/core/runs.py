@@ -80,13 +80,22 @@ class Run:
     def replace(self, **changes: Any) -> Run:
         return dataclasses.replace(self, **changes)
 
-    def pinned(self, name: str = 'evals') -> pxt.Table:
-        """Return the table a run read (`'evals'` or `'samples'`) as it was when the run was made (read-only)."""
+    def _pin(self, name: str) -> tuple[str, list[Any]]:
         path = tables.eval_path(self.dataset) if name == 'evals' else f'{tables.SAMPLES_DIR}/{self.dataset}'
         pin = (self.pins or {}).get(name)
         if pin is None:  # a run recorded before runs were pinned
             pin = _pin_by_time(path, self.started_at + datetime.timedelta(seconds=self.wall_s), self.dataset)
+        return path, list(pin)
+
+    def pinned(self, name: str = 'evals') -> pxt.Table:
+        """Return the table a run read (`'evals'` or `'samples'`) as it was when the run was made (read-only)."""
+        path, pin = self._pin(name)
         return table_at(path, pin, what=f'the {name} rows of run {self.run_id}', dataset=self.dataset)
+
+    def _read_pinned(self, query: str, load: Any) -> Any:
+        """Return a read of the pinned evaluation table, kept per process: a pinned version never changes."""
+        path, pin = self._pin('evals')
+        return READS.get_at(pin[0], pin[1], (path, query), lambda: load(self.pinned()))
 
     def __repr__(self) -> str:
         return (
@@ -121,7 +130,10 @@ class Run:
     def rows(self) -> pd.DataFrame:
         """Return this run's rows of the evaluation table (expected, prediction, scores, ...), without inputs, as
         they were when the run was made."""
-        frame = eval_rows(self.dataset, self.version.id, table=self.pinned())
+        frame = self._read_pinned(
+            f'rows of {self.version.id}',
+            lambda evals: evals.where(evals.version_id == self.version.id).collect().to_pandas(),
+        )
         ids = list(self.example_ids)
         present = frame.set_index('example_id', drop=False)
         missing = [ex for ex in ids if ex not in present.index]
@@ -134,7 +146,7 @@ class Run:
 
     def score_columns(self) -> list[str]:
         """Return the names of the score columns this run has (those of the evaluation table when it was made)."""
-        return score_columns(self.pinned())
+        return list(self._read_pinned('score columns', score_columns))
 
     def row_scores(self, name: str | None = None) -> list[float]:
         """Return the per-example score (the task's main per-row score unless named), None counted as 0."""
@@ -349,10 +361,9 @@ class Lineage(Mapping[str, Any]):
         )
 
 
-def eval_rows(dataset: str, version_id: str, *, table: pxt.Table | None = None) -> pd.DataFrame:
-    """Return every evaluation row of a version on a dataset (read once per table version; treat as read-only),
-    from the live evaluation table or the given (pinned) one."""
-    evals = table if table is not None else tables.open_table(tables.eval_path(dataset))
+def eval_rows(dataset: str, version_id: str) -> pd.DataFrame:
+    """Return every evaluation row of a version on a dataset (read once per table version; treat as read-only)."""
+    evals = tables.open_table(tables.eval_path(dataset))
     if evals is None:
         raise WorkspaceError(f'dataset {dataset!r} has no evaluations; run ws.evaluate first')
     return READS.get(

@@ -458,7 +458,7 @@ class VersionAdapter(dspy.Adapter):
         if self.task.is_task(signature):
             chosen = self.active.candidate or self.task.candidate(signature, demos)
             request = self.task.request(chosen.apply(self.task.baseline), inputs, '')
-            return [{'role': 'user', 'content': request['prompt']}]
+            return list(request.get('messages') or [{'role': 'user', 'content': request['prompt']}])  # chat: as sent
         return [{'role': 'user', 'content': self.render_plain(signature, demos, inputs)}]
 
     def parse(self, signature: type[dspy.Signature], completion: str) -> dict[str, Any]:
