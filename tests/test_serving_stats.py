@@ -66,3 +66,13 @@ def test_serving_stats_per_version(served):
     named = serving_stats('router', versions=[v1, 'router:v2', 'router:v3']).set_index('version_id')
     assert len(named) == 3 and named['requests'].sum() == 10
     assert serving_stats('router', since='1h')['requests'].sum() == 10
+
+
+def test_nothing_served_yet_reads_as_empty_and_makes_no_table(ws):
+    from workspace.storage import tables
+
+    ws.create_version('router', template='Ticket: {{ text }}')
+    assert executions().empty and list(executions().columns)[:3] == ['at', 'execution_id', 'kind']
+    stats = serving_stats(versions=['router:v1'])
+    assert list(stats['requests']) == [0] and list(stats['outcome_units']) == [0]
+    assert tables.open_table(tables.EXECUTIONS) is None and tables.open_table(tables.AB_OUTCOMES) is None

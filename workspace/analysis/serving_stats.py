@@ -125,7 +125,9 @@ def executions(
         raise WorkspaceError(f"kind={kind!r} is not an execution kind; use 'render' or 'complete'")
     if outcome is not None and outcome not in ('ok', 'blocked', 'error'):
         raise WorkspaceError(f"outcome={outcome!r} is not an execution outcome; use 'ok', 'blocked' or 'error'")
-    t = tables.executions()
+    t = tables.open_table(tables.EXECUTIONS)  # nothing served yet: no table (and reading makes none)
+    if t is None:
+        return pd.DataFrame(columns=_EXECUTION_COLUMNS)
     extra = [t.kind == kind] if kind else []
     extra += [t.outcome == outcome] if outcome else []
     query = _read(
@@ -189,7 +191,9 @@ def _outcomes(
     prompt: str | None, version_ids: list[str] | None, since: When | None, until: When | None
 ) -> pd.DataFrame:
     """Return per version: units with an outcome, outcome events, and the mean of each unit's mean outcome."""
-    t = tables.ab_outcomes()
+    t = tables.open_table(tables.AB_OUTCOMES)
+    if t is None:  # no outcome logged yet
+        return pd.DataFrame(columns=['outcome_units', 'outcome_events', 'outcome_mean'])
     query = _read(t, time_column='logged_at', prompt=prompt, version_ids=version_ids, since=since, until=until)
     frame = query.select(t.version_id, t.unit_id, t.outcome).collect().to_pandas()
     if frame.empty:
@@ -198,6 +202,16 @@ def _outcomes(
     return units.groupby('version_id').agg(
         outcome_units=('unit_id', 'size'), outcome_events=('size', 'sum'), outcome_mean=('mean', 'mean')
     )
+
+
+def _served(
+    t: Any, prompt: str | None, version_ids: list[str] | None, since: When | None, until: When | None
+) -> pd.DataFrame:
+    """Return the executions a serving summary reads (those with a version)."""
+    query = _read(t, time_column='at', prompt=prompt, version_ids=version_ids, since=since, until=until)
+    columns = [t.at, t.kind, t.prompt, t.version_id, t.outcome, t.latency_s, t.prompt_tokens, t.completion_tokens]
+    frame = query.select(*columns, t.reused, t.violations).collect().to_pandas()
+    return frame[frame['version_id'].notna()] if len(frame) else frame
 
 
 def serving_stats(
@@ -218,29 +232,12 @@ def serving_stats(
     >>> serving_stats('ticket_router', since='7d')[['version_id', 'requests', 'latency_p95_ms', 'outcome_mean']]
     """
     version_ids = _version_ids(versions)
-    t = tables.executions()
-    query = _read(t, time_column='at', prompt=prompt, version_ids=version_ids, since=since, until=until)
-    frame = (
-        query.select(
-            t.at,
-            t.kind,
-            t.prompt,
-            t.version_id,
-            t.outcome,
-            t.latency_s,
-            t.prompt_tokens,
-            t.completion_tokens,
-            t.reused,
-            t.violations,
-        )
-        .collect()
-        .to_pandas()
-    )
-    frame = frame[frame['version_id'].notna()] if len(frame) else frame
+    t = tables.open_table(tables.EXECUTIONS)
+    frame = _served(t, prompt, version_ids, since, until) if t is not None else pd.DataFrame(columns=['version_id'])
     rows = [_version_row(v, group) for v, group in frame.groupby('version_id', sort=True)] if len(frame) else []
     stats = pd.DataFrame(rows, columns=[c for c in STATS_COLUMNS if not c.startswith('outcome_')])
     for missing in sorted(set(version_ids or []) - set(stats['version_id'])):
-        empty = {'version_id': missing, 'prompt': get_version(missing).prompt, 'requests': 0, 'renders': 0}
+        empty = {'version_id': missing, 'prompt': missing.rsplit(':', 1)[0], 'requests': 0, 'renders': 0}
         stats.loc[len(stats)] = {**{c: np.nan for c in stats.columns}, **empty, 'violations_by_rule': {}}
     outcomes = _outcomes(prompt, version_ids, since, until)
     stats = stats.merge(outcomes, left_on='version_id', right_index=True, how='left')
