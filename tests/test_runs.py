@@ -175,3 +175,31 @@ def test_a_run_recorded_before_runs_were_pinned_reads_its_rows_as_they_were(scri
     assert legacy.summary().metrics['accuracy'] == pytest.approx(2 / 6)
     assert legacy.predictions().set_index('example_id').loc['a1', 'expected'] == 'BILLING'
     assert legacy.reproduce().ok
+
+
+def test_a_workspace_made_before_pins_chat_messages_and_plans_opens(scripted_versions):
+    """Tables made by the previous release lack the columns added since (runs.pins, versions.messages,
+    experiments.plan and decision, changelogs.problems); opening them adds the columns, and the old rows read."""
+    import workspace as ws
+    from workspace.serving.experiments import declare_winner, start_experiment
+    from workspace.storage import tables
+
+    tiny, v1, v2, _, _ = scripted_versions
+    run = ws.evaluate(v1, tiny, 'dev', progress=False)
+    start_experiment('router', {'v1': 50, 'v2': 50}, experiment='old')
+    for table, columns in (
+        (tables.runs(), ['pins']),
+        (tables.versions(), ['messages']),
+        (tables.experiments(), ['plan', 'decided_at', 'decision']),
+    ):
+        for column in columns:
+            table.drop_column(column)
+    assert 'messages' not in tables.open_table(tables.VERSIONS).columns()
+
+    assert ws.get_version(v1.id).messages is None and 'messages' in tables.open_table(tables.VERSIONS).columns()
+    old = ws.get_run(run.run_id)
+    assert old.pins is None and old.summary().metrics['accuracy'] == pytest.approx(2 / 6) and old.reproduce().ok
+    chat = ws.edit(v2, system='You route tickets.')  # new versions are written next to the old rows
+    assert ws.get_version(chat.id).messages[0]['role'] == 'system' and ws.get_version(v2.id).messages is None
+    assert declare_winner('router', experiment='old', arm='v2').winner == 'v2'
+    assert ws.get_version('router@production').id == v2.id
