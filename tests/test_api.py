@@ -276,3 +276,36 @@ def test_runs_datasets_metrics_and_families_for_a_read_key(api, tiny_tickets):
     family = client.get(f'/v1/families/{families[0]["family_id"]}', headers=read).json()
     assert '{{' in family['template'] and family['slots']
     assert client.get('/v1/families', headers={}).status_code == 401
+
+
+def test_an_experiment_is_read_and_decided_over_http(api):
+    ws, client, keys, (v1, v2), _ = api
+    from workspace.serving.experiments import start_experiment
+    from workspace.serving.traffic import log_outcomes
+
+    ws.set_label(v1, 'production')
+    traffic = {'v1': 50, 'v2': 50}
+    start_experiment('router', traffic, experiment='http', min_units=30)
+    read, admin = _auth(keys['read']), _auth(keys['admin'])
+    status = client.get('/v1/experiments/router/http', headers=read).json()
+    assert status['status'] == 'collecting' and status['plan']['min_units'] == 30
+    refused = client.post('/v1/experiments/router/http/winner', json={}, headers=admin)
+    assert 'cannot be decided yet' in _error(refused, 400, 'ComparisonError')
+    rows = [
+        {'prompt': 'router', 'unit_id': f'h{i}', 'outcome': 0, 'traffic': traffic, 'experiment': 'http'}
+        for i in range(120)
+    ]
+    log_outcomes(rows)  # both arms at 0: no difference at the planned size, so v1 (the baseline) stays
+    assert client.get('/v1/experiments/router/http', headers=read).json()['winner'] == 'v1'
+    _error(
+        client.post('/v1/experiments/router/http/winner', json={'arm': 'v2'}, headers=_auth(keys['serve'])),
+        403,
+        'forbidden',
+    )
+    decided = client.post(
+        '/v1/experiments/router/http/winner', json={'arm': 'v2', 'note': 'by ops'}, headers=admin
+    ).json()
+    assert decided['winner'] == 'v2' and 'declared by hand: v2' in decided['reason']
+    assert ws.get_version('router@production').id == v2.id
+    events = ws.audit(kind='experiment.decided', subject='router/http')
+    assert list(events['actor']) == ['key:ops']

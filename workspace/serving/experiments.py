@@ -197,7 +197,7 @@ def declare_winner(
         why = f'declared by hand: {arm}' + (f' (the data: {decided.reason})' if decided else ' (no plan)')
     version = Assigner(prompt, traffic, experiment=experiment).versions[winner]
     reason = f'{prompt}/{experiment}: {why}' + (f'; {note}' if note else '')
-    previous = set_label(version, label, note=reason)
+    previous = set_label(version, label, note=reason, by=audit_log.actor())
     outcome = {
         'winner': winner,
         'version_id': version.id,

@@ -10,6 +10,8 @@ GET  /v1/runs, /v1/runs/{id}      evaluation runs as recorded (?rows=true: predi
 GET  /v1/datasets[/{name}]        datasets, `name:3` pinned (?rows=true: examples)    (scope read)
 GET  /v1/metrics                  serving metrics per version (?prompt=&since=7d)     (scope read)
 GET  /v1/families[/{id}]          prompt families mined from logs, template and slots (scope read)
+GET  /v1/experiments/{p}/{e}      an experiment's plan and where it stands            (scope read)
+POST /v1/experiments/{p}/{e}/winner  move the label to the winner, stop, audit       (scope admin)
 PUT  /v1/labels/{prompt}/{label}  move a label                                       (scope admin)
 PUT  /v1/rules/{name}             create or change a rule                            (scope admin)
 GET  /v1/audit                    the audit log                                      (scope admin)

@@ -146,6 +146,46 @@ def put_rule(request: Request, name: str, body: RuleBody, key: AdminKey) -> dict
     return {**rule.spec(), 'active': rule.active, 'parent_id': rule.parent_id}
 
 
+class WinnerBody(BaseModel):
+    """How to end an experiment: the label to move, and an arm only to decide by hand."""
+
+    label: str = 'production'
+    arm: str | None = None
+    note: str = ''
+
+
+def _decision(decided: Any) -> dict[str, Any]:
+    return {
+        'prompt': decided.prompt,
+        'experiment': decided.experiment,
+        'status': decided.status,
+        'winner': decided.winner,
+        'reason': decided.reason,
+        'units': decided.units,
+        'p_values': decided.p_values,
+        'plan': decided.plan,
+    }
+
+
+@records.get('/v1/experiments/{prompt}/{experiment}')
+def experiment_route(prompt: str, experiment: str, key: ReadKey) -> dict[str, Any]:
+    """Return where an experiment stands under its plan: collecting (units so far and planned) or decided."""
+    from workspace.serving.experiments import experiment_decision
+
+    with DB_LOCK:
+        return json.loads(json.dumps(_decision(experiment_decision(prompt, experiment=experiment)), default=str))
+
+
+@admin.post('/v1/experiments/{prompt}/{experiment}/winner')
+def declare_winner_route(prompt: str, experiment: str, body: WinnerBody, key: AdminKey) -> dict[str, Any]:
+    """End an experiment: move the label to the winning arm's version, stop it, record the decision."""
+    from workspace.serving.experiments import declare_winner
+
+    with DB_LOCK, audit_log.acting_as(f'key:{key.name}'):
+        decided = declare_winner(prompt, experiment=experiment, label=body.label, arm=body.arm, note=body.note)
+    return json.loads(json.dumps(_decision(decided), default=str))
+
+
 @admin.get('/v1/audit')
 def get_audit(
     request: Request, key: AdminKey, since: str | None = None, kind: str | None = None, limit: int = 100
