@@ -47,7 +47,7 @@ class _Version(Protocol):
     @property
     def output(self) -> Mapping[str, Any]: ...
     @property
-    def demos(self) -> Sequence[Mapping[str, Any]]: ...
+    def demos(self) -> Any: ...  # fixed demos (a list of dicts) or a demo policy
 
 
 @dataclass(frozen=True)

@@ -219,7 +219,7 @@ def decide(prompt: str, experiment: str, plan: Plan, traffic: Mapping[str, float
     base, others = plan['baseline'], [a for a in arms if a != plan['baseline']]
     alpha = plan['alpha'] / max(len(others), 1)
     horizon = all(n >= plan['min_units'] for n in counts.values())
-    decision = {'prompt': prompt, 'experiment': experiment, 'plan': plan, 'units': counts}
+    decision: dict[str, Any] = {'prompt': prompt, 'experiment': experiment, 'plan': plan, 'units': counts}
     if plan['decision'] == 'sequential':
         return _sequential(units, base, others, alpha, horizon, decision)
     if not horizon:
@@ -270,7 +270,9 @@ def _sequential(
 ) -> ExperimentDecision:
     plan = decision['plan']
     pairs = {arm: units.loc[units['arm'] == arm, ['first', 'outcome']].to_numpy(dtype=float) for arm in [base, *others]}
-    p_values, better, worse = {}, [], []
+    p_values: dict[str, float] = {}
+    better: list[_Row] = []
+    worse: list[_Row] = []
     for arm in others:
         if min(len(pairs[arm]), len(pairs[base])) < MIN_SEQUENTIAL_UNITS:
             p_values[arm] = 1.0

@@ -18,7 +18,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeAlias
+from typing import Any, Literal, TypeAlias, cast
 
 import pandas as pd
 import pixeltable as pxt
@@ -798,7 +798,7 @@ def _versioned_table(name: str, version: int) -> pxt.Table:
             f'dataset {name!r} has no table version {version}; its versions with rows are {first} to {current} '
             f'(the latest: ws.get_dataset({name!r}).version)'
         )
-    return pxt.get_table(f'{tables.dataset_path(name)}:{version}')
+    return cast(pxt.Table, pxt.get_table(f'{tables.dataset_path(name)}:{version}'))
 
 
 def get_dataset(name: str | Dataset, *, version: int | None = None, missing_ok: bool = False) -> Dataset:

@@ -303,14 +303,7 @@ def evaluate(
             log.warning('%s cannot answer %s, which dataset %r expects', v.id, ', '.join(missing), ds.name)
 
     policy = v.demo_policy
-    retrieved = demos.retrieve(policy, rows, dataset=ds.name) if policy else {}
-    pool = demos.pool_version(policy) if policy else {}
-    requests = {
-        row['example_id']: build_request(
-            v, row, model_id=model_id, demos=retrieved[row['example_id']].demos if policy else None
-        )
-        for row in rows
-    }
+    requests, retrieved, pool = _build_requests(v, ds, rows, model_id)
     table = eval_table(ds)
     to_write = _rows_to_write(v, ds, requests, {row['example_id']: row['expected'] for row in rows}, retry_errors)
     sampled = _sample_requests(v, ds, requests, samples, retry_errors)
@@ -318,30 +311,20 @@ def evaluate(
     asked += [(req, (v.id, ds.name, ex)) for (ex, _), req in sampled.items()]
     batch = store.answer_many(asked, retry_errors=retry_errors, progress=progress)
 
-    evaluated_at = utc_now()
-    by_id = {row['example_id']: row for row in rows}
+    by_id, written = (
+        {row['example_id']: row for row in rows},
+        {'dataset_version': dataset_version, 'evaluated_at': utc_now()},
+    )
     updates = []
     for ex in to_write:
-        key = requests[ex]['hash']
-        answer = batch.answers.get(key)
-        if answer is None:
-            raise WorkspaceError(f'request {key[:12]} for example {ex!r} is missing from the store; evaluate again')
-        extra = {
-            'dataset_version': dataset_version,
-            'evaluated_at': evaluated_at,
-            'reused': key not in batch.called,
-            'rendered_prompt': requests[ex]['prompt'],
-            'demo_source': {**pool, 'example_ids': list(retrieved[ex].ids)} if policy else None,
-        }
-        updates.append(_eval_row(v, ds, by_id[ex], key, answer, **extra))
+        source = {**pool, 'example_ids': list(retrieved[ex].ids)} if policy else None
+        updates.append(_written_row(v, ds, by_id[ex], requests[ex], batch, written, source))
     if updates:
         tables.upsert(table, updates)
     samples_module.write_samples(ds.name, v, sampled, batch.answers)
     judge_calls = judges.judge_evaluation(ds, table, v.id, list(requests), progress=progress)
 
-    pins = {'evals': list(table_key(table))}  # the version that holds this run's rows: they never change
-    if samples > 1:
-        pins['samples'] = list(table_key(tables.samples(ds.name)))
+    pins = _pins(table, ds, samples)
     answered_now = {ex for ex in requests if requests[ex]['hash'] in batch.called}
     run = Run(
         run_id=uuid.uuid4().hex[:12],
@@ -366,21 +349,72 @@ def evaluate(
         metrics=summary.metrics,
     )
     _record(run, summary)
-    log.info(
-        '%s on %s/%s: %d calls, %d reused, %s = %.3f',
-        v.id,
-        ds.ref,
-        split,
-        run.calls,
-        run.reused,
-        main_score_name(ds.task),
-        summary.metrics.get(main_score_name(ds.task), float('nan')),
-    )
     return run
 
 
+def _written_row(
+    v: Version,
+    ds: Dataset,
+    row: Mapping[str, Any],
+    request: Mapping[str, Any],
+    batch: store.Batch,
+    written: Mapping[str, Any],
+    demo_source: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """Return the evaluation row to write for one example, from the store's answer to its request."""
+    key = request['hash']
+    answer = batch.answers.get(key)
+    if answer is None:
+        raise WorkspaceError(
+            f'request {key[:12]} for example {row["example_id"]!r} is missing from the store; evaluate again'
+        )
+    extra = {
+        **written,  # the dataset version and the time of this evaluation
+        'reused': key not in batch.called,
+        'rendered_prompt': request['prompt'],
+        'demo_source': demo_source,
+    }
+    return _eval_row(v, ds, row, key, answer, **extra)
+
+
+def _build_requests(
+    v: Version, ds: Dataset, rows: list[dict[str, Any]], model_id: str
+) -> tuple[dict[str, dict[str, Any]], dict[str, Any], dict[str, Any]]:
+    """Return each example's request, the demos a demo policy retrieved for it, and the policy's pool version."""
+    policy = v.demo_policy
+    retrieved = demos.retrieve(policy, rows, dataset=ds.name) if policy else {}
+    pool = demos.pool_version(policy) if policy else {}
+    requests = {
+        row['example_id']: build_request(
+            v, row, model_id=model_id, demos=retrieved[row['example_id']].demos if policy else None
+        )
+        for row in rows
+    }
+    return requests, retrieved, pool
+
+
+def _pins(table: pxt.Table, ds: Dataset, samples: int) -> dict[str, Any]:
+    """Return the table versions that hold a run's rows right after it wrote them: {name: [table id, version]}."""
+    pins: dict[str, Any] = {'evals': list(table_key(table))}
+    if samples > 1:
+        pins['samples'] = list(table_key(tables.samples(ds.name)))
+    return pins
+
+
 def _record(run: Run, summary: Any) -> None:
-    """Append the run to the runs table, with its cost and metrics."""
+    """Append the run to the runs table, with its cost and metrics, and log it."""
+    task = get_dataset(run.dataset).task
+    log.info(
+        '%s on %s:%s/%s: %d calls, %d reused, %s = %.3f',
+        run.version.id,
+        run.dataset,
+        run.dataset_version,
+        run.split,
+        run.calls,
+        run.reused,
+        main_score_name(task),
+        summary.metrics.get(main_score_name(task), float('nan')),
+    )
     tables.runs().insert(
         [
             {

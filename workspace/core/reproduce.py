@@ -18,7 +18,7 @@ import html
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import pandas as pd
 
@@ -139,14 +139,15 @@ def _score(
             return 0.0  # not judged: no prediction, or it failed the cheaper scorer
         return judges.stored_score(meta['judge'], ds, example, prediction)
     info = scores.get_scorer(str(meta['scorer']))
+    score = cast(Any, info.udf).py_fn  # the scorer's Python function, as the column calls it
     knobs = dict(meta.get('knobs') or {})
     try:
         if info.name == 'json_valid':
-            value = info.udf.py_fn(prediction, (v.output or {}).get('schema'))
+            value = score(prediction, (v.output or {}).get('schema'))
         elif info.uses_expected:
-            value = info.udf.py_fn(prediction, example['expected'], **knobs)
+            value = score(prediction, example['expected'], **knobs)
         else:
-            value = info.udf.py_fn(prediction, **knobs)
+            value = score(prediction, **knobs)
     except Exception:  # the column records a scorer's error as no score (on_error='ignore')
         value = None
     if gate is not None:

@@ -19,7 +19,7 @@ import json
 import operator
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import pandas as pd
 import pixeltable as pxt
@@ -380,7 +380,7 @@ def table_at(path: str, pin: Sequence[Any], *, what: str, dataset: str) -> pxt.T
             f'{what} are gone: dataset {dataset!r} was imported again with if_exists="replace", which drops its '
             'evaluations. The metrics recorded when the run was made are in ws.list_runs()'
         )
-    return pxt.get_table(f'{path}:{version}')
+    return cast(pxt.Table, pxt.get_table(f'{path}:{version}'))
 
 
 def _pin_by_time(path: str, ended: datetime.datetime, dataset: str) -> list[Any]:

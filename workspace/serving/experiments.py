@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import pandas as pd
 
@@ -218,5 +218,5 @@ def declare_winner(
         'experiment.decided', f'{prompt}/{experiment}', before={'label': previous}, after=outcome, note=reason
     )
     if decided is None:
-        return ExperimentDecision(prompt, experiment, {}, 'decided', winner, reason)  # type: ignore[arg-type]
+        return ExperimentDecision(prompt, experiment, cast(Plan, {}), 'decided', winner, reason)
     return dataclasses.replace(decided, winner=winner, reason=reason, status='decided')

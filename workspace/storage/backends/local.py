@@ -143,7 +143,7 @@ def chat_prompt(
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
     formatter = Jinja2ChatFormatter(chat_template, eos_token=eos_token, bos_token=bos_token)
-    text = formatter(messages=[dict(m) for m in messages]).prompt
+    text = formatter(messages=[dict(m) for m in messages]).prompt  # type: ignore[misc]
     return text[len(bos_token) :] if bos_token and text.startswith(bos_token) else text
 
 
