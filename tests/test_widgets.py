@@ -285,3 +285,21 @@ def test_the_serving_pane_shows_how_each_version_is_served(view, monkeypatch):
     assert 'router:v2' in pane and 'router:v3' in pane and 'mentions_ticket 2' in pane
     stats = view.state.serving().set_index('version_id')
     assert stats.loc['router:v2', 'completions'] == 2 and stats.loc['router:v1', 'requests'] == 0
+
+
+def test_editing_a_chat_version_in_the_widget_edits_its_messages(view):
+    import workspace as ws
+
+    view, (tiny, v1, v2, v3, server) = view
+    chat = ws.edit(v2, system='You route tickets.')
+    state = view.state
+    edited = chat.template.replace('v2\nTicket:', 'v2\nSupport ticket:')
+    checked = state.check(edited, source=chat.id)
+    assert checked.changed == 6 and 'Support ticket: ' in checked.after and checked.before != checked.after
+    saved, created = state.save(edited, source=chat.id)
+    assert (
+        created
+        and saved.parent_id == chat.id
+        and saved.messages[0] == {'role': 'system', 'content': 'You route tickets.'}
+    )
+    assert saved.messages[1]['content'].startswith('v2\nSupport ticket:')

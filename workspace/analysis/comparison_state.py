@@ -7,7 +7,6 @@ a kernel. The view in `workspace.ui.widgets` lays out controls over it and rende
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -19,7 +18,7 @@ from workspace.analysis.model_comparison import cost_table
 from workspace.core.evaluate import check_template, evaluate
 from workspace.core.runs import Run, get_run, list_runs
 from workspace.core.samples import SampleReport, sample_report
-from workspace.core.versions import Version, build_request, edit, get_version, list_versions
+from workspace.core.versions import Version, build_request, edit, get_version, list_versions, with_template
 from workspace.errors import TemplateError
 from workspace.storage import store
 
@@ -124,11 +123,11 @@ class CompareState:
         base = self.version(source or self.editing)
         if template == base.template:
             return TemplateCheck(base.id, template, unchanged=True)
-        draft = dataclasses.replace(base, id=f'the edit of {base.id}', template=template, parent_id=base.id)
         try:
             render_udfs.template_variables(template)
         except jinja2.TemplateSyntaxError as e:
             raise TemplateError(f'the template does not parse: {e.message} (template line {e.lineno})') from None
+        draft = with_template(base, template)  # a chat version: the edited user turn, or its messages
         check_template(draft, self.cmp.dataset)
         rows = self.cmp.dataset.rows(self.cmp.split)
         try:

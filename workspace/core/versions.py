@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import hashlib
 import json
@@ -34,6 +35,7 @@ __all__ = [
     'parent_chain',
     'label_target',
     'build_request',
+    'with_template',
 ]
 
 log = logging.getLogger(__name__)
@@ -500,6 +502,22 @@ def _edited_content(
             chat = chat[1:]
         chat = [{'role': 'system', 'content': system}, *chat] if system else chat
     return {'messages': chat}
+
+
+def with_template(version: Version, template: str, *, id: str | None = None) -> Version:
+    """Return an unsaved copy of `version` with `template` applied as `edit(version, template=...)` applies it (on
+    a chat version: the last user turn, or every message written as its `template` shows them), to check or
+    render a draft before storing it.
+
+    >>> with_template(v1, 'Support ticket: {{ text }}').render({'text': 'x'})
+    'Support ticket: x'
+    """
+    content = _edited_content(version, template, None, None)
+    messages = render_udfs.check_messages(content['messages']) if 'messages' in content else None
+    text = render_udfs.transcript(messages) if messages else content['template']
+    return dataclasses.replace(
+        version, id=id or f'the edit of {version.id}', template=text, messages=messages, parent_id=version.id
+    )
 
 
 def _inherited_meta(base: Version) -> dict[str, Any] | None:

@@ -14,7 +14,6 @@ with `force=True`.
 
 from __future__ import annotations
 
-import dataclasses
 import html
 import logging
 from collections.abc import Mapping
@@ -29,7 +28,7 @@ from workspace.analysis.output_checks import echoed_placeholders
 from workspace.core.datasets import get_dataset
 from workspace.core.evaluate import check_template
 from workspace.core.runs import Run, get_run
-from workspace.core.versions import Version, edit
+from workspace.core.versions import Version, edit, with_template
 from workspace.errors import BackendError, TemplateError, VersionError
 from workspace.storage.store import answer
 
@@ -167,9 +166,7 @@ class Suggestion:
                 f'suggested edit {i} for {base.id} does not parse: {e.message} (template line {e.lineno}); '
                 'pick another edit or fix it with ws.edit(...)'
             ) from None
-        proposed = dataclasses.replace(
-            base, id=f'{base.id} + suggested edit {i}', template=chosen['template'], messages=None
-        )
+        proposed = with_template(base, chosen['template'], id=f'{base.id} + suggested edit {i}')
         dataset = get_dataset(self.run.dataset)
         check_template(proposed, dataset)
         if not proposed.variables():
@@ -280,7 +277,7 @@ def _edit_problems(run: Run, e: Edit, prompt: str) -> list[str]:
         found.append('its template is the current one: it changes nothing')
         return found
     try:
-        proposed = dataclasses.replace(run.version, template=e['template'], messages=None)
+        proposed = with_template(run.version, e['template'])
         check_template(proposed, get_dataset(run.dataset))
         if not proposed.variables():
             found.append('its template reads no input field, so every example would get the same prompt')
