@@ -76,6 +76,13 @@ def test_a_changelog_that_contradicts_the_diff_or_the_measured_flips_is_marked_u
     report = ws.export_report(tiny, [v2, v3], tmp_path / 'report.html', 'dev').read_text()
     assert 'Unreliable' in report
 
+    server.script.append(Canned(200, completion_body('{{ text }}')))  # what the embedded model wrote for a rename
+    echoed = ws.changelog(ws.edit(v2, template='v2c\nTicket: {{ text }}\nCategory:'))
+    assert echoed.problems == [
+        'it is template syntax ({{ text }}), not a description',
+        'it has 1 word, too few to describe anything',
+    ]
+
     server.script.append(Canned(200, completion_body('The first line now says v2 instead of v1.')))
     plain = ws.changelog(ws.edit(v2, template='v2b\nTicket: {{ text }}\nCategory:'))
     assert plain.reliable and plain.problems == [] and 'UNRELIABLE' not in str(plain)

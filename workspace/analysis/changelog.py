@@ -129,11 +129,13 @@ def describe_diff(d: VersionDiff) -> list[str]:
 
 
 def check_description(text: str | None, d: VersionDiff, effects: Sequence[Effect]) -> list[str]:
-    """Return why a model's description of a change cannot be taken at its word: it repeats a worked example of
-    its prompt, names a setting the diff does not change, or claims an effect the measured flips contradict."""
+    """Return why a model's description of a change cannot be taken at its word: it is no sentence (template
+    syntax, a word or two), repeats a worked example of its prompt, names a setting the diff does not change, or
+    claims an effect the measured flips contradict."""
     if not text:
         return []
-    problems = [
+    problems = output_checks.not_a_sentence(text)
+    problems += [
         f'it repeats an example of its prompt ("{example}") instead of describing this change'
         for example in output_checks.copied_examples(text, EXAMPLES)
     ]

@@ -14,7 +14,14 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-__all__ = ['placeholders', 'echoed_placeholders', 'copied_examples', 'effect_claims', 'setting_claims']
+__all__ = [
+    'placeholders',
+    'echoed_placeholders',
+    'copied_examples',
+    'not_a_sentence',
+    'effect_claims',
+    'setting_claims',
+]
 
 _PLACEHOLDER = re.compile(r'<[^<>{}\n]{2,80}>')
 _IMPROVES = re.compile(
@@ -74,6 +81,23 @@ def copied_examples(text: str, examples: Iterable[str], *, overlap: float = 0.8)
         if common / len(target) >= overlap:
             found.append(example)
     return found
+
+
+def not_a_sentence(text: str, *, min_words: int = 3) -> list[str]:
+    """Return why `text` is not a description at all: template syntax copied from the prompt, or fewer than
+    `min_words` words.
+
+    >>> not_a_sentence('{{ text }}')
+    ['it is template syntax ({{ text }}), not a description', 'it has 1 word, too few to describe anything']
+    """
+    problems = []
+    syntax = re.search(r'\{\{.*?\}\}|\{%.*?%\}', text)
+    if syntax:
+        problems.append(f'it is template syntax ({syntax.group(0)}), not a description')
+    words = len(_words(text))
+    if words < min_words:
+        problems.append(f'it has {words} word{"" if words == 1 else "s"}, too few to describe anything')
+    return problems
 
 
 def effect_claims(text: str, effects: Sequence[Any]) -> list[str]:
