@@ -299,4 +299,4 @@ def test_comparison_widget_in_jupyterlab_fits_every_tab_and_checks_edits(jupyter
         finally:
             browser.close()
     assert [m for m in console_errors if 'pw-' in m or 'widget' in m.lower()] == []
-    assert len(list(shots.glob('[1-9]-*.png'))) == 11  # eight tabs, then the edit's three steps
+    assert len(list(shots.glob('[1-9]-*.png'))) == 12  # nine tabs, then the edit's three steps
