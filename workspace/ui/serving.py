@@ -51,7 +51,6 @@ def render_serving_pane(stats: pd.DataFrame, *, baseline: str | None = None) -> 
         'errors',
         'p50 ms',
         'p95 ms',
-        'violations',
         'outcome units',
         'outcome mean',
     ]
@@ -68,17 +67,20 @@ def render_serving_pane(stats: pd.DataFrame, *, baseline: str | None = None) -> 
             _number(r.errors),
             _number(r.latency_p50_ms, 1),
             _number(r.latency_p95_ms, 1),
-            _rules(r.violations_by_rule),
             _number(r.outcome_units),
             _number(r.outcome_mean, 3),
         ]
-        rows.append('<tr>' + ''.join(f'<td>{c}</td>' for c in cells) + '</tr>')
+        rules = f'<td style="text-align:left;white-space:normal;min-width:14em">{_rules(r.violations_by_rule)}</td>'
+        rows.append('<tr>' + ''.join(f'<td>{c}</td>' for c in cells) + rules + '</tr>')
     table = (
         '<div class="pw-scroll"><table class="pw-table"><tr>'
         + ''.join(f'<th>{h}</th>' for h in head)
-        + '</tr>'
+        + '<th style="text-align:left">violations by rule</th></tr>'
         + ''.join(rows)
         + '</table></div>'
     )
-    note = '<p class="pw-note">Served calls (executions) and the outcomes applications logged for them; evaluation runs are in the other tabs.</p>'
+    note = (
+        '<p class="pw-sub">Served calls (executions) and the outcomes applications logged for them; the evaluation '
+        'runs are in the other tabs.</p>'
+    )
     return f'{STYLESHEET}<div class="pw-view pw-serving">{table}{note}</div>'
