@@ -225,3 +225,87 @@ def test_admin_moves_labels_and_sets_rules_recorded_under_the_key_name(api):
     labels = ws.audit(kind='label', subject='router@staging')
     assert (labels.iloc[0]['actor'], labels.iloc[0]['after']) == ('key:ops', v2.id)
     assert list(ws.audit(kind='key')['subject'])[:2] == ['doomed', 'doomed']
+
+
+def test_runs_datasets_metrics_and_families_for_a_read_key(api, tiny_tickets):
+    ws, client, keys, (v1, v2), _ = api
+    tiny = ws.import_dataset('tiny', tiny_tickets, input=['text'], expected='category', split='split', id='id')
+    run = ws.evaluate(v1, tiny, 'dev', progress=False)  # the fake model answers BILLING: right on 2 of 6
+    first = tiny.version
+    tiny.correct('a1', 'DELIVERY')
+    read = _auth(keys['read'])
+
+    runs = client.get('/v1/runs', params={'prompt': 'router'}, headers=read).json()
+    assert [r['run_id'] for r in runs] == [run.run_id] and runs[0]['metrics']['accuracy'] == pytest.approx(2 / 6)
+    one = client.get(f'/v1/runs/{run.run_id}', params={'rows': 'true'}, headers=read).json()
+    assert one['dataset_version'] == first and one['parents'] == [] and one['pins']['evals'][1] > 0
+    rows = {r['example_id']: r for r in one['rows']}
+    assert rows['a1']['expected'] == 'BILLING' and rows['a1']['exact_match'] == 1.0  # as the run made it
+    assert 'no run' in _error(client.get('/v1/runs/nope', headers=read), 400, 'WorkspaceError')
+
+    listed = {d['name']: d for d in client.get('/v1/datasets', headers=read).json()}
+    assert listed['tiny']['version'] == tiny.version and listed['tiny']['splits'] == {'dev': 6, 'train': 6}
+    pinned = client.get(f'/v1/datasets/tiny:{first}', params={'rows': 'true', 'split': 'dev', 'limit': 2}, headers=read)
+    assert pinned.json()['name'] == f'tiny:{first}' and [r['example_id'] for r in pinned.json()['examples']] == [
+        'a1',
+        'a2',
+    ]
+    assert pinned.json()['examples'][0]['expected'] == 'BILLING'
+    assert 'no dataset' in _error(client.get('/v1/datasets/nope', headers=read), 400, 'DatasetError')
+
+    body = {'version': 'router@production', 'fields': {'text': 'Charged twice'}}
+    assert client.post('/v1/render', json=body, headers=_auth(keys['serve'])).status_code == 200
+    _eventually(
+        lambda: any(
+            m['requests'] >= 1 for m in client.get('/v1/metrics', params={'prompt': 'router'}, headers=read).json()
+        )
+    )
+    metrics = {
+        m['version_id']: m
+        for m in client.get('/v1/metrics', params={'prompt': 'router', 'since': '1h'}, headers=read).json()
+    }
+    assert metrics[v1.id]['renders'] >= 1 and metrics[v1.id]['latency_p50_ms'] > 0
+
+    log = [
+        {'prompt': f'Summarize ticket {i} for customer {name}', 'timestamp': f'2026-01-0{1 + i % 9}T10:00:00'}
+        for i, name in enumerate(['Ann', 'Bob', 'Cy', 'Di', 'Ed', 'Flo'])
+    ]
+    ws.ingest_prompts(log)
+    families = client.get('/v1/families', headers=read).json()
+    assert len(families) == 1 and families[0]['size'] == 6
+    family = client.get(f'/v1/families/{families[0]["family_id"]}', headers=read).json()
+    assert '{{' in family['template'] and family['slots']
+    assert client.get('/v1/families', headers={}).status_code == 401
+
+
+def test_an_experiment_is_read_and_decided_over_http(api):
+    ws, client, keys, (v1, v2), _ = api
+    from workspace.serving.experiments import start_experiment
+    from workspace.serving.traffic import log_outcomes
+
+    ws.set_label(v1, 'production')
+    traffic = {'v1': 50, 'v2': 50}
+    start_experiment('router', traffic, experiment='http', min_units=30)
+    read, admin = _auth(keys['read']), _auth(keys['admin'])
+    status = client.get('/v1/experiments/router/http', headers=read).json()
+    assert status['status'] == 'collecting' and status['plan']['min_units'] == 30
+    refused = client.post('/v1/experiments/router/http/winner', json={}, headers=admin)
+    assert 'cannot be decided yet' in _error(refused, 400, 'ComparisonError')
+    rows = [
+        {'prompt': 'router', 'unit_id': f'h{i}', 'outcome': 0, 'traffic': traffic, 'experiment': 'http'}
+        for i in range(120)
+    ]
+    log_outcomes(rows)  # both arms at 0: no difference at the planned size, so v1 (the baseline) stays
+    assert client.get('/v1/experiments/router/http', headers=read).json()['winner'] == 'v1'
+    _error(
+        client.post('/v1/experiments/router/http/winner', json={'arm': 'v2'}, headers=_auth(keys['serve'])),
+        403,
+        'forbidden',
+    )
+    decided = client.post(
+        '/v1/experiments/router/http/winner', json={'arm': 'v2', 'note': 'by ops'}, headers=admin
+    ).json()
+    assert decided['winner'] == 'v2' and 'declared by hand: v2' in decided['reason']
+    assert ws.get_version('router@production').id == v2.id
+    events = ws.audit(kind='experiment.decided', subject='router/http')
+    assert list(events['actor']) == ['key:ops']

@@ -236,3 +236,83 @@ def test_llama_cpp_log_goes_to_logging_not_to_stderr(capfd, caplog):
         assert any(r.name == 'workspace.llama_cpp' for r in caplog.records)  # still there for whoever asks
     finally:
         backend.close()
+
+
+# --- chat requests ----------------------------------------------------------------------------------------------
+
+CHAT = [
+    {'role': 'system', 'content': 'Route the ticket to one of: {{ labels | join(", ") }}. Answer with the category.'},
+    {'role': 'user', 'content': 'Ticket: {{ text }}'},
+]
+
+
+def test_a_chat_version_sends_its_messages_to_a_chat_api(ws, tiny_tickets, monkeypatch):
+    def answer(body):
+        return Canned(200, completion_body('DELIVERY' if 'parcel' in body['messages'][-1]['content'] else 'BILLING'))
+
+    with OpenAICompatibleServer(answer) as server:
+        monkeypatch.setenv('OPENAI_BASE_URL', f'{server.url}/v1')
+        tiny = ws.import_dataset('tiny', tiny_tickets, input=['text'], expected='category', split='split', id='id')
+        demos = [{'text': 'My order says delivered but nothing came.', 'expected': 'DELIVERY'}]
+        chat = ws.create_version(
+            'router',
+            messages=CHAT,
+            model='openai:fake',
+            output=ws.choice(['BILLING', 'DELIVERY', 'TECHNICAL']),
+            demos=demos,
+        )
+        run = ws.evaluate(chat, tiny, 'dev', progress=False)
+        assert run.calls == 6 and run.errors == 0 and len(server.received) == 6
+        bodies = {b['body']['messages'][-1]['content']: b['body'] for b in server.received}
+        body = bodies['Ticket: I was charged twice for the same order.']
+        assert body['messages'] == [
+            {
+                'role': 'system',
+                'content': 'Route the ticket to one of: BILLING, DELIVERY, TECHNICAL. Answer with the category.',
+            },
+            {'role': 'user', 'content': 'Ticket: My order says delivered but nothing came.'},
+            {'role': 'assistant', 'content': 'DELIVERY'},
+            {'role': 'user', 'content': 'Ticket: I was charged twice for the same order.'},
+        ]
+        assert body['model'] == 'fake' and body['max_tokens'] == 16
+        assert ws.evaluate(chat, tiny, 'dev', progress=False).calls == 0  # the messages are the request's identity
+        plain = ws.create_version('router', template='Ticket: {{ text }}', model='openai:fake', output=chat.output)
+        ws.evaluate(plain, tiny, 'dev', progress=False)
+        assert server.received[-1]['body']['messages'][0]['role'] == 'user'  # a completion is one user message
+        from workspace.storage import store
+
+        stored = store.requests_for([run.lineage('a1')['request_hash']])
+        assert (
+            next(iter(stored.values()))['request']['messages'][-1]['content']
+            == 'Ticket: I was charged twice for the same order.'
+        )
+
+
+def test_a_local_model_reads_chat_messages_through_its_chat_template():
+    from workspace.storage.backends.local import chat_prompt
+
+    gemma = (
+        '{{ bos_token }}{% for m in messages %}<start_of_turn>{{ "model" if m.role == "assistant" else m.role }}\n'
+        '{{ m.content }}<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}'
+    )
+    messages = [{'role': 'user', 'content': 'Ticket: late parcel'}, {'role': 'assistant', 'content': 'DELIVERY'}]
+    messages.append({'role': 'user', 'content': 'Ticket: charged twice'})
+    assert chat_prompt(messages, gemma, bos_token='<bos>', eos_token='<eos>') == (
+        '<start_of_turn>user\nTicket: late parcel<end_of_turn>\n<start_of_turn>model\nDELIVERY<end_of_turn>\n'
+        '<start_of_turn>user\nTicket: charged twice<end_of_turn>\n<start_of_turn>model\n'
+    )
+    # the embedded base model has no chat template: the messages as text, then the assistant's turn to complete
+    assert chat_prompt(messages, None).endswith('[user]\nTicket: charged twice\n\n[assistant]\n')
+
+
+def test_a_chat_version_evaluates_on_the_embedded_model(ws, tiny, local):
+    chat = ws.create_version(
+        'router', messages=CHAT, output=ws.choice(['BILLING', 'DELIVERY', 'TECHNICAL']), demos=tiny.demos(per_label=1)
+    )
+    before = local.calls
+    run = ws.evaluate(chat, tiny, 'dev', progress=False)
+    assert local.calls - before == 6 == run.calls and run.errors == 0
+    assert set(run.predictions()['prediction']) <= {'BILLING', 'DELIVERY', 'TECHNICAL'}
+    assert ws.evaluate(chat, tiny, 'dev', progress=False).calls == 0
+    rank = ws.edit(chat, output=ws.choice(['BILLING', 'DELIVERY', 'TECHNICAL'], decode='calibrated'))
+    assert ws.evaluate(rank, tiny, 'dev', progress=False).errors == 0  # content-free prompts are messages too

@@ -100,6 +100,7 @@ TABS = [
     ('Diff', '.pw-diff ins'),
     ('Samples', '.pw-samples'),
     ('Cost', 'img.pw-cost-chart'),
+    ('Serving', '.pw-serving'),
     ('Edit', 'textarea'),
 ]
 

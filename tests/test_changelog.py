@@ -40,7 +40,49 @@ def test_changelog_is_a_stored_request_next_to_the_measured_effect(ws, tiny, loc
 
     graph = lineage_graph('router')
     row = graph.table.set_index('version').loc[v2.id]
-    assert row['changelog'] == (log.text or '') and row['effect'].startswith('tiny/dev: +')
+    shown = log.text if log.reliable else f'(unreliable: {log.problems[0]}) {log.text}'  # never as a plain fact
+    assert row['changelog'] == (shown or '') and row['effect'].startswith('tiny/dev: +')
     assert 'pw-changelog' in graph.draw() and 'tiny/dev' in graph._repr_html_()
     report = ws.export_report(tiny, [v1, v2], tmp_path / 'report.html', 'dev').read_text()
     assert '<h4>Changelog</h4>' in report and 'pw-changelog' in report
+
+
+def test_a_changelog_that_contradicts_the_diff_or_the_measured_flips_is_marked_unreliable(scripted_versions, tmp_path):
+    from openai_server import Canned, completion_body
+
+    import workspace as ws
+
+    tiny, v1, v2, v3, server = scripted_versions
+    for v in (v1, v2, v3):
+        ws.evaluate(v, tiny, 'dev', progress=False)  # v1 right on 2 of 6, v2 on all, v3 fails on a5
+
+    server.script.append(
+        Canned(200, completion_body('Three billing examples were added and the temperature was raised to 0.7.'))
+    )
+    copied = ws.changelog(v2)  # the model repeated the prompt's worked example: the diff only changed the first word
+    assert not copied.reliable
+    assert any('repeats an example of its prompt' in p for p in copied.problems)
+    assert 'it mentions a change to the temperature, which the diff does not show' in copied.problems
+    assert str(copied).startswith(f'{v2.id} (parent {v1.id}): UNRELIABLE, openai:fake wrote:')
+    assert 'Unreliable' in copied._repr_html_() and '<s>' in copied._repr_html_()
+
+    server.script.append(Canned(200, completion_body('The new first line improves accuracy.')))
+    claim = ws.changelog(v3)  # v3 broke a5 and fixed nothing
+    assert claim.problems == [
+        'it says the change improves results, but on tiny/dev it fixed 0 and broke 1 examples (difference -0.167)'
+    ]
+    graph = lineage_graph('router').table.set_index('version')
+    assert graph.loc[v3.id, 'changelog'].startswith('(unreliable: it says the change improves results')
+    report = ws.export_report(tiny, [v2, v3], tmp_path / 'report.html', 'dev').read_text()
+    assert 'Unreliable' in report
+
+    server.script.append(Canned(200, completion_body('{{ text }}')))  # what the embedded model wrote for a rename
+    echoed = ws.changelog(ws.edit(v2, template='v2c\nTicket: {{ text }}\nCategory:'))
+    assert echoed.problems == [
+        'it is template syntax ({{ text }}), not a description',
+        'it has 1 word, too few to describe anything',
+    ]
+
+    server.script.append(Canned(200, completion_body('The first line now says v2 instead of v1.')))
+    plain = ws.changelog(ws.edit(v2, template='v2b\nTicket: {{ text }}\nCategory:'))
+    assert plain.reliable and plain.problems == [] and 'UNRELIABLE' not in str(plain)

@@ -140,3 +140,62 @@ def test_cli_exports_and_imports(ws, run, tmp_path):
     (tmp_path / 'router.yaml').write_text(text)
     out = cli('import-prompt', str(tmp_path / 'router.yaml'))
     assert 'router:v3' in out and 'parent router:v2' in out
+
+
+def test_a_plain_text_prompt_file_imports_as_a_template(ws, tmp_path):
+    path = tmp_path / 'router.txt'
+    path.write_text('Ticket: {{ text }}\nCategory:', encoding='utf-8')  # YAML would read {{ }} as an unhashable key
+    v1 = ws.import_prompt(path)
+    assert v1.prompt == 'router' and v1.template == 'Ticket: {{ text }}\nCategory:' and v1.parent_id is None
+    assert ws.import_prompt(path).id == v1.id
+    labelled = ws.edit(v1, output=ws.choice(LABELS), params={'max_tokens': 4})
+    path.write_text('Support ticket: {{ text }}\nCategory:', encoding='utf-8')
+    v3 = ws.import_prompt(path, parent=labelled)  # an edit of the parent: its output spec and params are kept
+    assert v3.parent_id == labelled.id and v3.template.startswith('Support ticket:')
+    assert v3.output == labelled.output and v3.params == labelled.params
+    other = ws.import_prompt(path, prompt='other', output=ws.choice(LABELS))
+    assert other.prompt == 'other' and other.labels == LABELS
+    # and back out: the template alone
+    out = export_version(v3, tmp_path / 'out' / 'v3.txt')
+    assert out.read_text(encoding='utf-8') == v3.template
+    bad = tmp_path / 'my prompt.txt'
+    bad.write_text('Hi {{ text }}')
+    with pytest.raises(ws.WorkspaceError, match=r"my prompt.txt: prompt name 'my prompt' is not valid.*pass prompt="):
+        ws.import_prompt(bad)
+    empty = tmp_path / 'empty.txt'
+    empty.write_text('  \n')
+    with pytest.raises(ws.WorkspaceError, match='empty.txt is empty'):
+        ws.import_prompt(empty)
+
+
+def test_a_chat_version_exports_to_yaml_and_dspy_and_imports_back(ws, tmp_path):
+    import dspy
+    import yaml
+
+    messages = [
+        {'role': 'system', 'content': 'Route tickets to one of: {{ labels | join(", ") }}.\nAnswer with the category.'},
+        {'role': 'user', 'content': 'Ticket: {{ text }}'},
+    ]
+    demos = [{'text': 'I was charged twice.', 'expected': 'BILLING'}]
+    chat = ws.create_version('router', messages=messages, output=ws.choice(LABELS), demos=demos)
+    path = export_version(chat, tmp_path / 'router.yaml')
+    data = yaml.safe_load(path.read_text())
+    assert data['messages'] == messages and 'template' not in data
+    assert 'content: |' in path.read_text()  # multi-line messages stay readable
+    assert ws.import_prompt(path).id == chat.id
+    data['messages'][0]['content'] = 'Route tickets. Answer with the category.'
+    path.write_text(yaml.safe_dump(data))
+    child = ws.import_prompt(path)
+    assert child.parent_id == chat.id and child.messages[0]['content'] == 'Route tickets. Answer with the category.'
+
+    program_path = export_version(chat, tmp_path / 'router.dspy.json', format='dspy')
+    program = dspy.Predict(dspy.Signature({'text': (str, dspy.InputField()), 'answer': (str, dspy.OutputField())}))
+    program.load(str(program_path))
+    assert (
+        program.signature.instructions
+        == 'Route tickets to one of: BILLING, DELIVERY, TECHNICAL.\nAnswer with the category.'
+    )
+    assert [d['answer'] for d in program.demos] == ['BILLING']
+    assert ws.import_prompt(program_path).id == chat.id
+    with pytest.raises(ws.WorkspaceError, match=r'router:v1 is a chat version.*export it as router.yaml'):
+        export_version(chat, tmp_path / 'router.txt')

@@ -33,6 +33,7 @@ def test_the_notebooks_are_these():
         '06_judges_and_samples.ipynb',
         '07_guardrails_and_serving.ipynb',
         '08_prompt_families.ipynb',
+        '09_chat_prompts.ipynb',
     ]
 
 
@@ -125,6 +126,20 @@ def test_notebooks_run_in_order_under_papermill(ws, tiny_tickets, tmp_path):
     _, book = _run('05_scheduled_eval.ipynb', dataset='nb_tiny')
     assert 'no regression' in _text(book)
     assert scheduled_history('ticket_router').iloc[0]['status'] == 'ok'
+
+
+def test_chat_prompts_notebook(ws, tiny_tickets):
+    """09 evaluates a chat version on the embedded model, diffs and compares it with a completion version, serves
+    it with its messages, evaluates its pinned dataset version with no call and reproduces its run."""
+    _, book = _run('09_chat_prompts.ipynb', dataset_name='nb_chat', dataset_path=str(tiny_tickets))
+    assert "{'role': 'assistant', 'content': 'BILLING'}" in _text(book, 'chat.render_messages')
+    assert 'accuracy' in _text(book, 'run = ws.evaluate') and 'Messages' in _text(book, 'ws.diff')
+    assert "'role': 'system'" in _text(book, 'ws.set_label(chat')
+    assert 'chat_router:v2' in _text(book, 'answer = ws.complete')
+    assert '0 model calls; True' in _text(book, 'pinned = ws.evaluate')
+    assert 'every score reproduced' in _text(book, 'run.reproduce()')
+    stats = ws.serving_stats('chat_router').set_index('version_id')
+    assert stats.loc['chat_router:v2', 'renders'] == 1 and stats.loc['chat_router:v2', 'completions'] == 1
 
 
 def test_scheduled_notebook_flags_a_regression(scripted_versions):

@@ -396,3 +396,32 @@ def test_a_candidate_that_answers_the_majority_everywhere_is_refused_and_explain
     # by macro-F1, the default for labels, the same candidate scores (2 * 7 / 17 + 0) / 2: the metric sees the collapse
     by_f1 = optimize(v, data, optimizer='labeled_fewshot', options={'k': 4}, progress=False)
     assert by_f1.metric == 'macro_f1' and by_f1.trials['dev_score'].iloc[-1] == pytest.approx(7 / 17)
+
+
+def test_optimizing_a_chat_version_keeps_its_messages(ws, tiny, tiny_tickets, monkeypatch):
+    import csv
+
+    truth = {row['text']: row['category'] for row in csv.DictReader(tiny_tickets.open())}
+
+    def answer(body):  # a chat model that reads the last user turn
+        return Canned(
+            200, completion_body(truth.get(body['messages'][-1]['content'].removeprefix('Ticket: '), 'BILLING'))
+        )
+
+    messages = [
+        {'role': 'system', 'content': 'Route the ticket to one of: {{ labels | join(", ") }}.'},
+        {'role': 'user', 'content': 'Ticket: {{ text }}'},
+    ]
+    with OpenAICompatibleServer(answer) as server:
+        monkeypatch.setenv('OPENAI_BASE_URL', f'{server.url}/v1')
+        chat = ws.create_version('router_chat', messages=messages, model='openai:fake', output=ws.choice(LABELS))
+        for optimizer, options in (('labeled_fewshot', None), ('knn_fewshot', {'k': [2]})):
+            res = optimize(chat, tiny, optimizer=optimizer, options=options, seed=0, progress=False)
+            best = res.candidate
+            assert res.errors == 0 and best.parent_id == chat.id and best.messages == messages
+            assert best.template == chat.template  # no demo loop: a chat version shows its demos as turns
+            sent = server.received[-1]['body']['messages']
+            assert [m['role'] for m in sent][:2] == ['system', 'user'] and sent[2]['role'] == 'assistant'
+            before = len(server.received)
+            run = ws.evaluate(best, tiny, 'dev', progress=False)
+            assert run.calls == 0 and len(server.received) == before  # the optimizer sent the very same requests

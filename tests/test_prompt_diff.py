@@ -220,3 +220,20 @@ def test_template_diff_keeps_tags_whole_and_follows_the_structure():
     assert not any(text.strip() in ('{', '}', '{{', '}}', '.', ':') for text in changed)
     assert ''.join(t for op, t in ops if op != 'insert') == zero.template
     assert ''.join(t for op, t in ops if op != 'delete') == few.template
+
+
+def test_chat_messages_diff_by_role_and_a_change_of_shape_is_a_setting():
+    from udfs.render import transcript
+
+    system = [{'role': 'system', 'content': 'Route tickets.'}, {'role': 'user', 'content': 'Ticket: {{ text }}'}]
+    edited = [{'role': 'system', 'content': 'Route support tickets.'}, system[1]]
+    a = version('r:v1', template=transcript(system), messages=system)
+    b = version('r:v2', template=transcript(edited), messages=edited)
+    d = diff_versions(a, b)
+    assert d.text_title == 'Messages' and d.fields == [] and ('insert', ' support') in d.template_ops
+    assert '>Messages<' in render_diff_html(d) and 'r:v1/messages' in render_diff_text(d)
+    plain = version('r:v0', template='Ticket: {{ text }}')
+    shape = diff_versions(plain, a)
+    assert shape.fields == [
+        FieldChange('messages', None, ['system', 'user'], 'a completion template -> 2 messages (system, user)')
+    ]

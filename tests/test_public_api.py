@@ -30,7 +30,8 @@ CONCEPTS = [
     # notebooks, schedules and prompt files
     'run_notebook', 'scheduled_eval', 'import_prompt',
     # guardrails, serving and experiments
-    'set_rule', 'render', 'complete', 'start_experiment', 'log_outcome', 'ab_report', 'audit',
+    'set_rule', 'render', 'complete', 'start_experiment', 'log_outcome', 'ab_report', 'executions', 'serving_stats',
+    'audit',
     # prompt families
     'ingest_prompts', 'families', 'get_family', 'drift', 'similar',
     # errors

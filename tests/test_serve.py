@@ -130,3 +130,18 @@ def test_units_get_their_arm_of_a_running_experiment_and_outcomes_reach_the_repo
     stop_experiment('router', experiment='exp1')
     assert ws.render('router@production', {'text': 'x'}, unit_id=5).arm is None
     assert list(ws.audit(kind='experiment')['kind']) == ['experiment.stopped', 'experiment.started']
+
+
+def test_a_chat_version_is_served_with_its_messages(served):
+    ws, v1, v2, v3, server = served
+    chat = ws.edit(v2, system='You route support tickets.')
+    ws.set_label(chat, 'chat')
+    out = ws.render('router@chat', {'text': 'My parcel is late'})
+    assert out.messages == [
+        {'role': 'system', 'content': 'You route support tickets.'},
+        {'role': 'user', 'content': 'v2\nTicket: My parcel is late\nCategory:'},
+    ]
+    assert out.text == '[system]\nYou route support tickets.\n\n[user]\nv2\nTicket: My parcel is late\nCategory:'
+    done = ws.complete('router@chat', {'text': 'I was charged twice for the same order.'})
+    assert done.prediction == 'BILLING' and done.messages == server.received[-1]['body']['messages']
+    assert ws.render('router@production', {'text': 'x'}).messages is None  # a completion version has none

@@ -128,3 +128,39 @@ def test_parse_keeps_whatever_is_usable(raw, analysis, edits, focus):
     got_analysis, got_edits, got_focus = _parse(raw, LABELS)
     assert got_analysis == analysis and got_focus == focus
     assert [(e['description'], e['template']) for e in got_edits] == edits
+
+
+def test_a_suggestion_that_echoes_the_schema_or_contradicts_the_run_is_marked_unreliable(ws, run, monkeypatch):
+    per_category = run.per_category()
+    perfect = [c for c in LABELS if per_category.loc[c, 'f1'] >= 1.0]
+    echoed = {
+        'analysis': '<what goes wrong and why>',
+        'edits': [
+            {'description': '<the change>', 'template': '<the whole new template>'},
+            {'description': 'the same template', 'template': TEMPLATE},
+            {'description': 'name the labels', 'template': GOOD_EDIT},
+        ],
+        'focus_categories': perfect,
+    }
+    with OpenAICompatibleServer(lambda body: Canned(200, completion_body(json.dumps(echoed)))) as server:
+        monkeypatch.setenv('OPENAI_BASE_URL', f'{server.url}/v1')
+        s = suggest(run, model='openai:fake')
+    assert not s.reliable
+    assert 'its analysis copies the placeholder <what goes wrong and why> of the requested JSON' in s.problems
+    assert s.edit_problems[0][:2] == [
+        'it copies the placeholder <the whole new template> of the requested JSON',
+        'its description copies the placeholder <the change>',
+    ]
+    assert s.edit_problems[1] == ['its template is the current one: it changes nothing'] and s.edit_problems[2] == []
+    assert all(
+        f'it names {c} as needing work, but the run got every {c} example right (F1 1.0)' in s.problems for c in perfect
+    )
+    text = str(s)
+    assert text.startswith('UNRELIABLE: what openai:fake wrote fails these checks') and 'UNRELIABLE' in repr(s)
+    assert 'Unreliable' in s._repr_html_()
+    with pytest.raises(
+        VersionError, match=r'suggested edit 1 for router:v1 is unreliable: its template is the current one'
+    ):
+        s.apply(1)
+    assert s.apply(2).template == GOOD_EDIT  # an edit with no problem applies as before
+    assert s.apply(1, force=True).id == run.version.id  # forced: the same content is the same version

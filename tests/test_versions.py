@@ -84,3 +84,90 @@ def test_labels_resolve_move_and_roll_back(ws):
         rollback('router', 'production')
     labels = list_labels('router')
     assert list(labels['label']) == ['production'] and list(labels['version_id']) == [v1.id]
+
+
+# --- chat versions ----------------------------------------------------------------------------------------------
+
+CHAT = [
+    {'role': 'system', 'content': 'You route support tickets to one of: {{ labels | join(", ") }}.'},
+    {'role': 'user', 'content': 'Ticket: {{ text }}'},
+]
+
+
+def test_a_chat_version_renders_its_messages_with_demos_as_turns(ws):
+    demos = [{'text': 'I was charged twice.', 'expected': 'A'}]
+    chat = ws.create_version('router', messages=CHAT, output=ws.choice(['A', 'B']), demos=demos)
+    assert chat.is_chat and chat.messages == CHAT and chat.variables() == {'text'}
+    assert (
+        chat.template
+        == '[system]\nYou route support tickets to one of: {{ labels | join(", ") }}.\n\n[user]\nTicket: {{ text }}'
+    )
+    assert 'chat=2 messages' in repr(chat)
+    assert ws.create_version('router', messages=CHAT, output=ws.choice(['A', 'B']), demos=demos).id == chat.id
+    assert get_version(chat.id).messages == CHAT  # read back from the versions table
+    assert chat.render_messages({'text': 'Where is my parcel?'}) == [
+        {'role': 'system', 'content': 'You route support tickets to one of: A, B.'},
+        {'role': 'user', 'content': 'Ticket: I was charged twice.'},
+        {'role': 'assistant', 'content': 'A'},
+        {'role': 'user', 'content': 'Ticket: Where is my parcel?'},
+    ]
+    instructed = ws.edit(chat, instructions='Answer with the category only.')
+    assert instructed.render_messages({'text': 'x'})[0]['content'].startswith('Answer with the category only.\n\n')
+    # a completion version keeps the content hash and request hash it had before chat versions existed
+    plain = ws.create_version('router', template=TEMPLATE, output=ws.choice(['A', 'B']))
+    assert plain.content_hash == 'b52a172d3c26d7bbbcf77b53729dcdd811aa77bcd962e027fcae8548f889c4b1'
+    from workspace.core.versions import build_request
+    from workspace.storage.store import request_hash
+
+    old = {
+        'model_id': 'local:x',
+        'params': {'temperature': 0.0},
+        'prompt': 'Ticket: hi\nCategory:',
+        'constraint': {'choice': ['A', 'B']},
+    }
+    assert request_hash(old) == 'dc8641051b0f7ebb0a8b861f031b5c0aa919ac5c224068927b4673b15b2ec1f0'
+    request = build_request(chat, {'text': 'hi'}, model_id='local:x')
+    assert request['messages'][-1] == {'role': 'user', 'content': 'Ticket: hi'}
+    assert request['prompt'].startswith('[system]\nYou route') and request['prompt'].endswith('[user]\nTicket: hi')
+    other = dict(request, messages=[*request['messages'][:-1], {'role': 'user', 'content': 'Ticket: other'}])
+    assert request_hash(other) != request['hash'] == request_hash(request)
+
+
+def test_chat_versions_are_checked_like_templates(ws):
+    with pytest.raises(
+        errors.TemplateError,
+        match=r'message 2 \(user\) of prompt .router. is refused: it uses the attribute .__class__',
+    ):
+        ws.create_version('router', messages=[CHAT[0], {'role': 'user', 'content': "{{ ''.__class__ }}"}])
+    with pytest.raises(errors.TemplateError, match=r'message 1 \(system\) of prompt .router. does not parse'):
+        ws.create_version('router', messages=[{'role': 'system', 'content': '{{ oops'}, CHAT[1]])
+    with pytest.raises(errors.TemplateError, match=r'last message is a assistant turn; end with the user turn'):
+        ws.create_version('router', messages=[*CHAT, {'role': 'assistant', 'content': 'A'}])
+    with pytest.raises(errors.TemplateError, match=r"message 1 has role 'tool'; use one of system, user, assistant"):
+        ws.create_version('router', messages=[{'role': 'tool', 'content': 'x'}, CHAT[1]])
+    with pytest.raises(errors.TemplateError, match=r'either messages=\[...\] or template=...'):
+        ws.create_version('router', messages=CHAT, template=TEMPLATE)
+    with pytest.raises(errors.TemplateError, match='messages must be a non-empty list'):
+        ws.create_version('router', messages='Ticket: {{ text }}')
+    assert ws.list_versions().empty  # nothing refused was stored
+
+
+def test_edits_of_chat_versions(ws):
+    plain = ws.create_version('router', template='Ticket: {{ text }}')
+    chat = ws.edit(plain, system='You route tickets.')  # a system message makes a chat version of a completion
+    assert chat.parent_id == plain.id and chat.messages == [
+        {'role': 'system', 'content': 'You route tickets.'},
+        {'role': 'user', 'content': 'Ticket: {{ text }}'},
+    ]
+    turn = ws.edit(chat, template='Support ticket: {{ text }}')  # a template replaces the user turn
+    assert turn.messages[0] == chat.messages[0] and turn.messages[1]['content'] == 'Support ticket: {{ text }}'
+    system = ws.edit(turn, system='Be brief.')
+    assert [m['content'] for m in system.messages] == ['Be brief.', 'Support ticket: {{ text }}']
+    text = system.template.replace('Be brief.', 'Be very brief.') + '\n\n[assistant]\nOK\n\n[user]\nAnd {{ text }}'
+    parsed = ws.edit(system, template=text)  # the messages as one text, edited: every message
+    assert [m['role'] for m in parsed.messages] == ['system', 'user', 'assistant', 'user']
+    assert parsed.messages[0]['content'] == 'Be very brief.' and parsed.variables() == {'text'}
+    same = ws.edit(parsed, template=parsed.template, params={'max_tokens': 9})  # unchanged text: same messages
+    assert same.messages == parsed.messages and same.params['max_tokens'] == 9
+    shorthand = ws.create_version('other', system='You route tickets.', template='Ticket: {{ text }}')
+    assert shorthand.messages == chat.messages

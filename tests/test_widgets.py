@@ -39,6 +39,7 @@ def test_initial_view(view):
         'Diff',
         'Samples',
         'Cost',
+        'Serving',
         'Edit',
     ]
     assert 'pw-tag-baseline">baseline' in view.panes['Summary'].value
@@ -298,3 +299,39 @@ def test_grid_tab_searches_sorts_filters_and_pages(view):
     view.candidate_boxes['router:v3'].value = False  # a version leaves: its columns leave the grid and the pickers
     view.tabs.selected_index = 1
     assert 'v3 output' not in [title for title, _ in view.grid_sort.options] and 'router:v3' not in pane.value
+
+
+def test_the_serving_pane_shows_how_each_version_is_served(view, monkeypatch):
+    import workspace as ws
+    from workspace.serving import serve
+
+    view, (tiny, v1, v2, v3, server) = view
+    assert 'not served yet' in render_tab(view.state, 'Serving')
+    monkeypatch.setattr(serve, '_default', None)
+    ws.set_rule('mentions_ticket', 'keyword', stage='prompt', words=['ticket'])
+    for text in ('I was charged twice for the same order.', 'My parcel is late'):
+        ws.complete(v2.id, {'text': text})
+    ws.render(v3.id, {'text': 'x'})
+    serve._server().close()
+    pane = render_tab(view.state, 'Serving')
+    assert 'router:v2' in pane and 'router:v3' in pane and 'mentions_ticket 2' in pane
+    stats = view.state.serving().set_index('version_id')
+    assert stats.loc['router:v2', 'completions'] == 2 and stats.loc['router:v1', 'requests'] == 0
+
+
+def test_editing_a_chat_version_in_the_widget_edits_its_messages(view):
+    import workspace as ws
+
+    view, (tiny, v1, v2, v3, server) = view
+    chat = ws.edit(v2, system='You route tickets.')
+    state = view.state
+    edited = chat.template.replace('v2\nTicket:', 'v2\nSupport ticket:')
+    checked = state.check(edited, source=chat.id)
+    assert checked.changed == 6 and 'Support ticket: ' in checked.after and checked.before != checked.after
+    saved, created = state.save(edited, source=chat.id)
+    assert (
+        created
+        and saved.parent_id == chat.id
+        and saved.messages[0] == {'role': 'system', 'content': 'You route tickets.'}
+    )
+    assert saved.messages[1]['content'].startswith('v2\nSupport ticket:')

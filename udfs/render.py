@@ -48,6 +48,13 @@ __all__ = [
     'render_prompt',
     'max_prompt_chars',
     'render_timeout_s',
+    'ROLES',
+    'check_messages',
+    'messages_variables',
+    'render_messages',
+    'transcript',
+    'parse_transcript',
+    'render_chat',
 ]
 
 #: Variables every template may use besides the dataset's input fields.
@@ -444,3 +451,131 @@ def render_prompt(
 ) -> str:
     """Template and input fields (plus demos, labels, instructions) in; rendered prompt text out."""
     return render(template, fields, demos=demos or (), labels=labels or (), instructions=instructions)
+
+
+# --- chat messages ----------------------------------------------------------------------------------------------
+
+#: The roles a chat version's messages may have.
+ROLES = ('system', 'user', 'assistant')
+
+
+def check_messages(messages: Any) -> list[dict[str, str]]:
+    """Return chat messages as plain `{'role', 'content'}` dicts, or raise ValueError naming the first problem.
+
+    Each message is a role (system, user or assistant) and a Jinja2 template; the last one is the user turn that
+    holds the example.
+    """
+    if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence) or not messages:
+        raise ValueError(
+            "messages must be a non-empty list such as [{'role': 'system', 'content': '...'}, "
+            "{'role': 'user', 'content': 'Ticket: {{ text }}'}]"
+        )
+    out = []
+    for number, message in enumerate(messages, start=1):
+        if not isinstance(message, Mapping) or set(message) - {'role', 'content'}:
+            raise ValueError(f'message {number} must be a mapping with exactly role and content; got {message!r}')
+        role, content = message.get('role'), message.get('content')
+        if role not in ROLES:
+            raise ValueError(f'message {number} has role {role!r}; use one of {", ".join(ROLES)}')
+        if not isinstance(content, str) or not content.strip():
+            raise ValueError(f'message {number} ({role}) has no content; give its template text')
+        out.append({'role': str(role), 'content': content})
+    if out[-1]['role'] != 'user':
+        raise ValueError(
+            f"the last message is a {out[-1]['role']} turn; end with the user turn that holds the example's fields"
+        )
+    return out
+
+
+def messages_variables(messages: Sequence[Mapping[str, str]]) -> set[str]:
+    """Return the names of the top-level variables any message template reads."""
+    return set().union(*(template_variables(m['content']) for m in messages))
+
+
+def _answer_text(expected: Any) -> str:
+    if isinstance(expected, (dict, list)):
+        import json
+
+        return json.dumps(expected, ensure_ascii=False)
+    return '' if expected is None else str(expected)
+
+
+def render_messages(
+    messages: Sequence[Mapping[str, str]],
+    fields: Mapping[str, Any],
+    *,
+    demos: Sequence[Mapping[str, Any]] = (),
+    labels: Sequence[str] = (),
+    instructions: str = '',
+) -> list[dict[str, str]]:
+    """Render each message template with one example's `fields` (and `demos`, `labels`, `instructions`).
+
+    Demos become turns unless a message reads `demos` itself: before the last user turn, each demo is a user turn
+    (the last user template rendered with the demo's fields) and an assistant turn (its `expected`). Instructions
+    that no message places open the first system message (or become one). The prompt size limit applies to the
+    messages together. Raises like `render`.
+    """
+    rendered = [
+        {'role': m['role'], 'content': _render(_compiled(m['content']), fields, demos, labels, instructions)}
+        for m in messages
+    ]
+    variables = messages_variables(messages)
+    if demos and 'demos' not in variables:
+        last = messages[-1]['content']
+        turns: list[dict[str, str]] = []
+        for demo in demos:
+            shown = {k: v for k, v in demo.items() if k != 'expected'}
+            turns.append({'role': 'user', 'content': _render(_compiled(last), shown, (), labels, instructions)})
+            turns.append({'role': 'assistant', 'content': _answer_text(demo.get('expected'))})
+        rendered[-1:-1] = turns
+    if instructions and 'instructions' not in variables:
+        if rendered[0]['role'] == 'system':
+            rendered[0] = {'role': 'system', 'content': f'{instructions}\n\n{rendered[0]["content"]}'}
+        else:
+            rendered.insert(0, {'role': 'system', 'content': instructions})
+    _check_size(sum(len(m['content']) for m in rendered), 'the messages')
+    return rendered
+
+
+def transcript(messages: Sequence[Mapping[str, str]]) -> str:
+    """Return chat messages as one plain text: each message under its role in brackets, a blank line between.
+
+    >>> transcript([{'role': 'system', 'content': 'Be brief.'}, {'role': 'user', 'content': 'Hi'}])
+    '[system]\nBe brief.\n\n[user]\nHi'
+    """
+    return '\n\n'.join(f'[{m["role"]}]\n{m["content"]}' for m in messages)
+
+
+_HEADER = re.compile(r'^\[(system|user|assistant)\]\n', re.M)
+
+
+def parse_transcript(text: str) -> list[dict[str, str]] | None:
+    """Return the messages of a text written as `transcript` writes them, or None if it is not one.
+
+    >>> parse_transcript('[system]\\nBe brief.\\n\\n[user]\\n{{ text }}')
+    [{'role': 'system', 'content': 'Be brief.'}, {'role': 'user', 'content': '{{ text }}'}]
+    """
+    starts = [m for m in _HEADER.finditer(text) if m.start() == 0 or text[: m.start()].endswith('\n\n')]
+    if not starts or starts[0].start() != 0:
+        return None
+    messages = []
+    for i, match in enumerate(starts):
+        end = starts[i + 1].start() - 2 if i + 1 < len(starts) else len(text)
+        messages.append({'role': match.group(1), 'content': text[match.end() : end]})
+    try:
+        return check_messages(messages)
+    except ValueError:
+        return None
+
+
+@pxt.udf
+def render_chat(
+    messages: pxt.Json,
+    fields: pxt.Json,
+    *,
+    demos: pxt.Json | None = None,
+    labels: pxt.Json | None = None,
+    instructions: str = '',
+) -> pxt.Json:
+    """Chat message templates and input fields (plus demos, labels, instructions) in; rendered messages out."""
+    return render_messages(messages, fields, demos=demos or (), labels=labels or (), instructions=instructions)

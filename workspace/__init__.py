@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from workspace.analysis.changelog import changelog as changelog
     from workspace.analysis.diff import diff as diff
     from workspace.analysis.model_comparison import evaluate_models as evaluate_models
+    from workspace.analysis.serving_stats import executions as executions, serving_stats as serving_stats
     from workspace.core.datasets import (
         Dataset as Dataset,
         get_dataset as get_dataset,
@@ -124,6 +125,8 @@ _CONCEPTS = {
     'start_experiment': 'workspace.serving.experiments',
     'log_outcome': 'workspace.serving.traffic',
     'ab_report': 'workspace.analysis.ab_report',
+    'executions': 'workspace.analysis.serving_stats',
+    'serving_stats': 'workspace.analysis.serving_stats',
     'audit': 'workspace.storage.audit_log',
     # prompt families
     'ingest_prompts': 'workspace.mining.prompt_log',

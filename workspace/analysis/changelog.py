@@ -10,6 +10,10 @@ prompt_workspace/changelogs   one row per version: the description (or the model
 
 The measured effect is read when asked, from the latest run of each version on each dataset split they share:
 the examples the change fixed and broke (by id) and the paired verdict of `compare.significance`.
+
+The description is checked against both (`workspace.analysis.output_checks`): one that repeats a worked example of
+its prompt, names a setting the diff does not change, or claims an effect the measured flips contradict is marked
+unreliable with the reasons (`Changelog.problems`), and shown as the model's claim, never as a fact.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any
 
 import pandas as pd
 
+from workspace.analysis import output_checks
 from workspace.analysis.compare import flips, significance
 from workspace.analysis.diff import VersionDiff, diff_versions, render_diff_text
 from workspace.config import utc_now
@@ -50,6 +55,8 @@ Diff:
 Change:"""
 
 PARAMS = {'temperature': 0.0, 'max_tokens': 60, 'stop': ['\n'], 'seed': 0}
+#: The worked answers of PROMPT: a description that repeats one describes the prompt, not the change.
+EXAMPLES = [line.removeprefix('Change: ') for line in PROMPT.splitlines() if line.startswith('Change: ')]
 
 
 @dataclass(frozen=True)
@@ -80,9 +87,19 @@ class Changelog:
     created_at: datetime.datetime | None
     changes: list[str]
     effects: list[Effect] = field(default_factory=list)
+    #: Why the description cannot be taken at its word (empty: the checks found nothing).
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def reliable(self) -> bool:
+        """Return whether the description passed the checks against the diff and the measured effects."""
+        return not self.problems
 
     def __str__(self) -> str:
-        lines = [f'{self.version_id} (parent {self.parent_id}): {self.text or f"(no description: {self.error})"}']
+        described = self.text or f'(no description: {self.error})'
+        if self.problems:
+            described = f'UNRELIABLE, {self.model} wrote: "{self.text}" (' + '; '.join(self.problems) + ')'
+        lines = [f'{self.version_id} (parent {self.parent_id}): {described}']
         lines += [f'  - {c}' for c in self.changes]
         for e in self.effects:
             lines.append(
@@ -110,6 +127,28 @@ def describe_diff(d: VersionDiff) -> list[str]:
     text = render_diff_text(d).splitlines()
     lines += [line for line in text if not line.startswith(('---', '+++', '@@', '-', '+', ' ')) and ':' in line]
     return lines or ['no difference in template, instructions or settings']
+
+
+def check_description(text: str | None, d: VersionDiff, effects: Sequence[Effect]) -> list[str]:
+    """Return why a model's description of a change cannot be taken at its word: it is no sentence (template
+    syntax, a word or two), repeats a worked example of its prompt, names a setting the diff does not change, or
+    claims an effect the measured flips contradict."""
+    if not text:
+        return []
+    problems = output_checks.not_a_sentence(text)
+    problems += [
+        f'it repeats an example of its prompt ("{example}") instead of describing this change'
+        for example in output_checks.copied_examples(text, EXAMPLES)
+    ]
+    changed = [f.field for f in d.fields]
+    changed += [
+        name
+        for name, ops in (('template', d.template_ops), ('instructions', d.instructions_ops))
+        if any(op != 'equal' for op, _ in ops)
+    ]
+    problems += output_checks.setting_claims(text, changed)
+    problems += output_checks.effect_claims(text, effects)
+    return problems
 
 
 def _parent(version: Version) -> Version:
@@ -180,6 +219,8 @@ def get_changelog(version: Version | str, *, effects: bool = True) -> Changelog 
     row = _read(child.id)
     if row is None:
         return None
+    d = diff_versions(_parent(child), child)
+    measured = measured_effects(child) if effects else []
     return Changelog(
         version_id=child.id,
         parent_id=row['parent_id'],
@@ -188,8 +229,9 @@ def get_changelog(version: Version | str, *, effects: bool = True) -> Changelog 
         model=row['model'],
         request_hash=row['request_hash'],
         created_at=row['created_at'],
-        changes=describe_diff(diff_versions(_parent(child), child)),
-        effects=measured_effects(child) if effects else [],
+        changes=describe_diff(d),
+        effects=measured,
+        problems=check_description(row['text'], d, measured) if effects else list(row.get('problems') or []),
     )
 
 
@@ -206,6 +248,7 @@ def changelog(version: Version | str, *, model: str | None = None) -> Changelog:
     rules.raise_if_blocked(rules.screen(rules.blocking_rules(child.prompt), None, request['prompt']))
     answer = store.answer(request, origin=(child.id, None, None))
     text = (answer['text'] or '').strip() or None
+    problems = check_description(text, diff_versions(parent, child), measured_effects(child))
     row = {
         'version_id': child.id,
         'parent_id': parent.id,
@@ -214,9 +257,11 @@ def changelog(version: Version | str, *, model: str | None = None) -> Changelog:
         'model': request['model'],
         'request_hash': answer['hash'],
         'created_at': utc_now(),
+        'problems': problems,
     }
     stored = _read(child.id)
-    if stored is None or stored['request_hash'] != row['request_hash'] or stored['text'] != text:
+    changed = stored is None or any(stored.get(k) != row[k] for k in ('request_hash', 'text', 'problems'))
+    if changed:
         tables.upsert(tables.changelogs(), [row])
     result = get_changelog(child)
     if result is None:  # written just above; only a concurrent drop of the table gets here
@@ -225,9 +270,14 @@ def changelog(version: Version | str, *, model: str | None = None) -> Changelog:
 
 
 def changelogs_for(version_ids: Sequence[str]) -> dict[str, str]:
-    """Return the stored description of each version that has one (for the lineage graph)."""
+    """Return the stored description of each version that has one (for the lineage graph), marked as unreliable
+    with the first reason where the checks made when it was written found a problem."""
     if not version_ids:
         return {}
     t = tables.changelogs()
-    rows = t.where(t.version_id.isin(list(version_ids))).select(t.version_id, t.text).collect()
-    return {r['version_id']: r['text'] for r in rows if r['text']}
+    rows = t.where(t.version_id.isin(list(version_ids))).select(t.version_id, t.text, t.problems).collect()
+    return {
+        r['version_id']: r['text'] if not r['problems'] else f'(unreliable: {r["problems"][0]}) {r["text"]}'
+        for r in rows
+        if r['text']
+    }

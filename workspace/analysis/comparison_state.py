@@ -7,7 +7,6 @@ a kernel. The view in `workspace.ui.widgets` lays out controls over it and rende
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -21,7 +20,7 @@ from workspace.analysis.model_comparison import cost_table
 from workspace.core.evaluate import check_template, evaluate
 from workspace.core.runs import Run, get_run, list_runs
 from workspace.core.samples import SampleReport, sample_report
-from workspace.core.versions import Version, build_request, edit, get_version, list_versions
+from workspace.core.versions import Version, build_request, edit, get_version, list_versions, with_template
 from workspace.errors import TemplateError
 from workspace.storage import store
 
@@ -130,11 +129,11 @@ class CompareState:
         base = self.version(source or self.editing)
         if template == base.template:
             return TemplateCheck(base.id, template, unchanged=True)
-        draft = dataclasses.replace(base, id=f'the edit of {base.id}', template=template, parent_id=base.id)
         try:
             render_udfs.template_variables(template)
         except jinja2.TemplateSyntaxError as e:
             raise TemplateError(f'the template does not parse: {e.message} (template line {e.lineno})') from None
+        draft = with_template(base, template)  # a chat version: the edited user turn, or its messages
         check_template(draft, self.cmp.dataset)
         rows = self.cmp.dataset.rows(self.cmp.split)
         try:
@@ -214,6 +213,12 @@ class CompareState:
     def costs(self):  # noqa: ANN201 - a DataFrame
         """Return one row per compared version: quality, latency, tokens and cost (see `cost_table`)."""
         return cost_table(self.cmp)
+
+    def serving(self):  # noqa: ANN201 - a DataFrame
+        """Return one row per compared version: how it does when served (see `serving_stats`)."""
+        from workspace.analysis.serving_stats import serving_stats
+
+        return serving_stats(versions=self.cmp.version_ids)
 
 
 def _sampled_runs(cmp: VersionComparison) -> list[Run]:

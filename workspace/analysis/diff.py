@@ -50,7 +50,7 @@ class _Version(Protocol):
     @property
     def output(self) -> Mapping[str, Any]: ...
     @property
-    def demos(self) -> Sequence[Mapping[str, Any]]: ...
+    def demos(self) -> Any: ...  # fixed demos (a list of dicts) or a demo policy
 
 
 @dataclass(frozen=True)
@@ -72,6 +72,8 @@ class VersionDiff:
     template_ops: list[tuple[Op, str]]
     instructions_ops: list[tuple[Op, str]]
     fields: list[FieldChange]
+    #: What the text diff is of: a completion template, or a chat version's messages (as one text, by role).
+    text_title: str = 'Template'
 
     @property
     def changed(self) -> bool:
@@ -110,9 +112,21 @@ def diff_versions(a: _Version, b: _Version) -> VersionDiff:
     demos = _demo_summary(a.demos or [], b.demos or [])
     if demos:
         fields.append(FieldChange('demos', len(a.demos or []), len(b.demos or []), demos))
+    roles = [_roles(getattr(v, 'messages', None)) for v in (a, b)]
+    if roles[0] != roles[1]:
+        fields.append(FieldChange('messages', roles[0], roles[1], f'{_shape(roles[0])} -> {_shape(roles[1])}'))
     template = word_ops(a.template, b.template, template=True)
     instructions = word_ops(a.instructions, b.instructions)
-    return VersionDiff(a.id, b.id, template, instructions, fields)
+    title = 'Messages' if roles[0] or roles[1] else 'Template'  # a chat version's template is its messages as text
+    return VersionDiff(a.id, b.id, template, instructions, fields, title)
+
+
+def _roles(messages: Sequence[Mapping[str, str]] | None) -> list[str] | None:
+    return [m['role'] for m in messages] if messages else None
+
+
+def _shape(roles: list[str] | None) -> str:
+    return f'{len(roles)} messages ({", ".join(roles)})' if roles else 'a completion template'
 
 
 def render_diff_html(d: VersionDiff) -> str:
@@ -124,7 +138,7 @@ def render_diff_html(d: VersionDiff) -> str:
     parts = [f'<div style="font-weight:600;font-size:14px">{html.escape(d.a_id)} → {html.escape(d.b_id)}</div>']
     if not d.changed:
         return _box(parts + ['<p style="margin:4px 0">No differences.</p>'])
-    parts.append(_section('Template', _ops_html(d.template_ops)))
+    parts.append(_section(d.text_title, _ops_html(d.template_ops)))
     if any(op != 'equal' for op, _ in d.instructions_ops):
         parts.append(_section('Instructions', _ops_html(d.instructions_ops)))
     if d.fields:
@@ -146,7 +160,8 @@ def render_diff_text(d: VersionDiff, *, context: int = 3) -> str:
     """
     if not d.changed:
         return 'No differences.'
-    lines = _unified(d, 'template', d.template_ops, context) + _unified(d, 'instructions', d.instructions_ops, context)
+    lines = _unified(d, d.text_title.lower(), d.template_ops, context)
+    lines += _unified(d, 'instructions', d.instructions_ops, context)
     lines += [f'{c.field}: {c.summary or f"{_show(c.before)} -> {_show(c.after)}"}' for c in d.fields]
     return '\n'.join(lines)
 
@@ -262,7 +277,8 @@ def _show(value: Any) -> str:
 
 
 def diff(a: Version | str, b: Version | str) -> VersionDiff:
-    """Diff two versions: word-level template changes, then model, params, output spec and demos. In a notebook
+    """Diff two versions: word-level template changes (a chat version's messages, each under its role), then model,
+    params, output spec, demos and the messages' roles. In a notebook
     it displays as highlighted HTML; `print()` gives a unified diff for terminals and logs.
 
     >>> ws.diff('ticket_router:v1', 'ticket_router@production')

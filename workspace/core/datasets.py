@@ -18,7 +18,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeAlias
+from typing import Any, Literal, TypeAlias, cast
 
 import pandas as pd
 import pixeltable as pxt
@@ -455,15 +455,26 @@ def _validate(parsed: Parsed, spec: _Spec) -> list[dict[str, Any]]:
 
 @dataclass(frozen=True)
 class Dataset:
-    """A handle on one dataset table: its input fields, its task and its rows."""
+    """A handle on one dataset table: its input fields, its task and its rows.
+
+    A handle made by `get_dataset('tickets:3')` is pinned to table version 3: it reads the rows as they were then
+    (Pixeltable keeps every version of a table) and refuses to change them.
+    """
 
     name: str
     inputs: tuple[str, ...]
     task: Task
     meta: dict[str, Any]
+    #: The table version this handle reads, or None for the live table.
+    pinned: int | None = None
 
     def __repr__(self) -> str:
-        return f'<Dataset {self.name} inputs={list(self.inputs)} task={self.task} rows={len(self)}>'
+        return f'<Dataset {self.ref} inputs={list(self.inputs)} task={self.task} rows={len(self)}>'
+
+    @property
+    def ref(self) -> str:
+        """Return how to name this handle again: `tickets`, or `tickets:3` when pinned to a version."""
+        return self.name if self.pinned is None else f'{self.name}:{self.pinned}'
 
     def _repr_html_(self) -> str:
         return render_record(
@@ -478,7 +489,9 @@ class Dataset:
 
     @property
     def table(self) -> pxt.Table:
-        """Return the Pixeltable table holding the examples."""
+        """Return the Pixeltable table holding the examples (read-only at the pinned version, if any)."""
+        if self.pinned is not None:
+            return _versioned_table(self.name, self.pinned)
         table = tables.open_table(tables.dataset_path(self.name))
         if table is None:
             _recover_staging()  # a replace-import may have died between its two moves
@@ -489,8 +502,27 @@ class Dataset:
 
     @property
     def version(self) -> int:
-        """Return the table version: it changes with every append or correction."""
+        """Return the table version: it changes with every append or correction (the pinned one, if pinned)."""
+        if self.pinned is not None:
+            return self.pinned
         return int(self.table.get_metadata()['version'])
+
+    def at(self, version: int | None) -> Dataset:
+        """Return this dataset pinned to table `version` (None: the live table).
+
+        >>> tickets.at(3).rows('dev')  # the dev rows as they were at table version 3
+        """
+        if version is None:
+            return get_dataset(self.name)
+        return get_dataset(self.name, version=version)
+
+    def _writable(self, action: str) -> pxt.Table:
+        if self.pinned is not None:
+            raise DatasetError(
+                f'{self.ref} is dataset {self.name!r} pinned to table version {self.pinned}, which never changes; '
+                f'{action} the live dataset instead: ws.get_dataset({self.name!r})'
+            )
+        return self.table
 
     @property
     def extras(self) -> list[str]:
@@ -577,7 +609,7 @@ class Dataset:
             ratios = self.meta.get('split_ratios') or DEFAULT_SPLIT_RATIOS
             for row in rows:
                 row['split'] = _hash_split(row['example_id'], ratios, self.meta.get('seed', seed))
-        t = self.table
+        t = self._writable('append to')
         clash = t.where(t.example_id.isin([r['example_id'] for r in rows])).select(t.example_id).collect()
         if len(clash):
             ids = ', '.join(sorted(r['example_id'] for r in clash)[:5])
@@ -591,11 +623,11 @@ class Dataset:
 
     def correct(self, example_id: str, expected: Any) -> int:
         """Set the expected output of one example; its scores recompute with no model call. Return the new
-        dataset version.
+        dataset version. Runs made before keep their scores: they read the version they were made on.
 
         >>> tickets.correct('t017', 'REFUND')
         """
-        t = self.table
+        t = self._writable('correct')
         found = t.where(t.example_id == example_id).select(t.expected).collect()
         if not len(found):
             raise DatasetError(f'dataset {self.name!r} has no example {example_id!r}')
@@ -794,13 +826,40 @@ def _recover_staging() -> None:
         log.info('dropped %s, left by an interrupted import', path)
 
 
-def get_dataset(name: str | Dataset, *, missing_ok: bool = False) -> Dataset:
-    """Return the dataset called `name`.
+_PINNED = re.compile(r'^(?P<name>[A-Za-z][A-Za-z0-9_]{0,63}):v?(?P<version>\d+)$')
+
+
+def _versioned_table(name: str, version: int) -> pxt.Table:
+    """Return dataset `name`'s table as it was at `version` (read-only), or raise naming the versions it has."""
+    live = tables.open_table(tables.dataset_path(name))
+    if live is None:
+        raise DatasetError(f'dataset {name!r} no longer exists')
+    current = int(live.get_metadata()['version'])
+    first = min(int(v['version']) for v in live.get_versions() if v['inserts'] or v['version'] == current)
+    if not first <= version <= current:
+        raise DatasetError(
+            f'dataset {name!r} has no table version {version}; its versions with rows are {first} to {current} '
+            f'(the latest: ws.get_dataset({name!r}).version)'
+        )
+    return cast(pxt.Table, pxt.get_table(f'{tables.dataset_path(name)}:{version}'))
+
+
+def get_dataset(name: str | Dataset, *, version: int | None = None, missing_ok: bool = False) -> Dataset:
+    """Return the dataset called `name`; `'name:3'` or `version=3` pins it to table version 3.
+
+    A pinned dataset reads its rows as they were at that version (before later appends and corrections), so
+    `ws.evaluate(v, 'tickets:3')` evaluates exactly those examples and expected outputs.
 
     >>> tickets = get_dataset('support_tickets')
+    >>> before = get_dataset('support_tickets:2')
     """
     if isinstance(name, Dataset):
-        return name
+        return name if version is None or version == name.pinned else get_dataset(name.name, version=version)
+    match = _PINNED.match(name) if isinstance(name, str) else None
+    if match:
+        if version is not None and version != int(match['version']):
+            raise DatasetError(f'{name!r} names table version {match["version"]} but version={version} was given')
+        name, version = match['name'], int(match['version'])
     table = tables.open_table(tables.dataset_path(name))
     if table is None:
         _recover_staging()  # a replace-import may have died between its two moves
@@ -815,8 +874,12 @@ def get_dataset(name: str | Dataset, *, missing_ok: bool = False) -> Dataset:
             f'no dataset {name!r}.{hint} Known datasets: {", ".join(known) or "none yet"}; '
             'import one with ws.import_dataset(...)'
         )
+    if version is not None:
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise DatasetError(f'version={version!r} is not a table version; give a whole number such as 3')
+        table = _versioned_table(name, version)
     meta = table.get_metadata()['custom_metadata'] or {}
-    return Dataset(name=name, inputs=tuple(meta['inputs']), task=meta['task'], meta=meta)
+    return Dataset(name=name, inputs=tuple(meta['inputs']), task=meta['task'], meta=meta, pinned=version)
 
 
 def list_datasets() -> list[str]:

@@ -14,6 +14,7 @@ output constraint):
 from __future__ import annotations
 
 import difflib
+import json
 import logging
 import time
 import uuid
@@ -32,6 +33,7 @@ from workspace.core.versions import Version, build_request, get_version
 from workspace.display.frames import shown
 from workspace.errors import TemplateError, WorkspaceError
 from workspace.storage import backends, store, tables
+from workspace.storage.reads import table_key
 
 __all__ = ['evaluate', 'check_template', 'add_scorer', 'list_scorers', 'eval_table']
 
@@ -249,12 +251,30 @@ def list_scorers(dataset: Dataset | str) -> pd.DataFrame:
     return shown(pd.DataFrame(rows, columns=['column', 'scorer', 'tier', 'runs', 'only_if']))
 
 
-def _rows_to_write(v: Version, ds: Dataset, requests: Mapping[str, dict[str, Any]], retry_errors: bool) -> list[str]:
-    """Return the examples whose evaluation row is missing, stale (another request), failed and retried, or kept
-    from the model by a rule (checked again: the rule may have changed)."""
+def _same_value(a: Any, b: Any) -> bool:
+    return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
+
+
+def _rows_to_write(
+    v: Version,
+    ds: Dataset,
+    requests: Mapping[str, dict[str, Any]],
+    expected: Mapping[str, Any],
+    retry_errors: bool,
+) -> list[str]:
+    """Return the examples whose evaluation row is missing, stale (another request, or another expected output:
+    a pinned dataset version evaluated after a correction), failed and retried, or kept from the model by a rule
+    (checked again: the rule may have changed)."""
     frame = eval_rows(ds.name, v.id)
-    existing = {ex: (key, error) for ex, key, error in zip(frame['example_id'], frame['request_hash'], frame['error'])}
-    stale = [ex for ex, req in requests.items() if ex not in existing or existing[ex][0] != req['hash']]
+    existing = {
+        ex: (key, error, exp)
+        for ex, key, error, exp in zip(frame['example_id'], frame['request_hash'], frame['error'], frame['expected'])
+    }
+    stale = [
+        ex
+        for ex, req in requests.items()
+        if ex not in existing or existing[ex][0] != req['hash'] or not _same_value(existing[ex][2], expected[ex])
+    ]
     failed = [
         ex
         for ex in requests
@@ -334,12 +354,17 @@ def evaluate(
     dataset: Dataset | str,
     split: str | None = None,
     *,
+    dataset_version: int | None = None,
     samples: int = 1,
     judges: Sequence[str] | Literal['all'] | None = None,
     progress: store.Progress = True,
     retry_errors: bool = False,
 ) -> Run:
     """Evaluate `version` on a dataset split (all rows if `split` is None) and return the run.
+
+    `dataset` may name a table version (`'tickets:3'`, or `dataset_version=3`): the examples and expected outputs
+    as they were then, answered from the store wherever the request is unchanged. The run is an immutable record:
+    it reads its rows at the evaluation table's version it wrote, so later corrections never change its scores.
 
     Only requests the store has not answered reach the model, and none that a blocking input or prompt rule
     fails: such a row stores the rule and the span as its error and counts as wrong (it is checked again on the
@@ -357,7 +382,7 @@ def evaluate(
     """
     started, clock = utc_now(), time.perf_counter()
     v = get_version(version)
-    ds = get_dataset(dataset)
+    ds = get_dataset(dataset, version=dataset_version)
     check_template(v, ds)
     samples_module.check_samples(v, samples)
     table = eval_table(ds)
@@ -371,37 +396,22 @@ def evaluate(
             log.warning('%s cannot answer %s, which dataset %r expects', v.id, ', '.join(missing), ds.name)
 
     policy = v.demo_policy
-    retrieved = demos.retrieve(policy, rows, dataset=ds.name) if policy else {}
-    pool = demos.pool_version(policy) if policy else {}
-    requests = {
-        row['example_id']: build_request(
-            v, row, model_id=model_id, demos=retrieved[row['example_id']].demos if policy else None
-        )
-        for row in rows
-    }
-    to_write = _rows_to_write(v, ds, requests, retry_errors)
+    requests, retrieved, pool = _build_requests(v, ds, rows, model_id)
+    to_write = _rows_to_write(v, ds, requests, {row['example_id']: row['expected'] for row in rows}, retry_errors)
     blocked = _screen(v, ds, requests, to_write)
     sampled = _sample_requests(v, ds, requests, samples, retry_errors, set(to_write))
     asked = [(requests[ex], (v.id, ds.name, ex)) for ex in to_write if ex not in blocked]
     asked += [(req, (v.id, ds.name, ex)) for (ex, _), req in sampled.items() if ex not in blocked]
     batch = store.answer_many(asked, retry_errors=retry_errors, progress=progress)
 
-    evaluated_at = utc_now()
-    by_id = {row['example_id']: row for row in rows}
+    by_id, written = (
+        {row['example_id']: row for row in rows},
+        {'dataset_version': dataset_version, 'evaluated_at': utc_now()},
+    )
     updates = []
     for ex in to_write:
-        key = requests[ex]['hash']
-        answer = _blocked_answer(key, blocked[ex]) if ex in blocked else batch.answers.get(key)
-        if answer is None:
-            raise WorkspaceError(f'request {key[:12]} for example {ex!r} is missing from the store; evaluate again')
-        extra = {
-            'dataset_version': dataset_version,
-            'evaluated_at': evaluated_at,
-            'reused': key not in batch.called,
-            'rendered_prompt': requests[ex]['prompt'],
-            'demo_source': {**pool, 'example_ids': list(retrieved[ex].ids)} if policy else None,
-        }
-        updates.append(_eval_row(v, ds, by_id[ex], key, answer, **extra))
+        source = {**pool, 'example_ids': list(retrieved[ex].ids)} if policy else None
+        updates.append(_written_row(v, ds, by_id[ex], requests[ex], batch, written, source, blocked.get(ex)))
     if updates:
         tables.upsert(table, updates)
     kept_back = {r['hash']: _blocked_answer(r['hash'], blocked[ex]) for (ex, _), r in sampled.items() if ex in blocked}
@@ -410,6 +420,7 @@ def evaluate(
         ds, table, v.id, list(requests), columns=asked_judges, asked=judges is not None, progress=progress
     )
 
+    pins = _pins(table, ds, samples)
     answered_now = {ex for ex in requests if requests[ex]['hash'] in batch.called}
     run = Run(
         run_id=uuid.uuid4().hex[:12],
@@ -424,27 +435,84 @@ def evaluate(
         wall_s=0.0,
         samples=samples,
         judge_calls=judge_calls,
+        pins=pins,
     )
     summary = summarize(run, run.rows())
     run = run.replace(
-        errors=summary.errors, wall_s=time.perf_counter() - clock, cost_usd=summary.metrics.get('cost_usd')
+        errors=summary.errors,
+        wall_s=time.perf_counter() - clock,
+        cost_usd=summary.metrics.get('cost_usd'),
+        metrics=summary.metrics,
     )
     _record(run, summary)
-    log.info(
-        '%s on %s/%s: %d calls, %d reused, %s = %.3f',
-        v.id,
-        ds.name,
-        split,
-        run.calls,
-        run.reused,
-        main_score_name(ds.task),
-        summary.metrics.get(main_score_name(ds.task), float('nan')),
-    )
     return run
 
 
+def _written_row(
+    v: Version,
+    ds: Dataset,
+    row: Mapping[str, Any],
+    request: Mapping[str, Any],
+    batch: store.Batch,
+    written: Mapping[str, Any],
+    demo_source: dict[str, Any] | None,
+    blocked: str | None = None,
+) -> dict[str, Any]:
+    """Return the evaluation row to write for one example, from the store's answer to its request (or, for a
+    request a blocking rule kept from the model, the rule as its error)."""
+    key = request['hash']
+    answer = _blocked_answer(key, blocked) if blocked is not None else batch.answers.get(key)
+    if answer is None:
+        raise WorkspaceError(
+            f'request {key[:12]} for example {row["example_id"]!r} is missing from the store; evaluate again'
+        )
+    extra = {
+        **written,  # the dataset version and the time of this evaluation
+        'reused': blocked is None and key not in batch.called,
+        'rendered_prompt': request['prompt'],
+        'demo_source': demo_source,
+    }
+    return _eval_row(v, ds, row, key, answer, **extra)
+
+
+def _build_requests(
+    v: Version, ds: Dataset, rows: list[dict[str, Any]], model_id: str
+) -> tuple[dict[str, dict[str, Any]], dict[str, Any], dict[str, Any]]:
+    """Return each example's request, the demos a demo policy retrieved for it, and the policy's pool version."""
+    policy = v.demo_policy
+    retrieved = demos.retrieve(policy, rows, dataset=ds.name) if policy else {}
+    pool = demos.pool_version(policy) if policy else {}
+    requests = {
+        row['example_id']: build_request(
+            v, row, model_id=model_id, demos=retrieved[row['example_id']].demos if policy else None
+        )
+        for row in rows
+    }
+    return requests, retrieved, pool
+
+
+def _pins(table: pxt.Table, ds: Dataset, samples: int) -> dict[str, Any]:
+    """Return the table versions that hold a run's rows right after it wrote them: {name: [table id, version]}."""
+    pins: dict[str, Any] = {'evals': list(table_key(table))}
+    if samples > 1:
+        pins['samples'] = list(table_key(tables.samples(ds.name)))
+    return pins
+
+
 def _record(run: Run, summary: Any) -> None:
-    """Append the run to the runs table, with its cost and metrics."""
+    """Append the run to the runs table, with its cost and metrics, and log it."""
+    task = get_dataset(run.dataset).task
+    log.info(
+        '%s on %s:%s/%s: %d calls, %d reused, %s = %.3f',
+        run.version.id,
+        run.dataset,
+        run.dataset_version,
+        run.split,
+        run.calls,
+        run.reused,
+        main_score_name(task),
+        summary.metrics.get(main_score_name(task), float('nan')),
+    )
     tables.runs().insert(
         [
             {
@@ -466,6 +534,7 @@ def _record(run: Run, summary: Any) -> None:
                 'samples': run.samples,
                 'judge_calls': run.judge_calls,
                 'cost_usd': run.cost_usd,
+                'pins': run.pins,
             }
         ]
     )

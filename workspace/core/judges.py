@@ -54,6 +54,9 @@ __all__ = [
     'check_judge_template',
     'judge_rows',
     'judge_run',
+    'gate_passed',
+    'stored_score',
+    'NOT_STORED',
     'judge_columns',
     'judges_to_run',
     'new_judge_calls',
@@ -527,10 +530,6 @@ def judges_to_run(evals: Any, asked: Sequence[str] | str | None) -> dict[str, di
     return {name: columns[name] for name in asked}
 
 
-def _gate_passed(value: Any, minimum: float) -> bool:
-    return value is not None and not pd.isna(value) and float(value) >= minimum
-
-
 def _judge_progress(progress: store.Progress, column: str) -> store.Progress:
     """Return a progress that counts judge calls as judge calls (the store's own bar says model calls): a bar of
     its own, or, for a progress function with a `judge` method (the comparison widget's), that method."""
@@ -566,6 +565,27 @@ def new_judge_calls(judge: Version | str, dataset: Dataset | str, rows: Sequence
     return len(fresh - set(store.lookup(fresh))), len(requests)
 
 
+def gate_passed(value: Any, minimum: float) -> bool:
+    """Return whether a row's score on a gating (cheaper) scorer lets a judge judge it."""
+    return value is not None and not pd.isna(value) and float(value) >= minimum
+
+
+#: What `stored_score` returns for a judgement whose answer the request store does not hold.
+NOT_STORED = "the judge's answer is not in the request store"
+
+
+def stored_score(judge: Version | str, dataset: Dataset, example: Mapping[str, Any], prediction: str) -> Any:
+    """Return a judge's score of one prediction read from the request store, with no model call (`NOT_STORED`
+    if the store does not hold the judge's answer). Reproducing a run reads judge scores so."""
+    j = get_version(judge)
+    fields = judge_fields(dataset.inputs, example, prediction)
+    request = _judge_request(j, fields, backends.model_identity(j.model))
+    answer = store.lookup([request['hash']]).get(request['hash'])
+    if answer is None:
+        return NOT_STORED
+    return read_verdict(answer['text'], judge_spec(j), j.output).score
+
+
 def judge_evaluation(
     dataset: Dataset,
     evals: Any,
@@ -590,7 +610,7 @@ def judge_evaluation(
     for column, meta in columns.items():
         updates = []
         gate, minimum = meta.get('only_if'), float(meta.get('only_if_min', 1.0))
-        eligible = frame if gate is None else frame[[_gate_passed(v, minimum) for v in frame[gate]]]
+        eligible = frame if gate is None else frame[[gate_passed(v, minimum) for v in frame[gate]]]
         rows = eligible[['version_id', 'example_id', 'prediction', 'request_hash']].to_dict('records')
         planned, judged_rows = new_judge_calls(meta['judge'], dataset, rows)
         if planned:

@@ -1,7 +1,12 @@
-"""Runs: one evaluation of one version on one dataset split, read back from the evaluation table.
+"""Runs: one evaluation of one version on one dataset split, an immutable record.
 
-A run's predictions and scores are read live, so a corrected expected output or a new scorer shows in every run
-that covers that example, without a model call.
+A run names what it read: the dataset's table version (its examples and expected outputs) and the evaluation
+table's version right after the run wrote its rows (`Run.pins`). Pixeltable keeps every version of a table, so a
+run reads its rows, predictions and scores as they were when it was made: a later correction, append, new scorer
+or re-evaluation makes a new dataset or table version and, evaluated again, a new run, and never changes this one.
+`run.reproduce()` re-derives every score from that lineage (the dataset version, the version, the request store)
+and reports any difference. Runs recorded before runs were pinned are read at the evaluation table's last
+version written before they ended.
 """
 
 from __future__ import annotations
@@ -14,9 +19,10 @@ import json
 import operator
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import pandas as pd
+import pixeltable as pxt
 
 from workspace.core import metrics, rules, samples, stats
 from workspace.core.datasets import get_dataset
@@ -39,6 +45,7 @@ __all__ = [
     'lineage',
     'main_score_name',
     'summarize',
+    'table_at',
 ]
 
 _MAIN_SCORE = {'choice': 'accuracy', 'text': 'rouge_l', 'json': 'json_valid'}
@@ -68,9 +75,30 @@ class Run:
     samples: int = 1
     judge_calls: int = 0
     cost_usd: float | None = None
+    #: The tables this run read, as {name: [table id, version]}: `evals` (its rows and scores), `samples`.
+    pins: dict[str, Any] | None = None
+    #: The metrics recorded when the run was made (the runs table); `reproduce()` checks them.
+    metrics: dict[str, Any] | None = None
 
     def replace(self, **changes: Any) -> Run:
         return dataclasses.replace(self, **changes)
+
+    def _pin(self, name: str) -> tuple[str, list[Any]]:
+        path = tables.eval_path(self.dataset) if name == 'evals' else f'{tables.SAMPLES_DIR}/{self.dataset}'
+        pin = (self.pins or {}).get(name)
+        if pin is None:  # a run recorded before runs were pinned
+            pin = _pin_by_time(path, self.started_at + datetime.timedelta(seconds=self.wall_s), self.dataset)
+        return path, list(pin)
+
+    def pinned(self, name: str = 'evals') -> pxt.Table:
+        """Return the table a run read (`'evals'` or `'samples'`) as it was when the run was made (read-only)."""
+        path, pin = self._pin(name)
+        return table_at(path, pin, what=f'the {name} rows of run {self.run_id}', dataset=self.dataset)
+
+    def _read_pinned(self, query: str, load: Any) -> Any:
+        """Return a read of the pinned evaluation table, kept per process: a pinned version never changes."""
+        path, pin = self._pin('evals')
+        return READS.get_at(pin[0], pin[1], (path, query), lambda: load(self.pinned()))
 
     def __repr__(self) -> str:
         return (
@@ -106,17 +134,26 @@ class Run:
     def predictions(self) -> pd.DataFrame:
         """Return one row per example: inputs, expected, prediction, raw output, error, scores, latency, tokens.
 
-        Read live: a corrected expected output or a new scorer shows here at once.
+        As the run made them: a later correction or scorer shows in a new run, never in this one.
         """
         ds = get_dataset(self.dataset)
         frame = self.rows()
-        inputs = pd.DataFrame(ds.rows(), columns=['example_id', *ds.inputs])
+        stored = frame['input_fields'] if 'input_fields' in frame.columns else pd.Series(dtype=object)
+        if len(stored) == len(frame) and all(isinstance(f, dict) for f in stored):
+            inputs = pd.DataFrame([{'example_id': ex, **f} for ex, f in zip(frame['example_id'], stored)])
+        else:  # rows written before evaluations kept their inputs: the dataset as it was at the run
+            inputs = pd.DataFrame(ds.at(self.dataset_version).rows(), columns=['example_id', *ds.inputs])
+        inputs = inputs.reindex(columns=['example_id', *ds.inputs])
         frame = frame.drop(columns=[c for c in ds.inputs if c in frame.columns]).merge(inputs, on='example_id')
         return shown(frame)  # violations, scores and times read plainly in a notebook; the values stay as they are
 
     def rows(self) -> pd.DataFrame:
-        """Return this run's rows of the evaluation table (expected, prediction, scores, ...), without inputs."""
-        frame = eval_rows(self.dataset, self.version.id)
+        """Return this run's rows of the evaluation table (expected, prediction, scores, ...), without inputs, as
+        they were when the run was made."""
+        frame = self._read_pinned(
+            f'rows of {self.version.id}',
+            lambda evals: evals.where(evals.version_id == self.version.id).collect().to_pandas(),
+        )
         ids = list(self.example_ids)
         present = frame.set_index('example_id', drop=False)
         missing = [ex for ex in ids if ex not in present.index]
@@ -128,9 +165,8 @@ class Run:
         return present.loc[ids].reset_index(drop=True)
 
     def score_columns(self) -> list[str]:
-        """Return the names of the score columns of this run's dataset."""
-        evals = tables.open_table(tables.eval_path(self.dataset))
-        return score_columns(evals) if evals is not None else []
+        """Return the names of the score columns this run has (those of the evaluation table when it was made)."""
+        return list(self._read_pinned('score columns', score_columns))
 
     def row_scores(self, name: str | None = None) -> list[float]:
         """Return the per-example score (the task's main per-row score unless named), None counted as 0."""
@@ -172,7 +208,28 @@ class Run:
 
     def lineage(self, example_id: str) -> Lineage:
         """Return where the prediction and scores for one example of this run come from."""
-        return lineage(self.version, self.dataset, example_id)
+        if example_id not in self.example_ids:
+            raise WorkspaceError(f'run {self.run_id} has no example {example_id!r} of {self.dataset!r}')
+        evals = self.pinned()
+        found = evals.where((evals.version_id == self.version.id) & (evals.example_id == example_id)).collect()
+        record = _lineage_record(self.version, self.dataset, dict(found[0]), score_columns(evals))
+        return Lineage({'run': self.run_id, **record, 'dataset_version': self.dataset_version})
+
+    def reproduce(self) -> Any:
+        """Re-derive every score of this run from its lineage and return a `Reproduction` listing any difference.
+
+        The examples and expected outputs are read at the run's dataset version, each request is built again from
+        the version (and the demos its row names), its answer read from the request store (no model call), then
+        parsed and scored by the run's scorers; the run's metrics are computed again from the derived rows.
+
+        >>> run.reproduce()
+        <Reproduction of run 3f2a9c1d0b7e: 6 rows, every score reproduced>
+        """
+        from workspace.core.reproduce import rederive
+
+        derived = rederive(self)
+        metrics_now = summarize(self, derived.frame).metrics
+        return derived.with_metrics(self.metrics or {}, metrics_now)
 
     def sample_rows(self, k: int | None = None) -> pd.DataFrame:
         """Return the run's samples, one row per (example, sample index) (see `evaluate(..., samples=k)`)."""
@@ -252,7 +309,7 @@ class Lineage(Mapping[str, Any]):
     notebook; `.to_dict()` gives plain values (timestamps as ISO strings) for JSON."""
 
     _SECTIONS = (
-        ('Example', ('dataset', 'dataset_version', 'split', 'example_id', 'expected')),
+        ('Example', ('run', 'dataset', 'dataset_version', 'split', 'example_id', 'expected')),
         ('Version', ('version', 'parents', 'model', 'model_id', 'params')),
         ('Request', ('request_hash', 'answered_at', 'first_requested_by', 'reused', 'evaluated_at')),
         ('Result', ('prediction', 'error', 'scores')),
@@ -334,6 +391,29 @@ def eval_rows(dataset: str, version_id: str) -> pd.DataFrame:
     return READS.get(
         evals, ('eval_rows', version_id), lambda: evals.where(evals.version_id == version_id).collect().to_pandas()
     )
+
+
+def table_at(path: str, pin: Sequence[Any], *, what: str, dataset: str) -> pxt.Table:
+    """Return the table at `path` as it was at a pinned [table id, version] (read-only); raise if it is gone."""
+    table_id, version = str(pin[0]), int(pin[1])
+    live = tables.open_table(path)
+    if live is None or str(live.get_metadata()['id']) != table_id:
+        raise WorkspaceError(
+            f'{what} are gone: dataset {dataset!r} was imported again with if_exists="replace", which drops its '
+            'evaluations. The metrics recorded when the run was made are in ws.list_runs()'
+        )
+    return cast(pxt.Table, pxt.get_table(f'{path}:{version}'))
+
+
+def _pin_by_time(path: str, ended: datetime.datetime, dataset: str) -> list[Any]:
+    """Return [table id, version] of the last version of the table at `path` made before `ended` (for runs
+    recorded before runs were pinned: their rows were final when they ended)."""
+    live = tables.open_table(path)
+    if live is None:
+        raise WorkspaceError(f'dataset {dataset!r} has no evaluations any more; this run cannot be read')
+    when = ended.timestamp()
+    made = [v['version'] for v in live.get_versions() if v['created_at'].timestamp() <= when]
+    return [str(live.get_metadata()['id']), max(made) if made else int(live.get_metadata()['version'])]
 
 
 def score_columns(evals: Any) -> list[str]:
@@ -560,6 +640,8 @@ def _row_to_run(row: dict[str, Any]) -> Run:
         samples=row.get('samples') or 1,
         judge_calls=row.get('judge_calls') or 0,
         cost_usd=row.get('cost_usd'),
+        pins=row.get('pins'),
+        metrics=row.get('metrics'),
     )
 
 
@@ -610,7 +692,8 @@ def list_runs(prompt: str | None = None, dataset: str | None = None) -> pd.DataF
 def lineage(version: Version | str, dataset: str, example_id: str) -> Lineage:
     """Return where one prediction comes from: dataset and table version, example, version and its parents,
     model and params, request hash, when the model answered it and who asked first. It reads like a dict, shows
-    as a table in a notebook, and `.to_dict()` gives plain JSON-friendly values.
+    as a table in a notebook, and `.to_dict()` gives plain JSON-friendly values. This reads the version's latest
+    evaluation of the example; `run.lineage(example_id)` reads the one a run made.
 
     >>> lineage('ticket_router:v2', 'support_tickets', 't017')
     """
@@ -621,33 +704,33 @@ def lineage(version: Version | str, dataset: str, example_id: str) -> Lineage:
     )
     if not rows:
         raise WorkspaceError(f'{v.id} has no prediction for example {example_id!r} of {dataset!r}; evaluate it first')
-    row = rows[0]
+    return Lineage(_lineage_record(v, dataset, rows[0], score_columns(evals)))
+
+
+def _lineage_record(v: Version, dataset: str, row: Mapping[str, Any], score_names: Sequence[str]) -> dict[str, Any]:
     request = store.requests_for([row['request_hash']]).get(row['request_hash'], {})
-    score_names = score_columns(evals)
-    return Lineage(
-        {
-            'dataset': dataset,
-            'dataset_version': row['dataset_version'],
-            'example_id': example_id,
-            'split': row['split'],
-            'version': v.id,
-            'parents': parent_chain(v),
-            'model': v.model,
-            'model_id': (request.get('request') or {}).get('model_id'),
-            'params': dict(v.params),
-            'request_hash': row['request_hash'],
-            'answered_at': request.get('answered_at'),
-            'first_requested_by': {
-                'version': request.get('first_version_id'),
-                'dataset': request.get('first_dataset'),
-                'example_id': request.get('first_example_id'),
-            },
-            'reused': bool(row['reused']),
-            'evaluated_at': row['evaluated_at'],
-            'prediction': row['prediction'],
-            'expected': row['expected'],
-            'error': row['error'],
-            'demos': row.get('demo_source'),
-            'scores': {name: row[name] for name in score_names},
-        }
-    )
+    return {
+        'dataset': dataset,
+        'dataset_version': row['dataset_version'],
+        'example_id': row['example_id'],
+        'split': row['split'],
+        'version': v.id,
+        'parents': parent_chain(v),
+        'model': v.model,
+        'model_id': (request.get('request') or {}).get('model_id'),
+        'params': dict(v.params),
+        'request_hash': row['request_hash'],
+        'answered_at': request.get('answered_at'),
+        'first_requested_by': {
+            'version': request.get('first_version_id'),
+            'dataset': request.get('first_dataset'),
+            'example_id': request.get('first_example_id'),
+        },
+        'reused': bool(row['reused']),
+        'evaluated_at': row['evaluated_at'],
+        'prediction': row['prediction'],
+        'expected': row['expected'],
+        'error': row['error'],
+        'demos': row.get('demo_source'),
+        'scores': {name: row[name] for name in score_names if name in row},
+    }

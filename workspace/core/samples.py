@@ -119,11 +119,11 @@ def _row_score(task: str, prediction: str | None, expected: Any, output_spec: Ma
 
 def sample_rows(run: Any, k: int | None = None) -> pd.DataFrame:
     """Return one row per (example, sample) of a run, for the first k samples (all the run asked for by
-    default): prediction, raw output, error, tokens, and its score against the current expected output."""
+    default): prediction, raw output, error, tokens, and its score against the run's expected output."""
     k = run.samples if k is None else k
     if k < 1 or k > run.samples:
         raise WorkspaceError(f'k={k} is outside 1..{run.samples}, the samples this run asked for')
-    t = tables.samples(run.dataset)
+    t = run.pinned('samples')  # as the run made them: a later run with more samples adds rows, never changes these
     frame = t.where((t.version_id == run.version.id) & (t.sample_index < k)).collect().to_pandas()
     frame = frame[frame['example_id'].isin(set(run.example_ids))]
     if len(frame) < k * run.n:
@@ -134,7 +134,8 @@ def sample_rows(run: Any, k: int | None = None) -> pd.DataFrame:
     from workspace.core.datasets import get_dataset
 
     ds = get_dataset(run.dataset)
-    expected = {row['example_id']: row['expected'] for row in ds.rows()}
+    rows = run.rows()
+    expected = dict(zip(rows['example_id'], rows['expected']))  # the run's own expected outputs
     frame = frame.sort_values(['example_id', 'sample_index']).reset_index(drop=True)
     frame['expected'] = [expected.get(ex) for ex in frame['example_id']]
     frame['score'] = [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import hashlib
 import html
@@ -36,6 +37,7 @@ __all__ = [
     'parent_chain',
     'label_target',
     'build_request',
+    'with_template',
 ]
 
 log = logging.getLogger(__name__)
@@ -137,10 +139,20 @@ class Version:
     author: str | None = None
     note: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    #: A chat version's role messages (system, user, assistant), each a template; None for a completion version,
+    #: whose `template` is the one text sent. A chat version's `template` is its messages as one text (see
+    #: `udfs.render.transcript`), for diffs and display.
+    messages: list[dict[str, str]] | None = None
 
     def __repr__(self) -> str:
         parent = f', parent={self.parent_id}' if self.parent_id else ''
-        return f'<Version {self.id} model={self.model} output={self.output["kind"]}{parent}>'
+        chat = f' chat={len(self.messages)} messages' if self.messages else ''
+        return f'<Version {self.id} model={self.model} output={self.output["kind"]}{chat}{parent}>'
+
+    @property
+    def is_chat(self) -> bool:
+        """Return whether this version is a list of role messages rather than one completion template."""
+        return bool(self.messages)
 
     def _repr_html_(self) -> str:
         output = self.output['kind'] + (f': {", ".join(self.labels)}' if self.labels else '')
@@ -165,7 +177,10 @@ class Version:
         return list(self.output.get('labels') or [])
 
     def variables(self) -> set[str]:
-        """Return the dataset fields the template reads (the reserved `demos`, `labels`, `instructions` excluded)."""
+        """Return the dataset fields the template (or any message) reads (the reserved `demos`, `labels`,
+        `instructions` excluded)."""
+        if self.messages:
+            return render_udfs.messages_variables(self.messages) - render_udfs.RESERVED_VARIABLES
         return render_udfs.template_variables(self.template) - render_udfs.RESERVED_VARIABLES
 
     @property
@@ -176,17 +191,38 @@ class Version:
     def render(self, fields: Mapping[str, Any], *, demos: Sequence[Mapping[str, Any]] | None = None) -> str:
         """Return the prompt this version sends for one example's input fields; raise `TemplateError` if the
         template breaks the size or time limit, is stopped by the sandbox, or fails for these fields. A version
-        with a demo policy needs the `demos` retrieved for that example (see `workspace.core.demo_policies.retrieve`)."""
+        with a demo policy needs the `demos` retrieved for that example (see `workspace.core.demo_policies.retrieve`).
+        A chat version returns its rendered messages as one text (`render_messages` gives the messages)."""
+        if self.messages:
+            return render_udfs.transcript(self.render_messages(fields, demos=demos))
+        return self._rendered(
+            lambda shown: render_udfs.render(
+                self.template, fields, demos=shown, labels=self.labels, instructions=self.instructions
+            ),
+            demos,
+        )
+
+    def render_messages(
+        self, fields: Mapping[str, Any], *, demos: Sequence[Mapping[str, Any]] | None = None
+    ) -> list[dict[str, str]]:
+        """Return the chat messages this version sends for one example: each message rendered, its demos as
+        user and assistant turns before the last user turn (see `udfs.render.render_messages`). A completion
+        version is one user message."""
+        if not self.messages:
+            return [{'role': 'user', 'content': self.render(fields, demos=demos)}]
+        messages = self.messages
+        return self._rendered(
+            lambda shown: render_udfs.render_messages(
+                messages, fields, demos=shown, labels=self.labels, instructions=self.instructions
+            ),
+            demos,
+        )
+
+    def _rendered(self, render: Any, demos: Sequence[Mapping[str, Any]] | None) -> Any:
         if demos is None and self.demo_policy is not None:
             raise VersionError(f'{self.id} picks its demos per example; render it with the demos retrieved for it')
         try:
-            return render_udfs.render(
-                self.template,
-                fields,
-                demos=self.demos if demos is None else demos,  # type: ignore[arg-type]
-                labels=self.labels,
-                instructions=self.instructions,
-            )
+            return render(self.demos if demos is None else demos)
         except jinja2.UndefinedError as e:
             raise _UndefinedField(self.id, e.message or 'a variable is undefined') from None
         except render_udfs.RenderLimitError as e:
@@ -210,9 +246,15 @@ class _UndefinedField(TemplateError, jinja2.UndefinedError):
 
 
 def _content(
-    template: str, model: str, params: Mapping[str, Any], output: Mapping[str, Any], demos: Any, instructions: str
+    template: str,
+    model: str,
+    params: Mapping[str, Any],
+    output: Mapping[str, Any],
+    demos: Any,
+    instructions: str,
+    messages: Sequence[Mapping[str, str]] | None = None,
 ) -> str:
-    body = {
+    body: dict[str, Any] = {
         'template': template,
         'model': model,
         'params': params,
@@ -220,7 +262,37 @@ def _content(
         'demos': demos,
         'instructions': instructions,
     }
+    if messages:  # only chat versions carry it: every completion version keeps its content hash
+        body['messages'] = [dict(m) for m in messages]
     return hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+def _check_text(
+    prompt: str, what: str, template: str, output: Mapping[str, Any], demos: Any, instructions: str
+) -> None:
+    """Refuse a template (or one message's template) that does not parse or that the sandbox would stop."""
+    if not isinstance(template, str) or not template.strip():
+        raise TemplateError(f'the {what} of prompt {prompt!r} is empty; give the text to send to the model')
+    try:
+        render_udfs.template_variables(template)
+    except jinja2.TemplateSyntaxError as e:
+        raise TemplateError(
+            f'{what} of prompt {prompt!r} does not parse: {e.message} (template line {e.lineno})'
+        ) from None
+    try:
+        render_udfs.check_template(
+            template,
+            demos=[] if is_policy(demos) else demos,
+            labels=list(output.get('labels') or []),
+            instructions=instructions,
+        )
+    except render_udfs.SecurityError as e:
+        raise TemplateError(
+            f'{what} of prompt {prompt!r} is refused: it uses {e.message}, which the sandbox forbids. A template '
+            'may read input fields, demos, labels and instructions, with filters, tests, loops and conditions'
+        ) from None
+    except render_udfs.RenderLimitError as e:
+        raise TemplateError(f'{what} of prompt {prompt!r} is refused: with placeholder inputs, {e.message}') from None
 
 
 def _check(
@@ -231,17 +303,10 @@ def _check(
     output: Mapping[str, Any],
     demos: Any,
     instructions: str,
+    messages: Sequence[Mapping[str, str]] | None = None,
 ) -> None:
     if not _PROMPT_NAME.match(prompt):
         raise VersionError(f'prompt name {prompt!r} is not valid; use letters, digits, _ and -, starting with a letter')
-    if not isinstance(template, str) or not template.strip():
-        raise TemplateError(f'the template of prompt {prompt!r} is empty; give the text to send to the model')
-    try:
-        render_udfs.template_variables(template)
-    except jinja2.TemplateSyntaxError as e:
-        raise TemplateError(
-            f'template of prompt {prompt!r} does not parse: {e.message} (template line {e.lineno})'
-        ) from None
     backends.parse_model(model)
     if is_policy(demos):
         check_policy(demos)
@@ -250,20 +315,12 @@ def _check(
             'demos must be a list of dicts, each with input fields and an expected output, or a policy such as '
             "ws.nearest('dataset', k=8)"
         )
-    try:
-        render_udfs.check_template(
-            template,
-            demos=[] if is_policy(demos) else demos,
-            labels=list(output.get('labels') or []),
-            instructions=instructions,
-        )
-    except render_udfs.SecurityError as e:
-        raise TemplateError(
-            f'template of prompt {prompt!r} is refused: it uses {e.message}, which the sandbox forbids. A template '
-            'may read input fields, demos, labels and instructions, with filters, tests, loops and conditions'
-        ) from None
-    except render_udfs.RenderLimitError as e:
-        raise TemplateError(f'template of prompt {prompt!r} is refused: with placeholder inputs, {e.message}') from None
+    if messages:
+        for number, message in enumerate(messages, start=1):
+            what = f'message {number} ({message["role"]})'
+            _check_text(prompt, what, message['content'], output, demos, instructions)
+    else:
+        _check_text(prompt, 'template', template, output, demos, instructions)
     if output.get('kind') not in ('text', 'choice', 'json'):
         raise VersionError(
             f'output spec {dict(output)!r} is not valid; use ws.text(), ws.choice([...]) or ws.json_object()'
@@ -293,6 +350,7 @@ def _row_to_version(row: Mapping[str, Any]) -> Version:
         author=row['author'],
         note=row['note'],
         meta=row['meta'] or {},
+        messages=row.get('messages') or None,
     )
 
 
@@ -303,10 +361,36 @@ def select_versions(where: Any = None) -> list[Version]:
     return [_row_to_version(r) for r in query.order_by(t.prompt, t.number).collect()]
 
 
+def _chat_messages(
+    prompt: str, template: str | None, messages: Sequence[Mapping[str, str]] | None, system: str | None
+) -> tuple[str, list[dict[str, str]] | None]:
+    """Return (template, messages) of a new version: a completion template, or chat messages and their text."""
+    if messages is None and system is None:
+        if template is None:
+            raise TemplateError(f'give prompt {prompt!r} a template=..., or messages=[...] for a chat version')
+        return template, None
+    if messages is None:
+        if template is None:
+            raise TemplateError(f'system= opens a chat version of {prompt!r}; give the user turn as template=...')
+        messages = [{'role': 'system', 'content': system or ''}, {'role': 'user', 'content': template}]
+    elif template is not None or system is not None:
+        raise TemplateError(
+            f'give prompt {prompt!r} either messages=[...] or template=... (with system=...), not both; a system '
+            "message goes in messages as {'role': 'system', 'content': ...}"
+        )
+    try:
+        checked = render_udfs.check_messages(messages)
+    except ValueError as e:
+        raise TemplateError(f'messages of prompt {prompt!r}: {e}') from None
+    return render_udfs.transcript(checked), checked
+
+
 def create_version(
     prompt: str,
     *,
-    template: str,
+    template: str | None = None,
+    messages: Sequence[Mapping[str, str]] | None = None,
+    system: str | None = None,
     model: str = 'local',
     params: Params | None = None,
     output: OutputSpec | None = None,
@@ -319,17 +403,24 @@ def create_version(
 ) -> Version:
     """Create a version of `prompt`, or return the existing version with exactly the same content.
 
+    A version is a completion `template`, or a chat version: `messages`, a list of role messages (system, user,
+    assistant), each a template, ending with the user turn that holds the example; `system=` with `template=` is
+    the common two-message case. A chat version's demos become user and assistant turns before the last user turn
+    (unless a message reads `demos`), and it is sent to chat APIs as messages and to a local model through the
+    model's chat template.
     Params not given take the output kind's defaults (temperature 0, seed 0, a max_tokens that fits the output).
     Creating the same content twice returns the first version, so a notebook cell can run again safely.
 
     >>> v1 = create_version('ticket_router', template='Ticket: {{ text }}\\nCategory:', output=choice(['A', 'B']))
+    >>> chat = create_version('ticket_router', system='Answer with one category.', template='Ticket: {{ text }}')
     """
+    template, chat = _chat_messages(prompt, template, messages, system)
     spec: OutputSpec = OutputSpec(**(output or text()))
     merged: dict[str, Any] = {**_default_params(spec), **(params or {})}
     demo_list: Any = dict(demos) if is_policy(demos) else [dict(d) for d in demos]  # type: ignore[union-attr]
-    _check(prompt, template, model, merged, spec, demo_list, instructions)
+    _check(prompt, template, model, merged, spec, demo_list, instructions, chat)
     parent_id = parent.id if isinstance(parent, Version) else parent
-    content_hash = _content(template, model, merged, spec, demo_list, instructions)
+    content_hash = _content(template, model, merged, spec, demo_list, instructions, chat)
     t = tables.versions()
     existing = select_versions((t.prompt == prompt) & (t.content_hash == content_hash))
     if existing:
@@ -357,6 +448,7 @@ def create_version(
             'author': author or current_user(),
             'note': note,
             'meta': dict(meta or {}),
+            'messages': chat,
         }
         try:
             t.insert([row])
@@ -373,6 +465,8 @@ def edit(
     version: Version | str,
     *,
     template: str | None = None,
+    messages: Sequence[Mapping[str, str]] | None = None,
+    system: str | None = None,
     model: str | None = None,
     params: Params | None = None,
     output: OutputSpec | None = None,
@@ -384,14 +478,19 @@ def edit(
 ) -> Version:
     """Create a new version from `version` with the given fields changed; its parent is `version`.
 
-    `params` are merged into the parent's params; every other field replaces the parent's.
+    `params` are merged into the parent's params; every other field replaces the parent's. On a chat version,
+    `template` replaces the last user turn (or, written the way a chat version's `template` shows its messages,
+    all of them) and `system` the system message; `messages` replaces every message, and `system` or `messages`
+    on a completion version makes a chat version of it.
 
     >>> v2 = edit(v1, template='Support ticket: {{ text }}\\nCategory:')
+    >>> chat = edit(v2, system='You route support tickets.')
     """
     base = get_version(version)
+    content = _edited_content(base, template, messages, system)
     return create_version(
         base.prompt,
-        template=base.template if template is None else template,
+        **content,
         model=base.model if model is None else model,
         params={**base.params, **(params or {})},  # type: ignore[typeddict-item]
         output=base.output if output is None else output,
@@ -401,6 +500,42 @@ def edit(
         author=author,
         note=note,
         meta=meta if meta is not None else _inherited_meta(base),
+    )
+
+
+def _edited_content(
+    base: Version, template: str | None, messages: Sequence[Mapping[str, str]] | None, system: str | None
+) -> dict[str, Any]:
+    """Return the template or messages an edit gives (see `edit`)."""
+    if messages is not None:
+        return {'messages': messages}
+    if not base.messages:
+        content: dict[str, Any] = {'template': base.template if template is None else template}
+        return content if system is None else {**content, 'system': system}
+    chat = [dict(m) for m in base.messages]
+    if template is not None and template != base.template:
+        parsed = render_udfs.parse_transcript(template)
+        chat = parsed if parsed is not None else [*chat[:-1], {'role': 'user', 'content': template}]
+    if system is not None:
+        if chat[0]['role'] == 'system':
+            chat = chat[1:]
+        chat = [{'role': 'system', 'content': system}, *chat] if system else chat
+    return {'messages': chat}
+
+
+def with_template(version: Version, template: str, *, id: str | None = None) -> Version:
+    """Return an unsaved copy of `version` with `template` applied as `edit(version, template=...)` applies it (on
+    a chat version: the last user turn, or every message written as its `template` shows them), to check or
+    render a draft before storing it.
+
+    >>> with_template(v1, 'Support ticket: {{ text }}').render({'text': 'x'})
+    'Support ticket: x'
+    """
+    content = _edited_content(version, template, None, None)
+    messages = render_udfs.check_messages(content['messages']) if 'messages' in content else None
+    text = render_udfs.transcript(messages) if messages else content['template']
+    return dataclasses.replace(
+        version, id=id or f'the edit of {version.id}', template=text, messages=messages, parent_id=version.id
     )
 
 
@@ -505,9 +640,16 @@ def build_request(
 ) -> dict[str, Any]:
     """Return the request `version` sends for one example's input fields, with its `hash`; a version with a demo
     policy needs the `demos` retrieved for the example (`workspace.core.demo_policies.retrieve`). `prompt` is the
-    version already rendered with these fields and demos, when the caller has it (serving renders elsewhere)."""
+    version already rendered with these fields and demos, when the caller has it (serving renders elsewhere). A
+    chat version's request carries its rendered `messages` (what a chat API is sent) and, as `prompt`, the same
+    messages as one text (what prompt rules check)."""
+    messages = None
     try:
-        prompt = version.render(fields, demos=demos) if prompt is None else prompt
+        if version.messages:
+            messages = version.render_messages(fields, demos=demos)
+            prompt = render_udfs.transcript(messages)
+        elif prompt is None:
+            prompt = version.render(fields, demos=demos)
     except jinja2.UndefinedError as e:
         where = f' for example {fields["example_id"]!r}' if 'example_id' in fields else ''
         raise TemplateError(f'template of {version.id} failed to render{where}: {e.message}') from None
@@ -518,5 +660,7 @@ def build_request(
         'prompt': prompt,
         'constraint': _constraint(version, demos),
     }
+    if messages is not None:  # a chat request: the messages are part of its identity
+        request['messages'] = messages
     request['hash'] = store.request_hash(request)
     return request

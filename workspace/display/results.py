@@ -250,7 +250,15 @@ def render_changelog(changelog: Any) -> str:
     """Render a changelog: the model's description of what changed, the changes the diff lists, and the
     measured effect on each dataset the two versions were compared on (fixed and broken example ids, verdict)."""
     parts = [f'<h4>{_esc(changelog.version_id)} against its parent {_esc(changelog.parent_id)}</h4>']
-    if changelog.text:
+    problems = list(getattr(changelog, 'problems', None) or [])
+    if changelog.text and problems:
+        reasons = ''.join(f'<li>{_esc(p)}</li>' for p in problems)
+        parts.append(
+            f'<div class="pw-note pw-unreliable"><b>Unreliable</b>: what {_esc(changelog.model)} wrote fails these '
+            f'checks, so it is a claim, not a finding:<ul>{reasons}</ul></div>'
+            f'<blockquote class="pw-changelog-text pw-unreliable-text"><s>{_esc(changelog.text)}</s></blockquote>'
+        )
+    elif changelog.text:
         parts.append(f'<blockquote class="pw-changelog-text">{_esc(changelog.text)}</blockquote>')
     elif changelog.error:
         parts.append(f'<div class="pw-note">the model could not describe the change: {_esc(changelog.error)}</div>')

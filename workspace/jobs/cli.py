@@ -649,12 +649,12 @@ def _add_export(commands: Any) -> None:
         'prompt-workspace export version ticket_router@production prompts/ticket_router.yaml',
         "Write a run's predictions with lineage columns (export run RUN_ID PATH), the runs list (export runs PATH), "
         'or a version (export version REF PATH) to a file whose suffix names the format: .csv, .jsonl, .parquet; '
-        '.yaml or .json prompt files; --format dspy for a DSPy program JSON.',
+        '.yaml or .json prompt files, .txt for the template alone; --format dspy for a DSPy program JSON.',
     )
     p.add_argument('what', choices=['run', 'runs', 'version'])
     p.add_argument('target', help='a run id (run), a path (runs) or a version reference (version)')
     p.add_argument('path', nargs='?', help='the file to write (run, version)')
-    p.add_argument('--format', choices=['dspy', 'yaml', 'json'], help='version: default from the suffix')
+    p.add_argument('--format', choices=['dspy', 'yaml', 'json', 'text'], help='version: default from the suffix')
     p.add_argument('--prompt', help='runs: only this prompt')
     p.add_argument('--dataset', help='runs: only this dataset')
 
@@ -664,7 +664,7 @@ def _add_import_prompt(commands: Any) -> None:
         commands,
         'import-prompt',
         _import_prompt,
-        'create a version from a YAML or JSON prompt file, its parent recorded',
+        'create a version from a YAML or JSON prompt file, or a plain-text template (.txt), its parent recorded',
         'prompt-workspace import-prompt prompts/ticket_router.yaml',
     )
     p.add_argument('path')

@@ -17,7 +17,7 @@ import pandas as pd
 
 from workspace.config import resolve_path, utc_now
 from workspace.core.runs import Run, get_run, list_runs
-from workspace.core.versions import Version, create_version, get_version
+from workspace.core.versions import OutputSpec, Version, create_version, edit, get_version
 from workspace.errors import VersionError, WorkspaceError
 from workspace.storage import costs, store
 
@@ -34,6 +34,8 @@ __all__ = [
 PROMPT_FILE_FORMAT = 'prompt-workspace/prompt-v1'
 
 _TABLE_SUFFIXES = ('.csv', '.jsonl', '.parquet')
+#: Prompt file formats by suffix; any other suffix (`.txt`, `.j2`, `.prompt`, ...) is read as a plain template.
+_SUFFIX_FORMATS = {'.yaml': 'yaml', '.yml': 'yaml', '.json': 'json', '.txt': 'text'}
 
 
 def predictions_with_lineage(run: Run) -> pd.DataFrame:
@@ -134,7 +136,7 @@ def export_runs(path: str | Path, *, prompt: str | None = None, dataset: str | N
 
 
 def _prompt_file(v: Version) -> dict[str, Any]:
-    return {
+    data: dict[str, Any] = {
         'format': PROMPT_FILE_FORMAT,
         'prompt': v.prompt,
         'version': v.id,
@@ -144,7 +146,13 @@ def _prompt_file(v: Version) -> dict[str, Any]:
         'output': dict(v.output),
         'instructions': v.instructions,
         'demos': [dict(d) for d in v.demos],
-        'template': v.template,
+    }
+    if v.messages:  # a chat version: its messages are the content (`template` is them as one text, not written)
+        data['messages'] = [dict(m) for m in v.messages]
+    else:
+        data['template'] = v.template
+    return {
+        **data,
         'note': v.note or '',
         'content_hash': v.content_hash,
         'exported_at': utc_now().isoformat(timespec='seconds'),
@@ -162,7 +170,13 @@ def _yaml_dump(data: Mapping[str, Any]) -> str:
         pass
 
     Dumper.add_representer(_Literal, lambda d, s: d.represent_scalar('tag:yaml.org,2002:str', s, style='|'))
-    body = {k: _Literal(v) if k in ('template', 'instructions') and '\n' in v else v for k, v in data.items()}
+
+    def block(text: Any) -> Any:
+        return _Literal(text) if isinstance(text, str) and '\n' in text else text
+
+    body = {k: block(v) if k in ('template', 'instructions') else v for k, v in data.items()}
+    if 'messages' in body:
+        body['messages'] = [{'role': m['role'], 'content': block(m['content'])} for m in body['messages']]
     return yaml.dump(body, Dumper=Dumper, sort_keys=False, allow_unicode=True)
 
 
@@ -177,8 +191,9 @@ def _dspy_program(v: Version, output_field: str) -> Any:
     fields: dict[str, Any] = {name: (str, dspy.InputField()) for name in inputs}
     fields[output_field] = (str, dspy.OutputField())
     signature = dspy.Signature(fields)
-    if v.instructions.strip():
-        signature = signature.with_instructions(v.instructions)
+    instructions = '\n\n'.join(t for t in (v.instructions.strip(), *_system_text(v)) if t)
+    if instructions:
+        signature = signature.with_instructions(instructions)
     program = dspy.Predict(signature)
     program.demos = [
         dspy.Example(**{name: d.get(name) for name in inputs}, **{output_field: d.get('expected')}) for d in v.demos
@@ -186,16 +201,32 @@ def _dspy_program(v: Version, output_field: str) -> Any:
     return program
 
 
+def _system_text(v: Version) -> list[str]:
+    """Return a chat version's system messages as DSPy instructions: rendered with its labels where they read no
+    input field, else as written."""
+    from udfs import render as render_udfs
+
+    texts = []
+    for m in v.messages or []:
+        if m['role'] == 'system':
+            try:
+                texts.append(render_udfs.render(m['content'], {}, labels=v.labels).strip())
+            except Exception:  # it reads an input field: DSPy instructions are one text for every example
+                texts.append(m['content'].strip())
+    return texts
+
+
 def export_version(
     version: Version | str,
     path: str | Path,
     *,
-    format: Literal['dspy', 'yaml', 'json'] | None = None,
+    format: Literal['dspy', 'yaml', 'json', 'text'] | None = None,
     output_field: str = 'answer',
 ) -> Path:
-    """Write a version to a prompt file (YAML or JSON: template, model, params, output spec, demos, instructions,
-    version and parent) or, with `format='dspy'`, to a DSPy program JSON: a `dspy.Predict` over the template's
-    input fields and `output_field`, with the version's instructions and demos, which
+    """Write a version to a prompt file (YAML or JSON: template or a chat version's messages, model, params, output
+    spec, demos, instructions, version and parent), to a plain-text file (`.txt`: the template alone), or, with
+    `format='dspy'`, to a DSPy program JSON: a `dspy.Predict` over the template's input fields and `output_field`,
+    with the version's instructions (and a chat version's system message) and demos, which
     `dspy.Predict(signature).load(path)` reads (the prompt file rides along under `metadata.prompt_workspace`).
 
     >>> ws.export_version('ticket_router@production', 'prompts/ticket_router.yaml')
@@ -203,15 +234,22 @@ def export_version(
     """
     v = get_version(version)
     target = Path(path)
-    kind = format or {'.yaml': 'yaml', '.yml': 'yaml', '.json': 'json'}.get(target.suffix.lower())
-    if kind not in ('dspy', 'yaml', 'json'):
+    kind = format or _SUFFIX_FORMATS.get(target.suffix.lower())
+    if kind not in ('dspy', 'yaml', 'json', 'text'):
         raise WorkspaceError(
-            f"cannot tell the format of {target.name!r}: name it .yaml or .json, or pass format='dspy', 'yaml' or "
-            "'json'"
+            f"cannot tell the format of {target.name!r}: name it .yaml, .json or .txt, or pass format='dspy', "
+            "'yaml', 'json' or 'text'"
         )
     target.parent.mkdir(parents=True, exist_ok=True)
     data = _prompt_file(v)
-    if kind == 'yaml':
+    if kind == 'text':
+        if v.messages:
+            raise WorkspaceError(
+                f'{v.id} is a chat version: a plain-text file holds one template, not its {len(v.messages)} '
+                f'messages; export it as {target.stem}.yaml'
+            )
+        target.write_text(v.template, encoding='utf-8')
+    elif kind == 'yaml':
         target.write_text(_yaml_dump(data), encoding='utf-8')
     elif kind == 'json':
         target.write_text(json.dumps(data, indent=2, ensure_ascii=False) + '\n', encoding='utf-8')
@@ -232,6 +270,14 @@ def _read_prompt_file(path: Path) -> dict[str, Any]:
         raise WorkspaceError(f'prompt file {str(path)!r} does not exist')
     import yaml
 
+    if path.suffix.lower() not in ('.yaml', '.yml', '.json'):  # plain text: the whole file is the template
+        try:
+            text = path.read_text(encoding='utf-8')
+        except UnicodeDecodeError:
+            raise WorkspaceError(f'{path.name} is not UTF-8 text; save the template as UTF-8') from None
+        if not text.strip():
+            raise WorkspaceError(f'{path.name} is empty; a plain-text prompt file holds the template')
+        return {'template': text}
     try:
         data = yaml.safe_load(path.read_text(encoding='utf-8'))  # JSON is YAML too
     except yaml.YAMLError as e:
@@ -240,10 +286,13 @@ def _read_prompt_file(path: Path) -> dict[str, Any]:
         raise WorkspaceError(f'{path.name} is not valid YAML or JSON{line}: {getattr(e, "problem", e)}') from None
     if isinstance(data, dict) and isinstance(data.get('metadata'), dict) and 'prompt_workspace' in data['metadata']:
         data = data['metadata']['prompt_workspace']  # a DSPy program exported from here
-    if not isinstance(data, dict) or not isinstance(data.get('template'), str):
+    if not isinstance(data, dict) or not (
+        isinstance(data.get('template'), str) or isinstance(data.get('messages'), list)
+    ):
         raise WorkspaceError(
-            f'{path.name} has no template; a prompt file is a mapping with at least template: (and prompt:, model:, '
-            'params:, output:, demos:), as ws.export_version writes it'
+            f'{path.name} has no template; a prompt file is a mapping with at least template: or messages: (and '
+            'prompt:, model:, params:, output:, demos:), as ws.export_version writes it; a plain template goes in a '
+            '.txt file'
         )
     return data
 
@@ -258,31 +307,55 @@ def _existing(ref: str | None) -> Version | None:
 
 
 def import_prompt(
-    path: str | Path, *, prompt: str | None = None, parent: Version | str | None = None, author: str | None = None
+    path: str | Path,
+    *,
+    prompt: str | None = None,
+    parent: Version | str | None = None,
+    author: str | None = None,
+    model: str | None = None,
+    output: OutputSpec | None = None,
 ) -> Version:
-    """Create a version from a prompt file (YAML or JSON, or a DSPy program JSON exported here). Its parent is
-    `parent` if given, else the version the file was exported from (or that one's parent) if it exists here. A
-    file whose content equals an existing version gives back that version.
+    """Create a version from a prompt file (YAML or JSON, a DSPy program JSON exported here, or a plain-text file
+    whose whole content is the template). Its parent is `parent` if given, else the version the file was exported
+    from (or that one's parent) if it exists here. A plain template given a parent is an edit of it (the parent's
+    model, params, output spec and demos are kept); without one, its prompt is `prompt` or the file's name. `model`
+    and `output` override the file's. A file whose content equals an existing version gives back that version.
 
     >>> v4 = ws.import_prompt('prompts/ticket_router.yaml')   # edited by hand; parent: the exported version
+    >>> v5 = ws.import_prompt('prompts/router.txt', parent='ticket_router@production')
     """
     source = resolve_path(path)
     data = _read_prompt_file(source)
-    name = prompt or data.get('prompt')
+    chosen_parent = get_version(parent) if parent is not None else None
+    plain = set(data) == {'template'}
+    name = prompt or data.get('prompt') or (chosen_parent.prompt if chosen_parent else None)
+    if not name and plain:
+        name = source.stem.split('.')[0]
     if not name:
         raise WorkspaceError(f'{source.name} names no prompt; pass prompt=... to name the family it belongs to')
+    note, meta = f'imported from {source.name}', {'imported_from': str(source), 'source_version': data.get('version')}
+    if plain and chosen_parent is not None and chosen_parent.prompt == name:
+        return edit(
+            chosen_parent, template=data['template'], model=model, output=output, author=author, note=note, meta=meta
+        )
     origin = _existing(data.get('version')) or _existing(data.get('parent'))
-    chosen = get_version(parent) if parent is not None else origin if origin and origin.prompt == name else None
-    return create_version(
-        name,
-        template=data['template'],
-        model=data.get('model') or 'local',
-        params=data.get('params') or None,
-        output=data.get('output') or None,
-        demos=data.get('demos') or (),
-        instructions=data.get('instructions') or '',
-        parent=chosen,
-        author=author,
-        note=f'imported from {source.name}',
-        meta={'imported_from': str(source), 'source_version': data.get('version')},
-    )
+    chosen = chosen_parent or (origin if origin and origin.prompt == name else None)
+    content = {'messages': data['messages']} if data.get('messages') else {'template': data['template']}
+    try:
+        return create_version(
+            name,
+            **content,
+            model=model or data.get('model') or 'local',
+            params=data.get('params') or None,
+            output=output or data.get('output') or None,
+            demos=data.get('demos') or (),
+            instructions=data.get('instructions') or '',
+            parent=chosen,
+            author=author,
+            note=note,
+            meta=meta,
+        )
+    except VersionError as e:
+        if plain and not prompt and 'prompt name' in str(e):
+            raise WorkspaceError(f'{source.name}: {e}; pass prompt=... to name the prompt') from None
+        raise

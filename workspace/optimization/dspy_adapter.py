@@ -293,7 +293,7 @@ class Task:
             instructions = ''
         demo_list = tuple(self.demo(d) for d in demos)
         template = base.template
-        reads_demos = 'demos' in render_udfs.template_variables(template)
+        reads_demos = base.is_chat or 'demos' in render_udfs.template_variables(template)  # chat: demos are turns
         if demo_list and not reads_demos and list(demo_list) != list(base.demos):
             template = demo_template(template, self.inputs)
         return Candidate(template, instructions, demo_list)
@@ -472,7 +472,7 @@ class VersionAdapter(dspy.Adapter):
         if self.task.is_task(signature):
             chosen = self.active.candidate or self.task.candidate(signature, demos)
             request = self.task.request(chosen.apply(self.task.baseline), inputs, '')
-            return [{'role': 'user', 'content': request['prompt']}]
+            return list(request.get('messages') or [{'role': 'user', 'content': request['prompt']}])  # chat: as sent
         return [{'role': 'user', 'content': self.render_plain(signature, demos, inputs)}]
 
     def parse(self, signature: type[dspy.Signature], completion: str) -> dict[str, Any]:

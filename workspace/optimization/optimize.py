@@ -568,7 +568,7 @@ def _knn_programs(setup: _Setup, task: Task, student: Any, trainset: list[Any]) 
     from workspace.optimization.dspy_adapter import Candidate, demo_template
 
     template = setup.baseline.template
-    if 'demos' not in render_udfs.template_variables(template):
+    if not setup.baseline.is_chat and 'demos' not in render_udfs.template_variables(template):  # chat: demo turns
         template = demo_template(template, task.inputs)
     programs = []
     output = dict(setup.baseline.output)

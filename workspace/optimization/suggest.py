@@ -4,11 +4,16 @@ The analysis (template, metrics, per-category scores, confusion matrix, a sample
 the request store like any evaluation request, so asking again costs no call and the answer is traceable. The
 model answers in JSON (`analysis`, `edits`, `focus_categories`); the embedded model is constrained to that JSON
 schema, remote models are asked for a JSON object. With the embedded 270M model the suggestions are weak.
+
+The answer is checked before it is shown (`workspace.analysis.output_checks`): a placeholder of the schema copied
+back, an answer that is not the JSON asked for, an edit that changes nothing, does not parse or reads fields the
+dataset lacks, a focus category the run got entirely right. A suggestion with any problem is marked unreliable
+with the reasons (`.problems`, `.edit_problems`), shown as a model's claim, and its flagged edits are applied only
+with `force=True`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import html
 import logging
 from collections.abc import Mapping
@@ -19,11 +24,12 @@ import jinja2
 import pandas as pd
 
 from udfs import parse as parse_udfs, render as render_udfs
+from workspace.analysis.output_checks import echoed_placeholders
 from workspace.core import rules
 from workspace.core.datasets import get_dataset
 from workspace.core.evaluate import check_template
 from workspace.core.runs import Run, get_run
-from workspace.core.versions import Version, edit
+from workspace.core.versions import Version, edit, with_template
 from workspace.errors import BackendError, TemplateError, VersionError
 from workspace.storage.store import answer
 
@@ -83,32 +89,68 @@ class Suggestion:
     request_hash: str
     reused: bool = False
     prompt: str = field(default='', repr=False)
+    #: Why the answer as a whole cannot be taken at its word (empty: nothing found).
+    problems: list[str] = field(default_factory=list)
+    #: Per edit, why it cannot be taken at its word.
+    edit_problems: list[list[str]] = field(default_factory=list)
+
+    @property
+    def reliable(self) -> bool:
+        """Return whether the checks found nothing wrong with the answer or any of its edits."""
+        return not self.problems and not any(self.edit_problems)
+
+    def _flags(self, i: int) -> list[str]:
+        return self.edit_problems[i] if i < len(self.edit_problems) else []
 
     def __repr__(self) -> str:
+        flag = '' if self.reliable else ' UNRELIABLE'
         return (
-            f'<Suggestion for {self.run.version.id} by {self.model}: {len(self.edits)} edit(s), '
+            f'<Suggestion for {self.run.version.id} by {self.model}:{flag} {len(self.edits)} edit(s), '
             f'focus {self.focus_categories}>'
         )
 
     def __str__(self) -> str:
-        lines = [f'analysis: {self.analysis}', f'focus categories: {", ".join(self.focus_categories) or "none"}']
+        lines = []
+        if not self.reliable:
+            lines += [f'UNRELIABLE: what {self.model} wrote fails these checks, so read it as a claim, not a finding:']
+            lines += [f'  - {p}' for p in self.problems]
+            lines += [f'  - edit {i}: {p}' for i in range(len(self.edits)) for p in self._flags(i)]
+            lines.append('')
+        lines += [
+            f'analysis ({self.model} says): {self.analysis}',
+            f'focus categories: {", ".join(self.focus_categories) or "none"}',
+        ]
         for i, e in enumerate(self.edits):
-            lines += ['', f'edit {i}: {e["description"]}', e['template']]
+            flag = ' [unreliable: ' + '; '.join(self._flags(i)) + ']' if self._flags(i) else ''
+            lines += ['', f'edit {i}: {e["description"]}{flag}', e['template']]
         return '\n'.join(lines)
 
     def _repr_html_(self) -> str:
+        warning = ''
+        if not self.reliable:
+            reasons = [*self.problems, *(f'edit {i}: {p}' for i in range(len(self.edits)) for p in self._flags(i))]
+            warning = (
+                f'<div class="pw-note" style="border-left-color:#c62828"><b>Unreliable</b>: what '
+                f'{html.escape(self.model)} wrote fails these checks; read it as a claim, not a finding.<ul>'
+                + ''.join(f'<li>{html.escape(r)}</li>' for r in reasons)
+                + '</ul></div>'
+            )
         edits = ''.join(
-            f'<li>{html.escape(e["description"])}<pre>{html.escape(e["template"])}</pre></li>' for e in self.edits
+            f'<li>{html.escape(e["description"])}'
+            + (f' <i>(unreliable: {html.escape("; ".join(self._flags(i)))})</i>' if self._flags(i) else '')
+            + f'<pre>{html.escape(e["template"])}</pre></li>'
+            for i, e in enumerate(self.edits)
         )
         return (
-            f'<p><b>Analysis</b>: {html.escape(self.analysis)}</p>'
+            warning + f'<p><b>Analysis</b> ({html.escape(self.model)} says): {html.escape(self.analysis)}</p>'
             f'<p><b>Focus categories</b>: {html.escape(", ".join(self.focus_categories) or "none")}</p>'
             f'<ol start="0">{edits}</ol>'
         )
 
-    def apply(self, i: int, note: str | None = None) -> Version:
+    def apply(self, i: int, note: str | None = None, *, force: bool = False) -> Version:
         """Create a new version from edit `i` (parent: the run's version), after checking its template reads only
-        the dataset's input fields.
+        the dataset's input fields. An edit the output checks flagged (it changes nothing, copies a placeholder)
+        is applied only with `force=True`.
 
         >>> v3 = suggestion.apply(0, note='tighter label list')
         """
@@ -125,13 +167,18 @@ class Suggestion:
                 f'suggested edit {i} for {base.id} does not parse: {e.message} (template line {e.lineno}); '
                 'pick another edit or fix it with ws.edit(...)'
             ) from None
-        proposed = dataclasses.replace(base, id=f'{base.id} + suggested edit {i}', template=chosen['template'])
+        proposed = with_template(base, chosen['template'], id=f'{base.id} + suggested edit {i}')
         dataset = get_dataset(self.run.dataset)
         check_template(proposed, dataset)
         if not proposed.variables():
             raise TemplateError(
                 f'suggested edit {i} for {base.id} reads none of the input fields of {dataset.name!r} '
                 f'({", ".join(dataset.inputs)}), so every example would get the same prompt; pick another edit'
+            )
+        if self._flags(i) and not force:
+            raise VersionError(
+                f'suggested edit {i} for {base.id} is unreliable: {"; ".join(self._flags(i))}. Pick another edit, '
+                'or apply it anyway with force=True'
             )
         return edit(
             base,
@@ -227,12 +274,54 @@ def _parse(text: str, labels: list[str]) -> tuple[str, list[Edit], list[str]]:
     return str(value.get('analysis') or '').strip(), edits, focus
 
 
+def _edit_problems(run: Run, e: Edit, prompt: str) -> list[str]:
+    """Return why one suggested edit cannot be taken at its word (see the module docstring)."""
+    found = [f'it copies the placeholder {p} of the requested JSON' for p in echoed_placeholders(e['template'], prompt)]
+    found += [f'its description copies the placeholder {p}' for p in echoed_placeholders(e['description'], prompt)]
+    if e['template'].strip() == run.version.template.strip():
+        found.append('its template is the current one: it changes nothing')
+        return found
+    try:
+        proposed = with_template(run.version, e['template'])
+        check_template(proposed, get_dataset(run.dataset))
+        if not proposed.variables():
+            found.append('its template reads no input field, so every example would get the same prompt')
+    except jinja2.TemplateSyntaxError as err:
+        found.append(f'its template does not parse ({err.message})')
+    except TemplateError as err:
+        found.append(f'its template cannot be used: {err}')
+    return found
+
+
+def _problems(run: Run, raw: str, analysis: str, focus: list[str], prompt: str) -> list[str]:
+    """Return why a suggestion as a whole cannot be taken at its word."""
+    found = []
+    try:
+        parse_udfs.extract_json(raw)
+    except ValueError:
+        found.append('the answer is not the JSON object it was asked for')
+    found += [
+        f'its analysis copies the placeholder {p} of the requested JSON' for p in echoed_placeholders(analysis, prompt)
+    ]
+    if not analysis.strip():
+        found.append('it gives no analysis')
+    if focus and run.version.output.get('kind') == 'choice':
+        scores = run.per_category()
+        perfect = [
+            c for c in focus if c in scores.index and scores.loc[c, 'support'] > 0 and scores.loc[c, 'f1'] >= 1.0
+        ]
+        found += [f'it names {c} as needing work, but the run got every {c} example right (F1 1.0)' for c in perfect]
+    return found
+
+
 def suggest(run: Run | str, *, model: str | None = None, max_failures: int = 8, max_chars: int = 1500) -> Suggestion:
     """Ask a model (the run's version's model unless named) to analyse a run's failures and suggest template edits.
 
     The model reads the template, metrics, per-category scores, confusion matrix and up to `max_failures` failed
     cases, and answers in JSON of at most about `max_chars` characters. The request goes through the request store:
-    asking again returns the stored answer with no model call.
+    asking again returns the stored answer with no model call. The answer is checked: `.reliable` is False, and
+    `.problems` and `.edit_problems` say why, when it copies the schema's placeholders, changes nothing, or
+    contradicts the run's own scores.
 
     >>> s = suggest(run, model='groq:llama-3.3-70b-versatile')
     >>> v3 = s.apply(0)
@@ -259,6 +348,8 @@ def suggest(run: Run | str, *, model: str | None = None, max_failures: int = 8, 
     analysis, edits, focus = _parse(raw, labels)
     if not edits:
         log.info('the suggestion of %s for %s has no usable edit', spec, the_run.version.id)
+    problems = _problems(the_run, raw, analysis, focus, prompt)
+    edit_problems = [_edit_problems(the_run, e, prompt) for e in edits]
     return Suggestion(
         run=the_run,
         model=spec,
@@ -269,4 +360,6 @@ def suggest(run: Run | str, *, model: str | None = None, max_failures: int = 8, 
         request_hash=out['hash'],
         reused=bool(out['reused']),
         prompt=prompt,
+        problems=problems,
+        edit_problems=edit_problems,
     )

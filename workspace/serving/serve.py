@@ -34,6 +34,7 @@ from typing import Any
 import jinja2
 
 from udfs import parse
+from udfs.render import transcript
 from workspace import config
 from workspace.config import current_user, utc_now
 from workspace.core import rules
@@ -255,6 +256,7 @@ class ExecutionLog:
         self._rows: list[dict[str, Any]] = []
         self._recent: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._lock = threading.Lock()
+        self._flushing = threading.Lock()  # a flush waits for one in flight, so rows it took are written on return
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -299,20 +301,22 @@ class ExecutionLog:
             return self._recent.get(execution_id)
 
     def flush(self) -> int:
-        """Write the rows buffered in this process now; return how many were written."""
-        with self._lock:
-            rows, self._rows = self._rows, []
-        if not rows:
-            return 0
-        try:
-            with DB_LOCK:
-                tables.executions().insert(rows)
-        except Exception:
-            log.exception('writing %d execution rows failed; they are kept for the next write', len(rows))
+        """Write the rows buffered in this process now; return how many were written. Every row buffered before
+        the call is written when it returns (a write the background thread started is waited for)."""
+        with self._flushing:
             with self._lock:
-                self._rows = rows + self._rows
-            return 0
-        return len(rows)
+                rows, self._rows = self._rows, []
+            if not rows:
+                return 0
+            try:
+                with DB_LOCK:
+                    tables.executions().insert(rows)
+            except Exception:
+                log.exception('writing %d execution rows failed; they are kept for the next write', len(rows))
+                with self._lock:
+                    self._rows = rows + self._rows
+                return 0
+            return len(rows)
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -382,6 +386,8 @@ class Rendered:
     unit_id: str | None = None
     experiment: str | None = None
     arm: str | None = None
+    #: A chat version's rendered messages (what to send a chat API); None for a completion version.
+    messages: list[dict[str, str]] | None = None
 
 
 @dataclass(frozen=True)
@@ -411,6 +417,7 @@ class _Call:
     fields: dict[str, Any]
     text: str = ''
     violations: list[Violation] = field(default_factory=list)
+    messages: list[dict[str, str]] | None = None
 
 
 def _fields(fields: Any) -> dict[str, Any]:
@@ -497,7 +504,12 @@ class Server:
         try:
             rules.raise_if_blocked(call.violations)
             try:
-                call.text = self._text(version, values)
+                if version.is_chat:  # the messages to send, and as one text for the prompt rules
+                    # On this worker thread, under the sandbox's own time limit: the render workers take one template.
+                    call.messages = version.render_messages(values)
+                    call.text = transcript(call.messages)
+                else:
+                    call.text = self._text(version, values)
             except jinja2.UndefinedError as e:
                 needed = ', '.join(sorted(version.variables()))
                 raise ServeError(f'{version.id} cannot render: {e.message}; it reads the fields {needed}') from None
@@ -518,7 +530,14 @@ class Server:
         call = self._render('render', ref, fields, unit_id, caller)
         execution_id = self._log(call, 'ok')
         return Rendered(
-            execution_id, call.version.id, call.text, call.violations, call.unit_id, call.experiment, call.arm
+            execution_id,
+            call.version.id,
+            call.text,
+            call.violations,
+            call.unit_id,
+            call.experiment,
+            call.arm,
+            messages=call.messages,
         )
 
     def complete(
@@ -550,6 +569,7 @@ class Server:
             call.unit_id,
             call.experiment,
             call.arm,
+            messages=call.messages,
             output=output,
             prediction=parse.parse(output, version.output),
             request_hash=answer['hash'],
@@ -608,7 +628,8 @@ def render(ref: str, fields: Mapping[str, Any], *, unit_id: str | int | None = N
 
     `ref` is `prompt@label`, `prompt:v3` or a prompt name (its latest version); with a `unit_id`, a label or
     prompt reference serves the unit's arm of the prompt's running experiment. A blocking rule raises
-    GuardrailViolation naming the rule and the span; warnings come back in `.warnings`.
+    GuardrailViolation naming the rule and the span; warnings come back in `.warnings`. A chat version's rendered
+    messages are in `.messages` (`.text` holds them as one text, which the prompt rules check).
 
     >>> served = render('ticket_router@production', {'text': 'My parcel is late'}, unit_id='user-42')
     >>> served.text, served.version_id, served.warnings

@@ -47,6 +47,7 @@ __all__ = [
     'acting_as',
     'actor',
     'changes',
+    'parse_since',
 ]
 
 Kind = Literal[
@@ -57,6 +58,7 @@ Kind = Literal[
     'rule.changed',
     'experiment.started',
     'experiment.stopped',
+    'experiment.decided',
     'dataset.imported',
     'dataset.appended',
     'dataset.corrected',
@@ -290,6 +292,16 @@ def _since(since: datetime.datetime | datetime.timedelta | str) -> datetime.date
         raise WorkspaceError(
             f"since={since!r} is not a time; give a datetime, a timedelta, an ISO date or an age such as '2h' or '7d'"
         ) from None
+
+
+def parse_since(when: datetime.datetime | datetime.timedelta | str) -> datetime.datetime:
+    """Return the time a `since=` argument names: a datetime (UTC if naive), a timedelta or an age ('2h', '7d')
+    before now, or an ISO date.
+
+    >>> parse_since('2h') < utc_now()
+    True
+    """
+    return _since(when)
 
 
 _Since = datetime.datetime | datetime.timedelta | str | None

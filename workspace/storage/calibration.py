@@ -85,7 +85,7 @@ def check_decode(decode: str, model: str | None = None) -> None:
         )
 
 
-def content_free_prompts(version: _Version, demos: Sequence[Mapping[str, Any]] | None = None) -> list[str]:
+def content_free_prompts(version: _Version, demos: Sequence[Mapping[str, Any]] | None = None) -> list[Any]:
     """Return the version's prompt for each content-free input: every input field replaced by it. A version with a
     demo policy is calibrated per example, with the demos retrieved for that example (the prior depends on the
     demos, and the local model decodes the shared demo blocks once).
@@ -94,8 +94,10 @@ def content_free_prompts(version: _Version, demos: Sequence[Mapping[str, Any]] |
     ['Verse: N/A\\nSentiment:', 'Verse: \\nSentiment:', 'Verse: [MASK]\\nSentiment:']
     """
     names = sorted(version.variables())
+    # a chat version's content-free prompts are messages: the local model decodes them through its chat template
+    render = version.render_messages if getattr(version, 'messages', None) else version.render  # type: ignore[attr-defined]
     try:
-        return [version.render(dict.fromkeys(names, value), demos=demos) for value in CONTENT_FREE_INPUTS]
+        return [render(dict.fromkeys(names, value), demos=demos) for value in CONTENT_FREE_INPUTS]
     except jinja2.TemplateError as e:
         raise TemplateError(
             f'template of {version.id} does not render with its input fields set to "N/A" ({e}); contextual '

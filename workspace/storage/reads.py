@@ -55,6 +55,23 @@ class TableReads:
                 self._values.popitem(last=False)
         return value
 
+    def get_at(self, table_id: str, version: int, query: Hashable, load: Callable[[], T]) -> T:
+        """Return `load()`'s result for `query` on a table at a version pinned by the caller (a run's rows): the
+        key is known without asking the table, so a repeated read costs no query at all."""
+        key = (str(table_id), int(version), query)
+        with self._lock:
+            if key in self._values:
+                self._values.move_to_end(key)
+                self.hits += 1
+                return self._values[key]  # type: ignore[no-any-return]
+        value = load()
+        with self._lock:
+            self.misses += 1
+            self._values[key] = value
+            while len(self._values) > self.max_entries:
+                self._values.popitem(last=False)
+        return value
+
     def clear(self) -> None:
         """Forget every read."""
         with self._lock:

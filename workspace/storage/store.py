@@ -60,7 +60,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: The fields of a request that make its identity (the hash); anything else in a request dict is ignored.
-IDENTITY = ('model_id', 'params', 'prompt', 'system', 'constraint', 'sample')
+IDENTITY = ('model_id', 'params', 'prompt', 'system', 'constraint', 'sample', 'messages')
+#: Identity fields hashed only when present, so requests made before they existed keep their hashes.
+_OPTIONAL = ('sample', 'messages')
 
 #: Who asks for a request first: (version id, dataset, example id), recorded as the request's lineage.
 Origin = tuple[str | None, str | None, str | None]
@@ -85,14 +87,15 @@ class Answer(TypedDict):
 
 
 def request_hash(request: Mapping[str, Any]) -> str:
-    """Return the content hash that identifies a request: model identity, params, prompt, constraint, sample.
+    """Return the content hash that identifies a request: model identity, params, prompt, constraint, sample and,
+    for a chat request, its messages (only when present: a completion request's hash is what it always was).
 
     The model spec and any key are not part of it: two specs naming the same model share answers.
 
     >>> len(request_hash({'model_id': 'local:x', 'params': {}, 'prompt': 'Hi', 'constraint': None}))
     64
     """
-    body = {k: request.get(k) for k in IDENTITY if k != 'sample' or request.get('sample') is not None}
+    body = {k: request.get(k) for k in IDENTITY if k not in _OPTIONAL or request.get(k) is not None}
     return hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 

@@ -10,7 +10,7 @@ prompt_workspace/
   label_history       every label move, with who and when
   requests            the content-addressed request store: one row per answered request, its answer or error
   claims              requests a process is answering right now (see store.py)
-  runs                one row per evaluation of a version on a dataset split
+  runs                one row per evaluation of a version on a dataset split, with the table versions it read
   ab_outcomes         one row per outcome logged by serving code in an A/B experiment: unit, arm, version, outcome
   audit               every change a person or a program made: versions, labels, rules, datasets, keys (append-only)
   rules               guardrail rules, one row per rule version
@@ -170,6 +170,7 @@ def versions() -> pxt.Table:
             'author': pxt.String | None,
             'note': pxt.String | None,
             'meta': pxt.Json | None,
+            'messages': pxt.Json | None,  # a chat version's role messages (templates); None for a completion
         },
         'version_id',
     )
@@ -317,6 +318,8 @@ def runs() -> pxt.Table:
             'samples': pxt.Int | None,  # answers per request (evaluate(..., samples=k))
             'judge_calls': pxt.Int | None,
             'cost_usd': pxt.Float | None,
+            # the tables the run read, {name: [table id, version]}: its rows never change after it is written
+            'pins': pxt.Json | None,
         },
         'run_id',
     )
@@ -594,6 +597,10 @@ def experiments() -> pxt.Table:
             'started_at': pxt.Timestamp,
             'started_by': pxt.String,
             'stopped_at': pxt.Timestamp | None,
+            # how it is decided, fixed before it starts: baseline, units per arm, fixed or sequential (None: no plan)
+            'plan': pxt.Json | None,
+            'decided_at': pxt.Timestamp | None,
+            'decision': pxt.Json | None,  # the winner, the version its label moved to, and why
         },
         ['prompt', 'experiment'],
     )
@@ -839,6 +846,7 @@ def changelogs() -> pxt.Table:
             'model': pxt.String,
             'request_hash': pxt.String,
             'created_at': pxt.Timestamp,
+            'problems': pxt.Json | None,  # why the description is unreliable, found when it was written
         },
         'version_id',
     )

@@ -22,10 +22,11 @@ from workspace.core.versions import Version
 from workspace.display import results as eval_views
 from workspace.errors import WorkspaceError
 from workspace.ui import views
+from workspace.ui.serving import render_serving_pane
 
 __all__ = ['CompareView', 'compare', 'render_tab']
 
-TABS = ('Summary', 'Grid', 'Per category', 'Confusion', 'Flips', 'Diff', 'Samples', 'Cost', 'Edit')
+TABS = ('Summary', 'Grid', 'Per category', 'Confusion', 'Flips', 'Diff', 'Samples', 'Cost', 'Serving', 'Edit')
 
 Progress = Callable[[int, int], None]
 
@@ -44,6 +45,8 @@ def render_tab(state: CompareState, tab: str) -> str:
         return eval_views.render_samples_pane(state.sample_reports())
     if tab == 'Cost':
         return eval_views.render_cost_quality(state.costs(), metric=main_score_name(state.cmp.task))
+    if tab == 'Serving':  # executions and outcomes of the compared versions
+        return render_serving_pane(state.serving(), baseline=state.baseline)
     if tab in ('Flips', 'Diff') and state.focus is None:
         return _message('Pick a candidate to see its flips and its diff against the baseline.')
     if tab == 'Flips':
@@ -186,6 +189,7 @@ class CompareView(w.VBox):
             self.panes['Diff'],
             self.panes['Samples'],
             self.panes['Cost'],
+            self.panes['Serving'],
             edit_tab,
         ]
         self.tabs = w.Tab(children=children)

@@ -6,6 +6,12 @@ GET  /v1/prompts/{ref}            a version: template, model, params, output spe
 POST /v1/render                   resolve, render, check input and prompt rules      (scope serve)
 POST /v1/complete                 render, call the model, check output rules         (scope serve)
 POST /v1/outcomes                 log an execution's outcome for its A/B experiment  (scope serve)
+GET  /v1/runs, /v1/runs/{id}      evaluation runs as recorded (?rows=true: predictions) (scope read)
+GET  /v1/datasets[/{name}]        datasets, `name:3` pinned (?rows=true: examples)    (scope read)
+GET  /v1/metrics                  serving metrics per version (?prompt=&since=7d)     (scope read)
+GET  /v1/families[/{id}]          prompt families mined from logs, template and slots (scope read)
+GET  /v1/experiments/{p}/{e}      an experiment's plan and where it stands            (scope read)
+POST /v1/experiments/{p}/{e}/winner  move the label to the winner, stop, audit       (scope admin)
 PUT  /v1/labels/{prompt}/{label}  move a label                                       (scope admin)
 PUT  /v1/rules/{name}             create or change a rule                            (scope admin)
 GET  /v1/audit                    the audit log                                      (scope admin)
@@ -73,7 +79,7 @@ def create_app(
     app.state.buckets = Bucket()
     install_error_handlers(app)
     install_docs(app)
-    for router in (routes.health, routes.serving, routes.admin):
+    for router in (routes.health, routes.serving, routes.records, routes.admin):
         app.include_router(router)
     return app
 

@@ -20,7 +20,7 @@ from workspace.errors import BackendError
 from workspace.storage import calibration
 from workspace.storage.backends.base import Completion
 
-__all__ = ['LocalBackend', 'choice_grammar']
+__all__ = ['LocalBackend', 'choice_grammar', 'chat_prompt']
 
 
 def _escape_gbnf(text: str) -> str:
@@ -122,6 +122,29 @@ class _LabelTrie:
                     through.setdefault(tokens[:i], []).append(seq[label])
         nodes = sorted(through, key=lambda prefix: (len(prefix), prefix))
         return cls(spellings, nodes, [through[n] for n in nodes], {k: sorted(v) for k, v in children.items()})
+
+
+def chat_prompt(
+    messages: Sequence[Mapping[str, str]], chat_template: str | None, *, bos_token: str = '', eos_token: str = ''
+) -> str:
+    """Return the text a local model completes for chat `messages`: the model's own chat template (the GGUF's
+    `tokenizer.chat_template`, rendered by llama-cpp-python's sandboxed Jinja2 formatter with the generation
+    prompt), or, for a model without one (the embedded base Gemma), the messages as plain text
+    (`udfs.render.transcript`) followed by an `[assistant]` turn to complete. A leading BOS token is left out:
+    the tokenizer adds it.
+
+    >>> chat_prompt([{'role': 'user', 'content': 'Hi'}], None)
+    '[user]\\nHi\\n\\n[assistant]\\n'
+    """
+    if not chat_template:
+        from udfs.render import transcript
+
+        return transcript(messages) + '\n\n[assistant]\n'
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    formatter = Jinja2ChatFormatter(chat_template, eos_token=eos_token, bos_token=bos_token)
+    text = formatter(messages=[dict(m) for m in messages]).prompt  # type: ignore[misc]
+    return text[len(bos_token) :] if bos_token and text.startswith(bos_token) else text
 
 
 class LocalBackend:
@@ -379,7 +402,9 @@ class LocalBackend:
                     "a request with decode 'calibrated' needs its content-free prompts in constraint['content_free']; "
                     'build it with workspace.core.versions.build_request'
                 )
-            prior = calibration.content_free_prior([self._content_free_scores(llm, p, labels) for p in prompts])
+            prior = calibration.content_free_prior(
+                [self._content_free_scores(llm, self._text(llm, p), labels) for p in prompts]
+            )
             scores = calibration.calibrate(scores, prior)
         best = max(labels, key=lambda label: scores[label])  # the first label of equal ones
         return Completion(
@@ -398,7 +423,21 @@ class LocalBackend:
             self.content_free_scored += 1
         return self._content_free[key]
 
+    def _text(self, llm: Any, prompt: str | Sequence[Mapping[str, str]]) -> str:
+        """Return the text to decode: a prompt as it is, chat messages through the model's chat template."""
+        if isinstance(prompt, str):
+            return prompt
+        vocab = llm._model
+        return chat_prompt(
+            prompt,
+            llm.metadata.get('tokenizer.chat_template'),
+            bos_token=vocab.token_get_text(llm.token_bos()),
+            eos_token=vocab.token_get_text(llm.token_eos()),
+        )
+
     def complete(self, request: Mapping[str, Any]) -> Completion:
+        if request.get('messages'):  # a chat request: decoded through the model's chat template
+            request = {**request, 'prompt': self._text(self._load(), request['messages'])}
         params = dict(request.get('params') or {})
         decode = (request.get('constraint') or {}).get('decode', 'mask')
         if decode != 'mask':

@@ -186,9 +186,12 @@ class ChatBackend:
             self.calls += 1
         client = self._client
         params = dict(request.get('params') or {})
-        messages = [{'role': 'user', 'content': request['prompt']}]
-        if request.get('system'):
-            messages.insert(0, {'role': 'system', 'content': request['system']})
+        if request.get('messages'):  # a chat version's request: its rendered messages, as they are
+            messages = [{'role': m['role'], 'content': m['content']} for m in request['messages']]
+        else:
+            messages = [{'role': 'user', 'content': request['prompt']}]
+            if request.get('system'):
+                messages.insert(0, {'role': 'system', 'content': request['system']})
         kwargs: dict[str, Any] = {
             'model': self.model,
             'messages': messages,
