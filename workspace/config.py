@@ -190,6 +190,9 @@ class Settings:
     openai_rpm: float = 0.0
     #: Context window, in tokens, of local GGUF models.
     local_n_ctx: int = 4096
+    #: How local models decode prompts (part of their identity in every request): `paragraphs`, or `blocks64` to
+    #: reuse the answers of a store made before 2026-12 (see `workspace.storage.backends.local`).
+    local_decoding: str = 'paragraphs'
     #: Hours after which a notebook run still `running` on another host counts as interrupted (on this host a dead
     #: process decides at once).
     stale_run_hours: float = 24.0
@@ -204,10 +207,13 @@ def settings() -> Settings:
     >>> settings().concurrency
     8
     """
-    values: dict[str, float | int] = {}
+    values: dict[str, float | int | str] = {}
     for f in fields(Settings):
         raw = os.environ.get(_ENV_NAMES[f.name])
         if raw is None or raw.strip() == '':
+            continue
+        if f.type in ('str', str):
+            values[f.name] = raw.strip()
             continue
         kind = int if f.type in ('int', int) else float
         try:

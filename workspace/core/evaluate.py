@@ -328,6 +328,7 @@ def evaluate(
         wall_s=0.0,
         samples=samples,
         judge_calls=judge_calls,
+        repeated=len(batch.repeated),
     )
     summary = summarize(run, run.rows())
     run = run.replace(
@@ -370,6 +371,7 @@ def _record(run: Run, summary: Any) -> None:
                 'samples': run.samples,
                 'judge_calls': run.judge_calls,
                 'cost_usd': run.cost_usd,
+                'repeated': run.repeated,
             }
         ]
     )

@@ -55,6 +55,8 @@ class Run:
     samples: int = 1
     judge_calls: int = 0
     cost_usd: float | None = None
+    #: Calls that a killed run had sent without its answer arriving, sent again by this one (paid twice).
+    repeated: int = 0
 
     def replace(self, **changes: Any) -> Run:
         return dataclasses.replace(self, **changes)
@@ -368,6 +370,7 @@ class Summary:
             ('dataset', f'{r.dataset} (table version {r.dataset_version}), split {r.split or "all"}, n = {r.n:,}'),
             *self._metric_rows(),
             ('model calls', f'{r.calls:,}' + (f' (and {r.judge_calls:,} judge calls)' if r.judge_calls else '')),
+            *([('calls repeated', f'{r.repeated:,} (in flight when an earlier run was killed)')] if r.repeated else []),
             ('rows reused', f'{r.reused:,}'),
             ('errors', f'{self.errors:,}'),
             ('wall time', f'{r.wall_s:.2f} s'),
@@ -505,6 +508,7 @@ def _row_to_run(row: dict[str, Any]) -> Run:
         samples=row.get('samples') or 1,
         judge_calls=row.get('judge_calls') or 0,
         cost_usd=row.get('cost_usd'),
+        repeated=row.get('repeated') or 0,
     )
 
 

@@ -307,6 +307,7 @@ def runs() -> pxt.Table:
             'samples': pxt.Int | None,  # answers per request (evaluate(..., samples=k))
             'judge_calls': pxt.Int | None,
             'cost_usd': pxt.Float | None,
+            'repeated': pxt.Int | None,  # calls a killed run had in flight, sent again (store.Batch.repeated)
         },
         'run_id',
     )
