@@ -25,7 +25,7 @@ import pixeltable as pxt
 
 from workspace.config import project_root, resolve_path
 from workspace.errors import DatasetError
-from workspace.storage import audit_log, tables
+from workspace.storage import audit_log, reads, tables
 from workspace.storage.reads import READS
 from workspace.storage.recovery import Owner, pause_point
 
@@ -447,7 +447,7 @@ class Dataset:
     @property
     def version(self) -> int:
         """Return the table version: it changes with every append or correction."""
-        return int(self.table.get_metadata()['version'])
+        return reads.table_key(self.table)[1]
 
     @property
     def extras(self) -> list[str]:
@@ -772,7 +772,7 @@ def get_dataset(name: str | Dataset, *, missing_ok: bool = False) -> Dataset:
             f'no dataset {name!r}.{hint} Known datasets: {", ".join(known) or "none yet"}; '
             'import one with ws.import_dataset(...)'
         )
-    meta = table.get_metadata()['custom_metadata'] or {}
+    meta = reads.metadata(table)['custom_metadata'] or {}
     return Dataset(name=name, inputs=tuple(meta['inputs']), task=meta['task'], meta=meta)
 
 

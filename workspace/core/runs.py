@@ -23,7 +23,7 @@ from workspace.core.datasets import get_dataset
 from workspace.core.versions import Version, get_version, parent_chain
 from workspace.display.results import format_usd
 from workspace.errors import WorkspaceError
-from workspace.storage import costs, store, tables
+from workspace.storage import costs, reads, store, tables
 from workspace.storage.reads import READS
 
 __all__ = ['Failures', 'Lineage', 'Run', 'Summary', 'get_run', 'list_runs', 'lineage', 'main_score_name', 'summarize']
@@ -308,7 +308,7 @@ def eval_rows(dataset: str, version_id: str) -> pd.DataFrame:
 
 def score_columns(evals: Any) -> list[str]:
     """Return the scorer columns of an evaluation table, in the order they were added."""
-    meta = evals.get_metadata()['columns']
+    meta = reads.metadata(evals)['columns']
     return [
         name
         for name, col in meta.items()

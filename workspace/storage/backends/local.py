@@ -376,8 +376,8 @@ class LocalBackend:
         n = len(tokens)
         if n >= self.n_ctx:
             raise BackendError(
-                f'the prompt ({n} tokens) does not fit the context of {self.n_ctx} tokens; use fewer or shorter '
-                'demos, or raise WORKSPACE_LOCAL_N_CTX'
+                f'requested tokens ({n}) exceed context window of {self.n_ctx}: the prompt does not fit; use fewer '
+                'or shorter demos, or raise WORKSPACE_LOCAL_N_CTX'
             )
         shared = self._reusable(tokens, decoding)
         if decoding == 'llama':
