@@ -21,7 +21,7 @@ from workspace.core.runs import Run, get_run, list_runs
 from workspace.core.samples import SampleReport, sample_report
 from workspace.core.versions import Version, build_request, edit, get_version, list_versions
 from workspace.errors import TemplateError
-from workspace.storage import store
+from workspace.storage import reads, store
 
 __all__ = ['CompareState', 'TemplateCheck', 'FLIPS_PER_PAGE']
 
@@ -75,6 +75,7 @@ class CompareState:
     def split_name(self) -> str:
         return self.cmp.split or 'all rows'
 
+    @reads.scoped
     def reload(self) -> None:
         """Read every version of the compared prompts and their labels from the tables, so versions made in
         another kernel or notebook are offered too."""

@@ -30,7 +30,8 @@ from workspace.core.datasets import Dataset, get_dataset
 from workspace.core.runs import Run, eval_rows, main_score_name, summarize
 from workspace.core.versions import Version, build_request, get_version
 from workspace.errors import TemplateError, WorkspaceError
-from workspace.storage import backends, store, tables
+from workspace.storage import backends, reads, store, tables
+from workspace.storage.reads import READS
 
 __all__ = ['evaluate', 'check_template', 'add_scorer', 'eval_table']
 
@@ -243,6 +244,7 @@ def _eval_row(v: Version, ds: Dataset, row: Mapping[str, Any], key: str, answer:
     }
 
 
+@reads.scoped
 def evaluate(
     version: Version | str,
     dataset: Dataset | str,
@@ -280,12 +282,25 @@ def evaluate(
     policy = v.demo_policy
     retrieved = demos.retrieve(policy, rows, dataset=ds.name) if policy else {}
     pool = demos.pool_version(policy) if policy else {}
-    requests = {
-        row['example_id']: build_request(
-            v, row, model_id=model_id, demos=retrieved[row['example_id']].demos if policy else None
-        )
-        for row in rows
-    }
+
+    def render() -> dict[str, dict[str, Any]]:
+        return {
+            row['example_id']: build_request(
+                v, row, model_id=model_id, demos=retrieved[row['example_id']].demos if policy else None
+            )
+            for row in rows
+        }
+
+    # A version is immutable: rendered for the same rows, its requests are the same, so a warm re-evaluation does
+    # not render them again (retrieved demos depend on a pool too: rendered each time). Read-only.
+    inputs = tuple((row['example_id'], *(row[name] for name in ds.inputs)) for row in rows)
+    rendered = None if policy else READS.get(ds.table, ('requests', v.id, model_id, split), lambda: {})
+    if rendered is not None and rendered.get('inputs') == inputs:
+        requests = rendered['requests']
+    else:
+        requests = render()
+        if rendered is not None:
+            rendered.update(inputs=inputs, requests=requests)
     table = eval_table(ds)
     to_write = _rows_to_write(v, ds, requests, retry_errors)
     sampled = _sample_requests(v, ds, requests, samples, retry_errors)

@@ -25,6 +25,7 @@ import fcntl
 import json
 import logging
 import os
+import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,8 +61,18 @@ class Journal:
     def __init__(self, session: str, where: Path | None = None) -> None:
         self.path = (where or folder()) / f'{session}.jsonl'
         self._fd: int | None = None
+        self._closed = False
+        self._lock = threading.Lock()  # remote requests are journaled from the sending threads
 
     def _write(self, event: Mapping[str, Any]) -> None:
+        line = (json.dumps(event, default=_default, ensure_ascii=False) + '\n').encode()
+        with self._lock:
+            if self._closed:  # a call left running when the session stopped (the breaker opened)
+                return
+            self._open()
+            os.write(self._fd, line)  # type: ignore[arg-type]
+
+    def _open(self) -> None:
         if self._fd is None:
             # Locked under another name, then renamed: a replay never sees this journal unlocked.
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -69,7 +80,6 @@ class Journal:
             self._fd = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             os.rename(fresh, self.path)
-        os.write(self._fd, (json.dumps(event, default=_default, ensure_ascii=False) + '\n').encode())
 
     def sent(self, key: str) -> None:
         """Record that a request is about to be sent to a model."""
@@ -81,6 +91,11 @@ class Journal:
 
     def close(self, *, done: bool) -> None:
         """Close the journal; delete it if `done` (its answers are in the table), else leave it for a replay."""
+        with self._lock:
+            self._closed = True
+            self._close(done)
+
+    def _close(self, done: bool) -> None:
         if self._fd is None:
             return
         if done:

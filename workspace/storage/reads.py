@@ -9,17 +9,21 @@ metadata are read once per table version.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import functools
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import pixeltable as pxt
 
-__all__ = ['TableReads', 'TableState', 'table_state', 'table_key', 'metadata', 'READS']
+__all__ = ['TableReads', 'TableState', 'table_state', 'table_key', 'metadata', 'scope', 'scoped', 'READS']
 
 T = TypeVar('T')
+P = ParamSpec('P')
 
 
 @dataclass(frozen=True)
@@ -32,12 +36,59 @@ class TableState:
     dir_id: str
 
 
+_scope: contextvars.ContextVar[dict[Any, tuple[int, TableState]] | None] = contextvars.ContextVar(
+    'workspace_reads_scope', default=None
+)
+
+
+@contextlib.contextmanager
+def scope() -> Iterator[None]:
+    """Read each table's catalog record once in the block: later reads reuse it while this process has not written
+    the table since (Pixeltable's in-process version of the table tells). A write by another process during the
+    block is seen by the next call. Nested blocks share the outermost.
+
+    >>> with scope():
+    ...     runs = [evaluate(v, dataset) for v in versions]
+    """
+    if _scope.get() is not None:
+        yield
+        return
+    token = _scope.set({})
+    try:
+        yield
+    finally:
+        _scope.reset(token)
+
+
+def scoped(fn: Callable[P, T]) -> Callable[P, T]:
+    """Run every call of `fn` in a `scope()`."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        with scope():
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
 def table_state(table: pxt.Table) -> TableState | None:
     """Return the table's state from its catalog record (one query), or None if it was dropped.
 
     Hand-written on Pixeltable's catalog because its public `get_metadata()` rebuilds the table's path directory by
     directory (seven queries) to report a version this reads in one; it falls back to it on another release.
     """
+    memo = _scope.get()
+    if memo is not None:
+        seen = memo.get(table._id)
+        if seen is not None and seen[0] == table._get_version():
+            return seen[1]
+    state = _read_state(table)
+    if memo is not None and state is not None and state.version >= 0:
+        memo[table._id] = (table._get_version(), state)
+    return state
+
+
+def _read_state(table: pxt.Table) -> TableState | None:
     try:
         from pixeltable.catalog import retrying_read
         from pixeltable.runtime import get_runtime
