@@ -334,3 +334,27 @@ def test_a_store_made_with_the_old_local_decoding_keeps_its_answers_and_the_new_
     monkeypatch.setenv('WORKSPACE_LOCAL_DECODING', 'blocks64')
     back = ws.evaluate(v, tiny, 'dev', progress=False)
     assert back.calls == 0 and back.rows()[['request_hash', 'output']].equals(old_rows)
+
+
+def test_a_killed_sessions_journal_is_replayed_into_the_store_once(server):
+    """A journal left unlocked (its process died) gives its answers to the table; what it had sent without an
+    answer is counted as repeated when it is sent again; a journal still held by a live session is left alone."""
+    from workspace.storage import journal
+
+    answered, in_flight = (store._identity(_request(p)) for p in ('done', 'flying'))
+    keys = [store.request_hash(r) for r in (answered, in_flight)]
+    dead = journal.Journal('dead-session')
+    dead.sent(keys[0])
+    dead.sent(keys[1])
+    dead.answered(store._row(keys[0], answered, (None, None, None), {'text': 'from the journal'}, None))
+    dead.close(done=False)  # as SIGKILL leaves it: written, unlocked
+    alive = journal.Journal('live-session')
+    alive.sent('not-this-one')
+    try:
+        batch = store.answer_many([(_request(p), (None, None, None)) for p in ('done', 'flying')])
+        assert batch.answers[keys[0]]['text'] == 'from the journal' and keys[0] not in batch.called
+        assert batch.called == {keys[1]} and batch.repeated == {keys[1]}
+        assert len(server.received) == 1
+        assert not dead.path.exists() and alive.path.exists()
+    finally:
+        alive.close(done=True)

@@ -179,8 +179,10 @@ class Settings:
     retry_base_delay: float = 1.0
     #: Consecutive failures of the same kind after which a run stops (the circuit breaker).
     breaker_failures: int = 5
-    #: Seconds between writes of answered requests to the store: an interrupted run loses at most this much work.
-    flush_seconds: float = 2.0
+    #: Seconds between writes of answered requests to the requests table (each answer is in the store's journal on
+    #: this host at once, so a process killed here loses none; see `workspace.storage.journal`). Another process
+    #: waiting for these requests sees them this late, and a lost host loses at most this much work.
+    flush_seconds: float = 10.0
     #: Seconds to wait for a request another process is answering before giving up.
     claim_wait: float = 900.0
     #: Seconds without a heartbeat after which another host's claim on a request is taken over.

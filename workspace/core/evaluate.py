@@ -325,7 +325,20 @@ def evaluate(
         }
         updates.append(_eval_row(v, ds, by_id[ex], key, answer, **extra))
     if updates:
-        tables.upsert(table, updates)
+        # Rows new to the table are inserted (a plain insert is several times cheaper than an upsert); rows of
+        # another request or a retried error are updated.
+        present = set(eval_rows(ds.name, v.id)['example_id'])
+        changed = [u for u in updates if u['example_id'] in present]
+        new = [u for u in updates if u['example_id'] not in present]
+        try:
+            if new:
+                table.insert(new)
+        except Exception as e:  # another process evaluating the same version wrote some first
+            if not tables.is_duplicate_key(e):
+                raise
+            changed = updates
+        if changed:
+            tables.upsert(table, changed)
     samples_module.write_samples(ds.name, v, sampled, batch.answers)
     judge_calls = judges.judge_evaluation(ds, table, v.id, list(requests), progress=progress)
 

@@ -297,7 +297,7 @@ class _Session:
         return self.claim([k for k in keys if k not in held or k in taken])
 
     def heartbeat(self) -> None:
-        if self.claimed and time.monotonic() - self.beat_at > min(10.0, self.knobs.claim_stale / 4):
+        if self.claimed and time.monotonic() - self.beat_at > self.knobs.claim_stale / 4:
             claims = tables.claims()
             claims.update({'heartbeat_at': utc_now()}, where=claims.owner == self.owner)
             self.beat_at = time.monotonic()

@@ -243,6 +243,7 @@ class LocalBackend:
         self._llm: Any = None
         self._cached: Any = None  # the tokens of the last prompt, whose cells are its decoding's chunks
         self._cached_decoding: str | None = None
+        self._left_at = 0  # the context's length when the last request was answered
         self._pieces: dict[int, tuple[bytes, bool]] = {}
         self._grammars: dict[str, Any] = {}
         self._tries: dict[tuple[str, ...], list[tuple[int, ...]]] = {}
@@ -356,14 +357,14 @@ class LocalBackend:
             batch.logits[j] = True
         llm._ctx.decode(self._batch)
         llm.input_ids[start : start + len(tokens)] = tokens
-        llm.n_tokens = start + len(tokens)
+        llm.n_tokens = self._left_at = start + len(tokens)
 
     def _reusable(self, tokens: Sequence[int], decoding: str) -> int:
         """Return how many leading tokens of `tokens` the cached prompt shares (at most all but the last)."""
         import numpy as np
 
-        if self._cached is None or self._cached_decoding != decoding:
-            return 0
+        if self._cached is None or self._cached_decoding != decoding or self._llm.n_tokens != self._left_at:
+            return 0  # another decoding, or the model was driven from outside since (a benchmark's plain loop)
         m = min(len(self._cached), len(tokens))
         differs = np.flatnonzero(self._cached[:m] != np.asarray(tokens[:m]))
         return min(int(differs[0]) if len(differs) else m, len(tokens) - 1)
@@ -533,6 +534,7 @@ class LocalBackend:
             grammar=self._grammar(constraint),
             logits_processor=self._label_mask(llm, constraint),
         )
+        self._left_at = llm.n_tokens
         usage = out.get('usage') or {}
         choice = out['choices'][0]
         return Completion(
