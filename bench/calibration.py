@@ -188,7 +188,7 @@ def _walk(local: LocalBackend, llm: Any, tokens: Sequence[int], labels: Sequence
     cells of the branch left behind (kv_cache_seq_rm). The alternative the workspace does not use."""
     n = len(tokens)
     trie = local._tries_for(llm, tuple(labels), spaced=True)[0]
-    logprobs = {(): _token_logprobs(local._decode_prompt(llm, tokens), trie.children[()])}
+    logprobs = {(): _token_logprobs(local._prefill(llm, tokens, local.decoding), trie.children[()])}
     path: list[int] = []
     for spelling in sorted(trie.spellings.values()):
         need = list(spelling[:-1])
@@ -212,16 +212,16 @@ def _flat(local: LocalBackend, llm: Any, tokens: Sequence[int], labels: Sequence
     """Score labels in one batched decode, each label's tokens its own sequence (no token shared between labels)."""
     n = len(tokens)
     trie = local._tries_for(llm, tuple(labels), spaced=True)[0]
-    logprobs = {(): _token_logprobs(local._decode_prompt(llm, tokens), trie.children[()])}
+    logprobs = {(): _token_logprobs(local._prefill(llm, tokens, local.decoding), trie.children[()])}
     rows = [(seq, s[: i + 1]) for seq, s in enumerate(trie.spellings.values(), 1) for i in range(len(s) - 1)]
     for seq in range(1, len(labels) + 1):
         llm._ctx.kv_cache_seq_cp(0, seq, -1, -1)
-    batch = local._label_batch.batch
+    batch = local._batch.batch
     batch.n_tokens = len(rows)
     for j, (seq, node) in enumerate(rows):
         batch.token[j], batch.pos[j], batch.logits[j], batch.n_seq_id[j] = node[-1], n + len(node) - 1, True, 1
         batch.seq_id[j][0] = seq
-    llm._ctx.decode(local._label_batch)
+    llm._ctx.decode(local._batch)
     for j, (_, node) in enumerate(rows):
         logprobs[node] = _token_logprobs(_logits(llm, j), trie.children[node])
     for seq in range(1, len(labels) + 1):
@@ -240,7 +240,7 @@ def bench_scoring(dataset: ws.Dataset, rows: int = 4) -> list[str]:
     trie = local._tries_for(llm, tuple(labels), spaced=True)[0]
     ways = {
         f'one batched decode of the label trie, tokens shared by labels decoded once ({len(trie.nodes)} tokens; '
-        'the workspace)': lambda p: local._score_labels(llm, p, labels)[0],
+        'the workspace)': lambda p: local._score_labels(llm, p, labels, local.decoding)[0],
         'one batched decode, each label its own sequence '
         f'({sum(len(s) - 1 for s in trie.spellings.values())} tokens)': lambda p: _flat(
             local, llm, llm.tokenize(p.encode(), add_bos=True, special=True), labels

@@ -125,7 +125,7 @@ def run() -> list[str]:
         '',
         '| step | wall s |',
         '|---|---:|',
-        f'| `ws.compare(...)` to a rendered widget (comparison, version list, summary pane) | {widget:.2f} |',
+        f'| `ws.compare(...)` to a rendered widget (comparison, version list, summary pane; target <= 0.5) | {widget:.2f} |',
         *[f'| first render of the {tab} tab | {seconds:.2f} |' for tab, seconds in tabs.items()],
         f'| next page of flips | {flip_page:.2f} |',
         f'| flips filter changed to every example | {refilter:.2f} |',

@@ -3,6 +3,7 @@ no-op re-evaluation, on the bundled tickets and (when present) ../shared/dataset
 
 from __future__ import annotations
 
+import random
 import time
 from pathlib import Path
 from typing import Any
@@ -15,10 +16,10 @@ ROOT = Path(__file__).resolve().parent.parent
 POEMS = ROOT.parent / 'shared' / 'datasets' / 'poem_sentiment'
 
 
-def _plain_loop(prompts: list[str], labels: list[str], params: dict[str, Any]) -> float:
+def _plain_loop(prompts: list[str], params: dict[str, Any], labels: list[str] | None) -> tuple[float, list[str]]:
     """Time llama-cpp-python alone, as a plain loop would use it (its defaults: prefix reuse, 512-token batches), on
-    the same prompts, with the same label constraint and decoding params. The workspace's deterministic decoding
-    (aligned 64-token blocks) is part of what the ratio measures."""
+    the same prompts with the same decoding params (and, for a choice, the same label mask); return (seconds,
+    answers)."""
     import llama_cpp
 
     local = backends.get_backend('local')
@@ -26,28 +27,80 @@ def _plain_loop(prompts: list[str], labels: list[str], params: dict[str, Any]) -
         model_path=str(local.path), n_ctx=local.n_ctx, n_threads=local.n_threads, seed=0, verbose=False
     )
     llm.create_completion(prompt='warm up', max_tokens=1)
+    answers = []
     start = time.perf_counter()
     for prompt in prompts:
-        llm.create_completion(
+        out = llm.create_completion(
             prompt=prompt,
             max_tokens=params['max_tokens'],
             temperature=params['temperature'],
+            stop=params.get('stop') or [],
             seed=params['seed'],
-            logits_processor=local._label_mask(llm, {'choice': labels}),
+            logits_processor=local._label_mask(llm, {'choice': labels}) if labels else None,
         )
+        answers.append(out['choices'][0]['text'])
     wall = time.perf_counter() - start
     llm.close()
-    return wall
+    return wall, answers
 
 
-def _backend_loop(prompts: list[str], labels: list[str], params: dict[str, Any]) -> float:
-    """Time the workspace's own local backend in a plain loop on the same prompts: its deterministic decoding
-    without the store, tables and bookkeeping, so the ratio against it is the workspace's machinery alone."""
+def _backend_loop(requests: list[dict[str, Any]], order: list[int] | None = None) -> tuple[float, list[str]]:
+    """Time the workspace's own local backend in a plain loop on the same requests (in `order`): its deterministic
+    decoding without the store, tables and bookkeeping, so the ratio against it is the workspace's machinery alone.
+    Return (seconds, answers in request order)."""
     local = backends.get_backend('local')
+    answers: dict[int, str] = {}
     start = time.perf_counter()
-    for prompt in prompts:
-        local.complete({'prompt': prompt, 'params': dict(params), 'constraint': {'choice': labels}})
-    return time.perf_counter() - start
+    for i in order if order is not None else range(len(requests)):
+        answers[i] = local.complete(requests[i])['text']
+    return time.perf_counter() - start, [answers[i] for i in range(len(requests))]
+
+
+def _first_run(version: ws.Version, dataset: ws.Dataset, labels: list[str] | None) -> list[str]:
+    """The first run of a version beside a plain llama-cpp-python loop and the workspace's backend in a plain loop,
+    on the same rendered prompts; then the backend's answers forward, reversed and shuffled."""
+    from workspace.core.versions import build_request
+
+    rows = dataset.rows()
+    requests = [build_request(version, row) for row in rows]
+    run, first = _timed(lambda: ws.evaluate(version, dataset, progress=False))
+    plain, plain_answers = _plain_loop([r['prompt'] for r in requests], dict(version.params), labels)
+    own, forward = _backend_loop(requests)
+    n = len(requests)
+    orders = {'reversed': list(range(n))[::-1], 'shuffled': random.Random(0).sample(range(n), n)}
+    same = all(_backend_loop(requests, order)[1] == forward for order in orders.values())
+    stored = list(run.rows()['output'])
+    kind = 'choice' if labels else 'text'
+    metric = 'accuracy' if labels else 'rouge_l'
+    return [
+        f'| {kind} | {first:.2f} | {plain:.2f} | **{first / plain:.2f}x** | {own:.2f} | **{first / own:.3f}x** | '
+        f'{"yes" if same and stored == forward else "**no**"} | '
+        f'{sum(a != b for a, b in zip(plain_answers, forward))} of {n} | '
+        f'{run.summary().metrics.get(metric, float("nan")):.3f} |'
+    ]
+
+
+def _first_runs(dataset: ws.Dataset, demos: list[dict[str, Any]], text_field: str) -> list[str]:
+    """The first-run table: a choice and a text version of the few-shot prompt, each beside the plain loops."""
+    # A header paragraph of their own: their requests are new to the store (the contract below asks afresh too)
+    template = 'Examples:\n\n' + FEW_SHOT_TEMPLATE.replace('text', text_field)
+    labels = dataset.labels()
+    choice = ws.create_version(f'first_{dataset.name}', template=template, demos=demos, output=ws.choice(labels))
+    text = ws.create_version(f'first_text_{dataset.name}', template=template, demos=demos, output=ws.text())
+    return [
+        '',
+        f'First run of a new version on {len(dataset)} rows, beside a plain llama-cpp-python loop on the same '
+        'rendered prompts (its defaults: prefix reuse on, 512-token batches; the same params and label mask) and '
+        "beside the workspace's own local backend in a plain loop (no store, no tables: the ratio is the "
+        "workspace's machinery). Answers identical: the backend's answers forward, reversed and shuffled, and the "
+        'stored ones, are the same text.',
+        '',
+        '| output | first run s | plain loop s | first run / plain loop | backend loop s | machinery '
+        '| answers identical in any order | answers differing from the plain loop | score |',
+        '|---|---:|---:|---:|---:|---:|---|---:|---:|',
+        *_first_run(choice, dataset, labels),
+        *_first_run(text, dataset, None),
+    ]
 
 
 def _grammar_vs_mask(prompts: list[str], labels: list[str]) -> tuple[float, float]:
@@ -55,7 +108,9 @@ def _grammar_vs_mask(prompts: list[str], labels: list[str]) -> tuple[float, floa
     import llama_cpp
 
     local = backends.get_backend('local')
-    llm = local._load()
+    llm = llama_cpp.Llama(
+        model_path=str(local.path), n_ctx=local.n_ctx, n_threads=local.n_threads, seed=0, verbose=False
+    )
     grammar = llama_cpp.LlamaGrammar.from_string(backends.choice_grammar(labels), verbose=False)
     timings = []
     for use_grammar in (True, False):
@@ -69,6 +124,7 @@ def _grammar_vs_mask(prompts: list[str], labels: list[str]) -> tuple[float, floa
                 logits_processor=None if use_grammar else local._label_mask(llm, {'choice': labels}),
             )
         timings.append((time.perf_counter() - start) / len(prompts))
+    llm.close()
     return timings[0], timings[1]
 
 
@@ -85,6 +141,8 @@ def bench_dataset(
     added: list[dict[str, Any]],
     fix: tuple[str, str],
     keyword: str,
+    *,
+    first_runs: bool = False,
 ) -> list[str]:
     labels = dataset.labels()
     split = None
@@ -115,6 +173,10 @@ def bench_dataset(
         ),
         progress=False,
     )
+    from workspace.core.evaluate import eval_table
+
+    _, made = _timed(lambda: eval_table(dataset))  # once per dataset: not part of a version's first run
+    lines_first = _first_runs(dataset, demos, text_field) if first_runs else []
     rows = []
 
     def step(change: str, allowed: str, fn: Any) -> Any:
@@ -147,26 +209,17 @@ def bench_dataset(
 
     lines += ['| change | model calls | allowed | wall s |', '|---|---:|---:|---:|']
     lines += [f'| {c} | {calls} | {a} | {w:.2f} |' for c, calls, a, _, w in rows]
-    prompts = [v1.render({text_field: r[text_field]}) for r in dataset.rows()[:n]]
-    plain = _plain_loop(prompts, labels, dict(v1.params))
-    own = _backend_loop(prompts, labels, dict(v1.params))
+    sample = [v1.render({text_field: r[text_field]}) for r in dataset.rows()[:24]]
+    grammar_s, mask_s = _grammar_vs_mask(sample, labels)
     lines += [
         '',
-        f'- evaluation of {n} new requests: workspace {eval_wall:.1f} s, plain llama-cpp-python loop on the same '
-        f'rendered prompts {plain:.1f} s: overhead ratio **{eval_wall / plain:.2f}x** '
-        f'({1000 * (eval_wall - plain) / n:.0f} ms per row)',
-        f"- the same prompts through the workspace's local backend in a plain loop (its deterministic decoding, no "
-        f"store or tables): {own:.1f} s; the workspace's machinery over it: **{eval_wall / own:.2f}x**; its "
-        f"decoding over llama.cpp's defaults: {own / plain:.2f}x",
-        f'- no-op re-evaluation of {n} rows: **{noop_wall:.2f} s**, 0 model calls',
+        f'- no-op re-evaluation of {n} rows: **{noop_wall:.3f} s**, 0 model calls',
         f'- accuracy of the few-shot version: {first.summary().metrics["accuracy"]:.3f}',
-    ]
-    sample = prompts[:24]
-    grammar_s, mask_s = _grammar_vs_mask(sample, labels)
-    lines.append(
+        f"- the dataset's evaluation table made before the first run (once per dataset): {made:.2f} s",
         f'- label constraint, {len(sample)} calls: GBNF grammar {1000 * grammar_s:.0f} ms/call, '
-        f'token mask {1000 * mask_s:.0f} ms/call'
-    )
+        f'token mask {1000 * mask_s:.0f} ms/call',
+        *lines_first,
+    ]
     return lines
 
 
@@ -231,7 +284,7 @@ def run() -> list[str]:
         )
         first_id = poems.rows()[0]['example_id']
         demos = [d for d in few_shot_demos(train) if d['expected'] in poems.labels()]
-        lines += [''] + bench_dataset(poems, demos, 'text', extra, (first_id, 'no_impact'), 'love')
+        lines += [''] + bench_dataset(poems, demos, 'text', extra, (first_id, 'no_impact'), 'love', first_runs=True)
     else:
         lines += ['', f'(poem_sentiment skipped: {poems_csv} not found)']
     return lines

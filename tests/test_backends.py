@@ -40,7 +40,7 @@ def test_model_identity(tmp_path, monkeypatch):
     assert backends.model_identity('local').startswith('local:gemma-3-270m-q4_k_m.gguf@a5fd3b62230a')
     model = tmp_path / 'tiny.gguf'
     model.write_bytes(b'x' * 10)
-    assert backends.model_identity(f'local:{model}') == 'local:tiny.gguf@10'
+    assert backends.model_identity(f'local:{model}') == 'local:tiny.gguf@10+decode=paragraphs64'
     with pytest.raises(BackendError, match=r'does not exist; give the path of a .gguf file'):
         backends.model_identity(f'local:{tmp_path / "missing.gguf"}')
     monkeypatch.setenv('OPENAI_BASE_URL', 'http://127.0.0.1:9/v1')
@@ -316,3 +316,109 @@ def test_a_chat_version_evaluates_on_the_embedded_model(ws, tiny, local):
     assert ws.evaluate(chat, tiny, 'dev', progress=False).calls == 0
     rank = ws.edit(chat, output=ws.choice(['BILLING', 'DELIVERY', 'TECHNICAL'], decode='calibrated'))
     assert ws.evaluate(rank, tiny, 'dev', progress=False).errors == 0  # content-free prompts are messages too
+
+
+# --- deterministic local decoding ------------------------------------------------------------------------------
+
+POEM_LABELS = ['negative', 'no_impact', 'positive']
+POEM_TEMPLATE = (
+    '{% for d in demos %}Verse: {{ d.text }}\nSentiment: {{ d.expected }}\n\n{% endfor %}Verse: {{ text }}\nSentiment:'
+)
+POEM_DEMOS = [
+    {'text': 'with pale and weary eyes', 'expected': 'negative'},
+    {'text': 'the sun rose on the hill', 'expected': 'no_impact'},
+    {'text': 'and all was joy and light', 'expected': 'positive'},
+    {'text': 'the night was long and cold', 'expected': 'negative'},
+    {'text': 'a gate stood by the lane', 'expected': 'no_impact'},
+]
+POEM_VERSES = [
+    'a bird sang in the morning',
+    'the grave is cold and dark',
+    'her laughter filled the hall with gladness',
+    'the road went on by the river',
+    'o sweet delight of summer days',
+]
+
+
+def _poem_requests(output: dict, retrieved: bool) -> list[dict]:
+    """One request per verse: with the version's fixed demos, or with demos retrieved per row (a different subset
+    in another order for each verse, as nearest-neighbour retrieval gives)."""
+    from workspace.core.versions import Version, build_request
+
+    params = {'temperature': 0.0, 'max_tokens': 8, 'seed': 0, **({'stop': ['\n']} if output['kind'] == 'text' else {})}
+    version = Version(
+        id='poems:v1', prompt='poems', number=1, parent_id=None, template=POEM_TEMPLATE, model='local',
+        params=params, output=output, demos=POEM_DEMOS[:3],
+    )  # fmt: skip
+    requests = []
+    for i, verse in enumerate(POEM_VERSES):
+        demos = [POEM_DEMOS[(i + j) % len(POEM_DEMOS)] for j in (2, 0, 3)] if retrieved else None
+        requests.append(build_request(version, {'text': verse, 'example_id': f'p{i}'}, demos=demos))
+    return requests
+
+
+def test_local_answers_are_bit_identical_in_any_order():
+    """Forward, reversed and shuffled: every prompt's logits and every answer (a choice under the mask, by rank,
+    calibrated, free text), with fixed and with retrieved demos, are the same bits whatever was decoded before."""
+    import random
+
+    import numpy as np
+
+    from workspace.core.versions import choice, text
+
+    local = backends.get_backend('local')
+    llm = local._load()
+    outputs = [
+        choice(POEM_LABELS),
+        choice(POEM_LABELS, decode='rank'),
+        choice(POEM_LABELS, decode='calibrated'),
+        text(),
+    ]
+    requests = [r for retrieved in (False, True) for output in outputs for r in _poem_requests(output, retrieved)]
+    assert all(r['model_id'].endswith('+decode=paragraphs64') for r in requests)
+    shuffled = random.Random(7).sample(range(len(requests)), len(requests))
+    results = []
+    for order in (list(range(len(requests))), list(range(len(requests)))[::-1], shuffled):
+        answers, logits = {}, {}
+        for i in order:
+            answers[i] = local.complete(requests[i])
+            with local._lock:
+                tokens = llm.tokenize(requests[i]['prompt'].encode(), add_bos=True, special=True)
+                logits[i] = np.array(local._prefill(llm, tokens, 'paragraphs')).tobytes()
+        results.append(([(a['text'], a.get('scores')) for _, a in sorted(answers.items())], sorted(logits.items())))
+    assert results[0] == results[1] == results[2]  # bit for bit: scores are floats, logits raw bytes
+    assert {a for a, _ in results[0][0][: len(POEM_VERSES)]} <= {f' {label}' for label in POEM_LABELS}
+
+
+def test_paragraph_chunks_reuse_the_shared_demos_and_end_where_the_prompt_says():
+    local = backends.get_backend('local')
+    llm = local._load()
+    first, second = (r['prompt'] for r in _poem_requests(choice_output(), False)[:2])
+    a = llm.tokenize(first.encode(), add_bos=True, special=True)
+    b = llm.tokenize(second.encode(), add_bos=True, special=True)
+    starts_a, starts_b = local._chunk_starts(llm, a, 'paragraphs'), local._chunk_starts(llm, b, 'paragraphs')
+    demos_end = len(llm.tokenize(first.rsplit('Verse: ', 1)[0].encode(), add_bos=True, special=True))
+    assert starts_a[-1] == starts_b[-1] == demos_end  # each row decodes only its own part, in one call
+    assert len(starts_a) == 1 + len(POEM_DEMOS[:3])  # one chunk per demo paragraph
+    long = llm.tokenize(('word ' * 200).encode(), add_bos=True)
+    assert local._chunk_starts(llm, long, 'paragraphs') == list(range(0, len(long), 64))  # no break: 64 at most
+    with local._lock:
+        local._prefill(llm, a, 'paragraphs')
+        assert local._reusable(b, 'paragraphs') >= demos_end
+
+
+def choice_output() -> dict:
+    from workspace.core.versions import choice
+
+    return choice(POEM_LABELS)
+
+
+def test_the_decoding_is_part_of_the_local_model_identity(monkeypatch):
+    plain = backends.model_identity('local')
+    assert plain.endswith('+decode=paragraphs64')
+    monkeypatch.setenv('WORKSPACE_LOCAL_DECODING', 'blocks64')
+    assert backends.model_identity('local') == plain.removesuffix('+decode=paragraphs64')  # the identity until now
+    monkeypatch.setenv('WORKSPACE_LOCAL_DECODING', 'fastest')
+    with pytest.raises(BackendError, match=r"WORKSPACE_LOCAL_DECODING='fastest' is not a decoding; use 'paragraphs'"):
+        backends.model_identity('local')
+    assert backends.model_identity('openai:m').startswith('openai:m@')  # remote identities do not change

@@ -27,7 +27,8 @@ VERSES = [
     'her laughter filled the hall with gladness',
     'the road went on by the river',
 ]
-#: The hash of the request below before `decode` existed: the default must keep it.
+#: The hash of the request below before `decode` existed: the default must keep it (under the decoding of that
+#: time, `blocks64`, which adds nothing to the model identity).
 KNOWN_HASH = '1b9a1ec28d25b3c7e2fdfb15027be1cd92c83a66d71f7d1006d16f70c02d0e9e'
 
 
@@ -54,11 +55,14 @@ def _long(decode: calibration.Decode, verse: str) -> dict:
     return _request(decode, verse, DEMOS * 3)
 
 
-def test_the_default_keeps_its_request_hash_and_other_decodings_get_their_own():
+def test_the_default_keeps_its_request_hash_and_other_decodings_get_their_own(monkeypatch):
     assert choice(LABELS) == {'kind': 'choice', 'labels': LABELS}
+    monkeypatch.setenv('WORKSPACE_LOCAL_DECODING', 'blocks64')
+    assert _request('mask', VERSES[0])['hash'] == KNOWN_HASH
+    monkeypatch.delenv('WORKSPACE_LOCAL_DECODING')
     default = _request('mask', VERSES[0])
     assert default['constraint'] == {'choice': LABELS}
-    assert default['hash'] == KNOWN_HASH
+    assert default['hash'] != KNOWN_HASH  # another local decoding: another identity
     rank, calibrated = _request('rank', VERSES[0]), _request('calibrated', VERSES[0])
     assert rank['constraint'] == {'choice': LABELS, 'decode': 'rank'}
     assert calibrated['constraint']['decode'] == 'calibrated'
@@ -92,7 +96,10 @@ def test_calibration_math():
 
 
 def _scores(backend: backends.LocalBackend, decode: calibration.Decode, verse: str) -> dict[str, float]:
-    out = backend.complete(_long(decode, verse))
+    request = _long(decode, verse)
+    if backend.decoding != 'paragraphs':  # decoded by the backend's own decoding, not the one the identity names
+        request.pop('model_id')
+    out = backend.complete(request)
     assert out['text'] in LABELS and out['text'] == max(LABELS, key=out['scores'].get)
     return out['scores']
 
@@ -116,7 +123,7 @@ def test_llama_cpp_prefix_reuse_is_not_bit_identical_and_blocks_match_the_one_se
     import numpy as np
 
     path = backends.embedded_model_path()
-    naive = backends.LocalBackend(path, prefix_block=None)
+    naive = backends.LocalBackend(path, decoding='llama')
     try:
         differs = []
         for target, sibling in zip(VERSES, VERSES[1:]):
@@ -128,13 +135,13 @@ def test_llama_cpp_prefix_reuse_is_not_bit_identical_and_blocks_match_the_one_se
     finally:
         naive.close()
     # The label-scoring context (256 sequences, one unified cache) decodes a prompt exactly as the one-sequence
-    # context llama-cpp-python makes.
+    # context llama-cpp-python makes (here in the aligned blocks of `blocks64`, which its eval makes too).
     local = backends.get_backend('local')
     prompt = _long('rank', VERSES[3])['prompt']
     llm = local._load()
     tokens = llm.tokenize(prompt.encode(), add_bos=True, special=True)
     with local._lock:
-        ours = np.array(local._decode_prompt(llm, tokens))
+        ours = np.array(local._prefill(llm, tokens, 'blocks64'))
     plain = llama_cpp.Llama(model_path=str(path), n_ctx=4096, n_batch=64, n_ubatch=64, seed=0, verbose=False)
     try:
         plain.eval(tokens)

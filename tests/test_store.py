@@ -278,3 +278,83 @@ def test_a_request_store_made_by_version_0_1_is_upgraded_with_its_answers_and_er
     assert failed['text'] is None and 'the endpoint answered 500' in failed['error']
     assert store.requests_for([rows[0]['request_hash']])[rows[0]['request_hash']]['first_example_id'] == 'hello'
     assert pxt.list_tables(tables.STAGING_DIR) == []
+
+
+def test_a_one_slot_server_answers_every_row_at_the_default_concurrency(ws, monkeypatch):
+    """A server that answers one request at a time (a llama.cpp server with one slot). At the default concurrency
+    of 8, requests queue there until they time out; the store backs off to what the server takes and answers every
+    row. Times are scaled down 20-fold: a 1.5 s timeout (default 30 s), 0.3 s per answer."""
+    slot = threading.Lock()
+
+    def answer(body):
+        with slot:  # one at a time; a client that gave up still holds its turn, as on a real server
+            time.sleep(0.3)
+        return Canned(200, completion_body('ok'))
+
+    for name in ('WORKSPACE_CONCURRENCY', 'WORKSPACE_MAX_ATTEMPTS', 'WORKSPACE_TIMEOUT_ATTEMPTS'):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv('WORKSPACE_REQUEST_TIMEOUT', '1.5')
+    monkeypatch.setenv('WORKSPACE_RETRY_BASE_DELAY', '0.05')
+    with OpenAICompatibleServer(answer) as server:
+        monkeypatch.setenv('OPENAI_BASE_URL', f'{server.url}/v1')
+        batch = store.answer_many([(_request(f'slot{i}'), (None, None, None)) for i in range(24)])
+    assert len(batch.answers) == 24 and [a['error'] for a in batch.answers.values() if a['error']] == []
+    assert len(server.received) < 24 * 2  # it backed off: few requests were sent twice
+
+
+def test_the_concurrency_backs_off_on_queueing_and_overload_and_grows_back():
+    limiter = store._Concurrency(8)
+    assert limiter.allowed == 8
+    for k in range(1, 9):  # a one-slot server: the k-th of 8 queued answers takes k times the service time
+        limiter.answered(0.3 * k)
+    assert limiter.allowed <= 2
+    limiter.overloaded()
+    assert limiter.allowed == 1
+    for _ in range(60):  # answers in time: additive increase back to the configured level
+        limiter.answered(0.3)
+    assert limiter.allowed == 8
+
+
+def test_a_store_made_with_the_old_local_decoding_keeps_its_answers_and_the_new_one_asks_afresh(
+    ws, tiny_tickets, monkeypatch
+):
+    tiny = ws.import_dataset('tiny', tiny_tickets, input=['text'], expected='category', split='split', id='id')
+    v = ws.create_version(
+        'router', template='Ticket: {{ text }}\nCategory:', output=ws.choice(['BILLING', 'DELIVERY', 'TECHNICAL'])
+    )
+    monkeypatch.setenv('WORKSPACE_LOCAL_DECODING', 'blocks64')  # the decoding (and identity) until 2026-12
+    old = ws.evaluate(v, tiny, 'dev', progress=False)
+    old_rows = old.rows()[['request_hash', 'output']].copy()
+    assert old.calls == 6
+    monkeypatch.delenv('WORKSPACE_LOCAL_DECODING')
+    new = ws.evaluate(v, tiny, 'dev', progress=False)
+    assert new.calls == 6  # another decoding is another model identity: asked afresh, not mixed in
+    assert set(new.rows()['request_hash']).isdisjoint(old_rows['request_hash'])
+    assert ws.evaluate(v, tiny, 'dev', progress=False).calls == 0
+    monkeypatch.setenv('WORKSPACE_LOCAL_DECODING', 'blocks64')
+    back = ws.evaluate(v, tiny, 'dev', progress=False)
+    assert back.calls == 0 and back.rows()[['request_hash', 'output']].equals(old_rows)
+
+
+def test_a_killed_sessions_journal_is_replayed_into_the_store_once(server):
+    """A journal left unlocked (its process died) gives its answers to the table; what it had sent without an
+    answer is counted as repeated when it is sent again; a journal still held by a live session is left alone."""
+    from workspace.storage import journal
+
+    answered, in_flight = (store._identity(_request(p)) for p in ('done', 'flying'))
+    keys = [store.request_hash(r) for r in (answered, in_flight)]
+    dead = journal.Journal('dead-session')
+    dead.sent(keys[0])
+    dead.sent(keys[1])
+    dead.answered(store._row(keys[0], answered, (None, None, None), {'text': 'from the journal'}, None))
+    dead.close(done=False)  # as SIGKILL leaves it: written, unlocked
+    alive = journal.Journal('live-session')
+    alive.sent('not-this-one')
+    try:
+        batch = store.answer_many([(_request(p), (None, None, None)) for p in ('done', 'flying')])
+        assert batch.answers[keys[0]]['text'] == 'from the journal' and keys[0] not in batch.called
+        assert batch.called == {keys[1]} and batch.repeated == {keys[1]}
+        assert len(server.received) == 1
+        assert not dead.path.exists() and alive.path.exists()
+    finally:
+        alive.close(done=True)

@@ -220,8 +220,10 @@ class Settings:
     retry_base_delay: float = 1.0
     #: Consecutive failures of the same kind after which a run stops (the circuit breaker).
     breaker_failures: int = 5
-    #: Seconds between writes of answered requests to the store: an interrupted run loses at most this much work.
-    flush_seconds: float = 2.0
+    #: Seconds between writes of answered requests to the requests table (each answer is in the store's journal on
+    #: this host at once, so a process killed here loses none; see `workspace.storage.journal`). Another process
+    #: waiting for these requests sees them this late, and a lost host loses at most this much work.
+    flush_seconds: float = 10.0
     #: Seconds to wait for a request another process is answering before giving up.
     claim_wait: float = 900.0
     #: Seconds without a heartbeat after which another host's claim on a request is taken over.
@@ -231,6 +233,9 @@ class Settings:
     openai_rpm: float = 0.0
     #: Context window, in tokens, of local GGUF models.
     local_n_ctx: int = 4096
+    #: How local models decode prompts (part of their identity in every request): `paragraphs`, or `blocks64` to
+    #: reuse the answers of a store made before 2026-12 (see `workspace.storage.backends.local`).
+    local_decoding: str = 'paragraphs'
     #: Hours after which a notebook run still `running` on another host counts as interrupted (on this host a dead
     #: process decides at once).
     stale_run_hours: float = 24.0
@@ -245,10 +250,13 @@ def settings() -> Settings:
     >>> settings().concurrency
     8
     """
-    values: dict[str, float | int] = {}
+    values: dict[str, float | int | str] = {}
     for f in fields(Settings):
         raw = os.environ.get(_ENV_NAMES[f.name])
         if raw is None or raw.strip() == '':
+            continue
+        if f.type in ('str', str):
+            values[f.name] = raw.strip()
             continue
         kind = int if f.type in ('int', int) else float
         try:

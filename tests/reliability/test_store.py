@@ -1,6 +1,7 @@
 """The request store under concurrency, crashes and secrets: two processes on the same requests pay once (in one
-Pixeltable home and on a shared PostgreSQL server), a killed evaluation repeats no stored answer, and neither an
-API key nor a password in an endpoint URL reaches any file."""
+Pixeltable home and on a shared PostgreSQL server), an evaluation killed at any point and run again (or taken over
+by another process) repeats no answered call and counts the calls it had in flight, and neither an API key nor a
+password in an endpoint URL reaches any file."""
 
 from __future__ import annotations
 
@@ -13,9 +14,10 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from openai_server import Canned, OpenAICompatibleServer, completion_body
 
-from reliability.conftest import child_env, run_python, spawn_python
+from reliability.conftest import child_env, kill_at, paused_at, run_python, spawn_python
 
 ROWS = 48
 
@@ -31,7 +33,7 @@ EVALUATE = (
     SETUP
     + """
 run = ws.evaluate(version, data, 'dev', progress=False)
-print(json.dumps({'calls': run.calls, 'reused': run.reused, 'errors': run.errors}))
+print(json.dumps({'calls': run.calls, 'reused': run.reused, 'errors': run.errors, 'repeated': run.repeated}))
 """
 )
 
@@ -96,7 +98,30 @@ def test_two_processes_on_a_shared_postgres_server_pay_once(shared_db):
     _check_paid_once(model, results)
 
 
+def _stored_prompts(env: dict[str, str]) -> list[str]:
+    return run_python(
+        'from workspace.storage import tables\nt = tables.requests()\n'
+        'print(json.dumps([r["request"]["prompt"] for r in t.select(t.request).collect()]))',
+        env=env,
+    )
+
+
+def _check_no_answered_call_repeated(model: Counting, result: dict, in_flight: int) -> None:
+    """Every prompt reached the server once, except the calls in flight at the kill (at most `in_flight`), which
+    the run reports as repeated."""
+    seen: dict[str, int] = {}
+    for prompt in model.prompts:
+        seen[prompt] = seen.get(prompt, 0) + 1
+    assert len(seen) == ROWS and max(seen.values()) <= 2
+    twice = sum(1 for n in seen.values() if n == 2)
+    assert twice <= in_flight
+    assert result['repeated'] == twice and result['errors'] == 0
+    assert result['calls'] + result['reused'] >= ROWS
+
+
 def test_a_killed_evaluation_repeats_no_stored_answer(ws):
+    """Killed at a random moment, with answers written to the table every 0.3 s: the rerun asks only what no
+    answer was received for (the journal keeps what the table had not been given yet)."""
     model = Counting(delay=0.05)
     with OpenAICompatibleServer(model) as server:
         env = child_env(
@@ -114,20 +139,53 @@ def test_a_killed_evaluation_repeats_no_stored_answer(ws):
             os.killpg(child.pid, signal.SIGKILL)
         finally:
             child.wait()
-        sent_before = set(model.prompts)
-        stored = run_python(
-            'from workspace.storage import tables\nt = tables.requests()\n'
-            'print(json.dumps([r["request"]["prompt"] for r in t.select(t.request).collect()]))',
-            env=env,
-        )
-        assert 0 < len(stored) < ROWS and set(stored) <= sent_before
-        model.prompts.clear()
+        sent_before = list(model.prompts)
+        stored = _stored_prompts(env)
+        assert set(stored) <= set(sent_before)
         result = run_python(EVALUATE, env=env)  # started again
-    again = set(model.prompts)
-    assert not again & set(stored), 'a stored answer was asked again'
-    assert result['calls'] == ROWS - len(stored) == len(again) and result['reused'] == len(stored)
-    # at most the answers of the last unflushed moment were lost and asked again
-    assert len(sent_before - set(stored)) <= 20
+    assert not set(model.prompts[len(sent_before) :]) & set(stored), 'a stored answer was asked again'
+    _check_no_answered_call_repeated(model, result, in_flight=1)
+    assert result['calls'] == ROWS - len(set(sent_before)) + result['repeated']
+
+
+@pytest.mark.parametrize('point', ['store.journaled', 'store.flushed'])
+@pytest.mark.parametrize('concurrency', [1, 4])
+def test_a_run_killed_at_any_point_repeats_only_calls_in_flight(ws, point, concurrency):
+    """SIGKILL right after an answer reached the journal (before the table), or right after a write to the table
+    (before the claims are released): the rerun sends again only what was in flight, and says so."""
+    model = Counting(delay=0.1)
+    with OpenAICompatibleServer(model) as server:
+        env = child_env(
+            OPENAI_BASE_URL=f'{server.url}/v1', WORKSPACE_MAX_ATTEMPTS='1',
+            WORKSPACE_CONCURRENCY=str(concurrency), WORKSPACE_FLUSH_SECONDS='0.5',
+        )  # fmt: skip
+        run_python(SETUP, env=env)
+        kill_at(EVALUATE, point, env=env)
+        answered_before = len(model.prompts)
+        result = run_python(EVALUATE, env=env)
+    assert answered_before >= 1
+    # the killed process was stopped on an answer it had received: the other workers' calls were in flight
+    _check_no_answered_call_repeated(model, result, in_flight=concurrency - 1)
+
+
+def test_a_process_taking_over_a_killed_ones_claims_repeats_only_calls_in_flight(ws):
+    """Two processes on the same requests: the first claims them all and is killed after its first answer; the
+    second, waiting on its claims, takes its journaled answers and sends only the rest."""
+    model = Counting(delay=0.1)
+    with OpenAICompatibleServer(model) as server:
+        env = child_env(OPENAI_BASE_URL=f'{server.url}/v1', WORKSPACE_MAX_ATTEMPTS='1', WORKSPACE_CONCURRENCY='4')
+        run_python(SETUP, env=env)
+        with paused_at(EVALUATE, 'store.journaled', env=env):
+            second = subprocess.Popen(
+                [sys.executable, '-c', 'import json, os, sys\nimport workspace as ws\n' + EVALUATE],
+                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            )  # fmt: skip
+            time.sleep(3)  # it finds every request claimed and waits
+        out, err = second.communicate(timeout=600)
+    assert second.returncode == 0, err[-3000:]
+    result = json.loads(out.strip().splitlines()[-1])
+    _check_no_answered_call_repeated(model, result, in_flight=3)
+    assert result['reused'] >= 1  # the killed process's journaled answers
 
 
 def _grep(folder: Path, needle: bytes) -> list[str]:

@@ -24,7 +24,7 @@ from workspace.core.versions import Version, get_version
 from workspace.display.formats import p_phrase, points
 from workspace.display.results import render_record
 from workspace.errors import ComparisonError
-from workspace.storage import costs, store
+from workspace.storage import costs, reads, store
 
 __all__ = [
     'Change',
@@ -91,6 +91,7 @@ def _changes(a: pd.DataFrame, b: pd.DataFrame) -> pd.Series:
     return pd.Series(np.select([better, worse, differs], ['fixed', 'broken', 'changed'], default='same'), index=a.index)
 
 
+@reads.scoped
 def flips(run_a: Run, run_b: Run) -> pd.DataFrame:
     """Return one row per example both runs cover: inputs, expected, both predictions, scores and errors, and
     `change`: 'fixed' (b better), 'broken' (b worse), 'changed' (other output, same score) or 'same'.
@@ -142,26 +143,35 @@ def _macro_f1_diff_ci(
     seed: int,
 ) -> tuple[float, float, float]:
     """Return (macro-F1 of b - a, low, high) by a paired bootstrap over examples, vectorised over resamples."""
+    from scipy import sparse
+
     labels = sorted(set(expected))
     index = {label: i for i, label in enumerate(labels)}
     n, k = len(expected), len(labels)
-    truth = np.zeros((n, k))
-    truth[np.arange(n), [index[e] for e in expected]] = 1
+    truth_of = np.array([index[e] for e in expected])
 
-    def one_hot(pred: Sequence[str | None]) -> tuple[np.ndarray, np.ndarray]:
-        guessed = np.zeros((n, k))
-        for i, p in enumerate(pred):
-            if p in index:
-                guessed[i, index[p]] = 1
-        return guessed, truth * guessed
+    def one_hot(rows: np.ndarray, columns: np.ndarray) -> sparse.csr_matrix:
+        return sparse.csr_matrix((np.ones(len(rows)), (rows, columns)), shape=(n, k))
+
+    truth = one_hot(np.arange(n), truth_of)
+
+    def guesses(pred: Sequence[str | None]) -> tuple[sparse.csr_matrix, sparse.csr_matrix]:
+        rows = np.array([i for i, p in enumerate(pred) if p in index], dtype=int)
+        guessed_of = np.array([index[pred[i]] for i in rows], dtype=int)  # type: ignore[index]
+        hit = guessed_of == truth_of[rows]
+        return one_hot(rows, guessed_of), one_hot(rows[hit], guessed_of[hit])
 
     rng = np.random.default_rng(seed)
     weights = np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(resamples)]).astype(float)
     weights = np.vstack([np.ones(n), weights])  # row 0: the observed sample
 
+    def counts(one_hot_rows: sparse.csr_matrix) -> np.ndarray:
+        # weights @ one-hot rows, as a sparse product: whole counts, so the sums are exact in any order
+        return np.ascontiguousarray((one_hot_rows.T @ weights.T).T)
+
     def macro(pred: Sequence[str | None]) -> np.ndarray:
-        guessed, hits = one_hot(pred)
-        support, predicted, tp = weights @ truth, weights @ guessed, weights @ hits
+        guessed, hits = guesses(pred)
+        support, predicted, tp = counts(truth), counts(guessed), counts(hits)
         f1 = np.divide(2 * tp, support + predicted, out=np.zeros_like(tp), where=(support + predicted) > 0)
         present = support > 0
         return (f1 * present).sum(axis=1) / np.maximum(present.sum(axis=1), 1)
@@ -243,6 +253,7 @@ class VersionComparison:
         return measure(self.dataset, self.split, self.runs, baseline, confidence=confidence, resamples=resamples)
 
 
+@reads.scoped
 def measure(
     dataset: Dataset, split: str | None, runs: list[Run], baseline: str, *, confidence: float, resamples: int
 ) -> VersionComparison:
@@ -340,6 +351,7 @@ def measure(
     )
 
 
+@reads.scoped
 def build_comparison(
     dataset: Dataset | str,
     versions: Sequence[Version | str],

@@ -22,7 +22,7 @@ from workspace.core.runs import Run, get_run, list_runs
 from workspace.core.samples import SampleReport, sample_report
 from workspace.core.versions import Version, build_request, edit, get_version, list_versions, with_template
 from workspace.errors import TemplateError
-from workspace.storage import store
+from workspace.storage import backends, reads, store
 
 __all__ = ['CompareState', 'TemplateCheck', 'FLIPS_PER_PAGE']
 
@@ -80,6 +80,7 @@ class CompareState:
     def split_name(self) -> str:
         return self.cmp.split or 'all rows'
 
+    @reads.scoped
     def reload(self) -> None:
         """Read every version of the compared prompts and their labels from the tables, so versions made in
         another kernel or notebook are offered too."""
@@ -136,11 +137,12 @@ class CompareState:
         draft = with_template(base, template)  # a chat version: the edited user turn, or its messages
         check_template(draft, self.cmp.dataset)
         rows = self.cmp.dataset.rows(self.cmp.split)
+        model_id = backends.model_identity(base.model)  # once, not per row
         try:
-            after = {row['example_id']: build_request(draft, row) for row in rows}
+            after = {row['example_id']: build_request(draft, row, model_id=model_id) for row in rows}
         except jinja2.TemplateError as e:  # the sandbox refused something (an unsafe attribute, a bad filter)
             raise TemplateError(f'the template failed to render in the sandbox: {e}') from None
-        before = {row['example_id']: build_request(base, row) for row in rows}
+        before = {row['example_id']: build_request(base, row, model_id=model_id) for row in rows}
         differ = [ex for ex in after if after[ex]['hash'] != before[ex]['hash']]
         hashes = {after[ex]['hash'] for ex in differ}
         new = hashes - set(store.lookup(hashes))  # answered before (errors included) are not sent again

@@ -27,7 +27,7 @@ from workspace.config import project_root, resolve_path
 from workspace.display.formats import count
 from workspace.display.results import render_record
 from workspace.errors import DatasetError
-from workspace.storage import audit_log, tables
+from workspace.storage import audit_log, reads, tables
 from workspace.storage.reads import READS
 from workspace.storage.recovery import Owner, pause_point
 
@@ -505,7 +505,7 @@ class Dataset:
         """Return the table version: it changes with every append or correction (the pinned one, if pinned)."""
         if self.pinned is not None:
             return self.pinned
-        return int(self.table.get_metadata()['version'])
+        return reads.table_key(self.table)[1]
 
     def at(self, version: int | None) -> Dataset:
         """Return this dataset pinned to table `version` (None: the live table).
@@ -878,7 +878,9 @@ def get_dataset(name: str | Dataset, *, version: int | None = None, missing_ok: 
         if isinstance(version, bool) or not isinstance(version, int):
             raise DatasetError(f'version={version!r} is not a table version; give a whole number such as 3')
         table = _versioned_table(name, version)
-    meta = table.get_metadata()['custom_metadata'] or {}
+        meta = table.get_metadata()['custom_metadata'] or {}
+    else:
+        meta = reads.metadata(table)['custom_metadata'] or {}
     return Dataset(name=name, inputs=tuple(meta['inputs']), task=meta['task'], meta=meta, pinned=version)
 
 

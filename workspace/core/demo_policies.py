@@ -17,6 +17,7 @@ import pixeltable as pxt
 
 from workspace.core.datasets import Dataset, get_dataset
 from workspace.errors import VersionError
+from workspace.storage import reads
 from workspace.storage.reads import READS, table_key
 
 __all__ = ['DemoPolicy', 'Retrieved', 'nearest', 'is_policy', 'check_policy', 'retrieve', 'pool_version']
@@ -111,7 +112,7 @@ def _pool_table(policy: Mapping[str, Any]) -> tuple[Dataset, pxt.Table]:
     ds = get_dataset(policy['dataset'])
     table = ds.table
     field = policy['field']
-    if _index_name(field) not in table.get_metadata()['indexes']:
+    if _index_name(field) not in reads.metadata(table)['indexes']:
         table.add_embedding_index(field, idx_name=_index_name(field), embedding=embed_text, if_exists='ignore')
     return ds, table
 

@@ -32,8 +32,8 @@ from workspace.core.runs import Run, eval_rows, main_score_name, summarize
 from workspace.core.versions import Version, build_request, get_version
 from workspace.display.frames import shown
 from workspace.errors import TemplateError, WorkspaceError
-from workspace.storage import backends, store, tables
-from workspace.storage.reads import table_key
+from workspace.storage import backends, reads, store, tables
+from workspace.storage.reads import READS, table_key
 
 __all__ = ['evaluate', 'check_template', 'add_scorer', 'list_scorers', 'eval_table']
 
@@ -349,6 +349,7 @@ def _eval_row(v: Version, ds: Dataset, row: Mapping[str, Any], key: str, answer:
     }
 
 
+@reads.scoped
 def evaluate(
     version: Version | str,
     dataset: Dataset | str,
@@ -396,7 +397,7 @@ def evaluate(
             log.warning('%s cannot answer %s, which dataset %r expects', v.id, ', '.join(missing), ds.name)
 
     policy = v.demo_policy
-    requests, retrieved, pool = _build_requests(v, ds, rows, model_id)
+    requests, retrieved, pool = _build_requests(v, ds, rows, model_id, split)
     to_write = _rows_to_write(v, ds, requests, {row['example_id']: row['expected'] for row in rows}, retry_errors)
     blocked = _screen(v, ds, requests, to_write)
     sampled = _sample_requests(v, ds, requests, samples, retry_errors, set(to_write))
@@ -413,7 +414,20 @@ def evaluate(
         source = {**pool, 'example_ids': list(retrieved[ex].ids)} if policy else None
         updates.append(_written_row(v, ds, by_id[ex], requests[ex], batch, written, source, blocked.get(ex)))
     if updates:
-        tables.upsert(table, updates)
+        # Rows new to the table are inserted (a plain insert is several times cheaper than an upsert); rows of
+        # another request or a retried error are updated.
+        present = set(eval_rows(ds.name, v.id)['example_id'])
+        changed = [u for u in updates if u['example_id'] in present]
+        new = [u for u in updates if u['example_id'] not in present]
+        try:
+            if new:
+                table.insert(new)
+        except Exception as e:  # another process evaluating the same version wrote some first
+            if not tables.is_duplicate_key(e):
+                raise
+            changed = updates
+        if changed:
+            tables.upsert(table, changed)
     kept_back = {r['hash']: _blocked_answer(r['hash'], blocked[ex]) for (ex, _), r in sampled.items() if ex in blocked}
     samples_module.write_samples(ds.name, v, sampled, {**batch.answers, **kept_back})
     judge_calls = judging.judge_evaluation(
@@ -436,6 +450,7 @@ def evaluate(
         samples=samples,
         judge_calls=judge_calls,
         pins=pins,
+        repeated=len(batch.repeated),
     )
     summary = summarize(run, run.rows())
     run = run.replace(
@@ -476,19 +491,30 @@ def _written_row(
 
 
 def _build_requests(
-    v: Version, ds: Dataset, rows: list[dict[str, Any]], model_id: str
+    v: Version, ds: Dataset, rows: list[dict[str, Any]], model_id: str, split: str | None
 ) -> tuple[dict[str, dict[str, Any]], dict[str, Any], dict[str, Any]]:
     """Return each example's request, the demos a demo policy retrieved for it, and the policy's pool version."""
     policy = v.demo_policy
     retrieved = demos.retrieve(policy, rows, dataset=ds.name) if policy else {}
     pool = demos.pool_version(policy) if policy else {}
-    requests = {
-        row['example_id']: build_request(
-            v, row, model_id=model_id, demos=retrieved[row['example_id']].demos if policy else None
-        )
-        for row in rows
-    }
-    return requests, retrieved, pool
+
+    def render() -> dict[str, dict[str, Any]]:
+        return {
+            row['example_id']: build_request(
+                v, row, model_id=model_id, demos=retrieved[row['example_id']].demos if policy else None
+            )
+            for row in rows
+        }
+
+    # A version is immutable: rendered for the same rows, its requests are the same, so a warm re-evaluation does
+    # not render them again (retrieved demos depend on a pool too: rendered each time). Read-only.
+    if policy:
+        return render(), retrieved, pool
+    inputs = tuple((row['example_id'], *(row[name] for name in ds.inputs)) for row in rows)
+    rendered = READS.get(ds.table, ('requests', v.id, model_id, split, ds.pinned), lambda: {})
+    if rendered.get('inputs') != inputs:
+        rendered.update(inputs=inputs, requests=render())
+    return rendered['requests'], retrieved, pool
 
 
 def _pins(table: pxt.Table, ds: Dataset, samples: int) -> dict[str, Any]:
@@ -535,6 +561,7 @@ def _record(run: Run, summary: Any) -> None:
                 'judge_calls': run.judge_calls,
                 'cost_usd': run.cost_usd,
                 'pins': run.pins,
+                'repeated': run.repeated,
             }
         ]
     )

@@ -39,7 +39,7 @@ from workspace.core import rules
 from workspace.core.datasets import Dataset, get_dataset
 from workspace.core.versions import Params, Version, choice, create_version, get_version, json_object
 from workspace.errors import TemplateError, VersionError, WorkspaceError
-from workspace.storage import backends, store, tables
+from workspace.storage import backends, reads, store, tables
 
 __all__ = [
     'JudgeSpec',
@@ -505,7 +505,7 @@ def judge_columns(evals: Any) -> dict[str, dict[str, Any]]:
     """Return the judge scorer columns of an evaluation table: column name to its scorer metadata (judge id,
     only_if, only_if_min, every_evaluation)."""
     found = {}
-    for name, col in evals.get_metadata()['columns'].items():
+    for name, col in reads.metadata(evals)['columns'].items():
         meta = col.get('custom_metadata')
         if isinstance(meta, dict) and meta.get('scorer') == 'judge':
             found[name] = meta

@@ -29,7 +29,7 @@ from udfs import rules as checks
 from workspace.config import current_user, utc_now
 from workspace.core.versions import build_request, get_version
 from workspace.errors import GuardrailViolation, RuleError
-from workspace.storage import audit_log, store, tables
+from workspace.storage import audit_log, reads, store, tables
 
 __all__ = [
     'Rule',
@@ -408,7 +408,7 @@ def column_name(rule: Rule | str) -> str:
 
 def _rule_columns(table: pxt.Table) -> dict[str, str]:
     """Return {column: rule id} for the rule columns of an evaluation table."""
-    meta = table.get_metadata()['columns']
+    meta = reads.metadata(table)['columns']
     return {
         name: col['custom_metadata']['rule']
         for name, col in meta.items()

@@ -31,7 +31,7 @@ from workspace.display.formats import count, milliseconds, money, percent, times
 from workspace.display.frames import shown
 from workspace.display.results import render_record
 from workspace.errors import WorkspaceError
-from workspace.storage import costs, store, tables
+from workspace.storage import costs, reads, store, tables
 from workspace.storage.reads import READS
 
 __all__ = [
@@ -79,6 +79,8 @@ class Run:
     pins: dict[str, Any] | None = None
     #: The metrics recorded when the run was made (the runs table); `reproduce()` checks them.
     metrics: dict[str, Any] | None = None
+    #: Calls that a killed run had sent without its answer arriving, sent again by this one (paid twice).
+    repeated: int = 0
 
     def replace(self, **changes: Any) -> Run:
         return dataclasses.replace(self, **changes)
@@ -418,7 +420,7 @@ def _pin_by_time(path: str, ended: datetime.datetime, dataset: str) -> list[Any]
 
 def score_columns(evals: Any) -> list[str]:
     """Return the scorer columns of an evaluation table, in the order they were added."""
-    meta = evals.get_metadata()['columns']
+    meta = reads.metadata(evals)['columns']
     return [
         name
         for name, col in meta.items()
@@ -490,6 +492,7 @@ class Summary:
             ('dataset', f'{r.dataset} (table version {r.dataset_version}), split {r.split or "all"}, n = {r.n:,}'),
             *self._metric_rows(),
             ('model calls', f'{r.calls:,}' + (f' (and {r.judge_calls:,} judge calls)' if r.judge_calls else '')),
+            *([('calls repeated', f'{r.repeated:,} (in flight when an earlier run was killed)')] if r.repeated else []),
             ('rows reused', f'{r.reused:,}'),
             ('errors', f'{self.errors:,}'),
             ('wall time', f'{r.wall_s:.2f} s'),
@@ -642,6 +645,7 @@ def _row_to_run(row: dict[str, Any]) -> Run:
         cost_usd=row.get('cost_usd'),
         pins=row.get('pins'),
         metrics=row.get('metrics'),
+        repeated=row.get('repeated') or 0,
     )
 
 

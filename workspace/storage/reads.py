@@ -2,28 +2,118 @@
 
 Every write to a Pixeltable table (insert, update, a new computed column) bumps its version, so a read keyed by
 (table id, version, what was asked) can never be stale: a later read at the same version is the same frame, and
-any write misses. This is what makes a warm re-evaluation or comparison cost no query: the dataset's rows and a
-version's evaluation rows are read once per table version.
+any write misses. This is what makes a warm re-evaluation or comparison cost one small query per table: the
+table's catalog record, to learn its version; the dataset's rows, a version's evaluation rows and a table's
+metadata are read once per table version.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import functools
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
-from typing import Any, TypeVar
+from collections.abc import Callable, Hashable, Iterator
+from dataclasses import dataclass
+from typing import Any, ParamSpec, TypeVar
 
 import pixeltable as pxt
 
-__all__ = ['TableReads', 'table_key', 'READS']
+__all__ = ['TableReads', 'TableState', 'table_state', 'table_key', 'metadata', 'scope', 'scoped', 'READS']
 
 T = TypeVar('T')
+P = ParamSpec('P')
+
+
+@dataclass(frozen=True)
+class TableState:
+    """What a table's catalog record says now: its id, version, name and directory."""
+
+    id: str
+    version: int
+    name: str
+    dir_id: str
+
+
+_scope: contextvars.ContextVar[dict[Any, tuple[int, TableState]] | None] = contextvars.ContextVar(
+    'workspace_reads_scope', default=None
+)
+
+
+@contextlib.contextmanager
+def scope() -> Iterator[None]:
+    """Read each table's catalog record once in the block: later reads reuse it while this process has not written
+    the table since (Pixeltable's in-process version of the table tells). A write by another process during the
+    block is seen by the next call. Nested blocks share the outermost.
+
+    >>> with scope():
+    ...     runs = [evaluate(v, dataset) for v in versions]
+    """
+    if _scope.get() is not None:
+        yield
+        return
+    token = _scope.set({})
+    try:
+        yield
+    finally:
+        _scope.reset(token)
+
+
+def scoped(fn: Callable[P, T]) -> Callable[P, T]:
+    """Run every call of `fn` in a `scope()`."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        with scope():
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def table_state(table: pxt.Table) -> TableState | None:
+    """Return the table's state from its catalog record (one query), or None if it was dropped.
+
+    Hand-written on Pixeltable's catalog because its public `get_metadata()` rebuilds the table's path directory by
+    directory (seven queries) to report a version this reads in one; it falls back to it on another release.
+    """
+    memo = _scope.get()
+    if memo is not None:
+        seen = memo.get(table._id)
+        if seen is not None and seen[0] == table._get_version():
+            return seen[1]
+    state = _read_state(table)
+    if memo is not None and state is not None and state.version >= 0:
+        memo[table._id] = (table._get_version(), state)
+    return state
+
+
+def _read_state(table: pxt.Table) -> TableState | None:
+    try:
+        from pixeltable.catalog import retrying_read
+        from pixeltable.runtime import get_runtime
+    except ImportError:  # pragma: no cover - another Pixeltable release
+        meta = table.get_metadata()
+        return TableState(str(meta['id']), int(meta['version']), str(meta['name']), '')
+    try:
+        record = retrying_read(lambda: get_runtime().catalog.read_tbl_record(table._id))
+    except pxt.Error:
+        return None
+    md = record.md
+    pending = md.get('pending_stmt')
+    if pending is not None:  # being dropped, or its schema changed by another process right now
+        from pixeltable.metadata.schema import TableStatement
+
+        return None if int(pending) == TableStatement.DROP_TABLE.value else TableState(str(table._id), -1, '', '')
+    return TableState(str(table._id), int(md['current_version']), str(md['name']), str(record.dir_id))
 
 
 def table_key(table: pxt.Table) -> tuple[str, int]:
     """Return (table id, version): what identifies the table's contents right now."""
-    meta = table.get_metadata()
-    return str(meta['id']), int(meta['version'])
+    state = table_state(table)
+    if state is None:
+        raise pxt.Error('the table was dropped while it was read; run the call again')
+    return state.id, state.version
 
 
 class TableReads:
@@ -32,7 +122,7 @@ class TableReads:
     Callers get a copy-free value: treat it as read-only (copy a DataFrame before changing it).
     """
 
-    def __init__(self, max_entries: int = 32) -> None:
+    def __init__(self, max_entries: int = 64) -> None:
         self.max_entries = max_entries
         self._values: OrderedDict[Hashable, Any] = OrderedDict()
         self._lock = threading.Lock()
@@ -41,13 +131,16 @@ class TableReads:
 
     def get(self, table: pxt.Table, query: Hashable, load: Callable[[], T]) -> T:
         """Return `load()`'s result for `query` on `table` at its current version, reading at most once."""
-        key = (*table_key(table), query)
+        table_id, version = table_key(table)
+        key = (table_id, version, query)
         with self._lock:
-            if key in self._values:
+            if version >= 0 and key in self._values:
                 self._values.move_to_end(key)
                 self.hits += 1
                 return self._values[key]  # type: ignore[no-any-return]
         value = load()
+        if version < 0:  # an operation is under way on the table: nothing to key the read by
+            return value
         with self._lock:
             self.misses += 1
             self._values[key] = value
@@ -80,3 +173,8 @@ class TableReads:
 
 #: The process's reads. Bounded, and never stale (see the module docstring).
 READS = TableReads()
+
+
+def metadata(table: pxt.Table) -> Any:
+    """Return `table.get_metadata()`, read once per table version (its columns, custom metadata, ...)."""
+    return READS.get(table, 'metadata', table.get_metadata)

@@ -14,11 +14,14 @@ model a session *claims* the request (a row keyed by its hash, so only one inser
 a request claimed by another waits for the answer and counts it as reused. A claim whose owner died (its process
 is gone from this host, or its heartbeat is older than `claim_stale` seconds) is taken over.
 
-Answers are buffered and written every `flush_seconds` (and at the end), so an interrupted run loses at most a
-few seconds of answers, and a killed run started again repeats no answered call. Remote backends answer up to
-`concurrency` requests at once; the local model one at a time. After `breaker_failures` consecutive failures of
-the same kind the session stops with one `BackendError`: what was answered is kept, requests not sent are not
-marked failed.
+Every answer is written to the session's journal (`workspace.storage.journal`) the moment it arrives, before the
+request counts as done, and to the requests table every `flush_seconds` and at the end. A killed session's journal
+is replayed by the next store call on the host, so a run killed at any point and started again, or a process that
+takes over a dead one's claims, repeats no answered call: only the calls in flight at the kill are sent again, and
+`Batch.repeated` counts them. Remote backends answer several requests at once, as many as `_Concurrency` finds the
+endpoint can take (from `concurrency` down); the local model one at a time, rows that share a prefix one after
+another. After `breaker_failures` consecutive failures of the same kind the session stops with one
+`BackendError`: what was answered is kept, requests not sent are not marked failed.
 
 The model call is made here rather than in a Pixeltable computed column of the requests table: a computed column
 is evaluated inside the insert's transaction, so it can be neither claimed across processes, nor flushed by time,
@@ -31,6 +34,7 @@ import concurrent.futures
 import hashlib
 import json
 import logging
+import math
 import os
 import socket
 import threading
@@ -42,7 +46,7 @@ from typing import Any, TypedDict
 
 from workspace.config import Settings, settings, utc_now
 from workspace.errors import BackendError
-from workspace.storage import backends, tables
+from workspace.storage import backends, journal, recovery, tables
 
 __all__ = [
     'Answer',
@@ -170,13 +174,16 @@ def sent_prompts(since: Any = None) -> list[dict[str, Any]]:
     return sorted(out, key=lambda r: (r['created_at'], r['request_hash']))
 
 
-# --- claims --------------------------------------------------------------------------------------------------
+# --- claims and the journal ------------------------------------------------------------------------------------
 
 _HOST = socket.gethostname()
 #: Sessions of this process that are answering now: a claim of this process by another session is alive only if
 #: its session is in here (an interrupted call in a notebook leaves its claims behind until it is taken over).
 _live_sessions: set[str] = set()
 _live_lock = threading.Lock()
+#: Requests a killed session had sent without hearing back (read from its journal): if this process sends one
+#: again, that call is a repeat, and is counted as one.
+_in_flight_of_dead: set[str] = set()
 
 
 def _pid_alive(pid: int) -> bool:
@@ -201,17 +208,38 @@ def _claim_is_dead(claim: Mapping[str, Any], knobs: Settings) -> bool:
     return age > knobs.claim_stale
 
 
+def _recover() -> None:
+    """Write the answers of killed sessions on this host (their journals) to the requests table, drop their claims,
+    and remember what they had in flight. Costs one directory listing when there is nothing to recover."""
+    with journal.replay_orphans() as orphans:
+        if not orphans:
+            return
+        rows = {r['request_hash']: r for o in orphans for r in o.rows}
+        if rows:
+            tables.insert_new(tables.requests(), list(rows.values()), 'request_hash')
+        claims = tables.claims()
+        claims.delete(where=claims.owner.isin([o.session for o in orphans]))
+        with _live_lock:
+            _in_flight_of_dead.update(key for o in orphans for key in o.in_flight if key not in rows)
+
+
 @dataclass
 class _Session:
-    """One process's turn at answering a set of requests: its claims, its buffer of answers, its counts."""
+    """One process's turn at answering a set of requests: its claims, its journal, its buffer of answers, its
+    counts."""
 
     knobs: Settings
     owner: str = field(default_factory=lambda: uuid.uuid4().hex)
     buffer: list[dict[str, Any]] = field(default_factory=list)
     updates: list[dict[str, Any]] = field(default_factory=list)
     claimed: set[str] = field(default_factory=set)
+    repeated: set[str] = field(default_factory=set)
     flushed_at: float = field(default_factory=time.monotonic)
     beat_at: float = field(default_factory=time.monotonic)
+    wal: journal.Journal = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.wal = journal.Journal(self.owner)
 
     def __enter__(self) -> _Session:
         with _live_lock:
@@ -219,12 +247,17 @@ class _Session:
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        flushed = False
         try:
             self.flush()
+            flushed = True
         finally:
-            self.release(self.claimed)
-            with _live_lock:
-                _live_sessions.discard(self.owner)
+            try:
+                self.release(self.claimed)
+            finally:
+                self.wal.close(done=flushed)
+                with _live_lock:
+                    _live_sessions.discard(self.owner)
 
     def claim(self, keys: Sequence[str]) -> set[str]:
         """Claim the requests no one else is answering; return the hashes this session now owns."""
@@ -255,21 +288,36 @@ class _Session:
             .select(claims.request_hash, claims.owner, claims.host, claims.pid, claims.heartbeat_at)
             .collect()
         }
+        dead: dict[str, list[str]] = {}
         for key, claim in held.items():
             if _claim_is_dead(claim, self.knobs):
-                log.info('taking over request %s from dead session %s', key[:12], claim['owner'][:8])
-                # Deleted only if still held by the dead owner: two waiters cannot both take it over.
-                claims.delete(where=(claims.request_hash == key) & (claims.owner == claim['owner']))
-        free = [k for k in keys if k not in held or _claim_is_dead(held[k], self.knobs)]
-        return self.claim(free)
+                dead.setdefault(claim['owner'], []).append(key)
+        for owner, owned in dead.items():
+            log.info('taking over %d request(s) from dead session %s', len(owned), owner[:8])
+            # Deleted only if still held by the dead owner: two waiters cannot both take one over.
+            claims.delete(where=(claims.owner == owner) & claims.request_hash.isin(owned))
+        taken = {key for owned in dead.values() for key in owned}
+        return self.claim([k for k in keys if k not in held or k in taken])
 
     def heartbeat(self) -> None:
-        if self.claimed and time.monotonic() - self.beat_at > min(10.0, self.knobs.claim_stale / 4):
+        if self.claimed and time.monotonic() - self.beat_at > self.knobs.claim_stale / 4:
             claims = tables.claims()
             claims.update({'heartbeat_at': utc_now()}, where=claims.owner == self.owner)
             self.beat_at = time.monotonic()
 
+    def sending(self, key: str) -> None:
+        """Record in the journal that a request is about to be sent; count it if a killed session had sent it."""
+        self.wal.sent(key)
+        if _in_flight_of_dead:
+            with _live_lock:
+                if key in _in_flight_of_dead:
+                    _in_flight_of_dead.discard(key)
+                    self.repeated.add(key)
+
     def add(self, row: dict[str, Any], *, retry: bool) -> None:
+        """Take an answer: in the journal at once, in the table at the next flush."""
+        self.wal.answered(row)
+        recovery.pause_point('store.journaled')
         (self.updates if retry else self.buffer).append(row)
         if time.monotonic() - self.flushed_at >= self.knobs.flush_seconds:
             self.flush()
@@ -277,26 +325,27 @@ class _Session:
             self.heartbeat()
 
     def flush(self) -> None:
-        """Write the buffered answers, then release their claims."""
-        done: list[str] = []
+        """Write the buffered answers to the requests table (their claims go when the session ends: a waiter
+        finds an answer before it looks at claims)."""
         if self.buffer:
             tables.insert_new(tables.requests(), self.buffer, 'request_hash')
-            done += [r['request_hash'] for r in self.buffer]
             self.buffer = []
         if self.updates:
             tables.requests().batch_update(self.updates)
-            done += [r['request_hash'] for r in self.updates]
             self.updates = []
         self.flushed_at = time.monotonic()
-        self.release(done)
+        recovery.pause_point('store.flushed')
 
     def release(self, keys: Iterable[str]) -> None:
-        keys = sorted(set(keys) & self.claimed)
+        keys = set(keys) & self.claimed
         if not keys:
             return
         claims = tables.claims()
-        claims.delete(where=(claims.owner == self.owner) & claims.request_hash.isin(keys))
-        self.claimed -= set(keys)
+        if keys == self.claimed:
+            claims.delete(where=claims.owner == self.owner)
+        else:
+            claims.delete(where=(claims.owner == self.owner) & claims.request_hash.isin(sorted(keys)))
+        self.claimed -= keys
 
 
 # --- answering -----------------------------------------------------------------------------------------------
@@ -304,17 +353,26 @@ class _Session:
 
 @dataclass
 class Batch:
-    """What `answer_many` did: every answer by hash, and which were called, waited for or found stored."""
+    """What `answer_many` did: every answer by hash, and which were called, waited for or found stored.
+
+    `repeated` are the calls that a killed session had already sent without its answer arriving (in flight when it
+    died): the only calls a run started again pays twice.
+    """
 
     answers: dict[str, Answer]
     called: set[str]
     waited: set[str]
     retried: set[str]
+    repeated: set[str] = field(default_factory=set)
 
     @property
     def calls(self) -> int:
         """Return the number of model calls this session made (retries included)."""
         return len(self.called)
+
+
+#: Markers of an overloaded endpoint in a backend's error: the request is sent again at a lower concurrency.
+_OVERLOAD = ('APITimeoutError', 'RateLimitError', 'timed out after')
 
 
 def _error_kind(error: BaseException) -> str:
@@ -344,6 +402,44 @@ class _Breaker:
         self.count = self.count + 1 if kind == self.kind else 1
         self.kind, self.last = kind, str(error)
         return self.count >= self.limit
+
+
+@dataclass
+class _Concurrency:
+    """How many requests a remote endpoint gets at once: starts at the configured level and finds its capacity.
+
+    An answer slower than `tolerance` times the fastest one seen means requests are queueing at the endpoint: the
+    limit shrinks in proportion (a one-slot server answering the k-th of k queued requests after k times its
+    service time drives it to 1 or 2). A timeout or a 429 that outlived the backend's retries halves it, and the
+    request is sent again rather than failed. Each answer in time lets the limit grow by 1/limit (additive
+    increase, as TCP probes for bandwidth), up to the configured level. Hand-written because the SDKs retry one
+    request; none sizes a pool of them.
+    """
+
+    ceiling: int
+    limit: float = 0.0
+    fastest: float = math.inf
+    tolerance: float = 2.0
+
+    def __post_init__(self) -> None:
+        self.limit = float(self.ceiling)
+
+    @property
+    def allowed(self) -> int:
+        return max(1, int(self.limit))
+
+    def answered(self, latency: float | None) -> None:
+        if latency is None or latency <= 0:
+            return
+        self.fastest = min(self.fastest, latency)
+        if latency > self.tolerance * self.fastest:
+            self.limit = max(1.0, min(self.limit, self.limit * self.tolerance * self.fastest / latency + 1.0))
+        else:
+            self.limit = min(float(self.ceiling), self.limit + 1.0 / self.limit)
+
+    def overloaded(self) -> None:
+        self.limit = max(1.0, self.limit / 2)
+        log.info('endpoint overloaded: %d request(s) at once from now on', self.allowed)
 
 
 def _row(key: str, request: Mapping[str, Any], origin: Origin, out: Mapping[str, Any] | None, error: str | None):
@@ -400,73 +496,117 @@ def _progress_bar(progress: Progress, total: int) -> Callable[[int], None]:
     return lambda n: None
 
 
-def _send(
-    session: _Session,
-    todo: Sequence[tuple[str, dict[str, Any], Origin]],
-    retry: set[str],
-    tick: Callable[[int], None],
-) -> dict[str, Answer]:
-    """Call the model for claimed requests (concurrently for remote backends), buffering answers as they come.
+#: Times a request is sent again because its endpoint was overloaded, before its timeout counts as its answer.
+_OVERLOAD_RESENDS = 3
 
-    A failure is kept back until the next success: if the breaker opens first, the failures of its run are not
-    stored (the endpoint failed, not those requests), so the next run after a fix sends them again.
-    """
-    answers: dict[str, Answer] = {}
-    breaker = _Breaker(session.knobs.breaker_failures)
-    held: list[dict[str, Any]] = []
+Todo = Sequence[tuple[str, dict[str, Any], Origin]]
 
-    def store(row: dict[str, Any]) -> None:
-        session.add(row, retry=row['request_hash'] in retry)
-        answers[row['request_hash']] = _to_answer(row, False)
 
-    def finish(key: str, request: dict[str, Any], origin: Origin, out: Any, error: BaseException | None) -> bool:
-        """Record one outcome; return True if the breaker opened."""
-        if breaker.record(error):
+@dataclass
+class _Sender:
+    """Send one session's claimed requests and keep their outcomes (see `_send`)."""
+
+    session: _Session
+    retry: set[str]
+    tick: Callable[[int], None]
+    answers: dict[str, Answer] = field(default_factory=dict)
+    held: list[dict[str, Any]] = field(default_factory=list)
+    breaker: _Breaker = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.breaker = _Breaker(self.session.knobs.breaker_failures)
+
+    def store(self, row: dict[str, Any]) -> None:
+        self.session.add(row, retry=row['request_hash'] in self.retry)
+        self.answers[row['request_hash']] = _to_answer(row, False)
+
+    def finish(self, key: str, request: dict[str, Any], origin: Origin, out: Any, error: BaseException | None) -> bool:
+        """Record one outcome; return True if the breaker opened.
+
+        A failure is kept back until the next success: if the breaker opens first, the failures of its run are
+        not stored (the endpoint failed, not those requests), so the next run after a fix sends them again.
+        """
+        if self.breaker.record(error):
             return True
         row = _row(key, request, origin, out, None if error is None else _message(error))
         if error is None:
-            for failed in held:
-                store(failed)
-            held.clear()
-            store(row)
+            for failed in self.held:
+                self.store(failed)
+            self.held.clear()
+            self.store(row)
         else:
-            held.append(row)
-        tick(1)
+            self.held.append(row)
+        self.tick(1)
         return False
 
-    stopped = False
-    for key, request, origin in (item for item in todo if not backends.is_remote(item[1]['model'])):
-        if finish(key, request, origin, *_call(request)):
-            stopped = True
-            break
-    remote = [item for item in todo if backends.is_remote(item[1]['model'])]
-    if remote and not stopped:
-        pool = concurrent.futures.ThreadPoolExecutor(max_workers=session.knobs.concurrency)
-        pending = {pool.submit(_call, request): (key, request, origin) for key, request, origin in remote}
+    def call(self, key: str, request: Mapping[str, Any]) -> tuple[dict[str, Any] | None, BaseException | None]:
+        """Send one request (in a worker thread for remote backends), journaled as sent first."""
+        self.session.sending(key)
+        return _call(request)
+
+    def local(self, todo: Todo) -> bool:
+        """Answer local requests one by one, rows that share a prefix one after another (the model reuses it);
+        return True if the breaker opened."""
+        for key, request, origin in sorted(todo, key=lambda item: item[1]['prompt']):
+            if self.finish(key, request, origin, *self.call(key, request)):
+                return True
+        return False
+
+    def remote(self, todo: Todo) -> bool:
+        """Answer remote requests concurrently, as many at once as `_Concurrency` allows; return True if the
+        breaker opened. Requests not sent when it opens stay unanswered and unclaimed."""
+        limiter = _Concurrency(self.session.knobs.concurrency)
+        queue = list(todo)[::-1]  # popped from the end: in order
+        resends: dict[str, int] = {}
+        pool = concurrent.futures.ThreadPoolExecutor(max_workers=self.session.knobs.concurrency)
+        pending: dict[concurrent.futures.Future[Any], tuple[str, dict[str, Any], Origin]] = {}
+        stopped = False
         try:
-            while pending and not stopped:
+            while (queue or pending) and not stopped:
+                while queue and len(pending) < limiter.allowed:
+                    item = queue.pop()
+                    pending[pool.submit(self.call, item[0], item[1])] = item
                 done, _ = concurrent.futures.wait(pending, timeout=1.0, return_when='FIRST_COMPLETED')
-                session.heartbeat()
+                self.session.heartbeat()
                 for future in done:
-                    key, request, origin = pending.pop(future)
+                    key, request, origin = item = pending.pop(future)
                     out, error = future.result()
+                    if error is not None and any(m in str(error) for m in _OVERLOAD):
+                        # an endpoint that answered others is overloaded, one that never answered is down
+                        if resends.get(key, 0) < _OVERLOAD_RESENDS and limiter.fastest < math.inf:
+                            resends[key] = resends.get(key, 0) + 1
+                            limiter.overloaded()
+                            queue.append(item)
+                            continue
+                    if error is None:
+                        limiter.answered(out.get('latency_s') if out else None)
                     if not stopped:
-                        stopped = finish(key, request, origin, out, error)
+                        stopped = self.finish(key, request, origin, out, error)
                     elif error is None:  # answered while the breaker opened: paid for, so kept
-                        store(_row(key, request, origin, out, None))
+                        self.store(_row(key, request, origin, out, None))
         finally:
-            # Requests not sent yet stay unanswered and unclaimed; in-flight ones finish in the background.
+            # In-flight requests finish in the background; their answers are not waited for.
             pool.shutdown(wait=not stopped and not pending, cancel_futures=True)
+        return stopped
+
+
+def _send(session: _Session, todo: Todo, retry: set[str], tick: Callable[[int], None]) -> dict[str, Answer]:
+    """Call the model for claimed requests (concurrently for remote backends), journaling answers as they come."""
+    sender = _Sender(session, retry, tick)
+    stopped = sender.local([item for item in todo if not backends.is_remote(item[1]['model'])])
+    if not stopped:
+        stopped = sender.remote([item for item in todo if backends.is_remote(item[1]['model'])])
     if stopped:
         session.flush()
+        breaker = sender.breaker
         raise BackendError(
             f'stopped after {breaker.count} consecutive failures of the same kind: {breaker.last}. '
-            f'{len(answers)} of {len(todo)} requests were answered and kept; the others were not sent or not '
-            'stored. Fix the model or endpoint and run again: answered requests are not sent again'
+            f'{len(sender.answers)} of {len(todo)} requests were answered and kept; the others were not sent or '
+            'not stored. Fix the model or endpoint and run again: answered requests are not sent again'
         )
-    for row in held:
-        store(row)
-    return answers
+    for row in sender.held:
+        sender.store(row)
+    return sender.answers
 
 
 def _wait(session: _Session, waiting: dict[str, tuple[dict[str, Any], Origin]], retry: set[str], tick: Any):
@@ -476,6 +616,7 @@ def _wait(session: _Session, waiting: dict[str, tuple[dict[str, Any], Origin]], 
     deadline = time.monotonic() + session.knobs.claim_wait
     delay = 0.05
     while waiting:
+        _recover()  # a session that died while this one waited: its answers, not its calls again
         found = {k: a for k, a in lookup(waiting).items() if k not in retry or a['error'] is None}
         for key in found:
             waiting.pop(key)
@@ -517,6 +658,9 @@ def answer_many(
     for request, origin in requests:
         body = _identity(request)
         by_hash.setdefault(request_hash(body), (body, origin))
+    if not by_hash:
+        return Batch({}, set(), set(), set())
+    _recover()
     stored = lookup(by_hash)
     retry = {k for k, a in stored.items() if a['error'] is not None} if retry_errors else set()
     answers = {k: a for k, a in stored.items() if k not in retry}
@@ -529,12 +673,11 @@ def answer_many(
     with _Session(settings()) as session:
         won = session.claim(todo)
         called = _send(session, [(k, *by_hash[k]) for k in todo if k in won], retry, tick)
-        session.flush()
         others = {k: by_hash[k] for k in todo if k not in won}
-        waited, taken = _wait(session, others, retry, tick)
+        waited, taken = _wait(session, others, retry, tick) if others else ({}, {})
     called |= taken
     answers |= called | waited
-    return Batch(answers, set(called), set(waited), retry & set(called))
+    return Batch(answers, set(called), set(waited), retry & set(called), session.repeated)
 
 
 def answer(request: Mapping[str, Any], *, origin: Origin = (None, None, None), retry_errors: bool = False) -> Answer:

