@@ -44,8 +44,8 @@ def test_samples_pane_shows_metrics_and_unstable_rows():
     report = SampleReport('r1', 'router:v2', 5, rows, {'pass@1': (0.7, 0.4, 1.0), 'pass^5': (0.5, 0.0, 1.0)})
     html = eval_views.render_samples_pane([report])
     assert 'router:v2: 5 samples per row, 2 rows' in html and '1 unstable' in html
-    assert '0.700 <span class="pw-ci">[0.400, 1.000]</span>' in html
-    assert '<td>a2</td><td>2 of 5</td><td>0.60</td><td>DELIVERY</td>' in html and '<td>a1</td>' not in html
+    assert '70.0% <span class="pw-ci">[40.0%, 100.0%]</span>' in html  # a share reads as a percentage
+    assert '<td>a2</td><td>2 of 5</td><td>60.0%</td><td>DELIVERY</td>' in html and '<td>a1</td>' not in html
     assert 'samples=5' in eval_views.render_samples_pane([])
 
 
@@ -72,7 +72,7 @@ def test_cost_quality_table_and_chart():
         index=pd.Index(['r:v1', 'r:v2', 'r:v3'], name='version'),
     )
     html = eval_views.render_cost_quality(table, metric='accuracy')
-    assert '<td>r:v2</td><td>openai:gpt-4o-mini</td><td>0.900</td><td>500</td><td>13.0</td>' in html
+    assert '<td>r:v2</td><td>openai:gpt-4o-mini</td><td>90.0%</td><td>500 ms</td><td>13</td>' in html
     assert '<td>$0.00000285</td><td>$0.0000171</td>' in html and '<td>n/a</td><td>n/a</td><td>1</td>' in html
     data = html.split('src="data:image/png;base64,', 1)[1].split('"', 1)[0]
     assert base64.b64decode(data).startswith(b'\x89PNG') and len(data) > 5_000

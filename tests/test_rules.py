@@ -64,7 +64,10 @@ def test_rules_are_columns_of_evaluations_counted_in_the_summary(scripted_versio
     ws.set_rule('billing_word', 'regex', stage='output', pattern='BILL')
     ws.set_rule('says_ticket', 'keyword', stage='prompt', words=['ticket'], prompts=['other_prompt'])
     assert len(server.received) == calls  # adding rules makes no model call
+    assert 'rule_no_delivery_talk' not in ws.get_run(run.run_id).predictions()  # a past run never changes
 
+    run = ws.evaluate(v2, tiny, split='dev', progress=False)  # the next run is checked against the rules
+    assert len(server.received) == calls  # every answer reused; blocked rows are not sent
     frame = ws.get_run(run.run_id).predictions().set_index('example_id')
     assert frame.loc['a3', 'rule_no_delivery_talk'][0]['span'] == [4, 10]
     assert frame.loc['a3', 'rule_no_delivery_talk'][0]['field'] == 'text'
@@ -79,10 +82,12 @@ def test_rules_are_columns_of_evaluations_counted_in_the_summary(scripted_versio
     assert 'blocked by rule no_delivery_talk (input in text) at 4-10' in str(summary)
 
     ws.set_rule('no_delivery_talk', 'keyword', stage='input', enforcement='warn', words=['parcel', 'courier'])
-    m = ws.get_run(run.run_id).summary().metrics
+    assert ws.get_run(run.run_id).summary().metrics['blocked'] == 2  # the blocked run stays as it was
+    m = ws.evaluate(v2, tiny, split='dev', progress=False).summary().metrics
     assert m['blocked'] == 0 and m['accuracy'] == 1.0
+    assert len(server.received) == calls  # the two rows held back were answered before the rule existed
     ws.set_rule('billing_word', 'regex', stage='output', pattern='BILL', active=False)
-    assert 'violations:billing_word' not in ws.get_run(run.run_id).summary().metrics
+    assert 'violations:billing_word' not in ws.evaluate(v2, tiny, split='dev', progress=False).summary().metrics
     assert len(server.received) == calls
 
 

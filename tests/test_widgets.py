@@ -30,7 +30,7 @@ def test_initial_view(view):
         view.candidate_boxes['router:v1'].disabled and 'v1 (baseline)' == view.candidate_boxes['router:v1'].description
     )
     assert view.focus.value == 'router:v2'
-    assert [view.tabs.get_title(i) for i in range(9)] == [
+    assert [view.tabs.get_title(i) for i in range(10)] == [
         'Summary',
         'Grid',
         'Per category',

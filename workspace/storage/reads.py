@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 import functools
 import threading
 from collections import OrderedDict
@@ -83,9 +84,21 @@ def table_state(table: pxt.Table) -> TableState | None:
         if seen is not None and seen[0] == table._get_version():
             return seen[1]
     state = _read_state(table)
+    pinned = _pinned_version(table)
+    if state is not None and pinned is not None:  # a handle on a past version (`path:version`): its contents
+        state = dataclasses.replace(state, version=pinned)
     if memo is not None and state is not None and state.version >= 0:
         memo[table._id] = (table._get_version(), state)
     return state
+
+
+def _pinned_version(table: pxt.Table) -> int | None:
+    """Return the version a handle opened as `path:version` is pinned to, or None for a live table."""
+    try:
+        version = table._tbl_version_path.tbl_version.effective_version  # type: ignore[attr-defined]
+    except AttributeError:  # pragma: no cover - another Pixeltable release: treated as live
+        return None
+    return None if version is None else int(version)
 
 
 def _read_state(table: pxt.Table) -> TableState | None:

@@ -90,6 +90,10 @@ function render({ model, el }) {
   const status = el.querySelector('.pw-annotate-status');
   const act = (action) => {
     model.send({ action, note: note.value });
+    // The note belongs to this verdict. Cleared here, not only by the kernel's note = '': while the typed note's
+    // own updates are still echoing back, ipywidgets drops the kernel's change of it, and a quick next verdict
+    // would carry the old note again.
+    note.value = '';
     card.focus();
   };
   el.addEventListener('keydown', (event) => {
