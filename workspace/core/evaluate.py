@@ -30,7 +30,7 @@ from workspace.core.datasets import Dataset, get_dataset
 from workspace.core.runs import Run, eval_rows, main_score_name, summarize
 from workspace.core.versions import Version, build_request, get_version
 from workspace.errors import TemplateError, WorkspaceError
-from workspace.storage import backends, store, tables
+from workspace.storage import backends, calibration, store, tables
 
 __all__ = ['evaluate', 'check_template', 'add_scorer', 'eval_table']
 
@@ -223,14 +223,25 @@ def _sample_requests(
     return {key: req for key, req in wanted.items() if retry_errors or stored.get(key) != req['hash']}
 
 
-def _eval_row(v: Version, ds: Dataset, row: Mapping[str, Any], key: str, answer: store.Answer, **extra: Any):
+def _eval_row(
+    v: Version,
+    ds: Dataset,
+    row: Mapping[str, Any],
+    key: str,
+    answer: store.Answer,
+    demos: Any = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    # A version that mixes the model with its demos' vote answers from the stored scores: its output is the
+    # combined label (the model's own text stays in the request store, under the same request hash).
+    output = calibration.answer_label(v.output, answer['text'], answer['scores'], demos)
     return {
         'version_id': v.id,
         'example_id': row['example_id'],
         'prompt': v.prompt,
         'split': row['split'],
         'request_hash': key,
-        'output': answer['text'],
+        'output': output,
         'error': answer['error'],
         'latency_s': answer['latency_s'],
         'prompt_tokens': answer['prompt_tokens'],
@@ -308,7 +319,8 @@ def evaluate(
             'rendered_prompt': requests[ex]['prompt'],
             'demo_source': {**pool, 'example_ids': list(retrieved[ex].ids)} if policy else None,
         }
-        updates.append(_eval_row(v, ds, by_id[ex], key, answer, **extra))
+        shown = retrieved[ex].demos if policy else v.demos
+        updates.append(_eval_row(v, ds, by_id[ex], key, answer, shown, **extra))
     if updates:
         tables.upsert(table, updates)
     samples_module.write_samples(ds.name, v, sampled, batch.answers)

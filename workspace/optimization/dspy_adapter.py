@@ -42,7 +42,7 @@ from workspace.core.versions import (
     build_request,  # noqa: E402
 )
 from workspace.storage import backends  # noqa: E402
-from workspace.storage.store import answer  # noqa: E402
+from workspace.storage.store import answer, answer_many  # noqa: E402
 
 __all__ = [
     'StopReason',
@@ -117,35 +117,68 @@ class Ledger:
         if self.deadline is not None and time.monotonic() > self.deadline:
             raise Stop('max_minutes', 'the max_minutes budget is spent')
 
+    def _tally(self, out: dict[str, Any], fresh: bool) -> dict[str, Any]:
+        """Count one answered request: a model call if this ledger had to ask for it and no one had answered it
+        before, else a reuse; and its error, if it has one."""
+        self.requests += 1
+        if fresh and not out['reused']:
+            self.calls += 1
+            self.tokens += int(out.get('prompt_tokens') or 0) + int(out.get('completion_tokens') or 0)
+        else:
+            self.reused += 1
+        if out['error'] is not None:
+            self.errors += 1
+            self.last_error = out['error']
+        if self.on_request is not None:
+            self.on_request(self)
+        return out
+
     def answer(self, request: Mapping[str, Any], example_id: str | None) -> dict[str, Any]:
         """Return the store's answer to `request`, counting it against the budget; raise ModelCallError on an error."""
         with self._lock:
             self.check_time()
             if self.max_requests is not None and self.requests >= self.max_requests:
                 raise Stop('max_calls', f'the max_calls budget of {self.max_requests} requests is spent')
-            self.requests += 1
             body = {k: v for k, v in request.items() if k != 'hash'}
             key = json.dumps(body, sort_keys=True, ensure_ascii=False)
-            out = self._memo.get(key)
-            if out is None:
-                out = answer(body, origin=(self.label, self.dataset, example_id))
-                self._memo[key] = out
-                if out['reused']:
-                    self.reused += 1
-                else:
-                    self.calls += 1
-                    self.tokens += int(out.get('prompt_tokens') or 0) + int(out.get('completion_tokens') or 0)
-            else:
-                self.reused += 1
-            if self.on_request is not None:
-                self.on_request(self)
+            fresh = key not in self._memo
+            if fresh:
+                self._memo[key] = answer(body, origin=(self.label, self.dataset, example_id))
+            out = self._tally(self._memo[key], fresh)
             if out['error'] is not None:
-                self.errors += 1
-                self.last_error = out['error']
-                if self.errors > self.max_errors:
-                    raise Stop('max_errors', f'{self.errors} model calls failed (max_errors={self.max_errors})')
+                self.check_errors()
                 raise ModelCallError(f'{request["model"]}: {out["error"]}')
             return out
+
+    def answer_many(self, items: Sequence[tuple[Mapping[str, Any], str | None]]) -> list[dict[str, Any]]:
+        """Answer (request, example id) pairs in one batch through the store (one lookup, one claim, answers
+        written every few seconds), counting each against the budget. Errors are returned on their answers (and
+        counted: `check_errors` raises once there are more than `max_errors`), not raised. A batch longer than
+        `max_calls` leaves is cut to fit; Stop is raised when nothing is left or the deadline has passed."""
+        with self._lock:
+            self.check_time()
+            room = None if self.max_requests is None else self.max_requests - self.requests
+            if room is not None and room <= 0:
+                raise Stop('max_calls', f'the max_calls budget of {self.max_requests} requests is spent')
+            items = list(items)[:room] if room is not None else list(items)
+            bodies = [({k: v for k, v in r.items() if k != 'hash'}, ex) for r, ex in items]
+            keys = [json.dumps(body, sort_keys=True, ensure_ascii=False) for body, _ in bodies]
+            asked = [
+                (body, (self.label, self.dataset, ex)) for (body, ex), key in zip(bodies, keys) if key not in self._memo
+            ]
+            batch = answer_many(asked, progress=False) if asked else None
+            outs = []
+            for (request, _), key in zip(items, keys):
+                fresh = key not in self._memo and batch is not None
+                if fresh:
+                    self._memo[key] = dict(batch.answers[request['hash']], reused=request['hash'] not in batch.called)
+                outs.append(self._tally(self._memo[key], fresh))
+            return outs
+
+    def check_errors(self) -> None:
+        """Raise Stop if more model calls failed than `max_errors` allows."""
+        if self.errors > self.max_errors:
+            raise Stop('max_errors', f'{self.errors} model calls failed (max_errors={self.max_errors})')
 
 
 def demo_template(template: str, inputs: Sequence[str]) -> str:

@@ -9,12 +9,18 @@ DSPy does the search (`labeled_fewshot`, `bootstrap_fewshot`, `bootstrap_random_
   no call the store has answered, and ends with the same result for a fixed seed;
 - every candidate evaluation is a row of the trials table (`prompt_workspace/trials`), written as it finishes,
   with its predictions, its score by the run's metric (a metric of the whole split for labels) and its flags;
+- the default optimizer, `knn_fewshot`, races its candidates and the baseline on growing dev subsamples
+  (`racing`, `knn`): a budget of any size ends with the best candidate scored so far and its evidence;
+- every attempt says its plan before it starts and keeps its own record (`records`): a rerun adds a record;
 - the best eligible candidate becomes a new immutable version whose parent is the baseline, with the optimizer,
   its config, the seed, the dataset versions, the scores, the decision and the cost in its `meta`; it replaces
   the baseline as `best` only if it is better on dev by a paired test, and the test split, if there is one,
   reports the winner against the baseline in the same call.
 
 The run id derives from the arguments, so a restarted run continues the same trial rows instead of adding more.
+The decision names the reference baselines of dev (`workspace.core.baselines`: the majority label, the k-nearest
+vote, the nearest training output), computed with no model call, so that a version the embedder alone can match
+shows as such.
 """
 
 from __future__ import annotations
@@ -35,20 +41,32 @@ from typing import TYPE_CHECKING, Any, TypedDict
 
 import pandas as pd
 
-from workspace.config import utc_now
+from workspace.core.baselines import References, reference_baselines
 from workspace.core.datasets import Dataset, get_dataset
-from workspace.core.demo_policies import nearest, retrieve
+from workspace.core.demo_policies import nearest
 from workspace.core.evaluate import check_template, evaluate
 from workspace.core.versions import Version, edit, get_version
 from workspace.errors import DatasetError, OptimizeError, VersionError, WorkspaceError
+from workspace.optimization import records
+from workspace.optimization.records import Plan, list_optimizations, list_trials, optimizer_records
 from workspace.optimization.selection import Decision, Metric, MetricFn, Scored, Verdict, build_metric, decide, verdict
-from workspace.storage import audit_log, backends, tables
-from workspace.storage.embeddings import embed
+from workspace.storage import audit_log, backends
 
 if TYPE_CHECKING:
-    from workspace.optimization.dspy_adapter import Ledger, Task, Trial, TrialRecorder
+    from workspace.optimization.dspy_adapter import Candidate, Ledger, Task, Trial
+    from workspace.optimization.racing import Race
 
-__all__ = ['OPTIMIZERS', 'Budget', 'MetricFn', 'OptimizeResult', 'optimize', 'list_trials', 'list_optimizations']
+__all__ = [
+    'OPTIMIZERS',
+    'Budget',
+    'MetricFn',
+    'OptimizeResult',
+    'Plan',
+    'optimize',
+    'list_trials',
+    'list_optimizations',
+    'optimizer_records',
+]
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +119,10 @@ class OptimizeResult:
 
     `best` is the version to use: the top candidate if it beat the baseline on dev by the paired test
     (`accepted`), else the baseline itself. `candidate` is the top eligible candidate as a version either way, so
-    it can be inspected or compared; `decision` says in words why it was or was not accepted. `test` compares
-    the winner with the baseline on the test split, when there is one and the winner is not the baseline.
+    it can be inspected or compared; `decision` says in words why it was or was not accepted, and what the
+    reference baselines score on the same dev rows (`references`, no model call). `test` compares the winner
+    with the baseline on the test split, when there is one and the winner is not the baseline. `plan` is what
+    the run said it would do before it started.
     """
 
     run_id: str
@@ -127,6 +147,8 @@ class OptimizeResult:
     tokens: int
     errors: int
     wall_s: float
+    plan: Plan | None = None
+    references: References | None = None
 
     def __repr__(self) -> str:
         stopped = f', stopped by {self.stopped_by}' if self.stopped_by else ''
@@ -145,7 +167,7 @@ class OptimizeResult:
             instructions=frame['instructions'].map(lambda s: (s or '')[:40]),
             flags=frame['flags'].map(lambda f: '; '.join(f or [])),
         )[columns]
-        lines = [repr(self), '', self.decision]
+        lines = [repr(self), '', *([str(self.plan), ''] if self.plan else []), self.decision]
         if self.test is not None:
             lines.append(self.test.sentence())
         return '\n'.join([*lines, '', shown.to_string(index=False)])
@@ -159,7 +181,8 @@ class OptimizeResult:
         """Return, per dev-scored trial, the share of its predictions on each label (and the expected shares),
         so a candidate that answers mostly one label shows at a glance."""
         frame = self.trials
-        frame = frame[frame['scope'] == 'dev']
+        frame = frame[frame['scope'].isin(['dev', 'dev_sample'])].sort_values('trial')
+        frame = frame.drop_duplicates('candidate', keep='last')  # a raced candidate: its latest (largest) trial
         shares = {
             f'trial {row.trial}': pd.Series(list((row.example_predictions or {}).values()), dtype=object)
             .fillna('(none)')
@@ -229,10 +252,16 @@ def _plan(
     n_dev: int,
     seed: int,
     *,
+    labels: bool = False,
     scored_labels: bool = False,
 ) -> dict[str, Any]:
-    """Return the optimizer's knobs: small defaults that suit a small local model, the budget, then `options`.
-    `scored_labels` says the baseline is a choice on a model that exposes label probabilities (the local one)."""
+    """Return the optimizer's knobs: small defaults that suit a small local model, the budget, then `options`,
+    checked before any call. `labels` says the baseline answers a label; `scored_labels` that its model exposes
+    label probabilities (the local one)."""
+    if name == 'knn_fewshot':
+        from workspace.optimization.knn import knn_options
+
+        return knn_options(options, labels=labels, scored=scored_labels)
     most = limits.get('max_candidates')
     plan: dict[str, Any]
     if name == 'labeled_fewshot':
@@ -258,12 +287,6 @@ def _plan(
             plan.update(auto=None, num_candidates=max(2, most), num_trials=most)
         if plan.get('auto') is None:
             plan.update(minibatch=n_dev > 50, minibatch_size=min(35, n_dev))
-    elif name == 'knn_fewshot':
-        # The demos closest to each example, from the train split: which k, whether to cap demos per label, and (for
-        # labels on the local model) whether to calibrate the label choice (docs/benchmarks.md: it corrects the
-        # label bias a small model's prompt gives it).
-        decodes = ['mask', 'calibrated'] if scored_labels else ['mask']
-        plan = {'k': [4, 8, 16], 'per_label_max': [None], 'order': 'nearest_last', 'decode': decodes}
     elif name == 'copro':
         plan = {'breadth': 3, 'depth': 2, 'init_temperature': 1.4}
         if most is not None:
@@ -277,17 +300,39 @@ def _plan(
             'use_merge': False,
             'seed': seed,
         }
+    _check_dspy_options(name, options)
     plan.update(options)
-    if name == 'knn_fewshot':
-        plan['decode'] = [plan['decode']] if isinstance(plan['decode'], str) else list(plan['decode'])
-        plan['k'] = [plan['k']] if isinstance(plan['k'], int) else list(plan['k'])
-        plan['per_label_max'] = (
-            list(plan['per_label_max']) if isinstance(plan['per_label_max'], list) else [plan['per_label_max']]
-        )
-        variants = len(plan['k']) * len(plan['per_label_max']) * len(plan['decode'])
-        if most is not None and variants > most:
-            plan['k'] = plan['k'][: max(1, most // (len(plan['per_label_max']) * len(plan['decode'])))]
     return plan
+
+
+#: Knobs the workspace sets itself on each DSPy optimizer (not the caller's to give).
+_SET_BY_WORKSPACE = {'metric', 'teacher_settings', 'num_threads', 'max_errors', 'prompt_model', 'task_model'}
+
+
+def _check_dspy_options(name: str, options: Mapping[str, Any]) -> None:
+    """Raise OptimizeError naming any knob the DSPy optimizer does not take, before any call is made."""
+    import inspect
+
+    import dspy
+
+    cls = {
+        'labeled_fewshot': dspy.LabeledFewShot,
+        'bootstrap_fewshot': dspy.BootstrapFewShot,
+        'bootstrap_random_search': dspy.BootstrapFewShotWithRandomSearch,
+        'mipro_v2': dspy.MIPROv2,
+        'copro': dspy.COPRO,
+        'gepa': dspy.GEPA,
+    }[name]
+    params = inspect.signature(cls.__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    known = (set(params) - {'self'} | _COMPILE_KEYS.get(name, set())) - _SET_BY_WORKSPACE
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise OptimizeError(
+            f'options for {name!r} are not valid: unknown knob(s) {", ".join(unknown)}; its knobs are '
+            f'{", ".join(sorted(known))} (see the DSPy optimizer)'
+        )
 
 
 def _run_id(**parts: Any) -> str:
@@ -367,8 +412,6 @@ def _build(
     try:
         if name == 'labeled_fewshot':
             return dspy.LabeledFewShot(**knobs), extra
-        if name == 'knn_fewshot':
-            return None, dict(knobs)
         if name == 'bootstrap_fewshot':
             return dspy.BootstrapFewShot(
                 metric=metric, teacher_settings=teacher_settings, max_errors=_NO_LIMIT, **knobs
@@ -473,8 +516,12 @@ def _prepare(
     expected = {str(r['example_id']): r['expected'] for r in dev_rows}
     scorer = build_metric(metric, task=ds.task, expected=expected, schema=baseline.output.get('schema'))
     teacher_version = _teacher(teacher, baseline, ds)
-    scored_labels = baseline.output['kind'] == 'choice' and baseline.model.partition(':')[0] == 'local'
-    plan = _plan(name, limits, dict(options or {}), len(train_rows), len(dev_rows), seed, scored_labels=scored_labels)
+    labels = baseline.output['kind'] == 'choice'
+    scored_labels = labels and baseline.model.partition(':')[0] == 'local'
+    plan = _plan(
+        name, limits, dict(options or {}), len(train_rows), len(dev_rows), seed, labels=labels,
+        scored_labels=scored_labels,
+    )  # fmt: skip
     metric_key = getattr(metric, '__qualname__', scorer.name) if callable(metric) else scorer.name
     dataset_version = ds.version
     run_id = _run_id(
@@ -496,109 +543,154 @@ def _prepare(
 
 @dataclass
 class _Search:
-    """What the DSPy run left: its trials and cost, whether a budget stopped it, and the optimizer's own pick."""
+    """What the search left: its trials and cost, whether a budget stopped it, the optimizer's own pick, and for
+    a raced search the race (who went how far) and the names of its candidates."""
 
-    task: Task
-    recorder: TrialRecorder
+    trials: list[Trial]
     ledger: Ledger
     stop: Any
     picked: str | None
+    plan: Plan | None = None
+    race: Race | None = None
+    names: dict[int, str] = dataclasses.field(default_factory=dict)
+
+    def dev_trials(self) -> list[Trial]:
+        """Return the trials scored on the whole dev split, in order."""
+        return [t for t in self.trials if t.dev_score is not None]
 
 
-class _PoolNeighbours:
-    """Stands in for DSPy's in-memory `KNN` inside `KNNFewShot`: the neighbours come from the pool's Pixeltable
-    embedding index, through the very function evaluation uses, so the optimizer scores the requests
-    `evaluate` will send."""
+def _task(setup: _Setup) -> Task:
+    from workspace.optimization import dspy_adapter as da
 
-    def __init__(self, policy: Mapping[str, Any], task: Task) -> None:
-        self.policy, self.task = policy, task
-
-    def __call__(self, **inputs: Any) -> list[Any]:
-        import dspy
-
-        example = {**inputs, 'example_id': self.task.example_id(inputs)}
-        got = retrieve(self.policy, [example], dataset=self.task.dataset)[str(example['example_id'])]
-        return [
-            dspy.Example(**{n: d[n] for n in self.task.inputs}, **{self.task.output: d['expected']}).with_inputs(
-                *self.task.inputs
-            )
-            for d in got.demos
-        ]
+    ds = setup.dataset
+    return da.Task.create(
+        setup.baseline, ds.inputs, ds.meta.get('expected_column', 'expected'), [*setup.train_rows, *setup.dev_rows],
+        dataset=ds.name,
+    )  # fmt: skip
 
 
-def _knn_programs(setup: _Setup, task: Task, student: Any, trainset: list[Any]) -> list[Any]:
-    """Return one DSPy `KNNFewShot` program per (k, per_label_max) of the plan, each tagged with its candidate."""
-    import dspy
+class _Progress:
+    """The run's progress bar: requests against what the run plans to make, candidates scored, calls, time left."""
 
-    from udfs import render as render_udfs
-    from workspace.optimization.dspy_adapter import Candidate, demo_template
+    def __init__(self, show: bool, name: str, deadline: float | None) -> None:
+        self.deadline, self.bar, self.fields = deadline, None, {}
+        if show:
+            from tqdm.auto import tqdm
 
-    template = setup.baseline.template
-    if 'demos' not in render_udfs.template_variables(template):
-        template = demo_template(template, task.inputs)
-    programs = []
-    output = dict(setup.baseline.output)
-    for decode in setup.plan['decode']:
-        spec = None
-        if decode != output.get('decode', 'mask'):
-            spec = {k: v for k, v in {**output, 'decode': decode}.items() if k != 'decode' or decode != 'mask'}
-        for k in setup.plan['k']:
-            for cap in setup.plan['per_label_max']:
-                policy = nearest(setup.dataset, k=k, split=setup.train, per_label_max=cap, order=setup.plan['order'])
-                # labeled demos only: the neighbours as they are, with no bootstrapping call
-                knn = dspy.KNNFewShot(
-                    k, trainset, vectorizer=dspy.Embedder(embed), max_bootstrapped_demos=0, max_labeled_demos=k
-                )
-                knn.KNN = _PoolNeighbours(policy, task)
-                program = knn.compile(student)
-                program.workspace_candidate = Candidate(template, setup.baseline.instructions, (), policy, spec)
-                programs.append(program)
-    return programs
+            self.bar = tqdm(total=None, desc=f'optimize {name}', unit='req', file=sys.stderr)
+
+    def say(self, text: str) -> None:
+        """Show a line above the bar (the plan), or log it."""
+        log.info('%s', text)
+        if self.bar is not None:
+            self.bar.write(text, file=sys.stderr)
+
+    def expect(self, total: int) -> None:
+        """Set how many requests the run expects to make in all."""
+        if self.bar is not None and total != self.bar.total:
+            self.bar.total = total
+            self.bar.refresh()
+
+    def tick(self, ledger: Ledger) -> None:
+        if self.bar is None:
+            return
+        self.bar.update(1)
+        left = '' if self.deadline is None else f'{max(0.0, self.deadline - time.monotonic()) / 60:.1f} min'
+        self.bar.set_postfix(**self.fields, calls=ledger.calls, **({'left': left} if left else {}), refresh=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
-def _search(setup: _Setup, *, progress: bool, started: Any, clock: float) -> _Search:
-    """Run the DSPy optimizer, recording every candidate evaluation as a trial; return what it left."""
+def _ledger(setup: _Setup, progress: _Progress) -> Ledger:
+    from workspace.optimization import dspy_adapter as da
+
+    limits = setup.limits
+    return da.Ledger(
+        setup.run_id,
+        setup.dataset.name,
+        max_requests=limits.get('max_calls'),
+        deadline=progress.deadline,
+        max_errors=setup.max_errors,
+        on_request=progress.tick,
+    )
+
+
+def _counts(ledger: Ledger, trials: list[Trial], clock: float) -> dict[str, Any]:
+    return {
+        'trials': len(trials),
+        'requests': ledger.requests,
+        'calls': ledger.calls,
+        'tokens': ledger.tokens,
+        'errors': ledger.errors,
+        'wall_s': time.perf_counter() - clock,
+    }
+
+
+def _history_seconds(model: str) -> float | None:
+    """Return the median seconds per request of the model's last 200 stored answers, if it has any."""
+    from workspace.storage import tables
+
+    t = tables.requests()
+    rows = (
+        t.where(t.model_id == backends.model_identity(model))
+        .order_by(t.created_at, asc=False)
+        .limit(200)
+        .select(t.response)
+        .collect()
+    )
+    seconds = sorted(float(r['response']['latency_s']) for r in rows if (r['response'] or {}).get('latency_s'))
+    return seconds[len(seconds) // 2] if seconds else None
+
+
+def _dspy_plan(setup: _Setup, answered: int) -> Plan:
+    """The plan of a DSPy optimizer: the baseline on dev, then DSPy's own search, up to the call budget."""
+    n, plan, limits = len(setup.dev_rows), setup.plan, setup.limits
+    candidates = {
+        'labeled_fewshot': 1,
+        'bootstrap_fewshot': 1,
+        'bootstrap_random_search': len(plan.get('restrict') or []) or plan.get('num_candidate_programs', 0) + 3,
+        'mipro_v2': plan.get('num_trials') or 10,
+        'copro': plan.get('breadth', 1) * plan.get('depth', 1),
+    }.get(setup.name, limits.get('max_candidates') or 0)
+    candidates = min(candidates, limits.get('max_candidates') or candidates)
+    most = (candidates + 1) * n
+    planned = min(most, limits['max_calls']) if 'max_calls' in limits else most
+    test = 2 * len(setup.dataset.rows(setup.test)) if setup.test else 0
+    budget = 60 * limits['max_minutes'] if 'max_minutes' in limits else None
+    seconds = _history_seconds(setup.baseline.model)
+    return Plan(setup.name, candidates, candidates + 1, n, (n,), most, answered, seconds, budget, planned, test)
+
+
+def _dspy_search(setup: _Setup, attempt: records.Attempt, *, progress: bool, clock: float) -> _Search:
+    """Run a DSPy optimizer, recording every candidate evaluation as a trial; return what it left."""
     import dspy
 
     from workspace.optimization import dspy_adapter as da
 
-    baseline, ds = setup.baseline, setup.dataset
-    task = da.Task.create(
-        baseline, ds.inputs, ds.meta.get('expected_column', 'expected'), [*setup.train_rows, *setup.dev_rows],
-        dataset=ds.name,
-    )  # fmt: skip
+    baseline, limits = setup.baseline, setup.limits
+    task = _task(setup)
     trainset = [task.example(row) for row in setup.train_rows]
     random.Random(setup.seed).shuffle(trainset)
     devset = [task.example(row) for row in setup.dev_rows]
-    bar: Any = None
-
-    def on_request(led: Ledger) -> None:
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(calls=led.calls, trials=len(recorder.trials), refresh=False)
-
-    limits = setup.limits
-    ledger = da.Ledger(
-        setup.run_id,
-        ds.name,
-        max_requests=limits.get('max_calls'),
-        deadline=time.monotonic() + 60 * limits['max_minutes'] if 'max_minutes' in limits else None,
-        max_errors=setup.max_errors,
-        on_request=on_request,
-    )
-    trials_table = tables.trials()
+    bar = _Progress(progress, setup.name, _deadline(limits))
+    ledger = _ledger(setup, bar)
+    trial_log = records.TrialLog(setup.run_id, attempt.number)
     active = da.Active()
+
+    def on_trial(trial: Trial) -> None:
+        trial_log.write(_trial_row(setup.run_id, setup.name, baseline.id, trial))
+        attempt.update(**_counts(ledger, recorder.trials, clock))
+
     recorder = da.TrialRecorder(
-        task,
-        ledger,
-        [r['example_id'] for r in setup.dev_rows],
-        max_candidates=limits.get('max_candidates'),
-        on_trial=lambda t: trials_table.batch_update(
-            [_trial_row(setup.run_id, setup.name, baseline.id, t)], if_not_exists='insert'
-        ),
-        split_score=setup.metric.score,
-        active=active,
-    )
+        task, ledger, [r['example_id'] for r in setup.dev_rows], max_candidates=limits.get('max_candidates'),
+        on_trial=on_trial, split_score=setup.metric.score, active=active,
+    )  # fmt: skip
+    plan = _dspy_plan(setup, records.answered_by_run(setup.run_id))
+    attempt.update(plan=plan.as_dict())
+    bar.say(str(plan))
+    bar.expect(plan.planned_requests)
     # Proposals are one line: a base model rambles on past it, and every token costs time on a small machine.
     proposal_params = {'temperature': 0.0, 'max_tokens': 64, 'stop': ['\n'], 'seed': setup.seed}
     student_lm = da.WorkspaceLM(baseline, ledger=ledger, proposal_params=proposal_params)
@@ -606,12 +698,6 @@ def _search(setup: _Setup, *, progress: bool, started: Any, clock: float) -> _Se
         da.WorkspaceLM(setup.teacher, ledger=ledger, proposal_params=proposal_params) if setup.teacher else None
     )
     adapter = da.VersionAdapter(task, active)
-    run_row = _first_row(setup, started)
-    tables.optimize_runs().batch_update([_run_row(run_row, ledger, recorder, clock)], if_not_exists='insert')
-    log.info(
-        'optimizer run %s: %s on %s (train %d, dev %d)', setup.run_id, setup.name, ds.name, len(trainset), len(devset)
-    )
-    audit_log.record('optimizer.started', setup.run_id, after={'optimizer': setup.name, 'baseline': baseline.id})
 
     def dspy_metric(gold: Any, pred: Any, trace: Any = None, pred_name: Any = None, pred_trace: Any = None) -> float:
         return float(setup.metric.per_example(pred.get(task.output), gold[task.output]))
@@ -627,10 +713,6 @@ def _search(setup: _Setup, *, progress: bool, started: Any, clock: float) -> _Se
         student.workspace_candidate = task.baseline_candidate()
     stop: da.Stop | None = None
     picked: str | None = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=limits.get('max_calls'), desc=f'optimize {setup.name}', unit='req', file=sys.stderr)
     try:
         with (
             _quiet(),
@@ -641,17 +723,13 @@ def _search(setup: _Setup, *, progress: bool, started: Any, clock: float) -> _Se
         ):  # fmt: skip
             score_on_dev(student, 'baseline')
             recorder.kind = 'candidate'
-            if setup.name == 'knn_fewshot':
-                for program in _knn_programs(setup, task, student, trainset):
-                    score_on_dev(program, 'candidate')
-            else:
-                dspy_optimizer, extra = _build(setup.name, setup.plan, dspy_metric, student_lm, teacher_lm, adapter)
-                compiled = _compile(setup.name, dspy_optimizer, student, trainset, devset, extra)
-                predictor = compiled.predictors()[0]
-                chosen = task.candidate(predictor.signature, predictor.demos)
-                picked = chosen.key
-                if not any(t.candidate.key == chosen.key for t in recorder.dev_trials()):
-                    score_on_dev(compiled, 'final')
+            dspy_optimizer, extra = _build(setup.name, setup.plan, dspy_metric, student_lm, teacher_lm, adapter)
+            compiled = _compile(setup.name, dspy_optimizer, student, trainset, devset, extra)
+            predictor = compiled.predictors()[0]
+            chosen = task.candidate(predictor.signature, predictor.demos)
+            picked = chosen.key
+            if not any(t.candidate.key == chosen.key for t in recorder.dev_trials()):
+                score_on_dev(compiled, 'final')
     except da.Stop as s:
         stop = s
         picked = None  # a run stopped by its budget has no pick of its own
@@ -659,29 +737,159 @@ def _search(setup: _Setup, *, progress: bool, started: Any, clock: float) -> _Se
     except WorkspaceError:
         raise
     except Exception as e:
-        _record_failure(setup, run_row, ledger, recorder, clock, str(e))
         raise OptimizeError(f'optimizer {setup.name!r} failed in run {setup.run_id}: {type(e).__name__}: {e}') from e
     finally:
-        if bar is not None:
-            bar.close()
-    if stop is not None and stop.reason == 'max_errors':
-        message = (
-            f'optimizer run {setup.run_id} stopped: {ledger.errors} model calls failed, more than '
-            f'max_errors={setup.max_errors}; the last error: {ledger.last_error}. Its trials so far are in '
-            f'ws.list_trials({setup.run_id!r}); fix the model or endpoint, or raise max_errors'
-        )
-        _record_failure(setup, run_row, ledger, recorder, clock, message)
-        raise OptimizeError(message)
-    scored = recorder.dev_trials()
+        bar.close()
+    search = _Search(recorder.trials, ledger, stop, picked, plan)
+    _check_stop(setup, search)
+    scored = search.dev_trials()
     if not scored or scored[0].kind != 'baseline':
         raise OptimizeError(
             f'optimizer run {setup.run_id} stopped before the baseline was scored on {setup.dev!r} '
             f'({len(devset)} requests): {stop.message if stop else "no dev score"}; raise the budget'
         )
-    return _Search(task, recorder, ledger, stop, picked)
+    return search
 
 
-def _first_row(setup: _Setup, started: Any) -> dict[str, Any]:
+def _deadline(limits: Budget) -> float | None:
+    return time.monotonic() + 60 * limits['max_minutes'] if 'max_minutes' in limits else None
+
+
+def _check_stop(setup: _Setup, search: _Search) -> None:
+    """Raise OptimizeError if the run stopped because too many model calls failed."""
+    stop, ledger = search.stop, search.ledger
+    if stop is not None and stop.reason == 'max_errors':
+        raise OptimizeError(
+            f'optimizer run {setup.run_id} stopped: {ledger.errors} model calls failed, more than '
+            f'max_errors={setup.max_errors}; the last error: {ledger.last_error}. Its trials so far are in '
+            f'ws.list_trials({setup.run_id!r}); fix the model or endpoint, or raise max_errors'
+        )
+
+
+def _race_setup(setup: _Setup, task: Task) -> tuple[dict[int, Candidate], list[Any]]:
+    """Return the raced candidates by entrant number (0 is the baseline) and their groups."""
+    from workspace.optimization import knn, racing
+
+    named = [(setup.baseline.id, task.baseline_candidate())]
+    named += knn.knn_candidates(setup.plan, setup.baseline, setup.dataset.name, setup.train, setup.dataset.inputs)
+    most = setup.limits.get('max_candidates')
+    named = named[: most + 1] if most is not None else named
+    groups: dict[str, Any] = {}
+    for number, (name, content) in enumerate(named):
+        key = knn.group_key(content)
+        entrant = racing.Entrant(number, name, key, baseline=number == 0)
+        groups.setdefault(key, racing.Group(key, [])).members.append(entrant)
+    return {number: content for number, (_, content) in enumerate(named)}, list(groups.values())
+
+
+def _race_plan(setup: _Setup, race: Race, answered: int) -> Plan:
+    n, limits = len(race.order), setup.limits
+    most = len(race.groups) * n
+    full = sum((g.seconds or 0.0) * n for g in race.groups)
+    measured = full / most if any(g.seconds for g in race.groups) else _history_seconds(setup.baseline.model)
+    budget = 60 * limits['max_minutes'] if 'max_minutes' in limits else None
+    planned = most
+    if budget is not None and measured:
+        planned = min(planned, answered + int(budget / measured))
+    if 'max_calls' in limits:
+        planned = min(planned, limits['max_calls'])
+    test = 2 * len(setup.dataset.rows(setup.test)) if setup.test else 0
+    entrants = sum(len(g.members) for g in race.groups)
+    return Plan(
+        setup.name,
+        entrants - 1,
+        len(race.groups),
+        n,
+        tuple(race.rungs),
+        most,
+        answered,
+        measured,
+        budget,
+        planned,
+        test,
+    )
+
+
+def _race_search(setup: _Setup, attempt: records.Attempt, *, progress: bool, clock: float) -> _Search:
+    """Race the knn_fewshot candidates and the baseline on growing dev subsamples; return what the race left."""
+    from workspace.optimization import knn, racing
+
+    bar = _Progress(progress, setup.name, _deadline(setup.limits))
+    ledger = _ledger(setup, bar)
+    contents, groups = _race_setup(setup, _task(setup))
+    trial_log = records.TrialLog(setup.run_id, attempt.number)
+    n_entrants = len(contents)
+    race = racing.Race(
+        groups, racing.interleaved(setup.metric.expected, setup.seed, stratify=setup.dataset.task == 'choice'),
+        racing.rung_sizes(len(setup.dev_rows)), value=lambda e, ids: _value(setup, e, ids),
+        p_better=lambda a, b, ids: _p_better(setup, a, b, ids), may_lead=lambda e, ids: _may_lead(setup, race, e, ids),
+        seconds_left=lambda: None if bar.deadline is None else bar.deadline - time.monotonic(),
+    )  # fmt: skip
+
+    def on_trial(trial: Trial) -> None:
+        trial_log.write(_trial_row(setup.run_id, setup.name, setup.baseline.id, trial))
+        attempt.update(**_counts(ledger, scorer.trials, clock))
+        left = sum(len(race.order) - len(g.scored) for g in race.groups if g.alive())
+        bar.fields = {'candidates': f'{len(race.alive())}/{n_entrants} in the race'}
+        bar.expect(ledger.requests + min(left, max(0, (plan.planned_requests if plan else left) - ledger.requests)))
+
+    scorer = knn.RaceScorer(
+        run_id=setup.run_id, baseline=setup.baseline, dataset=setup.dataset.name, ledger=ledger, metric=setup.metric,
+        rows={str(r['example_id']): r for r in setup.dev_rows}, contents=contents, n_entrants=n_entrants,
+        on_trial=on_trial,
+    )  # fmt: skip
+    plan: Plan | None = None
+    answered = records.answered_by_run(setup.run_id)  # by earlier attempts
+    backends.get_backend(setup.baseline.model).check()  # loaded before the first request is timed
+    try:
+        probed = race.probe(scorer)
+        plan = _race_plan(setup, race, answered)
+        attempt.update(plan=plan.as_dict())
+        bar.say(str(plan))
+        bar.expect(plan.planned_requests)
+        if probed:
+            race.run(scorer)
+    finally:
+        bar.close()
+    scorer.flush(race.groups)
+    for event in race.events:
+        log.info('optimizer run %s: %s', setup.run_id, event)
+    names = {e.number: e.name for e in race.entrants}
+    search = _Search(scorer.trials, ledger, scorer.stopped, None, plan, race, names)
+    _check_stop(setup, search)
+    if not race.entrants[0].predictions:
+        stop = scorer.stopped
+        raise OptimizeError(
+            f'optimizer run {setup.run_id} stopped before the baseline was scored on {setup.dev!r}: '
+            f'{stop.message if stop else "no dev score"}; raise the budget'
+        )
+    return search
+
+
+def _value(setup: _Setup, entrant: Any, ids: Any) -> float:
+    return setup.metric.score({ex: entrant.predictions[ex] for ex in ids if ex in entrant.predictions})
+
+
+def _p_better(setup: _Setup, a: Any, b: Any, ids: Any) -> float:
+    """Return the p-value that `a` beats `b` on `ids` (a quick paired permutation test), or 1.0 if it does not."""
+    pa = {ex: a.predictions[ex] for ex in ids if ex in a.predictions}
+    pb = {ex: b.predictions[ex] for ex in ids if ex in b.predictions}
+    result = verdict(setup.metric, pb, pa, split=setup.dev, names=(b.name, a.name), resamples=1000)
+    return result.p_value if result.diff > 0 else 1.0
+
+
+def _may_lead(setup: _Setup, race: Race, entrant: Any, ids: Any) -> bool:
+    """A label candidate whose predictions pile onto one label (or trade macro-F1 for accuracy) may not lead."""
+    from workspace.optimization.selection import candidate_flags
+
+    base = race.entrants[0]
+    if entrant.baseline or setup.dataset.task != 'choice' or not all(ex in base.predictions for ex in ids):
+        return True
+    expected = {ex: setup.metric.expected[ex] for ex in ids}
+    return not candidate_flags(entrant.predictions, base.predictions, expected)
+
+
+def _first_row(setup: _Setup) -> dict[str, Any]:
     return {
         'run_id': setup.run_id,
         'optimizer': setup.name,
@@ -689,60 +897,92 @@ def _first_row(setup: _Setup, started: Any) -> dict[str, Any]:
         'baseline_id': setup.baseline.id,
         'dataset': setup.dataset.name,
         'config': json.loads(json.dumps(setup.plan, default=str)),
-        'status': 'running',
-        'started_at': started,
     }
 
 
-def _record_failure(
-    setup: _Setup, row: Mapping[str, Any], ledger: Ledger, recorder: TrialRecorder, clock: float, error: str
-) -> None:
-    tables.optimize_runs().batch_update(
-        [_run_row({**row, 'status': 'failed', 'error': error}, ledger, recorder, clock)], if_not_exists='insert'
-    )
-    audit_log.record(
-        'optimizer.finished', setup.run_id, before=setup.baseline.id, after={'status': 'failed'}, note=error
-    )
-
-
-def _decide(setup: _Setup, search: _Search, selection: Mapping[str, Any]) -> Decision:
-    """Choose among the candidates scored on all of dev, and record each trial's flags."""
-    scored = search.recorder.dev_trials()
-    base_key = scored[0].candidate.key
-    seen, candidates = {base_key}, []
+def _scored(setup: _Setup, search: _Search) -> tuple[Scored, list[Scored]]:
+    """Return the baseline and the candidates as the decision sees them: for a race, each candidate's
+    predictions, its metric on the last rung it completed, and how far it went; else the dev-scored trials."""
+    if search.race is not None:
+        race = search.race
+        size = len(race.entrants)
+        latest: dict[int, int] = {}
+        for t in search.trials:
+            latest[t.number % size] = max(latest.get(t.number % size, -1), t.number)
+        out = []
+        for e in race.entrants:
+            if not e.predictions or e.number not in latest:
+                continue
+            ids = race.order[: race.rungs[e.rung]] if e.rung >= 0 else list(e.predictions)
+            out.append(Scored(latest[e.number], e.name, e.predictions, _value(setup, e, ids), depth=e.rung))
+        return out[0], out[1:]
+    scored = search.dev_trials()
+    seen, candidates = {scored[0].candidate.key}, []
     for t in scored[1:]:
         if t.candidate.key in seen:
             continue  # the same content scored again (an optimizer's final pick): judged once
         seen.add(t.candidate.key)
+        picked = t.candidate.key == search.picked
         candidates.append(
-            Scored(
-                t.number,
-                f'trial {t.number}',
-                t.example_predictions,
-                float(t.dev_score or 0.0),
-                picked=t.candidate.key == search.picked,
-            )  # fmt: skip
+            Scored(t.number, f'trial {t.number}', t.example_predictions, float(t.dev_score or 0.0), picked=picked)
         )
-    baseline = Scored(
-        scored[0].number, setup.baseline.id, scored[0].example_predictions, float(scored[0].dev_score or 0.0)
-    )
+    first = scored[0]
+    return Scored(first.number, setup.baseline.id, first.example_predictions, float(first.dev_score or 0.0)), candidates
+
+
+def _decide(setup: _Setup, search: _Search, selection: Mapping[str, Any]) -> tuple[Decision, Scored, list[Scored]]:
+    """Choose among the scored candidates, and note each flagged trial's flags on its record."""
+    baseline, candidates = _scored(setup, search)
     decision = decide(setup.metric, baseline, candidates, task=setup.dataset.task, dev=setup.dev, **selection)
     if decision.flags:
-        by_number = {t.number: t for t in search.recorder.trials}
-        tables.trials().batch_update(
-            [
-                _trial_row(setup.run_id, setup.name, setup.baseline.id, by_number[n], f)
-                for n, f in decision.flags.items()
-            ]
-        )
-    return decision
+        trial_log = records.TrialLog(setup.run_id, 0)
+        trial_log.flag([{'trial': n, 'flags': f} for n, f in decision.flags.items()])
+    return decision, baseline, candidates
 
 
-def _write_candidate(setup: _Setup, search: _Search, decision: Decision, wall_s: float) -> Version | None:
+def _references(
+    setup: _Setup, decision: Decision, baseline: Scored, candidates: list[Scored]
+) -> tuple[References | None, str]:
+    """Return the reference baselines of dev on the examples the decision compared, and a sentence saying them
+    beside the best candidate (no model call)."""
+    best = next((c for c in candidates if c.trial == decision.trial), None)
+    ids = [
+        ex for ex in setup.metric.expected if ex in baseline.predictions and (best is None or ex in best.predictions)
+    ]
+    refs = reference_baselines(setup.dataset, setup.dev, pool=setup.train, example_ids=ids)
+    if not refs:
+        return None, ''
+    parts = []
+    if best is not None:
+        winner = 'optimized' if decision.accepted else 'best candidate'
+        parts.append(f'{winner} {setup.metric.score({ex: best.predictions[ex] for ex in ids}):.3f}')
+    parts.append(f'baseline {setup.metric.score({ex: baseline.predictions[ex] for ex in ids}):.3f}')
+    values = {r.name: setup.metric.score({ex: r.predictions[ex] for ex in ids}) for r in refs.items}
+    parts += [f'{name} {value:.3f}' for name, value in values.items()]
+    sentence = (
+        f'{setup.metric.name} on the same {len(ids)} {setup.dev} rows: '
+        + '; '.join(parts)
+        + ' (reference baselines: no model call).'
+    )
+    vote = refs.get('knn_vote') or refs.get('nearest_output')
+    if (
+        best is not None
+        and vote is not None
+        and values[vote.name] >= setup.metric.score({ex: best.predictions[ex] for ex in ids})
+    ):
+        sentence += f' The {vote.name} alone scores as well: the model adds nothing over its retrieval here.'
+    return refs, sentence
+
+
+def _write_candidate(
+    setup: _Setup, search: _Search, decision: Decision, scored: tuple[Scored, list[Scored]], wall_s: float
+) -> Version | None:
     """Write the top eligible candidate as a version whose parent is the baseline, with its lineage in `meta`."""
     if decision.trial is None:
         return None
-    trial = next(t for t in search.recorder.trials if t.number == decision.trial)
+    trial = next(t for t in search.trials if t.number == decision.trial)
+    baseline, candidates = scored
+    best = next(c for c in candidates if c.trial == decision.trial)
     ledger, ds = search.ledger, setup.dataset
     split = {'dataset': ds.name, 'dataset_version': setup.dataset_version}
     meta = {
@@ -755,8 +995,9 @@ def _write_candidate(setup: _Setup, search: _Search, decision: Decision, wall_s:
         'dev': {**split, 'split': setup.dev, 'n': len(setup.dev_rows)},
         'teacher': setup.teacher.model if setup.teacher else None,
         'trial': trial.number,
-        'baseline_score': search.recorder.dev_trials()[0].dev_score,
-        'dev_score': trial.dev_score,
+        'baseline_score': baseline.value,
+        'dev_score': best.value,
+        'dev_n': len(best.predictions),
         'accepted': decision.accepted,
         'decision': decision.reason,
         'dev_p_value': decision.dev.p_value if decision.dev else None,
@@ -767,6 +1008,7 @@ def _write_candidate(setup: _Setup, search: _Search, decision: Decision, wall_s:
         'wall_s': round(wall_s, 3),
     }
     content = trial.candidate
+    what = search.names.get(trial.number % len(search.race.entrants)) if search.race is not None else None
     return edit(
         setup.baseline,
         template=content.template,
@@ -774,6 +1016,7 @@ def _write_candidate(setup: _Setup, search: _Search, decision: Decision, wall_s:
         instructions=content.instructions,
         output=dict(content.output) if content.output is not None else None,  # type: ignore[arg-type]
         note=f'{setup.name} run {setup.run_id}, trial {trial.number}'
+        + (f' ({what})' if what else '')
         + ('' if decision.accepted else ' (not accepted)'),
         meta=meta,
     )
@@ -830,7 +1073,7 @@ def optimize(
     >>> res = optimize('ticket_router:v1', 'support_tickets', optimizer='knn_fewshot')
     >>> print(res.decision)
     """
-    started, clock = utc_now(), time.perf_counter()
+    clock = time.perf_counter()
     if not 0 < alpha < 1 or (margin is not None and not 0 <= margin < 1):
         raise OptimizeError(f'alpha={alpha!r} and margin={margin!r}: give 0 < alpha < 1 and 0 <= margin < 1')
     selection = {'alpha': alpha, 'margin': margin, 'allow_degenerate': allow_degenerate}
@@ -838,26 +1081,39 @@ def optimize(
         version, dataset, optimizer=optimizer, metric=metric, train=train, dev=dev, test=test, budget=budget,
         teacher=teacher, seed=seed, max_errors=max_errors, options=options,
     )  # fmt: skip
-    search = _search(setup, progress=progress, started=started, clock=clock)
-    decision = _decide(setup, search, selection)
-    candidate = _write_candidate(setup, search, decision, time.perf_counter() - clock)
+    attempt = records.Attempt.begin(_first_row(setup))
+    log.info('optimizer run %s (attempt %d): %s on %s', setup.run_id, attempt.number, setup.name, setup.dataset.name)
+    audit_log.record('optimizer.started', setup.run_id, after={'optimizer': setup.name, 'baseline': setup.baseline.id})
+    try:
+        searched = _race_search if setup.name == 'knn_fewshot' else _dspy_search
+        search = searched(setup, attempt, progress=progress, clock=clock)
+    except (OptimizeError, WorkspaceError, KeyboardInterrupt) as e:
+        attempt.update(status='failed', error=str(e) or type(e).__name__, wall_s=time.perf_counter() - clock)
+        audit_log.record(
+            'optimizer.finished', setup.run_id, before=setup.baseline.id, after={'status': 'failed'}, note=str(e)
+        )
+        raise
+    decision, base, candidates = _decide(setup, search, selection)
+    refs, said = _references(setup, decision, base, candidates)
+    reason = f'{decision.reason} {said}'.strip()
+    decision = dataclasses.replace(decision, reason=reason)
+    candidate = _write_candidate(setup, search, decision, (base, candidates), time.perf_counter() - clock)
     best = candidate if decision.accepted and candidate is not None else setup.baseline
     test_verdict = _confirm(setup, best)
-    ledger, scored = search.ledger, search.recorder.dev_trials()
-    best_trial = decision.trial if decision.accepted and decision.trial is not None else scored[0].number
-    best_score = next(t.dev_score for t in scored if t.number == best_trial) or 0.0
-    row = {
-        **_first_row(setup, started),
-        'status': 'stopped' if search.stop else 'done',
-        'stopped_by': search.stop.reason if search.stop else None,
-        'best_version_id': best.id,
-        'decision': decision.reason,
-    }
-    tables.optimize_runs().batch_update(
-        [_run_row(row, ledger, search.recorder, clock, finished=True)], if_not_exists='insert'
+    ledger = search.ledger
+    best_score = (
+        next((c.value for c in candidates if c.trial == decision.trial), base.value)
+        if decision.accepted
+        else base.value
     )
+    status = 'stopped' if search.stop else 'done'
+    attempt.update(
+        **_counts(ledger, search.trials, clock), status=status, stopped_by=search.stop.reason if search.stop else None,
+        best_version_id=best.id, baseline_score=base.value, best_score=best_score, decision=reason,
+        references=None if refs is None else {r.name: r.metrics for r in refs.items},
+    )  # fmt: skip
     audit_log.record(
-        'optimizer.finished', setup.run_id, before=setup.baseline.id, after={'status': row['status'], 'best': best.id}
+        'optimizer.finished', setup.run_id, before=setup.baseline.id, after={'status': status, 'best': best.id}
     )
     return OptimizeResult(
         run_id=setup.run_id,
@@ -869,59 +1125,19 @@ def optimize(
         best=best,
         candidate=candidate,
         accepted=decision.accepted and candidate is not None,
-        decision=decision.reason,
+        decision=reason,
         dev_verdict=decision.dev,
         test=test_verdict,
-        baseline_score=float(scored[0].dev_score or 0.0),
+        baseline_score=base.value,
         best_score=float(best_score),
-        best_trial=best_trial,
-        n_trials=len(search.recorder.trials),
+        best_trial=decision.trial if decision.accepted and decision.trial is not None else base.trial,
+        n_trials=len(search.trials),
         stopped_by=search.stop.reason if search.stop else None,
         requests=ledger.requests,
         calls=ledger.calls,
         tokens=ledger.tokens,
         errors=ledger.errors,
         wall_s=time.perf_counter() - clock,
+        plan=search.plan,
+        references=refs,
     )
-
-
-def _run_row(
-    row: Mapping[str, Any], ledger: Ledger, recorder: TrialRecorder, clock: float, *, finished: bool = False
-) -> dict[str, Any]:
-    scored = recorder.dev_trials()
-    return {
-        'stopped_by': None,
-        'best_version_id': None,
-        'error': None,
-        **row,
-        'baseline_score': scored[0].dev_score if scored and scored[0].kind == 'baseline' else None,
-        'best_score': max((t.dev_score or 0.0) for t in scored) if scored else None,
-        'decision': row.get('decision'),
-        'trials': len(recorder.trials),
-        'requests': ledger.requests,
-        'calls': ledger.calls,
-        'tokens': ledger.tokens,
-        'errors': ledger.errors,
-        'wall_s': time.perf_counter() - clock,
-        'finished_at': utc_now() if finished or row.get('status') == 'failed' else None,
-    }
-
-
-def list_trials(run_id: str | None = None) -> pd.DataFrame:
-    """Return the trials of one optimizer run (or of all), one row per candidate evaluation, in order.
-
-    >>> list_trials('opt-1a2b3c4d5e6f')[['trial', 'kind', 'dev_score', 'calls', 'status']]
-    """
-    t = tables.trials()
-    query: Any = t.where(t.run_id == run_id) if run_id is not None else t
-    return query.order_by(t.run_id, t.trial).collect().to_pandas()
-
-
-def list_optimizations(prompt: str | None = None) -> pd.DataFrame:
-    """Return past optimizer runs, newest first, with their status, scores, best version and cost.
-
-    >>> list_optimizations('ticket_router')
-    """
-    t = tables.optimize_runs()
-    query: Any = t.where(t.prompt == prompt) if prompt is not None else t
-    return query.order_by(t.started_at, asc=False).collect().to_pandas()
