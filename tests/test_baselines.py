@@ -108,3 +108,30 @@ def test_a_dataset_without_a_pool_has_no_baselines_and_says_why(ws):
     data = ws.import_dataset('no_pool', rows, input='text', expected='category', split='split', id='id')
     refs = reference_baselines(data, 'dev')
     assert not refs and "has no 'train' split" in refs.notes[0]
+
+
+def test_the_summary_the_comparison_and_the_report_show_the_baselines_with_no_model_call(ws, tiny, local, tmp_path):
+    from workspace.analysis.compare import build_comparison
+    from workspace.ui.report import write_report
+    from workspace.ui.views import render_summary
+
+    template = 'Ticket: {{ text }}\nCategory:'
+    v1 = ws.create_version('shown', template=template, output=ws.choice(['BILLING', 'DELIVERY', 'TECHNICAL']))
+    v2 = ws.edit(v1, demos=ws.nearest(tiny, k=2))
+    run = ws.evaluate(v1, tiny, 'dev', progress=False)
+    ws.evaluate(v2, tiny, 'dev', progress=False)
+    calls = local.calls
+    summary = run.summary()
+    vote = summary.references.get('knn_vote')
+    text = str(summary)
+    assert f'{vote.name} (no model)' in text and f'macro-F1 {vote.metrics["macro_f1"]:.3f}' in text
+    assert 'majority (BILLING) (no model)' in summary._repr_html_()
+
+    cmp = build_comparison(tiny, [v1, v2], 'dev')
+    assert cmp.references.get('knn_vote').predictions == vote.predictions and cmp.references.n == 6
+    html = render_summary(cmp)
+    assert 'Reference baselines on the same 6 examples, no model call' in html and vote.name in html
+    assert cmp.with_baseline(v2.id).references is cmp.references
+    page = write_report(cmp, tmp_path / 'report.html').read_text()
+    assert 'Reference baselines on the same 6 examples' in page
+    assert local.calls == calls  # the summary, the comparison and the report: no model call

@@ -422,6 +422,9 @@ def test_the_plan_is_said_first_and_the_records_match_the_real_calls(ws, tiny, l
     assert first.loc[0, 'calls'] == calls == res.calls == answered_by_run(res.run_id) == res.trials['calls'].sum()
     assert first.loc[0, 'requests'] == res.requests == res.trials['requests'].sum() == 30
     assert first.loc[0, 'plan']['max_requests'] == 30 and first.loc[0, 'decision'] == res.decision
+    # the decision names the reference baselines of the same dev rows
+    vote = res.references.get('knn_vote')
+    assert f'{vote.name} ' in res.decision and '(reference baselines: no model call)' in res.decision
 
     again, more = _calls(local, lambda: optimize(v, tiny, options=KNN_SMALL, test=None, progress=False))
     records = optimizer_records(res.run_id)

@@ -104,10 +104,10 @@ def test_a_candidate_replaces_the_baseline_only_when_the_paired_test_says_so():
     slightly = _right_on(50, 16)  # one more minority row right
     decision = decide(metric, baseline, [much_better], task='choice')
     assert decision.accepted and decision.trial == 1 and decision.dev.p_value < 0.001
-    assert decision.reason.startswith('trial 1 (trial 1) replaces router:v1: macro_f1') and 'p < 0.1' in decision.reason
+    assert decision.reason.startswith('trial 1 replaces router:v1: macro_f1') and 'p < 0.1' in decision.reason
     noisy = decide(metric, baseline, [_scored(2, slightly, metric)], task='choice')
     assert not noisy.accepted and noisy.trial == 2 and noisy.dev.diff > 0
-    assert noisy.reason.startswith('kept router:v1: the best candidate, trial 2 (trial 2), scored macro_f1')
+    assert noisy.reason.startswith('kept router:v1: the best candidate, trial 2, scored macro_f1')
     assert 'not better by p < 0.1' in noisy.reason
     by_margin = decide(metric, baseline, [_scored(2, slightly, metric)], task='choice', margin=0.001)
     assert by_margin.accepted and 'at least +0.1 points' in by_margin.reason

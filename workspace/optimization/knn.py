@@ -8,7 +8,9 @@ labels or all of them, and, for rank and calibrated, mixed with the neighbours' 
 most of the signal; these candidates let the model add what it can to that, and the race keeps whatever wins on
 dev by the selection rules. Candidates differing only in the vote weight send the same requests (a group).
 
-`RaceScorer` scores a group of candidates on new dev examples exactly as `ws.evaluate` would: the same
+`race_search` races them with the baseline (`racing`): it measures each group's seconds per request on one
+example, says the plan, then runs the rungs. `RaceScorer` scores a group of candidates on new dev examples
+exactly as `ws.evaluate` would: the same
 retrieval, the same requests (so evaluating the winner afterwards makes no call), the same reading of the answer
 (`calibration.answer_label`, then the output spec's parser). Requests go through the run's ledger in small
 batches, so budgets stop a run between batches and every answer is in the store before the next batch.
@@ -20,19 +22,37 @@ import dataclasses
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from udfs import parse as parse_udfs, render as render_udfs
 from workspace.config import utc_now
 from workspace.core.demo_policies import Retrieved, nearest, retrieve
 from workspace.core.versions import Version, build_request, choice
 from workspace.errors import OptimizeError
+from workspace.optimization import racing, records
 from workspace.optimization.dspy_adapter import Candidate, Ledger, Stop, Trial, demo_template
-from workspace.optimization.racing import Entrant, Group
-from workspace.optimization.selection import Metric
+from workspace.optimization.racing import Entrant, Group, Race
+from workspace.optimization.records import Plan
+from workspace.optimization.search import (
+    Progress,
+    Search,
+    Setup,
+    check_stop,
+    counts,
+    deadline_of,
+    history_seconds,
+    ledger_for,
+    log,
+    task_for,
+    trial_row,
+)
+from workspace.optimization.selection import Metric, Scored, candidate_flags, verdict
 from workspace.storage import backends, calibration
 
-__all__ = ['KNOBS', 'knn_options', 'knn_candidates', 'group_key', 'RaceScorer']
+if TYPE_CHECKING:
+    from workspace.optimization.dspy_adapter import Task
+
+__all__ = ['KNOBS', 'knn_options', 'knn_candidates', 'group_key', 'RaceScorer', 'race_search', 'race_scored']
 
 #: The knobs of `knn_fewshot` (its `options`), with what each takes.
 KNOBS = {
@@ -160,7 +180,7 @@ class RaceScorer:
         rows: Mapping[str, Mapping[str, Any]],
         contents: Mapping[int, Candidate],
         n_entrants: int,
-        on_trial: Callable[[Trial], None],
+        on_trial: Callable[[list[Trial]], None],
     ) -> None:
         self.run_id, self.baseline, self.dataset = run_id, baseline, dataset
         self.ledger, self.metric, self.rows, self.contents = ledger, metric, rows, contents
@@ -242,6 +262,7 @@ class RaceScorer:
         """Record one trial per member: its predictions so far, its score, and (on the first member) what the
         group's requests cost since its last record."""
         spent, started = self._open.pop(group.key)
+        recorded: list[Trial] = []
         for i, member in enumerate(members):
             predictions = dict(member.predictions)
             scope = 'dev' if set(predictions) == set(self.metric.expected) else 'dev_sample'
@@ -267,5 +288,140 @@ class RaceScorer:
                 status='stopped' if self.stopped is not None else 'failed' if failed else 'ok',
                 wall_s=spent[4] if i == 0 else 0.0,
             )
-            self.trials.append(trial)
-            self.on_trial(trial)
+            recorded.append(trial)
+        self.trials += recorded
+        self.on_trial(recorded)
+
+
+def _race_setup(setup: Setup, task: Task) -> tuple[dict[int, Candidate], list[Any]]:
+    """Return the raced candidates by entrant number (0 is the baseline) and their groups."""
+    named = [(setup.baseline.id, task.baseline_candidate())]
+    named += knn_candidates(setup.plan, setup.baseline, setup.dataset.name, setup.train, setup.dataset.inputs)
+    most = setup.limits.get('max_candidates')
+    named = named[: most + 1] if most is not None else named
+    groups: dict[str, Any] = {}
+    for number, (name, content) in enumerate(named):
+        key = group_key(content)
+        entrant = racing.Entrant(number, name, key, baseline=number == 0)
+        groups.setdefault(key, racing.Group(key, [])).members.append(entrant)
+    return {number: content for number, (_, content) in enumerate(named)}, list(groups.values())
+
+
+def _race_plan(setup: Setup, race: Race, answered: int) -> Plan:
+    n, limits = len(race.order), setup.limits
+    most = len(race.groups) * n
+    full = sum((g.seconds or 0.0) * n for g in race.groups)
+    measured = full / most if any(g.seconds for g in race.groups) else history_seconds(setup.baseline.model)
+    budget = 60 * limits['max_minutes'] if 'max_minutes' in limits else None
+    planned = most
+    if budget is not None and measured:
+        planned = min(planned, answered + int(budget / measured))
+    if 'max_calls' in limits:
+        planned = min(planned, limits['max_calls'])
+    test = 2 * len(setup.dataset.rows(setup.test)) if setup.test else 0
+    entrants = sum(len(g.members) for g in race.groups)
+    return Plan(
+        setup.name,
+        entrants - 1,
+        len(race.groups),
+        n,
+        tuple(race.rungs),
+        most,
+        answered,
+        measured,
+        budget,
+        planned,
+        test,
+    )
+
+
+def race_search(setup: Setup, attempt: records.Attempt, *, progress: bool, clock: float) -> Search:
+    """Race the knn_fewshot candidates and the baseline on growing dev subsamples; return what the race left."""
+    bar = Progress(progress, setup.name, deadline_of(setup.limits))
+    ledger = ledger_for(setup, bar)
+    contents, groups = _race_setup(setup, task_for(setup))
+    trial_log = records.TrialLog(setup.run_id, attempt.number)
+    n_entrants = len(contents)
+    race = racing.Race(
+        groups, racing.interleaved(setup.metric.expected, setup.seed, stratify=setup.dataset.task == 'choice'),
+        racing.rung_sizes(len(setup.dev_rows)), value=lambda e, ids: _value(setup, e, ids),
+        p_better=lambda a, b, ids: _p_better(setup, a, b, ids), may_lead=lambda e, ids: _may_lead(setup, race, e, ids),
+        seconds_left=lambda: None if bar.deadline is None else bar.deadline - time.monotonic(),
+    )  # fmt: skip
+
+    def on_trial(trials: list[Trial]) -> None:
+        trial_log.write_many([trial_row(setup.run_id, setup.name, setup.baseline.id, t) for t in trials])
+        attempt.update(**counts(ledger, scorer.trials, clock))
+        left = sum(len(race.order) - len(g.scored) for g in race.groups if g.alive())
+        bar.fields = {'candidates': f'{len(race.alive())}/{n_entrants} in the race'}
+        bar.expect(ledger.requests + min(left, max(0, (plan.planned_requests if plan else left) - ledger.requests)))
+
+    scorer = RaceScorer(
+        run_id=setup.run_id, baseline=setup.baseline, dataset=setup.dataset.name, ledger=ledger, metric=setup.metric,
+        rows={str(r['example_id']): r for r in setup.dev_rows}, contents=contents, n_entrants=n_entrants,
+        on_trial=on_trial,
+    )  # fmt: skip
+    plan: Plan | None = None
+    answered = records.answered_by_run(setup.run_id)  # by earlier attempts
+    backends.get_backend(setup.baseline.model).check()  # loaded before the first request is timed
+    try:
+        probed = race.probe(scorer)
+        plan = _race_plan(setup, race, answered)
+        attempt.update(plan=plan.as_dict())
+        bar.say(str(plan))
+        bar.expect(plan.planned_requests)
+        if probed:
+            race.run(scorer)
+    finally:
+        bar.close()
+    scorer.flush(race.groups)
+    for event in race.events:
+        log.info('optimizer run %s: %s', setup.run_id, event)
+    names = {e.number: e.name for e in race.entrants}
+    search = Search(scorer.trials, ledger, scorer.stopped, None, plan, race, names)
+    check_stop(setup, search)
+    if not race.entrants[0].predictions:
+        stop = scorer.stopped
+        raise OptimizeError(
+            f'optimizer run {setup.run_id} stopped before the baseline was scored on {setup.dev!r}: '
+            f'{stop.message if stop else "no dev score"}; raise the budget'
+        )
+    return search
+
+
+def _value(setup: Setup, entrant: Any, ids: Any) -> float:
+    return setup.metric.score({ex: entrant.predictions[ex] for ex in ids if ex in entrant.predictions})
+
+
+def _p_better(setup: Setup, a: Any, b: Any, ids: Any) -> float:
+    """Return the p-value that `a` beats `b` on `ids` (a quick paired permutation test), or 1.0 if it does not."""
+    pa = {ex: a.predictions[ex] for ex in ids if ex in a.predictions}
+    pb = {ex: b.predictions[ex] for ex in ids if ex in b.predictions}
+    result = verdict(setup.metric, pb, pa, split=setup.dev, names=(b.name, a.name), resamples=1000)
+    return result.p_value if result.diff > 0 else 1.0
+
+
+def _may_lead(setup: Setup, race: Race, entrant: Any, ids: Any) -> bool:
+    """A label candidate whose predictions pile onto one label (or trade macro-F1 for accuracy) may not lead."""
+    base = race.entrants[0]
+    if entrant.baseline or setup.dataset.task != 'choice' or not all(ex in base.predictions for ex in ids):
+        return True
+    expected = {ex: setup.metric.expected[ex] for ex in ids}
+    return not candidate_flags(entrant.predictions, base.predictions, expected)
+
+
+def race_scored(setup: Setup, search: Search) -> tuple[Scored, list[Scored]]:
+    """Return the baseline and the candidates of a race as the decision sees them: each one's predictions, its
+    metric on the last rung it completed, and how far it went (its latest trial number names it)."""
+    race = search.race
+    size = len(race.entrants)
+    latest: dict[int, int] = {}
+    for t in search.trials:
+        latest[t.number % size] = max(latest.get(t.number % size, -1), t.number)
+    out = []
+    for e in race.entrants:
+        if not e.predictions or e.number not in latest:
+            continue
+        ids = race.order[: race.rungs[e.rung]] if e.rung >= 0 else list(e.predictions)
+        out.append(Scored(latest[e.number], e.name, e.predictions, _value(setup, e, ids), depth=e.rung))
+    return out[0], out[1:]

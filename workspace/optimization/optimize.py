@@ -10,7 +10,8 @@ DSPy does the search (`labeled_fewshot`, `bootstrap_fewshot`, `bootstrap_random_
 - every candidate evaluation is a row of the trials table (`prompt_workspace/trials`), written as it finishes,
   with its predictions, its score by the run's metric (a metric of the whole split for labels) and its flags;
 - the default optimizer, `knn_fewshot`, races its candidates and the baseline on growing dev subsamples
-  (`racing`, `knn`): a budget of any size ends with the best candidate scored so far and its evidence;
+  (`racing`, `knn`): a budget of any size ends with the best candidate scored so far and its evidence; the
+  others are DSPy's (`dspy_search`);
 - every attempt says its plan before it starts and keeps its own record (`records`): a rerun adds a record;
 - the best eligible candidate becomes a new immutable version whose parent is the baseline, with the optimizer,
   its config, the seed, the dataset versions, the scores, the decision and the cost in its `meta`; it replaces
@@ -25,19 +26,15 @@ shows as such.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
-import io
 import json
 import logging
 import math
-import random
-import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import Any
 
 import pandas as pd
 
@@ -48,13 +45,11 @@ from workspace.core.evaluate import check_template, evaluate
 from workspace.core.versions import Version, edit, get_version
 from workspace.errors import DatasetError, OptimizeError, VersionError, WorkspaceError
 from workspace.optimization import records
+from workspace.optimization.dspy_search import check_dspy_options, dspy_search, trial_name
 from workspace.optimization.records import Plan, list_optimizations, list_trials, optimizer_records
-from workspace.optimization.selection import Decision, Metric, MetricFn, Scored, Verdict, build_metric, decide, verdict
+from workspace.optimization.search import Budget, Search, Setup, counts, describe_demos
+from workspace.optimization.selection import Decision, MetricFn, Scored, Verdict, build_metric, decide, verdict
 from workspace.storage import audit_log, backends
-
-if TYPE_CHECKING:
-    from workspace.optimization.dspy_adapter import Candidate, Ledger, Task, Trial
-    from workspace.optimization.racing import Race
 
 __all__ = [
     'OPTIMIZERS',
@@ -80,37 +75,6 @@ OPTIMIZERS: tuple[str, ...] = (
     'copro',
     'gepa',
 )
-
-# DSPy's own error limits are set out of reach: the ledger counts model errors and stops the run itself.
-_NO_LIMIT = 10**9
-_COMPILE_KEYS = {
-    'bootstrap_random_search': {'restrict', 'labeled_sample'},
-    'mipro_v2': {
-        'num_trials',
-        'minibatch',
-        'minibatch_size',
-        'minibatch_full_eval_steps',
-        'view_data_batch_size',
-        'program_aware_proposer',
-        'data_aware_proposer',
-        'tip_aware_proposer',
-        'fewshot_aware_proposer',
-    },
-    'labeled_fewshot': {'sample'},
-}
-
-
-class Budget(TypedDict, total=False):
-    """How much an optimizer run may spend; every limit is optional.
-
-    `max_candidates`: distinct candidates evaluated besides the baseline. `max_calls`: model requests, counting
-    those the request store answers, so that a resumed run stops where an uninterrupted one would (the model calls
-    actually made are at most this). `max_minutes`: wall time; a run stopped by time is not reproducible.
-    """
-
-    max_candidates: int
-    max_calls: int
-    max_minutes: float
 
 
 @dataclass(frozen=True)
@@ -163,7 +127,7 @@ class OptimizeResult:
         frame = self.trials
         columns = ['trial', 'kind', 'scope', 'score', 'demos', 'instructions', 'flags', 'calls', 'status']
         shown = frame.assign(
-            demos=frame['demos'].map(_describe_demos),
+            demos=frame['demos'].map(describe_demos),
             instructions=frame['instructions'].map(lambda s: (s or '')[:40]),
             flags=frame['flags'].map(lambda f: '; '.join(f or [])),
         )[columns]
@@ -190,13 +154,6 @@ class OptimizeResult:
             for row in frame.itertuples()
         }
         return pd.DataFrame(shares).fillna(0.0).T.round(3)
-
-
-def _describe_demos(demos: Any) -> str:
-    if isinstance(demos, Mapping) and 'policy' in demos:
-        cap = f', at most {demos["per_label_max"]} per label' if demos.get('per_label_max') else ''
-        return f'nearest {demos["k"]}{cap}'
-    return str(len(demos or []))
 
 
 def _check_optimizer(name: str) -> str:
@@ -300,184 +257,14 @@ def _plan(
             'use_merge': False,
             'seed': seed,
         }
-    _check_dspy_options(name, options)
+    check_dspy_options(name, options)
     plan.update(options)
     return plan
-
-
-#: Knobs the workspace sets itself on each DSPy optimizer (not the caller's to give).
-_SET_BY_WORKSPACE = {'metric', 'teacher_settings', 'num_threads', 'max_errors', 'prompt_model', 'task_model'}
-
-
-def _check_dspy_options(name: str, options: Mapping[str, Any]) -> None:
-    """Raise OptimizeError naming any knob the DSPy optimizer does not take, before any call is made."""
-    import inspect
-
-    import dspy
-
-    cls = {
-        'labeled_fewshot': dspy.LabeledFewShot,
-        'bootstrap_fewshot': dspy.BootstrapFewShot,
-        'bootstrap_random_search': dspy.BootstrapFewShotWithRandomSearch,
-        'mipro_v2': dspy.MIPROv2,
-        'copro': dspy.COPRO,
-        'gepa': dspy.GEPA,
-    }[name]
-    params = inspect.signature(cls.__init__).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return
-    known = (set(params) - {'self'} | _COMPILE_KEYS.get(name, set())) - _SET_BY_WORKSPACE
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise OptimizeError(
-            f'options for {name!r} are not valid: unknown knob(s) {", ".join(unknown)}; its knobs are '
-            f'{", ".join(sorted(known))} (see the DSPy optimizer)'
-        )
 
 
 def _run_id(**parts: Any) -> str:
     text = json.dumps(parts, sort_keys=True, ensure_ascii=False, default=repr)
     return 'opt-' + hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
-def _trial_row(
-    run_id: str, optimizer: str, parent: str, trial: Trial, flags: list[str] | None = None
-) -> dict[str, Any]:
-    return {
-        'run_id': run_id,
-        'trial': trial.number,
-        'kind': trial.kind,
-        'optimizer': optimizer,
-        'parent_id': parent,
-        'candidate': trial.candidate.key,
-        'template': trial.candidate.template,
-        'instructions': trial.candidate.instructions,
-        'demos': trial.candidate.version_demos,
-        'output': dict(trial.candidate.output) if trial.candidate.output is not None else None,
-        'scope': trial.scope,
-        'n': len(trial.example_ids),
-        'score': trial.score,
-        'dev_score': trial.dev_score,
-        'example_scores': trial.example_scores,
-        'example_predictions': trial.example_predictions,
-        'flags': flags,
-        'requests': trial.requests,
-        'calls': trial.calls,
-        'tokens': trial.tokens,
-        'wall_s': trial.wall_s,
-        'status': trial.status,
-        'errors': trial.errors,
-        'error': trial.error,
-        'started_at': trial.started_at,
-    }
-
-
-class _LogSink(io.TextIOBase):
-    """A stream that sends DSPy's prints and progress bars to the log, so that only ours shows."""
-
-    def write(self, text: str) -> int:
-        for line in text.replace('\r', '\n').splitlines():
-            if line.strip():
-                log.debug('dspy: %s', line.rstrip())
-        return len(text)
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    import warnings
-
-    with (
-        contextlib.redirect_stdout(_LogSink()),
-        contextlib.redirect_stderr(_LogSink()),
-        warnings.catch_warnings(),
-    ):
-        # DSPy 3.4 deprecates custom LMs over forward(); the workspace pins dspy<3.5, where it still works.
-        warnings.filterwarnings('ignore', category=DeprecationWarning)
-        yield
-
-
-def _build(
-    name: str, plan: Mapping[str, Any], metric: Callable[..., float], student_lm: Any, teacher_lm: Any, adapter: Any
-) -> tuple[Any, dict[str, Any]]:
-    """Return the DSPy optimizer and the extra compile arguments for `plan`."""
-    import dspy
-
-    compile_keys = _COMPILE_KEYS.get(name, set())
-    knobs = {k: v for k, v in plan.items() if k not in compile_keys}
-    extra = {k: v for k, v in plan.items() if k in compile_keys}
-    if 'restrict' in extra:
-        extra['restrict'] = set(extra['restrict'])
-    teacher_settings = {'lm': teacher_lm} if teacher_lm is not None else {}
-    prompt_lm = teacher_lm or student_lm
-    try:
-        if name == 'labeled_fewshot':
-            return dspy.LabeledFewShot(**knobs), extra
-        if name == 'bootstrap_fewshot':
-            return dspy.BootstrapFewShot(
-                metric=metric, teacher_settings=teacher_settings, max_errors=_NO_LIMIT, **knobs
-            ), extra
-        if name == 'bootstrap_random_search':
-            return dspy.BootstrapFewShotWithRandomSearch(
-                metric=metric, teacher_settings=teacher_settings, num_threads=1, max_errors=_NO_LIMIT, **knobs
-            ), extra
-        if name == 'mipro_v2':
-            return dspy.MIPROv2(
-                metric=metric,
-                prompt_model=prompt_lm,
-                task_model=student_lm,
-                teacher_settings=teacher_settings,
-                num_threads=1,
-                max_errors=_NO_LIMIT,
-                verbose=False,
-                track_stats=False,
-                **knobs,
-            ), extra
-        if name == 'copro':
-            return dspy.COPRO(metric=metric, prompt_model=prompt_lm, **knobs), {
-                'eval_kwargs': {'num_threads': 1, 'display_progress': False}
-            }
-        from dspy.teleprompt.gepa.instruction_proposal import InstructionProposer
-
-        return dspy.GEPA(
-            metric=metric,
-            reflection_lm=prompt_lm,
-            instruction_proposer=InstructionProposer(adapter=adapter),
-            num_threads=1,
-            **knobs,
-        ), extra
-    except TypeError as e:
-        raise OptimizeError(f'options for {name!r} are not valid: {e}; see the DSPy optimizer for its knobs') from None
-
-
-def _compile(name: str, optimizer: Any, student: Any, trainset: list[Any], devset: list[Any], extra: Any) -> Any:
-    if name in ('labeled_fewshot', 'bootstrap_fewshot'):
-        return optimizer.compile(student, trainset=trainset, **extra)
-    if name == 'copro':  # COPRO scores its instruction candidates on the set it is given: dev, the selection set
-        return optimizer.compile(student, trainset=devset, **extra)
-    return optimizer.compile(student, trainset=trainset, valset=devset, **extra)
-
-
-@dataclass
-class _Setup:
-    """Everything an optimizer run is defined by, checked: its id derives from it."""
-
-    name: str
-    baseline: Version
-    dataset: Dataset
-    train: str
-    dev: str
-    test: str | None
-    train_rows: list[dict[str, Any]]
-    dev_rows: list[dict[str, Any]]
-    metric: Metric
-    metric_key: str
-    plan: dict[str, Any]
-    limits: Budget
-    seed: int
-    max_errors: int
-    teacher: Version | None
-    dataset_version: int
-    run_id: str
 
 
 def _prepare(
@@ -494,7 +281,7 @@ def _prepare(
     seed: int,
     max_errors: int,
     options: Mapping[str, Any] | None,
-) -> _Setup:
+) -> Setup:
     """Check the arguments and read the splits; raise OptimizeError naming the value and the fix."""
     name = _check_optimizer(optimizer)
     limits = _check_budget(budget)
@@ -511,8 +298,9 @@ def _prepare(
         test = 'test' if 'test' in ds.splits() and 'test' not in (train, dev) else None
     elif test is not None and test not in ds.splits():
         raise OptimizeError(f'test={test!r}: dataset {ds.name!r} has splits {", ".join(ds.splits())}; or test=None')
-    if name == 'knn_fewshot':  # the pool's embedding index first: making it is a new version of the dataset table
-        nearest(ds, k=1, split=train)
+    # The pool's embedding index first (retrieved demos and the reference baselines read it): making it is a new
+    # version of the dataset table, which the run records.
+    nearest(ds, k=1, split=train)
     expected = {str(r['example_id']): r['expected'] for r in dev_rows}
     scorer = build_metric(metric, task=ds.task, expected=expected, schema=baseline.output.get('schema'))
     teacher_version = _teacher(teacher, baseline, ds)
@@ -535,361 +323,13 @@ def _prepare(
         budget=dict(limits),
         max_errors=max_errors,
     )
-    return _Setup(
+    return Setup(
         name, baseline, ds, train, dev, test, train_rows, dev_rows, scorer, metric_key, plan, limits, seed,
         max_errors, teacher_version, dataset_version, run_id,
     )  # fmt: skip
 
 
-@dataclass
-class _Search:
-    """What the search left: its trials and cost, whether a budget stopped it, the optimizer's own pick, and for
-    a raced search the race (who went how far) and the names of its candidates."""
-
-    trials: list[Trial]
-    ledger: Ledger
-    stop: Any
-    picked: str | None
-    plan: Plan | None = None
-    race: Race | None = None
-    names: dict[int, str] = dataclasses.field(default_factory=dict)
-
-    def dev_trials(self) -> list[Trial]:
-        """Return the trials scored on the whole dev split, in order."""
-        return [t for t in self.trials if t.dev_score is not None]
-
-
-def _task(setup: _Setup) -> Task:
-    from workspace.optimization import dspy_adapter as da
-
-    ds = setup.dataset
-    return da.Task.create(
-        setup.baseline, ds.inputs, ds.meta.get('expected_column', 'expected'), [*setup.train_rows, *setup.dev_rows],
-        dataset=ds.name,
-    )  # fmt: skip
-
-
-class _Progress:
-    """The run's progress bar: requests against what the run plans to make, candidates scored, calls, time left."""
-
-    def __init__(self, show: bool, name: str, deadline: float | None) -> None:
-        self.deadline, self.bar, self.fields = deadline, None, {}
-        if show:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=None, desc=f'optimize {name}', unit='req', file=sys.stderr)
-
-    def say(self, text: str) -> None:
-        """Show a line above the bar (the plan), or log it."""
-        log.info('%s', text)
-        if self.bar is not None:
-            self.bar.write(text, file=sys.stderr)
-
-    def expect(self, total: int) -> None:
-        """Set how many requests the run expects to make in all."""
-        if self.bar is not None and total != self.bar.total:
-            self.bar.total = total
-            self.bar.refresh()
-
-    def tick(self, ledger: Ledger) -> None:
-        if self.bar is None:
-            return
-        self.bar.update(1)
-        left = '' if self.deadline is None else f'{max(0.0, self.deadline - time.monotonic()) / 60:.1f} min'
-        self.bar.set_postfix(**self.fields, calls=ledger.calls, **({'left': left} if left else {}), refresh=False)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-def _ledger(setup: _Setup, progress: _Progress) -> Ledger:
-    from workspace.optimization import dspy_adapter as da
-
-    limits = setup.limits
-    return da.Ledger(
-        setup.run_id,
-        setup.dataset.name,
-        max_requests=limits.get('max_calls'),
-        deadline=progress.deadline,
-        max_errors=setup.max_errors,
-        on_request=progress.tick,
-    )
-
-
-def _counts(ledger: Ledger, trials: list[Trial], clock: float) -> dict[str, Any]:
-    return {
-        'trials': len(trials),
-        'requests': ledger.requests,
-        'calls': ledger.calls,
-        'tokens': ledger.tokens,
-        'errors': ledger.errors,
-        'wall_s': time.perf_counter() - clock,
-    }
-
-
-def _history_seconds(model: str) -> float | None:
-    """Return the median seconds per request of the model's last 200 stored answers, if it has any."""
-    from workspace.storage import tables
-
-    t = tables.requests()
-    rows = (
-        t.where(t.model_id == backends.model_identity(model))
-        .order_by(t.created_at, asc=False)
-        .limit(200)
-        .select(t.response)
-        .collect()
-    )
-    seconds = sorted(float(r['response']['latency_s']) for r in rows if (r['response'] or {}).get('latency_s'))
-    return seconds[len(seconds) // 2] if seconds else None
-
-
-def _dspy_plan(setup: _Setup, answered: int) -> Plan:
-    """The plan of a DSPy optimizer: the baseline on dev, then DSPy's own search, up to the call budget."""
-    n, plan, limits = len(setup.dev_rows), setup.plan, setup.limits
-    candidates = {
-        'labeled_fewshot': 1,
-        'bootstrap_fewshot': 1,
-        'bootstrap_random_search': len(plan.get('restrict') or []) or plan.get('num_candidate_programs', 0) + 3,
-        'mipro_v2': plan.get('num_trials') or 10,
-        'copro': plan.get('breadth', 1) * plan.get('depth', 1),
-    }.get(setup.name, limits.get('max_candidates') or 0)
-    candidates = min(candidates, limits.get('max_candidates') or candidates)
-    most = (candidates + 1) * n
-    planned = min(most, limits['max_calls']) if 'max_calls' in limits else most
-    test = 2 * len(setup.dataset.rows(setup.test)) if setup.test else 0
-    budget = 60 * limits['max_minutes'] if 'max_minutes' in limits else None
-    seconds = _history_seconds(setup.baseline.model)
-    return Plan(setup.name, candidates, candidates + 1, n, (n,), most, answered, seconds, budget, planned, test)
-
-
-def _dspy_search(setup: _Setup, attempt: records.Attempt, *, progress: bool, clock: float) -> _Search:
-    """Run a DSPy optimizer, recording every candidate evaluation as a trial; return what it left."""
-    import dspy
-
-    from workspace.optimization import dspy_adapter as da
-
-    baseline, limits = setup.baseline, setup.limits
-    task = _task(setup)
-    trainset = [task.example(row) for row in setup.train_rows]
-    random.Random(setup.seed).shuffle(trainset)
-    devset = [task.example(row) for row in setup.dev_rows]
-    bar = _Progress(progress, setup.name, _deadline(limits))
-    ledger = _ledger(setup, bar)
-    trial_log = records.TrialLog(setup.run_id, attempt.number)
-    active = da.Active()
-
-    def on_trial(trial: Trial) -> None:
-        trial_log.write(_trial_row(setup.run_id, setup.name, baseline.id, trial))
-        attempt.update(**_counts(ledger, recorder.trials, clock))
-
-    recorder = da.TrialRecorder(
-        task, ledger, [r['example_id'] for r in setup.dev_rows], max_candidates=limits.get('max_candidates'),
-        on_trial=on_trial, split_score=setup.metric.score, active=active,
-    )  # fmt: skip
-    plan = _dspy_plan(setup, records.answered_by_run(setup.run_id))
-    attempt.update(plan=plan.as_dict())
-    bar.say(str(plan))
-    bar.expect(plan.planned_requests)
-    # Proposals are one line: a base model rambles on past it, and every token costs time on a small machine.
-    proposal_params = {'temperature': 0.0, 'max_tokens': 64, 'stop': ['\n'], 'seed': setup.seed}
-    student_lm = da.WorkspaceLM(baseline, ledger=ledger, proposal_params=proposal_params)
-    teacher_lm = (
-        da.WorkspaceLM(setup.teacher, ledger=ledger, proposal_params=proposal_params) if setup.teacher else None
-    )
-    adapter = da.VersionAdapter(task, active)
-
-    def dspy_metric(gold: Any, pred: Any, trace: Any = None, pred_name: Any = None, pred_trace: Any = None) -> float:
-        return float(setup.metric.per_example(pred.get(task.output), gold[task.output]))
-
-    def score_on_dev(program: Any, kind: str) -> None:
-        recorder.kind = kind  # type: ignore[assignment]
-        dspy.Evaluate(devset=devset, metric=dspy_metric, num_threads=1, max_errors=_NO_LIMIT)(program)
-
-    student = dspy.Predict(task.signature)
-    if baseline.demo_policy is None:
-        student.demos = task.dspy_demos(baseline.demos)  # type: ignore[arg-type]
-    else:
-        student.workspace_candidate = task.baseline_candidate()
-    stop: da.Stop | None = None
-    picked: str | None = None
-    try:
-        with (
-            _quiet(),
-            dspy.context(
-                lm=student_lm, adapter=adapter, callbacks=[recorder], num_threads=1, max_errors=_NO_LIMIT,
-                disable_history=True,
-            ),
-        ):  # fmt: skip
-            score_on_dev(student, 'baseline')
-            recorder.kind = 'candidate'
-            dspy_optimizer, extra = _build(setup.name, setup.plan, dspy_metric, student_lm, teacher_lm, adapter)
-            compiled = _compile(setup.name, dspy_optimizer, student, trainset, devset, extra)
-            predictor = compiled.predictors()[0]
-            chosen = task.candidate(predictor.signature, predictor.demos)
-            picked = chosen.key
-            if not any(t.candidate.key == chosen.key for t in recorder.dev_trials()):
-                score_on_dev(compiled, 'final')
-    except da.Stop as s:
-        stop = s
-        picked = None  # a run stopped by its budget has no pick of its own
-        log.info('optimizer run %s stopped: %s', setup.run_id, s.message)
-    except WorkspaceError:
-        raise
-    except Exception as e:
-        raise OptimizeError(f'optimizer {setup.name!r} failed in run {setup.run_id}: {type(e).__name__}: {e}') from e
-    finally:
-        bar.close()
-    search = _Search(recorder.trials, ledger, stop, picked, plan)
-    _check_stop(setup, search)
-    scored = search.dev_trials()
-    if not scored or scored[0].kind != 'baseline':
-        raise OptimizeError(
-            f'optimizer run {setup.run_id} stopped before the baseline was scored on {setup.dev!r} '
-            f'({len(devset)} requests): {stop.message if stop else "no dev score"}; raise the budget'
-        )
-    return search
-
-
-def _deadline(limits: Budget) -> float | None:
-    return time.monotonic() + 60 * limits['max_minutes'] if 'max_minutes' in limits else None
-
-
-def _check_stop(setup: _Setup, search: _Search) -> None:
-    """Raise OptimizeError if the run stopped because too many model calls failed."""
-    stop, ledger = search.stop, search.ledger
-    if stop is not None and stop.reason == 'max_errors':
-        raise OptimizeError(
-            f'optimizer run {setup.run_id} stopped: {ledger.errors} model calls failed, more than '
-            f'max_errors={setup.max_errors}; the last error: {ledger.last_error}. Its trials so far are in '
-            f'ws.list_trials({setup.run_id!r}); fix the model or endpoint, or raise max_errors'
-        )
-
-
-def _race_setup(setup: _Setup, task: Task) -> tuple[dict[int, Candidate], list[Any]]:
-    """Return the raced candidates by entrant number (0 is the baseline) and their groups."""
-    from workspace.optimization import knn, racing
-
-    named = [(setup.baseline.id, task.baseline_candidate())]
-    named += knn.knn_candidates(setup.plan, setup.baseline, setup.dataset.name, setup.train, setup.dataset.inputs)
-    most = setup.limits.get('max_candidates')
-    named = named[: most + 1] if most is not None else named
-    groups: dict[str, Any] = {}
-    for number, (name, content) in enumerate(named):
-        key = knn.group_key(content)
-        entrant = racing.Entrant(number, name, key, baseline=number == 0)
-        groups.setdefault(key, racing.Group(key, [])).members.append(entrant)
-    return {number: content for number, (_, content) in enumerate(named)}, list(groups.values())
-
-
-def _race_plan(setup: _Setup, race: Race, answered: int) -> Plan:
-    n, limits = len(race.order), setup.limits
-    most = len(race.groups) * n
-    full = sum((g.seconds or 0.0) * n for g in race.groups)
-    measured = full / most if any(g.seconds for g in race.groups) else _history_seconds(setup.baseline.model)
-    budget = 60 * limits['max_minutes'] if 'max_minutes' in limits else None
-    planned = most
-    if budget is not None and measured:
-        planned = min(planned, answered + int(budget / measured))
-    if 'max_calls' in limits:
-        planned = min(planned, limits['max_calls'])
-    test = 2 * len(setup.dataset.rows(setup.test)) if setup.test else 0
-    entrants = sum(len(g.members) for g in race.groups)
-    return Plan(
-        setup.name,
-        entrants - 1,
-        len(race.groups),
-        n,
-        tuple(race.rungs),
-        most,
-        answered,
-        measured,
-        budget,
-        planned,
-        test,
-    )
-
-
-def _race_search(setup: _Setup, attempt: records.Attempt, *, progress: bool, clock: float) -> _Search:
-    """Race the knn_fewshot candidates and the baseline on growing dev subsamples; return what the race left."""
-    from workspace.optimization import knn, racing
-
-    bar = _Progress(progress, setup.name, _deadline(setup.limits))
-    ledger = _ledger(setup, bar)
-    contents, groups = _race_setup(setup, _task(setup))
-    trial_log = records.TrialLog(setup.run_id, attempt.number)
-    n_entrants = len(contents)
-    race = racing.Race(
-        groups, racing.interleaved(setup.metric.expected, setup.seed, stratify=setup.dataset.task == 'choice'),
-        racing.rung_sizes(len(setup.dev_rows)), value=lambda e, ids: _value(setup, e, ids),
-        p_better=lambda a, b, ids: _p_better(setup, a, b, ids), may_lead=lambda e, ids: _may_lead(setup, race, e, ids),
-        seconds_left=lambda: None if bar.deadline is None else bar.deadline - time.monotonic(),
-    )  # fmt: skip
-
-    def on_trial(trial: Trial) -> None:
-        trial_log.write(_trial_row(setup.run_id, setup.name, setup.baseline.id, trial))
-        attempt.update(**_counts(ledger, scorer.trials, clock))
-        left = sum(len(race.order) - len(g.scored) for g in race.groups if g.alive())
-        bar.fields = {'candidates': f'{len(race.alive())}/{n_entrants} in the race'}
-        bar.expect(ledger.requests + min(left, max(0, (plan.planned_requests if plan else left) - ledger.requests)))
-
-    scorer = knn.RaceScorer(
-        run_id=setup.run_id, baseline=setup.baseline, dataset=setup.dataset.name, ledger=ledger, metric=setup.metric,
-        rows={str(r['example_id']): r for r in setup.dev_rows}, contents=contents, n_entrants=n_entrants,
-        on_trial=on_trial,
-    )  # fmt: skip
-    plan: Plan | None = None
-    answered = records.answered_by_run(setup.run_id)  # by earlier attempts
-    backends.get_backend(setup.baseline.model).check()  # loaded before the first request is timed
-    try:
-        probed = race.probe(scorer)
-        plan = _race_plan(setup, race, answered)
-        attempt.update(plan=plan.as_dict())
-        bar.say(str(plan))
-        bar.expect(plan.planned_requests)
-        if probed:
-            race.run(scorer)
-    finally:
-        bar.close()
-    scorer.flush(race.groups)
-    for event in race.events:
-        log.info('optimizer run %s: %s', setup.run_id, event)
-    names = {e.number: e.name for e in race.entrants}
-    search = _Search(scorer.trials, ledger, scorer.stopped, None, plan, race, names)
-    _check_stop(setup, search)
-    if not race.entrants[0].predictions:
-        stop = scorer.stopped
-        raise OptimizeError(
-            f'optimizer run {setup.run_id} stopped before the baseline was scored on {setup.dev!r}: '
-            f'{stop.message if stop else "no dev score"}; raise the budget'
-        )
-    return search
-
-
-def _value(setup: _Setup, entrant: Any, ids: Any) -> float:
-    return setup.metric.score({ex: entrant.predictions[ex] for ex in ids if ex in entrant.predictions})
-
-
-def _p_better(setup: _Setup, a: Any, b: Any, ids: Any) -> float:
-    """Return the p-value that `a` beats `b` on `ids` (a quick paired permutation test), or 1.0 if it does not."""
-    pa = {ex: a.predictions[ex] for ex in ids if ex in a.predictions}
-    pb = {ex: b.predictions[ex] for ex in ids if ex in b.predictions}
-    result = verdict(setup.metric, pb, pa, split=setup.dev, names=(b.name, a.name), resamples=1000)
-    return result.p_value if result.diff > 0 else 1.0
-
-
-def _may_lead(setup: _Setup, race: Race, entrant: Any, ids: Any) -> bool:
-    """A label candidate whose predictions pile onto one label (or trade macro-F1 for accuracy) may not lead."""
-    from workspace.optimization.selection import candidate_flags
-
-    base = race.entrants[0]
-    if entrant.baseline or setup.dataset.task != 'choice' or not all(ex in base.predictions for ex in ids):
-        return True
-    expected = {ex: setup.metric.expected[ex] for ex in ids}
-    return not candidate_flags(entrant.predictions, base.predictions, expected)
-
-
-def _first_row(setup: _Setup) -> dict[str, Any]:
+def _first_row(setup: Setup) -> dict[str, Any]:
     return {
         'run_id': setup.run_id,
         'optimizer': setup.name,
@@ -900,22 +340,13 @@ def _first_row(setup: _Setup) -> dict[str, Any]:
     }
 
 
-def _scored(setup: _Setup, search: _Search) -> tuple[Scored, list[Scored]]:
+def _scored(setup: Setup, search: Search) -> tuple[Scored, list[Scored]]:
     """Return the baseline and the candidates as the decision sees them: for a race, each candidate's
     predictions, its metric on the last rung it completed, and how far it went; else the dev-scored trials."""
     if search.race is not None:
-        race = search.race
-        size = len(race.entrants)
-        latest: dict[int, int] = {}
-        for t in search.trials:
-            latest[t.number % size] = max(latest.get(t.number % size, -1), t.number)
-        out = []
-        for e in race.entrants:
-            if not e.predictions or e.number not in latest:
-                continue
-            ids = race.order[: race.rungs[e.rung]] if e.rung >= 0 else list(e.predictions)
-            out.append(Scored(latest[e.number], e.name, e.predictions, _value(setup, e, ids), depth=e.rung))
-        return out[0], out[1:]
+        from workspace.optimization.knn import race_scored  # imports DSPy: only when a race ran
+
+        return race_scored(setup, search)
     scored = search.dev_trials()
     seen, candidates = {scored[0].candidate.key}, []
     for t in scored[1:]:
@@ -924,13 +355,19 @@ def _scored(setup: _Setup, search: _Search) -> tuple[Scored, list[Scored]]:
         seen.add(t.candidate.key)
         picked = t.candidate.key == search.picked
         candidates.append(
-            Scored(t.number, f'trial {t.number}', t.example_predictions, float(t.dev_score or 0.0), picked=picked)
+            Scored(
+                t.number,
+                trial_name(t, setup.baseline.instructions),
+                t.example_predictions,
+                float(t.dev_score or 0.0),
+                picked=picked,
+            )
         )
     first = scored[0]
     return Scored(first.number, setup.baseline.id, first.example_predictions, float(first.dev_score or 0.0)), candidates
 
 
-def _decide(setup: _Setup, search: _Search, selection: Mapping[str, Any]) -> tuple[Decision, Scored, list[Scored]]:
+def _decide(setup: Setup, search: Search, selection: Mapping[str, Any]) -> tuple[Decision, Scored, list[Scored]]:
     """Choose among the scored candidates, and note each flagged trial's flags on its record."""
     baseline, candidates = _scored(setup, search)
     decision = decide(setup.metric, baseline, candidates, task=setup.dataset.task, dev=setup.dev, **selection)
@@ -941,7 +378,7 @@ def _decide(setup: _Setup, search: _Search, selection: Mapping[str, Any]) -> tup
 
 
 def _references(
-    setup: _Setup, decision: Decision, baseline: Scored, candidates: list[Scored]
+    setup: Setup, decision: Decision, baseline: Scored, candidates: list[Scored]
 ) -> tuple[References | None, str]:
     """Return the reference baselines of dev on the examples the decision compared, and a sentence saying them
     beside the best candidate (no model call)."""
@@ -975,7 +412,7 @@ def _references(
 
 
 def _write_candidate(
-    setup: _Setup, search: _Search, decision: Decision, scored: tuple[Scored, list[Scored]], wall_s: float
+    setup: Setup, search: Search, decision: Decision, scored: tuple[Scored, list[Scored]], wall_s: float
 ) -> Version | None:
     """Write the top eligible candidate as a version whose parent is the baseline, with its lineage in `meta`."""
     if decision.trial is None:
@@ -1022,7 +459,7 @@ def _write_candidate(
     )
 
 
-def _confirm(setup: _Setup, best: Version) -> Verdict | None:
+def _confirm(setup: Setup, best: Version) -> Verdict | None:
     """Compare the winner with the baseline on the test split (only missing requests reach the model)."""
     if setup.test is None or best.id == setup.baseline.id:
         return None
@@ -1085,7 +522,9 @@ def optimize(
     log.info('optimizer run %s (attempt %d): %s on %s', setup.run_id, attempt.number, setup.name, setup.dataset.name)
     audit_log.record('optimizer.started', setup.run_id, after={'optimizer': setup.name, 'baseline': setup.baseline.id})
     try:
-        searched = _race_search if setup.name == 'knn_fewshot' else _dspy_search
+        from workspace.optimization.knn import race_search
+
+        searched = race_search if setup.name == 'knn_fewshot' else dspy_search
         search = searched(setup, attempt, progress=progress, clock=clock)
     except (OptimizeError, WorkspaceError, KeyboardInterrupt) as e:
         attempt.update(status='failed', error=str(e) or type(e).__name__, wall_s=time.perf_counter() - clock)
@@ -1108,7 +547,7 @@ def optimize(
     )
     status = 'stopped' if search.stop else 'done'
     attempt.update(
-        **_counts(ledger, search.trials, clock), status=status, stopped_by=search.stop.reason if search.stop else None,
+        **counts(ledger, search.trials, clock), status=status, stopped_by=search.stop.reason if search.stop else None,
         best_version_id=best.id, baseline_score=base.value, best_score=best_score, decision=reason,
         references=None if refs is None else {r.name: r.metrics for r in refs.items},
     )  # fmt: skip

@@ -161,12 +161,15 @@ class TrialLog:
 
     def write(self, row: Mapping[str, Any]) -> bool:
         """Record a trial (insert, or complete a stopped one); return False if it was already recorded."""
-        if row['trial'] in self.finished:
-            return False
-        tables.upsert(tables.trials(), [{**row, 'attempt': self.attempt}])
-        if row['status'] in ('ok', 'failed'):
-            self.finished.add(row['trial'])
-        return True
+        return bool(self.write_many([row]))
+
+    def write_many(self, rows: Sequence[Mapping[str, Any]]) -> int:
+        """Record trials in one write, leaving out those already recorded as finished; return how many were written."""
+        new = [{**row, 'attempt': self.attempt} for row in rows if row['trial'] not in self.finished]
+        if new:
+            tables.upsert(tables.trials(), new)
+        self.finished |= {row['trial'] for row in new if row['status'] in ('ok', 'failed')}
+        return len(new)
 
     def flag(self, rows: Sequence[Mapping[str, Any]]) -> None:
         """Add the selection's flags to trials (a note about the trial, not a change to what it cost)."""

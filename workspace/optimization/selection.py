@@ -253,11 +253,12 @@ def decide(
         f'{result.ci_low * 100:+.1f} to {result.ci_high * 100:+.1f}, {_p(result.p_value)}, n = {result.n}; '
         f'{len(candidates)} candidate(s) tried)'
     )
+    called = best.name if best.name == f'trial {best.trial}' else f'{best.name} (trial {best.trial})'
     if better:
-        reason = f'{best.name} (trial {best.trial}) replaces {baseline.name}: {detail}, better by {rule}.{refused}'
+        reason = f'{called} replaces {baseline.name}: {detail}, better by {rule}.{refused}'
     else:
         reason = (
-            f'kept {baseline.name}: the best candidate, {best.name} (trial {best.trial}), scored {detail}, '
+            f'kept {baseline.name}: the best candidate, {called}, scored {detail}, '
             f'which is not better by {rule}.{refused}'
         )
     return Decision(better, best.trial, result, reason, flags)
