@@ -106,39 +106,33 @@ def _banking() -> ws.Dataset | None:
     return _import('bench_banking', frame)
 
 
-def _snips() -> ws.Dataset | None:
-    """Upstream train is the pool; upstream validate gives dev (20 per intent) and the untouched slice (50)."""
-    path = DATA / 'snips' / 'data.csv'
+def _fetched(name: str, prefix: str, dev_from: str, dev: int, untouched_from: str, untouched: int) -> ws.Dataset | None:
+    """A set from bench/data: upstream `train` is the pool; `dev` rows per label of `dev_from` are dev, and
+    `untouched` per label of `untouched_from` (the rest of it, if the same split) the untouched slice."""
+    path = DATA / name / 'data.csv'
     if not path.is_file():
         return None
     frame = pd.read_csv(path)
-    frame['id'] = [f's{i:05d}' for i in range(len(frame))]
-    held = frame[frame['split'] == 'validate']
-    dev = held[_stratified(held, 'label', 20, None, seed=0)]
-    rest = held.drop(dev.index)
-    untouched = rest[_stratified(rest, 'label', 50, None, seed=1)]
+    frame['id'] = [f'{prefix}{i:05d}' for i in range(len(frame))]
+    source = frame[frame['split'] == dev_from]
+    picked_dev = source[_stratified(source, 'label', dev, None, seed=0)]
+    rest = frame[(frame['split'] == untouched_from) & ~frame.index.isin(picked_dev.index)]
+    picked = rest[_stratified(rest, 'label', untouched, None, seed=1)]
     frame['split'] = [
-        'dev' if i in dev.index else 'untouched' if i in untouched.index else 'train' if s == 'train' else 'unused'
+        'dev' if i in picked_dev.index else 'untouched' if i in picked.index else 'train' if s == 'train' else 'unused'
         for i, s in zip(frame.index, frame['split'])
     ]
-    return _import('bench_snips', frame[frame['split'] != 'unused'])
+    return _import(f'bench_{name}', frame[frame['split'] != 'unused'])
+
+
+def _snips() -> ws.Dataset | None:
+    """Upstream validate gives dev (20 per intent) and the untouched slice (50 of the other 80 per intent)."""
+    return _fetched('snips', 's', 'validate', 20, 'validate', 50)
 
 
 def _clinc() -> ws.Dataset | None:
-    """Upstream train is the pool; dev: 2 per intent of upstream val; untouched: 3 per intent of upstream test."""
-    path = DATA / 'clinc150' / 'data.csv'
-    if not path.is_file():
-        return None
-    frame = pd.read_csv(path)
-    frame['id'] = [f'c{i:05d}' for i in range(len(frame))]
-    val, test = frame[frame['split'] == 'val'], frame[frame['split'] == 'test']
-    dev = val[_stratified(val, 'label', 2, None, seed=0)]
-    untouched = test[_stratified(test, 'label', 3, None, seed=1)]
-    frame['split'] = [
-        'dev' if i in dev.index else 'untouched' if i in untouched.index else 'train' if s == 'train' else 'unused'
-        for i, s in zip(frame.index, frame['split'])
-    ]
-    return _import('bench_clinc150', frame[frame['split'] != 'unused'])
+    """Dev: 2 per intent of upstream val; untouched: 3 per intent of upstream test."""
+    return _fetched('clinc150', 'c', 'val', 2, 'test', 3)
 
 
 def _e2e() -> ws.Dataset | None:
