@@ -254,7 +254,7 @@ def _k_for(
     else:
         on = pool
         step = max(1, len(pool_rows) // _LOO_SAMPLE)
-        chosen_rows = list(pool_rows)[::step][:_LOO_SAMPLE]
+        chosen_rows = [dict(r) for r in pool_rows][::step][:_LOO_SAMPLE]
     near = _neighbours(ds, chosen_rows, pool, pool_rows)
     truth = {str(r['example_id']): str(r['expected']) for r in chosen_rows}
     return _choose_k(truth, {ex: [str(label_of[n]) for n in near[ex]] for ex in truth}), on

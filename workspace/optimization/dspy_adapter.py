@@ -143,7 +143,7 @@ class Ledger:
             key = json.dumps(body, sort_keys=True, ensure_ascii=False)
             fresh = key not in self._memo
             if fresh:
-                self._memo[key] = answer(body, origin=(self.label, self.dataset, example_id))
+                self._memo[key] = dict(answer(body, origin=(self.label, self.dataset, example_id)))
             out = self._tally(self._memo[key], fresh)
             if out['error'] is not None:
                 self.check_errors()
@@ -169,8 +169,8 @@ class Ledger:
             batch = answer_many(asked, progress=False) if asked else None
             outs = []
             for (request, _), key in zip(items, keys):
-                fresh = key not in self._memo and batch is not None
-                if fresh:
+                fresh = key not in self._memo
+                if fresh and batch is not None:
                     self._memo[key] = dict(batch.answers[request['hash']], reused=request['hash'] not in batch.called)
                 outs.append(self._tally(self._memo[key], fresh))
             return outs
@@ -229,7 +229,8 @@ class Candidate:
         changed = dataclasses.replace(
             version, template=self.template, instructions=self.instructions, demos=self.version_demos
         )
-        return dataclasses.replace(changed, output=dict(self.output)) if self.output is not None else changed
+        output: Any = dict(self.output) if self.output is not None else None  # an OutputSpec from a candidate's dict
+        return dataclasses.replace(changed, output=output) if output is not None else changed
 
 
 @dataclass
@@ -323,7 +324,8 @@ class Task:
     def baseline_candidate(self) -> Candidate:
         """Return the baseline version's own content."""
         policy = self.baseline.demo_policy
-        fixed = () if policy is not None else tuple(dict(d) for d in self.baseline.demos)  # type: ignore[union-attr]
+        demos: Any = self.baseline.demos  # a list of demos when there is no policy
+        fixed = () if policy is not None else tuple(dict(d) for d in demos)
         return Candidate(self.baseline.template, self.baseline.instructions, fixed, policy)
 
     def request(self, version: Version, inputs: Mapping[str, Any], model_id: str) -> dict[str, Any]:

@@ -22,7 +22,7 @@ import dataclasses
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from udfs import parse as parse_udfs, render as render_udfs
 from workspace.config import utc_now
@@ -143,9 +143,13 @@ def knn_candidates(
         for k in plan['k']:
             for cap in plan['per_label_max']:
                 policy = nearest(dataset, k=k, split=train, per_label_max=cap, order=plan['order'])
-                spec = dict(choice(baseline.labels, decode=decode, restrict=restrict)) if labels else None
+                spec: dict[str, Any] = (
+                    dict(choice(baseline.labels, decode=cast(calibration.Decode, decode), restrict=restrict))
+                    if labels
+                    else {}
+                )
                 name = _describe(k, cap, decode, restrict, labels)
-                out.append((name, Candidate(template, baseline.instructions, (), policy, spec)))
+                out.append((name, Candidate(template, baseline.instructions, (), policy, spec or None)))
                 if labels and decode != 'mask':
                     out += [
                         (
@@ -413,7 +417,7 @@ def _may_lead(setup: Setup, race: Race, entrant: Any, ids: Any) -> bool:
 def race_scored(setup: Setup, search: Search) -> tuple[Scored, list[Scored]]:
     """Return the baseline and the candidates of a race as the decision sees them: each one's predictions, its
     metric on the last rung it completed, and how far it went (its latest trial number names it)."""
-    race = search.race
+    race = cast(Race, search.race)
     size = len(race.entrants)
     latest: dict[int, int] = {}
     for t in search.trials:

@@ -217,7 +217,8 @@ class Race:
 
         costs = {g.key: self._cost(g, len([ex for ex in ids if ex not in set(g.scored)])) for g in live}
         if share is not None and sum(costs.values()) > share:
-            kept, used = [], 0.0
+            kept: list[Group] = []
+            used = 0.0
             for group in sorted(live, key=lambda g: (-best(g), costs[g.key])):
                 if not kept or used + costs[group.key] <= share:
                     kept.append(group)

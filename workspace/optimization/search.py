@@ -151,7 +151,9 @@ class Progress:
     """The run's progress bar: requests against what the run plans to make, candidates scored, calls, time left."""
 
     def __init__(self, show: bool, name: str, deadline: float | None) -> None:
-        self.deadline, self.bar, self.fields = deadline, None, {}
+        self.deadline = deadline
+        self.bar: Any = None
+        self.fields: dict[str, str] = {}
         if show:
             from tqdm.auto import tqdm
 
