@@ -131,6 +131,19 @@ def test_neighbours_labels_and_their_vote_mixed_with_the_model(ws, tiny):
         }
         assert row['prediction'] == max(mix, key=lambda label: (round(mix[label], 12), scores[label]))
 
+    # by rank, the i-th nearest demo's vote weighs 1/i (the policy shows the nearest last)
+    by_rank = ws.edit(ranked, output=ws.choice(labels, decode='rank', restrict='demos', vote=0.5, vote_by='rank'))
+    ranked_rows = ws.evaluate(by_rank, tiny, 'dev', progress=False).rows().set_index('example_id')
+    assert local.calls == before
+    for ex, row in ranked_rows.iterrows():
+        scores = answers[row['request_hash']]['scores']
+        total = sum(math.exp(v) for v in scores.values())
+        nearest = [d['expected'] for d in reversed(found[ex].demos)]
+        weight = {label: sum(1 / (i + 1) for i, v in enumerate(nearest) if v == label) for label in scores}
+        norm = sum(weight.values())
+        mix = {label: 0.5 * math.exp(v) / total + 0.5 * weight[label] / norm for label, v in scores.items()}
+        assert row['prediction'] == max(mix, key=lambda label: (round(mix[label], 12), scores[label]))
+
     with pytest.raises(VersionError, match=r"vote=0.5 mixes the model's label probabilities .* decode='mask'"):
         ws.choice(labels, vote=0.5)
     with pytest.raises(VersionError, match=r"restrict='labels' is not known; use restrict='demos'"):

@@ -412,11 +412,12 @@ def test_the_plan_is_said_first_and_the_records_match_the_real_calls(ws, tiny, l
     v = ws.create_version('planned', template=TEMPLATE, output=ws.choice(LABELS))
     res, calls = _calls(local, lambda: optimize(v, tiny, options=KNN_SMALL, test=None, progress=True))
     plan = res.plan
-    # baseline + (masked, ranked, ranked with the vote) for k = 2 and 3; the vote shares the ranked requests
-    assert plan.candidates == 6 and plan.groups == 5 and plan.dev == 6 and plan.max_requests == 30
+    # baseline + (masked, ranked, ranked mixed with the vote by share and by rank) for k = 2 and 3; the votes share
+    # the ranked requests
+    assert plan.candidates == 8 and plan.groups == 5 and plan.dev == 6 and plan.max_requests == 30
     assert plan.answered == 0 and plan.seconds_per_request > 0 and plan.planned_requests == 30
     err = capsys.readouterr().err
-    assert err.index('Plan (knn_fewshot): score the baseline and 6 candidate(s) on 6 dev rows') < err.rindex('req')
+    assert err.index('Plan (knn_fewshot): score the baseline and 8 candidate(s) on 6 dev rows') < err.rindex('req')
     first = optimizer_records(res.run_id)
     assert list(first['kind']) == ['start'] and first.loc[0, 'status'] == 'done'
     assert first.loc[0, 'calls'] == calls == res.calls == answered_by_run(res.run_id) == res.trials['calls'].sum()
@@ -445,4 +446,4 @@ def test_a_budget_that_ends_in_the_first_rung_still_decides_with_a_scored_candid
     trials = res.trials
     assert 'stopped' in set(trials['status']) and trials['example_predictions'].map(len).min() >= 1
     # every candidate was asked on the first example (its speed measured) before the budget ran out: each has a trial
-    assert trials['trial'].nunique() == 7 and set(trials['trial'] % 7) == set(range(7))
+    assert trials['trial'].nunique() == 9 and set(trials['trial'] % 9) == set(range(9))

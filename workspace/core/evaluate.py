@@ -319,7 +319,7 @@ def evaluate(
             'rendered_prompt': requests[ex]['prompt'],
             'demo_source': {**pool, 'example_ids': list(retrieved[ex].ids)} if policy else None,
         }
-        shown = retrieved[ex].demos if policy else v.demos
+        shown = demos.nearest_first(policy, retrieved[ex].demos) if policy else v.demos
         updates.append(_eval_row(v, ds, by_id[ex], key, answer, shown, **extra))
     if updates:
         tables.upsert(table, updates)

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from udfs import parse as parse_udfs, render as render_udfs
 from workspace.config import utc_now
-from workspace.core.demo_policies import Retrieved, nearest, retrieve
+from workspace.core.demo_policies import Retrieved, nearest, nearest_first, retrieve
 from workspace.core.versions import Version, build_request, choice
 from workspace.errors import OptimizeError
 from workspace.optimization import racing, records
@@ -62,6 +62,7 @@ KNOBS = {
     'decode': "how the label is chosen: 'mask', 'rank', 'calibrated', or a list of them",
     'restrict': "None (every label) or 'demos' (the neighbours' labels), or a list of them",
     'vote': "weights of the neighbours' vote mixed with rank or calibrated scores: a list of numbers in (0, 1)",
+    'vote_by': "how the vote counts the neighbours: 'share' (alike), 'rank' (the i-th nearest by 1/i), or both",
 }
 #: Requests sent in one batch: a budget can stop a run between batches.
 BATCH = 8
@@ -81,6 +82,7 @@ def knn_options(options: Mapping[str, Any], *, labels: bool, scored: bool) -> di
         'decode': ['mask', 'rank', 'calibrated'] if scored else ['mask'],
         'restrict': [None, 'demos'] if labels else [None],
         'vote': [0.25, 0.5, 0.75] if scored else [],
+        'vote_by': ['share', 'rank'],
     }
     unknown = sorted(set(options) - set(plan))
     if unknown:
@@ -89,7 +91,7 @@ def knn_options(options: Mapping[str, Any], *, labels: bool, scored: bool) -> di
             + '; '.join(f'{k}: {v}' for k, v in KNOBS.items())
         )
     plan.update(options)
-    for key in ('k', 'per_label_max', 'decode', 'restrict', 'vote'):
+    for key in ('k', 'per_label_max', 'decode', 'restrict', 'vote', 'vote_by'):
         plan[key] = _listed(plan[key])
     problems = [f'k={k!r}' for k in plan['k'] if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 64] + [
         f'per_label_max={c!r}'
@@ -99,6 +101,7 @@ def knn_options(options: Mapping[str, Any], *, labels: bool, scored: bool) -> di
     problems += [f'order={plan["order"]!r}'] if plan['order'] not in ('nearest_last', 'nearest_first') else []
     problems += [f'decode={d!r}' for d in plan['decode'] if d not in calibration.DECODES]
     problems += [f'restrict={r!r}' for r in plan['restrict'] if r not in (None, 'demos')]
+    problems += [f'vote_by={b!r}' for b in plan['vote_by'] if b not in calibration.VOTES_BY]
     problems += [
         f'vote={w!r}' for w in plan['vote'] if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 < w < 1
     ]
@@ -151,13 +154,11 @@ def knn_candidates(
                 name = _describe(k, cap, decode, restrict, labels)
                 out.append((name, Candidate(template, baseline.instructions, (), policy, spec or None)))
                 if labels and decode != 'mask':
-                    out += [
-                        (
-                            f'{name}, vote {w:g}',
-                            Candidate(template, baseline.instructions, (), policy, {**spec, 'vote': float(w)}),
-                        )
-                        for w in plan['vote']
-                    ]
+                    for by in plan['vote_by']:
+                        for w in plan['vote']:
+                            voted = {**spec, 'vote': float(w), **({'vote_by': by} if by != 'share' else {})}
+                            called = f'{name}, vote {w:g}' + (' by rank' if by != 'share' else '')
+                            out.append((called, Candidate(template, baseline.instructions, (), policy, voted)))
     return out
 
 
@@ -214,10 +215,11 @@ class RaceScorer:
     def _read(self, entrant: Entrant, answer: Mapping[str, Any], demos: Sequence[Mapping[str, Any]] | None) -> Any:
         if answer['error'] is not None:
             return None
-        output = self.contents[entrant.number].apply(self.baseline).output
-        shown = demos if demos is not None else self.baseline.demos if isinstance(self.baseline.demos, list) else None
-        text = calibration.answer_label(output, answer['text'], answer.get('scores'), shown)
-        return parse_udfs.parse(text, dict(output))
+        version = self.contents[entrant.number].apply(self.baseline)
+        fixed = self.baseline.demos if isinstance(self.baseline.demos, list) else None
+        shown = nearest_first(version.demo_policy, demos) if demos is not None else fixed
+        text = calibration.answer_label(version.output, answer['text'], answer.get('scores'), shown)
+        return parse_udfs.parse(text, dict(version.output))
 
     def __call__(self, group: Group, ids: list[str], rung: int, rung_ids: list[str]) -> str | None:
         members = group.alive()
