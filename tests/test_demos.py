@@ -91,3 +91,60 @@ def test_a_nearest_policy_evaluates_incrementally_and_names_its_pool_version(ws,
     assert again.calls == len(changed) == local.calls - before and 1 <= len(changed) < 6
     after = runs.lineage(v, 'tiny', 'a5')['demos']
     assert 'b7' in after['example_ids'] and after['dataset_version'] > lineage['demos']['dataset_version']
+
+
+def test_neighbours_labels_and_their_vote_mixed_with_the_model(ws, tiny):
+    """restrict='demos' asks for the neighbours' labels only; vote=w reads the stored label scores mixed with the
+    neighbours' vote, so versions differing only in w share their requests (the second costs no call)."""
+    import math
+
+    from workspace.core import demo_policies as demos
+    from workspace.errors import VersionError
+    from workspace.storage import store
+    from workspace.storage.backends import get_backend
+
+    labels = ['BILLING', 'DELIVERY', 'TECHNICAL']
+    policy = ws.nearest(tiny, k=2)
+    ranked = ws.create_version(
+        'mixed', template=FEW_SHOT, demos=policy, output=ws.choice(labels, decode='rank', restrict='demos')
+    )
+    run = ws.evaluate(ranked, tiny, 'dev', progress=False)
+    rows = run.rows().set_index('example_id')
+    found = demos.retrieve(policy, tiny.rows('dev'), dataset='tiny')
+    answers = store.lookup(rows['request_hash'])
+    for ex, row in rows.iterrows():
+        shown = sorted({d['expected'] for d in found[ex].demos})
+        assert sorted(answers[row['request_hash']]['scores']) == shown  # only the neighbours' labels were scored
+        assert row['prediction'] in shown
+
+    local = get_backend('local')
+    before = local.calls
+    voted = ws.edit(ranked, output=ws.choice(labels, decode='rank', restrict='demos', vote=0.75))
+    mixed = ws.evaluate(voted, tiny, 'dev', progress=False).rows().set_index('example_id')
+    assert local.calls == before  # the same requests: answered already
+    for ex, row in mixed.iterrows():
+        scores = answers[row['request_hash']]['scores']
+        total = sum(math.exp(v) for v in scores.values())
+        votes = [d['expected'] for d in found[ex].demos]
+        mix = {
+            label: 0.25 * math.exp(v) / total + 0.75 * votes.count(label) / len(votes) for label, v in scores.items()
+        }
+        assert row['prediction'] == max(mix, key=lambda label: (round(mix[label], 12), scores[label]))
+
+    # by rank, the i-th nearest demo's vote weighs 1/i (the policy shows the nearest last)
+    by_rank = ws.edit(ranked, output=ws.choice(labels, decode='rank', restrict='demos', vote=0.5, vote_by='rank'))
+    ranked_rows = ws.evaluate(by_rank, tiny, 'dev', progress=False).rows().set_index('example_id')
+    assert local.calls == before
+    for ex, row in ranked_rows.iterrows():
+        scores = answers[row['request_hash']]['scores']
+        total = sum(math.exp(v) for v in scores.values())
+        nearest = [d['expected'] for d in reversed(found[ex].demos)]
+        weight = {label: sum(1 / (i + 1) for i, v in enumerate(nearest) if v == label) for label in scores}
+        norm = sum(weight.values())
+        mix = {label: 0.5 * math.exp(v) / total + 0.5 * weight[label] / norm for label, v in scores.items()}
+        assert row['prediction'] == max(mix, key=lambda label: (round(mix[label], 12), scores[label]))
+
+    with pytest.raises(VersionError, match=r"vote=0.5 mixes the model's label probabilities .* decode='mask'"):
+        ws.choice(labels, vote=0.5)
+    with pytest.raises(VersionError, match=r"restrict='labels' is not known; use restrict='demos'"):
+        ws.choice(labels, decode='rank', restrict='labels')

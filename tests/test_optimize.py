@@ -80,7 +80,7 @@ def _content(version):
         ('bootstrap_random_search', {'max_candidates': 3}, None),
         ('mipro_v2', {'max_candidates': 4}, {'data_aware_proposer': False, 'max_bootstrapped_demos': 2}),
         ('copro', {'max_candidates': 3}, None),
-        ('knn_fewshot', None, {'k': [2, 3]}),
+        ('knn_fewshot', None, {'k': [2, 3], 'decode': ['mask', 'calibrated'], 'vote': [0.5]}),
     ],
 )
 def test_optimizer_makes_a_version_with_lineage_and_trials(ws, tiny, local, optimizer, budget, options):
@@ -264,8 +264,11 @@ def test_teacher_proposes_the_instruction_a_student_adopts(ws, tiny, local, monk
         ({'teacher': 'nobody:v9'}, r"teacher 'nobody:v9' is neither a model .* nor a version"),
         (
             {'optimizer': 'bootstrap_random_search', 'options': {'bogus_knob': 1}},
-            r"options for 'bootstrap_random_search' are not valid: .*bogus_knob",
+            r"options for 'bootstrap_random_search' are not valid: unknown knob\(s\) bogus_knob; its knobs are ",
         ),
+        ({'options': {'bogus_knob': 1}}, r"options for 'knn_fewshot' are not valid: unknown knob\(s\) bogus_knob"),
+        ({'options': {'vote': [1.5]}}, r"options for 'knn_fewshot' are not valid: vote=1.5; "),
+        ({'options': {'k': 0}}, r"options for 'knn_fewshot' are not valid: k=0; k: demos per example"),
     ],
 )
 def test_bad_arguments_name_the_value_and_the_fix(ws, tiny, v1, local, kwargs, match):
@@ -326,7 +329,7 @@ def test_killed_run_resumes_without_repeating_a_call(ws, tiny, local):
 
     # forget what the reference run asked and recorded, so that the next run has to call the model again
     store.delete(where=store.request_hash.isin(sorted(first)))
-    trials, runs = tables.trials(), tables.optimize_runs()
+    trials, runs = tables.trials(), tables.optimizer_records()
     trials.delete(where=trials.run_id == reference.run_id)
     runs.delete(where=runs.run_id == reference.run_id)
 
@@ -425,3 +428,51 @@ def test_optimizing_a_chat_version_keeps_its_messages(ws, tiny, tiny_tickets, mo
             before = len(server.received)
             run = ws.evaluate(best, tiny, 'dev', progress=False)
             assert run.calls == 0 and len(server.received) == before  # the optimizer sent the very same requests
+
+
+KNN_SMALL = {'k': [2, 3], 'decode': ['mask', 'rank'], 'restrict': ['demos'], 'vote': [0.5]}
+
+
+def test_the_plan_is_said_first_and_the_records_match_the_real_calls(ws, tiny, local, capsys):
+    """The plan comes before the first race; each attempt's record counts exactly the calls it made (those the
+    store holds under its run id); a rerun adds a resume record with 0 calls and leaves the first as it was."""
+    from workspace.optimization.records import answered_by_run, optimizer_records
+
+    v = ws.create_version('planned', template=TEMPLATE, output=ws.choice(LABELS))
+    res, calls = _calls(local, lambda: optimize(v, tiny, options=KNN_SMALL, test=None, progress=True))
+    plan = res.plan
+    # baseline + (masked, ranked, ranked mixed with the vote by share and by rank) for k = 2 and 3; the votes share
+    # the ranked requests
+    assert plan.candidates == 8 and plan.groups == 5 and plan.dev == 6 and plan.max_requests == 30
+    assert plan.answered == 0 and plan.seconds_per_request > 0 and plan.planned_requests == 30
+    err = capsys.readouterr().err
+    assert err.index('Plan (knn_fewshot): score the baseline and 8 candidate(s) on 6 dev rows') < err.rindex('req')
+    first = optimizer_records(res.run_id)
+    assert list(first['kind']) == ['start'] and first.loc[0, 'status'] == 'done'
+    assert first.loc[0, 'calls'] == calls == res.calls == answered_by_run(res.run_id) == res.trials['calls'].sum()
+    assert first.loc[0, 'requests'] == res.requests == res.trials['requests'].sum() == 30
+    assert first.loc[0, 'plan']['max_requests'] == 30 and first.loc[0, 'decision'] == res.decision
+    # the decision names the reference baselines of the same dev rows
+    vote = res.references.get('knn_vote')
+    assert f'{vote.name} ' in res.decision and '(reference baselines: no model call)' in res.decision
+
+    again, more = _calls(local, lambda: optimize(v, tiny, options=KNN_SMALL, test=None, progress=False))
+    records = optimizer_records(res.run_id)
+    assert more == again.calls == 0 and list(records['kind']) == ['start', 'resume']
+    assert records.loc[1, 'calls'] == 0 and records.loc[1, 'plan']['answered'] == calls
+    unchanged = ['calls', 'requests', 'tokens', 'wall_s', 'trials', 'status', 'started_at', 'finished_at']
+    assert records.loc[0, unchanged].to_dict() == first.loc[0, unchanged].to_dict()
+    assert again.trials['calls'].sum() == calls  # the trials keep the record of the attempt that paid
+    listed = list_optimizations('planned').set_index('run_id').loc[res.run_id]
+    assert listed['attempts'] == 2 and listed['calls'] == calls
+
+
+def test_a_budget_that_ends_in_the_first_rung_still_decides_with_a_scored_candidate(ws, tiny, local):
+    v = ws.create_version('hurried', template=TEMPLATE, output=ws.choice(LABELS))
+    res = optimize(v, tiny, options=KNN_SMALL, budget={'max_calls': 9}, test=None, progress=False)
+    assert res.stopped_by == 'max_calls' and res.requests == 9 and res.calls <= 9
+    assert res.candidate is not None and not res.accepted and res.decision.startswith(f'kept {v.id}')
+    trials = res.trials
+    assert 'stopped' in set(trials['status']) and trials['example_predictions'].map(len).min() >= 1
+    # every candidate was asked on the first example (its speed measured) before the budget ran out: each has a trial
+    assert trials['trial'].nunique() == 9 and set(trials['trial'] % 9) == set(range(9))

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from workspace.core import metrics, rules, stats
+from workspace.core.baselines import References, reference_baselines
 from workspace.core.datasets import Dataset, get_dataset
 from workspace.core.evaluate import evaluate
 from workspace.core.labels import set_label
@@ -216,6 +217,9 @@ class VersionComparison:
     #: Scorer columns besides the main score (custom scorers, judges), each a column of `table` with its mean; a
     #: judge's mean is over the rows it judged, counted in `<column>_n`.
     scorers: list[str] = field(default_factory=list)
+    #: What the same examples score without a model: the majority label, the k-nearest vote, the nearest
+    #: training output (`workspace.core.baselines`), so a version's value over its retrieval is visible.
+    references: References | None = None
 
     @property
     def task(self) -> str:
@@ -250,7 +254,8 @@ class VersionComparison:
 
     def with_baseline(self, baseline: str, *, confidence: float = 0.95, resamples: int = 10_000) -> VersionComparison:
         """Return the same comparison measured against another baseline (no model call)."""
-        return measure(self.dataset, self.split, self.runs, baseline, confidence=confidence, resamples=resamples)
+        cmp = measure(self.dataset, self.split, self.runs, baseline, confidence=confidence, resamples=resamples)
+        return dataclasses.replace(cmp, references=self.references)
 
 
 @reads.scoped
@@ -386,7 +391,8 @@ def build_comparison(
         notes.append(f'{", ".join(repeated)} given more than once: compared once')
     if len(resolved) == 1:
         notes.append(f'only {resolved[0].id} to show: give another version to compare it with')
-    return dataclasses.replace(cmp, notes=notes)
+    refs = reference_baselines(ds, split, example_ids=cmp.common_ids)
+    return dataclasses.replace(cmp, notes=notes, references=refs or None)
 
 
 def compare_table(

@@ -20,7 +20,16 @@ from workspace.errors import VersionError
 from workspace.storage import reads
 from workspace.storage.reads import READS, table_key
 
-__all__ = ['DemoPolicy', 'Retrieved', 'nearest', 'is_policy', 'check_policy', 'retrieve', 'pool_version']
+__all__ = [
+    'DemoPolicy',
+    'Retrieved',
+    'nearest',
+    'is_policy',
+    'check_policy',
+    'retrieve',
+    'pool_version',
+    'nearest_first',
+]
 
 Order = Literal['nearest_last', 'nearest_first']
 
@@ -182,3 +191,11 @@ def retrieve(policy: Mapping[str, Any], examples: Sequence[Mapping[str, Any]], *
             ids=tuple(row['example_id'] for row in chosen),
         )
     return out
+
+
+def nearest_first(policy: Mapping[str, Any] | None, demos: Sequence[Any]) -> list[Any]:
+    """Return an example's demos nearest first (a neighbours' vote by rank reads them so), whatever order the
+    policy renders them in; fixed demos (no policy) as they are."""
+    if policy is not None and policy.get('order') == 'nearest_last':
+        return list(reversed(demos))
+    return list(demos)

@@ -32,7 +32,7 @@ from workspace.core.runs import Run, eval_rows, main_score_name, summarize
 from workspace.core.versions import Version, build_request, get_version
 from workspace.display.frames import shown
 from workspace.errors import TemplateError, WorkspaceError
-from workspace.storage import backends, reads, store, tables
+from workspace.storage import backends, calibration, reads, store, tables
 from workspace.storage.reads import READS, table_key
 
 __all__ = ['evaluate', 'check_template', 'add_scorer', 'list_scorers', 'eval_table']
@@ -329,14 +329,25 @@ def _sample_requests(
     }
 
 
-def _eval_row(v: Version, ds: Dataset, row: Mapping[str, Any], key: str, answer: store.Answer, **extra: Any):
+def _eval_row(
+    v: Version,
+    ds: Dataset,
+    row: Mapping[str, Any],
+    key: str,
+    answer: store.Answer,
+    demos: Any = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    # A version that mixes the model with its demos' vote answers from the stored scores: its output is the
+    # combined label (the model's own text stays in the request store, under the same request hash).
+    output = calibration.answer_label(v.output, answer['text'], answer['scores'], demos)
     return {
         'version_id': v.id,
         'example_id': row['example_id'],
         'prompt': v.prompt,
         'split': row['split'],
         'request_hash': key,
-        'output': answer['text'],
+        'output': output,
         'error': answer['error'],
         'latency_s': answer['latency_s'],
         'prompt_tokens': answer['prompt_tokens'],
@@ -412,7 +423,10 @@ def evaluate(
     updates = []
     for ex in to_write:
         source = {**pool, 'example_ids': list(retrieved[ex].ids)} if policy else None
-        updates.append(_written_row(v, ds, by_id[ex], requests[ex], batch, written, source, blocked.get(ex)))
+        shown_demos = demos.nearest_first(policy, retrieved[ex].demos) if policy else v.demos
+        updates.append(
+            _written_row(v, ds, by_id[ex], requests[ex], batch, written, source, shown_demos, blocked.get(ex))
+        )
     if updates:
         # Rows new to the table are inserted (a plain insert is several times cheaper than an upsert); rows of
         # another request or a retried error are updated.
@@ -471,6 +485,7 @@ def _written_row(
     batch: store.Batch,
     written: Mapping[str, Any],
     demo_source: dict[str, Any] | None,
+    shown_demos: Any,
     blocked: str | None = None,
 ) -> dict[str, Any]:
     """Return the evaluation row to write for one example, from the store's answer to its request (or, for a
@@ -487,7 +502,7 @@ def _written_row(
         'rendered_prompt': request['prompt'],
         'demo_source': demo_source,
     }
-    return _eval_row(v, ds, row, key, answer, **extra)
+    return _eval_row(v, ds, row, key, answer, shown_demos, **extra)
 
 
 def _build_requests(

@@ -25,6 +25,7 @@ import pandas as pd
 import pixeltable as pxt
 
 from workspace.core import metrics, rules, samples, stats
+from workspace.core.baselines import References, reference_baselines
 from workspace.core.datasets import get_dataset
 from workspace.core.versions import Version, get_version, parent_chain
 from workspace.display.formats import count, milliseconds, money, percent, timestamp, tokens
@@ -177,8 +178,9 @@ class Run:
         return [0.0 if pd.isna(v) else float(v) for v in frame[column]]
 
     def summary(self) -> Summary:
-        """Return the run's metrics, per-category table and confusion matrix."""
-        return summarize(self)
+        """Return the run's metrics, per-category table and confusion matrix, and the reference baselines of the
+        same rows (the majority label, the k-nearest vote, the nearest training output: no model call)."""
+        return summarize(self, references=True)
 
     def confusion_matrix(self) -> pd.DataFrame:
         """Return counts by expected label (rows) and predicted label (columns)."""
@@ -455,6 +457,8 @@ class Summary:
     interval: tuple[float, float] | None = None
     #: One label taking most predictions while the expected labels do not (a collapsed version), if any.
     skew: metrics.Skew | None = None
+    #: What the same rows score without a model (`workspace.core.baselines`), when asked for.
+    references: References | None = None
 
     @property
     def headline(self) -> str:
@@ -491,12 +495,23 @@ class Summary:
             ('version', r.version.id),
             ('dataset', f'{r.dataset} (table version {r.dataset_version}), split {r.split or "all"}, n = {r.n:,}'),
             *self._metric_rows(),
+            *self._reference_rows(),
             ('model calls', f'{r.calls:,}' + (f' (and {r.judge_calls:,} judge calls)' if r.judge_calls else '')),
             *([('calls repeated', f'{r.repeated:,} (in flight when an earlier run was killed)')] if r.repeated else []),
             ('rows reused', f'{r.reused:,}'),
             ('errors', f'{self.errors:,}'),
             ('wall time', f'{r.wall_s:.2f} s'),
         ]
+        return rows
+
+    def _reference_rows(self) -> list[tuple[str, str]]:
+        """Return one row per reference baseline: its metrics on the same rows, computed without a model."""
+        if not self.references:
+            return []
+        rows = []
+        for ref in self.references.items:
+            shown = ', '.join(f'{ {"macro_f1": "macro-F1"}.get(m, m) } {v:.3f}' for m, v in ref.metrics.items())
+            rows.append((f'{ref.name} (no model)', shown))
         return rows
 
     def __repr__(self) -> str:
@@ -545,8 +560,9 @@ def _confusion_heatmap(matrix: pd.DataFrame) -> Any:
     )
 
 
-def summarize(run: Run, frame: pd.DataFrame | None = None) -> Summary:
-    """Compute a run's summary from its evaluation rows (`run.rows()` unless given)."""
+def summarize(run: Run, frame: pd.DataFrame | None = None, *, references: bool = False) -> Summary:
+    """Compute a run's summary from its evaluation rows (`run.rows()` unless given); with `references`, the
+    reference baselines of the same rows too (the first time, one embedding-index query per row; stored)."""
     ds = get_dataset(run.dataset)
     frame = run.rows() if frame is None else frame
     frame, ruled = rules.apply_blocks(frame, run.score_columns())
@@ -600,15 +616,17 @@ def summarize(run: Run, frame: pd.DataFrame | None = None) -> Summary:
             interval = stats.proportion_interval(int(column.sum()), len(column))
         else:
             interval = stats.bootstrap_interval(column.tolist())
+    refs = reference_baselines(run.dataset, run.split, example_ids=run.example_ids) if references else None
     return Summary(
         run=run,
         metrics=values,
         errors=errors,
         per_category=per_cat,
         confusion=confusion,
-        notes=notes,
+        notes=notes + list(refs.notes if refs is not None else ()),
         interval=interval,
         skew=skew,
+        references=refs,
     )
 
 

@@ -53,6 +53,9 @@ class OutputSpec(TypedDict, total=False):
     labels: list[str]
     schema: dict[str, Any] | None
     decode: calibration.Decode
+    restrict: Literal['demos']
+    vote: float
+    vote_by: Literal['rank']
 
 
 class Params(TypedDict, total=False):
@@ -83,23 +86,42 @@ def text() -> OutputSpec:
     return {'kind': 'text'}
 
 
-def choice(labels: Sequence[str], *, decode: calibration.Decode = 'mask') -> OutputSpec:
+def choice(
+    labels: Sequence[str],
+    *,
+    decode: calibration.Decode = 'mask',
+    restrict: Literal['demos'] | None = None,
+    vote: float | None = None,
+    vote_by: Literal['share', 'rank'] = 'share',
+) -> OutputSpec:
     """Return the output spec for one label out of `labels`; the embedded model is constrained to them.
 
     `decode` is how the local model chooses: `'mask'` generates under a token mask, `'rank'` answers the label
     with the highest log-likelihood, `'calibrated'` divides those by the content-free probabilities first (see
-    `workspace.storage.calibration`).
+    `workspace.storage.calibration`). `restrict='demos'` lets each request choose only among the labels of the
+    demos it shows (with `ws.nearest`, the labels of the example's neighbours). `vote=w` (with `'rank'` or
+    `'calibrated'`) mixes the model's label probabilities with the demos' vote, weight `w` on the vote; it is
+    applied to the stored answer, so versions that differ only in `w` share their requests; `vote_by='rank'`
+    weighs the i-th nearest demo's vote by 1/i.
 
     >>> choice(['BILLING', 'REFUND'])
     {'kind': 'choice', 'labels': ['BILLING', 'REFUND']}
+    >>> choice(labels, decode='calibrated', restrict='demos', vote=0.5)  # doctest: +SKIP
     """
     labels = [str(label) for label in labels]
     if not labels or any(not label.strip() for label in labels) or len(set(labels)) != len(labels):
         raise VersionError(f'choice() needs distinct, non-empty labels; got {labels!r}')
     calibration.check_decode(decode)
+    calibration.check_choice_options(decode, restrict, vote, vote_by)
     spec: OutputSpec = {'kind': 'choice', 'labels': labels}
     if decode != 'mask':  # the default adds nothing: versions made before `decode` existed keep their hashes
         spec['decode'] = decode
+    if restrict is not None:
+        spec['restrict'] = restrict
+    if vote is not None:
+        spec['vote'] = float(vote)
+        if vote_by != 'share':  # the default adds nothing
+            spec['vote_by'] = vote_by  # type: ignore[typeddict-item]
     return spec
 
 
@@ -326,6 +348,9 @@ def _check(
             f'output spec {dict(output)!r} is not valid; use ws.text(), ws.choice([...]) or ws.json_object()'
         )
     calibration.check_decode(output.get('decode', 'mask'), model)
+    calibration.check_choice_options(
+        output.get('decode', 'mask'), output.get('restrict'), output.get('vote'), output.get('vote_by', 'share')
+    )
     for name, value in params.items():
         if name not in _PARAM_TYPES:
             raise VersionError(f'unknown param {name!r}; known params are: {", ".join(_PARAM_TYPES)}')

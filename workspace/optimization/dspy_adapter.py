@@ -42,7 +42,7 @@ from workspace.core.versions import (
     build_request,  # noqa: E402
 )
 from workspace.storage import backends  # noqa: E402
-from workspace.storage.store import answer  # noqa: E402
+from workspace.storage.store import answer, answer_many  # noqa: E402
 
 __all__ = [
     'StopReason',
@@ -121,6 +121,22 @@ class Ledger:
         if self.deadline is not None and time.monotonic() > self.deadline:
             raise Stop('max_minutes', 'the max_minutes budget is spent')
 
+    def _tally(self, out: dict[str, Any], fresh: bool) -> dict[str, Any]:
+        """Count one answered request: a model call if this ledger had to ask for it and no one had answered it
+        before, else a reuse; and its error, if it has one."""
+        self.requests += 1
+        if fresh and not out['reused']:
+            self.calls += 1
+            self.tokens += int(out.get('prompt_tokens') or 0) + int(out.get('completion_tokens') or 0)
+        else:
+            self.reused += 1
+        if out['error'] is not None:
+            self.errors += 1
+            self.last_error = out['error']
+        if self.on_request is not None:
+            self.on_request(self)
+        return out
+
     def answer(
         self, request: Mapping[str, Any], example_id: str | None, inputs: Mapping[str, Any] | None = None
     ) -> dict[str, Any]:
@@ -130,33 +146,81 @@ class Ledger:
             self.check_time()
             if self.max_requests is not None and self.requests >= self.max_requests:
                 raise Stop('max_calls', f'the max_calls budget of {self.max_requests} requests is spent')
-            self.requests += 1
-            why = self.screen(request, inputs) if self.screen is not None else None
+            why = self._screened(request, [inputs] if inputs is not None else [])
             if why is not None:
+                self.requests += 1
                 self.blocked += 1
                 raise ModelCallError(why)
             body = {k: v for k, v in request.items() if k != 'hash'}
             key = json.dumps(body, sort_keys=True, ensure_ascii=False)
-            out = self._memo.get(key)
-            if out is None:
-                out = answer(body, origin=(self.label, self.dataset, example_id))
-                self._memo[key] = out
-                if out['reused']:
-                    self.reused += 1
-                else:
-                    self.calls += 1
-                    self.tokens += int(out.get('prompt_tokens') or 0) + int(out.get('completion_tokens') or 0)
-            else:
-                self.reused += 1
-            if self.on_request is not None:
-                self.on_request(self)
+            fresh = key not in self._memo
+            if fresh:
+                self._memo[key] = dict(answer(body, origin=(self.label, self.dataset, example_id)))
+            out = self._tally(self._memo[key], fresh)
             if out['error'] is not None:
-                self.errors += 1
-                self.last_error = out['error']
-                if self.errors > self.max_errors:
-                    raise Stop('max_errors', f'{self.errors} model calls failed (max_errors={self.max_errors})')
+                self.check_errors()
                 raise ModelCallError(f'{request["model"]}: {out["error"]}')
             return out
+
+    def _screened(self, request: Mapping[str, Any], fields: Sequence[Mapping[str, Any]]) -> str | None:
+        """Return why `screen` keeps `request` from the model (checked on each of its data `fields`: the example's,
+        its demos'), or None."""
+        if self.screen is None:
+            return None
+        for f in fields or [None]:  # type: ignore[list-item]
+            why = self.screen(request, f)
+            if why is not None:
+                return why
+        return None
+
+    def answer_many(
+        self,
+        items: Sequence[tuple[Mapping[str, Any], str | None]],
+        fields: Sequence[Sequence[Mapping[str, Any]]] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Answer (request, example id) pairs in one batch through the store (one lookup, one claim, answers
+        written every few seconds), counting each against the budget. Errors are returned on their answers (and
+        counted: `check_errors` raises once there are more than `max_errors`), not raised. A batch longer than
+        `max_calls` leaves is cut to fit; Stop is raised when nothing is left or the deadline has passed.
+        `fields` holds, per item, the data its request was made of (the example's input fields, its demos'): a
+        request `screen` refuses is answered with the rule as its error, never sent, and not counted as an error."""
+        with self._lock:
+            self.check_time()
+            room = None if self.max_requests is None else self.max_requests - self.requests
+            if room is not None and room <= 0:
+                raise Stop('max_calls', f'the max_calls budget of {self.max_requests} requests is spent')
+            items = list(items)[:room] if room is not None else list(items)
+            refused = {
+                i: why
+                for i, (request, _) in enumerate(items)
+                if (why := self._screened(request, fields[i] if fields is not None else [])) is not None
+            }
+            if refused:
+                self.requests += len(refused)
+                self.blocked += len(refused)
+                kept = [item for i, item in enumerate(items) if i not in refused]
+                answered = iter(self.answer_many(kept) if kept else [])
+                return [
+                    _refused(items[i][0], refused[i]) if i in refused else next(answered) for i in range(len(items))
+                ]
+            bodies = [({k: v for k, v in r.items() if k != 'hash'}, ex) for r, ex in items]
+            keys = [json.dumps(body, sort_keys=True, ensure_ascii=False) for body, _ in bodies]
+            asked = [
+                (body, (self.label, self.dataset, ex)) for (body, ex), key in zip(bodies, keys) if key not in self._memo
+            ]
+            batch = answer_many(asked, progress=False) if asked else None
+            outs = []
+            for (request, _), key in zip(items, keys):
+                fresh = key not in self._memo
+                if fresh and batch is not None:
+                    self._memo[key] = dict(batch.answers[request['hash']], reused=request['hash'] not in batch.called)
+                outs.append(self._tally(self._memo[key], fresh))
+            return outs
+
+    def check_errors(self) -> None:
+        """Raise Stop if more model calls failed than `max_errors` allows."""
+        if self.errors > self.max_errors:
+            raise Stop('max_errors', f'{self.errors} model calls failed (max_errors={self.max_errors})')
 
 
 def demo_template(template: str, inputs: Sequence[str]) -> str:
@@ -207,7 +271,8 @@ class Candidate:
         changed = dataclasses.replace(
             version, template=self.template, instructions=self.instructions, demos=self.version_demos
         )
-        return dataclasses.replace(changed, output=dict(self.output)) if self.output is not None else changed
+        output: Any = dict(self.output) if self.output is not None else None  # an OutputSpec from a candidate's dict
+        return dataclasses.replace(changed, output=output) if output is not None else changed
 
 
 @dataclass
@@ -301,7 +366,8 @@ class Task:
     def baseline_candidate(self) -> Candidate:
         """Return the baseline version's own content."""
         policy = self.baseline.demo_policy
-        fixed = () if policy is not None else tuple(dict(d) for d in self.baseline.demos)  # type: ignore[union-attr]
+        demos: Any = self.baseline.demos  # a list of demos when there is no policy
+        fixed = () if policy is not None else tuple(dict(d) for d in demos)
         return Candidate(self.baseline.template, self.baseline.instructions, fixed, policy)
 
     def request(self, version: Version, inputs: Mapping[str, Any], model_id: str) -> dict[str, Any]:
@@ -609,3 +675,19 @@ class TrialRecorder(BaseCallback):
     def dev_trials(self) -> list[Trial]:
         """Return the trials scored on the whole dev split, in order."""
         return [t for t in self.trials if t.dev_score is not None]
+
+
+def _refused(request: Mapping[str, Any], why: str) -> dict[str, Any]:
+    """Return the answer of a request a blocking rule kept from the model: the rule as its error."""
+    return {
+        'hash': request.get('hash'),
+        'text': None,
+        'error': why,
+        'reused': False,
+        'scores': None,
+        'prompt_tokens': None,
+        'completion_tokens': None,
+        'latency_s': None,
+        'finish_reason': None,
+        'answered_at': None,
+    }

@@ -164,24 +164,34 @@ def verdict(
     split: str,
     names: tuple[str, str],
     expected: Mapping[str, Any] | None = None,
+    resamples: int = 10_000,
 ) -> Verdict:
-    """Compare predictions `b` against `a` (by example id) on the examples both cover, by `metric`, paired."""
+    """Compare predictions `b` against `a` (by example id) on the examples both cover, by `metric`, paired
+    (`resamples` permutations and bootstrap draws: fewer for a quick check, as racing does)."""
     truth_by_id = expected if expected is not None else metric.expected
     ids = [ex for ex in truth_by_id if ex in a and ex in b]
     if not ids:
         raise OptimizeError(f'{names[0]} and {names[1]} share no scored examples on {split}; evaluate both first')
+    if len(ids) < 2:  # one example is no evidence: no test, p = 1 (a budget that ended very early)
+        value_a = metric.score({ex: a[ex] for ex in ids}) if truth_by_id is metric.expected else 0.0
+        value_b = metric.score({ex: b[ex] for ex in ids}) if truth_by_id is metric.expected else 0.0
+        diff = value_b - value_a
+        return Verdict(split, metric.name, len(ids), *names, value_a, value_b, diff, diff, diff, 1.0)
     if metric.split_level:
         result = stats.compare_label_metric(
             metric.name,
             [str(truth_by_id[ex]) for ex in ids],
             [_label(a[ex]) for ex in ids],
             [_label(b[ex]) for ex in ids],
+            resamples=resamples,
         )
         values = (result.value_a, result.value_b, result.diff, result.ci_low, result.ci_high, result.p_value)
         return Verdict(split, metric.name, result.n, *names, *values)
     score_a = [metric.per_example(a[ex], truth_by_id[ex]) for ex in ids]
     score_b = [metric.per_example(b[ex], truth_by_id[ex]) for ex in ids]
-    cmp = stats.compare_scores(score_a, score_b, name_a=names[0], name_b=names[1], split=split, binary=False)
+    cmp = stats.compare_scores(
+        score_a, score_b, name_a=names[0], name_b=names[1], split=split, binary=False, resamples=resamples
+    )
     values = (cmp.mean_a, cmp.mean_b, cmp.diff, cmp.ci_low, cmp.ci_high, cmp.p_value)
     return Verdict(split, metric.name, cmp.n, *names, *values)
 
@@ -207,6 +217,7 @@ class Scored:
     value: float
     picked: bool = False  # the optimizer's own pick, preferred among equals
     ok: bool = True  # no model error in its dev evaluation
+    depth: int = 0  # how far a raced candidate went (its last completed rung): the deeper are compared first
 
 
 def decide(
@@ -233,7 +244,7 @@ def decide(
         return Decision(
             False, None, None, f'kept {baseline.name}: no eligible candidate was scored on {dev}.{refused}', flags
         )
-    best = max(eligible, key=lambda c: (c.value, c.picked, -c.trial))
+    best = max(eligible, key=lambda c: (c.depth, c.value, c.picked, -c.trial))
     result = verdict(metric, baseline.predictions, best.predictions, split=dev, names=(baseline.name, best.name))
     rule = f'at least {margin * 100:+.1f} points' if margin is not None else f'p < {alpha:g}'
     better = result.diff > 0 and (result.diff >= margin if margin is not None else result.p_value < alpha)
@@ -242,13 +253,12 @@ def decide(
         f'{result.ci_low * 100:+.1f} to {result.ci_high * 100:+.1f}, {_p(result.p_value)}, n = {result.n}; '
         f'{len(candidates)} candidate(s) tried)'
     )
-    # a candidate not yet written as a version is named by its trial: say the trial once, not 'trial 2 (trial 2)'
-    named = best.name if best.name == f'trial {best.trial}' else f'{best.name} (trial {best.trial})'
+    called = best.name if best.name == f'trial {best.trial}' else f'{best.name} (trial {best.trial})'
     if better:
-        reason = f'{named} replaces {baseline.name}: {detail}, better by {rule}.{refused}'
+        reason = f'{called} replaces {baseline.name}: {detail}, better by {rule}.{refused}'
     else:
         reason = (
-            f'kept {baseline.name}: the best candidate, {named}, scored {detail}, '
+            f'kept {baseline.name}: the best candidate, {called}, scored {detail}, '
             f'which is not better by {rule}.{refused}'
         )
     return Decision(better, best.trial, result, reason, flags)

@@ -17,6 +17,19 @@
 The answer is the label's text, and the stored completion carries every label's `scores`: for `rank` each
 label's log-probability, for `calibrated` the calibrated log-probabilities normalized over the labels.
 
+Two options use the demos a request shows (most useful with demos retrieved per example, `ws.nearest`):
+
+- ``restrict='demos'``: the request's label set is the labels of its demos (in the version's label order), so
+  the model chooses among the labels of the nearest examples. Fewer labels to score make `rank` and `calibrated`
+  cheaper (docs/benchmarks.md), and the model cannot drift to a label no neighbour has. A request whose demos
+  hold none of the version's labels keeps them all.
+- ``vote=w`` (with `rank` or `calibrated`): the answer is the label with the largest
+  ``(1 - w) * p_model(label) + w * share of the demos with that label``, the model's label probabilities mixed
+  with the neighbours' vote; with ``vote_by='rank'`` the i-th nearest demo's vote weighs 1/i (distance-weighted
+  k-nearest neighbours, by rank), so the nearest counts most. The vote is applied to the stored answer's `scores` (`answer_label`), so it is not
+  part of the request: versions that differ only in `w` send the same requests, and choosing `w` on dev costs no
+  model call.
+
 `rank` and `calibrated` read the model's probabilities, which only the local model exposes; a version with a
 remote model is refused. The decoding is part of the request (`{'choice': labels, 'decode': 'rank'}`), so it is
 part of the request's identity; `mask` adds nothing, so requests made before these options existed keep their
@@ -62,6 +75,11 @@ __all__ = [
     'normalize',
     'content_free_prior',
     'calibrate',
+    'check_choice_options',
+    'demo_labels',
+    'VOTES_BY',
+    'combine_vote',
+    'answer_label',
 ]
 
 Decode = Literal['mask', 'rank', 'calibrated']
@@ -111,7 +129,11 @@ def choice_constraint(version: _Version, demos: Sequence[Mapping[str, Any]] | No
     >>> choice_constraint(v)  # doctest: +SKIP
     {'choice': ['negative', 'no_impact', 'positive'], 'decode': 'rank'}
     """
-    constraint: dict[str, Any] = {'choice': version.labels}
+    labels = version.labels
+    if version.output.get('restrict') == 'demos' and demos:
+        shown = {str(d.get('expected')) for d in demos}
+        labels = [label for label in labels if label in shown] or labels
+    constraint: dict[str, Any] = {'choice': labels}
     decode = version.output.get('decode', 'mask')
     if decode != 'mask':
         constraint['decode'] = decode
@@ -157,3 +179,60 @@ def calibrate(scores: Mapping[str, float], prior: Mapping[str, float]) -> dict[s
     True
     """
     return normalize({label: scores[label] - prior[label] for label in scores})
+
+
+def check_choice_options(decode: str, restrict: str | None, vote: float | None, vote_by: str = 'share') -> None:
+    """Raise VersionError naming the problem with a choice output's `restrict` or `vote`, and the fix."""
+    if restrict not in (None, 'demos'):
+        raise VersionError(f"restrict={restrict!r} is not known; use restrict='demos' or leave it out")
+    if vote_by not in VOTES_BY:
+        raise VersionError(f"vote_by={vote_by!r} is not known; use 'share' or 'rank'")
+    if vote is None:
+        return
+    if isinstance(vote, bool) or not isinstance(vote, (int, float)) or not 0 < vote < 1:
+        raise VersionError(f'vote={vote!r} is not valid; give a weight between 0 and 1 (exclusive), e.g. vote=0.5')
+    if decode not in ('rank', 'calibrated'):
+        raise VersionError(
+            f"vote={vote!r} mixes the model's label probabilities with the demos' vote, which decode={decode!r} does "
+            "not give; use decode='rank' or decode='calibrated'"
+        )
+
+
+#: How the demos' vote counts them: each alike (`share`), or the i-th nearest by 1/i (`rank`).
+VOTES_BY = ('share', 'rank')
+
+
+def demo_labels(demos: Sequence[Mapping[str, Any]] | None) -> list[str]:
+    """Return the expected label of each demo, in order (what a neighbour vote counts)."""
+    return [str(d.get('expected')) for d in demos or ()]
+
+
+def combine_vote(scores: Mapping[str, float], votes: Sequence[str], weight: float, by: str = 'share') -> str:
+    """Return the label with the largest `(1 - weight) * p_model + weight * vote share`, where `p_model` is the
+    softmax of `scores` (log-scores over the labels) and the vote share is a label's share of `votes` (nearest
+    first; with `by='rank'` the i-th vote weighs 1/i). Ties go to the label the model prefers, then to the first.
+
+    >>> combine_vote({'a': math.log(0.6), 'b': math.log(0.4)}, ['b', 'b', 'a'], 0.5)
+    'b'
+    """
+    model = {label: math.exp(value) for label, value in normalize(scores).items()}
+    weights = [(v, 1.0 / (i + 1) if by == 'rank' else 1.0) for i, v in enumerate(votes) if v in model]
+    total = sum(w for _, w in weights)
+    share = {label: sum(w for v, w in weights if v == label) / total if total else 0.0 for label in model}
+    mixed = {label: (1 - weight) * model[label] + weight * share[label] for label in model}
+    return max(model, key=lambda label: (round(mixed[label], 12), model[label]))
+
+
+def answer_label(
+    output: Mapping[str, Any],
+    text: str | None,
+    scores: Mapping[str, float] | None,
+    demos: Sequence[Mapping[str, Any]] | None,
+) -> str | None:
+    """Return a choice version's answer from the model's stored answer: its text, or with `vote` in the output
+    spec, the label the model's `scores` and the demos' vote choose together (see `combine_vote`; `demos`
+    nearest first)."""
+    weight = output.get('vote')
+    if weight is None or not scores or text is None:
+        return text
+    return combine_vote(scores, demo_labels(demos), float(weight), output.get('vote_by', 'share'))

@@ -368,9 +368,9 @@ def ab_outcomes() -> pxt.Table:
 
 
 TRIALS = f'{ROOT}/trials'
-OPTIMIZE_RUNS = f'{ROOT}/optimize_runs'
+OPTIMIZER_RECORDS = f'{ROOT}/optimizer_records'
 
-__all__ += ['TRIALS', 'OPTIMIZE_RUNS', 'trials', 'optimize_runs']
+__all__ += ['TRIALS', 'OPTIMIZER_RECORDS', 'trials', 'optimizer_records']
 
 
 def trials() -> pxt.Table:
@@ -403,39 +403,70 @@ def trials() -> pxt.Table:
             'errors': pxt.Int,
             'error': pxt.String | None,
             'started_at': pxt.Timestamp,
+            'attempt': pxt.Int | None,  # the attempt of the run that recorded it (a rerun never rewrites a trial)
         },
         ['run_id', 'trial'],
     )
 
 
-def optimize_runs() -> pxt.Table:
-    """One row per optimizer run (its id derives from its arguments, so a resumed run keeps its row)."""
+def optimizer_records() -> pxt.Table:
+    """One row per attempt of an optimizer run, append-only: the first attempt's `start` record and a `resume` record
+    each time the run (its id derives from its arguments) is started again. An attempt updates only its own row."""
     return _open_or_create(
-        OPTIMIZE_RUNS,
+        OPTIMIZER_RECORDS,
         {
             'run_id': pxt.String,
+            'attempt': pxt.Int,
+            'kind': pxt.String,  # start or resume
             'optimizer': pxt.String,
             'prompt': pxt.String,
             'baseline_id': pxt.String,
             'dataset': pxt.String,
             'config': pxt.Json | None,
+            'plan': pxt.Json | None,  # what the attempt said it would do before it started
             'status': pxt.String,  # running, done, stopped or failed
             'stopped_by': pxt.String | None,
             'best_version_id': pxt.String | None,
             'baseline_score': pxt.Float | None,
             'best_score': pxt.Float | None,
             'decision': pxt.String | None,
+            'references': pxt.Json | None,  # the reference baselines on dev, no model call
             'trials': pxt.Int,
             'requests': pxt.Int,
-            'calls': pxt.Int,
+            'calls': pxt.Int,  # model calls this attempt made (answers replayed from the store are not calls)
             'tokens': pxt.Int,
             'errors': pxt.Int,
             'error': pxt.String | None,
             'wall_s': pxt.Float,
             'started_at': pxt.Timestamp,
+            'updated_at': pxt.Timestamp,
             'finished_at': pxt.Timestamp | None,
         },
-        'run_id',
+        ['run_id', 'attempt'],
+    )
+
+
+REFERENCE_NEIGHBOURS = f'{ROOT}/reference_neighbours'
+
+__all__ += ['REFERENCE_NEIGHBOURS', 'reference_neighbours']
+
+
+def reference_neighbours() -> pxt.Table:
+    """One row per (dataset, pool split, input field, example): the example's nearest pool examples, nearest first,
+    for the reference baselines (`workspace.core.baselines`); `pool_key` names the pool's contents they were read
+    from, so a changed pool is read again."""
+    return _open_or_create(
+        REFERENCE_NEIGHBOURS,
+        {
+            'dataset': pxt.String,
+            'pool': pxt.String,
+            'field': pxt.String,
+            'example_id': pxt.String,
+            'pool_key': pxt.String,
+            'neighbour_ids': pxt.Json,
+            'computed_at': pxt.Timestamp,
+        },
+        ['dataset', 'pool', 'field', 'example_id'],
     )
 
 

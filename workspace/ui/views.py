@@ -509,11 +509,28 @@ def _summary_body(cmp: VersionComparison, labels: Mapping[str, Sequence[str]]) -
     if scores:
         blocks.append(f'<div class="pw-block"><h4>Other scores</h4>{_scroll(scores)}</div>')
     verdicts = ''.join(f'<li class="{_verdict_class(c)}">{html.escape(c.verdict)}</li>' for c in cmp.pairwise.values())
-    parts = [title, f'<div class="pw-blocks">{"".join(blocks)}</div>']
+    parts = [title, f'<div class="pw-blocks">{"".join(blocks)}</div>', _references_line(cmp)]
     if verdicts:
         parts.append(f'<h4>Verdicts</h4><ul class="pw-verdicts">{verdicts}</ul>')
     parts.append(_notes_html(notes, names))
     return ''.join(parts)
+
+
+def _references_line(cmp: VersionComparison) -> str:
+    """Render the reference baselines of the same examples (no model call) in one line under the table."""
+    refs = cmp.references
+    if not refs:
+        return ''
+    shown = '; '.join(
+        f'{html.escape(r.name)}: '
+        + ', '.join(f'{ {"macro_f1": "macro-F1"}.get(m, m) } {v:.3f}' for m, v in r.metrics.items())
+        for r in refs.items
+    )
+    caveat = ''.join(f' ({html.escape(n)})' for n in refs.notes)
+    return (
+        f'<p class="pw-sub pw-references">Reference baselines on the same {refs.n:,} examples, no model call: '
+        f'{shown}.{caveat}</p>'
+    )
 
 
 def _notes_html(notes: Mapping[str | None, Sequence[str]], names: Mapping[str, str]) -> str:
