@@ -94,7 +94,7 @@ def test_families_match_the_truth_and_give_reasons(ws, log_file):
         joined = members[members['confidence'] < 1.0]
         for reason in members['reason'][1:]:
             assert 'nearest_members' in reason or 'new_family' in reason
-        assert (members['confidence'] >= 0.7).all() and len(joined) <= len(members)
+        assert (members['confidence'] > 0.5).all() and len(joined) <= len(members)
     router = next(f for f in big['family_id'] if 'Route the support ticket' in (ws.get_family(f).jinja))
     slots = ws.get_family(router).slots()
     assert dict(zip(slots['name'], slots['type'])) == {
@@ -203,7 +203,24 @@ def _write(tmp_path: Path, name: str, text: str) -> Path:
         ('g.csv', 'prompt,timestamp\nhi,2026-09-07\n', {'meta': ['app']}, "no column 'app' \\(given as meta\\)"),
         ('h.txt', 'hello\n', {}, "unknown file type '.txt'"),
         ('i.csv', 'prompt,timestamp\n', {}, 'has no prompts'),
-        ('j.jsonl', '{"prompt": "hi", "timestamp": "2026-09-07"}\n', {'threshold': 1.5}, 'threshold 1.5 must be in'),
+        (
+            'j.jsonl',
+            '{"prompt": "fine", "timestamp": "2026-09-07"}\n{"prompt": "hi\\u0000there", "timestamp": "2026-09-07"}\n',
+            {},
+            r'j.jsonl: line 2: the prompt has a NUL character \(\\x00\) at character 2; remove or replace it',
+        ),
+        (
+            'k.jsonl',
+            '{"prompt": "hi", "timestamp": "2026-09-07", "user": "a\\u001bb"}\n',
+            {'meta': ['user']},
+            r"line 1: a meta value has the control character '\\x1b'",
+        ),
+        (
+            'l.jsonl',
+            '{"prompt": "hi", "timestamp": "2026-09-07"}\n',
+            {'app': 'service'},
+            "no column 'service' \\(given as app\\)",
+        ),
     ],
 )
 def test_bad_input_is_refused_and_loses_nothing(ws, log_file, tmp_path, name, content, kwargs, message):
