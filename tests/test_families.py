@@ -13,6 +13,7 @@ from conftest import ROOT
 
 from workspace import errors
 from workspace.mining.families import merge_families, split_family
+from workspace.storage import tables
 
 LOG = ROOT / 'datasets' / 'prompt_log.jsonl'
 
@@ -267,3 +268,27 @@ def test_guardrail_rules_check_a_familys_logged_prompts(ws, log_file):
         start, end = v['span']
         assert members.loc[v['prompt_hash'], 'prompt'][start:end] == v['match'] and '@' in v['match']
     assert router.violations(rules=['another_rule']).empty
+
+
+def test_an_application_is_a_hard_boundary(ws):
+    """The same template sent by two applications makes two families: no family spans two applications."""
+    rows = [
+        {
+            'prompt': f'Summarize ticket T-{i}: the parcel is late by {i} days and the customer is upset.',
+            'timestamp': f'2026-09-07T{i % 24:02d}:00:00Z',
+            'app': 'helpdesk' if i % 2 else 'billing',
+        }
+        for i in range(40)
+    ]
+    report = ws.ingest_prompts(pd.DataFrame(rows), source_name='two apps')
+    assert report.new_prompts == 40 and len(report.new_families) == 2
+    raw = tables.raw_prompts()
+    apps: dict[str, set[str]] = {}
+    for r in raw.select(raw.family_id, raw.app).collect():
+        apps.setdefault(r['family_id'], set()).add(r['app'])
+    assert sorted(map(sorted, apps.values())) == [['billing'], ['helpdesk']]
+    for family_id in apps:
+        assert (
+            ws.get_family(family_id).jinja
+            == 'Summarize ticket {{ ticket }}: the parcel is late by {{ late }} days and the customer is upset.'
+        )
