@@ -51,7 +51,7 @@ CANDIDATES = 5  # families compared per prompt by embedding: the nearest centres
 EXEMPLARS = 16
 MIN_SHARED = 3  # words two prompts of a young family must share
 EDIT_WORDS = 16  # words inserted or deleted that an edit of a template may have
-EDIT_SHARE = 0.5  # and at most this share of the template's words
+EDIT_SHARE = 0.75  # and at most this share of the template's words
 REPLACED_P = 0.01  # a candidate edit is merged when the edited family's silence has this probability at its rate
 PARALLEL = 2  # prompts the edited family still gets after the candidate appeared that make the two templates
 CANDIDATE_DAYS = 28  # a candidate not merged after this long is a template of its own
@@ -179,6 +179,9 @@ class FamilyState:
     merged_into: str | None = None
     changed: bool = False
     draft: tuple[tuple[str, ...], Template] | None = None  # a young family's members' template, by member hashes
+    keys: list[tuple[tuple[str, ...], tuple[str, ...]]] = field(
+        default_factory=list
+    )  # young: members' first/last words
 
     @property
     def template(self) -> Template | None:
@@ -299,9 +302,10 @@ def _shared_edges(a: str, b: str) -> int:
 class Engine:
     """Assign new raw prompts to families, in the order given, over the families' state in memory.
 
-    `load_recent(family_id)` returns a family's latest members (hash, text, first seen), oldest first, for a state
-    loaded without them; `vectors` and `snippets` hold the exemplars' embeddings and first characters; `embed`
-    embeds texts (the members a split moves).
+    `load_recent(family_id)` returns a family's latest members (hash, text, first seen), in the order they were
+    assigned, for a state loaded without them; `vectors` and `snippets` hold the exemplars' embeddings and first
+    characters; `embed` embeds texts (the members a split moves); `last` is when the latest prompt assigned was
+    first seen (so the next one knows whether a day has passed) and `taken` the ids of families merged away.
     """
 
     def __init__(
@@ -313,6 +317,8 @@ class Engine:
         load_recent: Callable[[str], list[Member]] | None = None,
         embed: Callable[[list[str]], np.ndarray] | None = None,
         dimensions: int = 256,
+        last: datetime.datetime | None = None,
+        taken: Iterable[str] = (),
     ) -> None:
         self.states: dict[str, FamilyState] = {}
         self.vectors = vectors if vectors is not None else {}
@@ -329,7 +335,8 @@ class Engine:
         self._young_first: dict[tuple[str | None, tuple[str, ...]], list[str]] = collections.defaultdict(list)
         self._young_last: dict[tuple[str | None, tuple[str, ...]], list[str]] = collections.defaultdict(list)
         self._lengths: set[int] = set()
-        self._day: datetime.date | None = None
+        self._day: datetime.date | None = last.date() if last is not None else None
+        self._taken = set(taken)
         for state in states:
             self._add(state)
 
@@ -346,8 +353,8 @@ class Engine:
         for _, template in state.versions():
             self._index_template(state, template)
         if state.mined_at < TRUST:
-            for _, text, _ in list(state.recent)[-1:]:
-                self._index_young(state, text)
+            for key in state.keys:
+                self._index_keys(state, key)
 
     def _unit(self, total: np.ndarray) -> np.ndarray:
         return (total / max(float(np.linalg.norm(total)), 1e-12)).astype(np.float32)
@@ -371,8 +378,13 @@ class Engine:
 
     def _index_young(self, state: FamilyState, text: str) -> None:
         tokens = tokenize(text)
-        self._young_first[(state.app, _first_words(tokens))].append(state.id)
-        self._young_last[(state.app, _last_words(tokens))].append(state.id)
+        key = (_first_words(tokens), _last_words(tokens))
+        state.keys.append(key)
+        self._index_keys(state, key)
+
+    def _index_keys(self, state: FamilyState, key: tuple[tuple[str, ...], tuple[str, ...]]) -> None:
+        self._young_first[(state.app, key[0])].append(state.id)
+        self._young_last[(state.app, key[1])].append(state.id)
 
     def _remove(self, state: FamilyState) -> None:
         ids, matrix = self._apps[state.app]
@@ -546,8 +558,9 @@ class Engine:
 
     def _new_id(self, prompt_hash: str) -> str:
         family_id, n = f'fam-{prompt_hash[:10]}', 2
-        while family_id in self.states:
+        while family_id in self.states or family_id in self._taken:  # a merged family keeps its id out of reuse
             family_id, n = f'fam-{prompt_hash[:10]}-{n}', n + 1
+        self._taken.add(family_id)
         return family_id
 
     def _found(
@@ -762,8 +775,9 @@ class Engine:
         old.total = old.total + new.total
         old.n += new.n
         old.changed = True
-        for member in self._recent(new):
-            self._recent(old).append(member)
+        merged = sorted([*self._recent(old), *self._recent(new)], key=lambda m: (m[2], m[0]))
+        old.recent.clear()
+        old.recent.extend(merged)
         old.times.extend(new.times)
         for h in new.exemplars:
             if h not in old.exemplars:

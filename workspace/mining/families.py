@@ -27,11 +27,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+import pixeltable.functions as pxtf
 
 from workspace.config import current_user, utc_now
 from workspace.core import rules as guardrails
 from workspace.errors import DatasetError, FamilyError
-from workspace.mining.assign import MINE_SAMPLE, TEMPLATE_MIN, Engine, FamilyState, Member, Move, best_version
+from workspace.mining.assign import MINE_SAMPLE, TEMPLATE_MIN, TRUST, Engine, FamilyState, Member, Move, best_version
 from workspace.mining.canonical import Template, mine, template_events
 from workspace.storage import audit_log, tables
 from workspace.storage.embeddings import DIMENSIONS, embed
@@ -104,6 +105,7 @@ def load_engine() -> Engine:
             candidate_since=_time(extra['candidate_since']) if extra.get('candidate_since') else None,
         )
         state.times.extend(_time(x) for x in extra.get('times', []))
+        state.keys = [(tuple(a), tuple(b)) for a, b in extra.get('keys', [])]
         states.append(state)
     vectors: dict[str, np.ndarray] = {}
     snippets: dict[str, str] = {}
@@ -114,8 +116,20 @@ def load_engine() -> Engine:
         for r in raw.where(raw.prompt_hash.isin(keys)).select(raw.prompt_hash, raw.vector, raw.prompt).collect():
             vectors[r['prompt_hash']] = np.asarray(r['vector'], dtype=np.float32)
             snippets[r['prompt_hash']] = r['prompt'][:120]
+    last = raw.select(last=pxtf.max(raw.first_seen)).collect()[0]['last'] if raw.count() else None
+    taken = [
+        r['family_id']
+        for r in state_table.where(state_table.status != 'active').select(state_table.family_id).collect()
+    ]
     return Engine(
-        states, vectors=vectors, snippets=snippets, load_recent=_recent_loader, embed=embed, dimensions=DIMENSIONS
+        states,
+        vectors=vectors,
+        snippets=snippets,
+        load_recent=_recent_loader,
+        embed=embed,
+        dimensions=DIMENSIONS,
+        last=last,
+        taken=taken,
     )
 
 
@@ -141,6 +155,7 @@ def state_rows(states: Sequence[FamilyState], now: datetime.datetime) -> list[di
                 'candidate_of': s.candidate_of,
                 'candidate_since': s.candidate_since.isoformat() if s.candidate_since else None,
                 'times': [t.isoformat() for t in s.times],
+                'keys': [list(map(list, k)) for k in s.keys] if s.mined_at < TRUST else [],
             },
         }
         for s in states
