@@ -212,9 +212,9 @@ def _write(tmp_path: Path, name: str, text: str) -> Path:
         ),
         (
             'k.jsonl',
-            '{"prompt": "hi", "timestamp": "2026-09-07", "user": "a\\u001bb"}\n',
+            '{"prompt": "hi", "timestamp": "2026-09-07", "user": "a\\ud800b"}\n',
             {'meta': ['user']},
-            r"line 1: a meta value has the control character '\\x1b'",
+            r'line 1: a meta value has a lone surrogate \(\\ud800\)',
         ),
         (
             'l.jsonl',

@@ -283,6 +283,33 @@ class Log:
     truth: list[dict[str, Any]] = field(default_factory=list)
 
 
+def _words_of(text: str) -> list[str]:
+    return re.findall(r'\w+', text)
+
+
+def _far(a: str, b: str) -> bool:
+    """Return whether two templates' texts differ in at least half of the longer one's words."""
+    import difflib
+
+    wa, wb = _words_of(a), _words_of(b)
+    ops = difflib.SequenceMatcher(None, wa, wb, autojunk=False).get_opcodes()
+    changed = sum(max(i2 - i1, j2 - j1) for tag, i1, i2, j1, j2 in ops if tag != 'equal')
+    return changed >= ONE_OFF_APART * max(len(wa), len(wb), 1)
+
+
+def _one_offs(candidates: list[tuple[str, Any]], templates: list[str], rng: random.Random, limit: int) -> list[Any]:
+    """Draw up to `limit` one-offs whose template texts differ from every template of the log, and from each other,
+    in at least half their words: a one-off is a prompt no recurring template sent, not a variant of one (two
+    variants sent once each would be a template of two)."""
+    order = list(candidates)
+    rng.shuffle(order)
+    chosen: list[tuple[str, Any]] = []
+    for text, item in order:
+        if len(chosen) < limit and all(_far(text, t) for t in templates) and all(_far(text, c) for c, _ in chosen):
+            chosen.append((text, item))
+    return [item for _, item in chosen]
+
+
 def _zipf(sources: list[Source], rng: random.Random) -> None:
     """Give each application's templates skewed weights (a real log has a few busy templates)."""
     by_app: dict[str, list[Source]] = {}
@@ -426,9 +453,9 @@ def promptsource_collection(rng: random.Random, pools: dict[str, Inputs], n: int
                 versions = [(0, JinjaTemplate(old['jinja'], old['answer_choices'], _FIELDS[app]).render),
                             (EDIT_DAY, current.render)]  # fmt: skip
             sources.append(Source(f'{app}/{t["name"]}', app, versions, app))
-    one_offs = list(data['one_offs'])
-    rng.shuffle(one_offs)
-    for k, t in enumerate(one_offs[:60]):
+    templates = [t['jinja'].split('|||')[0] for entry in data['apps'].values() for t in entry['templates']]
+    one_offs = _one_offs([(t['jinja'].split('|||')[0], t) for t in data['one_offs']], templates, rng, 60)
+    for k, t in enumerate(one_offs):
         template = JinjaTemplate(t['jinja'], t['answer_choices'], [t['field']])
         field_of = {'banking77': 'text', 'poem_sentiment': 'verse_text', 'e2e_nlg': 'meaning_representation',
                     'scitldr': 'abstract'}[t['app']]  # fmt: skip
@@ -471,6 +498,7 @@ FLAN_APPS: dict[str, tuple[str, str, Callable[[dict], dict], list[str] | None]] 
              ['description', 'entity', 'abbreviation', 'human', 'numeric', 'location']),
 }  # fmt: skip
 FLAN_PER_APP = 4
+ONE_OFF_APART = 0.5  # share of words a one-off differs in from every template and other one-off
 FLAN_APART = 6  # words (and marks) at least between two patterns of one application, or one sent once
 #: Patterns of other FLAN tasks sent once each, in the application whose inputs fill them.
 FLAN_ONE_OFFS: dict[str, tuple[str, str, Callable[[dict], dict], list[str] | None]] = {
@@ -516,6 +544,7 @@ def flan_collection(rng: random.Random, pools: dict[str, Inputs], n: int) -> tup
     data = json.loads((HERE / 'flan.json').read_text(encoding='utf-8'))
     sources: list[Source] = []
     spare: list[tuple[str, str, str, Callable[[dict], Any]]] = []  # (pattern, app, inputs, render) sent once
+    used: list[str] = []
     for task, (app, inputs, fill, options) in FLAN_APPS.items():
         fields = set(fill(pools[inputs].rows[0]))
         kept = [p for p, _ in data['v2'][task] if _is_input_pattern(p, fields)]
@@ -527,9 +556,9 @@ def flan_collection(rng: random.Random, pools: dict[str, Inputs], n: int) -> tup
                 continue
             render = _flan_render(pattern, fill, options)
             if pattern not in chosen:
-                if all(_changed_words(pattern, c, options) >= FLAN_APART for c in chosen):
-                    spare.append((pattern, app, inputs, render))
+                spare.append((pattern, app, inputs, render))
                 continue
+            used.append(pattern)
             versions = [(0, render)]
             if pattern in edited:
                 versions = [(0, _flan_render(edited[pattern], fill, options)), (EDIT_DAY, render)]
@@ -539,7 +568,9 @@ def flan_collection(rng: random.Random, pools: dict[str, Inputs], n: int) -> tup
         for pattern, _ in data['v2'].get(task, []):
             if _is_input_pattern(pattern, fields):
                 spare.append((pattern, app, inputs, _flan_render(pattern, fill, options)))
-    for k, (_, app, inputs, render) in enumerate(spare):
+    picked = _one_offs([(x[0].replace('{options_}', ''), x) for x in spare], [u.replace('{options_}', '') for u in used],
+                       rng, 60)  # fmt: skip
+    for k, (_, app, inputs, render) in enumerate(picked):
         sources.append(Source(f'one-off-{k + 1}', app, [(0, render)], inputs, one_off=True))
     _zipf(sources, rng)
     _drifts(sources, rng, share_app='article_summary', slot_app='restaurant_text')
@@ -655,10 +686,10 @@ def ni_collection(rng: random.Random, n: int) -> tuple[Log, dict]:
                     name = encodings[0].strip('_').split('@')[0].replace(' ', '_').replace('&', 'and')
                     sources.append(Source(f'{app}/{name}', app, [(0, _ni_render(instruction, layout))], app))
                     break
-        for instruction in by_instruction:
-            if instruction not in chosen:
-                k += 1
-                sources.append(Source(f'one-off-{k}', app, [(0, _ni_render(instruction, layout))], app, one_off=True))
+        spare = [(i, i) for i in by_instruction if i not in chosen]
+        for instruction in _one_offs(spare, sorted(chosen), rng, 12):
+            k += 1
+            sources.append(Source(f'one-off-{k}', app, [(0, _ni_render(instruction, layout))], app, one_off=True))
     _zipf(sources, rng)
     _drifts(sources, rng, share_app='qasc_question_generation', slot_app=None)
     log = simulate(sources, pools, n, rng)

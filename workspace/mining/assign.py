@@ -58,6 +58,7 @@ CANDIDATE_DAYS = 28  # a candidate not merged after this long is a template of i
 REFINE_K = 6  # latest members whose values must all carry the new text for a new version
 SPLIT_WORDS = 3  # words two members must share beyond their family's template to make a group of their own
 SPLIT_COVER = 0.8  # share of a young family's members such groups must hold for it to be split
+APP_RECENT = 200  # latest prompts of an application its shared starts and ends are looked up in
 YOUNG_SPLIT = 5  # members up to which a prompt sharing far more with some of them splits those off
 _KEY = 12  # characters of a template's first (or last) piece that index it
 
@@ -74,6 +75,7 @@ class Fit:
     start: bool  # they share a solid start (or the template starts with a slot)
     end: bool  # they share a solid end (or the template ends with a slot)
     shared: tuple[str, ...] = ()  # young: the text both share, piece by piece, a region between each two
+    edge: int = 0  # words one text has before (or after) everything they share, where the other has nothing
 
 
 def _solid(tokens: Sequence[str]) -> bool:
@@ -150,7 +152,13 @@ def align(prompt: Sequence[str], pieces: Sequence[Sequence[str]], *, young: bool
         and last[1] + last[2] == len(b)
         and _solid(b[last[1] : last[1] + last[2]])
     )
-    return Fit(matched, deleted, inserted, absorbed, regions, start, end, tuple(shared))
+    edge = 0
+    if first is not None and last is not None:
+        if (first[0] == 0) != (first[1] == 0):
+            edge = max(edge, words(a[: first[0]]) + words(b[: first[1]]))
+        if (last[0] + last[2] == len(a)) != (last[1] + last[2] == len(b)):
+            edge = max(edge, words(a[last[0] + last[2] :]) + words(b[last[1] + last[2] :]))
+    return Fit(matched, deleted, inserted, absorbed, regions, start, end, tuple(shared), edge)
 
 
 Member = tuple[str, str, datetime.datetime]  # prompt hash, text, first seen
@@ -337,6 +345,9 @@ class Engine:
         self._lengths: set[int] = set()
         self._day: datetime.date | None = last.date() if last is not None else None
         self._taken = set(taken)
+        self._app_recent: dict[str | None, collections.deque[tuple[str, str]]] = collections.defaultdict(
+            lambda: collections.deque(maxlen=APP_RECENT)
+        )
         for state in states:
             self._add(state)
 
@@ -454,6 +465,13 @@ class Engine:
         if self._day is not None and at.date() != self._day:
             self._new_day(at)
         self._day = at.date()
+        assignment = self._assign(prompt_hash, text, vector, at, app)
+        self._app_recent[app].append((assignment.family_id, text))
+        return assignment
+
+    def _assign(
+        self, prompt_hash: str, text: str, vector: np.ndarray, at: datetime.datetime, app: str | None
+    ) -> Assignment:
         parsed = self._parse(text, app)
         if parsed is not None:
             state, number = parsed
@@ -517,7 +535,9 @@ class Engine:
         scores = []
         for _, member, _ in members:
             fit = align(tokens, [tokenize(member)], young=True)
-            if fit.matched < MIN_SHARED or not (fit.start or fit.end):
+            if fit.matched < MIN_SHARED or not (fit.start or fit.end) or fit.edge >= 2:
+                continue  # an edge one has and the other lacks is a section added: another template
+            if not self._anchored(state, text, member, fit):
                 continue
             draft = Template(fit.shared, tuple(Slot(f's{i}', 'text') for i in range(len(fit.shared) - 1)))
             if draft.spans(text) is None or draft.spans(member) is None:
@@ -529,7 +549,7 @@ class Engine:
         top = max(shares)
         close = [m for m, share in zip(recent, shares) if share >= top - 1]
         far = [share for share in shares if share < top - 1]
-        if far and max(far) <= top - SPLIT_WORDS and 3 <= len(recent) <= YOUNG_SPLIT:
+        if far and max(far) <= top - SPLIT_WORDS and 2 <= len(recent) <= YOUNG_SPLIT:
             draft = self._draft(state)
             if _sub_template(draft, [text] + [m for _, m, _ in close]):
                 return 1.0, close
@@ -543,6 +563,21 @@ class Engine:
         if state.draft is None or state.draft[0] != key:
             state.draft = (key, mine([t for _, t, _ in self._recent(state)]))
         return state.draft[1]
+
+    def _anchored(self, state: FamilyState, text: str, member: str, fit: Fit) -> bool:
+        """Return whether the start or end two prompts share is theirs, not the application's: text that prompts of
+        two other families also start (end) with (an options list every template of the application ends with)
+        says nothing about a template."""
+        recent = self._app_recent.get(state.app, ())
+        for edge, shared in ((fit.start, os.path.commonprefix([text, member])),
+                             (fit.end, os.path.commonprefix([text[::-1], member[::-1]])[::-1])):  # fmt: skip
+            if not edge:
+                continue
+            test = str.startswith if shared == text[: len(shared)] else str.endswith
+            others = {f for f, t in recent if f != state.id and test(t, shared)}
+            if len(others) < 2:
+                return True
+        return False
 
     def _reason(self, state: FamilyState, vector: np.ndarray, how: str, **extra: Any) -> dict[str, Any]:
         near = sorted(
@@ -602,33 +637,34 @@ class Engine:
         if state.template is None and state.n < TEMPLATE_MIN:
             self._index_young(state, text)
         elif remine or state.n in MINE_AT or (state.n > MINE_AT[-1] and state.n & (state.n - 1) == 0):
-            if state.n in MINE_AT[1:]:
-                self._split_mixture(state, at)
-            self._mine(state, at)
+            mined = self._mine(state, at)
+            if state.n in MINE_AT[1:] and mined is not None:
+                self._split_mixture(state, mined, at)
         else:
             self._refine(state, at)
 
     # --- templates ---------------------------------------------------------------------------------------------
 
-    def _mine(self, state: FamilyState, at: datetime.datetime) -> None:
-        """Mine the template from the latest members; a new version when its pieces changed. A version it parses
-        every member of (on the latest members) is retired: it was mined from fewer members."""
+    def _mine(self, state: FamilyState, at: datetime.datetime) -> Template | None:
+        """Mine the template from the latest members (and return it); a new version when its pieces changed. A
+        version it parses every member of (on the latest members) is retired: it was mined from fewer members."""
         texts = [t for _, t, _ in self._recent(state)]
         if len(texts) < TEMPLATE_MIN:
-            return
+            return None
         template = mine(texts)
         state.mined_at = state.n
         active = state.versions()
         if any(t.pieces == template.pieces for _, t in active):
-            return
+            return template
         parsed_new = {i for i, t in enumerate(texts) if template.spans(t) is not None}
         best_old = max((sum(t.spans(x) is not None for x in texts) for _, t in active), default=0)
         if len(parsed_new) < best_old:
-            return
+            return template
         for number, old in active:
             if {i for i, t in enumerate(texts) if old.spans(t) is not None} <= parsed_new:
                 state.retired.add(number)
         self._version(state, template, at, texts)
+        return template
 
     def _version(self, state: FamilyState, template: Template, at: datetime.datetime, texts: Sequence[str]) -> None:
         old = state.template
@@ -675,7 +711,7 @@ class Engine:
                         state.mined_at = state.n
                     return
 
-    def _split_mixture(self, state: FamilyState, at: datetime.datetime) -> None:
+    def _split_mixture(self, state: FamilyState, family: Template, at: datetime.datetime) -> None:
         """Split a young family that two templates joined (their first prompts shared an ending, say): members
         that share at least three more words at their start and end with each other than the family's template
         has form groups; when groups of two or more hold most members, every group but the largest is moved to
@@ -683,7 +719,6 @@ class Engine:
         members = list(self._recent(state))
         if len(members) < 2 * 2 or state.n > MINE_SAMPLE:
             return
-        family = mine([t for _, t, _ in members])
         base = family.size
         parent = list(range(len(members)))
 

@@ -49,7 +49,7 @@ MIN_SUPPORT = 0.8
 #: A short constant run (fewer than 3 word tokens) must be shared by nearly every member: common words inside
 #: free text (" the ", " to ") otherwise pass as constant and cut one slot into two.
 SHORT_RUN_SUPPORT = 0.97
-SUPPORT_SAMPLE = 20  # members a reference is aligned with: enough to tell shared text from chance, and fast
+SUPPORT_SAMPLE = 12  # members a reference is aligned with: enough to tell shared text from chance, and fast
 ENUM_MAX = 12
 TYPE_SHARE = 0.95  # share of a slot's values that must fit a type for the slot to get it
 
@@ -461,9 +461,30 @@ def _claim_marks(pieces: list[str], texts: Sequence[str]) -> list[str]:
     return pieces
 
 
+_PLAIN = re.compile(r"[\w ,'\u2019-]+")
+
+
+def _join_phrases(pieces: list[str], texts: Sequence[str]) -> list[str]:
+    """Join two slots separated only by a short plain phrase (three words at most, no line break or label) when
+    both hold text of a few words: a phrase most values happen to use ('coffee shop' in reviews of coffee shops),
+    not template text, which sits on lines of its own or ends in a mark ('\nHypothesis: ', ' via ')."""
+    i = 1
+    while i < len(pieces) - 1:
+        piece = pieces[i]
+        if piece.strip() and _PLAIN.fullmatch(piece) and len(_WORDS.findall(piece)) <= 3:
+            parsed = [p for p in (_draft(pieces).parse(t) for t in texts) if p is not None]
+            left = [len(p[f's{i - 1}'].split()) for p in parsed]  # words a space apart: an email is one
+            right = [len(p[f's{i}'].split()) for p in parsed]
+            if parsed and sum(left) >= 3 * len(parsed) and sum(right) >= 3 * len(parsed):
+                del pieces[i]
+                continue
+        i += 1
+    return pieces
+
+
 def _build(pieces: list[str], texts: Sequence[str]) -> tuple[Template, int]:
     """Type and name the slots of `pieces` from the members it parses; return the template and how many it parses."""
-    pieces = _claim_marks(_balance(list(pieces), texts), texts)
+    pieces = _claim_marks(_join_phrases(_balance(list(pieces), texts), texts), texts)
     parsed = [p for p in (_draft(pieces).parse(t) for t in texts) if p is not None]
     taken: set[str] = set()
     slots = []
@@ -498,7 +519,9 @@ def mine(texts: Sequence[str], *, min_support: float = MIN_SUPPORT) -> Template:
     middles = [t[len(head) : len(t) - len(tail)] for t in texts]
     tokens = [clip(tokenize(m)) for m in middles]
     by_length = sorted(range(len(texts)), key=lambda i: (len(tokens[i]), i))
-    candidates = list(dict.fromkeys([by_length[0], by_length[len(by_length) // 2]]))
+    # the shortest member has the least value text to mistake for template text; with few members the median one
+    # is tried too (a short member may miss an optional piece)
+    candidates = list(dict.fromkeys([by_length[0], by_length[len(by_length) // 2]]))[: 1 if len(texts) >= 8 else 2]
     best: tuple[tuple[int, int], Template] | None = None
     for ref in candidates:
         others = [tokens[i] for i in range(len(texts)) if i != ref][-SUPPORT_SAMPLE:]

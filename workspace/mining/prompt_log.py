@@ -13,8 +13,8 @@ grew (a new day appended) adds only its new lines. Only prompts never seen befor
 family (workspace/mining/assign.py); a prompt seen again only has its count and last seen updated.
 
 Nothing is written before every line is read and checked: a bad file raises the dataset readers' `DatasetError`
-naming the file, the line and the fix, and so does a character PostgreSQL cannot store (NUL) or a control
-character that has no place in a prompt. Each batch of lines is then written as one unit through the journal:
+naming the file, the line and the fix, and so does a character PostgreSQL cannot store (NUL) or UTF-8 cannot
+encode (a lone surrogate). Each batch of lines is then written as one unit through the journal:
 everything the batch writes (families, template versions, merges and splits, raw prompts, occurrences, counts) is
 computed first and stored as one journal row, then applied step by step with writes that can be repeated; a process
 killed in the middle leaves the journal row pending, and the next ingest (or `recover()`) applies it again before
@@ -55,8 +55,9 @@ log = logging.getLogger(__name__)
 #: The `source` that ingests the workspace's own request store (the prompts its evaluations sent).
 REQUEST_STORE = 'request_store'
 BATCH = 5000  # log lines written as one unit (one journal row)
-_BAD = re.compile('[\x00-\x08\x0b\x0e-\x1f\x7f\ud800-\udfff\ufffe\uffff]')
-_NAMES = {'\x00': 'a NUL character (\\x00)', '\x7f': 'a DEL character (\\x7f)'}
+#: What PostgreSQL cannot store (NUL) or UTF-8 cannot encode (a lone surrogate, from a broken escape): other
+#: control characters are kept, as real prompts carry them (a \x18 from a PDF in an abstract).
+_BAD = re.compile('[\x00\ud800-\udfff]')
 
 
 def prompt_hash(text: str) -> str:
@@ -118,7 +119,7 @@ def _timestamp(value: Any, where: str, column: str) -> datetime.datetime:
 
 
 def _check_characters(value: Any, where: str, what: str) -> None:
-    """Refuse text PostgreSQL cannot store (NUL, lone surrogates) and control characters a prompt has no use for."""
+    """Refuse text PostgreSQL cannot store (NUL) or UTF-8 cannot encode (a lone surrogate)."""
     if isinstance(value, dict):
         for k, v in value.items():
             _check_characters(k, where, what)
@@ -130,7 +131,11 @@ def _check_characters(value: Any, where: str, what: str) -> None:
         bad = _BAD.search(value)
         if bad is not None:
             char = bad.group(0)
-            name = _NAMES.get(char, f'the control character {char!r}')
+            name = (
+                'a NUL character (\\x00)'
+                if char == '\x00'
+                else f'a lone surrogate ({char.encode("unicode_escape").decode()})'
+            )
             raise DatasetError(
                 f'{where}: {what} has {name} at character {bad.start()}; remove or replace it in the log and ingest '
                 'again (nothing was written)'
@@ -358,7 +363,7 @@ def _batch(
         'batch_id',
     )
     pause_point('ingest.journaled')
-    _apply(batch_id, plan)
+    _apply(batch_id, plan, dict(zip(fresh, vectors)))
     for state in engine.changed():
         state.changed = False
     engine.templates_out, engine.moves = [], []
@@ -378,9 +383,10 @@ def _times(row: dict[str, Any], *names: str) -> dict[str, Any]:
     return {**row, **{n: datetime.datetime.fromisoformat(row[n]) for n in names if row.get(n) is not None}}
 
 
-def _apply(batch_id: str, plan: dict[str, Any]) -> None:
+def _apply(batch_id: str, plan: dict[str, Any], vectors: dict[str, np.ndarray] | None = None) -> None:
     """Write one batch's plan. Every step can be repeated (keyed inserts, updates to absolute values), so a plan
-    applied again after a kill completes it; families come before the prompts that point to them."""
+    applied again after a kill completes it; families come before the prompts that point to them. `vectors` are
+    the new prompts' embeddings when the ingest still has them (a plan completed later embeds them again)."""
     families = [_times(r, 'created_at', 'updated_at') for r in plan['families']]
     for r in families:
         r['total'] = np.asarray(r['total'], dtype=np.float32)
@@ -412,9 +418,10 @@ def _apply(batch_id: str, plan: dict[str, Any]) -> None:
         tables.upsert(state, merged)
     if plan['raw']:
         rows = [_times(r, 'first_seen', 'last_seen', 'assigned_at') for r in plan['raw']]
-        vectors = embed([r['prompt'] for r in rows])  # the embedder gives a text the same vector every time
-        for r, vector in zip(rows, vectors):
-            r['vector'] = vector
+        if vectors is None:  # the embedder gives a text the same vector every time
+            vectors = dict(zip([r['prompt_hash'] for r in rows], embed([r['prompt'] for r in rows])))
+        for r in rows:
+            r['vector'] = vectors[r['prompt_hash']]
         tables.insert_new(raw, rows, 'prompt_hash')
     pause_point('ingest.raw')
     if plan['seen']:
