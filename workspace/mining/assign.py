@@ -61,6 +61,7 @@ SPLIT_COVER = 0.8  # share of a young family's members such groups must hold for
 APP_RECENT = 200  # latest prompts of an application its shared starts and ends are looked up in
 YOUNG_SPLIT = 5  # members up to which a prompt sharing far more with some of them splits those off
 _KEY = 12  # characters of a template's first (or last) piece that index it
+ALIGN_TOKENS = 600  # tokens of two middles aligned whole; longer ones on their head and tail
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,29 @@ def _long(tokens: Sequence[str]) -> bool:
     """A run two unrelated texts rarely share by chance: four words, or a line break and two words."""
     n = words(tokens)
     return n >= 4 or (n >= 2 and any('\n' in t for t in tokens))
+
+
+def _clip(tokens: list[str]) -> tuple[list[str], int]:
+    """Return a long middle's head and tail (ALIGN_TOKENS in all), and where the tail starts in the clipped list."""
+    if len(tokens) <= ALIGN_TOKENS:
+        return tokens, len(tokens)
+    half = ALIGN_TOKENS // 2
+    return tokens[:half] + tokens[-half:], half
+
+
+def _unclip(
+    a: int, b: int, size: int, cut_a: int, cut_b: int, len_a: int, len_b: int
+) -> list[tuple[int, int, int]]:
+    """Map a block of two clipped lists back to the full ones, splitting it where it crosses a cut."""
+    out = []
+    while size > 0:
+        # how far the block runs before one of the lists reaches its cut
+        run = min(size, (cut_a - a) if a < cut_a else size, (cut_b - b) if b < cut_b else size)
+        full_a = a if a < cut_a else a + (len_a - ALIGN_TOKENS if len_a > ALIGN_TOKENS else 0)
+        full_b = b if b < cut_b else b + (len_b - ALIGN_TOKENS if len_b > ALIGN_TOKENS else 0)
+        out.append((full_a, full_b, run))
+        a, b, size = a + run, b + run, size - run
+    return out
 
 
 def align(prompt: Sequence[str], pieces: Sequence[Sequence[str]], *, young: bool = False) -> Fit:
@@ -118,10 +142,15 @@ def align(prompt: Sequence[str], pieces: Sequence[Sequence[str]], *, young: bool
     blocks: list[tuple[int, int, int]] = [(0, 0, pre)] if pre else []
     mid_a, mid_b = a[pre : len(a) - suf], b[pre : len(b) - suf]
     if mid_a and mid_b:
-        matcher = difflib.SequenceMatcher(lambda t: t.isspace(), mid_b, mid_a, autojunk=False)
-        for bi, ai, size in matcher.get_matching_blocks():
-            if size and (not young or _long(mid_b[bi : bi + size])):
-                blocks.append((pre + ai, pre + bi, size))
+        # long middles are aligned on their head and tail only (what differs in the middle of two long values
+        # says nothing); the blocks found are mapped back to the full texts
+        short_a, cut_a = _clip(mid_a)
+        short_b, cut_b = _clip(mid_b)
+        matcher = difflib.SequenceMatcher(lambda t: t.isspace(), short_b, short_a, autojunk=False)
+        for short_bi, short_ai, short_size in matcher.get_matching_blocks():
+            for ai, bi, size in _unclip(short_ai, short_bi, short_size, cut_a, cut_b, len(mid_a), len(mid_b)):
+                if size and (not young or _long(mid_b[bi : bi + size])):
+                    blocks.append((pre + ai, pre + bi, size))
     if suf:
         blocks.append((len(a) - suf, len(b) - suf, suf))
     matched = deleted = inserted = absorbed = regions = 0

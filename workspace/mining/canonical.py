@@ -44,6 +44,9 @@ _WORDS = re.compile(r'\w+')
 #: Tokens of a prompt that take part in an alignment: a longer prompt is aligned on its head and tail, so a huge
 #: pasted document costs no more than this (its middle is a slot anyway).
 MAX_TOKENS = 3000
+#: Tokens of what members do not all share (their middles, see `mine`) that are aligned: the head and tail of a
+#: long value (a passage, an abstract) hold its edges; text shared deep inside long values is left to them.
+MIDDLE_TOKENS = 400
 #: A token is constant when at least this share of the other members contain it, in order.
 MIN_SUPPORT = 0.8
 #: A short constant run (fewer than 3 word tokens) must be shared by nearly every member: common words inside
@@ -68,11 +71,11 @@ def tokenize(text: str) -> list[str]:
     return [m.group(0) for m in _TOKEN.finditer(text)]
 
 
-def clip(tokens: list[str]) -> list[str]:
-    """Return the tokens an alignment uses: all of them, or the head and tail of a very long prompt."""
-    if len(tokens) <= MAX_TOKENS:
+def clip(tokens: list[str], limit: int = MAX_TOKENS) -> list[str]:
+    """Return the tokens an alignment uses: all of them, or the head and tail of a very long text."""
+    if len(tokens) <= limit:
         return tokens
-    half = MAX_TOKENS // 2
+    half = limit // 2
     return tokens[:half] + tokens[-half:]
 
 
@@ -517,7 +520,7 @@ def mine(texts: Sequence[str], *, min_support: float = MIN_SUPPORT) -> Template:
     # long shared instruction costs nothing. Cut at whitespace, so text glued to a value stays with the value.
     head, tail = _common_edges(texts)
     middles = [t[len(head) : len(t) - len(tail)] for t in texts]
-    tokens = [clip(tokenize(m)) for m in middles]
+    tokens = [clip(tokenize(m), MIDDLE_TOKENS) for m in middles]
     by_length = sorted(range(len(texts)), key=lambda i: (len(tokens[i]), i))
     # the shortest member has the least value text to mistake for template text; with few members the median one
     # is tried too (a short member may miss an optional piece)
