@@ -32,6 +32,7 @@ import datetime
 import difflib
 import math
 import os
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,6 +61,7 @@ SPLIT_WORDS = 3  # words two members must share beyond their family's template t
 SPLIT_COVER = 0.8  # share of a young family's members such groups must hold for it to be split
 APP_RECENT = 200  # latest prompts of an application its shared starts and ends are looked up in
 YOUNG_SPLIT = 5  # members up to which a prompt sharing far more with some of them splits those off
+_WORDS = re.compile(r'\w+')
 _KEY = 12  # characters of a template's first (or last) piece that index it
 ALIGN_TOKENS = 600  # tokens of two middles aligned whole; longer ones on their head and tail
 
@@ -332,8 +334,8 @@ def _unbalanced(text: str) -> bool:
 def _shared_edges(a: str, b: str) -> int:
     """Return the words two texts share at their start and at their end."""
     start = os.path.commonprefix([a, b])
-    end = os.path.commonprefix([a[::-1], b[::-1]])[::-1] if len(start) < min(len(a), len(b)) else ''
-    return words(tokenize(start)) + words(tokenize(end))
+    end = os.path.commonprefix([a[::-1], b[::-1]]) if len(start) < min(len(a), len(b)) else ''
+    return len(_WORDS.findall(start)) + len(_WORDS.findall(end))
 
 
 class Engine:
@@ -574,11 +576,11 @@ class Engine:
             scores.append(fit.matched)
         if not scores:
             return None
-        shares = [_shared_edges(text, m) for _, m, _ in recent]
+        shares = [_shared_edges(text, m) for _, m, _ in recent] if 2 <= len(recent) <= YOUNG_SPLIT else [0]
         top = max(shares)
         close = [m for m, share in zip(recent, shares) if share >= top - 1]
         far = [share for share in shares if share < top - 1]
-        if far and max(far) <= top - SPLIT_WORDS and 2 <= len(recent) <= YOUNG_SPLIT:
+        if far and max(far) <= top - SPLIT_WORDS:
             draft = self._draft(state)
             if _sub_template(draft, [text] + [m for _, m, _ in close]):
                 return 1.0, close
