@@ -331,6 +331,15 @@ def _unbalanced(text: str) -> bool:
     return any(text.count(o) != text.count(c) for o, c in ('{}', '[]', '()')) or text.count('"') % 2 == 1
 
 
+def _edge_shared(a: str, b: str) -> bool:
+    """Return whether two texts start or end with the same solid text (two words, or a word and a line break)."""
+    for shared in (os.path.commonprefix([a, b]), os.path.commonprefix([a[::-1], b[::-1]])):
+        n = len(_WORDS.findall(shared))
+        if n >= 2 or (n == 1 and '\n' in shared):
+            return True
+    return False
+
+
 def _shared_edges(a: str, b: str) -> int:
     """Return the words two texts share at their start and at their end."""
     start = os.path.commonprefix([a, b])
@@ -565,6 +574,8 @@ class Engine:
         members = recent[-YOUNG_VOTES:]
         scores = []
         for _, member, _ in members:
+            if not _edge_shared(text, member):
+                continue  # no solid shared start or end: no need to align
             fit = align(tokens, [tokenize(member)], young=True)
             if fit.matched < MIN_SHARED or not (fit.start or fit.end) or fit.edge >= 2:
                 continue  # an edge one has and the other lacks is a section added: another template
