@@ -13,6 +13,7 @@ from conftest import ROOT
 
 from workspace import errors
 from workspace.mining.families import merge_families, split_family
+from workspace.storage import tables
 
 LOG = ROOT / 'datasets' / 'prompt_log.jsonl'
 
@@ -94,7 +95,7 @@ def test_families_match_the_truth_and_give_reasons(ws, log_file):
         joined = members[members['confidence'] < 1.0]
         for reason in members['reason'][1:]:
             assert 'nearest_members' in reason or 'new_family' in reason
-        assert (members['confidence'] >= 0.7).all() and len(joined) <= len(members)
+        assert (members['confidence'] > 0.5).all() and len(joined) <= len(members)
     router = next(f for f in big['family_id'] if 'Route the support ticket' in (ws.get_family(f).jinja))
     slots = ws.get_family(router).slots()
     assert dict(zip(slots['name'], slots['type'])) == {
@@ -203,7 +204,24 @@ def _write(tmp_path: Path, name: str, text: str) -> Path:
         ('g.csv', 'prompt,timestamp\nhi,2026-09-07\n', {'meta': ['app']}, "no column 'app' \\(given as meta\\)"),
         ('h.txt', 'hello\n', {}, "unknown file type '.txt'"),
         ('i.csv', 'prompt,timestamp\n', {}, 'has no prompts'),
-        ('j.jsonl', '{"prompt": "hi", "timestamp": "2026-09-07"}\n', {'threshold': 1.5}, 'threshold 1.5 must be in'),
+        (
+            'j.jsonl',
+            '{"prompt": "fine", "timestamp": "2026-09-07"}\n{"prompt": "hi\\u0000there", "timestamp": "2026-09-07"}\n',
+            {},
+            r'j.jsonl: line 2: the prompt has a NUL character \(\\x00\) at character 2; remove or replace it',
+        ),
+        (
+            'k.jsonl',
+            '{"prompt": "hi", "timestamp": "2026-09-07", "user": "a\\ud800b"}\n',
+            {'meta': ['user']},
+            r'line 1: a meta value has a lone surrogate \(\\ud800\)',
+        ),
+        (
+            'l.jsonl',
+            '{"prompt": "hi", "timestamp": "2026-09-07"}\n',
+            {'app': 'service'},
+            "no column 'service' \\(given as app\\)",
+        ),
     ],
 )
 def test_bad_input_is_refused_and_loses_nothing(ws, log_file, tmp_path, name, content, kwargs, message):
@@ -250,3 +268,27 @@ def test_guardrail_rules_check_a_familys_logged_prompts(ws, log_file):
         start, end = v['span']
         assert members.loc[v['prompt_hash'], 'prompt'][start:end] == v['match'] and '@' in v['match']
     assert router.violations(rules=['another_rule']).empty
+
+
+def test_an_application_is_a_hard_boundary(ws):
+    """The same template sent by two applications makes two families: no family spans two applications."""
+    rows = [
+        {
+            'prompt': f'Summarize ticket T-{i}: the parcel is late by {i} days and the customer is upset.',
+            'timestamp': f'2026-09-07T{i % 24:02d}:00:00Z',
+            'app': 'helpdesk' if i % 2 else 'billing',
+        }
+        for i in range(40)
+    ]
+    report = ws.ingest_prompts(pd.DataFrame(rows), source_name='two apps')
+    assert report.new_prompts == 40 and len(report.new_families) == 2
+    raw = tables.raw_prompts()
+    apps: dict[str, set[str]] = {}
+    for r in raw.select(raw.family_id, raw.app).collect():
+        apps.setdefault(r['family_id'], set()).add(r['app'])
+    assert sorted(map(sorted, apps.values())) == [['billing'], ['helpdesk']]
+    for family_id in apps:
+        assert (
+            ws.get_family(family_id).jinja
+            == 'Summarize ticket {{ ticket }}: the parcel is late by {{ late }} days and the customer is upset.'
+        )

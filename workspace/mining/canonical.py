@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import collections
 import difflib
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 __all__ = [
+    'words',
     'SlotType',
     'Slot',
     'Template',
@@ -38,15 +40,19 @@ SlotType = Literal['integer', 'number', 'date', 'email', 'url', 'id', 'enum', 't
 
 _TOKEN = re.compile(r'\w+|\s+|([^\w\s])\1*')  # a run of one punctuation mark ('---', '##') is one token
 _WORD = re.compile(r'\w')
+_WORDS = re.compile(r'\w+')
 #: Tokens of a prompt that take part in an alignment: a longer prompt is aligned on its head and tail, so a huge
 #: pasted document costs no more than this (its middle is a slot anyway).
 MAX_TOKENS = 3000
+#: Tokens of what members do not all share (their middles, see `mine`) that are aligned: the head and tail of a
+#: long value (a passage, an abstract) hold its edges; text shared deep inside long values is left to them.
+MIDDLE_TOKENS = 400
 #: A token is constant when at least this share of the other members contain it, in order.
 MIN_SUPPORT = 0.8
 #: A short constant run (fewer than 3 word tokens) must be shared by nearly every member: common words inside
 #: free text (" the ", " to ") otherwise pass as constant and cut one slot into two.
 SHORT_RUN_SUPPORT = 0.97
-SUPPORT_SAMPLE = 20  # members a reference is aligned with: enough to tell shared text from chance, and fast
+SUPPORT_SAMPLE = 12  # members a reference is aligned with: enough to tell shared text from chance, and fast
 ENUM_MAX = 12
 TYPE_SHARE = 0.95  # share of a slot's values that must fit a type for the slot to get it
 
@@ -65,11 +71,11 @@ def tokenize(text: str) -> list[str]:
     return [m.group(0) for m in _TOKEN.finditer(text)]
 
 
-def clip(tokens: list[str]) -> list[str]:
-    """Return the tokens an alignment uses: all of them, or the head and tail of a very long prompt."""
-    if len(tokens) <= MAX_TOKENS:
+def clip(tokens: list[str], limit: int = MAX_TOKENS) -> list[str]:
+    """Return the tokens an alignment uses: all of them, or the head and tail of a very long text."""
+    if len(tokens) <= limit:
         return tokens
-    half = MAX_TOKENS // 2
+    half = limit // 2
     return tokens[:half] + tokens[-half:]
 
 
@@ -164,22 +170,32 @@ def _jinja_literal(text: str) -> str:
     return re.sub(r'\{(?=[{%#])', "{{ '{' }}", text)
 
 
+def _distinctive(piece: str) -> bool:
+    """Return whether a constant piece is text a slot value would not contain by chance (a word, 3+ characters)."""
+    return len(piece.strip()) >= 3 and _WORD.search(piece) is not None
+
+
+def words(tokens: Sequence[str]) -> int:
+    """Return how many of `tokens` are words (letters or digits): what template sizes and edits are counted in."""
+    return sum(1 for t in tokens if t[:1].isalnum() or t[:1] == '_')
+
+
 @dataclass(frozen=True)
 class Template:
-    """Constant pieces with one slot between each two: `pieces[0] {{ slots[0] }} pieces[1] ... pieces[-1]`."""
+    """Constant pieces with one slot between each two: `pieces[0] {{ slots[0] }} pieces[1] ... pieces[-1]`.
+
+    A text fits when it starts with the first piece, ends with the last, and holds the pieces between at their
+    first occurrence, in order: a slot value never contains the constant piece that follows it (when that piece is
+    distinctive text), so a template cannot swallow a longer template's extra text into a value.
+    """
 
     pieces: tuple[str, ...]
     slots: tuple[Slot, ...] = ()
-    _regex: re.Pattern[str] | None = field(default=None, compare=False, repr=False)
+    _size: int = field(default=-1, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if len(self.pieces) != len(self.slots) + 1:
             raise ValueError('a template has one more constant piece than slots')
-        parts = [re.escape(self.pieces[0])]
-        for piece in self.pieces[1:]:
-            parts.append('(.*?)')
-            parts.append(re.escape(piece))
-        object.__setattr__(self, '_regex', re.compile(''.join(parts), re.DOTALL))
 
     @property
     def jinja(self) -> str:
@@ -203,28 +219,42 @@ class Template:
     def constant_text(self) -> str:
         return '\u2026'.join(self.pieces)
 
-    def _match(self, text: str) -> re.Match[str] | None:
-        # Checked first without the regular expression: on a text that does not fit, lazy groups would backtrack
-        # through every way of cutting it (polynomial in its length, to the power of the slots).
-        pieces = self.pieces
-        if not (text.startswith(pieces[0]) and text.endswith(pieces[-1])) or len(text) < sum(map(len, pieces)):
-            return None
-        if not contains_in_order(text, pieces):
-            return None
-        assert self._regex is not None
-        return self._regex.fullmatch(text)
-
-    def parse(self, text: str) -> dict[str, str] | None:
-        """Return one member's slot values by name, or None when the text does not fit the template."""
-        match = self._match(text)
-        if match is None:
-            return None
-        return {slot.name: value for slot, value in zip(self.slots, match.groups())}
+    @property
+    def size(self) -> int:
+        """Return the number of words in the constant text."""
+        if self._size < 0:
+            object.__setattr__(self, '_size', sum(len(_WORDS.findall(p)) for p in self.pieces))
+        return self._size
 
     def spans(self, text: str) -> list[tuple[int, int]] | None:
         """Return the [start, end) character span of each slot value in `text`, or None if it does not fit."""
-        match = self._match(text)
-        return None if match is None else [match.span(i + 1) for i in range(len(self.slots))]
+        pieces = self.pieces
+        first, last = pieces[0], pieces[-1]
+        if not text.startswith(first):
+            return None
+        if len(pieces) == 1:
+            return [] if len(text) == len(first) else None
+        limit = len(text) - len(last)
+        if limit < len(first) or not text.endswith(last):
+            return None
+        at, spans = len(first), []
+        for piece in pieces[1:-1]:
+            found = text.find(piece, at, limit)
+            if found < 0:
+                return None
+            spans.append((at, found))
+            at = found + len(piece)
+        if _distinctive(last) and text.find(last, at, limit + len(last) - 1) >= 0:
+            return None  # the last value holds the closing text: the text is longer than this template
+        spans.append((at, limit))
+        return spans
+
+    def parse(self, text: str) -> dict[str, str] | None:
+        """Return one member's slot values by name, or None when the text does not fit the template."""
+        spans = self.spans(text)
+        if spans is None:
+            return None
+        return {slot.name: text[s:e] for slot, (s, e) in zip(self.slots, spans)}
 
     def to_json(self) -> dict:
         return {'pieces': list(self.pieces), 'slots': [s.to_json() for s in self.slots]}
@@ -241,11 +271,13 @@ def _support(reference: list[str], others: Sequence[list[str]]) -> list[float]:
     matcher.set_seq2(reference)
     for tokens in others:
         matcher.set_seq1(tokens)
-        for _, b, size in matcher.get_matching_blocks():
+        for a, b, size in matcher.get_matching_blocks():
             # A lone space or full stop matches somewhere in any two free texts: only blocks with a word or a line
-            # break (or of 4 tokens and more) count as the member sharing that text.
+            # break (or of 4 tokens and more) count as the member sharing that text, or the blocks at the start or
+            # end of both (the text both go on with was set aside as shared, see `mine`).
             block = reference[b : b + size]
-            if size >= 4 or any(_WORD.match(t) or '\n' in t for t in block):
+            edge = (a == 0 and b == 0) or (a + size == len(tokens) and b + size == len(reference))
+            if size and (edge or size >= 4 or any(_WORD.match(t) or '\n' in t for t in block)):
                 for i in range(b, b + size):
                     counts[i] += 1
     return [c / len(others) for c in counts]
@@ -392,6 +424,9 @@ def _balance(pieces: list[str], texts: Sequence[str]) -> list[str]:
     last = len(pieces) - 1
     for i, piece in enumerate(pieces):  # braces a piece opens or closes unmatched belong to the values beside it
         start, end = _matched_span(piece)
+        if i < last and end < len(piece):  # and so does a key glued to the opening brace: 'name[' of 'name[Ann]'
+            while end > 0 and piece[end - 1] in _GLUE:
+                end -= 1
         pieces[i] = piece[start if i > 0 else 0 : end if i < last else len(piece)]
     i = 0
     while i < len(pieces) - 2:
@@ -408,9 +443,51 @@ def _balance(pieces: list[str], texts: Sequence[str]) -> list[str]:
     return pieces
 
 
+def _claim_marks(pieces: list[str], texts: Sequence[str]) -> list[str]:
+    """Give a sentence mark that follows a slot in every member to the slot's values when they are sentences.
+
+    Every abstract ends with a full stop, so the stop looks like template text; but a template that adds a mark
+    after a value shows it: some value already ends with a mark of its own ('done..', 'again.?'), or the values are
+    no sentences (short, or ending in a bracket). Only when neither shows does the mark go to the value.
+    """
+    for i in range(len(pieces) - 1):
+        after = pieces[i + 1]
+        if not after or after[0] not in '.?!' or (len(after) > 1 and not after[1].isspace()):
+            continue
+        parsed = [p for p in (_draft(pieces).parse(t) for t in texts) if p is not None]
+        values = [p[f's{i}'].rstrip() for p in parsed]
+        if not values or any(v.endswith(('.', '?', '!')) for v in values):
+            continue
+        sentences = sum(1 for v in values if v and (v[-1].isalnum() or v[-1] in '"\')\u201d'))
+        if sentences >= 0.9 * len(values) and sum(words(tokenize(v)) for v in values) >= 4 * len(values):
+            pieces[i + 1] = after[1:]
+    return pieces
+
+
+_PLAIN = re.compile(r"[\w ,'\u2019-]+")
+
+
+def _join_phrases(pieces: list[str], texts: Sequence[str]) -> list[str]:
+    """Join two slots separated only by a short plain phrase (three words at most, no line break or label) when
+    both hold text of a few words: a phrase most values happen to use ('coffee shop' in reviews of coffee shops),
+    not template text, which sits on lines of its own or ends in a mark ('\nHypothesis: ', ' via ')."""
+    i = 1
+    while i < len(pieces) - 1:
+        piece = pieces[i]
+        if piece.strip() and _PLAIN.fullmatch(piece) and len(_WORDS.findall(piece)) <= 3:
+            parsed = [p for p in (_draft(pieces).parse(t) for t in texts) if p is not None]
+            left = [len(p[f's{i - 1}'].split()) for p in parsed]  # words a space apart: an email is one
+            right = [len(p[f's{i}'].split()) for p in parsed]
+            if parsed and sum(left) >= 3 * len(parsed) and sum(right) >= 3 * len(parsed):
+                del pieces[i]
+                continue
+        i += 1
+    return pieces
+
+
 def _build(pieces: list[str], texts: Sequence[str]) -> tuple[Template, int]:
     """Type and name the slots of `pieces` from the members it parses; return the template and how many it parses."""
-    pieces = _balance(list(pieces), texts)
+    pieces = _claim_marks(_join_phrases(_balance(list(pieces), texts), texts), texts)
     parsed = [p for p in (_draft(pieces).parse(t) for t in texts) if p is not None]
     taken: set[str] = set()
     slots = []
@@ -439,9 +516,15 @@ def mine(texts: Sequence[str], *, min_support: float = MIN_SUPPORT) -> Template:
         raise ValueError('mine() needs at least one text')
     if len(texts) == 1:
         return Template((texts[0],))
-    tokens = [clip(tokenize(t)) for t in texts]
+    # The text every member starts (ends) with is constant without aligning: only the middles are aligned, so a
+    # long shared instruction costs nothing. Cut at whitespace, so text glued to a value stays with the value.
+    head, tail = _common_edges(texts)
+    middles = [t[len(head) : len(t) - len(tail)] for t in texts]
+    tokens = [clip(tokenize(m), MIDDLE_TOKENS) for m in middles]
     by_length = sorted(range(len(texts)), key=lambda i: (len(tokens[i]), i))
-    candidates = list(dict.fromkeys([by_length[0], by_length[len(by_length) // 2]]))
+    # the shortest member has the least value text to mistake for template text; with few members the median one
+    # is tried too (a short member may miss an optional piece)
+    candidates = list(dict.fromkeys([by_length[0], by_length[len(by_length) // 2]]))[: 1 if len(texts) >= 8 else 2]
     best: tuple[tuple[int, int], Template] | None = None
     for ref in candidates:
         others = [tokens[i] for i in range(len(texts)) if i != ref][-SUPPORT_SAMPLE:]
@@ -451,12 +534,26 @@ def mine(texts: Sequence[str], *, min_support: float = MIN_SUPPORT) -> Template:
         for floor in (min_support, SHORT_RUN_SUPPORT):
             mask = _constant_mask(tokens[ref], [x if x >= floor else 0.0 for x in support])
             mask = _drop_bare(tokens[ref], _snap(tokens[ref], mask))
-            template, parsed = _build(_pieces(tokens[ref], mask), texts)
+            pieces = _pieces(tokens[ref], mask)
+            pieces[0], pieces[-1] = head + pieces[0], pieces[-1] + tail
+            template, parsed = _build(pieces, texts)
             key = (parsed, sum(len(p) for p in template.pieces))  # fits the most members, then keeps the most text
             if best is None or key > best[0]:
                 best = (key, template)
     assert best is not None
     return best[1]
+
+
+def _common_edges(texts: Sequence[str]) -> tuple[str, str]:
+    """Return the text all `texts` start with and end with, cut back to whitespace, not overlapping."""
+    head = os.path.commonprefix(list(texts))
+    cut = max(head.rfind(' '), head.rfind('\n'), head.rfind('\t'))
+    head = head[: cut + 1] if cut >= 0 else ''
+    shortest = min(len(t) for t in texts) - len(head)
+    tail = os.path.commonprefix([t[::-1] for t in texts])[::-1][-shortest:] if shortest > 0 else ''
+    cut = min((i for i in (tail.find(' '), tail.find('\n'), tail.find('\t')) if i >= 0), default=-1)
+    tail = tail[cut:] if cut >= 0 else ''
+    return head, tail
 
 
 def contains_in_order(text: str, pieces: Sequence[str]) -> bool:

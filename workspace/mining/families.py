@@ -4,19 +4,13 @@
 prompt_workspace/raw_prompts        one row per distinct raw prompt: its family, confidence and reason (prompt_log.py)
 prompt_workspace/families           one row per family: the state the next assignment reads
 prompt_workspace/family_templates   one row per template version of a family, with its events
-prompt_workspace/family_history     merges and splits made by hand
+prompt_workspace/family_history     merges and splits, made by hand or by assignment (a template edit merged)
 ```
 
-A new raw prompt is compared with the families whose centre (mean embedding) is nearest, and with those whose
-members start with the same words; it joins the one whose canonical template's constant text it contains best
-(the *coverage*: the share of the template's constant tokens found in the prompt, in order) when that passes the
-threshold (0.7), and starts a new family otherwise. The coverage is the confidence; the reason names the nearest
-members and the shared template text. Nothing already assigned moves when new prompts arrive: a prompt's family
-changes only by a merge or a split made by hand, and those are recorded.
-
-Templates (workspace.mining.canonical.mine, over a family's 32 latest members) are checked at each day boundary of the
-prompts being assigned: where a fifth of the new members no longer fit, the template is mined again from the members
-that do not fit, and kept as a new template version, with its events, if it fits more of them.
+Assignment itself (`workspace.mining.assign.Engine`) works on the families' state in memory; this module loads that
+state from the tables (`load_engine`), turns what changed back into rows (`state_rows`, `history_rows`), and reads
+families for people: `families()`, `get_family()`, `Family` (members, template versions, slots, history, a version
+or a dataset made from it), and the merges and splits made by hand, which are recorded.
 """
 
 from __future__ import annotations
@@ -24,407 +18,171 @@ from __future__ import annotations
 import collections
 import datetime
 import difflib
+import hashlib
 import logging
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+import pixeltable.functions as pxtf
 
 from workspace.config import current_user, utc_now
 from workspace.core import rules as guardrails
 from workspace.display.frames import shown
 from workspace.display.results import render_record
 from workspace.errors import DatasetError, FamilyError
-from workspace.mining.canonical import Template, clip, contains_in_order, coverage, mine, template_events, tokenize
+from workspace.mining.assign import MINE_SAMPLE, TEMPLATE_MIN, TRUST, Engine, FamilyState, Member, Move, best_version
+from workspace.mining.canonical import Template, mine, template_events
 from workspace.storage import audit_log, tables
-from workspace.storage.embeddings import DIMENSIONS
+from workspace.storage.embeddings import DIMENSIONS, embed
 
 if TYPE_CHECKING:
     from workspace.core.datasets import Dataset
     from workspace.core.versions import OutputSpec, Version
 
 __all__ = [
-    'JOIN_COVERAGE',
     'Family',
-    'Assigner',
     'families',
     'get_family',
+    'load_engine',
     'merge_families',
     'split_family',
+    'state_rows',
+    'history_rows',
 ]
 
 log = logging.getLogger(__name__)
 
-#: A prompt joins a family when it contains at least this share of the family's template constant tokens.
-JOIN_COVERAGE = 0.7
-CANDIDATES = 5  # families compared per prompt: the nearest centres, plus those sharing its first words
-MINE_SAMPLE = 32  # latest members a template is mined from
-YOUNG = 8  # a family this small re-mines its skeleton at every new member
-TEMPLATE_MIN = 3  # members before a family gets template versions (one-offs get none)
-EXEMPLARS = 16
-_PREFIX_WORDS = 3
+#: Who the history names for the merges and splits assignment makes.
+ENGINE = 'workspace (assignment)'
 
 
-def _prefix(tokens: Sequence[str]) -> tuple[str, ...]:
-    return tuple(t.lower() for t in tokens if not t.isspace())[:_PREFIX_WORDS]
+def _time(value: Any) -> datetime.datetime:
+    if isinstance(value, datetime.datetime):
+        return value
+    return datetime.datetime.fromisoformat(value)
 
 
-@dataclass
-class _State:
-    """One family as assignment sees it."""
-
-    id: str
-    created_at: datetime.datetime
-    total: np.ndarray
-    n: int
-    skeletons: list[list[str]]
-    exemplars: list[str]
-    pending: int = 0
-    template_number: int = 0
-    template: Template | None = None
-    recent: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=MINE_SAMPLE))
-    recent_loaded: bool = True
-    changed: bool = False
-    matchers: list[difflib.SequenceMatcher] | None = None
-
-    def matcher_list(self) -> list[difflib.SequenceMatcher]:
-        if self.matchers is None:
-            self.matchers = []
-            for skeleton in self.skeletons:
-                matcher = difflib.SequenceMatcher(None, autojunk=False)
-                matcher.set_seq2(skeleton)
-                self.matchers.append(matcher)
-        return self.matchers
-
-    def set_skeletons(self, skeletons: list[list[str]]) -> None:
-        self.skeletons = [s for s in skeletons if s][:2]
-        self.matchers = None
+def _recent_loader(family_id: str) -> list[Member]:
+    raw = tables.raw_prompts()
+    rows = (
+        raw.where(raw.family_id == family_id)
+        .order_by(raw.seq, asc=False)
+        .limit(MINE_SAMPLE)
+        .select(raw.prompt_hash, raw.prompt, raw.first_seen)
+        .collect()
+    )
+    return [(r['prompt_hash'], r['prompt'], r['first_seen']) for r in reversed(list(rows))]
 
 
-@dataclass(frozen=True)
-class Assignment:
-    """Where one new raw prompt went: its family, the confidence (template coverage) and the reason."""
-
-    family_id: str
-    confidence: float
-    reason: dict[str, Any]
-    new_family: bool
-
-
-def _anchored(tokens: list[str], member: list[str], matcher: difflib.SequenceMatcher) -> float:
-    """Return the share of `member` shared with `tokens` when they share both their start and their end.
-
-    A family of one prompt has no template yet: a second prompt from the same template whose slots hold most of
-    its text (a pasted document) shares little of it, but shares how it starts and how it ends.
-    """
-    matcher.set_seq1(tokens)
-    blocks = [b for b in matcher.get_matching_blocks() if b.size]
-    if not blocks:
-        return 0.0
-    first, last = blocks[0], blocks[-1]
-    words = sum(1 for b in blocks for t in member[b.b : b.b + b.size] if not t.isspace())
-    starts = first.a == 0 and first.b == 0 and first.size >= 3
-    ends = last.a + last.size == len(tokens) and last.b + last.size == len(member) and last.size >= 2
-    return JOIN_COVERAGE if starts and ends and words >= 8 else 0.0
-
-
-class Assigner:
-    """Assign new raw prompts to families, in the order given, reading and then writing the families' state.
-
-    Used by `ingest_prompts`; `threshold` is the template coverage a prompt needs to join a family.
-    """
-
-    def __init__(self, *, threshold: float = JOIN_COVERAGE) -> None:
-        if not 0 < threshold <= 1:
-            raise FamilyError(f'threshold {threshold!r} must be in (0, 1]; the default is {JOIN_COVERAGE}')
-        self.threshold = threshold
-        self.states: dict[str, _State] = {}
-        self.by_prefix: dict[tuple[str, ...], list[str]] = collections.defaultdict(list)
-        self.vectors: dict[str, np.ndarray] = {}  # exemplar hash -> vector
-        self.snippets: dict[str, str] = {}
-        self.templates_out: list[dict[str, Any]] = []
-        self._ids: list[str] = []
-        self._index: dict[str, int] = {}
-        self._centres = np.zeros((0, DIMENSIONS), dtype=np.float32)
-        self._load()
-
-    # --- state -----------------------------------------------------------------------------------------------
-
-    def _load(self) -> None:
-        t = tables.families()
-        rows = t.where(t.status == 'active').collect()
-        raw = tables.raw_prompts()
-        for r in rows:
-            state = _State(
-                id=r['family_id'],
-                created_at=r['created_at'],
-                total=np.asarray(r['total'], dtype=np.float64),
-                n=r['n'],
-                skeletons=[list(s) for s in r['skeletons']],
-                exemplars=list(r['exemplars']),
-                pending=r['pending'],
-                template_number=r['template_number'],
-                recent_loaded=False,
-            )
-            self.states[state.id] = state
-        self._check_counts(raw)
-        hashes = [h for s in self.states.values() for h in s.exemplars]
-        for chunk in range(0, len(hashes), 5000):
-            keys = hashes[chunk : chunk + 5000]
-            for r in raw.where(raw.prompt_hash.isin(keys)).select(raw.prompt_hash, raw.vector, raw.prompt).collect():
-                self.vectors[r['prompt_hash']] = np.asarray(r['vector'], dtype=np.float32)
-                self.snippets[r['prompt_hash']] = r['prompt'][:120]
-        if self.states:
-            templates = tables.family_templates()
-            for r in templates.select(templates.family_id, templates.number, templates.spec).collect():
-                state = self.states.get(r['family_id'])
-                if state is not None and r['number'] == state.template_number:
-                    state.template = Template.from_json(r['spec'])
-        for state in self.states.values():
-            for h in state.exemplars[:1]:
-                if h in self.snippets:
-                    self.by_prefix[_prefix(tokenize(self.snippets[h]))].append(state.id)
-        self._rebuild_centres()
-
-    def _check_counts(self, raw: Any) -> None:
-        """Repair the state of families whose member count disagrees with raw_prompts (an interrupted ingest)."""
-        if not self.states:
-            return
-        import pixeltable.functions as pxtf
-
-        counts = {
-            r['family_id']: r['n']
-            for r in raw.group_by(raw.family_id).select(raw.family_id, n=pxtf.count(raw.prompt_hash)).collect()
-        }
-        for state in self.states.values():
-            if counts.get(state.id, 0) != state.n:
-                log.warning('family %s: state has %d members, raw prompts %d; recounting', state.id, state.n,
-                            counts.get(state.id, 0))  # fmt: skip
-                vectors = raw.where(raw.family_id == state.id).select(raw.vector).collect()
-                state.total = np.sum([np.asarray(v['vector'], dtype=np.float64) for v in vectors], axis=0)
-                state.n = len(vectors)
-                state.changed = True
-
-    def _rebuild_centres(self) -> None:
-        self._ids = list(self.states)
-        self._index = {fid: i for i, fid in enumerate(self._ids)}
-        if not self._ids:
-            self._centres = np.zeros((0, DIMENSIONS), dtype=np.float32)
-            return
-        totals = np.stack([self.states[i].total for i in self._ids]).astype(np.float32)
-        self._centres = totals / np.maximum(np.linalg.norm(totals, axis=1, keepdims=True), 1e-12)
-
-    def _set_centre(self, state: _State) -> None:
-        centre = state.total / max(np.linalg.norm(state.total), 1e-12)
-        index = self._index.get(state.id)
-        if index is None:
-            self._ids.append(state.id)
-            self._index[state.id] = len(self._ids) - 1
-            self._centres = np.vstack([self._centres, centre[None, :].astype(np.float32)])
-        else:
-            self._centres[index] = centre
-
-    def _recent(self, state: _State) -> collections.deque[str]:
-        if not state.recent_loaded:
-            raw = tables.raw_prompts()
-            rows = (
-                raw.where(raw.family_id == state.id)
-                .order_by(raw.seq, asc=False)
-                .limit(MINE_SAMPLE)
-                .select(raw.prompt)
-                .collect()
-            )
-            state.recent.extendleft(r['prompt'] for r in rows)
-            state.recent_loaded = True
-        return state.recent
-
-    # --- assignment ------------------------------------------------------------------------------------------
-
-    def _candidates(self, vector: np.ndarray, prefix: tuple[str, ...]) -> list[tuple[str, float]]:
-        if not self._ids:
-            return []
-        sims = self._centres @ vector
-        top = np.argsort(-sims)[:CANDIDATES]
-        chosen = {self._ids[i]: float(sims[i]) for i in top}
-        for family_id in self.by_prefix.get(prefix, [])[-CANDIDATES:]:
-            if family_id in self.states and family_id not in chosen:
-                chosen[family_id] = float(sims[self._index[family_id]])
-        return sorted(chosen.items(), key=lambda kv: -kv[1])
-
-    def _score(self, state: _State, text: str, tokens: list[str]) -> float:
-        if state.template is not None and state.template.slots and contains_in_order(text, state.template.pieces):
-            return 1.0
-        best = 0.0
-        for matcher in state.matcher_list():
-            best = max(best, coverage(tokens, matcher.b, matcher))
-        if state.n == 1 and best < self.threshold:
-            matcher = state.matcher_list()[0]
-            best = max(best, _anchored(tokens, list(matcher.b), matcher))
-        return best
-
-    def assign(self, prompt_hash: str, text: str, vector: np.ndarray, at: datetime.datetime) -> Assignment:
-        """Assign one new raw prompt (not seen before) and update the families' state in memory."""
-        tokens = clip(tokenize(text))
-        prefix = _prefix(tokens)
-        best: tuple[float, float, str] | None = None
-        for family_id, similarity in self._candidates(vector, prefix):
-            score = self._score(self.states[family_id], text, tokens)
-            if score >= self.threshold and (best is None or (score, similarity) > best[:2]):
-                best = (score, similarity, family_id)
-                if score >= 0.95:
-                    break
-        if best is None:
-            return self._found(prompt_hash, text, tokens, vector, at, prefix)
-        score, similarity, family_id = best
-        state = self.states[family_id]
-        reason = self._reason(state, tokens, vector, similarity)
-        self._join(state, prompt_hash, text, tokens, vector)
-        return Assignment(family_id, round(score, 4), reason, False)
-
-    def _reason(self, state: _State, tokens: list[str], vector: np.ndarray, similarity: float) -> dict[str, Any]:
-        near = sorted(
-            ((h, float(self.vectors[h] @ vector)) for h in state.exemplars if h in self.vectors),
-            key=lambda hv: -hv[1],
-        )[:3]
-        skeleton = state.skeletons[0] if state.skeletons else []
-        matcher = state.matcher_list()[0] if state.skeletons else None
-        shared = ''
-        if matcher is not None:
-            matcher.set_seq1(tokens)
-            shared = '\u2026'.join(
-                ''.join(skeleton[b.b : b.b + b.size]).strip() for b in matcher.get_matching_blocks() if b.size >= 2
-            )
-        return {
-            'centre_similarity': round(similarity, 4),
-            'nearest_members': [
-                {'prompt_hash': h, 'similarity': round(s, 4), 'prompt': self.snippets.get(h, '')} for h, s in near
-            ],
-            'template_tokens': len(skeleton),
-            'shared_template': shared[:300],
-        }
-
-    def _found(self, prompt_hash, text, tokens, vector, at, prefix) -> Assignment:  # type: ignore[no-untyped-def]
-        family_id = f'fam-{prompt_hash[:10]}'
-        state = _State(
-            id=family_id, created_at=at, total=vector.astype(np.float64), n=1, skeletons=[tokens], exemplars=[]
+def load_engine() -> Engine:
+    """Return an assignment engine over the active families' state as stored (members are read when needed)."""
+    state_table = tables.families()
+    rows = list(state_table.where(state_table.status == 'active').collect())
+    versions: dict[str, list[tuple[int, Template]]] = collections.defaultdict(list)
+    if rows:
+        t = tables.family_templates()
+        for r in t.select(t.family_id, t.number, t.spec).collect():
+            versions[r['family_id']].append((r['number'], Template.from_json(r['spec'])))
+    states = []
+    for r in rows:
+        extra = r['state'] or {}
+        numbered = sorted(versions.get(r['family_id'], []), key=lambda v: v[0])
+        state = FamilyState(
+            id=r['family_id'],
+            app=r['app'],
+            created_at=r['created_at'],
+            total=np.asarray(r['total'], dtype=np.float64),
+            n=r['n'],
+            exemplars=list(r['exemplars']),
+            templates=[t for _, t in numbered],
+            numbers=[n for n, _ in numbered],
+            retired=set(extra.get('retired', [])),
+            recent_loaded=False,
+            mined_at=extra.get('mined_at', r['n'] if numbered else 0),
+            candidate_of=extra.get('candidate_of'),
+            candidate_since=_time(extra['candidate_since']) if extra.get('candidate_since') else None,
         )
-        state.pending, state.changed = 1, True
-        state.recent.append(text)
-        self.states[family_id] = state
-        self._remember(state, prompt_hash, text, vector)
-        self.by_prefix[prefix].append(family_id)
-        self._set_centre(state)
-        return Assignment(family_id, 1.0, {'new_family': 'no family template covers it'}, True)
+        state.times.extend(_time(x) for x in extra.get('times', []))
+        state.keys = [(tuple(a), tuple(b)) for a, b in extra.get('keys', [])]
+        states.append(state)
+    vectors: dict[str, np.ndarray] = {}
+    snippets: dict[str, str] = {}
+    hashes = [h for s in states for h in s.exemplars]
+    raw = tables.raw_prompts()
+    for start in range(0, len(hashes), 5000):
+        keys = hashes[start : start + 5000]
+        for r in raw.where(raw.prompt_hash.isin(keys)).select(raw.prompt_hash, raw.vector, raw.prompt).collect():
+            vectors[r['prompt_hash']] = np.asarray(r['vector'], dtype=np.float32)
+            snippets[r['prompt_hash']] = r['prompt'][:120]
+    last = raw.select(last=pxtf.max(raw.first_seen)).collect()[0]['last'] if raw.count() else None
+    taken = [
+        r['family_id']
+        for r in state_table.where(state_table.status != 'active').select(state_table.family_id).collect()
+    ]
+    return Engine(
+        states,
+        vectors=vectors,
+        snippets=snippets,
+        load_recent=_recent_loader,
+        embed=embed,
+        dimensions=DIMENSIONS,
+        last=last,
+        taken=taken,
+    )
 
-    def _remember(self, state: _State, prompt_hash: str, text: str, vector: np.ndarray) -> None:
-        if len(state.exemplars) >= EXEMPLARS:  # keep the first four, roll the rest
-            dropped = state.exemplars.pop(4)
-            self.vectors.pop(dropped, None)
-        state.exemplars.append(prompt_hash)
-        self.vectors[prompt_hash] = vector.astype(np.float32)
-        self.snippets[prompt_hash] = text[:120]
 
-    def _join(self, state: _State, prompt_hash: str, text: str, tokens: list[str], vector: np.ndarray) -> None:
-        state.total = state.total + vector
-        state.n += 1
-        state.pending += 1
-        state.changed = True
-        self._recent(state).append(text)
-        self._remember(state, prompt_hash, text, vector)
-        self._set_centre(state)
-        if state.n <= YOUNG:  # a young family's skeleton is its members' shared text so far
-            state.set_skeletons([mine(list(state.recent)).constant_tokens])
+def state_rows(states: Sequence[FamilyState], now: datetime.datetime) -> list[dict[str, Any]]:
+    """Return the `families` rows of changed family states (JSON-ready: times as ISO text, vectors as lists)."""
+    return [
+        {
+            'family_id': s.id,
+            'created_at': s.created_at.isoformat(),
+            'status': s.status,
+            'merged_into': s.merged_into,
+            'total': [float(x) for x in s.total],
+            'n': s.n,
+            'skeletons': [],
+            'exemplars': list(s.exemplars),
+            'pending': s.n - s.mined_at if s.templates else s.n,
+            'template_number': s.template_number,
+            'updated_at': now.isoformat(),
+            'app': s.app,
+            'state': {
+                'retired': sorted(s.retired),
+                'mined_at': s.mined_at,
+                'candidate_of': s.candidate_of,
+                'candidate_since': s.candidate_since.isoformat() if s.candidate_since else None,
+                'times': [t.isoformat() for t in s.times],
+                'keys': [list(map(list, k)) for k in s.keys] if s.mined_at < TRUST else [],
+            },
+        }
+        for s in states
+    ]
 
-    # --- templates -------------------------------------------------------------------------------------------
 
-    def refresh(self, as_of: datetime.datetime, *, force: bool = False) -> None:
-        """Mine the template again where it no longer parses a fifth of the new members (or `force`); record a
-        new template version when the mined one parses more of the latest members than the current one."""
-        for state in self.states.values():
-            if state.pending == 0 or state.n < TEMPLATE_MIN:
-                continue
-            recent = list(self._recent(state))
-            old = state.template
-            fresh = recent[-state.pending :]
-            if old is not None:
-                if len(fresh) < 5 and not force:  # too few new members to judge yet
-                    continue
-                if sum(old.parse(t) is not None for t in fresh) >= 0.8 * len(fresh):
-                    state.pending, state.changed = 0, True
-                    continue
-                # the members the template no longer describes: an edited template, or one mined too early
-                # (a near duplicate with a trailing space or line break is not a new template)
-                failing = [t for t in recent if old.parse(t) is None and old.parse(t.rstrip()) is None]
-                if len(failing) < 5:
-                    continue  # wait for more of them
-                state.pending, state.changed = 0, True
-                template = mine(failing)
-                if sum(template.parse(t) is not None for t in fresh) <= sum(old.parse(t) is not None for t in fresh):
-                    continue
-            else:
-                template = mine(recent)
-            state.pending, state.changed = 0, True
-            parsed = sum(template.parse(t) is not None for t in recent)
-            state.template_number += 1
-            state.template = template
-            previous = state.skeletons[0] if state.skeletons else []
-            state.set_skeletons([template.constant_tokens, previous])
-            self.templates_out.append(
-                {
-                    'family_id': state.id,
-                    'number': state.template_number,
-                    'template': template.jinja,
-                    'spec': template.to_json(),
-                    'events': template_events(old, template),
-                    'as_of': as_of,
-                    'members': len(recent),
-                    'parsed': parsed,
-                    'created_at': utc_now(),
-                }
-            )
-
-    def save(self) -> None:
-        """Write the changed families' state and the new template versions."""
-        now = utc_now()
-        self._save_templates()
-        rows = [
+def history_rows(moves: Sequence[Move], batch: str) -> list[dict[str, Any]]:
+    """Return the `family_history` rows of the merges and splits assignment made (ids derived from the batch, so a
+    batch applied twice records them once)."""
+    out = []
+    for i, m in enumerate(moves):
+        merge = m.action == 'merge'
+        out.append(
             {
-                'family_id': s.id,
-                'created_at': s.created_at,
-                'status': 'active',
-                'merged_into': None,
-                'total': s.total.astype(np.float32),
-                'n': s.n,
-                'skeletons': s.skeletons,
-                'exemplars': s.exemplars,
-                'pending': s.pending,
-                'template_number': s.template_number,
-                'updated_at': now,
+                'event_id': hashlib.sha256(f'{batch}:{i}'.encode()).hexdigest()[:32],
+                'action': m.action,
+                'family_id': m.family_id if merge else m.other_id,
+                'other_id': m.other_id if merge else m.family_id,
+                'members': m.members,
+                'by': ENGINE,
+                'at': m.at.isoformat(),
+                'note': m.note,
             }
-            for s in self.states.values()
-            if s.changed
-        ]
-        if rows:
-            tables.upsert(tables.families(), rows)
-        for s in self.states.values():
-            s.changed = False
-
-    def _save_templates(self) -> None:
-        if self.templates_out:
-            t = tables.family_templates()
-            ids = sorted({r['family_id'] for r in self.templates_out})
-            top: dict[str, int] = collections.Counter()
-            for r in t.where(t.family_id.isin(ids)).select(t.family_id, t.number).collect():
-                top[r['family_id']] = max(top[r['family_id']], r['number'])
-            for r in self.templates_out:  # numbered after what is stored (a merge or split re-mines a family)
-                top[r['family_id']] += 1
-                r['number'] = top[r['family_id']]
-                self.states[r['family_id']].template_number = r['number']
-            t.insert(self.templates_out)
-        self.templates_out = []
+        )
+    return out
 
 
 # --- reading families ----------------------------------------------------------------------------------------
@@ -587,7 +345,8 @@ class Family:
 
     def members(self) -> pd.DataFrame:
         """Return the members, oldest first: prompt, count, first and last seen, confidence, reason, the number of
-        the template version that parses it and its slot values (None where no version parses it)."""
+        the template version that parses it (the most specific one: an earlier exact version beats a later loose
+        one) and its slot values (None where no version parses it)."""
         raw = tables.raw_prompts()
         rows = (
             raw.where(raw.family_id == self.id)
@@ -605,16 +364,15 @@ class Family:
             )
             .collect()
         )
-        versions = list(reversed(self.templates()))
+        retired = set((_state_row(self.id)['state'] or {}).get('retired', []))
+        versions = [(number, template) for number, template, _ in self.templates() if number not in retired]
         out = []
         for r in rows:
             row = dict(r)
-            row['template_number'], row['slots'] = None, None
-            for number, template, _ in versions:  # the newest version that parses it
-                values = template.parse(r['prompt'])
-                if values is not None:
-                    row['template_number'], row['slots'] = number, values
-                    break
+            found = best_version(versions, r['prompt'])  # the most specific version that parses it
+            row['template_number'], row['slots'] = (found[0], found[1].parse(r['prompt'].rstrip()) if
+                                                    found[1].spans(r['prompt']) is None else found[1].parse(r['prompt'])
+                                                    ) if found else (None, None)  # fmt: skip
             out.append(row)
         return shown(pd.DataFrame(out))
 
@@ -756,17 +514,10 @@ def merge_families(into: Family | str, other: Family | str, *, note: str = '') -
     raw = tables.raw_prompts()
     moved = raw.where(raw.family_id == source.id).count()
     raw.update({'family_id': target.id}, where=raw.family_id == source.id)
-    state = tables.families()
-    a, b = _state_row(target.id), _state_row(source.id)
-    total = np.asarray(a['total'], dtype=np.float64) + np.asarray(b['total'], dtype=np.float64)
+    b = _state_row(source.id)
     tables.upsert(
-        state,
-        [
-            {**a, 'total': total.astype(np.float32), 'n': a['n'] + b['n'], 'pending': a['pending'] + b['pending'] + 1,
-             'exemplars': (a['exemplars'] + b['exemplars'])[:EXEMPLARS], 'updated_at': utc_now()},
-            {**b, 'status': 'merged', 'merged_into': target.id, 'n': 0, 'updated_at': utc_now()},
-        ],
-    )  # fmt: skip
+        tables.families(), [{**b, 'status': 'merged', 'merged_into': target.id, 'n': 0, 'updated_at': utc_now()}]
+    )
     _record('merge', target.id, source.id, moved, note)
     _remine(target.id)
     return target
@@ -783,12 +534,7 @@ def split_family(family: Family | str, members: Sequence[str] | str, *, note: st
 
     source = get_family(family)
     raw = tables.raw_prompts()
-    rows = list(
-        raw.where(raw.family_id == source.id)
-        .order_by(raw.seq)
-        .select(raw.prompt_hash, raw.prompt, raw.vector)
-        .collect()
-    )
+    rows = list(raw.where(raw.family_id == source.id).order_by(raw.seq).select(raw.prompt_hash, raw.prompt).collect())
     if isinstance(members, str):
         try:
             pattern = re.compile(members)
@@ -813,22 +559,15 @@ def split_family(family: Family | str, members: Sequence[str] | str, *, note: st
     while new_id in taken:  # the founding prompt of a merged family keeps its id out of reuse
         new_id, n = f'fam-{chosen[0]["prompt_hash"][:10]}-{n}', n + 1
     keys = [r['prompt_hash'] for r in chosen]
-    raw.update({'family_id': new_id}, where=raw.prompt_hash.isin(keys))
     a = _state_row(source.id)
-    moved_total = np.sum([np.asarray(r['vector'], dtype=np.float64) for r in chosen], axis=0)
     first = raw.where(raw.prompt_hash == keys[0]).select(raw.first_seen).collect()[0]['first_seen']
-    now = utc_now()
     tables.upsert(
-        tables.families(),
-        [
-            {**a, 'total': (np.asarray(a['total'], dtype=np.float64) - moved_total).astype(np.float32),
-             'n': a['n'] - len(chosen), 'pending': a['pending'] + 1,
-             'exemplars': [h for h in a['exemplars'] if h not in set(keys)], 'updated_at': now},
-            {'family_id': new_id, 'created_at': first, 'status': 'active', 'merged_into': None,
-             'total': moved_total.astype(np.float32), 'n': len(chosen), 'skeletons': [], 'exemplars': keys[:EXEMPLARS],
-             'pending': len(chosen), 'template_number': 0, 'updated_at': now},
-        ],
+        state,
+        [{'family_id': new_id, 'created_at': first, 'status': 'active', 'merged_into': None,
+          'total': np.zeros(DIMENSIONS, dtype=np.float32), 'n': 0, 'skeletons': [], 'exemplars': keys[:16],
+          'pending': 0, 'template_number': 0, 'updated_at': utc_now(), 'app': a['app'], 'state': {}}],
     )  # fmt: skip
+    raw.update({'family_id': new_id}, where=raw.prompt_hash.isin(keys))
     _record('split', source.id, new_id, len(chosen), note)
     _remine(source.id)
     _remine(new_id)
@@ -836,14 +575,38 @@ def split_family(family: Family | str, members: Sequence[str] | str, *, note: st
 
 
 def _remine(family_id: str) -> None:
-    """Mine the template of a family changed by hand, recording a new template version if it changed."""
-    assigner = Assigner()
-    state = assigner.states[family_id]
-    state.recent_loaded = False
-    state.recent.clear()
-    state.pending = max(state.pending, 1)
-    assigner.refresh(utc_now(), force=True)
-    if state.template is not None:
-        state.set_skeletons([state.template.constant_tokens])
-    state.changed = True
-    assigner.save()
+    """Recount a family changed by hand from its members and mine its template again: a new version (retiring the
+    ones it parses every member of) when it changed."""
+    raw = tables.raw_prompts()
+    rows = list(
+        raw.where(raw.family_id == family_id)
+        .order_by(raw.seq)
+        .select(raw.prompt_hash, raw.prompt, raw.vector, raw.first_seen)
+        .collect()
+    )
+    row = _state_row(family_id)
+    extra = dict(row['state'] or {})
+    total = np.sum([np.asarray(r['vector'], dtype=np.float64) for r in rows], axis=0) if rows else np.zeros(DIMENSIONS)
+    row.update(total=total.astype(np.float32), n=len(rows), updated_at=utc_now())
+    row['exemplars'] = [r['prompt_hash'] for r in rows[:4]] + [r['prompt_hash'] for r in rows[4:]][-12:]
+    texts = [r['prompt'] for r in rows[-MINE_SAMPLE:]]
+    if len(rows) >= TEMPLATE_MIN:
+        template = mine(texts)
+        versions = Family(family_id).templates()
+        if not versions or versions[-1][1].pieces != template.pieces:
+            retired = set(extra.get('retired', []))
+            for number, old, _ in versions:
+                if all(old.spans(t) is None or template.spans(t) is not None for t in texts):
+                    retired.add(number)
+            number = (versions[-1][0] if versions else 0) + 1
+            tables.family_templates().insert(
+                [{'family_id': family_id, 'number': number, 'template': template.jinja, 'spec': template.to_json(),
+                  'events': template_events(versions[-1][1] if versions else None, template), 'as_of': utc_now(),
+                  'members': len(texts), 'parsed': sum(template.spans(t) is not None for t in texts),
+                  'created_at': utc_now()}]
+            )  # fmt: skip
+            extra['retired'] = sorted(retired)
+            row['template_number'] = number
+        extra['mined_at'] = len(rows)
+    row['state'] = extra
+    tables.upsert(tables.families(), [row])

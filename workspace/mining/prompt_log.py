@@ -2,15 +2,24 @@
 
 ```
 prompt_workspace/raw_prompts          one row per distinct prompt (sha256 of its text): embedding, count, first and
-                                      last seen, meta of its first occurrence, logged response, family
+                                      last seen, meta of its first occurrence, logged response, application, family
 prompt_workspace/prompt_occurrences   one row per log line: which prompt, when (an id derived from the line's content)
+prompt_workspace/ingest_journal       one row per batch: everything the batch writes, written before it
 ```
 
-A log line's id is the hash of its prompt, time, meta and how many identical lines came before it in the same
-source, so ingesting the same file again adds nothing, and ingesting a file that grew (a new day appended) adds only
-the new lines. Only prompts never seen before are embedded and assigned to a family; a prompt seen again only has
-its count and last seen updated. Files are read by the dataset readers (workspace/datasets.py), so a bad file
-raises the same `DatasetError` naming the file, the line and the fix, before anything is written.
+A log line's id is the hash of its prompt, time, meta, application and how many identical lines came before it in
+the log, and never of the file's name: ingesting the same log again, under any name, adds nothing, and a log that
+grew (a new day appended) adds only its new lines. Only prompts never seen before are embedded and assigned to a
+family (workspace/mining/assign.py); a prompt seen again only has its count and last seen updated.
+
+Nothing is written before every line is read and checked: a bad file raises the dataset readers' `DatasetError`
+naming the file, the line and the fix, and so does a character PostgreSQL cannot store (NUL) or UTF-8 cannot
+encode (a lone surrogate). Each batch of lines is then written as one unit through the journal:
+everything the batch writes (families, template versions, merges and splits, raw prompts, occurrences, counts) is
+computed first and stored as one journal row, then applied step by step with writes that can be repeated; a process
+killed in the middle leaves the journal row pending, and the next ingest (or `recover()`) applies it again before
+anything else, completing what was missing. Families are written before the prompts that point to them, so a raw
+prompt's family is always in `families()`.
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ import datetime
 import hashlib
 import json
 import logging
+import re
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -34,17 +44,22 @@ from workspace.core import datasets
 from workspace.display.formats import count
 from workspace.display.results import render_record
 from workspace.errors import DatasetError
-from workspace.mining.families import JOIN_COVERAGE, Assigner
+from workspace.mining.assign import Engine
+from workspace.mining.families import history_rows, load_engine, state_rows
 from workspace.storage import store, tables
 from workspace.storage.embeddings import embed
+from workspace.storage.recovery import pause_point
 
-__all__ = ['REQUEST_STORE', 'IngestReport', 'ingest_prompts', 'prompt_hash']
+__all__ = ['REQUEST_STORE', 'IngestReport', 'ingest_prompts', 'prompt_hash', 'recover']
 
 log = logging.getLogger(__name__)
 
 #: The `source` that ingests the workspace's own request store (the prompts its evaluations sent).
 REQUEST_STORE = 'request_store'
-_CHUNK = 2000  # new prompts embedded and assigned at a time
+BATCH = 5000  # log lines written as one unit (one journal row)
+#: What PostgreSQL cannot store (NUL) or UTF-8 cannot encode (a lone surrogate, from a broken escape): other
+#: control characters are kept, as real prompts carry them (a \x18 from a PDF in an abstract).
+_BAD = re.compile('[\x00\ud800-\udfff]')
 
 
 def prompt_hash(text: str) -> str:
@@ -69,6 +84,8 @@ class IngestReport:
     new_families: list[str] = field(default_factory=list)
     joined: dict[str, int] = field(default_factory=dict)  # family id -> new prompts it got
     template_versions: int = 0
+    moves: int = 0  # merges (a template edit) and splits (two templates in a young family) assignment made
+    recovered: int = 0  # batches of an earlier, interrupted ingest completed first
     seconds: float = 0.0
 
     def __repr__(self) -> str:
@@ -76,7 +93,7 @@ class IngestReport:
             f'<IngestReport {self.source}: {self.lines} lines, {self.new_lines} new ({self.already_ingested} already '
             f'ingested); {self.new_prompts} new prompts, {self.seen_prompts} seen again; '
             f'{len(self.new_families)} new families, {len(self.joined)} families grew; '
-            f'{self.template_versions} template versions; {self.seconds:.1f} s>'
+            f'{self.template_versions} template versions, {self.moves} merges and splits; {self.seconds:.1f} s>'
         )
 
     def _repr_html_(self) -> str:
@@ -117,18 +134,49 @@ def _timestamp(value: Any, where: str, column: str) -> datetime.datetime:
     return stamp if stamp.tzinfo else stamp.replace(tzinfo=datetime.timezone.utc)
 
 
+def _check_characters(value: Any, where: str, what: str) -> None:
+    """Refuse text PostgreSQL cannot store (NUL) or UTF-8 cannot encode (a lone surrogate)."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_characters(k, where, what)
+            _check_characters(v, where, what)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            _check_characters(v, where, what)
+    elif isinstance(value, str):
+        bad = _BAD.search(value)
+        if bad is not None:
+            char = bad.group(0)
+            name = (
+                'a NUL character (\\x00)'
+                if char == '\x00'
+                else f'a lone surrogate ({char.encode("unicode_escape").decode()})'
+            )
+            raise DatasetError(
+                f'{where}: {what} has {name} at character {bad.start()}; remove or replace it in the log and ingest '
+                'again (nothing was written)'
+            )
+
+
 @dataclass
 class _Line:
     text: str
     at: datetime.datetime
     meta: dict[str, Any]
     expected: str | None
+    app: str | None
     hash: str = ''
     id: str = ''
 
 
 def _lines(
-    parsed: Any, text: str, at: str | None, meta: Sequence[str], expected: str | None, now: datetime.datetime
+    parsed: Any,
+    text: str,
+    at: str | None,
+    meta: Sequence[str],
+    expected: str | None,
+    app: str | None,
+    now: datetime.datetime,
 ) -> list[_Line]:
     """Validate every record (raising on the first bad one, before anything is written) and return the lines."""
     if not parsed.records:
@@ -137,6 +185,8 @@ def _lines(
         datasets.require_column(parsed, column, role)
     if expected is not None:
         datasets.require_column(parsed, expected, 'expected')
+    if app is not None:
+        datasets.require_column(parsed, app, 'app')
     out = []
     for record in parsed.records:
         where = f'{parsed.origin}: {record.where}'
@@ -149,24 +199,32 @@ def _lines(
         if value is None or (isinstance(value, float) and np.isnan(value)) or not str(value).strip():
             raise DatasetError(f'{where} has an empty prompt in {text!r}; fill it in or remove the line')
         answer = record.values.get(expected) if expected else None
-        out.append(
-            _Line(
-                text=str(value),  # kept exactly: whitespace can matter to a model
-                at=_timestamp(record.values.get(at), where, at) if at else now,
-                meta={m: record.values.get(m) for m in meta},
-                expected=None if answer is None or not str(answer).strip() else str(answer),
-            )
+        application = record.values.get(app) if app else None
+        line = _Line(
+            text=str(value),  # kept exactly: whitespace can matter to a model
+            at=_timestamp(record.values.get(at), where, at) if at else now,
+            meta={m: record.values.get(m) for m in meta},
+            expected=None if answer is None or not str(answer).strip() else str(answer),
+            app=None if application is None or not str(application).strip() else str(application),
         )
+        _check_characters(line.text, where, 'the prompt')
+        _check_characters(line.meta, where, 'a meta value')
+        _check_characters(line.expected, where, 'the logged response')
+        _check_characters(line.app, where, 'the application')
+        out.append(line)
     return out
 
 
-def _with_ids(lines: list[_Line], source: str) -> None:
+def _with_ids(lines: list[_Line]) -> None:
+    """Give each line its content id (never the log's name: the same log under another name is the same lines)."""
     repeats: Counter[str] = Counter()
     for line in lines:
         line.hash = prompt_hash(line.text)
-        key = json.dumps([line.hash, line.at.isoformat(), line.meta], sort_keys=True, default=str, ensure_ascii=False)
+        key = json.dumps(
+            [line.hash, line.at.isoformat(), line.meta, line.app], sort_keys=True, default=str, ensure_ascii=False
+        )
         repeats[key] += 1
-        line.id = hashlib.sha256(f'{source}\n{key}\n{repeats[key]}'.encode()).hexdigest()[:32]
+        line.id = hashlib.sha256(f'{key}\n{repeats[key]}'.encode()).hexdigest()[:32]
 
 
 def _existing(table: Any, column: str, keys: Sequence[str], *select: str) -> dict[str, dict[str, Any]]:
@@ -178,7 +236,7 @@ def _existing(table: Any, column: str, keys: Sequence[str], *select: str) -> dic
     return found
 
 
-def _read(source: Any, text: str, at: str | None) -> tuple[Any, str]:
+def _read(source: Any) -> tuple[Any, str]:
     if isinstance(source, str) and source == REQUEST_STORE:
         rows = [r for r in store.sent_prompts() if r['prompt']]
         if not rows:
@@ -196,121 +254,210 @@ def ingest_prompts(
     at: str | None = 'timestamp',
     meta: Sequence[str] = (),
     expected: str | None = None,
+    app: str | None = 'app',
     source_name: str | None = None,
-    threshold: float = JOIN_COVERAGE,
 ) -> IngestReport:
     """Append raw prompts from a log to the workspace, deduplicated, and assign the new ones to families.
 
     `source` is a CSV, JSONL or JSON file, a DataFrame, a list of dicts, or `'request_store'` (the prompts this
     workspace's evaluations sent; then `text='prompt', at='created_at'`). `text` names the column of the prompt,
-    `at` the column of its time (ISO 8601 or epoch seconds; None: now), `meta` columns kept with each prompt, and
-    `expected` the column of the logged response, which `family.to_dataset()` uses as the expected output.
-    `source_name` identifies a DataFrame or list across calls (a file is identified by its path), so that appending
-    to it ingests only the new lines. Ingesting the same lines again adds nothing.
+    `at` the column of its time (ISO 8601 or epoch seconds; None: now), `meta` columns kept with each prompt,
+    `expected` the column of the logged response (`family.to_dataset()` uses it as the expected output) and `app`
+    the column naming the application that sent the line (a family never spans two applications; the default
+    `'app'` is used when the log has that column). `source_name` names the log in the tables (a file's path by
+    default); the lines are identified by their content, so the same lines are never counted twice.
 
     >>> report = ws.ingest_prompts('datasets/prompt_log.jsonl', meta=['app', 'user'], expected='response')
     """
     started = time.perf_counter()
     if isinstance(source, str) and source == REQUEST_STORE and at == 'timestamp':
         at = 'created_at'
-    parsed, name = _read(source, text, at)
+    parsed, name = _read(source)
     name = source_name or name
-    lines = _lines(parsed, text, at, list(meta), expected, utc_now())
-    _with_ids(lines, name)
-
+    if app == 'app' and 'app' not in parsed.columns:
+        app = None  # the default names a column the log may not have
+    lines = _lines(parsed, text, at, list(meta), expected, app, utc_now())
+    _with_ids(lines)
+    recovered = recover()
     occurrences = tables.prompt_occurrences()
     seen_ids = _existing(occurrences, 'occurrence_id', [line.id for line in lines])
-    new_lines = [line for line in lines if line.id not in seen_ids]
-    raw = tables.raw_prompts()
-    hashes = list(dict.fromkeys(line.hash for line in lines))
-    stored = _existing(raw, 'prompt_hash', hashes, 'occurrences', 'first_seen', 'last_seen', 'expected')
+    new_lines = sorted((x for x in lines if x.id not in seen_ids), key=lambda x: (x.at, x.hash, x.id))
+    report = IngestReport(name, len(lines), len(new_lines), len(lines) - len(new_lines), 0, 0, recovered=recovered)
     if new_lines:
-        occurrences.insert(
-            [{'occurrence_id': x.id, 'prompt_hash': x.hash, 'at': x.at, 'source': name} for x in new_lines]
+        raw = tables.raw_prompts()
+        known = _existing(
+            raw, 'prompt_hash', list({x.hash for x in new_lines}), 'occurrences', 'first_seen', 'last_seen', 'expected'
         )
-
-    by_hash: dict[str, list[_Line]] = {}
-    for line in lines:
-        by_hash.setdefault(line.hash, []).append(line)
-    fresh = sorted((h for h in hashes if h not in stored), key=lambda h: (min(x.at for x in by_hash[h]), h))
-    report = IngestReport(name, len(lines), len(new_lines), len(lines) - len(new_lines), len(fresh), 0)
-    if fresh:
-        _assign(fresh, by_hash, name, threshold, report)
-    _update_seen(raw, stored, new_lines, report)
+        report.seen_prompts = len(known)
+        engine = load_engine()
+        seq = raw.count()
+        for start in range(0, len(new_lines), BATCH):
+            seq = _batch(engine, new_lines[start : start + BATCH], known, name, seq, report)
     report.seconds = time.perf_counter() - started
     log.info('%r', report)
     return report
 
 
-def _assign(fresh: list[str], by_hash: dict[str, list[_Line]], source: str, threshold: float, report: IngestReport):
-    """Embed and assign the new prompts in time order, mining templates at each day boundary; store them."""
-    raw = tables.raw_prompts()
-    assigner = Assigner(threshold=threshold)
-    seq = raw.count()
-    day: datetime.date | None = None
-    last_at: datetime.datetime | None = None
-    for start in range(0, len(fresh), _CHUNK):
-        chunk = fresh[start : start + _CHUNK]
-        vectors = embed([by_hash[h][0].text for h in chunk])
-        rows = []
-        for h, vector in zip(chunk, vectors):
-            group = by_hash[h]
-            first = min(x.at for x in group)
-            if day is not None and first.date() != day and last_at is not None:
-                assigner.refresh(last_at)
-            day, last_at = first.date(), first
-            result = assigner.assign(h, group[0].text, vector, first)
-            if result.new_family:
-                report.new_families.append(result.family_id)
-            else:
-                report.joined[result.family_id] = report.joined.get(result.family_id, 0) + 1
-            answers = [x.expected for x in sorted(group, key=lambda x: x.at) if x.expected is not None]
-            rows.append(
-                {
-                    'prompt_hash': h,
-                    'prompt': group[0].text,
-                    'vector': vector,
-                    'occurrences': len(group),
-                    'first_seen': first,
-                    'last_seen': max(x.at for x in group),
-                    'meta': min(group, key=lambda x: x.at).meta or None,
-                    'expected': answers[-1] if answers else None,
-                    'source': source,
-                    'seq': seq,
-                    'family_id': result.family_id,
-                    'confidence': result.confidence,
-                    'reason': result.reason,
-                    'assigned_at': utc_now(),
-                }
-            )
-            seq += 1
-        tables.insert_new(raw, rows, 'prompt_hash')
-    if last_at is not None:
-        assigner.refresh(last_at, force=True)
-    report.template_versions = len(assigner.templates_out)
-    assigner.save()
-
-
-def _update_seen(raw: Any, stored: dict[str, dict[str, Any]], new_lines: list[_Line], report: IngestReport) -> None:
-    """Add the new lines of prompts already stored to their count, last seen and logged response."""
-    grouped: dict[str, list[_Line]] = {}
-    for line in new_lines:
-        if line.hash in stored:
-            grouped.setdefault(line.hash, []).append(line)
-    report.seen_prompts = len(grouped)
-    if not grouped:
-        return
-    updates = []
-    for h, group in grouped.items():
-        old = stored[h]
-        answers = [x.expected for x in sorted(group, key=lambda x: x.at) if x.expected is not None]
-        updates.append(
+def _batch(
+    engine: Engine, lines: list[_Line], known: dict[str, dict[str, Any]], source: str, seq: int, report: IngestReport
+) -> int:
+    """Assign the batch's new prompts, write everything it changes as one journal row, then apply it."""
+    by_hash: dict[str, list[_Line]] = {}
+    for line in lines:
+        by_hash.setdefault(line.hash, []).append(line)
+    fresh = [h for h in by_hash if h not in known]  # in time order (the lines are)
+    vectors = embed([by_hash[h][0].text for h in fresh]) if fresh else np.zeros((0, 0))
+    now = utc_now()
+    raw_rows = []
+    for h, vector in zip(fresh, vectors):
+        group = by_hash[h]
+        result = engine.assign(h, group[0].text, vector, group[0].at, group[0].app)
+        if result.new_family:
+            report.new_families.append(result.family_id)
+        else:
+            report.joined[result.family_id] = report.joined.get(result.family_id, 0) + 1
+        raw_rows.append(
             {
                 'prompt_hash': h,
-                'occurrences': old['occurrences'] + len(group),
-                'first_seen': min(old['first_seen'], *(x.at for x in group)),
-                'last_seen': max(old['last_seen'], *(x.at for x in group)),
-                'expected': answers[-1] if answers else old['expected'],
+                'prompt': group[0].text,
+                'occurrences': len(group),
+                'first_seen': group[0].at.isoformat(),
+                'last_seen': group[-1].at.isoformat(),
+                'meta': group[0].meta or None,
+                'expected': _last_answer(group, None),
+                'source': source,
+                'app': group[0].app,
+                'seq': seq,
+                'family_id': result.family_id,
+                'confidence': result.confidence,
+                'reason': result.reason,
+                'assigned_at': now.isoformat(),
             }
         )
-    raw.batch_update(updates)
+        seq += 1
+    for move in engine.moves:  # merges and splits reach the batch's own rows too
+        for row in raw_rows:
+            if row['family_id'] == move.other_id and (move.hashes is None or row['prompt_hash'] in move.hashes):
+                row['family_id'] = move.family_id
+    seen_rows = []
+    for h, group in by_hash.items():
+        if h in known:
+            old = known[h]
+            old.update(
+                occurrences=old['occurrences'] + len(group),
+                first_seen=min(_aware(old['first_seen']), group[0].at),
+                last_seen=max(_aware(old['last_seen']), group[-1].at),
+                expected=_last_answer(group, old['expected']),
+            )
+            seen_rows.append(
+                {'prompt_hash': h, 'occurrences': old['occurrences'], 'first_seen': old['first_seen'].isoformat(),
+                 'last_seen': old['last_seen'].isoformat(), 'expected': old['expected']}
+            )  # fmt: skip
+        else:
+            known[h] = {'occurrences': len(group), 'first_seen': group[0].at, 'last_seen': group[-1].at,
+                        'expected': _last_answer(group, None)}  # fmt: skip
+    batch_id = hashlib.sha256(''.join(x.id for x in lines).encode()).hexdigest()[:32]
+    plan = {
+        'families': state_rows(engine.changed(), now),
+        'templates': [
+            {**t, 'as_of': t['as_of'].isoformat(), 'created_at': now.isoformat()} for t in engine.templates_out
+        ],  # fmt: skip
+        'moves': [{'to': m.family_id, 'from': m.other_id, 'hashes': m.hashes} for m in engine.moves],
+        'history': history_rows(engine.moves, batch_id),
+        'raw': raw_rows,
+        'seen': seen_rows,
+        'occurrences': [
+            {'occurrence_id': x.id, 'prompt_hash': x.hash, 'at': x.at.isoformat(), 'source': source} for x in lines
+        ],  # fmt: skip
+    }
+    report.new_prompts += len(raw_rows)
+    report.template_versions += len(engine.templates_out)
+    report.moves += len(engine.moves)
+    tables.insert_new(
+        tables.ingest_journal(),
+        [{'batch_id': batch_id, 'source': source, 'created_at': now, 'status': 'pending', 'plan': plan}],
+        'batch_id',
+    )
+    pause_point('ingest.journaled')
+    _apply(batch_id, plan, dict(zip(fresh, vectors)))
+    for state in engine.changed():
+        state.changed = False
+    engine.templates_out, engine.moves = [], []
+    return seq
+
+
+def _aware(value: datetime.datetime) -> datetime.datetime:
+    return value if value.tzinfo else value.replace(tzinfo=datetime.timezone.utc)
+
+
+def _last_answer(group: list[_Line], default: str | None) -> str | None:
+    answers = [x.expected for x in group if x.expected is not None]
+    return answers[-1] if answers else default
+
+
+def _times(row: dict[str, Any], *names: str) -> dict[str, Any]:
+    return {**row, **{n: datetime.datetime.fromisoformat(row[n]) for n in names if row.get(n) is not None}}
+
+
+def _apply(batch_id: str, plan: dict[str, Any], vectors: dict[str, np.ndarray] | None = None) -> None:
+    """Write one batch's plan. Every step can be repeated (keyed inserts, updates to absolute values), so a plan
+    applied again after a kill completes it; families come before the prompts that point to them. `vectors` are
+    the new prompts' embeddings when the ingest still has them (a plan completed later embeds them again)."""
+    families = [_times(r, 'created_at', 'updated_at') for r in plan['families']]
+    for r in families:
+        r['total'] = np.asarray(r['total'], dtype=np.float32)
+    state = tables.families()
+    live = [r for r in families if r['status'] != 'merged']
+    if live:
+        tables.upsert(state, live)
+    pause_point('ingest.families')
+    if plan['templates']:
+        t = tables.family_templates()
+        ids = sorted({r['family_id'] for r in plan['templates']})
+        stored = {
+            (r['family_id'], r['number'])
+            for r in t.where(t.family_id.isin(ids)).select(t.family_id, t.number).collect()
+        }
+        rows = [
+            _times(r, 'as_of', 'created_at') for r in plan['templates'] if (r['family_id'], r['number']) not in stored
+        ]
+        if rows:
+            t.insert(rows)
+    raw = tables.raw_prompts()
+    for move in plan['moves']:
+        where = raw.family_id == move['from']
+        if move['hashes'] is not None:
+            where = where & raw.prompt_hash.isin(move['hashes'])
+        raw.update({'family_id': move['to']}, where=where)
+    merged = [r for r in families if r['status'] == 'merged']
+    if merged:
+        tables.upsert(state, merged)
+    if plan['raw']:
+        rows = [_times(r, 'first_seen', 'last_seen', 'assigned_at') for r in plan['raw']]
+        if vectors is None:  # the embedder gives a text the same vector every time
+            vectors = dict(zip([r['prompt_hash'] for r in rows], embed([r['prompt'] for r in rows])))
+        for r in rows:
+            r['vector'] = vectors[r['prompt_hash']]
+        tables.insert_new(raw, rows, 'prompt_hash')
+    pause_point('ingest.raw')
+    if plan['seen']:
+        raw.batch_update([_times(r, 'first_seen', 'last_seen') for r in plan['seen']])
+    tables.insert_new(tables.prompt_occurrences(), [_times(r, 'at') for r in plan['occurrences']], 'occurrence_id')
+    pause_point('ingest.occurrences')
+    if plan['history']:
+        tables.insert_new(tables.family_history(), [_times(r, 'at') for r in plan['history']], 'event_id')
+    journal = tables.ingest_journal()
+    journal.update({'status': 'done', 'done_at': utc_now()}, where=journal.batch_id == batch_id)
+
+
+def recover() -> int:
+    """Complete the batches an interrupted ingest left pending (in the order they were written); return how many."""
+    journal = tables.ingest_journal()
+    pending = list(
+        journal.where(journal.status == 'pending').order_by(journal.created_at).select(journal.batch_id).collect()
+    )
+    for row in pending:
+        plan = journal.where(journal.batch_id == row['batch_id']).select(journal.plan).collect()[0]['plan']
+        log.warning('completing batch %s of an interrupted ingest', row['batch_id'])
+        _apply(row['batch_id'], plan)
+    return len(pending)

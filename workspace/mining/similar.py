@@ -1,6 +1,7 @@
 """Similarity search over raw prompts, prompt version templates and model outputs, with the project's embedder.
 
-- prompts: the Pixeltable embedding index on `raw_prompts.vector` (`.similarity()`), so it scales with the log;
+- prompts: a Pixeltable embedding index over the raw prompts' vectors (`prompt_index`, `.similarity()`), so it
+  scales with the log; brought up to date with the prompts ingested since the last search when it is searched;
 - versions: the templates of the versions table, embedded at query time (a workspace has hundreds of versions at
   most, a few milliseconds to embed);
 - outputs: the answers in the request store (what models actually said, whichever evaluation asked), embedded at
@@ -9,10 +10,11 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+import pixeltable.functions as pxtf
 
 from workspace.errors import WorkspaceError
 from workspace.storage import tables
@@ -32,6 +34,22 @@ def _ranked(text: str, items: list[dict], field: str, k: int) -> pd.DataFrame:
     return pd.DataFrame([{'score': float(scores[i]), **items[i]} for i in order])
 
 
+def _prompt_index() -> Any:
+    """Return the similarity index over raw prompts, first adding the prompts ingested since it was last searched.
+
+    Ingest does not maintain it (an index updated on every insert costs ten times the insert); the first search
+    after an ingest pays once for the prompts it added, in the order they were assigned.
+    """
+    raw, index = tables.raw_prompts(), tables.prompt_index()
+    done = index.select(top=pxtf.max(index.seq)).collect()[0]['top']
+    start = -1 if done is None else done
+    missing = raw.where(raw.seq > start).select(raw.prompt_hash, raw.seq, raw.vector)
+    rows = [dict(r) for r in missing.collect()]
+    if rows:
+        tables.insert_new(index, rows, 'prompt_hash')
+    return index
+
+
 def similar(text: str, k: int = 10, among: Among = 'prompts') -> pd.DataFrame:
     """Return the `k` items nearest to `text` by cosine similarity of their embeddings, best first, with a score.
 
@@ -45,24 +63,19 @@ def similar(text: str, k: int = 10, among: Among = 'prompts') -> pd.DataFrame:
     if not isinstance(k, int) or k < 1:
         raise WorkspaceError(f'k must be a positive integer, got {k!r}')
     if among == 'prompts':
+        index = _prompt_index()
+        sim = index.vector.similarity(string=text)
+        found = list(index.order_by(sim, asc=False).limit(k).select(index.prompt_hash, score=sim).collect())
         raw = tables.raw_prompts()
-        sim = raw.vector.similarity(string=text)
-        rows = (
-            raw.order_by(sim, asc=False)
-            .limit(k)
-            .select(
-                score=sim,
-                prompt=raw.prompt,
-                family_id=raw.family_id,
-                occurrences=raw.occurrences,
-                first_seen=raw.first_seen,
-                last_seen=raw.last_seen,
-                prompt_hash=raw.prompt_hash,
-            )
+        rows = {
+            r['prompt_hash']: dict(r)
+            for r in raw.where(raw.prompt_hash.isin([f['prompt_hash'] for f in found]))
+            .select(raw.prompt, raw.family_id, raw.occurrences, raw.first_seen, raw.last_seen, raw.prompt_hash)
             .collect()
-        )
+        }
         columns = ['score', 'prompt', 'family_id', 'occurrences', 'first_seen', 'last_seen', 'prompt_hash']
-        return pd.DataFrame(list(rows), columns=columns)
+        out = [{'score': f['score'], **rows[f['prompt_hash']]} for f in found if f['prompt_hash'] in rows]
+        return pd.DataFrame(out, columns=columns)
     if among == 'versions':
         t = tables.versions()
         items = [dict(r) for r in t.select(t.version_id, t.template).collect()]

@@ -21,7 +21,9 @@ prompt_workspace/
   prompt_occurrences  one row per ingested log line: which raw prompt, when
   families            one row per prompt family: the state incremental assignment reads
   family_templates    one row per template version of a family, with its events
-  family_history      merges and splits of families made by hand
+  family_history      merges and splits of families, by hand or by assignment
+  prompt_index        raw prompts' vectors under an embedding index, for similarity search
+  ingest_journal      what each batch of an ingest writes, written first, so a killed ingest is completed
 ```
 """
 
@@ -664,6 +666,8 @@ PROMPT_OCCURRENCES = f'{ROOT}/prompt_occurrences'
 FAMILIES = f'{ROOT}/families'
 FAMILY_TEMPLATES = f'{ROOT}/family_templates'
 FAMILY_HISTORY = f'{ROOT}/family_history'
+PROMPT_INDEX = f'{ROOT}/prompt_index'
+INGEST_JOURNAL = f'{ROOT}/ingest_journal'
 RAW_PROMPTS_INDEX = 'prompt_idx'
 
 __all__ += [
@@ -677,6 +681,10 @@ __all__ += [
     'families',
     'family_templates',
     'family_history',
+    'PROMPT_INDEX',
+    'INGEST_JOURNAL',
+    'prompt_index',
+    'ingest_journal',
 ]
 
 
@@ -684,15 +692,19 @@ def raw_prompts() -> pxt.Table:
     """One row per distinct raw prompt (by content hash): its text, embedding, count, first and last seen, family.
 
     The embedding (`vector`, from the project's embedder) is a stored column written at ingest, because family
-    assignment needs it in Python anyway; the embedding index on it answers `ws.similar(..., among='prompts')`.
+    assignment needs it in Python anyway. It carries no index: an index maintained on every insert costs ten times
+    the insert, so similarity search keeps its own (`prompt_index`), brought up to date when it is searched.
     """
-    from udfs.embed import embed_text
     from workspace.storage.embeddings import DIMENSIONS, EMBEDDER_ID
 
     table = open_table(RAW_PROMPTS)
     if table is not None:
+        if 'app' not in table.columns():
+            table.add_columns({'app': pxt.String | None}, if_exists='ignore')
+        if any(i['name'] == RAW_PROMPTS_INDEX for i in _indexes(table)):  # made by an earlier release
+            table.drop_embedding_index(idx_name=RAW_PROMPTS_INDEX)
         return table
-    table = _open_or_create(
+    return _open_or_create(
         RAW_PROMPTS,
         {
             'prompt_hash': pxt.String,
@@ -704,6 +716,7 @@ def raw_prompts() -> pxt.Table:
             'meta': pxt.Json | None,  # the meta columns of its first occurrence
             'expected': pxt.String | None,  # the logged response of its latest occurrence that has one
             'source': pxt.String,
+            'app': pxt.String | None,  # the application of its first occurrence, when the log names one
             'seq': pxt.Int,  # order of assignment: families are built in this order
             'family_id': pxt.String,
             'confidence': pxt.Float,
@@ -713,10 +726,48 @@ def raw_prompts() -> pxt.Table:
         'prompt_hash',
         custom_metadata={'embedder': EMBEDDER_ID},
     )
+
+
+def _indexes(table: pxt.Table) -> list[dict[str, Any]]:
+    return [{'name': name, **info} for name, info in (table.get_metadata().get('indexes') or {}).items()]
+
+
+def prompt_index() -> pxt.Table:
+    """The raw prompts' vectors under an embedding index, for `ws.similar(..., among='prompts')`: filled from
+    `raw_prompts` when it is searched, not at ingest (see `raw_prompts`)."""
+    from udfs.embed import embed_text
+    from workspace.storage.embeddings import DIMENSIONS, EMBEDDER_ID
+
+    table = open_table(PROMPT_INDEX)
+    if table is not None:
+        return table
+    table = _open_or_create(
+        PROMPT_INDEX,
+        {'prompt_hash': pxt.String, 'seq': pxt.Int, 'vector': pxt.Array[(DIMENSIONS,), pxt.Float]},  # type: ignore[misc]
+        'prompt_hash',
+        custom_metadata={'embedder': EMBEDDER_ID},
+    )
     table.add_embedding_index(
         'vector', idx_name=RAW_PROMPTS_INDEX, embedding=embed_text, precision='fp32', if_exists='ignore'
     )
     return table
+
+
+def ingest_journal() -> pxt.Table:
+    """One row per batch of an ingest: everything the batch writes, stored before it writes it, so that an ingest
+    killed halfway is completed by the next one (see workspace/mining/prompt_log.py)."""
+    return _open_or_create(
+        INGEST_JOURNAL,
+        {
+            'batch_id': pxt.String,
+            'source': pxt.String,
+            'created_at': pxt.Timestamp,
+            'status': pxt.String,  # pending or done
+            'plan': pxt.Json,
+            'done_at': pxt.Timestamp | None,
+        },
+        'batch_id',
+    )
 
 
 def prompt_occurrences() -> pxt.Table:
@@ -746,6 +797,8 @@ def families() -> pxt.Table:
             'pending': pxt.Int,  # members since its template was last mined
             'template_number': pxt.Int,  # 0 until it has a template version
             'updated_at': pxt.Timestamp,
+            'app': pxt.String | None,  # the application all its members come from
+            'state': pxt.Json | None,  # the rest of what assignment reads (workspace/mining/families.py)
         },
         'family_id',
     )

@@ -1,0 +1,875 @@
+"""Assigning new raw prompts to families, one at a time in the order they were first seen: the engine.
+
+Pure Python over the families' state in memory; `families.py` loads that state from the tables and saves it. Every
+decision reads only prompts already assigned (and their times), never what comes later or where an ingest starts or
+ends, so ingesting a log in two parts gives the same families as ingesting it at once.
+
+A prompt goes, in this order of preference, to:
+
+1. a family one of whose template versions *parses* it (its constant pieces in order, a slot value never holding the
+   text that follows the slot); the most specific template wins. Confidence 1.
+2. a young family (fewer than three members, no template yet) whose members share with it a solid start or end and
+   at least three words, differing only where both have text (values), nothing inserted or deleted.
+3. a family whose template it misses only by short pieces between two slots (mined from too few members): it
+   joins, and the template is mined again.
+4. a *candidate edit*: a new family that starts as a possible new version of a family whose template it misses by a
+   few words (at most 8, at most half the template). If that family then stops receiving prompts (at its earlier
+   rate, its silence would have had a chance under 1%) while the candidate goes on, the candidate is merged into
+   it as its next template version; if both go on, they are two templates (FLAN has pairs three words apart).
+5. else a new family.
+
+An edit that still parses (text added before a leading slot or after a trailing one) shows in the values: when the
+latest members' values of a slot all start or end with the same new text (a word, three characters or more) and the
+members before them do not, the template is mined again from the latest members as a new version.
+
+An application (`app`) is a hard boundary: a prompt is only compared with families of its own application.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime
+import difflib
+import math
+import os
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from workspace.mining.canonical import Slot, Template, mine, template_events, tokenize, words
+
+__all__ = ['Assignment', 'Engine', 'FamilyState', 'Fit', 'Member', 'Move', 'TEMPLATE_MIN', 'align', 'best_version']
+
+TEMPLATE_MIN = 3  # members before a family gets a template (one-offs get none)
+TRUST = 8  # members a template must be mined from before prompts are judged by it rather than by its members
+YOUNG_VOTES = 4  # latest members a prompt is compared with while the template is not trusted
+MINE_AT = (3, 5, 8, 16, 32)  # member counts at which a family's template is mined again; then at 64, 128, 256...
+MINE_SAMPLE = 32  # latest members a template is mined from
+CANDIDATES = 5  # families compared per prompt by embedding: the nearest centres of its application
+EXEMPLARS = 16
+MIN_SHARED = 3  # words two prompts of a young family must share
+EDIT_WORDS = 16  # words inserted or deleted that an edit of a template may have
+EDIT_SHARE = 0.75  # and at most this share of the template's words
+REPLACED_P = 0.01  # a candidate edit is merged when the edited family's silence has this probability at its rate
+PARALLEL = 2  # prompts the edited family still gets after the candidate appeared that make the two templates
+CANDIDATE_DAYS = 28  # a candidate not merged after this long is a template of its own
+REFINE_K = 6  # latest members whose values must all carry the new text for a new version
+SPLIT_WORDS = 3  # words two members must share beyond their family's template to make a group of their own
+SPLIT_COVER = 0.8  # share of a young family's members such groups must hold for it to be split
+APP_RECENT = 200  # latest prompts of an application its shared starts and ends are looked up in
+YOUNG_SPLIT = 5  # members up to which a prompt sharing far more with some of them splits those off
+_WORDS = re.compile(r'\w+')
+_KEY = 12  # characters of a template's first (or last) piece that index it
+ALIGN_TOKENS = 600  # tokens of two middles aligned whole; longer ones on their head and tail
+
+
+@dataclass(frozen=True)
+class Fit:
+    """How a prompt aligns with a template (or a young family's member): counts of words, and the shared pieces."""
+
+    matched: int  # constant words found in the prompt, in order
+    deleted: int  # constant words missing, outside any slot
+    inserted: int  # prompt words outside any slot that the template does not have
+    absorbed: int  # constant words missing where a slot is (a short piece between two slots, mined from few members)
+    regions: int  # places where prompt and template differ with text on both sides (values)
+    start: bool  # they share a solid start (or the template starts with a slot)
+    end: bool  # they share a solid end (or the template ends with a slot)
+    shared: tuple[str, ...] = ()  # young: the text both share, piece by piece, a region between each two
+    edge: int = 0  # words one text has before (or after) everything they share, where the other has nothing
+
+
+def _solid(tokens: Sequence[str]) -> bool:
+    n = words(tokens)
+    return n >= 2 or (n >= 1 and any('\n' in t for t in tokens))
+
+
+def _long(tokens: Sequence[str]) -> bool:
+    """A run two unrelated texts rarely share by chance: four words, or a line break and two words."""
+    n = words(tokens)
+    return n >= 4 or (n >= 2 and any('\n' in t for t in tokens))
+
+
+def _clip(tokens: list[str]) -> tuple[list[str], int]:
+    """Return a long middle's head and tail (ALIGN_TOKENS in all), and where the tail starts in the clipped list."""
+    if len(tokens) <= ALIGN_TOKENS:
+        return tokens, len(tokens)
+    half = ALIGN_TOKENS // 2
+    return tokens[:half] + tokens[-half:], half
+
+
+def _unclip(
+    a: int, b: int, size: int, cut_a: int, cut_b: int, len_a: int, len_b: int
+) -> list[tuple[int, int, int]]:
+    """Map a block of two clipped lists back to the full ones, splitting it where it crosses a cut."""
+    out = []
+    while size > 0:
+        # how far the block runs before one of the lists reaches its cut
+        run = min(size, (cut_a - a) if a < cut_a else size, (cut_b - b) if b < cut_b else size)
+        full_a = a if a < cut_a else a + (len_a - ALIGN_TOKENS if len_a > ALIGN_TOKENS else 0)
+        full_b = b if b < cut_b else b + (len_b - ALIGN_TOKENS if len_b > ALIGN_TOKENS else 0)
+        out.append((full_a, full_b, run))
+        a, b, size = a + run, b + run, size - run
+    return out
+
+
+def align(prompt: Sequence[str], pieces: Sequence[Sequence[str]], *, young: bool = False) -> Fit:
+    """Align a prompt's tokens with a template's constant pieces (tokens, a slot between each two).
+
+    `young`: the pieces are a member's text rather than a mined template, so only runs unlikely to be shared by
+    chance count as shared (besides a solid shared start and end), and wherever both differ with text is a value.
+    """
+    b: list[str] = []
+    slots: list[int] = []
+    for i, piece in enumerate(pieces):
+        if i:
+            slots.append(len(b))
+        b.extend(piece)
+    a = list(prompt)
+    # the shared start and end are matched without aligning (a long instruction costs nothing); they stop at slots
+    lo = slots[0] if slots else len(b)
+    hi = len(b) - slots[-1] if slots else len(b)
+    pre = 0
+    while pre < min(len(a), lo) and a[pre] == b[pre]:
+        pre += 1
+    suf = 0
+    while suf < min(len(a) - pre, len(b) - pre, hi) and a[len(a) - 1 - suf] == b[len(b) - 1 - suf]:
+        suf += 1
+    if young and pre and not _solid(b[:pre]):
+        pre = 0
+    if young and suf and not _solid(b[len(b) - suf :]):
+        suf = 0
+    blocks: list[tuple[int, int, int]] = [(0, 0, pre)] if pre else []
+    mid_a, mid_b = a[pre : len(a) - suf], b[pre : len(b) - suf]
+    if mid_a and mid_b:
+        # long middles are aligned on their head and tail only (what differs in the middle of two long values
+        # says nothing); the blocks found are mapped back to the full texts
+        short_a, cut_a = _clip(mid_a)
+        short_b, cut_b = _clip(mid_b)
+        matcher = difflib.SequenceMatcher(lambda t: t.isspace(), short_b, short_a, autojunk=False)
+        for short_bi, short_ai, short_size in matcher.get_matching_blocks():
+            for ai, bi, size in _unclip(short_ai, short_bi, short_size, cut_a, cut_b, len(mid_a), len(mid_b)):
+                if size and (not young or _long(mid_b[bi : bi + size])):
+                    blocks.append((pre + ai, pre + bi, size))
+    if suf:
+        blocks.append((len(a) - suf, len(b) - suf, suf))
+    matched = deleted = inserted = absorbed = regions = 0
+    prev_a = prev_b = 0
+    shared = ['']  # young: the shared text, a new piece after each place they differ
+    for ai, bi, size in [*blocks, (len(a), len(b), 0)]:
+        gap_a, gap_b = a[prev_a:ai], b[prev_b:bi]
+        slot_here = any(prev_b <= s <= bi for s in slots)
+        if slot_here or (young and gap_a and gap_b):
+            regions += 1
+            absorbed += words(gap_b)
+        else:
+            deleted += words(gap_b)
+            inserted += words(gap_a)
+        if gap_a or gap_b:
+            shared.append('')
+        matched += words(b[bi : bi + size])
+        shared[-1] += ''.join(b[bi : bi + size])
+        prev_a, prev_b = ai + size, bi + size
+    first = blocks[0] if blocks else None
+    last = blocks[-1] if blocks else None
+    start = (bool(slots) and slots[0] == 0) or (
+        first is not None and first[0] == 0 and first[1] == 0 and _solid(b[: first[2]])
+    )
+    end = (bool(slots) and slots[-1] == len(b)) or (
+        last is not None
+        and last[0] + last[2] == len(a)
+        and last[1] + last[2] == len(b)
+        and _solid(b[last[1] : last[1] + last[2]])
+    )
+    edge = 0
+    if first is not None and last is not None:
+        if (first[0] == 0) != (first[1] == 0):
+            edge = max(edge, words(a[: first[0]]) + words(b[: first[1]]))
+        if (last[0] + last[2] == len(a)) != (last[1] + last[2] == len(b)):
+            edge = max(edge, words(a[last[0] + last[2] :]) + words(b[last[1] + last[2] :]))
+    return Fit(matched, deleted, inserted, absorbed, regions, start, end, tuple(shared), edge)
+
+
+Member = tuple[str, str, datetime.datetime]  # prompt hash, text, first seen
+
+
+@dataclass
+class FamilyState:
+    """One family as assignment sees it."""
+
+    id: str
+    app: str | None
+    created_at: datetime.datetime
+    total: np.ndarray
+    n: int
+    exemplars: list[str] = field(default_factory=list)
+    templates: list[Template] = field(default_factory=list)  # its template versions, oldest first
+    numbers: list[int] = field(default_factory=list)  # their version numbers
+    retired: set[int] = field(default_factory=set)  # versions a later one mined from more members replaced
+    recent: collections.deque[Member] = field(default_factory=lambda: collections.deque(maxlen=MINE_SAMPLE))
+    recent_loaded: bool = True
+    mined_at: int = 0  # members when its template was last mined
+    candidate_of: str | None = None  # the family this one may be an edit of
+    candidate_since: datetime.datetime | None = None
+    times: collections.deque[datetime.datetime] = field(default_factory=lambda: collections.deque(maxlen=64))
+    status: str = 'active'
+    merged_into: str | None = None
+    changed: bool = False
+    draft: tuple[tuple[str, ...], Template] | None = None  # a young family's members' template, by member hashes
+    keys: list[tuple[tuple[str, ...], tuple[str, ...]]] = field(
+        default_factory=list
+    )  # young: members' first/last words
+
+    @property
+    def template(self) -> Template | None:
+        return self.templates[-1] if self.templates else None
+
+    @property
+    def template_number(self) -> int:
+        return self.numbers[-1] if self.numbers else 0
+
+    def versions(self) -> list[tuple[int, Template]]:
+        """Return the versions members are parsed with (not retired), oldest first."""
+        return [(n, t) for n, t in zip(self.numbers, self.templates) if n not in self.retired]
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """Where one new raw prompt went: its family, the confidence and the reason."""
+
+    family_id: str
+    confidence: float
+    reason: dict[str, Any]
+    new_family: bool
+
+
+@dataclass
+class Move:
+    """Members the engine moved from one family to another, recorded in the family's history: a candidate edit
+    merged into the family it edits, or the members of one template split out of a young family that mixed two."""
+
+    action: str  # 'merge' or 'split'
+    family_id: str  # where they went
+    other_id: str  # where they came from
+    hashes: list[str] | None  # the moved members; None: all of them
+    members: int
+    at: datetime.datetime
+    note: str
+
+
+def best_version(versions: Iterable[tuple[int, Template]], text: str) -> tuple[int, Template] | None:
+    """Return the version that parses `text` with the most constant text (the newest of equals), or None."""
+    best: tuple[int, Template] | None = None
+    stripped = text.rstrip()
+    for number, template in versions:
+        if template.spans(text) is None and (stripped == text or template.spans(stripped) is None):
+            continue
+        if best is None or template.size >= best[1].size:
+            best = (number, template)
+    return best
+
+
+def _first_words(tokens: Sequence[str], n: int = 3) -> tuple[str, ...]:
+    return tuple(t.lower() for t in tokens if any(c.isalnum() for c in t))[:n]
+
+
+def _last_words(tokens: Sequence[str], n: int = 3) -> tuple[str, ...]:
+    return tuple(t.lower() for t in reversed(tokens) if any(c.isalnum() for c in t))[:n]
+
+
+def _edge(values: Sequence[str], suffix: bool) -> str:
+    """Return the text all values start (or end) with, cut back to a token boundary."""
+    if suffix:
+        return _edge([v[::-1] for v in values], False)[::-1]
+    common = os.path.commonprefix(list(values))
+    if not common or all(v == common for v in values):
+        return ''
+    tokens = tokenize(common)
+    # the last token may be cut short in some value: keep whole tokens only
+    keep = tokens if all(len(v) == len(common) or not v[len(common)].isalnum() for v in values) else tokens[:-1]
+    return ''.join(keep)
+
+
+def _new_text(edge: str) -> bool:
+    """Return whether text found at the edge of every value is template text: two words, or a labelled word."""
+    n = words(tokenize(edge))
+    return n >= 2 or (n == 1 and ':' in edge)
+
+
+def _sub_template(template: Template, texts: Sequence[str]) -> bool:
+    """Return whether `texts` share template text the family's `template` leaves in a slot.
+
+    The values of some slot all start (or end) with the same phrase and go on with text of their own (three words
+    on average): an equal value (an enum), a phrase followed by a word or two (questions made from a pattern of
+    their own) or an opening bracket or quote (structured data) is no template text.
+    """
+    spans = [template.spans(t) for t in texts]
+    if any(s is None for s in spans):
+        return False
+    for i in range(len(template.slots)):
+        values = [t[s[i][0] : s[i][1]] for t, s in zip(texts, spans)]  # type: ignore[index]
+        for suffix in (False, True):
+            edge = _edge(values, suffix)
+            if not _new_text(edge) or _unbalanced(edge):
+                continue
+            # template text sits on lines of its own: the phrase holds a line break or starts (ends) a line
+            at_line = all(
+                (t[s[i][1] :].startswith('\n') if suffix else t[: s[i][0]].endswith('\n')) or not t[s[i][0] : s[i][1]]
+                for t, s in zip(texts, spans)  # type: ignore[index]
+            )
+            if '\n' not in edge.strip(' ') and not at_line:
+                continue
+            rest = [v[: len(v) - len(edge)] if suffix else v[len(edge) :] for v in values]
+            if sum(words(tokenize(r)) for r in rest) >= 3 * len(rest):
+                return True
+    return False
+
+
+def _unbalanced(text: str) -> bool:
+    return any(text.count(o) != text.count(c) for o, c in ('{}', '[]', '()')) or text.count('"') % 2 == 1
+
+
+def _edge_shared(a: str, b: str) -> bool:
+    """Return whether two texts start or end with the same solid text (two words, or a word and a line break)."""
+    for shared in (os.path.commonprefix([a, b]), os.path.commonprefix([a[::-1], b[::-1]])):
+        n = len(_WORDS.findall(shared))
+        if n >= 2 or (n == 1 and '\n' in shared):
+            return True
+    return False
+
+
+def _shared_edges(a: str, b: str) -> int:
+    """Return the words two texts share at their start and at their end."""
+    start = os.path.commonprefix([a, b])
+    end = os.path.commonprefix([a[::-1], b[::-1]]) if len(start) < min(len(a), len(b)) else ''
+    return len(_WORDS.findall(start)) + len(_WORDS.findall(end))
+
+
+class Engine:
+    """Assign new raw prompts to families, in the order given, over the families' state in memory.
+
+    `load_recent(family_id)` returns a family's latest members (hash, text, first seen), in the order they were
+    assigned, for a state loaded without them; `vectors` and `snippets` hold the exemplars' embeddings and first
+    characters; `embed` embeds texts (the members a split moves); `last` is when the latest prompt assigned was
+    first seen (so the next one knows whether a day has passed) and `taken` the ids of families merged away.
+    """
+
+    def __init__(
+        self,
+        states: Iterable[FamilyState] = (),
+        *,
+        vectors: dict[str, np.ndarray] | None = None,
+        snippets: dict[str, str] | None = None,
+        load_recent: Callable[[str], list[Member]] | None = None,
+        embed: Callable[[list[str]], np.ndarray] | None = None,
+        dimensions: int = 256,
+        last: datetime.datetime | None = None,
+        taken: Iterable[str] = (),
+    ) -> None:
+        self.states: dict[str, FamilyState] = {}
+        self.vectors = vectors if vectors is not None else {}
+        self.snippets = snippets if snippets is not None else {}
+        self.load_recent = load_recent
+        self.embed = embed
+        self.dimensions = dimensions
+        self.templates_out: list[dict[str, Any]] = []
+        self.moves: list[Move] = []
+        self._apps: dict[str | None, tuple[list[str], np.ndarray]] = {}
+        self._by_prefix: dict[tuple[str | None, str], set[str]] = collections.defaultdict(set)
+        self._by_suffix: dict[tuple[str | None, str], set[str]] = collections.defaultdict(set)
+        self._open: dict[str | None, set[str]] = collections.defaultdict(set)
+        self._young_first: dict[tuple[str | None, tuple[str, ...]], list[str]] = collections.defaultdict(list)
+        self._young_last: dict[tuple[str | None, tuple[str, ...]], list[str]] = collections.defaultdict(list)
+        self._lengths: set[int] = set()
+        self._day: datetime.date | None = last.date() if last is not None else None
+        self._taken = set(taken)
+        self._app_recent: dict[str | None, collections.deque[tuple[str, str]]] = collections.defaultdict(
+            lambda: collections.deque(maxlen=APP_RECENT)
+        )
+        for state in states:
+            self._add(state)
+
+    # --- indexes -----------------------------------------------------------------------------------------------
+
+    def _add(self, state: FamilyState) -> None:
+        self.states[state.id] = state
+        if state.status != 'active':
+            return
+        ids, matrix = self._apps.get(state.app, ([], np.zeros((0, self.dimensions), dtype=np.float32)))
+        ids.append(state.id)
+        matrix = np.vstack([matrix, self._unit(state.total)[None, :]])
+        self._apps[state.app] = (ids, matrix)
+        for _, template in state.versions():
+            self._index_template(state, template)
+        if state.mined_at < TRUST:
+            for key in state.keys:
+                self._index_keys(state, key)
+
+    def _unit(self, total: np.ndarray) -> np.ndarray:
+        return (total / max(float(np.linalg.norm(total)), 1e-12)).astype(np.float32)
+
+    def _set_centre(self, state: FamilyState) -> None:
+        ids, matrix = self._apps[state.app]
+        matrix[ids.index(state.id)] = self._unit(state.total)
+
+    def _index_template(self, state: FamilyState, template: Template) -> None:
+        first, last = template.pieces[0], template.pieces[-1]
+        if first:
+            key = first[:_KEY]
+            self._lengths.add(len(key))
+            self._by_prefix[(state.app, key)].add(state.id)
+        elif last:
+            key = last[-_KEY:]
+            self._lengths.add(len(key))
+            self._by_suffix[(state.app, key)].add(state.id)
+        else:
+            self._open[state.app].add(state.id)
+
+    def _index_young(self, state: FamilyState, text: str) -> None:
+        tokens = tokenize(text)
+        key = (_first_words(tokens), _last_words(tokens))
+        state.keys.append(key)
+        self._index_keys(state, key)
+
+    def _index_keys(self, state: FamilyState, key: tuple[tuple[str, ...], tuple[str, ...]]) -> None:
+        self._young_first[(state.app, key[0])].append(state.id)
+        self._young_last[(state.app, key[1])].append(state.id)
+
+    def _remove(self, state: FamilyState) -> None:
+        ids, matrix = self._apps[state.app]
+        i = ids.index(state.id)
+        self._apps[state.app] = (ids[:i] + ids[i + 1 :], np.delete(matrix, i, axis=0))
+        for index in (self._by_prefix, self._by_suffix):
+            for members in index.values():
+                members.discard(state.id)
+        self._open[state.app].discard(state.id)
+
+    # --- assignment --------------------------------------------------------------------------------------------
+
+    def _recent(self, state: FamilyState) -> collections.deque[Member]:
+        if not state.recent_loaded:
+            if self.load_recent is not None:
+                state.recent.extendleft(reversed(self.load_recent(state.id)))
+            state.recent_loaded = True
+        return state.recent
+
+    def _parsers(self, text: str, app: str | None) -> set[str]:
+        found = set(self._open.get(app, ()))
+        for length in self._lengths:
+            if len(text) >= length:
+                found |= self._by_prefix.get((app, text[:length]), set())
+                found |= self._by_suffix.get((app, text[-length:]), set())
+        return found
+
+    def _parse(self, text: str, app: str | None) -> tuple[FamilyState, int] | None:
+        """Return the family whose template version parses `text` with the most constant text, and the version."""
+        best: tuple[tuple[int, int], FamilyState, int] | None = None
+        stripped = text.rstrip()
+        for family_id in self._parsers(text, app) | (self._parsers(stripped, app) if stripped != text else set()):
+            state = self.states[family_id]
+            if state.status != 'active' or state.mined_at < TRUST:
+                continue  # a template mined from a few members may be too loose yet: its members decide
+            usable = [(n, t) for n, t in state.versions() if t.size >= 2 or len(''.join(t.pieces).strip()) >= 6]
+            found = best_version(usable, text)
+            if found is None:
+                continue
+            key = (found[1].size, state.n)
+            if best is None or key > best[0]:
+                best = (key, state, found[0])
+        return None if best is None else (best[1], best[2])
+
+    def _candidates(self, tokens: list[str], vector: np.ndarray, app: str | None) -> list[tuple[str, float]]:
+        ids, matrix = self._apps.get(app, ([], None))
+        chosen: dict[str, float] = {}
+        if not ids:
+            return []
+        sims = matrix @ vector
+        for i in np.argsort(-sims)[:CANDIDATES]:
+            chosen[ids[i]] = float(sims[i])
+        index = {fid: i for i, fid in enumerate(ids)}
+        for key, table in (
+            ((app, _first_words(tokens)), self._young_first),
+            ((app, _last_words(tokens)), self._young_last),
+        ):
+            for fid in table.get(key, [])[-CANDIDATES:]:
+                if fid in index and fid not in chosen:
+                    chosen[fid] = float(sims[index[fid]])
+        return sorted(chosen.items(), key=lambda kv: -kv[1])
+
+    def assign(
+        self, prompt_hash: str, text: str, vector: np.ndarray, at: datetime.datetime, app: str | None = None
+    ) -> Assignment:
+        """Assign one new raw prompt (not seen before) and update the families' state in memory."""
+        if self._day is not None and at.date() != self._day:
+            self._new_day(at)
+        self._day = at.date()
+        assignment = self._assign(prompt_hash, text, vector, at, app)
+        self._app_recent[app].append((assignment.family_id, text))
+        return assignment
+
+    def _assign(
+        self, prompt_hash: str, text: str, vector: np.ndarray, at: datetime.datetime, app: str | None
+    ) -> Assignment:
+        parsed = self._parse(text, app)
+        if parsed is not None:
+            state, number = parsed
+            reason = self._reason(state, vector, 'parsed', template=number)
+            self._join(state, prompt_hash, text, vector, at)
+            return Assignment(state.id, 1.0, reason, False)
+        tokens = tokenize(text)
+        young: tuple[float, FamilyState, list[Member]] | None = None
+        loose: tuple[float, FamilyState] | None = None
+        edit: tuple[float, FamilyState] | None = None
+        for family_id, _ in self._candidates(tokens, vector, app):
+            state = self.states[family_id]
+            if state.template is None or state.mined_at < TRUST:
+                found = self._young_fit(state, text, tokens)
+                if found is not None and (young is None or found[0] > young[0]):
+                    young = (found[0], state, found[1])
+                continue
+            size = state.template.size
+            fit = align(tokens, [tokenize(p) for p in state.template.pieces])
+            score = fit.matched / max(size, 1)
+            changed = fit.deleted + fit.inserted
+            if changed == 0 and fit.absorbed <= 3 and fit.matched >= 0.7 * size and fit.start and fit.end:
+                if loose is None or score > loose[0]:
+                    loose = (score, state)
+            elif changed <= min(EDIT_WORDS, EDIT_SHARE * size) and fit.matched >= 0.5 * size and fit.start | fit.end:
+                if edit is None or score > edit[0]:
+                    edit = (score, state)
+        if young is not None:
+            score, state, apart = young
+            if apart:
+                state = self._split_off(state, apart, at)
+            reason = self._reason(state, vector, 'shares its start or end and words with the latest members')
+            self._join(state, prompt_hash, text, vector, at)
+            return Assignment(state.id, round(score, 4), reason, False)
+        if loose is not None:
+            score, state = loose
+            reason = self._reason(state, vector, 'fits the template but for short pieces between slots')
+            self._join(state, prompt_hash, text, vector, at, remine=True)
+            return Assignment(state.id, round(score, 4), reason, False)
+        new = self._found(prompt_hash, text, vector, at, app)
+        if edit is not None:
+            new.candidate_of, new.candidate_since = edit[1].id, at
+            return Assignment(new.id, 1.0, {'new_family': 'a few words from a template', 'edit_of': edit[1].id}, True)
+        return Assignment(new.id, 1.0, {'new_family': 'no family template covers it'}, True)
+
+    def _young_fit(self, state: FamilyState, text: str, tokens: list[str]) -> tuple[float, list[Member]] | None:
+        """Return how well a prompt fits a family whose template is not trusted yet, or None; and the members it
+        belongs with when the family turns out to mix two templates.
+
+        It is compared with the family's latest members (up to four) and must fit most of them: share a solid
+        start or end and three words with each, and the pieces they share must parse both texts, so that a value
+        never holds text the template has after it (a prompt with examples added is no value of a shorter one).
+        Text one has and the other lacks is not held against it: two values often share a line by chance.
+
+        Two templates whose first prompts shared only an ending (the options list of every template of an
+        application) show when a third prompt shares far more with some members than with the others, more
+        template text: those members and the prompt then make a family of their own.
+        """
+        recent = list(self._recent(state))
+        members = recent[-YOUNG_VOTES:]
+        scores = []
+        for _, member, _ in members:
+            if not _edge_shared(text, member):
+                continue  # no solid shared start or end: no need to align
+            fit = align(tokens, [tokenize(member)], young=True)
+            if fit.matched < MIN_SHARED or not (fit.start or fit.end) or fit.edge >= 2:
+                continue  # an edge one has and the other lacks is a section added: another template
+            if not self._anchored(state, text, member, fit):
+                continue
+            draft = Template(fit.shared, tuple(Slot(f's{i}', 'text') for i in range(len(fit.shared) - 1)))
+            if draft.spans(text) is None or draft.spans(member) is None:
+                continue
+            scores.append(fit.matched)
+        if not scores:
+            return None
+        shares = [_shared_edges(text, m) for _, m, _ in recent] if 2 <= len(recent) <= YOUNG_SPLIT else [0]
+        top = max(shares)
+        close = [m for m, share in zip(recent, shares) if share >= top - 1]
+        far = [share for share in shares if share < top - 1]
+        if far and max(far) <= top - SPLIT_WORDS:
+            draft = self._draft(state)
+            if _sub_template(draft, [text] + [m for _, m, _ in close]):
+                return 1.0, close
+        if 2 * len(scores) <= len(members) and len(members) > 1:
+            return None
+        return len(scores) / len(members), []  # the confidence: the share of the latest members it fits
+
+    def _draft(self, state: FamilyState) -> Template:
+        """Return the template mined from a young family's members (kept until a member joins or leaves)."""
+        key = tuple(h for h, _, _ in self._recent(state))
+        if state.draft is None or state.draft[0] != key:
+            state.draft = (key, mine([t for _, t, _ in self._recent(state)]))
+        return state.draft[1]
+
+    def _anchored(self, state: FamilyState, text: str, member: str, fit: Fit) -> bool:
+        """Return whether the start or end two prompts share is theirs, not the application's: text that prompts of
+        two other families also start (end) with (an options list every template of the application ends with)
+        says nothing about a template."""
+        recent = self._app_recent.get(state.app, ())
+        for edge, shared in ((fit.start, os.path.commonprefix([text, member])),
+                             (fit.end, os.path.commonprefix([text[::-1], member[::-1]])[::-1])):  # fmt: skip
+            if not edge:
+                continue
+            test = str.startswith if shared == text[: len(shared)] else str.endswith
+            others = {f for f, t in recent if f != state.id and test(t, shared)}
+            if len(others) < 2:
+                return True
+        return False
+
+    def _reason(self, state: FamilyState, vector: np.ndarray, how: str, **extra: Any) -> dict[str, Any]:
+        near = sorted(
+            ((h, float(self.vectors[h] @ vector)) for h in state.exemplars if h in self.vectors), key=lambda hv: -hv[1]
+        )[:3]
+        return {
+            'how': how,
+            **extra,
+            'nearest_members': [
+                {'prompt_hash': h, 'similarity': round(s, 4), 'prompt': self.snippets.get(h, '')} for h, s in near
+            ],
+        }
+
+    def _new_id(self, prompt_hash: str) -> str:
+        family_id, n = f'fam-{prompt_hash[:10]}', 2
+        while family_id in self.states or family_id in self._taken:  # a merged family keeps its id out of reuse
+            family_id, n = f'fam-{prompt_hash[:10]}-{n}', n + 1
+        self._taken.add(family_id)
+        return family_id
+
+    def _found(
+        self, prompt_hash: str, text: str, vector: np.ndarray, at: datetime.datetime, app: str | None
+    ) -> FamilyState:
+        state = FamilyState(self._new_id(prompt_hash), app, at, vector.astype(np.float64), 1, changed=True)
+        state.recent.append((prompt_hash, text, at))
+        state.times.append(at)
+        self._remember(state, prompt_hash, text, vector)
+        self._add(state)
+        return state
+
+    def _remember(self, state: FamilyState, prompt_hash: str, text: str, vector: np.ndarray) -> None:
+        if len(state.exemplars) >= EXEMPLARS:  # keep the first four, roll the rest
+            dropped = state.exemplars.pop(4)
+            self.vectors.pop(dropped, None)
+            self.snippets.pop(dropped, None)
+        state.exemplars.append(prompt_hash)
+        self.vectors[prompt_hash] = vector.astype(np.float32)
+        self.snippets[prompt_hash] = text[:120]
+
+    def _join(
+        self,
+        state: FamilyState,
+        prompt_hash: str,
+        text: str,
+        vector: np.ndarray,
+        at: datetime.datetime,
+        *,
+        remine: bool = False,
+    ) -> None:
+        state.total = state.total + vector
+        state.n += 1
+        state.changed = True
+        state.times.append(at)
+        self._recent(state).append((prompt_hash, text, at))
+        self._remember(state, prompt_hash, text, vector)
+        self._set_centre(state)
+        if state.template is None and state.n < TEMPLATE_MIN:
+            self._index_young(state, text)
+        elif remine or state.n in MINE_AT or (state.n > MINE_AT[-1] and state.n & (state.n - 1) == 0):
+            mined = self._mine(state, at)
+            if state.n in MINE_AT[1:] and mined is not None:
+                self._split_mixture(state, mined, at)
+        else:
+            self._refine(state, at)
+
+    # --- templates ---------------------------------------------------------------------------------------------
+
+    def _mine(self, state: FamilyState, at: datetime.datetime) -> Template | None:
+        """Mine the template from the latest members (and return it); a new version when its pieces changed. A
+        version it parses every member of (on the latest members) is retired: it was mined from fewer members."""
+        texts = [t for _, t, _ in self._recent(state)]
+        if len(texts) < TEMPLATE_MIN:
+            return None
+        template = mine(texts)
+        state.mined_at = state.n
+        active = state.versions()
+        if any(t.pieces == template.pieces for _, t in active):
+            return template
+        parsed_new = {i for i, t in enumerate(texts) if template.spans(t) is not None}
+        best_old = max((sum(t.spans(x) is not None for x in texts) for _, t in active), default=0)
+        if len(parsed_new) < best_old:
+            return template
+        for number, old in active:
+            if {i for i, t in enumerate(texts) if old.spans(t) is not None} <= parsed_new:
+                state.retired.add(number)
+        self._version(state, template, at, texts)
+        return template
+
+    def _version(self, state: FamilyState, template: Template, at: datetime.datetime, texts: Sequence[str]) -> None:
+        old = state.template
+        number = state.template_number + 1
+        state.templates.append(template)
+        state.numbers.append(number)
+        state.changed = True
+        self._index_template(state, template)
+        self.templates_out.append(
+            {
+                'family_id': state.id,
+                'number': number,
+                'template': template.jinja,
+                'spec': template.to_json(),
+                'events': template_events(old, template),
+                'as_of': at,
+                'members': len(texts),
+                'parsed': sum(template.spans(t) is not None for t in texts),
+            }
+        )
+
+    def _refine(self, state: FamilyState, at: datetime.datetime) -> None:
+        """Record a new version when the latest members' values all gained the same text at one edge."""
+        template = state.template
+        recent = list(self._recent(state))
+        if template is None or not template.slots or len(recent) < 2 * REFINE_K:
+            return
+        latest = [template.parse(t) for _, t, _ in recent[-REFINE_K:]]
+        if any(p is None for p in latest):
+            return
+        before = [p for p in (template.parse(t) for _, t, _ in recent[-2 * REFINE_K : -REFINE_K]) if p is not None]
+        for slot in template.slots:
+            values = [p[slot.name] for p in latest]  # type: ignore[index]
+            for suffix in (False, True):
+                edge = _edge(values, suffix)
+                if not _new_text(edge):
+                    continue
+                had = sum(1 for p in before if (p[slot.name].endswith if suffix else p[slot.name].startswith)(edge))
+                if had <= len(before) // 5:
+                    texts = [t for _, t, _ in recent[-REFINE_K:]]
+                    mined = mine(texts)
+                    if mined.size > template.size and all(mined.spans(t) is not None for t in texts):
+                        self._version(state, mined, at, texts)
+                        state.mined_at = state.n
+                    return
+
+    def _split_mixture(self, state: FamilyState, family: Template, at: datetime.datetime) -> None:
+        """Split a young family that two templates joined (their first prompts shared an ending, say): members
+        that share at least three more words at their start and end with each other than the family's template
+        has form groups; when groups of two or more hold most members, every group but the largest is moved to
+        a new family of its own (recorded)."""
+        members = list(self._recent(state))
+        if len(members) < 2 * 2 or state.n > MINE_SAMPLE:
+            return
+        base = family.size
+        parent = list(range(len(members)))
+
+        def root(i: int) -> int:
+            while parent[i] != i:
+                parent[i] = parent[parent[i]]
+                i = parent[i]
+            return i
+
+        for i in range(len(members)):
+            for j in range(i + 1, len(members)):
+                if _shared_edges(members[i][1], members[j][1]) >= base + SPLIT_WORDS:
+                    parent[root(i)] = root(j)
+        groups: dict[int, list[int]] = collections.defaultdict(list)
+        for i in range(len(members)):
+            groups[root(i)].append(i)
+        linked = sorted((g for g in groups.values() if len(g) >= 2), key=len, reverse=True)
+        if len(linked) < 2 or sum(map(len, linked)) < SPLIT_COVER * len(members):
+            return
+        # a group is another template when its values of some slot vary but all start (or end) with the same
+        # phrase; a group of equal values (an enum: the same customer) is no template
+        apart = [g for g in linked if _sub_template(family, [members[i][1] for i in g])]
+        kept = next((g for g in linked if g not in apart), linked[0])
+        for group in apart:
+            if group is not kept:
+                self._split_off(state, [members[i] for i in group], at)
+
+    def _split_off(self, state: FamilyState, moved: list[Member], at: datetime.datetime) -> FamilyState:
+        texts = [t for _, t, _ in moved]
+        vectors = self.embed(texts) if self.embed is not None else np.zeros((len(texts), self.dimensions))
+        total = np.asarray(vectors, dtype=np.float64).sum(axis=0)
+        new = FamilyState(self._new_id(moved[0][0]), state.app, moved[0][2], total, len(moved), changed=True)
+        for member, vector in zip(moved, vectors):
+            new.recent.append(member)
+            new.times.append(member[2])
+            self._remember(new, member[0], member[1], np.asarray(vector))
+        hashes = {h for h, _, _ in moved}
+        kept = [m for m in state.recent if m[0] not in hashes]
+        state.recent.clear()
+        state.recent.extend(kept)
+        state.times = collections.deque((t for t in state.times if t not in {m[2] for m in moved}), maxlen=64)
+        state.exemplars[:] = [h for h in state.exemplars if h not in hashes]
+        state.total = state.total - total
+        state.n -= len(moved)
+        state.changed = True
+        self._set_centre(state)
+        self._add(new)
+        self.moves.append(Move('split', new.id, state.id, sorted(hashes), len(moved), at,
+                               'two templates in one young family: the members of one moved to a family of its own'))  # fmt: skip
+        if new.n >= TEMPLATE_MIN:
+            self._mine(new, at)
+        else:
+            self._index_young(new, texts[-1])
+        if state.n >= TEMPLATE_MIN:
+            self._mine(state, at)
+        return new
+
+    # --- candidate edits ---------------------------------------------------------------------------------------
+
+    def _new_day(self, at: datetime.datetime) -> None:
+        """Decide the candidate edits: merged into the family they edit once it fell silent, or templates of their
+        own once both go on."""
+        for state in list(self.states.values()):
+            if state.candidate_of is None or state.status != 'active':
+                continue
+            old = self.states.get(state.candidate_of)
+            since = state.candidate_since
+            assert since is not None
+            if old is None or old.status != 'active' or (at - since).days > CANDIDATE_DAYS:
+                state.candidate_of, state.candidate_since, state.changed = None, None, True
+                continue
+            if sum(1 for t in old.times if t > since) >= PARALLEL:
+                state.candidate_of, state.candidate_since, state.changed = None, None, True
+                continue
+            if state.n < 2:
+                continue
+            earlier = [t for t in old.times if t <= since]
+            if len(earlier) >= 2:
+                rate = (len(earlier) - 1) / max((earlier[-1] - earlier[0]).total_seconds() / 86400, 1e-3)
+            else:
+                rate = old.n / max((since - old.created_at).total_seconds() / 86400, 1.0)
+            silent = (at - max(since, old.times[-1] if old.times else since)).total_seconds() / 86400
+            if math.exp(-rate * silent) < REPLACED_P:
+                self._merge_edit(old, state, at)
+
+    def _merge_edit(self, old: FamilyState, new: FamilyState, at: datetime.datetime) -> None:
+        texts = [t for _, t, _ in self._recent(new)]
+        template = mine(texts) if len(texts) > 1 else Template((texts[0],))
+        old.total = old.total + new.total
+        old.n += new.n
+        old.changed = True
+        merged = sorted([*self._recent(old), *self._recent(new)], key=lambda m: (m[2], m[0]))
+        old.recent.clear()
+        old.recent.extend(merged)
+        old.times.extend(new.times)
+        for h in new.exemplars:
+            if h not in old.exemplars:
+                old.exemplars.append(h)
+        old.exemplars[:] = old.exemplars[:4] + old.exemplars[4:][-(EXEMPLARS - 4) :]
+        self._version(old, template, at, texts)
+        old.mined_at = old.n
+        self._set_centre(old)
+        new.status, new.merged_into, new.changed = 'merged', old.id, True
+        new.candidate_of = None
+        self._remove(new)
+        self.moves.append(Move('merge', old.id, new.id, None, new.n, at, 'an edit of the template: its next version'))
+        new.n = 0
+
+    # --- reading -----------------------------------------------------------------------------------------------
+
+    def changed(self) -> list[FamilyState]:
+        return [s for s in self.states.values() if s.changed]
