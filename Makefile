@@ -34,8 +34,12 @@ $(STAMP): pyproject.toml Makefile
 run: $(STAMP)
 	$(BIN)/prompt-workspace demo
 
-# Three workers on two cores: much of the suite waits on PostgreSQL, subprocesses and servers rather than the CPU.
+# Lint, format and types first (a minute), then the suite. Three workers on two cores: much of the suite waits on
+# PostgreSQL, subprocesses and servers rather than the CPU.
 test: $(STAMP)
+	$(BIN)/ruff check workspace udfs tests bench
+	$(BIN)/ruff format --check workspace udfs tests bench
+	$(BIN)/python -m mypy workspace udfs
 	$(BIN)/python -m pytest -n 3
 
 bench: $(STAMP)

@@ -130,8 +130,9 @@ def test_the_summary_the_comparison_and_the_report_show_the_baselines_with_no_mo
     cmp = build_comparison(tiny, [v1, v2], 'dev')
     assert cmp.references.get('knn_vote').predictions == vote.predictions and cmp.references.n == 6
     html = render_summary(cmp)
-    assert 'Reference baselines on the same 6 examples, no model call' in html and vote.name in html
+    assert 'Rows marked reference score the same 6 examples with no model call' in html
+    assert f'<span class="pw-muted">{vote.name}</span>' in html  # a row of the quality table
     assert cmp.with_baseline(v2.id).references is cmp.references
     page = write_report(cmp, tmp_path / 'report.html').read_text()
-    assert 'Reference baselines on the same 6 examples' in page
+    assert 'Rows marked reference score the same 6 examples' in page
     assert local.calls == calls  # the summary, the comparison and the report: no model call

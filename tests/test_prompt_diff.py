@@ -237,3 +237,20 @@ def test_chat_messages_diff_by_role_and_a_change_of_shape_is_a_setting():
     assert shape.fields == [
         FieldChange('messages', None, ['system', 'user'], 'a completion template -> 2 messages (system, user)')
     ]
+
+
+def test_demos_retrieved_per_example_diff_by_their_policy():
+    from types import SimpleNamespace as V
+
+    from workspace.analysis.diff import diff_versions
+
+    policy = {'policy': 'nearest', 'dataset': 'tiny', 'split': 'train', 'field': 'text', 'k': 2}
+    fixed = V(id='r:v1', template='T', instructions='', model='local', params={}, output={}, demos=[{'text': 'a'}])
+    retrieved = V(**{**vars(fixed), 'id': 'r:v2', 'demos': policy})
+    (change,) = [f for f in diff_versions(fixed, retrieved).fields if f.field == 'demos']
+    assert change.summary == '1 fixed -> nearest 2 of tiny/train'
+    wider = V(**{**vars(retrieved), 'id': 'r:v3', 'demos': {**policy, 'k': 8}})
+    assert [f.summary for f in diff_versions(retrieved, wider).fields] == [
+        'nearest 2 of tiny/train -> nearest 8 of tiny/train'
+    ]
+    assert diff_versions(retrieved, retrieved).fields == []

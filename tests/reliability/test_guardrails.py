@@ -142,10 +142,10 @@ def test_optimization_never_shows_a_blocked_example_to_a_model(ws, guarded):
 
 
 def test_optimization_screens_the_prompts_of_candidates(ws, guarded):
-    from workspace.optimization.optimize import _screener
+    from workspace.optimization.search import screener
 
     data, version, _ = guarded
-    screen = _screener(version, data)
+    screen = screener(version, data)
     assert screen({'prompt': 'Ticket: hi\nCategory:'}, {'text': 'hi'}) is None
     assert 'no_kaboom' in screen({'prompt': f'Demo: {KEYWORD}\nTicket: hi'}, None)  # a proposal or a demo
     assert 'no_pii' in screen({'prompt': 'Ticket: x'}, {'text': CARD})

@@ -109,9 +109,7 @@ def diff_versions(a: _Version, b: _Version) -> VersionDiff:
     fields += _key_changes('params', a.params or {}, b.params or {})
     for change in _key_changes('output', a.output or {}, b.output or {}):
         fields.append(_with_label_summary(change) if change.field == 'output.labels' else change)
-    demos = _demo_summary(a.demos or [], b.demos or [])
-    if demos:
-        fields.append(FieldChange('demos', len(a.demos or []), len(b.demos or []), demos))
+    fields += _demo_changes(a.demos, b.demos)
     roles = [_roles(getattr(v, 'messages', None)) for v in (a, b)]
     if roles[0] != roles[1]:
         fields.append(FieldChange('messages', roles[0], roles[1], f'{_shape(roles[0])} -> {_shape(roles[1])}'))
@@ -217,6 +215,25 @@ def _with_label_summary(change: FieldChange) -> FieldChange:
     old, new = list(change.before or []), list(change.after or [])
     marks = [f'+{_show(x)}' for x in new if x not in old] + [f'-{_show(x)}' for x in old if x not in new]
     return replace(change, summary=' '.join(marks) or 'reordered')
+
+
+def _demo_changes(before: Any, after: Any) -> list[FieldChange]:
+    """Return the change of demos: fixed lists counted (added, removed, changed); a demo policy (demos retrieved
+    per example, a mapping) compared by its settings."""
+    policies = [d if isinstance(d, Mapping) else None for d in (before, after)]
+    if policies[0] is None and policies[1] is None:
+        summary = _demo_summary(before or [], after or [])
+        return [FieldChange('demos', len(before or []), len(after or []), summary)] if summary else []
+    if policies[0] == policies[1]:
+        return []
+    shown = [_policy_phrase(p) if p is not None else f'{len(d or [])} fixed' for p, d in zip(policies, (before, after))]
+    return [FieldChange('demos', shown[0], shown[1], f'{shown[0]} -> {shown[1]}')]
+
+
+def _policy_phrase(policy: Mapping[str, Any]) -> str:
+    """Say a demo policy in a few words: 'nearest 8 of dataset tiny/train'."""
+    where = '/'.join(str(policy[k]) for k in ('dataset', 'split') if policy.get(k))
+    return f'{policy.get("policy", "retrieved")} {policy.get("k", "")} of {where}'.replace('  ', ' ')
 
 
 def _demo_summary(before: Sequence[Mapping[str, Any]], after: Sequence[Mapping[str, Any]]) -> str:

@@ -172,8 +172,9 @@ def retrieve(policy: Mapping[str, Any], examples: Sequence[Mapping[str, Any]], *
     for example in examples:
         text = str(example[field])
         key = ('demos', tuple(sorted((n, str(v)) for n, v in policy.items())), text)
-        candidates = READS.get(table, key, lambda text=text: _neighbours(policy, ds, table, text))
-        chosen, per_label = [], {}
+        candidates = READS.get(table, key, lambda text=text: _neighbours(policy, ds, table, text))  # type: ignore[misc]
+        chosen: list[Any] = []
+        per_label: dict[Any, int] = {}
         for row in candidates:
             if dataset == ds.name and row['example_id'] == example.get('example_id'):
                 continue  # never its own demo

@@ -526,7 +526,7 @@ def _build_requests(
     if policy:
         return render(), retrieved, pool
     inputs = tuple((row['example_id'], *(row[name] for name in ds.inputs)) for row in rows)
-    rendered = READS.get(ds.table, ('requests', v.id, model_id, split, ds.pinned), lambda: {})
+    rendered: dict[str, Any] = READS.get(ds.table, ('requests', v.id, model_id, split, ds.pinned), lambda: {})
     if rendered.get('inputs') != inputs:
         rendered.update(inputs=inputs, requests=render())
     return rendered['requests'], retrieved, pool

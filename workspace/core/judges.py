@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal, TypedDict, cast
 
 import jinja2
 import pandas as pd
@@ -318,7 +318,11 @@ def check_judge_template(judge: Version, dataset: Dataset) -> None:
 
 def _judge_request(judge: Version, fields: Mapping[str, Any], model_id: str) -> dict[str, Any]:
     prompt = render_udfs.render(
-        judge.template, fields, demos=judge.demos, labels=judge.labels, instructions=judge.instructions
+        judge.template,
+        fields,
+        demos=cast(Sequence[Mapping[str, Any]], judge.demos),
+        labels=judge.labels,
+        instructions=judge.instructions,
     )
     kind = judge.output['kind']
     constraint = {'choice': judge.labels} if kind == 'choice' else {'json_schema': judge.output.get('schema')}

@@ -27,6 +27,7 @@ import pixeltable as pxt
 from workspace.core import metrics, rules, samples, stats
 from workspace.core.baselines import References, reference_baselines
 from workspace.core.datasets import get_dataset
+from workspace.core.metrics import Skew
 from workspace.core.versions import Version, get_version, parent_chain
 from workspace.display.formats import count, milliseconds, money, percent, timestamp, tokens
 from workspace.display.frames import shown
@@ -456,7 +457,7 @@ class Summary:
     #: The 95% interval of the headline metric (`main_score_name`): Wilson for a proportion, bootstrap otherwise.
     interval: tuple[float, float] | None = None
     #: One label taking most predictions while the expected labels do not (a collapsed version), if any.
-    skew: metrics.Skew | None = None
+    skew: Skew | None = None
     #: What the same rows score without a model (`workspace.core.baselines`), when asked for.
     references: References | None = None
 

@@ -442,7 +442,7 @@ def create_version(
     template, chat = _chat_messages(prompt, template, messages, system)
     spec: OutputSpec = OutputSpec(**(output or text()))
     merged: dict[str, Any] = {**_default_params(spec), **(params or {})}
-    demo_list: Any = dict(demos) if is_policy(demos) else [dict(d) for d in demos]  # type: ignore[union-attr]
+    demo_list: Any = dict(demos) if is_policy(demos) else [dict(d) for d in demos]  # type: ignore[union-attr,arg-type]
     _check(prompt, template, model, merged, spec, demo_list, instructions, chat)
     parent_id = parent.id if isinstance(parent, Version) else parent
     content_hash = _content(template, model, merged, spec, demo_list, instructions, chat)

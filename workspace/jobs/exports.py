@@ -145,7 +145,7 @@ def _prompt_file(v: Version) -> dict[str, Any]:
         'params': dict(v.params),
         'output': dict(v.output),
         'instructions': v.instructions,
-        'demos': [dict(d) for d in v.demos],
+        'demos': [dict(d) for d in v.demos] if isinstance(v.demos, list) else dict(v.demos),  # a policy: as it is
     }
     if v.messages:  # a chat version: its messages are the content (`template` is them as one text, not written)
         data['messages'] = [dict(m) for m in v.messages]
@@ -196,7 +196,8 @@ def _dspy_program(v: Version, output_field: str) -> Any:
         signature = signature.with_instructions(instructions)
     program = dspy.Predict(signature)
     program.demos = [
-        dspy.Example(**{name: d.get(name) for name in inputs}, **{output_field: d.get('expected')}) for d in v.demos
+        dspy.Example(**{name: d.get(name) for name in inputs}, **{output_field: d.get('expected')})
+        for d in (v.demos if isinstance(v.demos, list) else [])
     ]
     return program
 

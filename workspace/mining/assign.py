@@ -100,9 +100,7 @@ def _clip(tokens: list[str]) -> tuple[list[str], int]:
     return tokens[:half] + tokens[-half:], half
 
 
-def _unclip(
-    a: int, b: int, size: int, cut_a: int, cut_b: int, len_a: int, len_b: int
-) -> list[tuple[int, int, int]]:
+def _unclip(a: int, b: int, size: int, cut_a: int, cut_b: int, len_a: int, len_b: int) -> list[tuple[int, int, int]]:
     """Map a block of two clipped lists back to the full ones, splitting it where it crosses a cut."""
     out = []
     while size > 0:
@@ -305,11 +303,12 @@ def _sub_template(template: Template, texts: Sequence[str]) -> bool:
     on average): an equal value (an enum), a phrase followed by a word or two (questions made from a pattern of
     their own) or an opening bracket or quote (structured data) is no template text.
     """
-    spans = [template.spans(t) for t in texts]
-    if any(s is None for s in spans):
+    found = [template.spans(t) for t in texts]
+    spans = [s for s in found if s is not None]
+    if len(spans) < len(found):
         return False
     for i in range(len(template.slots)):
-        values = [t[s[i][0] : s[i][1]] for t, s in zip(texts, spans)]  # type: ignore[index]
+        values = [t[s[i][0] : s[i][1]] for t, s in zip(texts, spans)]
         for suffix in (False, True):
             edge = _edge(values, suffix)
             if not _new_text(edge) or _unbalanced(edge):
@@ -317,7 +316,7 @@ def _sub_template(template: Template, texts: Sequence[str]) -> bool:
             # template text sits on lines of its own: the phrase holds a line break or starts (ends) a line
             at_line = all(
                 (t[s[i][1] :].startswith('\n') if suffix else t[: s[i][0]].endswith('\n')) or not t[s[i][0] : s[i][1]]
-                for t, s in zip(texts, spans)  # type: ignore[index]
+                for t, s in zip(texts, spans)
             )
             if '\n' not in edge.strip(' ') and not at_line:
                 continue

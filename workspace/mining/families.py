@@ -433,7 +433,8 @@ class Family:
         template = self._require_template()
         members = self.members()
         names = [s.name for s in template.slots]
-        rows, skipped = [], collections.Counter()
+        rows: list[Any] = []
+        skipped: collections.Counter[str] = collections.Counter()
         for r in members.itertuples():
             values = template.parse(r.prompt)
             if values is None:

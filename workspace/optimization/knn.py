@@ -163,11 +163,12 @@ def knn_candidates(
 
 
 def group_key(candidate: Candidate) -> str:
-    """Return what identifies a candidate's requests: its content without the vote weight, which only changes how
-    the answers are read."""
+    """Return what identifies a candidate's requests: its content without the vote (its weight and how it counts),
+    which only changes how the answers are read."""
     if candidate.output is None or 'vote' not in candidate.output:
         return candidate.key
-    return dataclasses.replace(candidate, output={k: v for k, v in candidate.output.items() if k != 'vote'}).key
+    kept = {k: v for k, v in candidate.output.items() if k not in ('vote', 'vote_by')}
+    return dataclasses.replace(candidate, output=kept).key
 
 
 class RaceScorer:

@@ -125,7 +125,7 @@ def table_key(table: pxt.Table) -> tuple[str, int]:
     """Return (table id, version): what identifies the table's contents right now."""
     state = table_state(table)
     if state is None:
-        raise pxt.Error('the table was dropped while it was read; run the call again')
+        raise pxt.Error('the table was dropped while it was read; run the call again')  # type: ignore[arg-type]
     return state.id, state.version
 
 

@@ -29,7 +29,7 @@ prompt_workspace/
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import pixeltable as pxt
 
@@ -297,7 +297,7 @@ def _upgrade_requests(old: pxt.Table) -> pxt.Table:
         new.insert(copied)
     pxt.drop_table(REQUESTS)
     pxt.move(staging, REQUESTS)
-    return pxt.get_table(REQUESTS)
+    return cast(pxt.Table, pxt.get_table(REQUESTS))
 
 
 CLAIMS = f'{ROOT}/claims'

@@ -404,16 +404,13 @@ def _metric_cells(cmp: VersionComparison, version: str, record: Mapping[str, Any
 
 
 def _references(cmp: VersionComparison) -> dict[str, float]:
-    """Return the reference baselines of the comparison (a score reached without a model on the same split, such
-    as the majority label or a nearest-neighbour vote), by name, if the comparison carries any."""
-    found = getattr(cmp, 'references', None)
-    main = main_score_name(cmp.task)
-    if found is None or len(found) == 0:
+    """Return the reference baselines of the comparison (a score reached without a model on the same examples: the
+    majority label, the k-nearest vote, the nearest training output), by name, on the main score where they have it."""
+    found = cmp.references
+    if not found:
         return {}
-    if isinstance(found, pd.DataFrame):
-        column = main if main in found.columns else found.columns[0]
-        return {str(k): float(v) for k, v in found[column].items()}
-    return {str(k): float(v[main] if isinstance(v, Mapping) else v) for k, v in found.items()}
+    main = main_score_name(cmp.task)
+    return {r.name: float(r.metrics.get(main, next(iter(r.metrics.values())))) for r in found.items if r.metrics}
 
 
 def _quality_table(
@@ -517,19 +514,14 @@ def _summary_body(cmp: VersionComparison, labels: Mapping[str, Sequence[str]]) -
 
 
 def _references_line(cmp: VersionComparison) -> str:
-    """Render the reference baselines of the same examples (no model call) in one line under the table."""
+    """Say under the table what the reference rows are: the same examples scored without a model call."""
     refs = cmp.references
     if not refs:
         return ''
-    shown = '; '.join(
-        f'{html.escape(r.name)}: '
-        + ', '.join(f'{ {"macro_f1": "macro-F1"}.get(m, m) } {v:.3f}' for m, v in r.metrics.items())
-        for r in refs.items
-    )
     caveat = ''.join(f' ({html.escape(n)})' for n in refs.notes)
     return (
-        f'<p class="pw-sub pw-references">Reference baselines on the same {refs.n:,} examples, no model call: '
-        f'{shown}.{caveat}</p>'
+        f'<p class="pw-sub pw-references">Rows marked reference score the same {refs.n:,} examples with no model '
+        f'call (the embedder and the training split only): a version should beat them.{caveat}</p>'
     )
 
 
