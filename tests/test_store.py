@@ -35,15 +35,19 @@ def test_request_hash_is_the_content_not_the_spec_or_keys():
 def server(ws, monkeypatch):
     """A local OpenAI-compatible server answering 'ok:<prompt>' after `server.delay` seconds, counting in-flight
     requests."""
-    state = {'in_flight': 0, 'most': 0}
-    lock = threading.Lock()
+    state = {'in_flight': 0, 'most': 0, 'hold_until': 0}
+    changed = threading.Condition()
 
     def answer(body):
-        with lock:
+        with changed:
             state['in_flight'] += 1
             state['most'] = max(state['most'], state['in_flight'])
+            changed.notify_all()
+            # with hold_until set, a request is held until that many are in flight (or 5 s pass), so the most in
+            # flight is what the client sends at once, not how fast a loaded machine starts its threads
+            changed.wait_for(lambda: state['in_flight'] >= state['hold_until'], timeout=5)
         time.sleep(srv.delay)
-        with lock:
+        with changed:
             state['in_flight'] -= 1
         return Canned(200, completion_body('ok:' + body['messages'][-1]['content']))
 
@@ -69,6 +73,7 @@ def test_equal_requests_are_answered_once_and_then_never_again(server):
 def test_remote_requests_are_sent_concurrently_up_to_the_setting(server, monkeypatch, concurrency):
     monkeypatch.setenv('WORKSPACE_CONCURRENCY', str(concurrency))
     server.delay = 0.2
+    server.state['hold_until'] = concurrency
     batch = store.answer_many([(_request(f'q{i}'), (None, None, None)) for i in range(16)])
     assert batch.calls == 16 and server.state['most'] == concurrency
 
