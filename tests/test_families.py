@@ -208,7 +208,7 @@ def _write(tmp_path: Path, name: str, text: str) -> Path:
             'j.jsonl',
             '{"prompt": "fine", "timestamp": "2026-09-07"}\n{"prompt": "hi\\u0000there", "timestamp": "2026-09-07"}\n',
             {},
-            r'j.jsonl: line 2: the prompt has a NUL character \(\\x00\) at character 2; remove or replace it',
+            r"j.jsonl: line 2, column 'prompt', holds a NUL byte \(\\x00\), which cannot be stored in text; remove it",
         ),
         (
             'k.jsonl',

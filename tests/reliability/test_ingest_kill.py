@@ -116,7 +116,7 @@ def test_a_nul_character_is_refused_before_anything_is_written(ws, log_file, tmp
     lines[250] = json.dumps(bad)
     path = tmp_path / 'nul.jsonl'
     path.write_text('\n'.join(lines) + '\n', encoding='utf-8')
-    with pytest.raises(DatasetError, match=r'nul.jsonl: line 251: the prompt has a NUL character'):
+    with pytest.raises(DatasetError, match=r"nul.jsonl: line 251, column 'prompt', holds a NUL byte"):
         ws.ingest_prompts(path, meta=['app'])
     assert tables.prompt_occurrences().count() == 0 and tables.raw_prompts().count() == 0
     assert tables.families().count() == 0

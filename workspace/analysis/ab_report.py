@@ -289,32 +289,69 @@ def ab_report(
     values = {arm: group['outcome'].to_numpy(dtype=float) for arm, group in units.groupby('arm', sort=False)}
     planned = list(weights or {})
     arms = planned + sorted((a for a in values if a not in planned), key=_natural)
-    empty = np.array([], dtype=float)
     test: _Method = 'fisher' if np.isin(units['outcome'], (0.0, 1.0)).all() else 'welch'
-    warnings: list[str] = []
-    notes: list[str] = []
+    baseline = _pick_baseline(baseline, arms, values)
+    shares = {a: w / sum(weights.values()) for a, w in weights.items()} if weights else {}
+    versions = frame.groupby('arm')['version_id'].agg(lambda ids: ', '.join(sorted(set(ids))))
 
+    arm_rows = _arm_rows(arms, values, versions, frame.groupby('arm').size(), shares, test, confidence)
+    warnings: list[str] = []
+    srm_p_value = _sample_ratio(planned, [len(_units_of(values, a)) for a in planned], shares, warnings)
+    warnings += _assignment_warnings(arms, weights, versions, units)
+    comparison_rows, sentences = _compare_arms(arms, baseline, values, test, confidence, alpha, higher_is_better)
+    notes = _notes(frame, units, test, per_unit, baseline, len(comparison_rows), alpha)
+    columns = ['arm', 'baseline', 'units', 'diff', 'ci_low', 'ci_high', 'lift', 'p_value', 'significant', 'mde']
+    return ABReport(
+        prompt=prompt,
+        experiment=experiment,
+        baseline=baseline,
+        test=test,
+        per_unit=per_unit,
+        confidence=confidence,
+        arms=pd.DataFrame(arm_rows, columns=list(arm_rows[0])),
+        comparisons=pd.DataFrame(comparison_rows, columns=columns),
+        verdicts=warnings + sentences + notes,
+        srm_p_value=srm_p_value,
+    )
+
+
+def _units_of(values: dict[str, np.ndarray], arm: str) -> np.ndarray:
+    """Return the per-unit outcomes of an arm, none for a planned arm with no outcomes yet."""
+    return values.get(arm, np.array([], dtype=float))
+
+
+def _pick_baseline(baseline: str | None, arms: list[str], values: dict[str, np.ndarray]) -> str:
+    """Return the baseline asked for, else the first arm with outcomes, after checking it has outcomes."""
     if baseline is None:
-        baseline = next((a for a in arms if len(values.get(a, empty))), arms[0])
+        baseline = next((a for a in arms if len(_units_of(values, a))), arms[0])
     if baseline not in arms:
         raise ComparisonError(f'baseline {baseline!r} is not an arm of this experiment; arms: {", ".join(arms)}')
-    if not len(values.get(baseline, empty)):
+    if not len(_units_of(values, baseline)):
         raise ComparisonError(
             f'baseline arm {baseline!r} has no outcomes yet; pass baseline= one of {", ".join(values)}'
         )
+    return baseline
 
+
+def _arm_rows(
+    arms: list[str],
+    values: dict[str, np.ndarray],
+    versions: pd.Series,
+    events: pd.Series,
+    shares: dict[str, float],
+    test: _Method,
+    confidence: float,
+) -> list[dict[str, Any]]:
+    """Return one row per arm: its versions, units, events, mean outcome with its CI, and actual and planned share."""
     total_units = sum(len(v) for v in values.values())
-    shares = {a: w / sum(weights.values()) for a, w in weights.items()} if weights else {}
-    versions = frame.groupby('arm')['version_id'].agg(lambda ids: ', '.join(sorted(set(ids))))
-    events = frame.groupby('arm').size()
-    arm_rows = []
+    rows = []
     for arm in arms:
-        x = values.get(arm, empty)
+        x = _units_of(values, arm)
         if test == 'fisher':
             low, high = wilson_interval(int(x.sum()), len(x), confidence=confidence)
         else:
             low, high = _t_interval(x, confidence)
-        arm_rows.append(
+        rows.append(
             {
                 'arm': arm,
                 'version': versions.get(arm, ''),
@@ -327,8 +364,14 @@ def ab_report(
                 'planned': shares.get(arm, math.nan),
             }
         )
+    return rows
 
-    srm_p_value = _sample_ratio(planned, [len(values.get(a, empty)) for a in planned], shares, warnings)
+
+def _assignment_warnings(
+    arms: list[str], weights: dict[str, float] | None, versions: pd.Series, units: pd.DataFrame
+) -> list[str]:
+    """Warn of arms outside the traffic, arms that served several versions, and units that reached several arms."""
+    warnings = []
     for arm in arms:
         if weights and arm not in weights:
             warnings.append(
@@ -342,12 +385,24 @@ def ab_report(
             f'warning: {_count(crossed, "unit")} in more than one arm; each counts in every arm it reached, '
             'which blurs the difference (was the traffic or the experiment name changed mid-test?)'
         )
+    return warnings
 
-    comparison_rows = []
+
+def _compare_arms(
+    arms: list[str],
+    baseline: str,
+    values: dict[str, np.ndarray],
+    test: _Method,
+    confidence: float,
+    alpha: float,
+    higher_is_better: bool,
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Compare each arm with the baseline: return the comparison rows and one sentence per arm."""
+    rows = []
     sentences = []
     base = values[baseline]
     for arm in arms:
-        x = values.get(arm, empty)
+        x = _units_of(values, arm)
         if arm == baseline:
             continue
         if not len(x) or (test == 'welch' and (len(x) < 2 or len(base) < 2)):
@@ -355,7 +410,7 @@ def ab_report(
             continue
         r = _fisher(base, x, confidence) if test == 'fisher' else _welch(base, x, confidence)
         significant = r.p < alpha and (r.low > 0 or r.high < 0)
-        comparison_rows.append(
+        rows.append(
             {
                 'arm': arm,
                 'baseline': baseline,
@@ -374,7 +429,20 @@ def ab_report(
         )
     if len(arms) == 1:
         sentences.append(f'only arm {arms[0]!r} has outcomes; nothing to compare yet')
+    return rows, sentences
 
+
+def _notes(
+    frame: pd.DataFrame,
+    units: pd.DataFrame,
+    test: _Method,
+    per_unit: PerUnit,
+    baseline: str,
+    comparisons: int,
+    alpha: float,
+) -> list[str]:
+    """Note what a reader could misread: units with several events, 0/1 events tested by Welch, many comparisons."""
+    notes = []
     repeated = int((units['events'] > 1).sum())
     if repeated:
         notes.append(
@@ -387,21 +455,9 @@ def ab_report(
             f"note: outcomes are 0/1 but not every unit's {_PER_UNIT_WORDS[per_unit]} outcome is, so the test is "
             f"Welch's t-test on per-unit values{hint}"
         )
-    if len(comparison_rows) > 1:
+    if comparisons > 1:
         notes.append(
-            f'note: {len(comparison_rows)} arms are each compared with {baseline}; with several comparisons one may '
-            f'look significant by chance (Bonferroni would ask p < {alpha / len(comparison_rows):.3g})'
+            f'note: {comparisons} arms are each compared with {baseline}; with several comparisons one may '
+            f'look significant by chance (Bonferroni would ask p < {alpha / comparisons:.3g})'
         )
-    columns = ['arm', 'baseline', 'units', 'diff', 'ci_low', 'ci_high', 'lift', 'p_value', 'significant', 'mde']
-    return ABReport(
-        prompt=prompt,
-        experiment=experiment,
-        baseline=baseline,
-        test=test,
-        per_unit=per_unit,
-        confidence=confidence,
-        arms=pd.DataFrame(arm_rows, columns=list(arm_rows[0])),
-        comparisons=pd.DataFrame(comparison_rows, columns=columns),
-        verdicts=warnings + sentences + notes,
-        srm_p_value=srm_p_value,
-    )
+    return notes

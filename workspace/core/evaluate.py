@@ -402,10 +402,7 @@ def evaluate(
     rows = ds.rows(split)
     dataset_version = ds.version
     model_id = backends.model_identity(v.model)
-    if v.output['kind'] == 'choice' and ds.task == 'choice':
-        missing = sorted({str(row['expected']) for row in rows} - set(v.labels))
-        if missing:
-            log.warning('%s cannot answer %s, which dataset %r expects', v.id, ', '.join(missing), ds.name)
+    _warn_unanswerable(v, ds, rows)
 
     policy = v.demo_policy
     requests, retrieved, pool = _build_requests(v, ds, rows, model_id, split)
@@ -427,21 +424,7 @@ def evaluate(
         updates.append(
             _written_row(v, ds, by_id[ex], requests[ex], batch, written, source, shown_demos, blocked.get(ex))
         )
-    if updates:
-        # Rows new to the table are inserted (a plain insert is several times cheaper than an upsert); rows of
-        # another request or a retried error are updated.
-        present = set(eval_rows(ds.name, v.id)['example_id'])
-        changed = [u for u in updates if u['example_id'] in present]
-        new = [u for u in updates if u['example_id'] not in present]
-        try:
-            if new:
-                table.insert(new)
-        except Exception as e:  # another process evaluating the same version wrote some first
-            if not tables.is_duplicate_key(e):
-                raise
-            changed = updates
-        if changed:
-            tables.upsert(table, changed)
+    _store_rows(table, ds, v, updates)
     kept_back = {r['hash']: _blocked_answer(r['hash'], blocked[ex]) for (ex, _), r in sampled.items() if ex in blocked}
     samples_module.write_samples(ds.name, v, sampled, {**batch.answers, **kept_back})
     judge_calls = judging.judge_evaluation(
@@ -466,6 +449,38 @@ def evaluate(
         pins=pins,
         repeated=len(batch.repeated),
     )
+    return _summarized(run, clock)
+
+
+def _warn_unanswerable(v: Version, ds: Dataset, rows: list[dict[str, Any]]) -> None:
+    """Log a warning when the dataset expects classes the version cannot answer."""
+    if v.output['kind'] == 'choice' and ds.task == 'choice':
+        missing = sorted({str(row['expected']) for row in rows} - set(v.labels))
+        if missing:
+            log.warning('%s cannot answer %s, which dataset %r expects', v.id, ', '.join(missing), ds.name)
+
+
+def _store_rows(table: pxt.Table, ds: Dataset, v: Version, updates: list[dict[str, Any]]) -> None:
+    """Write the evaluation rows: insert those new to the table, update those of another request or a retry."""
+    if not updates:
+        return
+    # A plain insert is several times cheaper than an upsert, so only rows already present are upserted.
+    present = set(eval_rows(ds.name, v.id)['example_id'])
+    changed = [u for u in updates if u['example_id'] in present]
+    new = [u for u in updates if u['example_id'] not in present]
+    try:
+        if new:
+            table.insert(new)
+    except Exception as e:  # another process evaluating the same version wrote some first
+        if not tables.is_duplicate_key(e):
+            raise
+        changed = updates
+    if changed:
+        tables.upsert(table, changed)
+
+
+def _summarized(run: Run, clock: float) -> Run:
+    """Return the run with its summary (errors, wall time since `clock`, cost, metrics), recorded in the runs table."""
     summary = summarize(run, run.rows())
     run = run.replace(
         errors=summary.errors,

@@ -44,7 +44,7 @@ from workspace.core import datasets
 from workspace.display.formats import count
 from workspace.display.results import render_record
 from workspace.errors import DatasetError
-from workspace.mining.assign import Engine
+from workspace.mining.assign import Engine, Move
 from workspace.mining.families import history_rows, load_engine, state_rows
 from workspace.storage import store, tables
 from workspace.storage.embeddings import embed
@@ -308,37 +308,75 @@ def _batch(
     fresh = [h for h in by_hash if h not in known]  # in time order (the lines are)
     vectors = embed([by_hash[h][0].text for h in fresh]) if fresh else np.zeros((0, 0))
     now = utc_now()
-    raw_rows = []
-    for h, vector in zip(fresh, vectors):
-        group = by_hash[h]
-        result = engine.assign(h, group[0].text, vector, group[0].at, group[0].app)
-        if result.new_family:
-            report.new_families.append(result.family_id)
-        else:
-            report.joined[result.family_id] = report.joined.get(result.family_id, 0) + 1
-        raw_rows.append(
-            {
-                'prompt_hash': h,
-                'prompt': group[0].text,
-                'occurrences': len(group),
-                'first_seen': group[0].at.isoformat(),
-                'last_seen': group[-1].at.isoformat(),
-                'meta': group[0].meta or None,
-                'expected': _last_answer(group, None),
-                'source': source,
-                'app': group[0].app,
-                'seq': seq,
-                'family_id': result.family_id,
-                'confidence': result.confidence,
-                'reason': result.reason,
-                'assigned_at': now.isoformat(),
-            }
-        )
-        seq += 1
-    for move in engine.moves:  # merges and splits reach the batch's own rows too
+    raw_rows = [
+        _assigned_row(engine, h, by_hash[h], vector, source, seq + i, now, report)
+        for i, (h, vector) in enumerate(zip(fresh, vectors))
+    ]
+    _follow_moves(engine.moves, raw_rows)
+    seen_rows = _seen_again(by_hash, known)
+    batch_id = hashlib.sha256(''.join(x.id for x in lines).encode()).hexdigest()[:32]
+    plan = _plan(engine, batch_id, lines, raw_rows, seen_rows, source, now)
+    report.new_prompts += len(raw_rows)
+    report.template_versions += len(engine.templates_out)
+    report.moves += len(engine.moves)
+    tables.insert_new(
+        tables.ingest_journal(),
+        [{'batch_id': batch_id, 'source': source, 'created_at': now, 'status': 'pending', 'plan': plan}],
+        'batch_id',
+    )
+    pause_point('ingest.journaled')
+    _apply(batch_id, plan, dict(zip(fresh, vectors)))
+    for state in engine.changed():
+        state.changed = False
+    engine.templates_out, engine.moves = [], []
+    return seq + len(raw_rows)
+
+
+def _assigned_row(
+    engine: Engine,
+    h: str,
+    group: list[_Line],
+    vector: np.ndarray,
+    source: str,
+    seq: int,
+    now: datetime.datetime,
+    report: IngestReport,
+) -> dict[str, Any]:
+    """Assign a new prompt (the lines of one hash) to a family, count it in the report, and return its raw row."""
+    result = engine.assign(h, group[0].text, vector, group[0].at, group[0].app)
+    if result.new_family:
+        report.new_families.append(result.family_id)
+    else:
+        report.joined[result.family_id] = report.joined.get(result.family_id, 0) + 1
+    return {
+        'prompt_hash': h,
+        'prompt': group[0].text,
+        'occurrences': len(group),
+        'first_seen': group[0].at.isoformat(),
+        'last_seen': group[-1].at.isoformat(),
+        'meta': group[0].meta or None,
+        'expected': _last_answer(group, None),
+        'source': source,
+        'app': group[0].app,
+        'seq': seq,
+        'family_id': result.family_id,
+        'confidence': result.confidence,
+        'reason': result.reason,
+        'assigned_at': now.isoformat(),
+    }
+
+
+def _follow_moves(moves: list[Move], raw_rows: list[dict[str, Any]]) -> None:
+    """Move the batch's own rows with the merges and splits the engine made while assigning it."""
+    for move in moves:
         for row in raw_rows:
             if row['family_id'] == move.other_id and (move.hashes is None or row['prompt_hash'] in move.hashes):
                 row['family_id'] = move.family_id
+
+
+def _seen_again(by_hash: dict[str, list[_Line]], known: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Add the batch's lines to the counts and times of the prompts in `known` (adding the new ones to it); return
+    the updated rows of prompts that were known before the batch."""
     seen_rows = []
     for h, group in by_hash.items():
         if h in known:
@@ -356,8 +394,20 @@ def _batch(
         else:
             known[h] = {'occurrences': len(group), 'first_seen': group[0].at, 'last_seen': group[-1].at,
                         'expected': _last_answer(group, None)}  # fmt: skip
-    batch_id = hashlib.sha256(''.join(x.id for x in lines).encode()).hexdigest()[:32]
-    plan = {
+    return seen_rows
+
+
+def _plan(
+    engine: Engine,
+    batch_id: str,
+    lines: list[_Line],
+    raw_rows: list[dict[str, Any]],
+    seen_rows: list[dict[str, Any]],
+    source: str,
+    now: datetime.datetime,
+) -> dict[str, Any]:
+    """Return the journal's plan of a batch: every row it writes or changes, in JSON-ready form."""
+    return {
         'families': state_rows(engine.changed(), now),
         'templates': [
             {**t, 'as_of': t['as_of'].isoformat(), 'created_at': now.isoformat()} for t in engine.templates_out
@@ -370,20 +420,6 @@ def _batch(
             {'occurrence_id': x.id, 'prompt_hash': x.hash, 'at': x.at.isoformat(), 'source': source} for x in lines
         ],  # fmt: skip
     }
-    report.new_prompts += len(raw_rows)
-    report.template_versions += len(engine.templates_out)
-    report.moves += len(engine.moves)
-    tables.insert_new(
-        tables.ingest_journal(),
-        [{'batch_id': batch_id, 'source': source, 'created_at': now, 'status': 'pending', 'plan': plan}],
-        'batch_id',
-    )
-    pause_point('ingest.journaled')
-    _apply(batch_id, plan, dict(zip(fresh, vectors)))
-    for state in engine.changed():
-        state.changed = False
-    engine.templates_out, engine.moves = [], []
-    return seq
 
 
 def _aware(value: datetime.datetime) -> datetime.datetime:

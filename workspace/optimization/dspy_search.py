@@ -32,7 +32,8 @@ from workspace.optimization.search import (
 )
 
 if TYPE_CHECKING:
-    from workspace.optimization.dspy_adapter import Trial
+    from workspace.core.versions import Version
+    from workspace.optimization.dspy_adapter import Ledger, Task, Trial, WorkspaceLM
 
 __all__ = ['NO_LIMIT', 'COMPILE_KEYS', 'check_dspy_options', 'dspy_search', 'trial_name']
 
@@ -197,9 +198,7 @@ def dspy_search(setup: Setup, attempt: records.Attempt, *, progress: bool, clock
 
     baseline, limits = setup.baseline, setup.limits
     task = task_for(setup)
-    trainset = [task.example(row) for row in setup.train_rows]
-    random.Random(setup.seed).shuffle(trainset)
-    devset = [task.example(row) for row in setup.dev_rows]
+    trainset, devset = _examples(setup, task)
     bar = Progress(progress, setup.name, deadline_of(limits))
     ledger = ledger_for(setup, bar)
     trial_log = records.TrialLog(setup.run_id, attempt.number)
@@ -217,26 +216,15 @@ def dspy_search(setup: Setup, attempt: records.Attempt, *, progress: bool, clock
     attempt.update(plan=plan.as_dict())
     bar.say(str(plan))
     bar.expect(plan.planned_requests)
-    # Proposals are one line: a base model rambles on past it, and every token costs time on a small machine.
-    proposal_params = {'temperature': 0.0, 'max_tokens': 64, 'stop': ['\n'], 'seed': setup.seed}
-    student_lm = da.WorkspaceLM(baseline, ledger=ledger, proposal_params=proposal_params)
-    teacher_lm = (
-        da.WorkspaceLM(setup.teacher, ledger=ledger, proposal_params=proposal_params) if setup.teacher else None
-    )
+    student_lm, teacher_lm = _language_models(setup, ledger)
     adapter = da.VersionAdapter(task, active)
-
-    def dspy_metric(gold: Any, pred: Any, trace: Any = None, pred_name: Any = None, pred_trace: Any = None) -> float:
-        return float(setup.metric.per_example(pred.get(task.output), gold[task.output]))
+    dspy_metric = _dspy_metric(setup, task)
 
     def score_on_dev(program: Any, kind: str) -> None:
         recorder.kind = kind  # type: ignore[assignment]
         dspy.Evaluate(devset=devset, metric=dspy_metric, num_threads=1, max_errors=NO_LIMIT)(program)
 
-    student = dspy.Predict(task.signature)
-    if baseline.demo_policy is None:
-        student.demos = task.dspy_demos(baseline.demos)  # type: ignore[arg-type]
-    else:
-        student.workspace_candidate = task.baseline_candidate()
+    student = _student(task, baseline)
     stop: da.Stop | None = None
     picked: str | None = None
     try:
@@ -268,13 +256,60 @@ def dspy_search(setup: Setup, attempt: records.Attempt, *, progress: bool, clock
         bar.close()
     search = Search(recorder.trials, ledger, stop, picked, plan)
     check_stop(setup, search)
+    _check_baseline_scored(setup, search, len(devset))
+    return search
+
+
+def _examples(setup: Setup, task: Task) -> tuple[list[Any], list[Any]]:
+    """Return train (shuffled by the run's seed) and dev as DSPy examples."""
+    trainset = [task.example(row) for row in setup.train_rows]
+    random.Random(setup.seed).shuffle(trainset)
+    return trainset, [task.example(row) for row in setup.dev_rows]
+
+
+def _language_models(setup: Setup, ledger: Ledger) -> tuple[WorkspaceLM, WorkspaceLM | None]:
+    """Return the student's LM (the baseline's model) and the teacher's, if the run has one, both on the ledger."""
+    from workspace.optimization import dspy_adapter as da
+
+    # Proposals are one line: a base model rambles on past it, and every token costs time on a small machine.
+    proposal_params = {'temperature': 0.0, 'max_tokens': 64, 'stop': ['\n'], 'seed': setup.seed}
+    student_lm = da.WorkspaceLM(setup.baseline, ledger=ledger, proposal_params=proposal_params)
+    teacher_lm = (
+        da.WorkspaceLM(setup.teacher, ledger=ledger, proposal_params=proposal_params) if setup.teacher else None
+    )
+    return student_lm, teacher_lm
+
+
+def _dspy_metric(setup: Setup, task: Task) -> Callable[..., float]:
+    """Return the run's per-example metric in the shape DSPy's optimizers call it."""
+
+    def dspy_metric(gold: Any, pred: Any, trace: Any = None, pred_name: Any = None, pred_trace: Any = None) -> float:
+        return float(setup.metric.per_example(pred.get(task.output), gold[task.output]))
+
+    return dspy_metric
+
+
+def _student(task: Task, baseline: Version) -> Any:
+    """Return the DSPy program of the baseline: its fixed demos, or a marker that it picks demos by its policy."""
+    import dspy
+
+    student = dspy.Predict(task.signature)
+    if baseline.demo_policy is None:
+        student.demos = task.dspy_demos(baseline.demos)  # type: ignore[arg-type]
+    else:
+        student.workspace_candidate = task.baseline_candidate()
+    return student
+
+
+def _check_baseline_scored(setup: Setup, search: Search, dev_requests: int) -> None:
+    """Raise OptimizeError when the run stopped before the baseline had its score on dev."""
     scored = search.dev_trials()
     if not scored or scored[0].kind != 'baseline':
+        stop = search.stop
         raise OptimizeError(
             f'optimizer run {setup.run_id} stopped before the baseline was scored on {setup.dev!r} '
-            f'({len(devset)} requests): {stop.message if stop else "no dev score"}; raise the budget'
+            f'({dev_requests} requests): {stop.message if stop else "no dev score"}; raise the budget'
         )
-    return search
 
 
 def trial_name(trial: Trial, instructions: str) -> str:

@@ -109,6 +109,24 @@ class CompareView(w.VBox):
         self._saved: str | None = None
         self._dirty = False  # the template differs from the version being edited
         self._expected_calls: int | None = None  # the model calls evaluating the saved version needs
+        header = self._picker_controls()
+        self.panes = {tab: w.HTML() for tab in TABS if tab != 'Edit'}
+        for pane in self.panes.values():
+            pane.add_class('pw-pane')
+        flips_tab = self._flips_controls()
+        self._grid_controls()
+        edit_tab = self._edit_controls()
+        self.tabs = self._tab_strip(flips_tab, edit_tab)
+        super().__init__([w.HTML(views.STYLESHEET), *header, self.tabs], layout=w.Layout(max_width='100%'))
+        self.add_class('pw-compare')
+        self._wire()
+        self._sync_controls()
+        self._load_template()
+        self.status.value = self._state_message()
+        self.refresh()
+
+    def _picker_controls(self) -> list[w.Box]:
+        """Make the rows above the tabs: baseline and focus pickers, candidate ticks, status and progress."""
         self.baseline = w.Dropdown(
             description='Baseline', layout=w.Layout(width='340px'), style={'description_width': '70px'}
         )
@@ -132,16 +150,20 @@ class CompareView(w.VBox):
         self.progress = w.IntProgress(value=0, min=0, max=1, layout=w.Layout(width='260px'))
         self.progress_label = w.HTML()
         self.progress_row = w.HBox([self.progress, self.progress_label], layout=w.Layout(display='none'))
+        top = w.HBox([self.baseline, self.focus, self.reload_button], layout=w.Layout(flex_flow='row wrap'))
+        pickers = w.HBox([w.HTML('<b>Candidates</b>', layout=w.Layout(width='90px', flex='0 0 auto')), self.candidates])
+        return [top, pickers, w.HBox([self.status, self.progress_row])]
 
-        self.panes = {tab: w.HTML() for tab in TABS if tab != 'Edit'}
-        for pane in self.panes.values():
-            pane.add_class('pw-pane')
+    def _flips_controls(self) -> w.VBox:
+        """Make the Flips tab: which flips to show, pages, and the pane."""
         self.flip_filter = w.ToggleButtons(style={'button_width': 'auto'})
         self.previous_page = w.Button(description='Previous', icon='chevron-left', layout=w.Layout(width='100px'))
         self.next_page = w.Button(description='Next', icon='chevron-right', layout=w.Layout(width='100px'))
+        pager = w.HBox([self.previous_page, self.next_page], layout=w.Layout(margin='0 0 0 12px'))
+        return w.VBox([w.HBox([self.flip_filter, pager], layout=w.Layout(flex_flow='row wrap')), self.panes['Flips']])
 
-        self._grid_controls()
-
+    def _edit_controls(self) -> w.VBox:
+        """Make the Edit tab: the version to start from, the template, a note, save, evaluate, revert, a preview."""
         self.edit_source = w.Dropdown(
             description='Edit', layout=w.Layout(width='340px'), style={'description_width': '40px'}
         )
@@ -165,12 +187,7 @@ class CompareView(w.VBox):
         self.edit_status.add_class('pw-pane')
         self.preview = w.HTML()
         self.preview.add_class('pw-pane')
-
-        pager = w.HBox([self.previous_page, self.next_page], layout=w.Layout(margin='0 0 0 12px'))
-        flips_tab = w.VBox(
-            [w.HBox([self.flip_filter, pager], layout=w.Layout(flex_flow='row wrap')), self.panes['Flips']]
-        )
-        edit_tab = w.VBox(
+        return w.VBox(
             [
                 w.HBox([self.edit_source, self.editing], layout=w.Layout(align_items='center')),
                 self.template,
@@ -180,6 +197,9 @@ class CompareView(w.VBox):
                 self.preview,
             ]
         )
+
+    def _tab_strip(self, flips_tab: w.VBox, edit_tab: w.VBox) -> w.Tab:
+        """Put the panes and the tabs with controls in TABS order, titled."""
         children = [
             self.panes['Summary'],
             self.grid_tab,
@@ -192,16 +212,13 @@ class CompareView(w.VBox):
             self.panes['Serving'],
             edit_tab,
         ]
-        self.tabs = w.Tab(children=children)
+        tabs = w.Tab(children=children)
         for i, tab in enumerate(TABS):
-            self.tabs.set_title(i, tab)
-        top = w.HBox([self.baseline, self.focus, self.reload_button], layout=w.Layout(flex_flow='row wrap'))
-        pickers = w.HBox([w.HTML('<b>Candidates</b>', layout=w.Layout(width='90px', flex='0 0 auto')), self.candidates])
-        super().__init__(
-            [w.HTML(views.STYLESHEET), top, pickers, w.HBox([self.status, self.progress_row]), self.tabs],
-            layout=w.Layout(max_width='100%'),
-        )
-        self.add_class('pw-compare')
+            tabs.set_title(i, tab)
+        return tabs
+
+    def _wire(self) -> None:
+        """Call the handlers when a control changes; list the controls a busy view disables."""
         self._controls: list[w.DOMWidget] = [
             self.baseline,
             self.focus,
@@ -228,10 +245,6 @@ class CompareView(w.VBox):
         self.save_button.on_click(self._on_save)
         self.evaluate_button.on_click(self._on_evaluate)
         self.revert_button.on_click(self._on_revert)
-        self._sync_controls()
-        self._load_template()
-        self.status.value = self._state_message()
-        self.refresh()
 
     # --- rendering ----------------------------------------------------------------------------------------------
 
