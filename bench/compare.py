@@ -22,7 +22,12 @@ from workspace.ui import views
 from workspace.ui.widgets import TABS
 
 ROOT = Path(__file__).resolve().parent.parent
-BANKING = ROOT.parent / 'shared' / 'datasets' / 'banking77' / 'train.csv'
+#: ../shared/datasets next to the project; from a git worktree (../wt/<name>), the one next to the main checkout.
+SHARED = next(
+    (p for p in (ROOT.parent / 'shared' / 'datasets', ROOT.parent.parent / 'shared' / 'datasets') if p.is_dir()),
+    ROOT.parent / 'shared' / 'datasets',
+)
+BANKING = SHARED / 'banking77' / 'train.csv'
 N = 1_000
 
 
