@@ -134,55 +134,6 @@ def significance(run_a: Run, run_b: Run, *, confidence: float = 0.95, resamples:
     )
 
 
-def _macro_f1_diff_ci(
-    expected: Sequence[str],
-    pred_a: Sequence[str | None],
-    pred_b: Sequence[str | None],
-    *,
-    confidence: float,
-    resamples: int,
-    seed: int,
-) -> tuple[float, float, float]:
-    """Return (macro-F1 of b - a, low, high) by a paired bootstrap over examples, vectorised over resamples."""
-    from scipy import sparse
-
-    labels = sorted(set(expected))
-    index = {label: i for i, label in enumerate(labels)}
-    n, k = len(expected), len(labels)
-    truth_of = np.array([index[e] for e in expected])
-
-    def one_hot(rows: np.ndarray, columns: np.ndarray) -> sparse.csr_matrix:
-        return sparse.csr_matrix((np.ones(len(rows)), (rows, columns)), shape=(n, k))
-
-    truth = one_hot(np.arange(n), truth_of)
-
-    def guesses(pred: Sequence[str | None]) -> tuple[sparse.csr_matrix, sparse.csr_matrix]:
-        rows = np.array([i for i, p in enumerate(pred) if p in index], dtype=int)
-        guessed_of = np.array([index[pred[i]] for i in rows], dtype=int)  # type: ignore[index]
-        hit = guessed_of == truth_of[rows]
-        return one_hot(rows, guessed_of), one_hot(rows[hit], guessed_of[hit])
-
-    rng = np.random.default_rng(seed)
-    weights = np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(resamples)]).astype(float)
-    weights = np.vstack([np.ones(n), weights])  # row 0: the observed sample
-
-    def counts(one_hot_rows: sparse.csr_matrix) -> np.ndarray:
-        # weights @ one-hot rows, as a sparse product: whole counts, so the sums are exact in any order
-        return np.ascontiguousarray((one_hot_rows.T @ weights.T).T)
-
-    def macro(pred: Sequence[str | None]) -> np.ndarray:
-        guessed, hits = guesses(pred)
-        support, predicted, tp = counts(truth), counts(guessed), counts(hits)
-        f1 = np.divide(2 * tp, support + predicted, out=np.zeros_like(tp), where=(support + predicted) > 0)
-        present = support > 0
-        return (f1 * present).sum(axis=1) / np.maximum(present.sum(axis=1), 1)
-
-    diffs = macro(pred_b) - macro(pred_a)
-    alpha = (1 - confidence) / 2
-    low, high = np.quantile(diffs[1:], [alpha, 1 - alpha])
-    return float(diffs[0]), float(low), float(high)
-
-
 def _scorer_means(frame: pd.DataFrame, scorers: Sequence[str], judged: Sequence[str]) -> dict[str, float]:
     """Return the mean of each scorer column besides the main one; a judge's over the rows it judged (with
     `<column>_n`, how many), as a judge scores only where it was asked. A judge that judged nothing is left out
@@ -324,7 +275,7 @@ def measure(
             row.update(diff=cmp.diff, ci_low=cmp.ci_low, ci_high=cmp.ci_high, p_value=cmp.p_value)
             if task == 'choice':
                 base_frame = frames[baseline]
-                d, lo, hi = _macro_f1_diff_ci(
+                d, lo, hi = stats.macro_f1_diff_ci(
                     [str(e) for e in base_frame['expected']],
                     _predictions(base_frame),
                     _predictions(frame),
