@@ -541,10 +541,10 @@ class Dataset:
         t = self.table
 
         def read() -> dict[str, int]:
-            counts: dict[str, int] = {}
-            for r in t.select(t.split).collect():
-                counts[r['split']] = counts.get(r['split'], 0) + 1
-            return dict(sorted(counts.items()))
+            from pixeltable.functions import count
+
+            counted = t.group_by(t.split).select(t.split, n=count(t.example_id)).collect()  # one row per split
+            return dict(sorted((r['split'], int(r['n'])) for r in counted))
 
         return dict(READS.get(t, 'splits', read))
 
