@@ -165,10 +165,15 @@ class Run:
     def rows(self) -> pd.DataFrame:
         """Return this run's rows of the evaluation table (expected, prediction, scores, ...), without inputs, as
         they were when the run was made."""
-        frame = self._read_pinned(
-            f'rows of {self.version.id}',
-            lambda evals: evals.where(evals.version_id == self.version.id).collect().to_pandas(),
-        )
+        _, pin = self._pin('evals')
+
+        def read() -> pd.DataFrame:
+            evals = self.pinned()
+            return evals.where(evals.version_id == self.version.id).collect().to_pandas()
+
+        # keyed as `eval_rows` keys its read of the live table: a run that wrote nothing (a warm re-run) reads its
+        # rows at the version that read already saw, so they are read once
+        frame = READS.get_at(pin[0], pin[1], ('eval_rows', self.version.id), read)
         ids = list(self.example_ids)
         present = frame.set_index('example_id', drop=False)
         missing = [ex for ex in ids if ex not in present.index]
