@@ -132,11 +132,13 @@ def test_bootstrap_chunked_draws_agree_with_one_draw(monkeypatch: pytest.MonkeyP
     assert chunked == whole  # one stream of draws, whatever the chunks
 
 
-def test_shared_draws_give_each_interval_its_own_numbers(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize('keep_cells', [20_000_000, 300 * 2_000])  # all kept; the 10,000 resamples drawn afresh
+def test_shared_draws_give_each_interval_its_own_numbers(monkeypatch: pytest.MonkeyPatch, keep_cells: int) -> None:
     rng = np.random.default_rng(5)
     a, b, c = (rng.random(300).tolist() for _ in range(3))
     alone = [paired_bootstrap_ci(a, b), paired_bootstrap_ci(a, c, resamples=2_000), stats.resample_counts(300, 50, 0)]
     monkeypatch.setattr(stats, '_MEMO', type(stats._MEMO)())
+    monkeypatch.setattr(stats, '_KEEP_CELLS', keep_cells)
     with stats.shared_draws():  # the 2,000- and 50-resample draws are the start of the 10,000 kept
         shared = [
             paired_bootstrap_ci(a, b),

@@ -45,6 +45,8 @@ T = TypeVar('T')
 
 # Cells (resamples x examples) drawn at once; 4M keeps each chunk's index and value arrays near 32 MB apiece.
 _CHUNK_CELLS = 4_000_000
+# Indices kept by `shared_draws` for one (n, seed): 10,000 resamples of 2,000 examples, 80 MB as int32.
+_KEEP_CELLS = 20_000_000
 _PERMUTATIONS = 10_000
 
 
@@ -117,19 +119,31 @@ class _Draws:
     numpy's bounded integers come from one continuous stream of 32-bit draws, so the first r rows are the same
     whether drawn at once, in chunks or as the start of a longer draw: a 2,000-resample interval reads the first
     2,000 rows of a 10,000-resample one. Inside `shared_draws()` the rows are kept and every interval of the block
-    on n examples with that seed reads them (drawing 10,000 x n indices costs more than using them).
+    on n examples with that seed reads them (drawing 10,000 x n indices costs more than using them), up to
+    `_KEEP_CELLS` indices; a longer draw is drawn afresh from the seed, chunk by chunk, as outside a block.
     """
 
     def __init__(self, n: int, seed: int, *, keep: bool) -> None:
-        self.n, self.keep = n, keep
+        self.n, self.seed, self.keep = n, seed, keep
         self.rng = np.random.default_rng(seed)
         self.kept: list[np.ndarray] = []
         self.counted: dict[int, np.ndarray] = {}
         # int32 indices: the same values as int64 (the same 32-bit draws), half the memory, faster to gather by
         self.dtype = np.int32 if n < 2**31 else np.int64
 
+    def _fresh(self, total: int) -> Iterator[np.ndarray]:
+        rng = np.random.default_rng(self.seed)
+        for rows in _chunks(total, self.n):
+            yield rng.integers(0, self.n, size=(rows, self.n), dtype=self.dtype)
+
+    def _keeps(self, total: int) -> bool:
+        return self.keep and total * self.n <= _KEEP_CELLS
+
     def rows(self, total: int) -> Iterator[np.ndarray]:
         """Yield the first `total` rows of resamples, in chunks of at most `_CHUNK_CELLS` cells."""
+        if not self._keeps(total):
+            yield from self._fresh(total)
+            return
         done = 0
         for chunk in self.kept:
             if done >= total:
@@ -139,8 +153,7 @@ class _Draws:
             yield part
         for rows in _chunks(total - done, self.n):
             chunk = self.rng.integers(0, self.n, size=(rows, self.n), dtype=self.dtype)
-            if self.keep:
-                self.kept.append(chunk)
+            self.kept.append(chunk)
             yield chunk
 
     def counts(self, total: int) -> np.ndarray:
@@ -152,7 +165,7 @@ class _Draws:
             offsets = (np.arange(len(rows)) * n)[:, None]  # one bincount for the chunk: row r counts in r*n..r*n+n-1
             parts.append(np.bincount((rows + offsets).ravel(), minlength=len(rows) * n).reshape(-1, n))
         counts = np.concatenate(parts) if parts else np.zeros((0, n), dtype=np.int64)
-        if self.keep:
+        if self._keeps(total):
             self.counted[total] = counts
         return counts
 
