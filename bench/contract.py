@@ -13,7 +13,12 @@ from workspace.jobs.quickstart import FEW_SHOT_TEMPLATE, few_shot_demos
 from workspace.storage import backends
 
 ROOT = Path(__file__).resolve().parent.parent
-POEMS = ROOT.parent / 'shared' / 'datasets' / 'poem_sentiment'
+#: ../shared/datasets next to the project; from a git worktree (../wt/<name>), the one next to the main checkout.
+SHARED = next(
+    (p for p in (ROOT.parent / 'shared' / 'datasets', ROOT.parent.parent / 'shared' / 'datasets') if p.is_dir()),
+    ROOT.parent / 'shared' / 'datasets',
+)
+POEMS = SHARED / 'poem_sentiment'
 
 
 def _plain_loop(prompts: list[str], params: dict[str, Any], labels: list[str] | None) -> tuple[float, list[str]]:

@@ -24,8 +24,13 @@ from workspace.analysis.compare import build_comparison
 from workspace.storage import backends
 
 ROOT = Path(__file__).resolve().parent.parent
-BANKING = ROOT.parent / 'shared' / 'datasets' / 'banking77' / 'train.csv'
-POEMS = ROOT.parent / 'shared' / 'datasets' / 'poem_sentiment'
+#: ../shared/datasets next to the project; from a git worktree (../wt/<name>), the one next to the main checkout.
+SHARED = next(
+    (p for p in (ROOT.parent / 'shared' / 'datasets', ROOT.parent.parent / 'shared' / 'datasets') if p.is_dir()),
+    ROOT.parent / 'shared' / 'datasets',
+)
+BANKING = SHARED / 'banking77' / 'train.csv'
+POEMS = SHARED / 'poem_sentiment'
 
 
 def _timed(fn: Any) -> tuple[Any, float]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from workspace import errors
-from workspace.analysis.compare import _macro_f1_diff_ci, build_comparison, compare_table, flips, significance
+from workspace.analysis.compare import build_comparison, compare_table, flips, significance
 from workspace.core import metrics, stats
 
 
@@ -115,14 +115,14 @@ def test_macro_f1_bootstrap_matches_the_point_estimate():
     expected = ['a', 'a', 'b', 'b', 'c', 'c', 'a', 'b']
     pred_a = ['a', 'b', 'b', 'b', 'a', None, 'a', 'c']
     pred_b = ['a', 'a', 'b', 'c', 'c', 'c', 'a', 'b']
-    diff, low, high = _macro_f1_diff_ci(expected, pred_a, pred_b, confidence=0.95, resamples=500, seed=1)
+    diff, low, high = stats.macro_f1_diff_ci(expected, pred_a, pred_b, confidence=0.95, resamples=500, seed=1)
     truth = (
         metrics.classification_summary(expected, pred_b)['macro_f1']
         - metrics.classification_summary(expected, pred_a)['macro_f1']
     )
     assert diff == pytest.approx(truth)
     assert low <= diff <= high and low < high
-    same = _macro_f1_diff_ci(expected, pred_a, pred_a, confidence=0.95, resamples=200, seed=1)
+    same = stats.macro_f1_diff_ci(expected, pred_a, pred_a, confidence=0.95, resamples=200, seed=1)
     assert same == (0.0, 0.0, 0.0)
 
 

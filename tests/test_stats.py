@@ -127,8 +127,28 @@ def test_bootstrap_chunked_draws_agree_with_one_draw(monkeypatch: pytest.MonkeyP
     a, b = pairs(30, 12, 120, 38)
     whole = paired_bootstrap_ci(a, b)
     monkeypatch.setattr(stats, '_CHUNK_CELLS', 1_000)  # 5 resamples of 200 examples per chunk
+    monkeypatch.setattr(stats, '_MEMO', type(stats._MEMO)())  # resampled again, not remembered
     chunked = paired_bootstrap_ci(a, b)
-    assert chunked == pytest.approx(whole, abs=0.02)
+    assert chunked == whole  # one stream of draws, whatever the chunks
+
+
+@pytest.mark.parametrize('keep_cells', [20_000_000, 300 * 2_000])  # all kept; the 10,000 resamples drawn afresh
+def test_shared_draws_give_each_interval_its_own_numbers(monkeypatch: pytest.MonkeyPatch, keep_cells: int) -> None:
+    rng = np.random.default_rng(5)
+    a, b, c = (rng.random(300).tolist() for _ in range(3))
+    alone = [paired_bootstrap_ci(a, b), paired_bootstrap_ci(a, c, resamples=2_000), stats.resample_counts(300, 50, 0)]
+    monkeypatch.setattr(stats, '_MEMO', type(stats._MEMO)())
+    monkeypatch.setattr(stats, '_KEEP_CELLS', keep_cells)
+    with stats.shared_draws():  # the 2,000- and 50-resample draws are the start of the 10,000 kept
+        shared = [
+            paired_bootstrap_ci(a, b),
+            paired_bootstrap_ci(a, c, resamples=2_000),
+            stats.resample_counts(300, 50, 0),
+        ]
+    assert shared[:2] == alone[:2]
+    assert np.array_equal(shared[2], alone[2])
+    draws = np.random.default_rng(0).integers(0, 300, size=(50, 300))
+    assert np.array_equal(alone[2], np.stack([np.bincount(row, minlength=300) for row in draws]))
 
 
 @pytest.mark.parametrize(

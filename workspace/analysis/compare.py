@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -53,10 +53,16 @@ def row_score_name(task: str) -> str:
 
 
 def _frame(run: Run) -> pd.DataFrame:
-    score = row_score_name(run.task)
-    frame, _ = rules.apply_blocks(run.predictions().set_index('example_id', drop=False), [score])
-    frame['score'] = frame[score].fillna(0.0).astype(float)
-    return frame
+    """Return the run's predictions by example id, blocked rows scored 0 and the row score as `score` (derived once
+    per pinned rows: take a copy, e.g. `.loc[ids]`, before changing it)."""
+
+    def derive() -> pd.DataFrame:
+        score = row_score_name(run.task)
+        frame, _ = rules.apply_blocks(run.predictions().set_index('example_id', drop=False), [score])
+        frame['score'] = frame[score].fillna(0.0).astype(float)
+        return frame
+
+    return run.derived('comparison frame', derive)
 
 
 def _predictions(frame: pd.DataFrame) -> list[str | None]:
@@ -134,55 +140,6 @@ def significance(run_a: Run, run_b: Run, *, confidence: float = 0.95, resamples:
     )
 
 
-def _macro_f1_diff_ci(
-    expected: Sequence[str],
-    pred_a: Sequence[str | None],
-    pred_b: Sequence[str | None],
-    *,
-    confidence: float,
-    resamples: int,
-    seed: int,
-) -> tuple[float, float, float]:
-    """Return (macro-F1 of b - a, low, high) by a paired bootstrap over examples, vectorised over resamples."""
-    from scipy import sparse
-
-    labels = sorted(set(expected))
-    index = {label: i for i, label in enumerate(labels)}
-    n, k = len(expected), len(labels)
-    truth_of = np.array([index[e] for e in expected])
-
-    def one_hot(rows: np.ndarray, columns: np.ndarray) -> sparse.csr_matrix:
-        return sparse.csr_matrix((np.ones(len(rows)), (rows, columns)), shape=(n, k))
-
-    truth = one_hot(np.arange(n), truth_of)
-
-    def guesses(pred: Sequence[str | None]) -> tuple[sparse.csr_matrix, sparse.csr_matrix]:
-        rows = np.array([i for i, p in enumerate(pred) if p in index], dtype=int)
-        guessed_of = np.array([index[pred[i]] for i in rows], dtype=int)  # type: ignore[index]
-        hit = guessed_of == truth_of[rows]
-        return one_hot(rows, guessed_of), one_hot(rows[hit], guessed_of[hit])
-
-    rng = np.random.default_rng(seed)
-    weights = np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(resamples)]).astype(float)
-    weights = np.vstack([np.ones(n), weights])  # row 0: the observed sample
-
-    def counts(one_hot_rows: sparse.csr_matrix) -> np.ndarray:
-        # weights @ one-hot rows, as a sparse product: whole counts, so the sums are exact in any order
-        return np.ascontiguousarray((one_hot_rows.T @ weights.T).T)
-
-    def macro(pred: Sequence[str | None]) -> np.ndarray:
-        guessed, hits = guesses(pred)
-        support, predicted, tp = counts(truth), counts(guessed), counts(hits)
-        f1 = np.divide(2 * tp, support + predicted, out=np.zeros_like(tp), where=(support + predicted) > 0)
-        present = support > 0
-        return (f1 * present).sum(axis=1) / np.maximum(present.sum(axis=1), 1)
-
-    diffs = macro(pred_b) - macro(pred_a)
-    alpha = (1 - confidence) / 2
-    low, high = np.quantile(diffs[1:], [alpha, 1 - alpha])
-    return float(diffs[0]), float(low), float(high)
-
-
 def _scorer_means(frame: pd.DataFrame, scorers: Sequence[str], judged: Sequence[str]) -> dict[str, float]:
     """Return the mean of each scorer column besides the main one; a judge's over the rows it judged (with
     `<column>_n`, how many), as a judge scores only where it was asked. A judge that judged nothing is left out
@@ -258,94 +215,126 @@ class VersionComparison:
         return dataclasses.replace(cmp, references=self.references)
 
 
+def _common_examples(base: Run, runs: Sequence[Run]) -> tuple[list[str], list[str]]:
+    """Return the examples every run covers, in the baseline's order, and notes on the examples some miss."""
+    common, notes = list(base.example_ids), []
+    for run in runs:
+        shared, more = _check_same_examples(base, run)
+        covered = set(shared)
+        common = [ex for ex in common if ex in covered]
+        notes += more
+    return common, notes
+
+
+def _headline(frame: pd.DataFrame, task: str, main: str) -> dict[str, Any]:
+    """Return a version's n, main score with its own 95% interval, and (labels) macro-F1."""
+    row: dict[str, Any] = {'n': len(frame), main: float(frame['score'].mean())}
+    # The headline's own 95% interval: Wilson for a proportion (accuracy, validity), bootstrap for a mean.
+    if task == 'text':
+        row[f'{main}_low'], row[f'{main}_high'] = stats.bootstrap_interval(frame['score'].tolist())
+    elif len(frame):
+        row[f'{main}_low'], row[f'{main}_high'] = stats.proportion_interval(int(frame['score'].sum()), len(frame))
+    if task == 'choice':
+        expected = [str(e) for e in frame['expected']]
+        row['macro_f1'] = metrics.classification_summary(expected, _predictions(frame))['macro_f1']
+    return row
+
+
+def _usage(run: Run, frame: pd.DataFrame, scorers: Sequence[str], judged: Sequence[str]) -> dict[str, Any]:
+    """Return a version's latency, tokens, calls, reuse, errors, cost, rule tallies and other scorers' means."""
+    return dict(
+        mean_latency_s=float(frame['latency_s'].fillna(0).mean()),
+        mean_tokens=float((frame['prompt_tokens'].fillna(0) + frame['completion_tokens'].fillna(0)).mean()),
+        calls=run.calls,
+        reused=run.reused,
+        errors=int(frame['error'].notna().sum()),
+        judge_calls=run.judge_calls,
+        cost_usd=costs.run_cost(costs.frame_costs(frame, run.version.model)),
+        **rules.tally(frame).metrics(),  # rows blocked and violations per rule, when there are rules
+        **_scorer_means(frame, scorers, judged),
+    )
+
+
+def _against_baseline(
+    base: pd.DataFrame, frame: pd.DataFrame, cmp: stats.Comparison, task: str, confidence: float, resamples: int
+) -> dict[str, Any]:
+    """Return a candidate's paired differences to the baseline: the main score's (from `cmp`), macro-F1's
+    (labels) and latency's, each with its interval, and the verdict."""
+    row: dict[str, Any] = dict(diff=cmp.diff, ci_low=cmp.ci_low, ci_high=cmp.ci_high, p_value=cmp.p_value)
+    if task == 'choice':
+        d, lo, hi = stats.macro_f1_diff_ci(
+            [str(e) for e in base['expected']],
+            _predictions(base),
+            _predictions(frame),
+            confidence=confidence,
+            resamples=min(resamples, 2_000),
+            seed=0,
+        )
+        row.update(macro_f1_diff=d, macro_f1_ci_low=lo, macro_f1_ci_high=hi)
+    latency = stats.paired_bootstrap_ci(
+        base['latency_s'].fillna(0).tolist(),
+        frame['latency_s'].fillna(0).tolist(),
+        confidence=confidence,
+        resamples=min(resamples, 2_000),
+    )
+    row.update(latency_diff=latency[0], latency_ci_low=latency[1], latency_ci_high=latency[2])
+    row['verdict'] = cmp.verdict
+    return row
+
+
+def _version_notes(run: Run, frame: pd.DataFrame, row: Mapping[str, Any], task: str) -> list[str]:
+    """Return what a reader of the table should know about one version: a collapse onto one answer, errors."""
+    notes = []
+    if task == 'choice':
+        skew = metrics.label_skew([str(e) for e in frame['expected']], _predictions(frame))
+        if skew is not None:
+            notes.append(f'{run.version.id} {skew["message"]}: it may have collapsed onto one answer')
+    if row['errors']:
+        notes.append(f'{run.version.id} has {row["errors"]} rows with a model error; they count as wrong')
+    return notes
+
+
 @reads.scoped
 def measure(
     dataset: Dataset, split: str | None, runs: list[Run], baseline: str, *, confidence: float, resamples: int
 ) -> VersionComparison:
-    """Compare runs already made on the same examples against the baseline's: metrics with paired intervals."""
+    """Compare runs already made on the same examples against the baseline's: metrics with paired intervals.
+
+    No model call; every interval against the baseline resamples the same draws (`stats.shared_draws`), and one
+    measured before on the same scores is remembered, so measuring again (another baseline, a refresh) is cheap.
+    """
     by_id = {run.version.id: run for run in runs}
     if baseline not in by_id:
         raise ComparisonError(f'baseline {baseline!r} is not among the compared versions: {", ".join(by_id)}')
-    base = by_id[baseline]
-    notes: list[str] = []
-    common = list(base.example_ids)
-    for run in runs:
-        shared, more = _check_same_examples(base, run)
-        common = [ex for ex in common if ex in set(shared)]
-        notes += more
+    common, notes = _common_examples(by_id[baseline], runs)
     frames = {run.version.id: _frame(run).loc[common] for run in runs}
     task = dataset.task
     main = main_score_name(task)
     judged = judge_score_columns(dataset.name)
-    scorers = [c for c in base.score_columns() if c != row_score_name(task)]
+    scorers = [c for c in by_id[baseline].score_columns() if c != row_score_name(task)]
+    base = frames[baseline]
     rows, pairwise = [], {}
-    for run in runs:
-        frame = frames[run.version.id]
-        row: dict[str, Any] = {
-            'version': run.version.id,
-            'n': len(frame),
-            main: float(frame['score'].mean()),
-        }
-        # The headline's own 95% interval: Wilson for a proportion (accuracy, validity), bootstrap for a mean.
-        if task == 'text':
-            row[f'{main}_low'], row[f'{main}_high'] = stats.bootstrap_interval(frame['score'].tolist())
-        elif len(frame):
-            row[f'{main}_low'], row[f'{main}_high'] = stats.proportion_interval(int(frame['score'].sum()), len(frame))
-        if task == 'choice':
-            expected, predicted = [str(e) for e in frame['expected']], _predictions(frame)
-            row['macro_f1'] = metrics.classification_summary(expected, predicted)['macro_f1']
-            skew = metrics.label_skew(expected, predicted)
-            if skew is not None:
-                notes.append(f'{run.version.id} {skew["message"]}: it may have collapsed onto one answer')
-        row.update(
-            mean_latency_s=float(frame['latency_s'].fillna(0).mean()),
-            mean_tokens=float((frame['prompt_tokens'].fillna(0) + frame['completion_tokens'].fillna(0)).mean()),
-            calls=run.calls,
-            reused=run.reused,
-            errors=int(frame['error'].notna().sum()),
-            judge_calls=run.judge_calls,
-            cost_usd=costs.run_cost(costs.frame_costs(frame, run.version.model)),
-            **rules.tally(frame).metrics(),  # rows blocked and violations per rule, when there are rules
-            **_scorer_means(frame, scorers, judged),
-        )
-        if run.version.id != baseline:
-            cmp = stats.compare_scores(
-                frames[baseline]['score'].tolist(),
-                frame['score'].tolist(),
-                name_a=baseline,
-                name_b=run.version.id,
-                split=split or 'all rows',
-                metric=main,
-                binary=task != 'text',
-                confidence=confidence,
-                resamples=resamples,
-            )
-            pairwise[run.version.id] = cmp
-            row.update(diff=cmp.diff, ci_low=cmp.ci_low, ci_high=cmp.ci_high, p_value=cmp.p_value)
-            if task == 'choice':
-                base_frame = frames[baseline]
-                d, lo, hi = _macro_f1_diff_ci(
-                    [str(e) for e in base_frame['expected']],
-                    _predictions(base_frame),
-                    _predictions(frame),
+    with stats.shared_draws():
+        for run in runs:
+            frame = frames[run.version.id]
+            row = {'version': run.version.id, **_headline(frame, task, main), **_usage(run, frame, scorers, judged)}
+            if run.version.id == baseline:
+                row['verdict'] = 'baseline'
+            else:
+                pairwise[run.version.id] = cmp = stats.compare_scores(
+                    base['score'].tolist(),
+                    frame['score'].tolist(),
+                    name_a=baseline,
+                    name_b=run.version.id,
+                    split=split or 'all rows',
+                    metric=main,
+                    binary=task != 'text',
                     confidence=confidence,
-                    resamples=min(resamples, 2_000),
-                    seed=0,
+                    resamples=resamples,
                 )
-                row.update(macro_f1_diff=d, macro_f1_ci_low=lo, macro_f1_ci_high=hi)
-            latency = stats.paired_bootstrap_ci(
-                frames[baseline]['latency_s'].fillna(0).tolist(),
-                frame['latency_s'].fillna(0).tolist(),
-                confidence=confidence,
-                resamples=min(resamples, 2_000),
-            )
-            row.update(latency_diff=latency[0], latency_ci_low=latency[1], latency_ci_high=latency[2])
-            row['verdict'] = cmp.verdict
-        else:
-            row['verdict'] = 'baseline'
-        rows.append(row)
-        if row['errors']:
-            notes.append(f'{run.version.id} has {row["errors"]} rows with a model error; they count as wrong')
+                row.update(_against_baseline(base, frame, cmp, task, confidence, resamples))
+            rows.append(row)
+            notes += _version_notes(run, frame, row, task)
     table = pd.DataFrame(rows).set_index('version')
     for name in judged:  # a judge no compared version was asked for says nothing here
         if f'{name}_n' in table.columns and not table[f'{name}_n'].any():

@@ -30,6 +30,7 @@ from workspace.core import metrics
 from workspace.core.datasets import Dataset, get_dataset
 from workspace.core.demo_policies import nearest, retrieve
 from workspace.storage import tables
+from workspace.storage.reads import READS, table_key
 
 __all__ = ['K_CHOICES', 'Reference', 'References', 'reference_baselines']
 
@@ -197,6 +198,14 @@ def reference_baselines(
     8-nearest vote 0.812; majority (BILLING) 0.133
     """
     ds = get_dataset(dataset)
+    # Kept per version of the dataset and of the stored neighbours: a warm call (a comparison shown again, a
+    # summary) reads neither the neighbours nor the embedding index. Read-only, like every kept read.
+    ids = tuple(example_ids) if example_ids is not None else None
+    key = ('reference_baselines', split, pool, dev, ids, table_key(tables.reference_neighbours()))
+    return READS.get(ds.table, key, lambda: _references(ds, split, pool, dev, example_ids))
+
+
+def _references(ds: Dataset, split: str | None, pool: str, dev: str, example_ids: Sequence[str] | None) -> References:
     if ds.task == 'json' or pool not in ds.splits():
         note = f'no reference baselines: dataset {ds.name!r} has no {pool!r} split to vote from'
         return References(ds.name, split, pool, 0, (), (note,) if ds.task != 'json' else ())

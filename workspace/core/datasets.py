@@ -539,10 +539,14 @@ class Dataset:
     def splits(self) -> dict[str, int]:
         """Return the number of examples in each split."""
         t = self.table
-        counts: dict[str, int] = {}
-        for r in t.select(t.split).collect():
-            counts[r['split']] = counts.get(r['split'], 0) + 1
-        return dict(sorted(counts.items()))
+
+        def read() -> dict[str, int]:
+            from pixeltable.functions import count
+
+            counted = t.group_by(t.split).select(t.split, n=count(t.example_id)).collect()  # one row per split
+            return dict(sorted((r['split'], int(r['n'])) for r in counted))
+
+        return dict(READS.get(t, 'splits', read))
 
     def rows(self, split: str | None = None) -> list[dict[str, Any]]:
         """Return the examples (of one split, or all) as dicts, ordered by example id."""

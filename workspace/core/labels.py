@@ -12,6 +12,7 @@ from workspace.core.versions import Version, get_version, label_target
 from workspace.display.frames import shown
 from workspace.errors import LabelError
 from workspace.storage import audit_log, tables
+from workspace.storage.reads import READS
 
 __all__ = ['set_label', 'label_history', 'rollback', 'list_labels']
 
@@ -104,9 +105,14 @@ def list_labels(prompt: str | None = None) -> pd.DataFrame:
     """Return the current labels (of one prompt or all) and the versions they point at."""
     t = tables.labels()
     query = t.where(t.prompt == prompt) if prompt else t
-    return (
-        query.select(t.prompt, t.label, t.version_id, t.moved_at, t.moved_by)
-        .order_by(t.prompt, t.label)
-        .collect()
-        .to_pandas()
+    read = READS.get(
+        t,
+        ('list_labels', prompt),
+        lambda: (
+            query.select(t.prompt, t.label, t.version_id, t.moved_at, t.moved_by)
+            .order_by(t.prompt, t.label)
+            .collect()
+            .to_pandas()
+        ),
     )
+    return read.copy()

@@ -130,7 +130,8 @@ def _row_to_rule(row: Mapping[str, Any]) -> Rule:
 
 def _all_rows() -> list[Rule]:
     t = tables.rules()
-    return [_row_to_rule(r) for r in t.order_by(t.name, t.number).collect()]
+    rows = reads.READS.get(t, 'all_rules', lambda: list(t.order_by(t.name, t.number).collect()))
+    return [_row_to_rule(r) for r in rows]
 
 
 def _current() -> dict[str, Rule]:

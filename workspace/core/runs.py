@@ -17,9 +17,9 @@ import functools
 import html
 import json
 import operator
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import pandas as pd
 import pixeltable as pxt
@@ -49,6 +49,8 @@ __all__ = [
     'summarize',
     'table_at',
 ]
+
+T = TypeVar('T')
 
 _MAIN_SCORE = {'choice': 'accuracy', 'text': 'rouge_l', 'json': 'json_valid'}
 _ROW_SCORE = {'choice': 'exact_match', 'text': 'rouge_l', 'json': 'json_valid'}
@@ -104,6 +106,15 @@ class Run:
         path, pin = self._pin('evals')
         return READS.get_at(pin[0], pin[1], (path, query), lambda: load(self.pinned()))
 
+    def derived(self, what: Hashable, compute: Callable[[], T]) -> T:
+        """Return `compute()`, a value derived from this run's rows, kept per process: the rows are pinned, so the
+        same version, examples and pinned tables derive the same value (a warm re-run, a comparison measured again
+        derive nothing). Treat it as read-only."""
+        path, pin = self._pin('evals')
+        pins = repr(sorted((self.pins or {}).items()))
+        key = (path, 'derived', what, self.version.id, self.example_ids, self.samples, pins)
+        return READS.get_at(pin[0], pin[1], key, compute)  # type: ignore[no-any-return]
+
     def __repr__(self) -> str:
         return (
             f'<Run {self.run_id} {self.version.id} on {self.dataset}/{self.split or "all"}: n={len(self.example_ids)} '
@@ -154,10 +165,15 @@ class Run:
     def rows(self) -> pd.DataFrame:
         """Return this run's rows of the evaluation table (expected, prediction, scores, ...), without inputs, as
         they were when the run was made."""
-        frame = self._read_pinned(
-            f'rows of {self.version.id}',
-            lambda evals: evals.where(evals.version_id == self.version.id).collect().to_pandas(),
-        )
+        _, pin = self._pin('evals')
+
+        def read() -> pd.DataFrame:
+            evals = self.pinned()
+            return evals.where(evals.version_id == self.version.id).collect().to_pandas()
+
+        # keyed as `eval_rows` keys its read of the live table: a run that wrote nothing (a warm re-run) reads its
+        # rows at the version that read already saw, so they are read once
+        frame = READS.get_at(pin[0], pin[1], ('eval_rows', self.version.id), read)
         ids = list(self.example_ids)
         present = frame.set_index('example_id', drop=False)
         missing = [ex for ex in ids if ex not in present.index]
@@ -436,7 +452,7 @@ def judge_score_columns(dataset: str) -> list[str]:
     evals = tables.open_table(tables.eval_path(dataset))
     if evals is None:
         return []
-    meta = evals.get_metadata()['columns']
+    meta = reads.metadata(evals)['columns']
     return [n for n, c in meta.items() if (c.get('custom_metadata') or {}).get('scorer') == 'judge']
 
 
@@ -562,10 +578,22 @@ def _confusion_heatmap(matrix: pd.DataFrame) -> Any:
 
 
 def summarize(run: Run, frame: pd.DataFrame | None = None, *, references: bool = False) -> Summary:
-    """Compute a run's summary from its evaluation rows (`run.rows()` unless given); with `references`, the
-    reference baselines of the same rows too (the first time, one embedding-index query per row; stored)."""
+    """Compute a run's summary from its evaluation rows (`run.rows()` unless given: then computed once per process
+    for the same pinned rows); with `references`, the reference baselines of the same rows too (the first time,
+    one embedding-index query per row; stored)."""
+    if frame is None:
+        kept = run.derived('summary', lambda: _summary(run, run.rows()))
+        summary = dataclasses.replace(kept, run=run, metrics=dict(kept.metrics), notes=list(kept.notes))
+    else:
+        summary = _summary(run, frame)
+    if not references:
+        return summary
+    refs = reference_baselines(run.dataset, run.split, example_ids=run.example_ids)
+    return dataclasses.replace(summary, notes=summary.notes + list(refs.notes), references=refs)
+
+
+def _summary(run: Run, frame: pd.DataFrame) -> Summary:
     ds = get_dataset(run.dataset)
-    frame = run.rows() if frame is None else frame
     frame, ruled = rules.apply_blocks(frame, run.score_columns())
     errors = int((frame['error'].notna() & ~ruled.blocked).sum())  # a row a rule kept from the model is no model error
     values: dict[str, Any] = {}
@@ -617,17 +645,15 @@ def summarize(run: Run, frame: pd.DataFrame | None = None, *, references: bool =
             interval = stats.proportion_interval(int(column.sum()), len(column))
         else:
             interval = stats.bootstrap_interval(column.tolist())
-    refs = reference_baselines(run.dataset, run.split, example_ids=run.example_ids) if references else None
     return Summary(
         run=run,
         metrics=values,
         errors=errors,
         per_category=per_cat,
         confusion=confusion,
-        notes=notes + list(refs.notes if refs is not None else ()),
+        notes=notes,
         interval=interval,
         skew=skew,
-        references=refs,
     )
 
 

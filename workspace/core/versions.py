@@ -22,6 +22,7 @@ from workspace.core.demo_policies import DemoPolicy, check_policy, is_policy
 from workspace.display.results import render_record
 from workspace.errors import LabelError, TemplateError, VersionError
 from workspace.storage import audit_log, backends, calibration, store, tables
+from workspace.storage.reads import READS
 
 __all__ = [
     'OutputSpec',
@@ -386,6 +387,16 @@ def select_versions(where: Any = None) -> list[Version]:
     return [_row_to_version(r) for r in query.order_by(t.prompt, t.number).collect()]
 
 
+def versions_of(prompt: str | None = None) -> list[Version]:
+    """Return the versions of `prompt` (every version for None), by prompt and number: read once per version of
+    the versions table (a version is immutable; a new one is a new table version)."""
+    t = tables.versions()
+    found = READS.get(
+        t, ('versions_of', prompt), lambda: tuple(select_versions(t.prompt == prompt if prompt else None))
+    )
+    return list(found)
+
+
 def _chat_messages(
     prompt: str, template: str | None, messages: Sequence[Mapping[str, str]] | None, system: str | None
 ) -> tuple[str, list[dict[str, str]] | None]:
@@ -576,7 +587,9 @@ def label_target(prompt: str, label: str) -> str:
     reference needs nothing above this module.
     """
     t = tables.labels()
-    rows = t.where(t.prompt == prompt).select(t.label, t.version_id).collect()
+    rows = READS.get(
+        t, ('label_targets', prompt), lambda: list(t.where(t.prompt == prompt).select(t.label, t.version_id).collect())
+    )
     current = {r['label']: r['version_id'] for r in rows}
     if label not in current:
         raise LabelError(
@@ -600,10 +613,9 @@ def get_version(ref: Version | str) -> Version:
     prompt, number, label = match['prompt'], match['number'], match['label']
     if label is not None:
         return get_version(label_target(prompt, label))
-    t = tables.versions()
-    found = select_versions(t.prompt == prompt)
+    found = versions_of(prompt)
     if not found:
-        known = sorted({v.prompt for v in select_versions()})
+        known = sorted({v.prompt for v in versions_of()})
         raise VersionError(f'prompt {prompt!r} has no versions; known prompts: {", ".join(known) or "none yet"}')
     if number is None:
         return found[-1]
@@ -615,8 +627,7 @@ def get_version(ref: Version | str) -> Version:
 
 def list_versions(prompt: str | None = None) -> pd.DataFrame:
     """Return the versions of `prompt` (or of every prompt) as a table, oldest first."""
-    t = tables.versions()
-    found = select_versions(t.prompt == prompt) if prompt else select_versions()
+    found = versions_of(prompt)
     return pd.DataFrame(
         [
             {
