@@ -40,7 +40,7 @@ test: $(STAMP)
 	$(BIN)/ruff check workspace udfs tests bench
 	$(BIN)/ruff format --check workspace udfs tests bench
 	$(BIN)/python -m mypy workspace udfs
-	$(BIN)/python -m pytest -n 3 --durations=25
+	$(BIN)/python -m pytest -n 3 --maxschedchunk=2 --durations=25
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py

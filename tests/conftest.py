@@ -96,6 +96,41 @@ def stop_postgres_servers(under: list[Path]) -> list[int]:
     return [p.pid for p in servers]
 
 
+#: The slowest tests (minutes each: JupyterLab in a browser, notebooks end to end), slowest first. Under pytest-xdist
+#: they go first, each followed by a quick test, and `make test` hands out tests two at a time
+#: (--maxschedchunk=2): every worker starts on a slow one, and none is left to start last.
+SLOW_FIRST = (
+    'test_browser.py::test_every_notebook_runs_as_opened[01-05]',
+    'test_notebooks.py::test_notebooks_run_in_order_under_papermill',
+    'test_browser.py::test_comparison_widget_in_jupyterlab',
+    'test_browser.py::test_every_notebook_runs_as_opened[08]',
+    'test_browser.py::test_every_notebook_runs_as_opened[07]',
+    'test_browser.py::test_every_notebook_runs_as_opened[06]',
+    'test_annotate.py::test_annotation_widget_labels_rows_by_keyboard_in_jupyterlab',
+    'test_notebooks.py::test_judges_and_samples_notebook_under_papermill',
+    'test_notebooks.py::test_chat_prompts_notebook',
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist, put the slowest tests first, each followed by a quick one (the same order on every
+    worker: xdist requires it)."""
+    if not getattr(config.option, 'numprocesses', None):
+        return
+    rank = {suffix: i for i, suffix in enumerate(SLOW_FIRST)}
+    slow = sorted(
+        (item for item in items if any(item.nodeid.endswith(s) for s in rank)),
+        key=lambda item: next(rank[s] for s in rank if item.nodeid.endswith(s)),
+    )
+    rest = [item for item in items if item not in slow]
+    ordered: list[pytest.Item] = []
+    for item in slow:
+        ordered.append(item)
+        if rest:
+            ordered.append(rest.pop(0))
+    items[:] = ordered + rest
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Stop every PostgreSQL server the session started: its Pixeltable home's, and any that a test's child
     process left in one of the session's temporary folders."""
