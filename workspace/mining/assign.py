@@ -63,6 +63,7 @@ APP_RECENT = 200  # latest prompts of an application its shared starts and ends 
 YOUNG_SPLIT = 5  # members up to which a prompt sharing far more with some of them splits those off
 _WORDS = re.compile(r'\w+')
 _KEY = 12  # characters of a template's first (or last) piece that index it
+SHORT_VALUE = 4  # words of a value on either side of a short run two young members share
 ALIGN_TOKENS = 600  # tokens of two middles aligned whole; longer ones on their head and tail
 
 
@@ -113,6 +114,40 @@ def _unclip(a: int, b: int, size: int, cut_a: int, cut_b: int, len_a: int, len_b
     return out
 
 
+def _beyond_chance(
+    blocks: list[tuple[int, int, int]], a: Sequence[str], b: Sequence[str], pre: int, suf: int
+) -> list[tuple[int, int, int]]:
+    """Keep the runs two members share that chance rarely gives: a long run, or a short one between short values.
+
+    Two long values often share a few words by chance, so a run of a few words counts only when it is close to
+    shared text on both sides: a run of two words (or a word and a mark, `, customer `) with at most SHORT_VALUE
+    words between it and the next shared run, shared start or end (or the text's edge) on each side, in both texts
+    (`Summarize ticket {n} for customer {name}`: ` for customer ` sits between a number and a name). Runs kept this
+    way anchor their neighbours in turn.
+    """
+    keep = [_long(b[bi : bi + size]) for _, bi, size in blocks]
+    grown = True
+    while grown:
+        grown = False
+        for i, (ai, bi, size) in enumerate(blocks):
+            if keep[i] or not _short_run(b[bi : bi + size]):
+                continue
+            before = next(((x + n, y + n) for x, y, n in reversed([k for k, ok in zip(blocks[:i], keep) if ok])), None)
+            after = next(((x, y) for x, y, _ in [k for k, ok in zip(blocks[i + 1 :], keep[i + 1 :]) if ok]), None)
+            start_a, start_b = before or (pre, pre)
+            end_a, end_b = after or (len(a) - suf, len(b) - suf)
+            gaps = (a[start_a:ai], b[start_b:bi], a[ai + size : end_a], b[bi + size : end_b])
+            if max(words(g) for g in gaps) <= SHORT_VALUE:
+                keep[i] = grown = True
+    return [block for block, ok in zip(blocks, keep) if ok]
+
+
+def _short_run(tokens: Sequence[str]) -> bool:
+    """A run that may be template text between short values: two words, or a word and a mark."""
+    n = words(tokens)
+    return n >= 2 or (n == 1 and any(not t.isspace() and not t[:1].isalnum() for t in tokens))
+
+
 def align(prompt: Sequence[str], pieces: Sequence[Sequence[str]], *, young: bool = False) -> Fit:
     """Align a prompt's tokens with a template's constant pieces (tokens, a slot between each two).
 
@@ -147,10 +182,13 @@ def align(prompt: Sequence[str], pieces: Sequence[Sequence[str]], *, young: bool
         short_a, cut_a = _clip(mid_a)
         short_b, cut_b = _clip(mid_b)
         matcher = difflib.SequenceMatcher(lambda t: t.isspace(), short_b, short_a, autojunk=False)
-        for short_bi, short_ai, short_size in matcher.get_matching_blocks():
-            for ai, bi, size in _unclip(short_ai, short_bi, short_size, cut_a, cut_b, len(mid_a), len(mid_b)):
-                if size and (not young or _long(mid_b[bi : bi + size])):
-                    blocks.append((pre + ai, pre + bi, size))
+        found = [
+            (pre + ai, pre + bi, size)
+            for short_bi, short_ai, short_size in matcher.get_matching_blocks()
+            for ai, bi, size in _unclip(short_ai, short_bi, short_size, cut_a, cut_b, len(mid_a), len(mid_b))
+            if size
+        ]
+        blocks.extend(_beyond_chance(found, a, b, pre, suf) if young else found)
     if suf:
         blocks.append((len(a) - suf, len(b) - suf, suf))
     matched = deleted = inserted = absorbed = regions = 0
