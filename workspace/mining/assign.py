@@ -142,6 +142,12 @@ def _beyond_chance(
     return [block for block, ok in zip(blocks, keep) if ok]
 
 
+def _after_short_value(value_a: Sequence[str], value_b: Sequence[str], run: Sequence[str]) -> bool:
+    """Return whether two texts have a short value each (a name, a number) where a shared run of three words
+    starts (or ends) them: a template with a slot at its edge (`{name} wants a refund for order {n}`)."""
+    return 1 <= words(value_a) <= SHORT_VALUE and 1 <= words(value_b) <= SHORT_VALUE and words(run) >= MIN_SHARED
+
+
 def _short_run(tokens: Sequence[str]) -> bool:
     """A run that may be template text between short values: two words, or a word and a mark."""
     n = words(tokens)
@@ -219,6 +225,11 @@ def align(prompt: Sequence[str], pieces: Sequence[Sequence[str]], *, young: bool
         and last[1] + last[2] == len(b)
         and _solid(b[last[1] : last[1] + last[2]])
     )
+    if young and first is not None and last is not None:
+        # a short value at both texts' start (end) before (after) a shared run of three words is a slot there
+        start = start or _after_short_value(a[: first[0]], b[: first[1]], b[first[1] : first[1] + first[2]])
+        tail = last[1] + last[2]
+        end = end or _after_short_value(a[last[0] + last[2] :], b[tail:], b[last[1] : tail])
     edge = 0
     if first is not None and last is not None:
         if (first[0] == 0) != (first[1] == 0):
@@ -373,6 +384,17 @@ def _edge_shared(a: str, b: str) -> bool:
     for shared in (os.path.commonprefix([a, b]), os.path.commonprefix([a[::-1], b[::-1]])):
         n = len(_WORDS.findall(shared))
         if n >= 2 or (n == 1 and '\n' in shared):
+            return True
+    return False
+
+
+def _near_edges(a: str, b: str) -> bool:
+    """Return whether two texts share a word among their first (or last) few: a shared run may follow (precede)
+    a short value at their start (end)."""
+    for first in (True, False):
+        found = [_WORDS.findall(t[:200] if first else t[-200:]) for t in (a, b)]
+        head = [set(w[: SHORT_VALUE + 1] if first else w[-SHORT_VALUE - 1 :]) for w in found]
+        if head[0] & head[1]:
             return True
     return False
 
@@ -611,15 +633,15 @@ class Engine:
         members = recent[-YOUNG_VOTES:]
         scores = []
         for _, member, _ in members:
-            if not _edge_shared(text, member):
-                continue  # no solid shared start or end: no need to align
+            if not _edge_shared(text, member) and not _near_edges(text, member):
+                continue  # no solid shared start or end, nor a word shared near one: no need to align
             fit = align(tokens, [tokenize(member)], young=True)
             if fit.matched < MIN_SHARED or not (fit.start or fit.end) or fit.edge >= 2:
                 continue  # an edge one has and the other lacks is a section added: another template
-            if not self._anchored(state, text, member, fit):
-                continue
             draft = Template(fit.shared, tuple(Slot(f's{i}', 'text') for i in range(len(fit.shared) - 1)))
             if draft.spans(text) is None or draft.spans(member) is None:
+                continue
+            if not self._anchored(state, text, member, fit, draft):
                 continue
             scores.append(fit.matched)
         if not scores:
@@ -643,10 +665,15 @@ class Engine:
             state.draft = (key, mine([t for _, t, _ in self._recent(state)]))
         return state.draft[1]
 
-    def _anchored(self, state: FamilyState, text: str, member: str, fit: Fit) -> bool:
-        """Return whether the start or end two prompts share is theirs, not the application's: text that prompts of
-        two other families also start (end) with (an options list every template of the application ends with)
-        says nothing about a template."""
+    def _anchored(self, state: FamilyState, text: str, member: str, fit: Fit, draft: Template) -> bool:
+        """Return whether the text two prompts share is theirs, not the application's: text that prompts of two
+        other families also start (end) with (an options list every template of the application ends with) says
+        nothing about a template.
+
+        Two prompts that share solid text between their values too (`Summarize ticket {n} for customer {name}`)
+        are judged by all they share (`draft`): a start the application's other templates have (`Summarize`) does
+        not keep them apart, so the first two prompts of a template put apart do not keep every later one apart.
+        """
         recent = self._app_recent.get(state.app, ())
         for edge, shared in ((fit.start, os.path.commonprefix([text, member])),
                              (fit.end, os.path.commonprefix([text[::-1], member[::-1]])[::-1])):  # fmt: skip
@@ -656,7 +683,15 @@ class Engine:
             others = {f for f, t in recent if f != state.id and test(t, shared)}
             if len(others) < 2:
                 return True
-        return False
+        if not any(_solid(tokenize(piece)) for piece in fit.shared[1:-1]):
+            return False
+        others = set()
+        for family_id, other in recent:
+            if family_id != state.id and family_id not in others and draft.spans(other) is not None:
+                others.add(family_id)
+                if len(others) >= 2:
+                    return False
+        return True
 
     def _reason(self, state: FamilyState, vector: np.ndarray, how: str, **extra: Any) -> dict[str, Any]:
         near = sorted(
