@@ -670,21 +670,25 @@ class Engine:
         other families also start (end) with (an options list every template of the application ends with) says
         nothing about a template.
 
-        Two prompts that share solid text between their values too (`Summarize ticket {n} for customer {name}`)
-        are judged by all they share (`draft`): a start the application's other templates have (`Summarize`) does
-        not keep them apart, so the first two prompts of a template put apart do not keep every later one apart.
+        Two prompts whose values are short and that share solid text between them too (`Summarize ticket {n} for
+        customer {name}`) are judged by all they share (`draft`): a start the application's other templates have
+        (`Summarize ticket`) does not keep them apart when prompts of fewer than two other families fit all of
+        it, so the first two prompts of a template put apart do not keep every later one apart.
         """
         recent = self._app_recent.get(state.app, ())
         for edge, shared in ((fit.start, os.path.commonprefix([text, member])),
                              (fit.end, os.path.commonprefix([text[::-1], member[::-1]])[::-1])):  # fmt: skip
-            if not edge:
-                continue
+            if not edge or not _solid(tokenize(shared)):
+                continue  # a short value at the edge (`{name} wants a refund ...`): judged by the draft below
             test = str.startswith if shared == text[: len(shared)] else str.endswith
             others = {f for f, t in recent if f != state.id and test(t, shared)}
             if len(others) < 2:
                 return True
         if not any(_solid(tokenize(piece)) for piece in fit.shared[1:-1]):
             return False
+        for t in (text, member):  # only short values (a number, a name) between what they share
+            if any(words(tokenize(t[s:e])) > SHORT_VALUE for s, e in draft.spans(t) or ()):
+                return False
         others = set()
         for family_id, other in recent:
             if family_id != state.id and family_id not in others and draft.spans(other) is not None:
