@@ -8,8 +8,9 @@ A prompt goes, in this order of preference, to:
 
 1. a family one of whose template versions *parses* it (its constant pieces in order, a slot value never holding the
    text that follows the slot); the most specific template wins. Confidence 1.
-2. a young family (fewer than three members, no template yet) whose members share with it a solid start or end and
-   at least three words, differing only where both have text (values), nothing inserted or deleted.
+2. a young family (fewer than three members, no template yet) whose members share with it a solid start or end (or
+   a short value before a shared run at an edge) and at least three words, differing only where both have text
+   (values), nothing inserted or deleted; between short values a run of two words counts as shared.
 3. a family whose template it misses only by short pieces between two slots (mined from too few members): it
    joins, and the template is mined again.
 4. a *candidate edit*: a new family that starts as a possible new version of a family whose template it misses by a
