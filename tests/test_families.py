@@ -292,3 +292,75 @@ def test_an_application_is_a_hard_boundary(ws):
             ws.get_family(family_id).jinja
             == 'Summarize ticket {{ ticket }}: the parcel is late by {{ late }} days and the customer is upset.'
         )
+
+
+SHORT_TEMPLATES = {
+    'support': [
+        'Summarize ticket {n} for customer {name}',
+        'Summarize ticket {n} in one short sentence',
+        '{name} wants a refund for order number {n}',
+        'Classify the urgency of this message: {phrase}',
+    ],
+    'travel': [
+        'What is the weather like in {city} in {month}?',
+        'Suggest three names for a cafe in {city} that serves {phrase}',
+        'Plan a trip of {days} days to {city} for {name}',
+    ],
+}
+
+
+def test_short_templates_form_one_family_each(ws):
+    """Short templates (one to three slots at the start, middle or end: numbers, names, short phrases), several
+    per application and some sharing their first words, each make one family with their slots; one-offs stay
+    alone."""
+    import random
+    import re
+
+    rng = random.Random(7)
+    values = {
+        'n': lambda: str(rng.randint(1000, 9999)),
+        'days': lambda: str(rng.randint(2, 14)),
+        'name': lambda: rng.choice(['Ann', 'Bob', 'Carla', 'Dmitri', 'Eve', 'Farid', 'Grace', 'Hiro', 'Ines']),
+        'city': lambda: rng.choice(['Paris', 'Lima', 'Oslo', 'Cairo', 'Delhi', 'Quito', 'Perth', 'Accra', 'Rome']),
+        'month': lambda: rng.choice(['May', 'June', 'July', 'March', 'October']),
+        'phrase': lambda: rng.choice(
+            [
+                'the food was cold',
+                'my card was charged twice!',
+                'green tea',
+                'fresh bread and soup',
+                'the app crashes on start',
+                'a parcel never arrived',
+                'cheap coffee',
+                'please call me back today',
+            ]
+        ),  # fmt: skip
+    }
+    truth: dict[str, str] = {}
+    for _ in range(160):
+        app = rng.choice(sorted(SHORT_TEMPLATES))
+        template = rng.choice(SHORT_TEMPLATES[app])
+        truth.setdefault(re.sub(r'\{(\w+)\}', lambda m: values[m.group(1)](), template), template)
+    one_offs = ['List the open incidents of this week by severity', 'Which airline lost the most bags last year?']
+    rows = [
+        {'prompt': p, 'timestamp': f'2026-03-{1 + i // 8:02d}T{i % 8:02d}:00:00Z', 'app': a}
+        for i, (p, a) in enumerate(
+            [(p, next(a for a, ts in SHORT_TEMPLATES.items() if t in ts)) for p, t in truth.items()]
+        )
+    ]
+    rows.insert(30, {'prompt': one_offs[0], 'timestamp': rows[30]['timestamp'], 'app': 'support'})
+    rows.insert(60, {'prompt': one_offs[1], 'timestamp': rows[60]['timestamp'], 'app': 'travel'})
+    ws.ingest_prompts(rows)
+
+    raw = tables.raw_prompts()
+    family_of = {r['prompt']: r['family_id'] for r in raw.select(raw.prompt, raw.family_id).collect()}
+    by_template: dict[str, set[str]] = {}
+    for prompt, template in truth.items():
+        by_template.setdefault(template, set()).add(family_of[prompt])
+    assert all(len(f) == 1 for f in by_template.values()), by_template
+    assert len({next(iter(f)) for f in by_template.values()}) == len(by_template)  # one family per template
+    for template, (family_id,) in by_template.items():
+        mined = re.sub(r'\{\{ \w+ \}\}', '{}', ws.get_family(family_id).jinja)
+        assert mined == re.sub(r'\{\w+\}', '{}', template)
+    sizes = ws.families().set_index('family_id')['size']
+    assert [sizes[family_of[p]] for p in one_offs] == [1, 1]

@@ -8,8 +8,9 @@ A prompt goes, in this order of preference, to:
 
 1. a family one of whose template versions *parses* it (its constant pieces in order, a slot value never holding the
    text that follows the slot); the most specific template wins. Confidence 1.
-2. a young family (fewer than three members, no template yet) whose members share with it a solid start or end and
-   at least three words, differing only where both have text (values), nothing inserted or deleted.
+2. a young family (fewer than three members, no template yet) whose members share with it a solid start or end (or
+   a short value before a shared run at an edge) and at least three words, differing only where both have text
+   (values), nothing inserted or deleted; between short values a run of two words counts as shared.
 3. a family whose template it misses only by short pieces between two slots (mined from too few members): it
    joins, and the template is mined again.
 4. a *candidate edit*: a new family that starts as a possible new version of a family whose template it misses by a
@@ -63,6 +64,7 @@ APP_RECENT = 200  # latest prompts of an application its shared starts and ends 
 YOUNG_SPLIT = 5  # members up to which a prompt sharing far more with some of them splits those off
 _WORDS = re.compile(r'\w+')
 _KEY = 12  # characters of a template's first (or last) piece that index it
+SHORT_VALUE = 4  # words of a value on either side of a short run two young members share
 ALIGN_TOKENS = 600  # tokens of two middles aligned whole; longer ones on their head and tail
 
 
@@ -113,6 +115,46 @@ def _unclip(a: int, b: int, size: int, cut_a: int, cut_b: int, len_a: int, len_b
     return out
 
 
+def _beyond_chance(
+    blocks: list[tuple[int, int, int]], a: Sequence[str], b: Sequence[str], pre: int, suf: int
+) -> list[tuple[int, int, int]]:
+    """Keep the runs two members share that chance rarely gives: a long run, or a short one between short values.
+
+    Two long values often share a few words by chance, so a run of a few words counts only when it is close to
+    shared text on both sides: a run of two words (or a word and a mark, `, customer `) with at most SHORT_VALUE
+    words between it and the next shared run, shared start or end (or the text's edge) on each side, in both texts
+    (`Summarize ticket {n} for customer {name}`: ` for customer ` sits between a number and a name). Runs kept this
+    way anchor their neighbours in turn.
+    """
+    keep = [_long(b[bi : bi + size]) for _, bi, size in blocks]
+    grown = True
+    while grown:
+        grown = False
+        for i, (ai, bi, size) in enumerate(blocks):
+            if keep[i] or not _short_run(b[bi : bi + size]):
+                continue
+            before = next(((x + n, y + n) for x, y, n in reversed([k for k, ok in zip(blocks[:i], keep) if ok])), None)
+            after = next(((x, y) for x, y, _ in [k for k, ok in zip(blocks[i + 1 :], keep[i + 1 :]) if ok]), None)
+            start_a, start_b = before or (pre, pre)
+            end_a, end_b = after or (len(a) - suf, len(b) - suf)
+            gaps = (a[start_a:ai], b[start_b:bi], a[ai + size : end_a], b[bi + size : end_b])
+            if max(words(g) for g in gaps) <= SHORT_VALUE:
+                keep[i] = grown = True
+    return [block for block, ok in zip(blocks, keep) if ok]
+
+
+def _after_short_value(value_a: Sequence[str], value_b: Sequence[str], run: Sequence[str]) -> bool:
+    """Return whether two texts have a short value each (a name, a number) where a shared run of three words
+    starts (or ends) them: a template with a slot at its edge (`{name} wants a refund for order {n}`)."""
+    return 1 <= words(value_a) <= SHORT_VALUE and 1 <= words(value_b) <= SHORT_VALUE and words(run) >= MIN_SHARED
+
+
+def _short_run(tokens: Sequence[str]) -> bool:
+    """A run that may be template text between short values: two words, or a word and a mark."""
+    n = words(tokens)
+    return n >= 2 or (n == 1 and any(not t.isspace() and not t[:1].isalnum() for t in tokens))
+
+
 def align(prompt: Sequence[str], pieces: Sequence[Sequence[str]], *, young: bool = False) -> Fit:
     """Align a prompt's tokens with a template's constant pieces (tokens, a slot between each two).
 
@@ -147,10 +189,13 @@ def align(prompt: Sequence[str], pieces: Sequence[Sequence[str]], *, young: bool
         short_a, cut_a = _clip(mid_a)
         short_b, cut_b = _clip(mid_b)
         matcher = difflib.SequenceMatcher(lambda t: t.isspace(), short_b, short_a, autojunk=False)
-        for short_bi, short_ai, short_size in matcher.get_matching_blocks():
-            for ai, bi, size in _unclip(short_ai, short_bi, short_size, cut_a, cut_b, len(mid_a), len(mid_b)):
-                if size and (not young or _long(mid_b[bi : bi + size])):
-                    blocks.append((pre + ai, pre + bi, size))
+        found = [
+            (pre + ai, pre + bi, size)
+            for short_bi, short_ai, short_size in matcher.get_matching_blocks()
+            for ai, bi, size in _unclip(short_ai, short_bi, short_size, cut_a, cut_b, len(mid_a), len(mid_b))
+            if size
+        ]
+        blocks.extend(_beyond_chance(found, a, b, pre, suf) if young else found)
     if suf:
         blocks.append((len(a) - suf, len(b) - suf, suf))
     matched = deleted = inserted = absorbed = regions = 0
@@ -181,6 +226,11 @@ def align(prompt: Sequence[str], pieces: Sequence[Sequence[str]], *, young: bool
         and last[1] + last[2] == len(b)
         and _solid(b[last[1] : last[1] + last[2]])
     )
+    if young and first is not None and last is not None:
+        # a short value at both texts' start (end) before (after) a shared run of three words is a slot there
+        start = start or _after_short_value(a[: first[0]], b[: first[1]], b[first[1] : first[1] + first[2]])
+        tail = last[1] + last[2]
+        end = end or _after_short_value(a[last[0] + last[2] :], b[tail:], b[last[1] : tail])
     edge = 0
     if first is not None and last is not None:
         if (first[0] == 0) != (first[1] == 0):
@@ -335,6 +385,17 @@ def _edge_shared(a: str, b: str) -> bool:
     for shared in (os.path.commonprefix([a, b]), os.path.commonprefix([a[::-1], b[::-1]])):
         n = len(_WORDS.findall(shared))
         if n >= 2 or (n == 1 and '\n' in shared):
+            return True
+    return False
+
+
+def _near_edges(a: str, b: str) -> bool:
+    """Return whether two texts share a word among their first (or last) few: a shared run may follow (precede)
+    a short value at their start (end)."""
+    for first in (True, False):
+        found = [_WORDS.findall(t[:200] if first else t[-200:]) for t in (a, b)]
+        head = [set(w[: SHORT_VALUE + 1] if first else w[-SHORT_VALUE - 1 :]) for w in found]
+        if head[0] & head[1]:
             return True
     return False
 
@@ -573,15 +634,15 @@ class Engine:
         members = recent[-YOUNG_VOTES:]
         scores = []
         for _, member, _ in members:
-            if not _edge_shared(text, member):
-                continue  # no solid shared start or end: no need to align
+            if not _edge_shared(text, member) and not _near_edges(text, member):
+                continue  # no solid shared start or end, nor a word shared near one: no need to align
             fit = align(tokens, [tokenize(member)], young=True)
             if fit.matched < MIN_SHARED or not (fit.start or fit.end) or fit.edge >= 2:
                 continue  # an edge one has and the other lacks is a section added: another template
-            if not self._anchored(state, text, member, fit):
-                continue
             draft = Template(fit.shared, tuple(Slot(f's{i}', 'text') for i in range(len(fit.shared) - 1)))
             if draft.spans(text) is None or draft.spans(member) is None:
+                continue
+            if not self._anchored(state, text, member, fit, draft):
                 continue
             scores.append(fit.matched)
         if not scores:
@@ -605,20 +666,37 @@ class Engine:
             state.draft = (key, mine([t for _, t, _ in self._recent(state)]))
         return state.draft[1]
 
-    def _anchored(self, state: FamilyState, text: str, member: str, fit: Fit) -> bool:
-        """Return whether the start or end two prompts share is theirs, not the application's: text that prompts of
-        two other families also start (end) with (an options list every template of the application ends with)
-        says nothing about a template."""
+    def _anchored(self, state: FamilyState, text: str, member: str, fit: Fit, draft: Template) -> bool:
+        """Return whether the text two prompts share is theirs, not the application's: text that prompts of two
+        other families also start (end) with (an options list every template of the application ends with) says
+        nothing about a template.
+
+        Two prompts whose values are short and that share solid text between them too (`Summarize ticket {n} for
+        customer {name}`) are judged by all they share (`draft`): a start the application's other templates have
+        (`Summarize ticket`) does not keep them apart when prompts of fewer than two other families fit all of
+        it, so the first two prompts of a template put apart do not keep every later one apart.
+        """
         recent = self._app_recent.get(state.app, ())
         for edge, shared in ((fit.start, os.path.commonprefix([text, member])),
                              (fit.end, os.path.commonprefix([text[::-1], member[::-1]])[::-1])):  # fmt: skip
-            if not edge:
-                continue
+            if not edge or not _solid(tokenize(shared)):
+                continue  # a short value at the edge (`{name} wants a refund ...`): judged by the draft below
             test = str.startswith if shared == text[: len(shared)] else str.endswith
             others = {f for f, t in recent if f != state.id and test(t, shared)}
             if len(others) < 2:
                 return True
-        return False
+        if not any(_solid(tokenize(piece)) for piece in fit.shared[1:-1]):
+            return False
+        for t in (text, member):  # only short values (a number, a name) between what they share
+            if any(words(tokenize(t[s:e])) > SHORT_VALUE for s, e in draft.spans(t) or ()):
+                return False
+        others = set()
+        for family_id, other in recent:
+            if family_id != state.id and family_id not in others and draft.spans(other) is not None:
+                others.add(family_id)
+                if len(others) >= 2:
+                    return False
+        return True
 
     def _reason(self, state: FamilyState, vector: np.ndarray, how: str, **extra: Any) -> dict[str, Any]:
         near = sorted(
