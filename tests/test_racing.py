@@ -100,6 +100,18 @@ def test_with_a_time_budget_the_first_rung_leaves_out_what_would_overrun_its_sha
     assert next(e for e in race.entrants if e.baseline).predictions
 
 
+def test_a_group_whose_speed_was_never_measured_is_left_out_with_a_reason_once_the_share_is_spent():
+    # the slow group spends the first rung's share; the next one's speed is unknown (its answers were all stored)
+    seconds = {'baseline': 2.0, 'slow': 50.0, 'unknown': 0.0}
+    clock = [900.0]
+    race, _ = _race({'baseline': 0.5, 'slow': 0.9, 'unknown': 0.6}, seconds, clock)
+    race.groups[2].seconds = None
+    race.groups[1].seconds = 1.0  # measured as quick, then slower than that: the share is spent
+    race.run(race.run_with)
+    unknown = next(e for e in race.entrants if e.name == 'unknown')
+    assert unknown.out == "not raced: the first rung had spent its share of the time budget before this candidate's turn"
+
+
 def test_a_race_without_a_time_budget_runs_to_the_last_rung():
     race, _ = _race({'baseline': 0.6, 'twin': 0.6}, {'baseline': 1.0, 'twin': 1.0})
     race.run(race.run_with)

@@ -196,10 +196,13 @@ class Race:
         raced = [g for g in self.groups if not g.baseline and g.alive() and g.scored and len(g.scored) > 1]
         if not raced or (start - left) + self._cost(group, len(new)) <= share:
             return False
-        reason = (
-            f'not raced: about {group.seconds:.2f} s a request, {self._cost(group, len(new)):.0f} s for the first '
-            f'rung, more than its share of the time budget'
-        )
+        if group.seconds is None:  # no request of its own was timed (its answers came from the store)
+            reason = "not raced: the first rung had spent its share of the time budget before this candidate's turn"
+        else:
+            reason = (
+                f'not raced: about {group.seconds:.2f} s a request, {self._cost(group, len(new)):.0f} s for the '
+                'first rung, more than its share of the time budget'
+            )
         for member in group.alive():
             member.out = reason
         self.events.append(f'{", ".join(m.name for m in group.members)}: {reason}')
