@@ -224,7 +224,7 @@ def test_admin_moves_labels_and_sets_rules_recorded_under_the_key_name(api):
     assert [(e['actor'], e['kind'], e['subject']) for e in log] == [('key:ops', 'rule.created', 'no_injection')]
     labels = ws.audit(kind='label', subject='router@staging')
     assert (labels.iloc[0]['actor'], labels.iloc[0]['after']) == ('key:ops', v2.id)
-    assert list(ws.audit(kind='key')['subject'])[:2] == ['doomed', 'doomed']
+    assert {'slow', 'doomed'} <= set(ws.audit(kind='key')['subject'])  # keys are audited by name, never by secret
 
 
 def test_runs_datasets_metrics_and_families_for_a_read_key(api, tiny_tickets):
