@@ -109,7 +109,9 @@ def test_a_group_whose_speed_was_never_measured_is_left_out_with_a_reason_once_t
     race.groups[1].seconds = 1.0  # measured as quick, then slower than that: the share is spent
     race.run(race.run_with)
     unknown = next(e for e in race.entrants if e.name == 'unknown')
-    assert unknown.out == "not raced: the first rung had spent its share of the time budget before this candidate's turn"
+    assert (
+        unknown.out == "not raced: the first rung had spent its share of the time budget before this candidate's turn"
+    )
 
 
 def test_a_race_without_a_time_budget_runs_to_the_last_rung():
