@@ -882,9 +882,7 @@ def get_dataset(name: str | Dataset, *, version: int | None = None, missing_ok: 
         if isinstance(version, bool) or not isinstance(version, int):
             raise DatasetError(f'version={version!r} is not a table version; give a whole number such as 3')
         table = _versioned_table(name, version)
-        meta = table.get_metadata()['custom_metadata'] or {}
-    else:
-        meta = reads.metadata(table)['custom_metadata'] or {}
+    meta = reads.metadata(table)['custom_metadata'] or {}  # a pinned handle is keyed by its own version
     return Dataset(name=name, inputs=tuple(meta['inputs']), task=meta['task'], meta=meta, pinned=version)
 
 

@@ -302,21 +302,6 @@ def _screen(v: Version, ds: Dataset, requests: Mapping[str, dict[str, Any]], exa
     return blocked
 
 
-def _blocked_answer(key: str, message: str) -> store.Answer:
-    return store.Answer(
-        hash=key,
-        text=None,
-        prompt_tokens=None,
-        completion_tokens=None,
-        latency_s=None,
-        finish_reason=None,
-        error=message,
-        answered_at=None,
-        reused=False,
-        scores=None,
-    )
-
-
 def _sample_requests(
     v: Version, ds: Dataset, requests: Mapping[str, dict[str, Any]], k: int, retry_errors: bool, again: set[str]
 ) -> dict[tuple[str, int], dict[str, Any]]:
@@ -427,7 +412,9 @@ def evaluate(
             _written_row(v, ds, by_id[ex], requests[ex], batch, written, source, shown_demos, blocked.get(ex))
         )
     _store_rows(table, ds, v, updates)
-    kept_back = {r['hash']: _blocked_answer(r['hash'], blocked[ex]) for (ex, _), r in sampled.items() if ex in blocked}
+    kept_back = {
+        r['hash']: store.blocked_answer(r['hash'], blocked[ex]) for (ex, _), r in sampled.items() if ex in blocked
+    }
     samples_module.write_samples(ds.name, v, sampled, {**batch.answers, **kept_back})
     judge_calls = judging.judge_evaluation(
         ds, table, v.id, list(requests), columns=asked_judges, asked=judges is not None, progress=progress
@@ -508,7 +495,7 @@ def _written_row(
     """Return the evaluation row to write for one example, from the store's answer to its request (or, for a
     request a blocking rule kept from the model, the rule as its error)."""
     key = request['hash']
-    answer = _blocked_answer(key, blocked) if blocked is not None else batch.answers.get(key)
+    answer = store.blocked_answer(key, blocked) if blocked is not None else batch.answers.get(key)
     if answer is None:
         raise WorkspaceError(
             f'request {key[:12]} for example {row["example_id"]!r} is missing from the store; evaluate again'

@@ -42,7 +42,7 @@ from workspace.core.versions import (
     build_request,  # noqa: E402
 )
 from workspace.storage import backends  # noqa: E402
-from workspace.storage.store import answer, answer_many  # noqa: E402
+from workspace.storage.store import answer, answer_many, blocked_answer  # noqa: E402
 
 __all__ = [
     'StopReason',
@@ -201,7 +201,8 @@ class Ledger:
                 kept = [item for i, item in enumerate(items) if i not in refused]
                 answered = iter(self.answer_many(kept) if kept else [])
                 return [
-                    _refused(items[i][0], refused[i]) if i in refused else next(answered) for i in range(len(items))
+                    dict(blocked_answer(items[i][0]['hash'], refused[i])) if i in refused else next(answered)
+                    for i in range(len(items))
                 ]
             bodies = [({k: v for k, v in r.items() if k != 'hash'}, ex) for r, ex in items]
             keys = [json.dumps(body, sort_keys=True, ensure_ascii=False) for body, _ in bodies]
@@ -675,19 +676,3 @@ class TrialRecorder(BaseCallback):
     def dev_trials(self) -> list[Trial]:
         """Return the trials scored on the whole dev split, in order."""
         return [t for t in self.trials if t.dev_score is not None]
-
-
-def _refused(request: Mapping[str, Any], why: str) -> dict[str, Any]:
-    """Return the answer of a request a blocking rule kept from the model: the rule as its error."""
-    return {
-        'hash': request.get('hash'),
-        'text': None,
-        'error': why,
-        'reused': False,
-        'scores': None,
-        'prompt_tokens': None,
-        'completion_tokens': None,
-        'latency_s': None,
-        'finish_reason': None,
-        'answered_at': None,
-    }

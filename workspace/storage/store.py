@@ -50,6 +50,7 @@ from workspace.storage import backends, journal, recovery, tables
 
 __all__ = [
     'Answer',
+    'blocked_answer',
     'Origin',
     'Batch',
     'request_hash',
@@ -88,6 +89,22 @@ class Answer(TypedDict):
     answered_at: Any
     reused: bool
     scores: dict[str, float] | None
+
+
+def blocked_answer(key: str, message: str) -> Answer:
+    """Return the answer of a request a blocking rule kept from the model: the rule as its error, never sent."""
+    return Answer(
+        hash=key,
+        text=None,
+        prompt_tokens=None,
+        completion_tokens=None,
+        latency_s=None,
+        finish_reason=None,
+        error=message,
+        answered_at=None,
+        reused=False,
+        scores=None,
+    )
 
 
 def request_hash(request: Mapping[str, Any]) -> str:
