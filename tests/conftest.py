@@ -27,6 +27,22 @@ SHARED = ROOT.parent / 'shared' / 'datasets'
 TICKETS_CSV = ROOT / 'datasets' / 'support_tickets.csv'
 
 
+@pytest.fixture(scope='session', autouse=True)
+def _commits_without_waiting_for_the_disk() -> None:
+    """The session's PostgreSQL server commits without waiting for its log to reach the disk: a test session never
+    outlives an operating-system crash (the only case where that loses a commit), and tests kill workspace
+    processes, never this server. Every commit of every process of the session (kernels, CLI children) is faster."""
+    import sqlalchemy as sa
+    from pixeltable.env import Env
+
+    from workspace import config
+
+    config.connect()
+    with Env.get().engine.connect().execution_options(isolation_level='AUTOCOMMIT') as connection:
+        connection.execute(sa.text('ALTER SYSTEM SET synchronous_commit = off'))
+        connection.execute(sa.text('SELECT pg_reload_conf()'))
+
+
 @pytest.fixture
 def ws() -> Iterator[object]:
     """The workspace package over an empty workspace (its Pixeltable directory dropped before and after)."""

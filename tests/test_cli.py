@@ -271,8 +271,12 @@ def test_lab_starts_jupyterlab_with_the_workspace_kernel(tmp_path):
         with urllib.request.urlopen(f'http://127.0.0.1:{port}/api/contents/notebooks?token=t0k', timeout=5) as r:
             assert '01_quickstart.ipynb' in r.read().decode()
     finally:
-        proc.terminate()
+        proc.terminate()  # as a supervisor stops it: JupyterLab itself gets the signal, not a parent over it
         proc.wait(20)
+    import psutil
+
+    left = [p.pid for p in psutil.process_iter(['cmdline']) if f'--port={port}' in (p.info['cmdline'] or [])]
+    assert left == [], f'JupyterLab still running after its command was stopped: {left}'
 
 
 def test_keys_audit_and_rules_commands(ws, capsys):

@@ -316,11 +316,30 @@ def test_metric_for_text_tasks_and_as_a_function(ws, local):
 RESUME = {'optimizer': 'bootstrap_random_search', 'budget': {'max_candidates': 4}, 'seed': 3, 'progress': False}
 
 
-def test_killed_run_resumes_without_repeating_a_call(ws, tiny, local):
+def _slow_keyword_model(body):
+    """A deterministic model that takes a fifth of a second an answer, so a run can be killed part-way (the
+    embedded model would do, at minutes a run: what is tested is the store and the optimizer's records)."""
+    ticket = body['messages'][-1]['content'].rsplit('Ticket:', 1)[-1].lower()
+    billing = any(word in ticket for word in ('charg', 'fee', 'invoice', 'paid', 'bill'))
+    delivery = any(word in ticket for word in ('parcel', 'box', 'deliver', 'courier', 'package'))
+    label = 'BILLING' if billing else 'DELIVERY' if delivery else 'TECHNICAL'
+    return Canned(200, completion_body(f' {label}'), delay=0.2)
+
+
+def test_killed_run_resumes_without_repeating_a_call(ws, tiny, monkeypatch):
     """Run once uninterrupted, forget its answers, run it again in a subprocess killed mid-way, then resume."""
     from workspace.storage import tables
 
-    baseline = ws.create_version('resumable', template='Support ticket: {{ text }}\nTeam:', output=ws.choice(LABELS))
+    with OpenAICompatibleServer(_slow_keyword_model) as server:
+        monkeypatch.setenv('OPENAI_BASE_URL', f'{server.url}/v1')
+        monkeypatch.setenv('WORKSPACE_CONCURRENCY', '1')  # one request in flight: the kill lands between answers
+        _kill_and_resume(ws, tiny, server, tables)
+
+
+def _kill_and_resume(ws, tiny, server, tables):
+    baseline = ws.create_version(
+        'resumable', template='Support ticket: {{ text }}\nTeam:', model='openai:fake', output=ws.choice(LABELS)
+    )
     store = tables.requests()
 
     def answered(run_id):
@@ -339,13 +358,14 @@ def test_killed_run_resumes_without_repeating_a_call(ws, tiny, local):
     runs.delete(where=runs.run_id == reference.run_id)
 
     code = f'from workspace.optimization.optimize import optimize\noptimize({baseline.id!r}, {tiny.name!r}, **{RESUME!r})\n'
+    sent = len(server.received)
     child = subprocess.Popen([sys.executable, '-c', code], cwd=ROOT, env=dict(os.environ))
     try:
         deadline = time.monotonic() + 300
-        while len(answered(reference.run_id)) < 5:
+        while len(server.received) - sent < 5:
             assert child.poll() is None, 'the optimizer finished before it could be killed'
             assert time.monotonic() < deadline, 'the optimizer made no calls in 300 s'
-            time.sleep(0.1)
+            time.sleep(0.05)
         child.send_signal(signal.SIGKILL)
     finally:
         if child.poll() is None:
@@ -357,18 +377,24 @@ def test_killed_run_resumes_without_repeating_a_call(ws, tiny, local):
 
     _recover()
     before = answered(reference.run_id)
-    assert 5 <= len(before) < len(first)
+    assert 4 <= len(before) < len(first)
 
-    rows_before = store.count()
-    res, calls = _calls(local, lambda: optimize(baseline, tiny, **RESUME))
+    rows_before, received = store.count(), len(server.received)
+    res = optimize(baseline, tiny, **RESUME)
+    calls = len(server.received) - received
     after = answered(reference.run_id)
     # every call made a new row: none repeated a request the killed run had answered
     assert calls == res.calls == store.count() - rows_before == len(after - before) == len(first) - len(before)
     assert after == first
     # and it ends where the uninterrupted run ended, with the same trials, recorded once
-    assert res.run_id == reference.run_id and res.candidate.id == reference.candidate.id
-    assert _content(res.candidate) == _content(reference.candidate) and res.decision == reference.decision
+    assert res.run_id == reference.run_id and res.decision == reference.decision
+    if reference.candidate is None:  # nothing beat the baseline, in both runs alike
+        assert res.candidate is None
+    else:
+        assert res.candidate.id == reference.candidate.id
+        assert _content(res.candidate) == _content(reference.candidate)
     assert res.trials[['trial', 'candidate', 'dev_score']].equals(reference_trials)
+    assert reference_trials['dev_score'].nunique() > 1  # the candidates answered differently: the trials matter
 
 
 IMBALANCED = [

@@ -233,6 +233,8 @@ class Settings:
     openai_rpm: float = 0.0
     #: Context window, in tokens, of local GGUF models.
     local_n_ctx: int = 4096
+    #: Threads a local model decodes with (0: one per core), for a machine shared with other work.
+    local_threads: int = 0
     #: How local models decode prompts (part of their identity in every request): `paragraphs`, or `blocks64` to
     #: reuse the answers of a store made before 2026-12 (see `workspace.storage.backends.local`).
     local_decoding: str = 'paragraphs'

@@ -215,6 +215,7 @@ def test_no_key_and_no_url_password_reaches_any_file(ws, tmp_path):
         env = child_env(
             OPENAI_BASE_URL=f'{url}/v1', OPENAI_API_KEY=key, GROQ_API_KEY=key, GROQ_BASE_URL=f'{url}/openai/v1',
             WORKSPACE_MAX_ATTEMPTS='1', WORKSPACE_BREAKER_FAILURES='100',
+            WORKSPACE_GROQ_RPM='0',  # Groq's client-side pace (30 a minute) is not what this test is about
         )  # fmt: skip
         out = run_python(
             SETUP

@@ -273,7 +273,14 @@ def _lab(args: argparse.Namespace) -> int:
         command.append(f'--port={args.port}')
     if args.no_browser:
         command.append('--no-browser')
-    return subprocess.call(command, env=env, cwd=root)
+    if os.name == 'nt':  # no exec on Windows: JupyterLab runs as a child
+        return subprocess.call(command, env=env, cwd=root)
+    # JupyterLab takes this process's place, so a signal to it (a supervisor's SIGTERM, a test's terminate) reaches
+    # JupyterLab and its kernels instead of leaving them running without a parent.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.chdir(root)
+    os.execve(sys.executable, command, env)
 
 
 def _demo(args: argparse.Namespace) -> int:

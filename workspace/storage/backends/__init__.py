@@ -83,7 +83,7 @@ def _make_backend(spec: str) -> Backend:
     kind, name = parse_model(spec)
     knobs = settings()
     if kind == 'local':
-        return LocalBackend(local_path(name), n_ctx=knobs.local_n_ctx)
+        return LocalBackend(local_path(name), n_ctx=knobs.local_n_ctx, n_threads=knobs.local_threads or None)
     return ChatBackend(
         kind,
         name,
