@@ -249,6 +249,8 @@ def align(prompt: Sequence[str], pieces: Sequence[Sequence[str]], *, young: bool
 
 
 Member = tuple[str, str, datetime.datetime]  # prompt hash, text, first seen
+Key = tuple[tuple[str, ...], tuple[str, ...], int]  # a young member's first and last words, and its place in order
+Recent = tuple[str, str, str]  # one of an application's latest prompts: family assigned to, prompt hash, text
 
 
 @dataclass
@@ -274,9 +276,8 @@ class FamilyState:
     merged_into: str | None = None
     changed: bool = False
     draft: tuple[tuple[str, ...], Template] | None = None  # a young family's members' template, by member hashes
-    keys: list[tuple[tuple[str, ...], tuple[str, ...]]] = field(
-        default_factory=list
-    )  # young: members' first/last words
+    # young: members' first and last words, with when they were indexed (the engine's count of keys)
+    keys: list[Key] = field(default_factory=list)
 
     @property
     def template(self) -> Template | None:
@@ -435,6 +436,7 @@ class Engine:
         dimensions: int = 256,
         last: datetime.datetime | None = None,
         taken: Iterable[str] = (),
+        app_recent: Iterable[tuple[str | None, Recent]] = (),
     ) -> None:
         self.states: dict[str, FamilyState] = {}
         self.vectors = vectors if vectors is not None else {}
@@ -453,11 +455,20 @@ class Engine:
         self._lengths: set[int] = set()
         self._day: datetime.date | None = last.date() if last is not None else None
         self._taken = set(taken)
-        self._app_recent: dict[str | None, collections.deque[tuple[str, str]]] = collections.defaultdict(
+        self._app_recent: dict[str | None, collections.deque[Recent]] = collections.defaultdict(
             lambda: collections.deque(maxlen=APP_RECENT)
         )
+        for app, entry in app_recent:  # oldest first, with the families they were assigned to
+            self._app_recent[app].append(entry)
+        self._clock = 0  # young keys indexed so far: stored with each key, so a reload indexes them in that order
         for state in states:
             self._add(state)
+        young = sorted(
+            (k[2], state.id, k) for state in self.states.values() if state.mined_at < TRUST for k in state.keys
+        )
+        for _, family_id, key in young:
+            self._index_keys(self.states[family_id], key)
+        self._clock = max((k[0] for k in young), default=-1) + 1
 
     # --- indexes -----------------------------------------------------------------------------------------------
 
@@ -471,9 +482,6 @@ class Engine:
         self._apps[state.app] = (ids, matrix)
         for _, template in state.versions():
             self._index_template(state, template)
-        if state.mined_at < TRUST:
-            for key in state.keys:
-                self._index_keys(state, key)
 
     def _unit(self, total: np.ndarray) -> np.ndarray:
         return (total / max(float(np.linalg.norm(total)), 1e-12)).astype(np.float32)
@@ -497,11 +505,12 @@ class Engine:
 
     def _index_young(self, state: FamilyState, text: str) -> None:
         tokens = tokenize(text)
-        key = (_first_words(tokens), _last_words(tokens))
+        key = (_first_words(tokens), _last_words(tokens), self._clock)
+        self._clock += 1
         state.keys.append(key)
         self._index_keys(state, key)
 
-    def _index_keys(self, state: FamilyState, key: tuple[tuple[str, ...], tuple[str, ...]]) -> None:
+    def _index_keys(self, state: FamilyState, key: Key) -> None:
         self._young_first[(state.app, key[0])].append(state.id)
         self._young_last[(state.app, key[1])].append(state.id)
 
@@ -561,8 +570,10 @@ class Engine:
             ((app, _first_words(tokens)), self._young_first),
             ((app, _last_words(tokens)), self._young_last),
         ):
-            for fid in table.get(key, [])[-CANDIDATES:]:
-                if fid in index and fid not in chosen:
+            # the latest young families with the key (families trusted since are no longer indexed by their members)
+            young = [fid for fid in table.get(key, []) if fid in index and self.states[fid].mined_at < TRUST]
+            for fid in young[-CANDIDATES:]:
+                if fid not in chosen:
                     chosen[fid] = float(sims[index[fid]])
         return sorted(chosen.items(), key=lambda kv: -kv[1])
 
@@ -574,7 +585,10 @@ class Engine:
             self._new_day(at)
         self._day = at.date()
         assignment = self._assign(prompt_hash, text, vector, at, app)
-        self._app_recent[app].append((assignment.family_id, text))
+        # the family it was assigned to, which later merges and splits do not change: an application's latest
+        # prompts are read with it (a reload reads it from the stored reason)
+        assignment.reason['assigned_to'] = assignment.family_id
+        self._app_recent[app].append((assignment.family_id, prompt_hash, text))
         return assignment
 
     def _assign(
@@ -689,7 +703,7 @@ class Engine:
             if not edge or not _solid(tokenize(shared)):
                 continue  # a short value at the edge (`{name} wants a refund ...`): judged by the draft below
             test = str.startswith if shared == text[: len(shared)] else str.endswith
-            others = {f for f, t in recent if f != state.id and test(t, shared)}
+            others = {f for f, _, t in recent if f != state.id and test(t, shared)}
             if len(others) < 2:
                 return True
         if not any(_solid(tokenize(piece)) for piece in fit.shared[1:-1]):
@@ -698,7 +712,7 @@ class Engine:
             if any(words(tokenize(t[s:e])) > SHORT_VALUE for s, e in draft.spans(t) or ()):
                 return False
         others = set()
-        for family_id, other in recent:
+        for family_id, _, other in recent:
             if family_id != state.id and family_id not in others and draft.spans(other) is not None:
                 others.add(family_id)
                 if len(others) >= 2:
@@ -727,7 +741,7 @@ class Engine:
     def _found(
         self, prompt_hash: str, text: str, vector: np.ndarray, at: datetime.datetime, app: str | None
     ) -> FamilyState:
-        state = FamilyState(self._new_id(prompt_hash), app, at, vector.astype(np.float64), 1, changed=True)
+        state = FamilyState(self._new_id(prompt_hash), app, at, vector.astype(np.float32), 1, changed=True)
         state.recent.append((prompt_hash, text, at))
         state.times.append(at)
         self._remember(state, prompt_hash, text, vector)
@@ -753,7 +767,7 @@ class Engine:
         *,
         remine: bool = False,
     ) -> None:
-        state.total = state.total + vector
+        state.total = state.total + vector.astype(np.float32)
         state.n += 1
         state.changed = True
         state.times.append(at)
@@ -875,7 +889,7 @@ class Engine:
     def _split_off(self, state: FamilyState, moved: list[Member], at: datetime.datetime) -> FamilyState:
         texts = [t for _, t, _ in moved]
         vectors = self.embed(texts) if self.embed is not None else np.zeros((len(texts), self.dimensions))
-        total = np.asarray(vectors, dtype=np.float64).sum(axis=0)
+        total = np.asarray(vectors, dtype=np.float32).sum(axis=0, dtype=np.float32)
         new = FamilyState(self._new_id(moved[0][0]), state.app, moved[0][2], total, len(moved), changed=True)
         for member, vector in zip(moved, vectors):
             new.recent.append(member)
