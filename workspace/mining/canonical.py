@@ -82,10 +82,12 @@ def _tokens(text: str) -> tuple[str, ...]:
 
 def common_prefix(texts: Sequence[str]) -> str:
     """Return the text all `texts` start with (os.path.commonprefix, compared a block at a time in C)."""
-    if not texts:
-        return ''
-    a, b = min(texts), max(texts)  # the prefix of the smallest and the largest is everyone's
+    if len(texts) < 2:
+        return texts[0] if texts else ''
+    a, b = texts if len(texts) == 2 else (min(texts), max(texts))  # the smallest and the largest share everyone's
     n = min(len(a), len(b))
+    if not n or a[0] != b[0]:
+        return ''
     at, step = 0, 64
     while at < n:
         end = min(at + step, n)
