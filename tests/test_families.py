@@ -420,3 +420,43 @@ def test_a_real_log_ingested_in_two_parts_gives_the_families_of_one_ingest(ws, t
                     reach.add(other)
                     todo.append(other)
         assert after[h] in reach  # an earlier prompt moves only by the merges and splits assignment records
+
+
+def test_drift_flags_a_share_change_but_not_a_template_appearing(ws):
+    """A template whose traffic triples is flagged in that week; a template that starts sending (no line the week
+    before) is a template appearing, not drift of its share, and neither is the steady one."""
+    import random
+
+    rng = random.Random(3)
+    nouns = ['cat', 'parcel', 'invoice', 'river', 'lamp', 'garden', 'engine', 'letter', 'bridge', 'kettle']
+    templates = {
+        'steady': lambda: (
+            f'Translate to French: the {rng.choice(nouns)} is on the {rng.choice(nouns)} number '
+            f'{rng.randint(1, 99_999)}.'
+        ),
+        'appears': lambda: f'Write a haiku about a quiet {rng.choice(nouns)} seen on day {rng.randint(1, 99_999)}.',
+        'grows': lambda: (
+            f'Route this support ticket to a team: order {rng.randint(1, 99_999)} for '
+            f'{rng.choice(["Ann", "Bob", "Carla", "Dmitri"])} was {rng.choice(["late", "lost", "broken"])}.'
+        ),
+    }
+    weeks = [{'steady': 200, 'grows': 20}, {'steady': 200, 'appears': 60, 'grows': 20},
+             {'steady': 200, 'appears': 60, 'grows': 80}]  # fmt: skip
+    rows, truth = [], {}
+    for week, counts in enumerate(weeks):
+        for name, n in counts.items():
+            for i in range(n):
+                prompt = templates[name]()
+                truth[prompt] = name
+                at = f'2026-09-{7 + 7 * week + i % 7:02d}T{(i * 7) % 24:02d}:{i % 60:02d}:00Z'
+                rows.append({'prompt': prompt, 'timestamp': at})
+    ws.ingest_prompts(pd.DataFrame(rows), source_name='three weeks')
+    raw = tables.raw_prompts()
+    family_of: dict[str, set[str]] = {}
+    for r in raw.select(raw.prompt, raw.family_id).collect():
+        family_of.setdefault(truth[r['prompt']], set()).add(r['family_id'])
+    assert all(len(f) == 1 for f in family_of.values()), family_of
+    flagged = {name: ws.drift(next(iter(f)), window='week').flagged for name, f in family_of.items()}
+    assert flagged['steady'].empty and flagged['appears'].empty
+    assert len(flagged['grows']) == 1 and 'share' in flagged['grows']['reasons'].iloc[0]
+    assert flagged['grows']['window'].iloc[0].date().isoformat() == '2026-09-21'
