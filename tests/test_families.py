@@ -460,3 +460,29 @@ def test_drift_flags_a_share_change_but_not_a_template_appearing(ws):
     assert flagged['steady'].empty and flagged['appears'].empty
     assert len(flagged['grows']) == 1 and 'share' in flagged['grows']['reasons'].iloc[0]
     assert flagged['grows']['window'].iloc[0].date().isoformat() == '2026-09-21'
+
+
+def test_text_added_after_a_trailing_slot_is_a_new_version_despite_a_near_duplicate(ws):
+    """FLAN's edit of `Summarize this article:\\n\\n{text}` into `...{text}\\n\\nSummary:` still parses with the old
+    template (its slot takes the new text): the latest values all ending with `\\n\\nSummary:` make a new version,
+    and a retry with a trailing space among them does not hide it."""
+    import random
+
+    rng = random.Random(5)
+    vocabulary = 'we propose a model that learns sparse codes from noisy speech and improves recognition by ten points'
+    words = vocabulary.split()
+
+    def abstract() -> str:
+        return ' '.join(rng.choice(words) for _ in range(rng.randint(12, 30))).capitalize() + '.'
+
+    texts = [f'Summarize this article:\n\n{abstract()}' for _ in range(40)]
+    edited = [f'Summarize this article:\n\n{abstract()}\n\nSummary:' for _ in range(12)]
+    edited.insert(3, edited[2] + ' ')  # a retry with a trailing space
+    rows = [
+        {'prompt': p, 'timestamp': f'2026-09-{7 + i // 8:02d}T{i % 8:02d}:00:00Z'} for i, p in enumerate(texts + edited)
+    ]
+    ws.ingest_prompts(pd.DataFrame(rows), source_name='an edit')
+    (family_id,) = ws.families()['family_id']
+    family = ws.get_family(family_id)
+    assert len(family.templates()) >= 2
+    assert family.jinja == 'Summarize this article:\n\n{{ article }}\n\nSummary:'

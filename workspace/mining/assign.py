@@ -328,6 +328,12 @@ def best_version(versions: Iterable[tuple[int, Template]], text: str) -> tuple[i
     return best
 
 
+def _parse(template: Template, text: str) -> dict[str, str] | None:
+    """Return a member's slot values, reading a near duplicate with whitespace added at its end as its original."""
+    found = template.parse(text)
+    return found if found is not None or text == text.rstrip() else template.parse(text.rstrip())
+
+
 def _first_words(tokens: Sequence[str], n: int = 3) -> tuple[str, ...]:
     return tuple(t.lower() for t in tokens if any(c.isalnum() for c in t))[:n]
 
@@ -827,26 +833,30 @@ class Engine:
         )
 
     def _refine(self, state: FamilyState, at: datetime.datetime) -> None:
-        """Record a new version when the latest members' values all gained the same text at one edge."""
+        """Record a new version when the latest members' values all gained the same text at one edge.
+
+        Whitespace at the edge does not count: a near duplicate with a trailing space (a retry, a copy) must not
+        hide that every value now ends with `\n\nSummary:`.
+        """
         template = state.template
         recent = list(self._recent(state))
         if template is None or not template.slots or len(recent) < 2 * REFINE_K:
             return
-        latest = [template.parse(t) for _, t, _ in recent[-REFINE_K:]]
+        latest = [_parse(template, t) for _, t, _ in recent[-REFINE_K:]]
         if any(p is None for p in latest):
             return
-        before = [p for p in (template.parse(t) for _, t, _ in recent[-2 * REFINE_K : -REFINE_K]) if p is not None]
+        before = [p for p in (_parse(template, t) for _, t, _ in recent[-2 * REFINE_K : -REFINE_K]) if p is not None]
         for slot in template.slots:
-            values = [p[slot.name] for p in latest]  # type: ignore[index]
             for suffix in (False, True):
-                edge = _edge(values, suffix)
+                trim = str.rstrip if suffix else str.lstrip
+                edge = _edge([trim(p[slot.name]) for p in latest], suffix)  # type: ignore[index]
                 if not _new_text(edge):
                     continue
-                had = sum(1 for p in before if (p[slot.name].endswith if suffix else p[slot.name].startswith)(edge))
-                if had <= len(before) // 5:
+                has = str.endswith if suffix else str.startswith
+                if sum(1 for p in before if has(trim(p[slot.name]), edge)) <= len(before) // 5:
                     texts = [t for _, t, _ in recent[-REFINE_K:]]
                     mined = mine(texts)
-                    if mined.size > template.size and all(mined.spans(t) is not None for t in texts):
+                    if mined.size > template.size and all(_parse(mined, t) is not None for t in texts):
                         self._version(state, mined, at, texts)
                         state.mined_at = state.n
                     return
