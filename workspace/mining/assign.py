@@ -70,6 +70,7 @@ SPLIT_WORDS = 3  # words two members must share beyond their family's template t
 SPLIT_COVER = 0.8  # share of a young family's members such groups must hold for it to be split
 APP_RECENT = 200  # latest prompts of an application its shared starts and ends are looked up in
 YOUNG_SPLIT = 5  # members up to which a prompt sharing far more with some of them splits those off
+YOUNG_TEMPLATE = 5  # members a young family's template is mined from before a prompt must mostly fit it
 _WORDS = re.compile(r'\w+')
 _KEY = 12  # characters of a template's first (or last) piece that index it
 SHORT_VALUE = 4  # words of a value on either side of a short run two young members share
@@ -658,6 +659,12 @@ class Engine:
         application) show when a third prompt shares far more with some members than with the others, more
         template text: those members and the prompt then make a family of their own.
         """
+        template = state.template
+        if template is not None and state.mined_at >= YOUNG_TEMPLATE:
+            # a template mined from five members already says what they share: a prompt lacking much of it is
+            # another template (sharing only the application's options list), not a member
+            if align(tokens, [tokenize(p) for p in template.pieces]).deleted > max(2, template.size // 4):
+                return None
         recent = list(self._recent(state))
         members = recent[-YOUNG_VOTES:]
         scores = []
