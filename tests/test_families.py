@@ -364,3 +364,125 @@ def test_short_templates_form_one_family_each(ws):
         assert mined == re.sub(r'\{\w+\}', '{}', template)
     sizes = ws.families().set_index('family_id')['size']
     assert [sizes[family_of[p]] for p in one_offs] == [1, 1]
+
+
+def _partition() -> tuple[dict[str, str], set[frozenset[str]]]:
+    raw = tables.raw_prompts()
+    family_of = {r['prompt_hash']: r['family_id'] for r in raw.select(raw.prompt_hash, raw.family_id).collect()}
+    groups: dict[str, set[str]] = {}
+    for h, f in family_of.items():
+        groups.setdefault(f, set()).add(h)
+    return family_of, {frozenset(g) for g in groups.values()}
+
+
+def test_a_real_log_ingested_in_two_parts_gives_the_families_of_one_ingest(ws, tmp_path):
+    """A real log (promptsource's e2e_nlg templates with the dataset's references) ingested in two parts gives the
+    families of one ingest: the second part reads what the first stored (an application's latest prompts with the
+    families they were assigned to, young families' first and last words in the order they were indexed) as one
+    ingest had them in memory. Earlier prompts move only by the merges and splits one ingest makes too."""
+    import sys
+
+    import pixeltable as pxt
+
+    from workspace import config
+
+    sys.path.insert(0, str(ROOT / 'datasets' / 'prompt_collections'))
+    import make_collections
+
+    if not make_collections.SHARED.is_dir():
+        pytest.skip(f'{make_collections.SHARED} is absent: the collection renders its inputs from it')
+    log, _ = make_collections.make('promptsource', seed=1)
+    lines = [json.dumps(x) + '\n' for x in log.lines if x['app'] == 'e2e_nlg'][:200]
+    path = tmp_path / 'log.jsonl'
+    path.write_text(''.join(lines), encoding='utf-8')
+    ws.ingest_prompts(path)
+    _, whole = _partition()
+
+    pxt.drop_dir(config.ROOT_DIR, force=True)
+    path.write_text(''.join(lines[:100]), encoding='utf-8')
+    ws.ingest_prompts(path)
+    first, _ = _partition()
+    path.write_text(''.join(lines), encoding='utf-8')
+    report = ws.ingest_prompts(path)
+    after, parts = _partition()
+    assert report.already_ingested == 100 and report.new_lines == 100
+    assert parts == whole
+    history = tables.family_history()
+    linked: dict[str, set[str]] = {}  # families joined by a recorded merge or split, one step or several
+    for r in history.select(history.family_id, history.other_id).collect():
+        linked.setdefault(r['family_id'], set()).add(r['other_id'])
+        linked.setdefault(r['other_id'], set()).add(r['family_id'])
+    for h, family in first.items():
+        reach, todo = {family}, [family]
+        while todo:
+            for other in linked.get(todo.pop(), ()):
+                if other not in reach:
+                    reach.add(other)
+                    todo.append(other)
+        assert after[h] in reach  # an earlier prompt moves only by the merges and splits assignment records
+
+
+def test_drift_flags_a_share_change_but_not_a_template_appearing(ws):
+    """A template whose traffic triples is flagged in that week; a template that starts sending (no line the week
+    before) is a template appearing, not drift of its share, and neither is the steady one."""
+    import random
+
+    rng = random.Random(3)
+    nouns = ['cat', 'parcel', 'invoice', 'river', 'lamp', 'garden', 'engine', 'letter', 'bridge', 'kettle']
+    templates = {
+        'steady': lambda: (
+            f'Translate to French: the {rng.choice(nouns)} is on the {rng.choice(nouns)} number '
+            f'{rng.randint(1, 99_999)}.'
+        ),
+        'appears': lambda: f'Write a haiku about a quiet {rng.choice(nouns)} seen on day {rng.randint(1, 99_999)}.',
+        'grows': lambda: (
+            f'Route this support ticket to a team: order {rng.randint(1, 99_999)} for '
+            f'{rng.choice(["Ann", "Bob", "Carla", "Dmitri"])} was {rng.choice(["late", "lost", "broken"])}.'
+        ),
+    }
+    weeks = [{'steady': 200, 'grows': 20}, {'steady': 200, 'appears': 60, 'grows': 20},
+             {'steady': 200, 'appears': 60, 'grows': 80}]  # fmt: skip
+    rows, truth = [], {}
+    for week, counts in enumerate(weeks):
+        for name, n in counts.items():
+            for i in range(n):
+                prompt = templates[name]()
+                truth[prompt] = name
+                at = f'2026-09-{7 + 7 * week + i % 7:02d}T{(i * 7) % 24:02d}:{i % 60:02d}:00Z'
+                rows.append({'prompt': prompt, 'timestamp': at})
+    ws.ingest_prompts(pd.DataFrame(rows), source_name='three weeks')
+    raw = tables.raw_prompts()
+    family_of: dict[str, set[str]] = {}
+    for r in raw.select(raw.prompt, raw.family_id).collect():
+        family_of.setdefault(truth[r['prompt']], set()).add(r['family_id'])
+    assert all(len(f) == 1 for f in family_of.values()), family_of
+    flagged = {name: ws.drift(next(iter(f)), window='week').flagged for name, f in family_of.items()}
+    assert flagged['steady'].empty and flagged['appears'].empty
+    assert len(flagged['grows']) == 1 and 'share' in flagged['grows']['reasons'].iloc[0]
+    assert flagged['grows']['window'].iloc[0].date().isoformat() == '2026-09-21'
+
+
+def test_text_added_after_a_trailing_slot_is_a_new_version_despite_a_near_duplicate(ws):
+    """FLAN's edit of `Summarize this article:\\n\\n{text}` into `...{text}\\n\\nSummary:` still parses with the old
+    template (its slot takes the new text): the latest values all ending with `\\n\\nSummary:` make a new version,
+    and a retry with a trailing space among them does not hide it."""
+    import random
+
+    rng = random.Random(5)
+    vocabulary = 'we propose a model that learns sparse codes from noisy speech and improves recognition by ten points'
+    words = vocabulary.split()
+
+    def abstract() -> str:
+        return ' '.join(rng.choice(words) for _ in range(rng.randint(12, 30))).capitalize() + '.'
+
+    texts = [f'Summarize this article:\n\n{abstract()}' for _ in range(40)]
+    edited = [f'Summarize this article:\n\n{abstract()}\n\nSummary:' for _ in range(12)]
+    edited.insert(3, edited[2] + ' ')  # a retry with a trailing space
+    rows = [
+        {'prompt': p, 'timestamp': f'2026-09-{7 + i // 8:02d}T{i % 8:02d}:00:00Z'} for i, p in enumerate(texts + edited)
+    ]
+    ws.ingest_prompts(pd.DataFrame(rows), source_name='an edit')
+    (family_id,) = ws.families()['family_id']
+    family = ws.get_family(family_id)
+    assert len(family.templates()) >= 2
+    assert family.jinja == 'Summarize this article:\n\n{{ article }}\n\nSummary:'

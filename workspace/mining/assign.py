@@ -30,17 +30,25 @@ from __future__ import annotations
 
 import collections
 import datetime
-import difflib
 import math
-import os
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import cydifflib as difflib  # difflib in C++: the same alignments, ten times faster
 import numpy as np
 
-from workspace.mining.canonical import Slot, Template, mine, template_events, tokenize, words
+from workspace.mining.canonical import (
+    Slot,
+    Template,
+    common_prefix,
+    common_suffix,
+    mine,
+    template_events,
+    tokenize,
+    words,
+)
 
 __all__ = ['Assignment', 'Engine', 'FamilyState', 'Fit', 'Member', 'Move', 'TEMPLATE_MIN', 'align', 'best_version']
 
@@ -62,6 +70,7 @@ SPLIT_WORDS = 3  # words two members must share beyond their family's template t
 SPLIT_COVER = 0.8  # share of a young family's members such groups must hold for it to be split
 APP_RECENT = 200  # latest prompts of an application its shared starts and ends are looked up in
 YOUNG_SPLIT = 5  # members up to which a prompt sharing far more with some of them splits those off
+YOUNG_TEMPLATE = 5  # members a young family's template is mined from before a prompt must mostly fit it
 _WORDS = re.compile(r'\w+')
 _KEY = 12  # characters of a template's first (or last) piece that index it
 SHORT_VALUE = 4  # words of a value on either side of a short run two young members share
@@ -241,6 +250,8 @@ def align(prompt: Sequence[str], pieces: Sequence[Sequence[str]], *, young: bool
 
 
 Member = tuple[str, str, datetime.datetime]  # prompt hash, text, first seen
+Key = tuple[tuple[str, ...], tuple[str, ...], int]  # a young member's first and last words, and its place in order
+Recent = tuple[str, str, str]  # one of an application's latest prompts: family assigned to, prompt hash, text
 
 
 @dataclass
@@ -266,9 +277,8 @@ class FamilyState:
     merged_into: str | None = None
     changed: bool = False
     draft: tuple[tuple[str, ...], Template] | None = None  # a young family's members' template, by member hashes
-    keys: list[tuple[tuple[str, ...], tuple[str, ...]]] = field(
-        default_factory=list
-    )  # young: members' first/last words
+    # young: members' first and last words, with when they were indexed (the engine's count of keys)
+    keys: list[Key] = field(default_factory=list)
 
     @property
     def template(self) -> Template | None:
@@ -319,6 +329,12 @@ def best_version(versions: Iterable[tuple[int, Template]], text: str) -> tuple[i
     return best
 
 
+def _parse(template: Template, text: str) -> dict[str, str] | None:
+    """Return a member's slot values, reading a near duplicate with whitespace added at its end as its original."""
+    found = template.parse(text)
+    return found if found is not None or text == text.rstrip() else template.parse(text.rstrip())
+
+
 def _first_words(tokens: Sequence[str], n: int = 3) -> tuple[str, ...]:
     return tuple(t.lower() for t in tokens if any(c.isalnum() for c in t))[:n]
 
@@ -331,7 +347,7 @@ def _edge(values: Sequence[str], suffix: bool) -> str:
     """Return the text all values start (or end) with, cut back to a token boundary."""
     if suffix:
         return _edge([v[::-1] for v in values], False)[::-1]
-    common = os.path.commonprefix(list(values))
+    common = common_prefix(values)
     if not common or all(v == common for v in values):
         return ''
     tokens = tokenize(common)
@@ -382,7 +398,7 @@ def _unbalanced(text: str) -> bool:
 
 def _edge_shared(a: str, b: str) -> bool:
     """Return whether two texts start or end with the same solid text (two words, or a word and a line break)."""
-    for shared in (os.path.commonprefix([a, b]), os.path.commonprefix([a[::-1], b[::-1]])):
+    for shared in (common_prefix([a, b]), common_suffix([a, b])):
         n = len(_WORDS.findall(shared))
         if n >= 2 or (n == 1 and '\n' in shared):
             return True
@@ -402,8 +418,8 @@ def _near_edges(a: str, b: str) -> bool:
 
 def _shared_edges(a: str, b: str) -> int:
     """Return the words two texts share at their start and at their end."""
-    start = os.path.commonprefix([a, b])
-    end = os.path.commonprefix([a[::-1], b[::-1]]) if len(start) < min(len(a), len(b)) else ''
+    start = common_prefix([a, b])
+    end = common_suffix([a, b]) if len(start) < min(len(a), len(b)) else ''
     return len(_WORDS.findall(start)) + len(_WORDS.findall(end))
 
 
@@ -427,6 +443,7 @@ class Engine:
         dimensions: int = 256,
         last: datetime.datetime | None = None,
         taken: Iterable[str] = (),
+        app_recent: Iterable[tuple[str | None, Recent]] = (),
     ) -> None:
         self.states: dict[str, FamilyState] = {}
         self.vectors = vectors if vectors is not None else {}
@@ -445,11 +462,20 @@ class Engine:
         self._lengths: set[int] = set()
         self._day: datetime.date | None = last.date() if last is not None else None
         self._taken = set(taken)
-        self._app_recent: dict[str | None, collections.deque[tuple[str, str]]] = collections.defaultdict(
+        self._app_recent: dict[str | None, collections.deque[Recent]] = collections.defaultdict(
             lambda: collections.deque(maxlen=APP_RECENT)
         )
+        for app, entry in app_recent:  # oldest first, with the families they were assigned to
+            self._app_recent[app].append(entry)
+        self._clock = 0  # young keys indexed so far: stored with each key, so a reload indexes them in that order
         for state in states:
             self._add(state)
+        young = sorted(
+            (k[2], state.id, k) for state in self.states.values() if state.mined_at < TRUST for k in state.keys
+        )
+        for _, family_id, key in young:
+            self._index_keys(self.states[family_id], key)
+        self._clock = max((k[0] for k in young), default=-1) + 1
 
     # --- indexes -----------------------------------------------------------------------------------------------
 
@@ -463,9 +489,6 @@ class Engine:
         self._apps[state.app] = (ids, matrix)
         for _, template in state.versions():
             self._index_template(state, template)
-        if state.mined_at < TRUST:
-            for key in state.keys:
-                self._index_keys(state, key)
 
     def _unit(self, total: np.ndarray) -> np.ndarray:
         return (total / max(float(np.linalg.norm(total)), 1e-12)).astype(np.float32)
@@ -489,11 +512,12 @@ class Engine:
 
     def _index_young(self, state: FamilyState, text: str) -> None:
         tokens = tokenize(text)
-        key = (_first_words(tokens), _last_words(tokens))
+        key = (_first_words(tokens), _last_words(tokens), self._clock)
+        self._clock += 1
         state.keys.append(key)
         self._index_keys(state, key)
 
-    def _index_keys(self, state: FamilyState, key: tuple[tuple[str, ...], tuple[str, ...]]) -> None:
+    def _index_keys(self, state: FamilyState, key: Key) -> None:
         self._young_first[(state.app, key[0])].append(state.id)
         self._young_last[(state.app, key[1])].append(state.id)
 
@@ -553,8 +577,10 @@ class Engine:
             ((app, _first_words(tokens)), self._young_first),
             ((app, _last_words(tokens)), self._young_last),
         ):
-            for fid in table.get(key, [])[-CANDIDATES:]:
-                if fid in index and fid not in chosen:
+            # the latest young families with the key (families trusted since are no longer indexed by their members)
+            young = [fid for fid in table.get(key, []) if fid in index and self.states[fid].mined_at < TRUST]
+            for fid in young[-CANDIDATES:]:
+                if fid not in chosen:
                     chosen[fid] = float(sims[index[fid]])
         return sorted(chosen.items(), key=lambda kv: -kv[1])
 
@@ -566,7 +592,10 @@ class Engine:
             self._new_day(at)
         self._day = at.date()
         assignment = self._assign(prompt_hash, text, vector, at, app)
-        self._app_recent[app].append((assignment.family_id, text))
+        # the family it was assigned to, which later merges and splits do not change: an application's latest
+        # prompts are read with it (a reload reads it from the stored reason)
+        assignment.reason['assigned_to'] = assignment.family_id
+        self._app_recent[app].append((assignment.family_id, prompt_hash, text))
         return assignment
 
     def _assign(
@@ -630,6 +659,12 @@ class Engine:
         application) show when a third prompt shares far more with some members than with the others, more
         template text: those members and the prompt then make a family of their own.
         """
+        template = state.template
+        if template is not None and state.mined_at >= YOUNG_TEMPLATE:
+            # a template mined from five members already says what they share: a prompt lacking much of it is
+            # another template (sharing only the application's options list), not a member
+            if align(tokens, [tokenize(p) for p in template.pieces]).deleted > max(2, template.size // 4):
+                return None
         recent = list(self._recent(state))
         members = recent[-YOUNG_VOTES:]
         scores = []
@@ -677,12 +712,11 @@ class Engine:
         it, so the first two prompts of a template put apart do not keep every later one apart.
         """
         recent = self._app_recent.get(state.app, ())
-        for edge, shared in ((fit.start, os.path.commonprefix([text, member])),
-                             (fit.end, os.path.commonprefix([text[::-1], member[::-1]])[::-1])):  # fmt: skip
+        for edge, shared in ((fit.start, common_prefix([text, member])), (fit.end, common_suffix([text, member]))):
             if not edge or not _solid(tokenize(shared)):
                 continue  # a short value at the edge (`{name} wants a refund ...`): judged by the draft below
             test = str.startswith if shared == text[: len(shared)] else str.endswith
-            others = {f for f, t in recent if f != state.id and test(t, shared)}
+            others = {f for f, _, t in recent if f != state.id and test(t, shared)}
             if len(others) < 2:
                 return True
         if not any(_solid(tokenize(piece)) for piece in fit.shared[1:-1]):
@@ -691,7 +725,7 @@ class Engine:
             if any(words(tokenize(t[s:e])) > SHORT_VALUE for s, e in draft.spans(t) or ()):
                 return False
         others = set()
-        for family_id, other in recent:
+        for family_id, _, other in recent:
             if family_id != state.id and family_id not in others and draft.spans(other) is not None:
                 others.add(family_id)
                 if len(others) >= 2:
@@ -720,7 +754,7 @@ class Engine:
     def _found(
         self, prompt_hash: str, text: str, vector: np.ndarray, at: datetime.datetime, app: str | None
     ) -> FamilyState:
-        state = FamilyState(self._new_id(prompt_hash), app, at, vector.astype(np.float64), 1, changed=True)
+        state = FamilyState(self._new_id(prompt_hash), app, at, vector.astype(np.float32), 1, changed=True)
         state.recent.append((prompt_hash, text, at))
         state.times.append(at)
         self._remember(state, prompt_hash, text, vector)
@@ -746,7 +780,7 @@ class Engine:
         *,
         remine: bool = False,
     ) -> None:
-        state.total = state.total + vector
+        state.total = state.total + vector.astype(np.float32)
         state.n += 1
         state.changed = True
         state.times.append(at)
@@ -806,26 +840,30 @@ class Engine:
         )
 
     def _refine(self, state: FamilyState, at: datetime.datetime) -> None:
-        """Record a new version when the latest members' values all gained the same text at one edge."""
+        """Record a new version when the latest members' values all gained the same text at one edge.
+
+        Whitespace at the edge does not count: a near duplicate with a trailing space (a retry, a copy) must not
+        hide that every value now ends with `\n\nSummary:`.
+        """
         template = state.template
         recent = list(self._recent(state))
         if template is None or not template.slots or len(recent) < 2 * REFINE_K:
             return
-        latest = [template.parse(t) for _, t, _ in recent[-REFINE_K:]]
+        latest = [_parse(template, t) for _, t, _ in recent[-REFINE_K:]]
         if any(p is None for p in latest):
             return
-        before = [p for p in (template.parse(t) for _, t, _ in recent[-2 * REFINE_K : -REFINE_K]) if p is not None]
+        before = [p for p in (_parse(template, t) for _, t, _ in recent[-2 * REFINE_K : -REFINE_K]) if p is not None]
         for slot in template.slots:
-            values = [p[slot.name] for p in latest]  # type: ignore[index]
             for suffix in (False, True):
-                edge = _edge(values, suffix)
+                trim = str.rstrip if suffix else str.lstrip
+                edge = _edge([trim(p[slot.name]) for p in latest], suffix)  # type: ignore[index]
                 if not _new_text(edge):
                     continue
-                had = sum(1 for p in before if (p[slot.name].endswith if suffix else p[slot.name].startswith)(edge))
-                if had <= len(before) // 5:
+                has = str.endswith if suffix else str.startswith
+                if sum(1 for p in before if has(trim(p[slot.name]), edge)) <= len(before) // 5:
                     texts = [t for _, t, _ in recent[-REFINE_K:]]
                     mined = mine(texts)
-                    if mined.size > template.size and all(mined.spans(t) is not None for t in texts):
+                    if mined.size > template.size and all(_parse(mined, t) is not None for t in texts):
                         self._version(state, mined, at, texts)
                         state.mined_at = state.n
                     return
@@ -868,7 +906,7 @@ class Engine:
     def _split_off(self, state: FamilyState, moved: list[Member], at: datetime.datetime) -> FamilyState:
         texts = [t for _, t, _ in moved]
         vectors = self.embed(texts) if self.embed is not None else np.zeros((len(texts), self.dimensions))
-        total = np.asarray(vectors, dtype=np.float64).sum(axis=0)
+        total = np.asarray(vectors, dtype=np.float32).sum(axis=0, dtype=np.float32)
         new = FamilyState(self._new_id(moved[0][0]), state.app, moved[0][2], total, len(moved), changed=True)
         for member, vector in zip(moved, vectors):
             new.recent.append(member)

@@ -3,7 +3,9 @@
 Each window (a day or a week) is compared with the window before it, on three statistics:
 
 - share: the family's log lines over all log lines in the window; flagged when it changes by half or more
-  (x1.5 or /1.5) and a chi-square test of the two windows' counts gives p < 0.001;
+  (x1.5 or /1.5) and a chi-square test of the two windows' counts gives p < 0.001. A family with no line in the
+  window before has no share to drift from: its first lines are a template appearing (a new template, an edit
+  not yet recorded as a version), which its first seen says, not drift;
 - slots: for each enum slot (and integer or number slot, in five bins of the earlier window's quantiles), the
   Jensen-Shannon distance (base 2, scipy) between the two windows' value distributions; flagged when one is >= 0.2
   and a chi-square test gives p < 0.001;
@@ -184,7 +186,7 @@ def drift(family: Family | str, *, window: Window = 'week') -> DriftReport:
             _, before, old_share, old_family, old_total = previous
             ratio = (share + 1e-9) / (old_share + 1e-9)
             table = [[counts['family'], counts['total'] - counts['family']], [old_family, old_total - old_family]]
-            if min(counts['family'], old_family) + max(counts['family'], old_family) > 0:
+            if old_family > 0:  # a family without traffic the window before appears (a new template): no share to drift
                 row['share_p'] = float(stats.chi2_contingency(table)[1])
                 if (ratio >= SHARE_RATIO or ratio <= 1 / SHARE_RATIO) and row['share_p'] < P_VALUE:
                     reasons.append(f'share {percent(old_share)} -> {percent(share)} ({p_phrase(row["share_p"])})')

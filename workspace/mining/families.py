@@ -34,7 +34,17 @@ from workspace.core import rules as guardrails
 from workspace.display.frames import shown
 from workspace.display.results import render_record
 from workspace.errors import DatasetError, FamilyError
-from workspace.mining.assign import MINE_SAMPLE, TEMPLATE_MIN, TRUST, Engine, FamilyState, Member, Move, best_version
+from workspace.mining.assign import (
+    APP_RECENT,
+    MINE_SAMPLE,
+    TEMPLATE_MIN,
+    TRUST,
+    Engine,
+    FamilyState,
+    Member,
+    Move,
+    best_version,
+)
 from workspace.mining.canonical import Template, mine, template_events
 from workspace.storage import audit_log, tables
 from workspace.storage.embeddings import DIMENSIONS, embed
@@ -95,7 +105,7 @@ def load_engine() -> Engine:
             id=r['family_id'],
             app=r['app'],
             created_at=r['created_at'],
-            total=np.asarray(r['total'], dtype=np.float64),
+            total=np.asarray(r['total'], dtype=np.float32),
             n=r['n'],
             exemplars=list(r['exemplars']),
             templates=[t for _, t in numbered],
@@ -107,7 +117,7 @@ def load_engine() -> Engine:
             candidate_since=_time(extra['candidate_since']) if extra.get('candidate_since') else None,
         )
         state.times.extend(_time(x) for x in extra.get('times', []))
-        state.keys = [(tuple(a), tuple(b)) for a, b in extra.get('keys', [])]
+        state.keys = [(tuple(k[0]), tuple(k[1]), k[2] if len(k) > 2 else -1) for k in extra.get('keys', [])]
         states.append(state)
     vectors: dict[str, np.ndarray] = {}
     snippets: dict[str, str] = {}
@@ -125,6 +135,7 @@ def load_engine() -> Engine:
     ]
     return Engine(
         states,
+        app_recent=_app_recent({s.app for s in states}),
         vectors=vectors,
         snippets=snippets,
         load_recent=_recent_loader,
@@ -133,6 +144,25 @@ def load_engine() -> Engine:
         last=last,
         taken=taken,
     )
+
+
+def _app_recent(apps: set[str | None]) -> list[tuple[str | None, tuple[str, str, str]]]:
+    """Return each application's latest prompts (APP_RECENT), oldest first, with the families they were assigned to
+    (where they are now for prompts ingested before the reason recorded it)."""
+    raw = tables.raw_prompts()
+    out = []
+    for app in sorted(apps, key=lambda a: (a is not None, a or '')):
+        rows = (
+            raw.where(raw.app == app)  # None: Pixeltable's IS NULL
+            .order_by(raw.seq, asc=False)
+            .limit(APP_RECENT)
+            .select(raw.family_id, raw.prompt_hash, raw.prompt, raw.reason)
+            .collect()
+        )
+        for r in reversed(list(rows)):
+            assigned = (r['reason'] or {}).get('assigned_to', r['family_id'])
+            out.append((app, (assigned, r['prompt_hash'], r['prompt'])))
+    return out
 
 
 def state_rows(states: Sequence[FamilyState], now: datetime.datetime) -> list[dict[str, Any]]:
@@ -157,7 +187,7 @@ def state_rows(states: Sequence[FamilyState], now: datetime.datetime) -> list[di
                 'candidate_of': s.candidate_of,
                 'candidate_since': s.candidate_since.isoformat() if s.candidate_since else None,
                 'times': [t.isoformat() for t in s.times],
-                'keys': [list(map(list, k)) for k in s.keys] if s.mined_at < TRUST else [],
+                'keys': [[list(a), list(b), n] for a, b, n in s.keys] if s.mined_at < TRUST else [],
             },
         }
         for s in states

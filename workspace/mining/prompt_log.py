@@ -321,7 +321,16 @@ def _batch(
     report.moves += len(engine.moves)
     tables.insert_new(
         tables.ingest_journal(),
-        [{'batch_id': batch_id, 'source': source, 'created_at': now, 'status': 'pending', 'plan': plan}],
+        [
+            {
+                'batch_id': batch_id,
+                'source': source,
+                'created_at': now,
+                'status': 'pending',
+                'plan': {'in': 'plan_text'},
+                'plan_text': json.dumps(plan, ensure_ascii=False, separators=(',', ':')),
+            }
+        ],  # fmt: skip
         'batch_id',
     )
     pause_point('ingest.journaled')
@@ -438,14 +447,14 @@ def _times(row: dict[str, Any], *names: str) -> dict[str, Any]:
 def _apply(batch_id: str, plan: dict[str, Any], vectors: dict[str, np.ndarray] | None = None) -> None:
     """Write one batch's plan. Every step can be repeated (keyed inserts, updates to absolute values), so a plan
     applied again after a kill completes it; families come before the prompts that point to them. `vectors` are
-    the new prompts' embeddings when the ingest still has them (a plan completed later embeds them again)."""
+    the new prompts' embeddings when the ingest still has them (a plan completed later embeds them again); then
+    its rows were checked new moments ago, and are inserted without reading first which keys exist."""
+    fresh = vectors is not None
     families = [_times(r, 'created_at', 'updated_at') for r in plan['families']]
     for r in families:
         r['total'] = np.asarray(r['total'], dtype=np.float32)
     state = tables.families()
-    live = [r for r in families if r['status'] != 'merged']
-    if live:
-        tables.upsert(state, live)
+    _write_families(state, [r for r in families if r['status'] != 'merged'])
     pause_point('ingest.families')
     if plan['templates']:
         t = tables.family_templates()
@@ -460,11 +469,7 @@ def _apply(batch_id: str, plan: dict[str, Any], vectors: dict[str, np.ndarray] |
         if rows:
             t.insert(rows)
     raw = tables.raw_prompts()
-    for move in plan['moves']:
-        where = raw.family_id == move['from']
-        if move['hashes'] is not None:
-            where = where & raw.prompt_hash.isin(move['hashes'])
-        raw.update({'family_id': move['to']}, where=where)
+    _write_moves(raw, plan['moves'])
     merged = [r for r in families if r['status'] == 'merged']
     if merged:
         tables.upsert(state, merged)
@@ -474,16 +479,46 @@ def _apply(batch_id: str, plan: dict[str, Any], vectors: dict[str, np.ndarray] |
             vectors = dict(zip([r['prompt_hash'] for r in rows], embed([r['prompt'] for r in rows])))
         for r in rows:
             r['vector'] = vectors[r['prompt_hash']]
-        tables.insert_new(raw, rows, 'prompt_hash')
+        tables.insert_new(raw, rows, 'prompt_hash', likely_new=fresh)
     pause_point('ingest.raw')
     if plan['seen']:
         raw.batch_update([_times(r, 'first_seen', 'last_seen') for r in plan['seen']])
-    tables.insert_new(tables.prompt_occurrences(), [_times(r, 'at') for r in plan['occurrences']], 'occurrence_id')
+    occurrences = [_times(r, 'at') for r in plan['occurrences']]
+    tables.insert_new(tables.prompt_occurrences(), occurrences, 'occurrence_id', likely_new=fresh)
     pause_point('ingest.occurrences')
     if plan['history']:
         tables.insert_new(tables.family_history(), [_times(r, 'at') for r in plan['history']], 'event_id')
     journal = tables.ingest_journal()
     journal.update({'status': 'done', 'done_at': utc_now()}, where=journal.batch_id == batch_id)
+
+
+def _write_families(state: Any, rows: list[dict[str, Any]]) -> None:
+    """Insert the families new to the table (an insert costs a fraction of an update) and update the others."""
+    if not rows:
+        return
+    stored = _existing(state, 'family_id', [r['family_id'] for r in rows])
+    new = [r for r in rows if r['family_id'] not in stored]
+    if new:
+        tables.insert_new(state, new, 'family_id', likely_new=True)
+    if len(new) < len(rows):
+        tables.upsert(state, [r for r in rows if r['family_id'] in stored])
+
+
+def _write_moves(raw: Any, moves: list[dict[str, Any]]) -> None:
+    """Move the stored members of merged and split families (the batch's own rows already point to the right
+    family). A family with no stored member is skipped: an update costs a table version even when it finds no row."""
+    if not moves:
+        return
+    froms = list({m['from'] for m in moves})
+    stored = {r['family_id'] for r in raw.where(raw.family_id.isin(froms)).select(raw.family_id).collect()}
+    for move in moves:
+        if move['from'] not in stored:
+            continue
+        where = raw.family_id == move['from']
+        if move['hashes'] is not None:
+            where = where & raw.prompt_hash.isin(move['hashes'])
+        raw.update({'family_id': move['to']}, where=where)
+        stored.add(move['to'])
 
 
 def recover() -> int:
@@ -493,7 +528,8 @@ def recover() -> int:
         journal.where(journal.status == 'pending').order_by(journal.created_at).select(journal.batch_id).collect()
     )
     for row in pending:
-        plan = journal.where(journal.batch_id == row['batch_id']).select(journal.plan).collect()[0]['plan']
+        stored = journal.where(journal.batch_id == row['batch_id']).select(journal.plan, journal.plan_text).collect()[0]
+        plan = json.loads(stored['plan_text']) if stored['plan_text'] is not None else stored['plan']
         log.warning('completing batch %s of an interrupted ingest', row['batch_id'])
         _apply(row['batch_id'], plan)
     return len(pending)

@@ -103,9 +103,10 @@ class Embedder:
         if not texts:
             return out
         tokenizer, weights = self._load()
-        for i, text in enumerate(texts):
-            # One text at a time, summed in float64 in a fixed order: the vector cannot depend on other texts.
-            ids = np.asarray(tokenizer.encode(text, add_special_tokens=False).ids or [_UNKNOWN], dtype=np.int64)
+        # Tokenized together (the tokenizer's batch runs on every core; without padding a text's tokens are its own),
+        # then summed one text at a time in float64 in a fixed order: the vector cannot depend on other texts.
+        for i, encoding in enumerate(tokenizer.encode_batch(list(texts), add_special_tokens=False)):
+            ids = np.asarray(encoding.ids or [_UNKNOWN], dtype=np.int64)
             total = np.zeros(DIMENSIONS, dtype=np.float64)
             for start in range(0, len(ids), _CHUNK):
                 total += weights[ids[start : start + _CHUNK]].sum(axis=0, dtype=np.float64)
