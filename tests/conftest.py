@@ -115,19 +115,23 @@ def stop_postgres_servers(under: list[Path]) -> list[int]:
 #: The slowest tests (minutes each: JupyterLab in a browser, notebooks end to end), slowest first. Under pytest-xdist
 #: they go first, each followed by a quick test, and `make test` hands out tests two at a time
 #: (--maxschedchunk=2): every worker starts on a slow one, and none is left to start last.
-SLOW_FIRST = (  # by the durations `make test` printed (--durations=25) on a loaded 2-core machine
+SLOW_FIRST = (  # by the durations of a whole run (--durations=60) on a loaded 2-core machine, 2026-12-06
     'test_backends.py::test_local_answers_are_bit_identical_in_any_order',
-    'test_optimize.py::test_killed_run_resumes_without_repeating_a_call',
-    'test_notebooks.py::test_notebooks_run_in_order_under_papermill',
-    'test_optimize.py::test_optimizer_makes_a_version_with_lineage_and_trials[mipro_v2-budget3-options3]',
-    'test_calibration.py::test_label_scores_are_bit_identical_whatever_was_decoded_before',
-    'test_optimize.py::test_optimizer_makes_a_version_with_lineage_and_trials[knn_fewshot-None-options5]',
-    'test_store.py::test_no_key_and_no_url_password_reaches_any_file',
-    'test_optimize.py::test_the_plan_is_said_first_and_the_records_match_the_real_calls',
-    'test_browser.py::test_every_notebook_runs_as_opened[01-05]',
     'test_browser.py::test_comparison_widget_in_jupyterlab',
+    'test_browser.py::test_every_notebook_runs_as_opened[01-05]',
+    'test_notebooks.py::test_notebooks_run_in_order_under_papermill',
+    'test_calibration.py::test_label_scores_are_bit_identical_whatever_was_decoded_before',
+    'test_exports.py::test_cli_exports_and_imports',
     'test_notebooks.py::test_judges_and_samples_notebook_under_papermill',
+    'test_judges.py::test_judge_call_counts_follow_the_contract',
+    'test_browser.py::test_every_notebook_runs_as_opened[06]',
+    'test_browser.py::test_every_notebook_runs_as_opened[08]',
+    'test_judges.py::test_judge_with_rationale_and_score_scale',
+    'test_changelog.py::test_changelog_is_a_stored_request_next_to_the_measured_effect',
+    'test_browser.py::test_every_notebook_runs_as_opened[07]',
     'test_backends.py::test_a_chat_version_evaluates_on_the_embedded_model',
+    'test_cli.py::test_two_runs_at_once_keep_separate_records',
+    'test_cli.py::test_documented_cron_line_runs_and_records',
     'test_annotate.py::test_annotation_widget_labels_rows_by_keyboard_in_jupyterlab',
 )
 
