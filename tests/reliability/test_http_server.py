@@ -177,7 +177,8 @@ def test_a_render_past_the_hard_cap_is_stopped_and_its_worker_replaced(monkeypat
     workers = RenderWorkers(1, grace_s=0.5)
     try:
         version = SimpleNamespace(id='slow:v1', template='Ticket: {{ text }}', demos=[], labels=[], instructions='')
-        assert workers.render(version, {'text': 'hi'}) == 'Ticket: hi'  # the worker is up (a minute's cap)
+        assert workers.render(version, {'text': 'hi'}) == 'Ticket: hi'  # rendered on this thread
+        assert workers.wait_idle(120), 'the render worker did not start in 120 s'
         monkeypatch.setenv('WORKSPACE_RENDER_TIMEOUT_S', '0.5')  # what the server's cap reads: 0.5 + 0.5 s
         version.template = SLOW
         started = time.monotonic()

@@ -158,6 +158,16 @@ class RenderWorkers:
         if not self._closed:
             self._add()
 
+    def wait_idle(self, timeout: float) -> bool:
+        """Return True once a worker is idle, or False after `timeout` seconds (workers start in the background: a
+        second or more on a busy machine)."""
+        deadline = time.monotonic() + timeout
+        while self._idle.qsize() == 0:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
     def cap(self) -> float:
         """Return the longest a render may take, waiting for a worker included: the render time limit plus grace."""
         from udfs.render import render_timeout_s
