@@ -643,8 +643,17 @@ def _wait(session: _Session, waiting: dict[str, tuple[dict[str, Any], Origin]], 
             break
         won = session.take_over(sorted(waiting))
         if won:
-            mine = [(key, *waiting.pop(key)) for key in sorted(won)]
-            called |= _send(session, mine, retry, tick)
+            # The owner may have died after the recovery above: its journaled answers are read first, so that a
+            # request it was answered for is not paid for again.
+            _recover()
+            late = {k: a for k, a in lookup(won).items() if k not in retry or a['error'] is None}
+            for key in late:
+                waiting.pop(key)
+            answers |= late
+            tick(len(late))
+            mine = [(key, *waiting.pop(key)) for key in sorted(won) if key in waiting]
+            if mine:
+                called |= _send(session, mine, retry, tick)
             continue
         if time.monotonic() > deadline:
             raise BackendError(
