@@ -27,20 +27,24 @@ SHARED = ROOT.parent / 'shared' / 'datasets'
 TICKETS_CSV = ROOT / 'datasets' / 'support_tickets.csv'
 
 
-@pytest.fixture(scope='session', autouse=True)
-def _commits_without_waiting_for_the_disk() -> None:
-    """The session's PostgreSQL server commits without waiting for its log to reach the disk: a test session never
-    outlives an operating-system crash (the only case where that loses a commit), and tests kill workspace
-    processes, never this server. Every commit of every process of the session (kernels, CLI children) is faster."""
+_fast_commits_set = False
+
+
+def _commit_without_waiting_for_the_disk() -> None:
+    """Once per process: the session's PostgreSQL server commits without waiting for its log to reach the disk. A
+    test session never outlives an operating-system crash (the only case where that loses a commit), and tests kill
+    workspace processes, never this server. The setting is the server's, so every process of the session (kernels,
+    CLI children) commits faster too."""
+    global _fast_commits_set
+    if _fast_commits_set:
+        return
     import sqlalchemy as sa
     from pixeltable.env import Env
 
-    from workspace import config
-
-    config.connect()
     with Env.get().engine.connect().execution_options(isolation_level='AUTOCOMMIT') as connection:
         connection.execute(sa.text('ALTER SYSTEM SET synchronous_commit = off'))
         connection.execute(sa.text('SELECT pg_reload_conf()'))
+    _fast_commits_set = True
 
 
 @pytest.fixture
@@ -52,6 +56,7 @@ def ws() -> Iterator[object]:
     from workspace import config
 
     config.connect()
+    _commit_without_waiting_for_the_disk()
     pxt.drop_dir(config.ROOT_DIR, force=True, if_not_exists='ignore')
     yield workspace
     pxt.drop_dir(config.ROOT_DIR, force=True, if_not_exists='ignore')

@@ -160,6 +160,38 @@ def test_a_claim_of_a_dead_process_is_taken_over_at_once(server):
     assert batch.calls == 1 and batch.answers[key]['text'] == 'ok:orphan'
 
 
+def test_an_owner_dying_just_before_its_claims_are_taken_over_is_not_paid_for_again(server, monkeypatch):
+    """The owner journals an answer and dies after the waiter's recovery but before the waiter takes its claims
+    over: the waiter reads the journal before sending, so the answer is not asked again."""
+    import socket
+
+    from workspace.storage import journal
+
+    request = _request('raced')
+    key = store.request_hash(store._identity(request))
+    owner = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])
+    wal = journal.Journal('owner-session')  # open, so locked: a live session's journal
+    wal.sent(key)
+    wal.answered(store._row(key, store._identity(request), (None, None, None), {'text': 'paid once'}, None))
+    _claim(key, host=socket.gethostname(), pid=owner.pid)
+    take_over = store._Session.take_over
+
+    def owner_dies_first(session, keys):
+        if owner.poll() is None:  # the owner dies here, after this round's recovery and lookup
+            owner.kill()
+            owner.wait()
+            wal.close(done=False)  # as SIGKILL leaves it: written, unlocked
+        return take_over(session, keys)
+
+    monkeypatch.setattr(store._Session, 'take_over', owner_dies_first)
+    try:
+        batch = store.answer_many([(request, (None, None, None))])
+    finally:
+        owner.kill()
+    assert batch.calls == 0 and len(server.received) == 0
+    assert batch.answers[key]['text'] == 'paid once'
+
+
 def test_a_claim_from_another_host_is_taken_over_only_when_its_heartbeat_is_stale(server, monkeypatch):
     fresh, stale = _request('fresh'), _request('stale')
     _claim(store.request_hash(store._identity(stale)), host='elsewhere', pid=1, age_s=600)

@@ -632,8 +632,11 @@ def _wait(session: _Session, waiting: dict[str, tuple[dict[str, Any], Origin]], 
     called: dict[str, Answer] = {}
     deadline = time.monotonic() + session.knobs.claim_wait
     delay = 0.05
+    taken: set[str] = set()  # claims taken over from dead sessions, sent after one more recovery and lookup
     while waiting:
-        _recover()  # a session that died while this one waited: its answers, not its calls again
+        # A session that died while this one waited: its journaled answers, not its calls again (also when it died
+        # after the recovery that came before its claims were taken over).
+        _recover()
         found = {k: a for k, a in lookup(waiting).items() if k not in retry or a['error'] is None}
         for key in found:
             waiting.pop(key)
@@ -641,19 +644,13 @@ def _wait(session: _Session, waiting: dict[str, tuple[dict[str, Any], Origin]], 
         tick(len(found))
         if not waiting:
             break
-        won = session.take_over(sorted(waiting))
-        if won:
-            # The owner may have died after the recovery above: its journaled answers are read first, so that a
-            # request it was answered for is not paid for again.
-            _recover()
-            late = {k: a for k, a in lookup(won).items() if k not in retry or a['error'] is None}
-            for key in late:
-                waiting.pop(key)
-            answers |= late
-            tick(len(late))
-            mine = [(key, *waiting.pop(key)) for key in sorted(won) if key in waiting]
-            if mine:
-                called |= _send(session, mine, retry, tick)
+        mine = [(key, *waiting.pop(key)) for key in sorted(taken) if key in waiting]
+        if mine:
+            called |= _send(session, mine, retry, tick)
+            taken.clear()
+            continue
+        taken = session.take_over(sorted(waiting))
+        if taken:
             continue
         if time.monotonic() > deadline:
             raise BackendError(
