@@ -89,10 +89,10 @@ function render({ model, el }) {
   const note = el.querySelector('.pw-annotate-note');
   const status = el.querySelector('.pw-annotate-status');
   const act = (action) => {
+    // The note travels with its verdict and is cleared here. The field is not synced to the kernel as it is typed:
+    // ipywidgets sends such updates after a message sent meanwhile and echoes them back, so a late echo put the
+    // old note back into the cleared field and a quick next verdict carried it again (seen once in CI).
     model.send({ action, note: note.value });
-    // The note belongs to this verdict. Cleared here, not only by the kernel's note = '': while the typed note's
-    // own updates are still echoing back, ipywidgets drops the kernel's change of it, and a quick next verdict
-    // would carry the old note again.
     note.value = '';
     card.focus();
   };
@@ -122,7 +122,6 @@ function render({ model, el }) {
   model.on('change:status_html', show);
   model.on('change:done', show);
   model.on('change:note', () => { note.value = model.get('note'); });
-  note.addEventListener('input', () => { model.set('note', note.value); model.save_changes(); });
   show();
 }
 export default { render };
@@ -190,13 +189,15 @@ class AnnotateView(anywidget.AnyWidget):
 
     def act(self, action: str, note: str | None = None) -> None:
         """Pass, fail, skip or back: store a verdict on the current row with the note, or move, then refresh."""
-        if note is not None:
-            self.note = note
+        # The browser's note comes with its message and is not written to the trait: a write would travel back to
+        # the field just cleared for the next row.
+        text = self.note if note is None else note
         if action in ('pass', 'fail'):
             try:
-                self.session.record(cast(Verdict, action), self.note)
+                self.session.record(cast(Verdict, action), text)
             except WorkspaceError as e:
                 self.status_html = f'<span style="color:#c62828">{html.escape(str(e))}</span>'
+                self.note = text  # the note back in its field, not lost with the refused verdict
                 return
         elif action == 'skip':
             self.session.skip()
