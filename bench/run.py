@@ -30,6 +30,7 @@ SECTIONS = [
     'guardrails',
     'serve',
     'families',
+    'threads',
 ]
 
 

@@ -396,6 +396,58 @@ def test_local_answers_are_bit_identical_in_any_order():
     assert {a for a, _ in results[0][0][: len(verses)]} <= {f' {label}' for label in POEM_LABELS}
 
 
+def test_local_answers_are_the_same_bits_with_one_thread_or_two():
+    """WORKSPACE_LOCAL_THREADS changes speed only: reading prompts and decoding with one thread or with two gives
+    the same answers and label scores, bit for bit (the test session runs its models with one thread)."""
+    from workspace.core.versions import choice, text
+    from workspace.storage.backends.local import LocalBackend
+
+    local = backends.get_backend('local')
+    requests = [
+        r
+        for output in (choice(POEM_LABELS), choice(POEM_LABELS, decode='calibrated'), text())
+        for r in _poem_requests(output, True, POEM_VERSES[:2])
+    ]
+    answers = {}
+    for threads in (1, 2):
+        model = LocalBackend(local.path, n_ctx=local.n_ctx, n_threads=threads)
+        try:
+            answers[threads] = [(a['text'], a.get('scores')) for a in map(model.complete, requests)]
+            assert model._load().context_params.n_threads_batch == threads  # prompts read with as many threads
+        finally:
+            model.close()
+    assert answers[1] == answers[2]
+
+
+def test_the_default_threads_follow_the_cores_other_processes_leave_free(monkeypatch):
+    """Other processes' work is the machine's busy time minus this process's own; the threads are the cores minus
+    that work, rounded, at least one, and are re-measured at most once a second."""
+    import subprocess
+    import sys
+    import time
+
+    from workspace.storage.backends import local as local_module
+
+    samples = iter([(0.0, 0.0, 0.0), (1.0, 1.9, 0.95), (2.0, 3.85, 2.85), (2.5, 4.8, 3.3), (3.0, 5.0, 3.3)])
+    monkeypatch.setattr(local_module._FreeCores, '_sample', lambda self: next(samples))
+    cores = local_module._FreeCores(2)
+    assert cores.measure() == 1  # 1.9 s busy in 1 s, 0.95 of it ours: another process held a core
+    assert cores.measure() == 2  # 1.95 s busy, 1.9 of it ours (our own threads spinning are not other work)
+    assert cores.measure() == 2  # half a second later: not measured again
+    assert local_module._FreeCores(1).cores == 1
+    monkeypatch.undo()
+
+    loop = subprocess.Popen([sys.executable, '-c', 'while True: pass'])
+    try:
+        time.sleep(0.2)
+        cores = local_module._FreeCores(2)
+        time.sleep(1.2)
+        assert cores.measure() == 1  # the busy loop takes one of two cores, whatever else runs
+    finally:
+        loop.kill()
+        loop.wait()
+
+
 def test_paragraph_chunks_reuse_the_shared_demos_and_end_where_the_prompt_says():
     local = backends.get_backend('local')
     llm = local._load()

@@ -233,7 +233,7 @@ class Settings:
     openai_rpm: float = 0.0
     #: Context window, in tokens, of local GGUF models.
     local_n_ctx: int = 4096
-    #: Threads a local model decodes with (0: one per core), for a machine shared with other work.
+    #: Threads a local model reads prompts and decodes with (0: one per core that other processes leave free).
     local_threads: int = 0
     #: How local models decode prompts (part of their identity in every request): `paragraphs`, or `blocks64` to
     #: reuse the answers of a store made before 2026-12 (see `workspace.storage.backends.local`).

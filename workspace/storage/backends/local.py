@@ -224,6 +224,58 @@ class _Greedy:
     finish_reason: str
 
 
+class _FreeCores:
+    """The threads a local model should use now: one per core that other processes leave free, re-measured at most
+    once a second, between requests.
+
+    llama.cpp's threads meet at a barrier after every step of a decode and wait there spinning, so a thread on a
+    core another process holds stalls all the others. Measured with the embedded model on 2 cores (docs/benchmarks.md,
+    "Threads on a busy machine"): idle, 2 threads 0.064 s a request and 1 thread 0.130 s; with one core kept busy
+    by another process, 2 threads 0.236 s and 1 thread 0.115 s. Answers are the same bits with
+    any thread count (tests/test_backends.py), so following the load changes speed only. Hand-written: llama.cpp
+    takes a thread count and nothing that measures the machine; psutil gives the machine's and this process's CPU
+    times, and their difference is the other processes' work.
+    """
+
+    INTERVAL_S = 1.0
+
+    def __init__(self, cores: int) -> None:
+        import psutil
+
+        self.cores = cores
+        self.threads = cores
+        self._process = psutil.Process()
+        self._last = self._sample()
+
+    def _sample(self) -> tuple[float, float, float]:
+        """Return (now, seconds every core spent busy, seconds this process spent on a core)."""
+        import psutil
+
+        times = psutil.cpu_times()
+        total = sum(times) - getattr(times, 'guest', 0.0) - getattr(times, 'guest_nice', 0.0)  # counted in user
+        busy = total - times.idle - getattr(times, 'iowait', 0.0)
+        own = self._process.cpu_times()
+        return time.monotonic(), busy, own.user + own.system
+
+    def measure(self) -> int:
+        """Return the threads to use: the cores minus the cores' worth of other processes' work since the last
+        measure (rounded), at least 1."""
+        now = self._sample()  # two reads of /proc on Linux, a few microseconds beside a request's tens of ms
+        wall = now[0] - self._last[0]
+        if wall >= self.INTERVAL_S:
+            others = max(0.0, (now[1] - self._last[1]) - (now[2] - self._last[2])) / wall
+            self.threads = max(1, min(self.cores, self.cores - round(others)))
+            self._last = now
+        return self.threads
+
+    def apply(self, llm: Any) -> None:
+        """Set the model's decode and prompt threads to `measure()` where it changed."""
+        threads = self.measure()
+        if llm.context_params.n_threads != threads:
+            llm._ctx.set_n_threads(threads, threads)
+            llm.context_params.n_threads = llm.context_params.n_threads_batch = threads
+
+
 class LocalBackend:
     """llama.cpp in-process: loads the GGUF once, decodes label outputs under a token mask, one request at a time.
 
@@ -269,6 +321,8 @@ class LocalBackend:
         self.path = path
         self.n_ctx = n_ctx
         self.n_threads = n_threads or max(1, os.cpu_count() or 1)
+        #: with no thread count given, the threads follow the cores other processes leave free
+        self._free_cores = None if n_threads else _FreeCores(self.n_threads)
         self.decoding = decoding
         self.calls = 0
         self._llm: Any = None
@@ -303,6 +357,8 @@ class LocalBackend:
                     model_path=str(self.path),
                     n_ctx=self.n_ctx,
                     n_threads=self.n_threads,
+                    # llama-cpp-python otherwise prefills with one thread per core whatever n_threads says
+                    n_threads_batch=self.n_threads,
                     n_batch=_BATCH,
                     n_ubatch=_BATCH,
                     seed=0,
@@ -585,6 +641,8 @@ class LocalBackend:
         decoding = decoding_of(request.get('model_id'), self.decoding)
         with self._lock:
             llm = self._load()
+            if self._free_cores is not None:
+                self._free_cores.apply(llm)
             start = time.perf_counter()
             self.calls += 1
             if decode != 'mask':
