@@ -10,10 +10,10 @@ from __future__ import annotations
 import os
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from common import ROOT, SHARED
 
 import workspace as ws
 from workspace.analysis.compare import build_comparison
@@ -21,12 +21,6 @@ from workspace.analysis.grid import GridFilter, GridQuery, grid_columns, grid_fr
 from workspace.ui import views
 from workspace.ui.widgets import TABS
 
-ROOT = Path(__file__).resolve().parent.parent
-#: ../shared/datasets next to the project; from a git worktree (../wt/<name>), the one next to the main checkout.
-SHARED = next(
-    (p for p in (ROOT.parent / 'shared' / 'datasets', ROOT.parent.parent / 'shared' / 'datasets') if p.is_dir()),
-    ROOT.parent / 'shared' / 'datasets',
-)
 BANKING = SHARED / 'banking77' / 'train.csv'
 N = 1_000
 

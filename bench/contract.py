@@ -5,19 +5,14 @@ from __future__ import annotations
 
 import random
 import time
-from pathlib import Path
 from typing import Any
+
+from common import ROOT, SHARED
 
 import workspace as ws
 from workspace.jobs.quickstart import FEW_SHOT_TEMPLATE, few_shot_demos
 from workspace.storage import backends
 
-ROOT = Path(__file__).resolve().parent.parent
-#: ../shared/datasets next to the project; from a git worktree (../wt/<name>), the one next to the main checkout.
-SHARED = next(
-    (p for p in (ROOT.parent / 'shared' / 'datasets', ROOT.parent.parent / 'shared' / 'datasets') if p.is_dir()),
-    ROOT.parent / 'shared' / 'datasets',
-)
 POEMS = SHARED / 'poem_sentiment'
 
 

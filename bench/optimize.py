@@ -27,10 +27,10 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from common import ROOT, SHARED, busy_loop
 
 import workspace as ws
 from workspace.core.baselines import reference_baselines
@@ -41,12 +41,6 @@ from workspace.optimization.records import answered_by_run
 from workspace.optimization.selection import build_metric, verdict
 from workspace.storage import backends, tables
 
-ROOT = Path(__file__).resolve().parent.parent
-#: ../shared/datasets next to the project; from a git worktree (../wt/<name>), the one next to the main checkout.
-SHARED = next(
-    (p for p in (ROOT.parent / 'shared' / 'datasets', ROOT.parent.parent / 'shared' / 'datasets') if p.is_dir()),
-    ROOT.parent / 'shared' / 'datasets',
-)
 DATA = ROOT / 'bench' / 'data'
 MINUTES = float(os.environ.get('BENCH_MINUTES', '15'))
 
@@ -404,22 +398,13 @@ def bench_resume(dataset: ws.Dataset) -> list[str]:
     ]
 
 
-#: A pure-Python busy loop that also ends when the bench's process is gone (checked every million turns).
-BUSY = 'import os\nparent = os.getppid()\nwhile os.getppid() == parent:\n    for _ in range(10**6):\n        pass\n'
-
-
-def _busy_loop() -> subprocess.Popen[bytes]:
-    """Start the process that keeps one core busy for the whole bench (a laptop doing other work)."""
-    return subprocess.Popen([sys.executable, '-c', BUSY])
-
-
 def run() -> list[str]:
     wanted = [n for n in os.environ.get('BENCH_SETS', '').split(',') if n]
     lines = ['## Optimization (`bench/optimize.py`)', '', ' '.join(__doc__.split('\n\n')[1].split()), '']
     banking = _banking() if not wanted or 'banking' in wanted else None
     if banking is not None:  # the speed target is for 2 cores: measured before the busy loop starts
         lines += [*bench_speed(banking), '']
-    busy = _busy_loop()
+    busy = busy_loop()
     lines += [
         f'From here on a busy loop (pid {busy.pid}) kept one of the {os.cpu_count()} cores busy; budget {MINUTES:g} '
         'minutes per set.',

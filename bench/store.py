@@ -14,21 +14,15 @@ from __future__ import annotations
 import os
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from common import ROOT, SHARED
 
 import workspace as ws
 from workspace.analysis.compare import build_comparison
 from workspace.storage import backends
 
-ROOT = Path(__file__).resolve().parent.parent
-#: ../shared/datasets next to the project; from a git worktree (../wt/<name>), the one next to the main checkout.
-SHARED = next(
-    (p for p in (ROOT.parent / 'shared' / 'datasets', ROOT.parent.parent / 'shared' / 'datasets') if p.is_dir()),
-    ROOT.parent / 'shared' / 'datasets',
-)
 BANKING = SHARED / 'banking77' / 'train.csv'
 POEMS = SHARED / 'poem_sentiment'
 

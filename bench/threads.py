@@ -11,26 +11,19 @@ a second). The requests go to the model directly, not through the request store,
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pandas as pd
+from common import SHARED, busy_loop
 
 from workspace.core.versions import Version, build_request, choice, text
 from workspace.storage import backends
 from workspace.storage.backends.local import LocalBackend
 
-ROOT = Path(__file__).resolve().parent.parent
-SHARED = next(
-    (p for p in (ROOT.parent / 'shared' / 'datasets', ROOT.parent.parent / 'shared' / 'datasets') if p.is_dir()),
-    ROOT.parent / 'shared' / 'datasets',
-)
 TEMPLATE = (
     '{% for d in demos %}Verse: {{ d.text }}\nSentiment: {{ d.expected }}\n\n{% endfor %}Verse: {{ text }}\nSentiment:'
 )
-BUSY = 'import os\nparent = os.getppid()\nwhile os.getppid() == parent:\n    for _ in range(10**6):\n        pass\n'
 
 
 def _requests() -> list[dict]:
@@ -74,7 +67,7 @@ def run() -> list[str]:
     cores = os.cpu_count() or 1
     rows, answers = [], {}
     for busy in (False, True):
-        loop = subprocess.Popen([sys.executable, '-c', BUSY]) if busy else None
+        loop = busy_loop() if busy else None
         try:
             for threads in (1, cores, None):
                 seconds, answers[busy, threads] = _per_request(local.path, local.n_ctx, threads, requests)

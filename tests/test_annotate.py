@@ -29,7 +29,8 @@ def test_widget_records_verdicts_with_who_and_when(ws, run):
     view.press('p')  # what P does in the browser: the card sends the action
     assert view.note == '' and 'row 2 of 4' in view.row_html
     second = session.current()
-    view._on_message(view, {'action': 'fail', 'note': ''}, [])  # a message from the card, as the browser sends it
+    view._on_message(view, {'action': 'fail', 'note': 'wrong team'}, [])  # a message from the card, as sent
+    assert view.note == ''  # the message's note is stored, never written back to the cleared field
     view.press('ArrowRight')
     view.press('b')  # back to the skipped row
     assert session.current()['example_id'] == session.rows[2]['example_id']
@@ -42,7 +43,7 @@ def test_widget_records_verdicts_with_who_and_when(ws, run):
 
     stored = list_annotations(run.dataset, annotator='ana')
     assert list(stored['example_id']) == [first['example_id'], second['example_id']]
-    assert list(stored['verdict']) == ['pass', 'fail'] and stored['note'].iloc[0] == 'right category'
+    assert list(stored['verdict']) == ['pass', 'fail'] and list(stored['note']) == ['right category', 'wrong team']
     assert set(stored['version_id']) == {run.version.id} and stored['annotated_at'].notna().all()
     assert stored['request_hash'].iloc[0] == first['request_hash'] and stored['run_id'].iloc[0] == run.run_id
 
@@ -59,6 +60,8 @@ def test_widget_records_verdicts_with_who_and_when(ws, run):
     done = ws.annotate(run, n=1, annotator='cy')
     done.press('p')
     assert 'All rows seen' in done.row_html and done.done
+    done._on_message(done, {'action': 'pass', 'note': 'kept'}, [])  # refused: every row is annotated
+    assert 'every row of this session is annotated' in done.status_html and done.note == 'kept'
 
 
 def test_judge_agreement_with_people(ws, run, local):
