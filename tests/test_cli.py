@@ -39,6 +39,7 @@ COMMANDS = [
     'import-prompt',
     'changelog',
     'models',
+    'server',
 ]
 
 

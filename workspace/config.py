@@ -7,6 +7,7 @@ import datetime
 import getpass
 import logging
 import os
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
@@ -155,6 +156,8 @@ def _arrange_stop() -> None:
     this server up: it writes the server's pid to a marker in the Pixeltable home, which lasts as long as the
     server does.
     """
+    if 'pixeltable' not in sys.modules:  # this process never used Pixeltable (`prompt-workspace server status`)
+        return
     from pixeltable.env import Env
 
     # Pixeltable has no public handle on its embedded server.

@@ -13,8 +13,9 @@ from typing import Any
 
 from workspace import config
 from workspace.errors import WorkspaceError
+from workspace.jobs import command_server
 
-__all__ = ['main', 'build_parser']
+__all__ = ['main', 'run_here', 'build_parser']
 
 #: Exit codes: 0 ok, 1 failed (a cell, a command), 2 bad input, 3 regression flagged.
 EXIT_FAILED, EXIT_USAGE, EXIT_REGRESSION = 1, 2, 3
@@ -384,6 +385,21 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _server(args: argparse.Namespace) -> int:
+    if args.action == 'stop':
+        print('command server stopped' if command_server.stop() else 'no command server runs for this workspace')
+        return 0
+    state = command_server.start() if args.action == 'start' else command_server.status()
+    if state is None:
+        print('no command server runs for this workspace')
+    else:
+        print(
+            f'command server pid {state["pid"]}: {state["state"]}, {state["served"]} commands served, '
+            f'exits after {state["idle_limit_s"] / 60:g} idle minutes'
+        )
+    return 0
+
+
 def _command(
     commands: Any,
     name: str,
@@ -716,6 +732,17 @@ def _add_doctor(commands: Any) -> None:
     )
 
 
+def _add_server(commands: Any) -> None:
+    p = _command(
+        commands,
+        'server',
+        _server,
+        'start, stop or show the command server that keeps the workspace loaded between commands',
+        'prompt-workspace server status',
+    )
+    p.add_argument('action', choices=['start', 'stop', 'status'])
+
+
 _COMMANDS = (
     _add_init,
     _add_import,
@@ -737,6 +764,7 @@ _COMMANDS = (
     _add_changelog,
     _add_models,
     _add_doctor,
+    _add_server,
 )
 
 
@@ -755,12 +783,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run a command: in this workspace's command server when one runs (it has everything loaded), else here."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    code = command_server.forward(args)
+    if code is not None:
+        return code
+    code = run_here(args)
+    command_server.maybe_start_after(args, code)
+    return code
+
+
+def run_here(argv: Sequence[str]) -> int:
+    """Run a command in this process (the command server runs each command it takes with this)."""
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra and args.command != 'lab':  # only `lab` passes further options on (to jupyter lab)
         parser.error(f'unrecognized arguments: {" ".join(extra)}')
     args.extra = extra
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format='%(levelname)s %(message)s')
+    # force: in the command server each command logs to its own terminal.
+    level = logging.INFO if args.verbose else logging.WARNING
+    logging.basicConfig(level=level, format='%(levelname)s %(message)s', force=True)
     try:
         # An embedded PostgreSQL server this command starts is stopped when it exits; one that was running before
         # (a notebook kernel's, or `prompt-workspace lab`'s) is left alone.
