@@ -386,6 +386,9 @@ def _models(args: argparse.Namespace) -> int:
 
 
 def _server(args: argparse.Namespace) -> int:
+    if args.action == 'run':  # the server itself, in the foreground (what `start` runs in the background)
+        command_server.serve(run_here)
+        return 0
     if args.action == 'stop':
         print('command server stopped' if command_server.stop() else 'no command server runs for this workspace')
         return 0
@@ -740,7 +743,7 @@ def _add_server(commands: Any) -> None:
         'start, stop or show the command server that keeps the workspace loaded between commands',
         'prompt-workspace server status',
     )
-    p.add_argument('action', choices=['start', 'stop', 'status'])
+    p.add_argument('action', choices=['start', 'stop', 'status', 'run'], help='run: the server in the foreground')
 
 
 _COMMANDS = (

@@ -38,7 +38,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -260,7 +260,7 @@ def _spawn() -> subprocess.Popen[bytes]:
     log = open(_log_path(), 'ab')  # noqa: SIM115  (the child holds it; closed here once handed over)
     try:
         return subprocess.Popen(
-            [sys.executable, '-m', 'workspace.jobs.command_server'],
+            [sys.executable, '-m', 'workspace.jobs.cli', 'server', 'run'],
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=log,
@@ -338,8 +338,8 @@ class _Stream(io.TextIOBase):
 
 
 class _Server:
-    def __init__(self, path: Path, idle_s: float) -> None:
-        self.path, self.idle_s = path, idle_s
+    def __init__(self, path: Path, idle_s: float, command: Callable[[list[str]], int]) -> None:
+        self.path, self.idle_s, self.command = path, idle_s, command
         self.code = fingerprint()
         self.jobs: queue.Queue[tuple[Connection, dict[str, Any]] | None] = queue.Queue()
         self.busy: str | None = None
@@ -410,8 +410,6 @@ class _Server:
 
     def run(self, conn: Connection, request: dict[str, Any]) -> None:
         """Run one command in this (the main) thread, as its own process would, with the client's surroundings."""
-        from workspace.jobs import cli
-
         saved_env, saved_cwd = dict(os.environ), os.getcwd()
         write_lock = threading.Lock()
         done = threading.Event()
@@ -426,7 +424,7 @@ class _Server:
             err = _Stream(conn, 'err', request['tty'][1], write_lock)
             watcher.start()
             with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):  # type: ignore[type-var]
-                code = _exit_code(cli.run_here, request['argv'])
+                code = _exit_code(self.command, request['argv'])
         finally:
             done.set()
             _join_ignoring_interrupts(watcher)
@@ -466,7 +464,7 @@ def _join_ignoring_interrupts(thread: threading.Thread) -> None:
             thread.join()
 
 
-def _exit_code(main: Any, argv: list[str]) -> int:
+def _exit_code(main: Callable[[list[str]], int], argv: list[str]) -> int:
     try:
         return int(main(argv))
     except SystemExit as e:  # argparse's errors and --help
@@ -488,11 +486,12 @@ def _preload() -> None:
 
     import workspace.analysis.compare  # noqa: F401
     import workspace.core.evaluate  # noqa: F401
-    import workspace.jobs.cli  # noqa: F401
 
 
-def serve(idle_minutes: float | None = None) -> None:
-    """Run a server for this workspace until it has been idle `idle_minutes` (the server's own process)."""
+def serve(command: Callable[[list[str]], int], idle_minutes: float | None = None) -> None:
+    """Run a server for this workspace until it has been idle `idle_minutes`, running each command it takes with
+    `command` (the command line's `run_here`, which imports this module). `prompt-workspace server run` is this,
+    in the foreground."""
     idle = float(os.environ.get(IDLE_ENV) or DEFAULT_IDLE_MINUTES) if idle_minutes is None else idle_minutes
     path = address()
     _preload()
@@ -506,7 +505,7 @@ def serve(idle_minutes: float | None = None) -> None:
     sock.bind(str(path))
     os.chmod(path, 0o600)
     sock.listen(16)
-    server = _Server(path, idle * 60)
+    server = _Server(path, idle * 60, command)
     print(f'{time.strftime("%F %T")} pid {os.getpid()} serving {path} (idle limit {idle:g} min)', flush=True)
     listener = threading.Thread(target=server.listen, args=(sock,), daemon=True)
     listener.start()
@@ -526,7 +525,3 @@ def _next_job(server: _Server) -> tuple[Connection, dict[str, Any]] | None:
             return server.jobs.get()
         except KeyboardInterrupt:  # a client's Ctrl-C that arrived after its command ended
             continue
-
-
-if __name__ == '__main__':
-    serve()
