@@ -17,9 +17,9 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from common import ROOT, busy_loop
+
 REPEATS = int(os.environ.get('BENCH_STARTUP_REPEATS', '7'))
 
 IMPORTS = {
@@ -95,6 +95,12 @@ def _cli_noop() -> list[str]:
     try:
         _seconds(command, served_env)  # the server's first command reads the catalog: not counted
         served = [_seconds(command, served_env) for _ in range(REPEATS)]
+        busy = busy_loop()  # a laptop doing other work: one of the cores taken
+        try:
+            served_busy = [_seconds(command, served_env) for _ in range(REPEATS)]
+        finally:
+            busy.kill()
+            busy.wait()
     finally:
         _seconds([*server, 'stop'], served_env)
     cold: list[float] = []
@@ -109,6 +115,7 @@ def _cli_noop() -> list[str]:
         '| how it runs | min s | median s | max s | |',
         '|---|---|---|---|---|',
         _row('in the command server (started by an earlier command at a terminal, or `server start`)', served),
+        _row('the same, one core kept busy by another process', served_busy),
         _row('in its own process, PostgreSQL running (a notebook or `prompt-workspace lab` holds it)', warm),
     ]
     if cold:
