@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import tempfile
@@ -70,6 +71,11 @@ def ws() -> Iterator[object]:
 @pytest.fixture
 def tiny_tickets(tmp_path: Path) -> Path:
     """A 12-ticket CSV over three categories: dev 6 rows, train 6 rows."""
+    return write_tiny_tickets(tmp_path)
+
+
+def write_tiny_tickets(folder: Path) -> Path:
+    """Write the 12 tiny tickets into `folder` as tiny_tickets.csv; return its path."""
     import csv
 
     rows = [
@@ -86,7 +92,7 @@ def tiny_tickets(tmp_path: Path) -> Path:
         ('b5', 'The website will not load on my phone.', 'TECHNICAL', 'train'),
         ('b6', 'I never get the login code by SMS, the app just spins.', 'TECHNICAL', 'train'),
     ]
-    path = tmp_path / 'tiny_tickets.csv'
+    path = folder / 'tiny_tickets.csv'
     with path.open('w', newline='') as f:
         writer = csv.writer(f)
         writer.writerow(['id', 'text', 'category', 'split'])
@@ -202,6 +208,34 @@ TINY_LABELS = {
 def scripted_versions(ws, tiny_tickets, monkeypatch):
     """Three versions of `router` on the tiny tickets, answered by a scripted OpenAI-compatible server:
     v1 always says BILLING (right on 2 of 6 dev rows), v2 is always right, v3 is right but fails on 'crashes'."""
+    with _scripted_versions(ws, tiny_tickets, monkeypatch) as made:
+        yield made
+
+
+@pytest.fixture(scope='session')
+def scripted_comparison(tmp_path_factory):
+    """The comparison of `scripted_versions`' three versions on dev, built once per test process for the tests
+    that only render it: views take data and never read tables (tests/test_layers.py), and this one is checked to
+    render with its tables dropped (tests/test_views.py)."""
+    import pixeltable as pxt
+
+    import workspace
+    from workspace import config
+    from workspace.analysis.compare import build_comparison
+
+    config.connect()
+    _commit_without_waiting_for_the_disk()
+    pxt.drop_dir(config.ROOT_DIR, force=True, if_not_exists='ignore')
+    tickets = write_tiny_tickets(tmp_path_factory.mktemp('scripted_comparison'))
+    with pytest.MonkeyPatch.context() as patch, _scripted_versions(workspace, tickets, patch) as made:
+        tiny, v1, v2, v3, _ = made
+        comparison = build_comparison(tiny, [v1, v2, v3], 'dev')
+    pxt.drop_dir(config.ROOT_DIR, force=True, if_not_exists='ignore')
+    return comparison
+
+
+@contextlib.contextmanager
+def _scripted_versions(ws, tiny_tickets, monkeypatch):
     import csv
 
     from openai_server import Canned, OpenAICompatibleServer, completion_body

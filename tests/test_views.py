@@ -116,7 +116,15 @@ def test_short_names(ids, names):
 
 
 @pytest.fixture
-def cmp(scripted_versions):
+def cmp(scripted_comparison):
+    """Three versions of `router` on the tiny tickets (conftest's `scripted_versions`), compared on dev; its tables
+    are dropped before any test renders it, so every pane here is shown from the comparison's data alone."""
+    return scripted_comparison
+
+
+@pytest.fixture
+def live_cmp(scripted_versions):
+    """The same comparison over live tables: flips read each example's rendered prompts from the dataset."""
     tiny, v1, v2, v3, _ = scripted_versions
     return build_comparison(tiny, [v1, v2, v3], 'dev')
 
@@ -191,24 +199,26 @@ def test_confusions_are_titled_small_multiples_on_one_scale(cmp):
     assert 'repeat(auto-fill, minmax(min(100%' in html  # the grid wraps instead of overflowing
 
 
-@pytest.mark.parametrize(
-    ('which', 'count'),
-    [('fixed', 4), ('broken', 0), ('output changed', 0), ('any change', 4), ('model error', 0), ('every example', 6)],
-)
-def test_flips_filter_and_expand_to_both_prompts(cmp, which, count):
-    html = views.render_flips(cmp, 'router:v2', which, prompts=prompts_for)
-    assert html.count('<details class="pw-flip">') == count
-    assert '4 fixed' in html and '0 broken' in html
-    if count:
-        # both rendered prompts, side by side, with the words that differ marked
-        assert '<pre><del>v1</del>\nTicket:' in html and '<pre><ins>v2</ins>\nTicket:' in html
-        assert f'Showing 1–{count} of {count} ({which}), page 1 of 1' in html
-    else:
-        assert f'No example is {which}' in html
+FLIP_FILTERS = [
+    ('fixed', 4), ('broken', 0), ('output changed', 0), ('any change', 4), ('model error', 0), ('every example', 6),
+]  # fmt: skip
 
 
-def test_flip_counts(cmp):
-    assert views.flip_counts(cmp.flips('router:v3')) == {
+def test_flips_filter_and_expand_to_both_prompts(live_cmp):
+    for which, count in FLIP_FILTERS:  # one comparison for every filter
+        html = views.render_flips(live_cmp, 'router:v2', which, prompts=prompts_for)
+        assert html.count('<details class="pw-flip">') == count, which
+        assert '4 fixed' in html and '0 broken' in html
+        if count:
+            # both rendered prompts, side by side, with the words that differ marked
+            assert '<pre><del>v1</del>\nTicket:' in html and '<pre><ins>v2</ins>\nTicket:' in html
+            assert f'Showing 1–{count} of {count} ({which}), page 1 of 1' in html
+        else:
+            assert f'No example is {which}' in html
+
+
+def test_flip_counts(live_cmp):
+    assert views.flip_counts(live_cmp.flips('router:v3')) == {
         'any change': 4,
         'fixed': 3,
         'broken': 0,
@@ -218,27 +228,27 @@ def test_flip_counts(cmp):
     }
 
 
-def test_flips_are_paginated(cmp):
-    first = views.render_flips(cmp, 'router:v2', 'every example', per_page=4)
+def test_flips_are_paginated(live_cmp):
+    first = views.render_flips(live_cmp, 'router:v2', 'every example', per_page=4)
     assert first.count('<details class="pw-flip">') == 4 and 'Showing 1–4 of 6 (every example), page 1 of 2' in first
-    second = views.render_flips(cmp, 'router:v2', 'every example', page=1, per_page=4)
+    second = views.render_flips(live_cmp, 'router:v2', 'every example', page=1, per_page=4)
     assert second.count('<details class="pw-flip">') == 2 and 'Showing 5–6 of 6' in second
-    past = views.render_flips(cmp, 'router:v2', 'every example', page=9, per_page=4)
+    past = views.render_flips(live_cmp, 'router:v2', 'every example', page=9, per_page=4)
     assert past == second  # past the end: the last page
     ids = re.findall(r'<span class="pw-cell" title="(a\d)">', first + second)
     assert sorted(ids) == ['a1', 'a2', 'a3', 'a4', 'a5', 'a6']
 
 
-def test_flips_show_error_rows(cmp):
-    html = views.render_flips(cmp, 'router:v3', 'model error')
+def test_flips_show_error_rows(live_cmp):
+    html = views.render_flips(live_cmp, 'router:v3', 'model error')
     assert html.count('<details class="pw-flip">') == 1 and '⚠' in html and 'BackendError' in html
     assert '1 with a model error' in html and 'no answer' in html
     with pytest.raises(ValueError, match=r"flip filter 'nope' is not one of"):
-        views.render_flips(cmp, 'router:v3', 'nope')
+        views.render_flips(live_cmp, 'router:v3', 'nope')
 
 
-def test_flip_rows_are_one_line_ending_in_an_ellipsis(cmp):
-    html = views.render_flips(cmp, 'router:v2', 'fixed')
+def test_flip_rows_are_one_line_ending_in_an_ellipsis(live_cmp):
+    html = views.render_flips(live_cmp, 'router:v2', 'fixed')
     assert re.search(r'\.pw-view \.pw-cell \{[^}]*white-space: nowrap;[^}]*text-overflow: ellipsis', html)
     text = 'The parcel has not arrived and tracking has not moved for a week.'
     assert f'<span class="pw-cell" title="{text}">{text}</span>' in html  # the whole text on hover
@@ -258,15 +268,17 @@ def test_edit_preview_highlights_what_the_edit_changes():
     assert '(the same as r:v1)' in same and '<ins>' not in same
 
 
-def test_report_is_a_standalone_document(cmp, tmp_path):
-    doc = views.render_report(cmp)
+def test_report_is_a_standalone_document(live_cmp, tmp_path):
+    doc = views.render_report(live_cmp)
     assert doc.startswith('<!DOCTYPE html>') and doc.endswith('</html>')
     assert 'src="http' not in doc and '<script' not in doc  # opens without a kernel or a network
     assert doc.count('<style>') == 1  # one stylesheet, shared with the widget
     assert doc.count('<h4>Prompt diff</h4>') == 2 and doc.count('pw-chart') >= 4
     assert 'system-ui' in doc and 'table version' in doc
     # every flip of every candidate, each expanding to both outputs and prompts; none sends the reader elsewhere
-    changed = sum(views.flip_counts(cmp.flips(v))['any change'] for v in cmp.version_ids if v != cmp.baseline)
+    changed = sum(
+        views.flip_counts(live_cmp.flips(v))['any change'] for v in live_cmp.version_ids if v != live_cmp.baseline
+    )
     assert doc.count('<details class="pw-flip">') == changed and 'in the widget' not in doc
     assert doc.count('<details class="pw-flips-all" open>') == 2  # a page or fewer: shown unfolded
 
