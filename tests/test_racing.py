@@ -118,3 +118,29 @@ def test_a_race_without_a_time_budget_runs_to_the_last_rung():
     race, _ = _race({'baseline': 0.6, 'twin': 0.6}, {'baseline': 1.0, 'twin': 1.0})
     race.run(race.run_with)
     assert all(e.rung == len(race.rungs) - 1 and len(e.predictions) == len(EXPECTED) for e in race.entrants)
+
+
+def test_a_baseline_dropped_early_is_scored_on_the_deepest_rung_for_the_decision():
+    race, calls = _race(
+        {'baseline': 0.3, 'good': 0.9, 'close': 0.88}, dict.fromkeys(['baseline', 'good', 'close'], 1.0)
+    )
+    race.run(race.run_with)
+    baseline = race.entrants[0]
+    assert baseline.out.startswith('dropped after rung') and len(baseline.predictions) < len(EXPECTED)
+    deepest = max(e.rung for e in race.entrants[1:])
+    race.settle(race.run_with)
+    assert set(baseline.predictions) == set(race.order[: race.rungs[deepest]]) and baseline.rung == deepest
+    assert baseline.out.startswith('dropped after rung')  # still out of the race: scored for the decision only
+    assert calls[-1][0] == 'baseline' and 'for the decision' in race.events[-1]
+
+
+def test_settling_leaves_the_baseline_as_it_is_when_the_time_left_does_not_cover_it():
+    clock = [10_000.0]
+    skill, seconds = {'baseline': 0.3, 'good': 0.9, 'close': 0.88}, {'baseline': 5.0, 'good': 0.1, 'close': 0.1}
+    race, calls = _race(skill, seconds, clock)
+    race.run(race.run_with)
+    scored = dict(race.entrants[0].predictions)
+    assert len(scored) < len(race.order[: race.rungs[max(e.rung for e in race.entrants[1:])]])
+    clock[0] = 1.0  # a second left: the baseline's missing examples would take minutes
+    race.settle(race.run_with)
+    assert race.entrants[0].predictions == scored and 'no time left' in race.events[-1] and race.stop is None

@@ -381,6 +381,7 @@ def race_search(setup: Setup, attempt: records.Attempt, *, progress: bool, clock
         bar.expect(plan.planned_requests)
         if probed:
             race.run(scorer)
+            race.settle(scorer)
     finally:
         bar.close()
     scorer.flush(race.groups)
