@@ -32,6 +32,7 @@ import io
 import json
 import os
 import queue
+import signal
 import socket
 import subprocess
 import sys
@@ -227,31 +228,42 @@ def forward(argv: Sequence[str]) -> int | None:
 
 
 def _relay(conn: Connection) -> int:
-    """Print what the command prints until it exits; Ctrl-C interrupts it in the server."""
-    interrupted = False
-    while True:
-        try:
-            kind, payload = conn.recv()
-        except KeyboardInterrupt:
-            if interrupted:  # a second Ctrl-C: stop waiting; the server finishes the interruption alone
-                print('interrupted', file=sys.stderr)
-                return 130
-            interrupted = True
-            with contextlib.suppress(OSError):
-                conn.send('interrupt')
-            continue
-        except EOFError:
-            print(
-                f'error: the command server stopped before the command finished; see {_log_path()} '
-                f'(set {MODE_ENV}=off to run commands in their own process)',
-                file=sys.stderr,
-            )
-            return 1
-        if kind == 'exit':
-            return int(payload)
-        stream = sys.stdout if kind == 'out' else sys.stderr
-        stream.write(payload)
-        stream.flush()
+    """Print what the command prints until it exits; Ctrl-C interrupts it in the server (a second one stops
+    waiting). Ctrl-C is taken by a handler, not as KeyboardInterrupt, so that it never cuts a message in two."""
+    presses = 0
+
+    def on_ctrl_c(signum: int, frame: Any) -> None:
+        nonlocal presses
+        presses += 1
+        if presses > 1:  # a second Ctrl-C: stop waiting; the server finishes the interruption alone
+            raise KeyboardInterrupt
+        with contextlib.suppress(OSError):
+            conn.send('interrupt')
+
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, on_ctrl_c) if main else None
+    try:
+        while True:
+            try:
+                kind, payload = conn.recv()
+            except EOFError:
+                print(
+                    f'error: the command server stopped before the command finished; see {_log_path()} '
+                    f'(set {MODE_ENV}=off to run commands in their own process)',
+                    file=sys.stderr,
+                )
+                return 1
+            if kind == 'exit':
+                return int(payload)
+            stream = sys.stdout if kind == 'out' else sys.stderr
+            stream.write(payload)
+            stream.flush()
+    except KeyboardInterrupt:
+        print('interrupted', file=sys.stderr)
+        return 130
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, previous)
 
 
 def _spawn() -> subprocess.Popen[bytes]:
