@@ -208,3 +208,14 @@ def test_a_relative_path_resolves_from_the_project_root_in_any_working_directory
         ws.import_dataset('folder', tmp_path, input=['text'], expected='category')
     with pytest.raises(errors.DatasetError, match=r"'datasets/nope.csv' does not exist \(looked in the working"):
         ws.import_dataset('nope', 'datasets/nope.csv', input=['text'], expected='category')
+
+
+def test_the_task_is_inferred_from_the_expected_outputs():
+    from workspace.core.datasets import _infer_task
+
+    intents = [f'intent_{i}' for i in range(150)]  # CLINC150: 150 intents, 100 queries each upstream
+    assert _infer_task(intents * 10) == 'choice'
+    assert _infer_task(intents) == 'text'  # 150 short answers that never repeat: answers, not labels
+    assert _infer_task(['positive', 'negative', 'no_impact'] * 3) == 'choice'
+    assert _infer_task(['The Eagle is a cheap pub near the river.'] * 20) == 'text'
+    assert _infer_task([{'a': 1}]) == 'json' and _infer_task([['one', 'two']]) == 'text'

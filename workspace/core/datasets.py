@@ -375,9 +375,12 @@ def _infer_task(values: list[Any]) -> Task:
         return 'json'
     if any(isinstance(v, list) for v in values):
         return 'text'
-    # Short answers drawn from a small set are labels; anything longer is text to be scored by overlap.
+    # Short answers that repeat are labels; anything longer, or short answers that are mostly unique, is text to be
+    # scored by overlap. Up to 100 distinct answers count as labels whatever the size; more (intent sets of 150
+    # labels, CLINC150) when each occurs 10 times on average: a text task's short answers rarely repeat so.
     distinct = {str(v) for v in values}
-    if len(distinct) <= 100 and all(len(v) <= 64 and len(v.split()) <= 4 for v in distinct):
+    short = all(len(v) <= 64 and len(v.split()) <= 4 for v in distinct)
+    if short and (len(distinct) <= 100 or len(distinct) * 10 <= len(values)):
         return 'choice'
     return 'text'
 
@@ -684,7 +687,9 @@ def import_dataset(
     `rename={'Split': 'split_src'}` for a column whose name the workspace reserves (`example_id`, `expected`,
     `split`, `demos`, `labels`, `instructions`, in any case); the other arguments use the new names. Importing the
     same rows again returns the stored dataset; different rows under an existing name are an error unless
-    `if_exists='replace'` (which drops its evaluations too).
+    `if_exists='replace'` (which drops its evaluations too). `task` is `choice` (labels), `text` or `json`; when not
+    given it is inferred: short expected outputs (up to 4 words) are labels if there are at most 100 distinct ones
+    or each occurs 10 times on average, dicts are json, anything else is text.
 
     >>> tickets = import_dataset('support_tickets', 'datasets/support_tickets.csv', input=['text'],
     ...                          expected='category', split='split', id='id')
