@@ -19,7 +19,8 @@ they travel over a socket only this user can open and are never written anywhere
 `WORKSPACE_CLI_SERVER`: `auto` (default: use a running server; a command typed at a terminal starts one when
 none runs), `on` (also start one when not at a terminal: scripts, cron), `off` (never use one).
 `WORKSPACE_CLI_SERVER_IDLE_MINUTES`: minutes without a command after which the server exits (default 15).
-`prompt-workspace server start|stop|status` controls it by hand.
+`prompt-workspace server start|stop|status` controls it by hand. Its socket and log are in a private folder of the
+temporary directory (`prompt-workspace-<uid>`); the log is removed when the server exits cleanly.
 
 This module is imported by every command before anything heavy: the client side uses the standard library only.
 """
@@ -505,7 +506,7 @@ def serve(command: Callable[[list[str]], int], idle_minutes: float | None = None
     `command` (the command line's `run_here`, which imports this module). `prompt-workspace server run` is this,
     in the foreground."""
     idle = float(os.environ.get(IDLE_ENV) or DEFAULT_IDLE_MINUTES) if idle_minutes is None else idle_minutes
-    path = address()
+    path, log = address(), _log_path()
     _preload()
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     # Another server may have bound it while this one loaded: the first one keeps it.
@@ -529,6 +530,10 @@ def serve(command: Callable[[list[str]], int], idle_minutes: float | None = None
         server.stopping = True
         listener.join(timeout=5)
         print(f'{time.strftime("%F %T")} pid {os.getpid()} stopped after {server.served} commands', flush=True)
+    # A clean exit leaves no log behind (one a workspace would pile up in the temporary folder); a server that
+    # failed keeps it, and a command that found it gone names it.
+    with contextlib.suppress(OSError):
+        log.unlink()
 
 
 def _next_job(server: _Server) -> tuple[Connection, dict[str, Any]] | None:
