@@ -255,9 +255,10 @@ def test_runs_datasets_metrics_and_families_for_a_read_key(api, tiny_tickets):
 
     body = {'version': 'router@production', 'fields': {'text': 'Charged twice'}}
     assert client.post('/v1/render', json=body, headers=_auth(keys['serve'])).status_code == 200
-    _eventually(
+    _eventually(  # the render's log line is written after the answer: wait for v1's own (any version's raced)
         lambda: any(
-            m['requests'] >= 1 for m in client.get('/v1/metrics', params={'prompt': 'router'}, headers=read).json()
+            m['version_id'] == v1.id and m['renders'] >= 1
+            for m in client.get('/v1/metrics', params={'prompt': 'router', 'since': '1h'}, headers=read).json()
         )
     )
     metrics = {
