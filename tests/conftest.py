@@ -25,6 +25,9 @@ for name in ('GROQ_API_KEY', 'GROQ_BASE_URL', 'OPENAI_API_KEY', 'OPENAI_BASE_URL
     os.environ.pop(name, None)
 
 ROOT = Path(__file__).resolve().parent.parent
+# As in the `prompt-workspace` process (workspace/jobs/cli.py): nbformat's jsonschema would import its `iri` format
+# checker, a second of Lark grammars per test process, for schemas that use no such format.
+sys.modules.setdefault('rfc3987_syntax', None)  # type: ignore[arg-type]
 
 # Marks every process the session starts, and fails the session if one is still running at its end.
 pytest_plugins = ['session_guard']
@@ -132,7 +135,7 @@ def stop_postgres_servers(under: list[Path]) -> list[int]:
 #: they go first, each followed by a quick test, and `make test` hands out tests two at a time
 #: (--maxschedchunk=2): every worker starts on a slow one, and none is left to start last.
 SLOW_FIRST = (  # by the durations of a whole run (--durations=200) on a 2-core machine, 2026-12-07
-    'test_notebooks.py::test_notebooks_run_in_order_under_papermill',
+    'test_notebooks.py::test_quickstart_then_the_scheduled_eval_under_papermill',
     'test_browser.py::test_every_notebook_runs_as_opened[01-05]',
     'test_browser.py::test_comparison_widget_in_jupyterlab',
     'test_optimize.py::test_killed_run_resumes_without_repeating_a_call',

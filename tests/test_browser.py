@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 from browser_lab import run_all_cells
 
+from workspace.optimization.optimize import list_optimizations
+
 # --- the comparison widget --------------------------------------------------------------------------------------
 
 NOTEBOOK = """\
@@ -251,10 +253,10 @@ NOTEBOOK_GROUPS = {'01-05': ('01', '02', '03', '04', '05'), '06': ('06',), '07':
 def test_every_notebook_runs_as_opened(lab, browser_page, ws, tiny_tickets, tmp_path, group):
     """Each notebook of notebooks/, opened in JupyterLab where a newcomer finds it (the kernel starts in
     notebooks/, the project's kernel), with small values typed into its parameters cell, runs all its cells
-    without an error, in order: 01 to 05 build on each other, 06 to 08 stand alone. 07 and 08 run here only (the
-    others also run headless in test_notebooks.py): 07 defines rules, serves over HTTP and never shows a key; 08
-    ingests the bundled log (its default path, relative to notebooks/), shows the drift once and evaluates a
-    version made from a family."""
+    without an error, in order: 01 to 05 build on each other, 06 to 08 stand alone. 02, 03, 04, 07 and 08 run
+    here only (01, 05 and 06 also run headless in test_notebooks.py, and 09 only there): 03 promotes by the
+    optimizer's metric; 07 defines rules, serves over HTTP and never shows a key; 08 ingests the bundled log (its
+    default path, relative to notebooks/), shows the drift once and evaluates a version made from a family."""
     page, shots = browser_page, lab.shots
     tiny = repr(str(tiny_tickets))
     report = tmp_path / 'report.html'
@@ -285,11 +287,18 @@ def test_every_notebook_runs_as_opened(lab, browser_page, ws, tiny_tickets, tmp_
                 assert 'accuracy' in text and 'llama_' not in text
             if name == '02_iterate':
                 assert page.locator('.pw-compare .pw-summary-table').count() and 'rows reused' in text
+                assert '6 model calls, 0 rows reused: the demos change every request' in text
+                assert "1 of 6 requests were new (the tickets that mention 'charged'); 5 rows reused" in text
+                assert '0 model calls, 6 rows reused' in text
                 assert page.evaluate(SUMMARY_SCROLL_JS) == []
                 _shot(page, shots / 'notebook-02-compare.png')
             if name == '03_optimize':
                 assert '(decided by macro_f1)' in text  # the promotion names the optimizer's metric
                 assert 'trial 2 (trial 2)' not in text
+                assert 'kept ticket_router:v2: ' in text or 'replaces ticket_router:v2: macro_f1' in text
+                assert 'BILLING' in text and 'production' in text  # the share of answers per label; the promotion
+                best = ws.get_version(list_optimizations('ticket_router').iloc[0]['best_version_id'])
+                assert 'ticket_router:v2' in (best.id, best.parent_id)  # the optimizer's choice, or its baseline
             if name == '04_diff_report':
                 assert 'report written to' in text and report.read_text().startswith('<!DOCTYPE html>')
             if name == '05_scheduled_eval':

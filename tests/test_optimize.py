@@ -316,14 +316,18 @@ def test_metric_for_text_tasks_and_as_a_function(ws, local):
 RESUME = {'optimizer': 'bootstrap_random_search', 'budget': {'max_candidates': 4}, 'seed': 3, 'progress': False}
 
 
+#: Seconds the keyword model takes an answer: a fifth of a second while the run to be killed makes its calls.
+_DELAY = {'s': 0.0}
+
+
 def _slow_keyword_model(body):
-    """A deterministic model that takes a fifth of a second an answer, so a run can be killed part-way (the
-    embedded model would do, at minutes a run: what is tested is the store and the optimizer's records)."""
+    """A deterministic model that takes `_DELAY` an answer, so a run can be killed part-way (the embedded model
+    would do, at minutes a run: what is tested is the store and the optimizer's records)."""
     ticket = body['messages'][-1]['content'].rsplit('Ticket:', 1)[-1].lower()
     billing = any(word in ticket for word in ('charg', 'fee', 'invoice', 'paid', 'bill'))
     delivery = any(word in ticket for word in ('parcel', 'box', 'deliver', 'courier', 'package'))
     label = 'BILLING' if billing else 'DELIVERY' if delivery else 'TECHNICAL'
-    return Canned(200, completion_body(f' {label}'), delay=0.2)
+    return Canned(200, completion_body(f' {label}'), delay=_DELAY['s'])
 
 
 def test_killed_run_resumes_without_repeating_a_call(ws, tiny, monkeypatch):
@@ -359,6 +363,7 @@ def _kill_and_resume(ws, tiny, server, tables):
 
     code = f'from workspace.optimization.optimize import optimize\noptimize({baseline.id!r}, {tiny.name!r}, **{RESUME!r})\n'
     sent = len(server.received)
+    _DELAY['s'] = 0.2
     child = subprocess.Popen([sys.executable, '-c', code], cwd=ROOT, env=dict(os.environ))
     try:
         deadline = time.monotonic() + 300
@@ -371,6 +376,7 @@ def _kill_and_resume(ws, tiny, server, tables):
         if child.poll() is None:
             child.kill()
         child.wait()
+        _DELAY['s'] = 0.0
     # the killed run's journal holds answers not yet written to the table: they reach it first (as the resumed
     # run's first lookup would do), so `before` is every answer the killed run paid for
     from workspace.storage.store import _recover

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from openai_server import Canned, OpenAICompatibleServer, completion_body
 
-from reliability.conftest import child_env, kill_at, paused_at, run_python, spawn_python
+from reliability.conftest import PREAMBLE, child_env, kill_at, paused_at, run_python, spawn_python
 
 ROWS = 48
 
@@ -54,6 +54,12 @@ class Counting:
         return Canned(200, completion_body('BILLING'))
 
 
+def _setup_here() -> None:
+    """Make the dataset and version in this process, in the session's Pixeltable home where the children find them
+    (a child of its own would spend seconds importing the workspace for it)."""
+    exec(PREAMBLE + SETUP, {})
+
+
 def _run_two(env: dict[str, str]) -> list[dict]:
     """Start two processes evaluating the same version at once; return what each reported."""
     procs = [
@@ -84,7 +90,7 @@ def test_two_processes_evaluating_the_same_requests_pay_once(ws):
     model = Counting(delay=0.1)
     with OpenAICompatibleServer(model) as server:
         env = child_env(OPENAI_BASE_URL=f'{server.url}/v1', WORKSPACE_MAX_ATTEMPTS='1', WORKSPACE_CONCURRENCY='4')
-        run_python(SETUP, env=env)  # the dataset and version exist before the race: the race is on the requests
+        _setup_here()  # the dataset and version exist before the race: the race is on the requests
         results = _run_two(env)
     _check_paid_once(model, results)
 
@@ -128,7 +134,7 @@ def test_a_killed_evaluation_repeats_no_stored_answer(ws):
             OPENAI_BASE_URL=f'{server.url}/v1', WORKSPACE_MAX_ATTEMPTS='1', WORKSPACE_CONCURRENCY='1',
             WORKSPACE_FLUSH_SECONDS='0.3',
         )  # fmt: skip
-        run_python(SETUP, env=env)
+        _setup_here()
         child = spawn_python(EVALUATE, env=env)
         try:
             deadline = time.monotonic() + 300
@@ -159,7 +165,7 @@ def test_a_run_killed_at_any_point_repeats_only_calls_in_flight(ws, point, concu
             OPENAI_BASE_URL=f'{server.url}/v1', WORKSPACE_MAX_ATTEMPTS='1',
             WORKSPACE_CONCURRENCY=str(concurrency), WORKSPACE_FLUSH_SECONDS='0.5',
         )  # fmt: skip
-        run_python(SETUP, env=env)
+        _setup_here()
         kill_at(EVALUATE, point, env=env)
         answered_before = len(model.prompts)
         result = run_python(EVALUATE, env=env)
@@ -174,7 +180,7 @@ def test_a_process_taking_over_a_killed_ones_claims_repeats_only_calls_in_flight
     model = Counting(delay=0.1)
     with OpenAICompatibleServer(model) as server:
         env = child_env(OPENAI_BASE_URL=f'{server.url}/v1', WORKSPACE_MAX_ATTEMPTS='1', WORKSPACE_CONCURRENCY='4')
-        run_python(SETUP, env=env)
+        _setup_here()
         with paused_at(EVALUATE, 'store.journaled', env=env):
             second = subprocess.Popen(
                 [sys.executable, '-c', 'import json, os, sys\nimport workspace as ws\n' + EVALUATE],

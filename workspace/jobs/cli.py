@@ -785,9 +785,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _skip_iri_format_checker() -> None:
+    """Keep jsonschema from importing `rfc3987_syntax` in this process, which saves about a second of start-up for
+    every notebook run (papermill and nbformat import jsonschema).
+
+    nbformat installs jsonschema with its non-GPL format checkers, and jsonschema imports them all when it loads:
+    `rfc3987_syntax`, the checker of the `iri` formats, compiles some 35 Lark grammars on import (1.0 s here; see
+    python-jsonschema/jsonschema#1428). No notebook schema uses an `iri` format. Only in the `prompt-workspace`
+    process: in anyone else's (a notebook kernel, a script calling `run_notebook`) the checker is theirs to keep.
+    """
+    if 'jsonschema' not in sys.modules:
+        sys.modules.setdefault('rfc3987_syntax', None)  # type: ignore[arg-type]  # None: "not installed"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a command: in this workspace's command server when one runs (it has everything loaded), else here."""
     args = list(sys.argv[1:] if argv is None else argv)
+    if argv is None:  # the `prompt-workspace` process itself, never a caller's
+        _skip_iri_format_checker()
     code = command_server.forward(args)
     if code is not None:
         return code
