@@ -134,31 +134,31 @@ def stop_postgres_servers(under: list[Path]) -> list[int]:
 #: The slowest tests (minutes each: JupyterLab in a browser, notebooks end to end), slowest first. Under pytest-xdist
 #: they go first, each followed by a quick test, and `make test` hands out tests two at a time
 #: (--maxschedchunk=2): every worker starts on a slow one, and none is left to start last.
-SLOW_FIRST = (  # by the durations of a whole run (--durations=200) on a 2-core machine, 2026-12-07
-    'test_notebooks.py::test_quickstart_then_the_scheduled_eval_under_papermill',
+SLOW_FIRST = (  # by the durations of a whole run (--durations=30) on a 2-core machine, 2026-12-07
     'test_browser.py::test_every_notebook_runs_as_opened[01-05]',
     'test_browser.py::test_comparison_widget_in_jupyterlab',
-    'test_optimize.py::test_killed_run_resumes_without_repeating_a_call',
-    'test_exports.py::test_cli_exports_and_imports',
-    'test_notebooks.py::test_judges_and_samples_notebook_under_papermill',
+    'test_command_server.py::test_commands_run_in_the_server_with_their_own_surroundings',
     'test_backends.py::test_local_answers_are_bit_identical_in_any_order',
-    'reliability/test_store.py::test_a_killed_evaluation_repeats_no_stored_answer',
-    'test_cli.py::test_runs_lists_past_runs',
-    'test_optimize.py::test_optimizer_makes_a_version_with_lineage_and_trials[knn_fewshot-None-options5]',
+    'test_command_server.py::test_ctrl_c_interrupts_the_command_in_the_server_which_then_goes_idle_and_exits',
+    'test_notebooks.py::test_judges_and_samples_notebook_under_papermill',
     'test_browser.py::test_every_notebook_runs_as_opened[08]',
-    'reliability/test_store.py::test_a_run_killed_at_any_point_repeats_only_calls_in_flight[1-store.journaled]',
-    'test_cli.py::test_two_runs_at_once_keep_separate_records',
-    'reliability/test_store.py::test_a_run_killed_at_any_point_repeats_only_calls_in_flight[1-store.flushed]',
-    'test_cli.py::test_documented_cron_line_runs_and_records',
+    'test_optimize.py::test_optimizer_makes_a_version_with_lineage_and_trials[knn_fewshot-None-options5]',
+    'test_notebooks.py::test_quickstart_then_the_scheduled_eval_under_papermill',
     'test_browser.py::test_every_notebook_runs_as_opened[06]',
-    'test_backends.py::test_local_answers_are_the_same_bits_with_one_thread_or_two',
-    'reliability/test_leftovers.py::test_a_process_waiting_on_another_s_claims_prints_no_warning',
-    'test_families.py::test_a_real_log_ingested_in_two_parts_gives_the_families_of_one_ingest',
+    'test_optimize.py::test_killed_run_resumes_without_repeating_a_call',
+    'test_cli.py::test_runs_lists_past_runs',
+    'test_cli.py::test_two_runs_at_once_keep_separate_records',
     'test_optimize.py::test_optimizer_makes_a_version_with_lineage_and_trials[mipro_v2-budget3-options3]',
+    'reliability/test_leftovers.py::test_a_process_waiting_on_another_s_claims_prints_no_warning',
+    'test_optimize.py::test_budget_stops_the_run_with_the_best_trial_so_far',
+    'test_exports.py::test_cli_exports_and_imports',
     'test_browser.py::test_every_notebook_runs_as_opened[07]',
-    'reliability/test_store.py::test_a_run_killed_at_any_point_repeats_only_calls_in_flight[4-store.journaled]',
-    'reliability/test_store.py::test_a_process_taking_over_a_killed_ones_claims_repeats_only_calls_in_flight',
+    'reliability/test_store.py::test_a_killed_evaluation_repeats_no_stored_answer',
+    'test_notebooks.py::test_chat_prompts_notebook',
     'reliability/test_shared_postgres.py::test_import_and_evaluate_against_a_shared_server',
+    'test_families.py::test_a_real_log_ingested_in_two_parts_gives_the_families_of_one_ingest',
+    'reliability/test_store.py::test_a_run_killed_at_any_point_repeats_only_calls_in_flight[1-store.journaled]',
+    'reliability/test_store.py::test_two_processes_on_a_shared_postgres_server_pay_once',
 )
 
 
