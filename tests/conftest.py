@@ -58,17 +58,92 @@ def _commit_without_waiting_for_the_disk() -> None:
 
 @pytest.fixture
 def ws() -> Iterator[object]:
-    """The workspace package over an empty workspace (its Pixeltable directory dropped before and after)."""
-    import pixeltable as pxt
-
+    """The workspace package over an empty workspace (emptied before and after the test)."""
     import workspace
     from workspace import config
 
     config.connect()
     _commit_without_waiting_for_the_disk()
-    pxt.drop_dir(config.ROOT_DIR, force=True, if_not_exists='ignore')
+    _empty_workspace()
     yield workspace
+    _empty_workspace()
+
+
+@pytest.fixture
+def bare_ws(ws) -> object:
+    """`ws` with none of the workspace's own tables made yet: for a test that makes one as an older release did, or
+    checks that one is not made."""
+    import pixeltable as pxt
+
+    from workspace import config
+
     pxt.drop_dir(config.ROOT_DIR, force=True, if_not_exists='ignore')
+    return ws
+
+
+#: The columns of each of the workspace's own tables as `workspace.storage.tables` makes them, and the version of
+#: each such table after it was last emptied: {path: columns}, {path: (table id, version)}.
+_MADE: dict[str, frozenset[str]] = {}
+_EMPTIED: dict[str, tuple[str, int]] = {}
+
+
+def _record_schemas() -> None:
+    """Record the schema each of the workspace's own tables is made with (`_empty_workspace` keeps only those)."""
+    from workspace.storage import tables
+
+    make = tables._open_or_create
+    if getattr(make, 'recording', False):
+        return
+
+    def recording(path, schema, primary_key, **kwargs):  # type: ignore[no-untyped-def]
+        _MADE[path] = frozenset(schema)
+        return make(path, schema, primary_key, **kwargs)
+
+    recording.recording = True  # type: ignore[attr-defined]
+    tables._open_or_create = recording
+
+
+def _empty_workspace() -> None:
+    """Leave the workspace as new: every dataset, evaluation and other directory dropped, and the workspace's own
+    tables (versions, labels, the request store, the audit log...) emptied of what a test wrote.
+
+    Dropping the whole workspace and making those tables again in the next test cost about 80 ms a table (26 of
+    them), about 4 worker-minutes of the suite. A table is kept only while it has the columns the workspace makes
+    it with and no other (a test that makes an old schema gets it dropped); it is emptied only if its version
+    moved since it was last emptied. Pixeltable keeps a table's past versions, so emptied rows stay readable at
+    those versions, as after any delete; the audit log, whose check reads that history, is dropped instead.
+    """
+    import pixeltable as pxt
+
+    from workspace import config
+    from workspace.storage import reads, tables
+
+    _record_schemas()
+    root = config.ROOT_DIR
+    if root not in pxt.list_dirs('', recursive=False):
+        _EMPTIED.clear()
+        return
+    for folder in pxt.list_dirs(root, recursive=False):  # datasets, evaluations, ...: made again below
+        pxt.drop_dir(folder, force=True)
+    for path in pxt.list_tables(root, recursive=False):
+        table = tables.open_table(path)
+        state = reads.table_state(table) if table is not None else None
+        made = _MADE.get(path)
+        if table is None or state is None or made is None or frozenset(table.columns()) != made:
+            pxt.drop_table(path, force=True, if_not_exists='ignore')
+            _EMPTIED.pop(path, None)
+            continue
+        if _EMPTIED.get(path) == (state.id, state.version):
+            continue
+        if path == tables.AUDIT:  # its check reads the table's history, where a delete is tampering: made again
+            pxt.drop_table(path, force=True)
+            _EMPTIED.pop(path, None)
+            continue
+        if table.count():
+            table.delete()
+            state = reads.table_state(table) or state
+        _EMPTIED[path] = (state.id, state.version)
+    tables.ensure_dirs()
 
 
 @pytest.fixture

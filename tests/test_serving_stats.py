@@ -68,6 +68,7 @@ def test_serving_stats_per_version(served):
     assert serving_stats('router', since='1h')['requests'].sum() == 10
 
 
+@pytest.mark.usefixtures('bare_ws')
 def test_nothing_served_yet_reads_as_empty_and_makes_no_table(ws):
     from workspace.storage import tables
 

@@ -272,6 +272,7 @@ def test_429_is_retried_after_the_servers_retry_after_or_a_backoff(server, monke
     assert time.perf_counter() - started >= 0.3  # it waited as the server asked
 
 
+@pytest.mark.usefixtures('bare_ws')
 def test_a_request_store_made_by_version_0_1_is_upgraded_with_its_answers_and_errors(ws):
     """Version 0.1 called the model in a computed column of the requests table; opening such a store copies its
     answers and errors into today's schema, so no request is asked again."""

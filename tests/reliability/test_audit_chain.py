@@ -8,6 +8,7 @@ import subprocess
 import uuid
 
 import pixeltable as pxt
+import pytest
 from conftest import CLI, ROOT
 
 from reliability.conftest import child_env, spawn_python
@@ -71,6 +72,7 @@ def test_appending_after_a_deletion_does_not_hide_it(ws):
     assert check.rows == 8
 
 
+@pytest.mark.usefixtures('bare_ws')
 def test_an_audit_table_made_before_the_chain_opens_and_is_chained(ws):
     from workspace import config
 
