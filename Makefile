@@ -34,13 +34,13 @@ $(STAMP): pyproject.toml Makefile
 run: $(STAMP)
 	$(BIN)/prompt-workspace demo
 
-# Lint, format and types first (a minute), then the suite. Four workers on two cores: much of the suite waits on
+# Lint, format and types first (a minute), then the suite. Three workers on two cores: much of the suite waits on
 # PostgreSQL, subprocesses and servers rather than the CPU.
 test: $(STAMP)
 	$(BIN)/ruff check workspace udfs tests bench
 	$(BIN)/ruff format --check workspace udfs tests bench
 	$(BIN)/python -m mypy workspace udfs
-	$(BIN)/python -m pytest -n 4 --maxschedchunk=2 --durations=25
+	$(BIN)/python -m pytest -n 3 --maxschedchunk=2 --durations=25
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
