@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from browser_lab import browser_page, lab  # noqa: F401  (one JupyterLab per test session)
 
 # Before anything imports Pixeltable: it reads its home once per process.
 SESSION_HOME = Path(tempfile.mkdtemp(prefix='pw-test-pxt-'))
@@ -25,9 +24,13 @@ for name in ('GROQ_API_KEY', 'GROQ_BASE_URL', 'OPENAI_API_KEY', 'OPENAI_BASE_URL
     os.environ.pop(name, None)
 
 ROOT = Path(__file__).resolve().parent.parent
-# As in the `prompt-workspace` process (workspace/jobs/cli.py): nbformat's jsonschema would import its `iri` format
-# checker, a second of Lark grammars per test process, for schemas that use no such format.
-sys.modules.setdefault('rfc3987_syntax', None)  # type: ignore[arg-type]
+
+# As the `prompt-workspace` process does: nbformat's jsonschema would import its `iri` format checker, a second of
+# Lark grammars per test process, for schemas that use no such format.
+from workspace.jobs.cli import _skip_iri_format_checker  # noqa: E402  (after PIXELTABLE_HOME is set)
+
+_skip_iri_format_checker()
+from browser_lab import browser_page, lab  # noqa: E402, F401  (one JupyterLab per test session; loads nbformat)
 
 # Marks every process the session starts, and fails the session if one is still running at its end.
 pytest_plugins = ['session_guard']
@@ -125,6 +128,16 @@ def _empty_workspace() -> None:
         return
     for folder in pxt.list_dirs(root, recursive=False):  # datasets, evaluations, ...: made again below
         pxt.drop_dir(folder, force=True)
+    with reads.scope():  # each table's catalog record read once (`open_table` reads it too), until it is emptied
+        _empty_tables(root)
+    tables.ensure_dirs()
+
+
+def _empty_tables(root: str) -> None:
+    import pixeltable as pxt
+
+    from workspace.storage import reads, tables
+
     for path in pxt.list_tables(root, recursive=False):
         table = tables.open_table(path)
         state = reads.table_state(table) if table is not None else None
@@ -143,7 +156,6 @@ def _empty_workspace() -> None:
             table.delete()
             state = reads.table_state(table) or state
         _EMPTIED[path] = (state.id, state.version)
-    tables.ensure_dirs()
 
 
 @pytest.fixture
