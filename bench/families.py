@@ -141,7 +141,13 @@ def _drift(meta: dict, first: dict[str, tuple], family_of: dict[str, str]) -> di
     from workspace.mining.families import Family
 
     majority = _majority(first, family_of)
-    name_of = {family: name for name, family in majority.items()}
+    # a family is named by the template most of its prompts come from (a family that absorbed a one-off is still
+    # that template's: naming it by whichever template it holds most of came last misread a hit as a false alarm)
+    held: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    for h, (_, _, t) in first.items():
+        if majority.get(t['family']) == family_of[h]:
+            held[family_of[h]][t['family']] += 1
+    name_of = {family: c.most_common(1)[0][0] for family, c in held.items()}
     events = meta['drifts']
     hits, alarms, found_edits, extra = set(), [], set(), 0
     for family_id in ws.families(min_size=20)['family_id']:

@@ -422,9 +422,10 @@ def test_a_real_log_ingested_in_two_parts_gives_the_families_of_one_ingest(ws, t
         assert after[h] in reach  # an earlier prompt moves only by the merges and splits assignment records
 
 
-def test_drift_flags_a_share_change_but_not_a_template_appearing(ws):
-    """A template whose traffic triples is flagged in that week; a template that starts sending (no line the week
-    before) is a template appearing, not drift of its share, and neither is the steady one."""
+def test_drift_flags_a_share_change_but_not_a_template_appearing_or_retired(ws):
+    """A template whose traffic triples is flagged in that week; a template that starts sending on a Thursday (its
+    first week is part of a week) is a template appearing, and one that stops on a Tuesday a template retired:
+    neither is drift of its share, and neither is the steady one."""
     import random
 
     rng = random.Random(3)
@@ -439,16 +440,21 @@ def test_drift_flags_a_share_change_but_not_a_template_appearing(ws):
             f'Route this support ticket to a team: order {rng.randint(1, 99_999)} for '
             f'{rng.choice(["Ann", "Bob", "Carla", "Dmitri"])} was {rng.choice(["late", "lost", "broken"])}.'
         ),
+        'stops': lambda: f'Check the invoice {rng.randint(1, 99_999)} of {rng.choice(nouns)} supplies for errors.',
     }
-    weeks = [{'steady': 200, 'grows': 20}, {'steady': 200, 'appears': 60, 'grows': 20},
+    weeks = [{'steady': 200, 'grows': 20, 'stops': 60}, {'steady': 200, 'appears': 15, 'grows': 20, 'stops': 10},
              {'steady': 200, 'appears': 60, 'grows': 80}]  # fmt: skip
+    # days of the week (from Monday, 0) a template sends on: every day, but Thursday to Sunday in the week it
+    # appears and Monday and Tuesday in the week it stops
+    days = {('appears', 1): (3, 4, 5, 6), ('stops', 1): (0, 1)}
     rows, truth = [], {}
     for week, counts in enumerate(weeks):
         for name, n in counts.items():
+            on = days.get((name, week), range(7))
             for i in range(n):
                 prompt = templates[name]()
                 truth[prompt] = name
-                at = f'2026-09-{7 + 7 * week + i % 7:02d}T{(i * 7) % 24:02d}:{i % 60:02d}:00Z'
+                at = f'2026-09-{7 + 7 * week + on[i % len(on)]:02d}T{(i * 7) % 24:02d}:{i % 60:02d}:00Z'
                 rows.append({'prompt': prompt, 'timestamp': at})
     ws.ingest_prompts(pd.DataFrame(rows), source_name='three weeks')
     raw = tables.raw_prompts()
@@ -457,7 +463,7 @@ def test_drift_flags_a_share_change_but_not_a_template_appearing(ws):
         family_of.setdefault(truth[r['prompt']], set()).add(r['family_id'])
     assert all(len(f) == 1 for f in family_of.values()), family_of
     flagged = {name: ws.drift(next(iter(f)), window='week').flagged for name, f in family_of.items()}
-    assert flagged['steady'].empty and flagged['appears'].empty
+    assert flagged['steady'].empty and flagged['appears'].empty and flagged['stops'].empty
     assert len(flagged['grows']) == 1 and 'share' in flagged['grows']['reasons'].iloc[0]
     assert flagged['grows']['window'].iloc[0].date().isoformat() == '2026-09-21'
 

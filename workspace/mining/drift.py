@@ -3,9 +3,11 @@
 Each window (a day or a week) is compared with the window before it, on three statistics:
 
 - share: the family's log lines over all log lines in the window; flagged when it changes by half or more
-  (x1.5 or /1.5) and a chi-square test of the two windows' counts gives p < 0.001. A family with no line in the
-  window before has no share to drift from: its first lines are a template appearing (a new template, an edit
-  not yet recorded as a version), which its first seen says, not drift;
+  (x1.5 or /1.5) and a chi-square test of the two windows' counts gives p < 0.001. Both windows must lie within
+  the family's life: a window in which its first line came has a share of part of a window (a new template, an
+  edit not yet recorded as a version appears; its first seen says so), and so has the window in which its last
+  line came while the log goes on after it (a template retired, or edited into another family; its last seen
+  says so). Neither is drift of the traffic the template gets;
 - slots: for each enum slot (and integer or number slot, in five bins of the earlier window's quantiles), the
   Jensen-Shannon distance (base 2, scipy) between the two windows' value distributions; flagged when one is >= 0.2
   and a chi-square test gives p < 0.001;
@@ -157,9 +159,20 @@ def drift(family: Family | str, *, window: Window = 'week') -> DriftReport:
         raise FamilyError(f'family {fam.id!r} has no members')
     occ = tables.prompt_occurrences()
     lines = pd.DataFrame(list(occ.select(occ.prompt_hash, occ.at).collect()), columns=['prompt_hash', 'at'])
-    lines['window'] = _window_start(pd.to_datetime(lines['at'], utc=True), window)
+    lines['at'] = pd.to_datetime(lines['at'], utc=True)
+    lines['window'] = _window_start(lines['at'], window)
     ours = set(members['prompt_hash'])
     lines['ours'] = lines['prompt_hash'].isin(ours)
+    life = lines.loc[lines['ours'], 'at']
+    length = pd.Timedelta(days=7 if window == 'week' else 1)
+    log_end = lines['at'].max()
+
+    def lived(start: pd.Timestamp) -> bool:
+        # the family sent prompts through the whole window: it did not appear in it, nor stop in it while the log
+        # goes on after it (a window the log's end cuts short is cut for every family alike)
+        end = start + length
+        return bool(life.min() <= start and (life.max() >= end or end > log_end))
+
     traffic = lines.groupby('window').agg(total=('ours', 'size'), family=('ours', 'sum'))
     members['window'] = _window_start(pd.to_datetime(members['first_seen'], utc=True), window)
     slots = list(template.slots) if template is not None else []
@@ -186,7 +199,7 @@ def drift(family: Family | str, *, window: Window = 'week') -> DriftReport:
             _, before, old_share, old_family, old_total = previous
             ratio = (share + 1e-9) / (old_share + 1e-9)
             table = [[counts['family'], counts['total'] - counts['family']], [old_family, old_total - old_family]]
-            if old_family > 0:  # a family without traffic the window before appears (a new template): no share to drift
+            if old_family > 0 and lived(previous[0]) and lived(start):
                 row['share_p'] = float(stats.chi2_contingency(table)[1])
                 if (ratio >= SHARE_RATIO or ratio <= 1 / SHARE_RATIO) and row['share_p'] < P_VALUE:
                     reasons.append(f'share {percent(old_share)} -> {percent(share)} ({p_phrase(row["share_p"])})')
