@@ -492,3 +492,42 @@ def test_text_added_after_a_trailing_slot_is_a_new_version_despite_a_near_duplic
     family = ws.get_family(family_id)
     assert len(family.templates()) >= 2
     assert family.jinja == 'Summarize this article:\n\n{{ article }}\n\nSummary:'
+
+
+def test_text_added_after_a_template_with_a_short_start_is_an_edit_and_old_members_still_parse(ws):
+    """FLAN's trec edit adds `\\n\\nA:` after the options of `Q: {question}\\n\\nWhich one ...`: the first edited
+    prompt parses with no version (a start of one word anchors nothing), yet it holds all of the template's text,
+    so it is a candidate edit; once the old wording falls silent it becomes the family's next version. The version
+    before the edit parses none of the latest members but stays, so every earlier member still gives its question."""
+    import sys
+
+    from workspace.mining.assign import best_version
+    from workspace.mining.families import _state_row
+
+    sys.path.insert(0, str(ROOT / 'datasets' / 'prompt_collections'))
+    import make_collections
+
+    if not make_collections.SHARED.is_dir():
+        pytest.skip(f'{make_collections.SHARED} is absent: the questions are banking77 queries from it')
+    queries = list(dict.fromkeys(r['text'].strip() for r in make_collections.shared_inputs()['banking77'].rows))
+    body = (
+        '\n\nWhich one of the following options would the answer to this be?\n\n'
+        'OPTIONS:\n- description\n- entity\n- abbreviation\n- human\n- numeric\n- location'
+    )
+    old, new = queries[:48], queries[48:96]
+    rows = [{'prompt': f'Q: {q}{body}', 'timestamp': f'2026-09-{7 + i // 8:02d}T{2 * (i % 8):02d}:00:00Z'}
+            for i, q in enumerate(old)]  # fmt: skip
+    rows += [{'prompt': f'Q: {q}{body}\n\nA:', 'timestamp': f'2026-09-{13 + i // 8:02d}T{2 * (i % 8):02d}:00:00Z'}
+             for i, q in enumerate(new)]  # fmt: skip
+    ws.ingest_prompts(pd.DataFrame(rows), source_name='an edit at the end')
+    (family_id,) = ws.families()['family_id']
+    family = ws.get_family(family_id)
+    assert family.jinja.endswith('- location\n\nA:')
+    merges = family.history().query("what == 'merge'")
+    assert len(merges) == 1 and 'an edit of the template' in merges['events'].iloc[0][0]['note']
+    retired = set((_state_row(family_id)['state'] or {}).get('retired', []))
+    versions = [(n, t) for n, t, _ in family.templates() if n not in retired]
+    for q, suffix in [(q, '') for q in old] + [(q, '\n\nA:') for q in new]:
+        text = f'Q: {q}{body}{suffix}'
+        found = best_version(versions, text)
+        assert found is not None and list(found[1].parse(text).values()) == [q], text

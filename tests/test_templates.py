@@ -121,3 +121,30 @@ def test_template_events():
     assert events[0]['slots'] == ['value']  # 'by' is a stop word: the slot is named by its type
     assert template_events(new, old)[0] == {'event': 'slot removed', 'slots': ['value']}
     assert template_events(old, old) == []
+
+
+def test_a_quote_around_every_value_is_template_text_whatever_the_members():
+    """`"{text}"\\nHow would ...` and `What is "{q}" asking about?` quote whatever they are given: the quotes are
+    the template's, with any six members (some values hold quotes of their own), not the values'."""
+    verses = [
+        'wind was cold upon a hill',
+        "'tis autumn, season of mists",
+        'he said "go" and left',
+        'one light burned low westward',
+        'and "never" came their call again',
+        'sea, sea, open sea!"',
+        '"hark," herald angels sing',
+        'over rivers and through woods',
+        'my heart is like a singing bird',
+        'i wandered lonely as clouds do',
+        'woods are lovely, dark and deep',
+        'so much depends upon red wheels',
+    ]
+    for prefix, suffix in (('"', '"\nHow would the sentiment of this sentence be perceived?'),
+                           ('What is "', '" asking about?\n\nOPTIONS:\n- entity\n- human')):  # fmt: skip
+        texts = [f'{prefix}{v}{suffix}' for v in verses]
+        for start in range(0, 7, 3):
+            template = mine(texts[start : start + 6])
+            assert template.pieces == (prefix, suffix), (start, template.jinja)
+            for text, verse in zip(texts[start : start + 6], verses[start : start + 6]):
+                assert list(template.parse(text).values()) == [verse]

@@ -60,8 +60,7 @@ MINE_SAMPLE = 32  # latest members a template is mined from
 CANDIDATES = 5  # families compared per prompt by embedding: the nearest centres of its application
 EXEMPLARS = 16
 MIN_SHARED = 3  # words two prompts of a young family must share
-EDIT_WORDS = 16  # words inserted or deleted that an edit of a template may have
-EDIT_SHARE = 0.75  # and at most this share of the template's words
+EDIT_WORDS = 16  # words inserted or deleted that an edit of a template may have (inserted: at most its size)
 REPLACED_P = 0.01  # a candidate edit is merged when the edited family's silence has this probability at its rate
 PARALLEL = 2  # prompts the edited family still gets after the candidate appeared that make the two templates
 CANDIDATE_DAYS = 28  # a candidate not merged after this long is a template of its own
@@ -272,6 +271,7 @@ class FamilyState:
     mined_at: int = 0  # members when its template was last mined
     candidate_of: str | None = None  # the family this one may be an edit of
     candidate_since: datetime.datetime | None = None
+    edited_since: datetime.datetime | None = None  # the first prompt of the latest edit merged in as a version
     times: collections.deque[datetime.datetime] = field(default_factory=lambda: collections.deque(maxlen=64))
     status: str = 'active'
     merged_into: str | None = None
@@ -611,7 +611,12 @@ class Engine:
         young: tuple[float, FamilyState, list[Member]] | None = None
         loose: tuple[float, FamilyState] | None = None
         edit: tuple[float, FamilyState] | None = None
-        for family_id, _ in self._candidates(tokens, vector, app):
+        candidates = [f for f, _ in self._candidates(tokens, vector, app)]
+        # and the trusted templates that start or end as it does (an edit at the other edge; their centres may be
+        # farther than five others' when the prompt's own text is most of it)
+        keyed = self._parsers(text, app) - self._open.get(app, set()) - set(candidates)
+        candidates += sorted(f for f in keyed if self.states[f].status == 'active' and self.states[f].mined_at >= TRUST)
+        for family_id in candidates:
             state = self.states[family_id]
             if state.template is None or state.mined_at < TRUST:
                 found = self._young_fit(state, text, tokens)
@@ -625,7 +630,14 @@ class Engine:
             if changed == 0 and fit.absorbed <= 3 and fit.matched >= 0.7 * size and fit.start and fit.end:
                 if loose is None or score > loose[0]:
                     loose = (score, state)
-            elif changed <= min(EDIT_WORDS, EDIT_SHARE * size) and fit.matched >= 0.5 * size and fit.start | fit.end:
+            elif (
+                changed <= EDIT_WORDS
+                and fit.inserted <= size
+                and fit.matched >= 0.5 * size
+                and (fit.start or fit.end or fit.deleted == 0)
+            ):
+                # a rewording that keeps half the template's words and adds no more than it had, anchored at a
+                # shared start or end, or all of the template's text with a few words added (`...\n\nA:`)
                 if edit is None or score > edit[0]:
                     edit = (score, state)
         if young is not None:
@@ -800,10 +812,16 @@ class Engine:
 
     def _mine(self, state: FamilyState, at: datetime.datetime) -> Template | None:
         """Mine the template from the latest members (and return it); a new version when its pieces changed. A
-        version it parses every member of (on the latest members) is retired: it was mined from fewer members."""
+        version it parses every member of (on the latest members, of which it parses some) is retired: it was mined
+        from fewer members."""
         texts = [t for _, t, _ in self._recent(state)]
         if len(texts) < TEMPLATE_MIN:
             return None
+        if state.edited_since is not None:
+            # after an edit, the template is the edited wording's: mined from the members since the edit (while
+            # enough), not from both wordings at once, which would make a looser template of the two
+            edited = [t for _, t, at in self._recent(state) if at >= state.edited_since]
+            texts = edited if len(edited) >= TEMPLATE_MIN else texts
         template = mine(texts)
         state.mined_at = state.n
         active = state.versions()
@@ -814,7 +832,10 @@ class Engine:
         if len(parsed_new) < best_old:
             return template
         for number, old in active:
-            if {i for i, t in enumerate(texts) if old.spans(t) is not None} <= parsed_new:
+            # a version that parses none of the latest members (the wording before an edit) is not retired by them:
+            # it still parses the family's earlier members
+            parsed_old = {i for i, t in enumerate(texts) if old.spans(t) is not None}
+            if parsed_old and parsed_old <= parsed_new:
                 state.retired.add(number)
         self._version(state, template, at, texts)
         return template
@@ -977,6 +998,7 @@ class Engine:
         old.exemplars[:] = old.exemplars[:4] + old.exemplars[4:][-(EXEMPLARS - 4) :]
         self._version(old, template, at, texts)
         old.mined_at = old.n
+        old.edited_since = new.candidate_since
         self._set_centre(old)
         new.status, new.merged_into, new.changed = 'merged', old.id, True
         new.candidate_of = None

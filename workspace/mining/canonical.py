@@ -580,15 +580,29 @@ def mine(texts: Sequence[str], *, min_support: float = MIN_SUPPORT) -> Template:
     return best[1]
 
 
+_OPENING_QUOTES = '"\u201c\u00ab'
+_CLOSING_QUOTES = '"\u201d\u00bb'
+
+
 def _common_edges(texts: Sequence[str]) -> tuple[str, str]:
-    """Return the text all `texts` start with and end with, cut back to whitespace, not overlapping."""
+    """Return the text all `texts` start with and end with, cut back to whitespace, not overlapping.
+
+    Text glued to the values stays with them (`AO-` of `AO-12`, `AO-22`), but a quote mark glued to every value is
+    the template's: `What is "{{ q }}" asking about?` quotes whatever it is given. (Cut back to whitespace, the
+    quotes went to the values, and the mined template flipped between `"{{ value }}"` and `{{ value }}` with the
+    members it was mined from.)
+    """
     head = common_prefix(texts)
     cut = max(head.rfind(' '), head.rfind('\n'), head.rfind('\t'))
+    glued = head[cut + 1 :]
     head = head[: cut + 1] if cut >= 0 else ''
+    if glued and all(c in _OPENING_QUOTES for c in glued):
+        head += glued
     shortest = min(len(t) for t in texts) - len(head)
     tail = common_suffix(texts)[-shortest:] if shortest > 0 else ''
-    cut = min((i for i in (tail.find(' '), tail.find('\n'), tail.find('\t')) if i >= 0), default=-1)
-    tail = tail[cut:] if cut >= 0 else ''
+    cut = min((i for i in (tail.find(' '), tail.find('\n'), tail.find('\t')) if i >= 0), default=len(tail))
+    if not (0 < cut and all(c in _CLOSING_QUOTES for c in tail[:cut])):
+        tail = tail[cut:]
     return head, tail
 
 

@@ -115,6 +115,7 @@ def load_engine() -> Engine:
             mined_at=extra.get('mined_at', r['n'] if numbered else 0),
             candidate_of=extra.get('candidate_of'),
             candidate_since=_time(extra['candidate_since']) if extra.get('candidate_since') else None,
+            edited_since=_time(extra['edited_since']) if extra.get('edited_since') else None,
         )
         state.times.extend(_time(x) for x in extra.get('times', []))
         state.keys = [(tuple(k[0]), tuple(k[1]), k[2] if len(k) > 2 else -1) for k in extra.get('keys', [])]
@@ -186,6 +187,7 @@ def state_rows(states: Sequence[FamilyState], now: datetime.datetime) -> list[di
                 'mined_at': s.mined_at,
                 'candidate_of': s.candidate_of,
                 'candidate_since': s.candidate_since.isoformat() if s.candidate_since else None,
+                'edited_since': s.edited_since.isoformat() if s.edited_since else None,
                 'times': [t.isoformat() for t in s.times],
                 'keys': [[list(a), list(b), n] for a, b, n in s.keys] if s.mined_at < TRUST else [],
             },
