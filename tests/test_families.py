@@ -3,6 +3,7 @@ versions and datasets from a family, and every bad input."""
 
 from __future__ import annotations
 
+import collections
 import json
 from pathlib import Path
 
@@ -531,3 +532,24 @@ def test_text_added_after_a_template_with_a_short_start_is_an_edit_and_old_membe
         text = f'Q: {q}{body}{suffix}'
         found = best_version(versions, text)
         assert found is not None and list(found[1].parse(text).values()) == [q], text
+
+
+def test_another_encoding_of_a_task_is_not_absorbed_by_its_template(ws):
+    """Natural Instructions sends a task in several encodings: one with its positive examples, one that adds
+    negative examples and explanations. The longer one holds all of the shorter's text, its additions where the
+    slots are, so it fitted the template 'but for short pieces between slots' and joined. Its values hold several
+    times the words any member's do: it is another template, sent once, and stays out of the family."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / 'datasets' / 'prompt_collections'))
+    import make_collections
+
+    log, _ = make_collections.make('natural_instructions', seed=1)
+    apps = {'qasc_find_overlapping_words', 'multirc_identify_bad_question', 'qasc_question_generation'}
+    lines = [(x, t) for x, t in zip(log.lines, log.truth) if x['app'] in apps]
+    ws.ingest_prompts(pd.DataFrame([x for x, _ in lines]), source_name='three tasks')
+    raw = tables.raw_prompts()
+    family_of = {r['prompt']: r['family_id'] for r in raw.select(raw.prompt, raw.family_id).collect()}
+    sizes = collections.Counter(family_of.values())
+    one_offs = {x['prompt'] for x, t in lines if t['kind'] == 'one_off'}
+    assert one_offs and all(sizes[family_of[p]] < 3 for p in one_offs), [sizes[family_of[p]] for p in one_offs]

@@ -72,6 +72,7 @@ YOUNG_SPLIT = 5  # members up to which a prompt sharing far more with some of th
 YOUNG_TEMPLATE = 5  # members a young family's template is mined from before a prompt must mostly fit it
 _WORDS = re.compile(r'\w+')
 _KEY = 12  # characters of a template's first (or last) piece that index it
+LOOSE_VALUES = 2  # times the words of the latest members' values a prompt joining a template loosely may hold
 SHORT_VALUE = 4  # words of a value on either side of a short run two young members share
 ALIGN_TOKENS = 600  # tokens of two middles aligned whole; longer ones on their head and tail
 
@@ -627,7 +628,14 @@ class Engine:
             fit = align(tokens, [tokenize(p) for p in state.template.pieces])
             score = fit.matched / max(size, 1)
             changed = fit.deleted + fit.inserted
-            if changed == 0 and fit.absorbed <= 3 and fit.matched >= 0.7 * size and fit.start and fit.end:
+            if (
+                changed == 0
+                and fit.absorbed <= 3
+                and fit.matched >= 0.7 * size
+                and fit.start
+                and fit.end
+                and self._values_fit(state, words(tokens) - fit.matched)
+            ):
                 if loose is None or score > loose[0]:
                     loose = (score, state)
             elif (
@@ -705,6 +713,16 @@ class Engine:
         if 2 * len(scores) <= len(members) and len(members) > 1:
             return None
         return len(scores) / len(members), []  # the confidence: the share of the latest members it fits
+
+    def _values_fit(self, state: FamilyState, value_words: int) -> bool:
+        """Return whether a prompt whose values hold `value_words` words is no more than a member: at most twice the
+        words the values of any of the latest members hold. Another encoding of the same task (its examples with
+        explanations added) has all of the template's text too, and its additions land where slots are."""
+        template = state.template
+        assert template is not None
+        size = template.size
+        held = [words(tokenize(t)) - size for _, t, _ in self._recent(state) if template.spans(t) is not None]
+        return not held or value_words <= LOOSE_VALUES * max(held)
 
     def _draft(self, state: FamilyState) -> Template:
         """Return the template mined from a young family's members (kept until a member joins or leaves)."""
