@@ -553,3 +553,43 @@ def test_another_encoding_of_a_task_is_not_absorbed_by_its_template(ws):
     sizes = collections.Counter(family_of.values())
     one_offs = {x['prompt'] for x, t in lines if t['kind'] == 'one_off'}
     assert one_offs and all(sizes[family_of[p]] < 3 for p in one_offs), [sizes[family_of[p]] for p in one_offs]
+
+
+def test_drift_flags_the_week_a_slots_inputs_narrow_and_no_stable_week(ws):
+    """A template's queries (50 a week) are banking77's whole range for four weeks, then only the card intents (the
+    narrowing the collections inject): the centre of its slot values shifts that week, against the four weeks
+    before, and in no stable week (nor the next, against the narrowed week)."""
+    import datetime
+    import random
+    import sys
+
+    sys.path.insert(0, str(ROOT / 'datasets' / 'prompt_collections'))
+    import make_collections
+
+    if not make_collections.SHARED.is_dir():
+        pytest.skip(f'{make_collections.SHARED} is absent: the queries are banking77 queries from it')
+    inputs = make_collections.shared_inputs()['banking77']
+    rows = list({r['text'].strip(): r for r in inputs.rows}.values())
+    rng = random.Random(7)
+    rng.shuffle(rows)
+    narrow = [r for r in rows if inputs.narrow(r)][:100]
+    wide = [r for r in rows if not any(r is n for n in narrow)][:200]  # the whole range, card intents included
+    lines = []
+    for week in range(6):
+        pool = narrow if week >= 4 else wide
+        for i in range(50):
+            query = pool.pop()
+            day = datetime.datetime(2026, 9, 7, tzinfo=datetime.timezone.utc) + datetime.timedelta(
+                days=7 * week + i % 7, hours=(i * 5) % 24, minutes=i
+            )
+            at = day.isoformat()
+            lines.append({'prompt': f'Route this banking query to the right team.\nQuery: {query["text"].strip()}',
+                          'timestamp': at})  # fmt: skip
+    ws.ingest_prompts(pd.DataFrame(lines), source_name='six weeks')
+    (family_id,) = ws.families()['family_id']
+    report = ws.drift(family_id, window='week')
+    flagged = report.flagged
+    assert [w.date().isoformat() for w in flagged['window']] == ['2026-10-05'], report.table[
+        ['window', 'new_members', 'centre_shift', 'centre_noise', 'centre_p']
+    ].to_string()
+    assert 'centre shift' in flagged['reasons'].iloc[0]

@@ -1,6 +1,7 @@
 """Drift of a prompt family over time windows: its share of traffic, its slot values, and where its inputs sit.
 
-Each window (a day or a week) is compared with the window before it, on three statistics:
+Each window (a day or a week) is compared with the window before it (the centre: with the windows before it), on
+three statistics:
 
 - share: the family's log lines over all log lines in the window; flagged when it changes by half or more
   (x1.5 or /1.5) and a chi-square test of the two windows' counts gives p < 0.001. Both windows must lie within
@@ -12,18 +13,21 @@ Each window (a day or a week) is compared with the window before it, on three st
   Jensen-Shannon distance (base 2, scipy) between the two windows' value distributions; flagged when one is >= 0.2
   and a chi-square test gives p < 0.001;
 - centre: the members' slot values (all slots of a member joined) embedded by the project's embedder; the distance
-  between the two windows' mean vectors, against the distances the same members give when shuffled between the
-  two windows (2,000 times): flagged when it is twice their median and larger than all but 0.1% of them
-  (p < 0.001). Slot values rather than whole prompts, so that an edit of the template's constant text (recorded
-  as a template event) is not taken for drift of what flows through it.
+  between the window's mean vector and that of the members of the windows before (up to four, since its last
+  flagged shift), against the distances the same members give when shuffled between the two (2,000 times):
+  flagged when it is twice their median and larger than all but 0.1% of them (p < 0.001). Slot values rather
+  than whole prompts, so that an edit of the template's constant text (recorded as a template event) is not taken
+  for drift of what flows through it. (One week of about 35 members against the week before moved too little to
+  tell a shift that was there from noise.)
 
-A window with fewer than 20 members on either side is not tested. The figures on the bundled log are in
+A window with fewer than 20 members on either side (for the centre: in it, or in the windows before) is not tested. The figures on the bundled log are in
 docs/benchmarks.md ("Prompt families").
 """
 
 from __future__ import annotations
 
 import base64
+import collections
 import html
 import io
 from dataclasses import dataclass
@@ -49,6 +53,7 @@ P_VALUE = 0.001
 SHARE_RATIO = 1.5
 JS_FLAG = 0.2
 CENTRE_TIMES = 2.0  # a centre shift is flagged at this many times the shift of shuffled windows
+CENTRE_BASELINE = 4  # windows the centre is compared with (since its last flagged shift)
 PERMUTATIONS = 2000  # shuffles behind the centre shift's p-value (so that it can reach P_VALUE)
 
 
@@ -178,6 +183,8 @@ def drift(family: Family | str, *, window: Window = 'week') -> DriftReport:
     slots = list(template.slots) if template is not None else []
     rows = []
     previous: tuple[Any, list[dict], float, int, int] | None = None
+    # the centre's baseline: the members of up to CENTRE_BASELINE windows before, since its last flagged shift
+    earlier: collections.deque[list[dict]] = collections.deque(maxlen=CENTRE_BASELINE)
     for start, counts in traffic.iterrows():
         parsed = [s for s in members.loc[members['window'] == start, 'slots'] if isinstance(s, dict)]
         share = counts['family'] / counts['total'] if counts['total'] else 0.0
@@ -200,7 +207,9 @@ def drift(family: Family | str, *, window: Window = 'week') -> DriftReport:
             ratio = (share + 1e-9) / (old_share + 1e-9)
             table = [[counts['family'], counts['total'] - counts['family']], [old_family, old_total - old_family]]
             if old_family > 0 and lived(previous[0]) and lived(start):
-                row['share_p'] = float(stats.chi2_contingency(table)[1])
+                # a log with this family alone has a share of 100% in every window: nothing to test
+                others = table[0][1] + table[1][1]
+                row['share_p'] = float(stats.chi2_contingency(table)[1]) if others else 1.0
                 if (ratio >= SHARE_RATIO or ratio <= 1 / SHARE_RATIO) and row['share_p'] < P_VALUE:
                     reasons.append(f'share {percent(old_share)} -> {percent(share)} ({p_phrase(row["share_p"])})')
             if len(before) >= MIN_MEMBERS and len(parsed) >= MIN_MEMBERS:
@@ -208,14 +217,18 @@ def drift(family: Family | str, *, window: Window = 'week') -> DriftReport:
                 row.update(slot_js=js, slot=slot, slot_p=p)
                 if js >= JS_FLAG and p < P_VALUE:
                     reasons.append(f'slot {slot!r} JS distance {js:.2f} ({p_phrase(p)})')
-                shift, times, p = _centre(before, parsed)
+            baseline = [m for window_members in earlier for m in window_members]
+            if len(baseline) >= MIN_MEMBERS and len(parsed) >= MIN_MEMBERS:
+                shift, times, p = _centre(baseline, parsed)
                 row.update(centre_shift=shift, centre_noise=times, centre_p=p)
                 if times >= CENTRE_TIMES and p < P_VALUE:
                     reasons.append(f"centre shift {shift:.3f}, {times:.1f} times the shuffled windows' ({p_phrase(p)})")
+                    earlier.clear()
         row['flag'] = bool(reasons)
         row['reasons'] = '; '.join(reasons)
         rows.append(row)
         previous = (start, parsed, share, int(counts['family']), int(counts['total']))
+        earlier.append(parsed)
     return DriftReport(fam.id, window, pd.DataFrame(rows))
 
 
