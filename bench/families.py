@@ -368,6 +368,9 @@ def run(seed: int = SEED, names: list[str] | None = None) -> list[str]:
     missed = [f'{r["name"]}: {e["kind"]} {e["family"]} from {e["from"]}' for r in results for e in r['drift']['missed']]
     out += ['', 'Drift not found: ' + ('; '.join(missed) if missed else 'none')]
     out += ['', 'False alarms: ' + ('; '.join(total['drift']['alarms']) if total['drift']['alarms'] else 'none')]
+    hit, slots = total['slots']
+    absorbed, one_offs = total['one_offs']
+    out += ['', f'Over all: slots recovered exactly {hit:,} of {slots:,}; one-offs absorbed {absorbed} of {one_offs}']
     return out
 
 
