@@ -20,8 +20,8 @@ three statistics:
   for drift of what flows through it. (One week of about 35 members against the week before moved too little to
   tell a shift that was there from noise.)
 
-A window with fewer than 20 members on either side (for the centre: in it, or in the windows before) is not tested. The figures on the bundled log are in
-docs/benchmarks.md ("Prompt families").
+A window with fewer than 20 members on either side (for the centre: in it, or in the windows before) is not
+tested. The figures are in docs/families.md and docs/benchmarks.md ("Prompt families").
 """
 
 from __future__ import annotations
