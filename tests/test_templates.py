@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import ROOT
 
 from udfs.render import render
 from workspace.mining.canonical import infer_type, mine, template_events, tokenize
@@ -148,3 +149,31 @@ def test_a_quote_around_every_value_is_template_text_whatever_the_members():
             assert template.pieces == (prefix, suffix), (start, template.jinja)
             for text, verse in zip(texts[start : start + 6], verses[start : start + 6]):
                 assert list(template.parse(text).values()) == [verse]
+
+
+def test_a_label_on_a_line_of_its_own_between_long_values_stays_template_text():
+    """Natural Instructions' quoref prompts: `...Passage: {passage} \\nQuestion: {question}\\noutput:`. Mined from 32
+    members whose passages run to hundreds of words, the label between the two slots is the template's: it was
+    dropped when one of the dozen alignments missed it, and the two slots became one."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / 'datasets' / 'prompt_collections'))
+    import make_collections
+
+    log, _ = make_collections.make('natural_instructions', seed=1)
+    texts = list(
+        dict.fromkeys(
+            x['prompt']
+            for x, t in zip(log.lines, log.truth)
+            if t['family'] == 'quoref_answer_generation/Definition_Prompt' and t['kind'] == 'template'
+        )
+    )
+    for start in (0, 32):
+        template = mine(texts[start : start + 32])
+        assert template.pieces[-2] == ' \nQuestion: ', template.pieces[-2:]
+        for text in texts[start : start + 32]:
+            passage, question = text.rsplit('Passage: ', 1)[1].rsplit(' \nQuestion: ', 1)
+            values = list(template.parse(text).values())[-2:]
+            # the question's own mark may be read as the template's (`?\noutput:`): every question ends with one
+            asked = question.removesuffix('\noutput:')
+            assert values[0] == passage and values[1] in (asked, asked[:-1])

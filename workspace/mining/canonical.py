@@ -336,6 +336,8 @@ def _runs(mask: list[bool]) -> list[tuple[int, int]]:
 def _constant_mask(reference: list[str], support: list[float]) -> list[bool]:
     mask = [s >= MIN_SUPPORT for s in support]
     for i, j in _runs(mask):
+        if _label_line(reference[i:j]):
+            continue  # a label on a line of its own (`\nQuestion: `) is the template's layout, not a shared value
         if sum(1 for t in reference[i:j] if _WORD.match(t)) < 3:
             for k in range(i, j):  # a short run keeps only what nearly every member shares
                 mask[k] = support[k] >= SHORT_RUN_SUPPORT
@@ -344,6 +346,17 @@ def _constant_mask(reference: list[str], support: list[float]) -> list[bool]:
                 if reference[k].isspace() and near:
                     mask[k] = True
     return _drop_bare(reference, mask)
+
+
+def _label_line(tokens: list[str]) -> bool:
+    """Return whether a run of tokens is a label that starts a line: a line break, one or two words, a colon.
+
+    Such a run between two slots (`{passage} \nQuestion: {question}`) is kept at the majority's support: aligned
+    against a dozen members with long values, one alignment can miss it, and the strict rule for short runs (what
+    nearly every member shares, meant for a phrase most values happen to use) then merged the two slots."""
+    text = ''.join(tokens)
+    line = text.rsplit('\n', 1)[-1].strip() if '\n' in text else ''
+    return bool(line.endswith(':')) and 1 <= len(_WORDS.findall(line)) <= 2
 
 
 def _drop_bare(reference: list[str], mask: list[bool]) -> list[bool]:
