@@ -169,6 +169,7 @@ def drift(family: Family | str, *, window: Window = 'week') -> DriftReport:
     ours = set(members['prompt_hash'])
     lines['ours'] = lines['prompt_hash'].isin(ours)
     life = lines.loc[lines['ours'], 'at']
+    first_line, last_line = life.min(), life.max()
     length = pd.Timedelta(days=7 if window == 'week' else 1)
     log_end = lines['at'].max()
 
@@ -176,7 +177,7 @@ def drift(family: Family | str, *, window: Window = 'week') -> DriftReport:
         # the family sent prompts through the whole window: it did not appear in it, nor stop in it while the log
         # goes on after it (a window the log's end cuts short is cut for every family alike)
         end = start + length
-        return bool(life.min() <= start and (life.max() >= end or end > log_end))
+        return bool(first_line <= start and (last_line >= end or end > log_end))
 
     traffic = lines.groupby('window').agg(total=('ours', 'size'), family=('ours', 'sum'))
     members['window'] = _window_start(pd.to_datetime(members['first_seen'], utc=True), window)
