@@ -148,3 +148,34 @@ def test_neighbours_labels_and_their_vote_mixed_with_the_model(ws, tiny):
         ws.choice(labels, vote=0.5)
     with pytest.raises(VersionError, match=r"restrict='labels' is not known; use restrict='demos'"):
         ws.choice(labels, decode='rank', restrict='labels')
+
+
+@pytest.mark.parametrize('decode', ['mask', 'rank'])
+def test_a_request_whose_neighbours_share_one_label_is_answered_without_the_model(ws, tiny, decode):
+    """With restrict='demos', a request whose neighbours all carry one label has one possible answer: it is stored
+    with 0 tokens and no model call, and a request with two labels still goes to the model."""
+    from workspace.core import demo_policies as demos
+    from workspace.storage import store
+    from workspace.storage.backends import get_backend
+
+    labels = ['BILLING', 'DELIVERY', 'TECHNICAL']
+    local = get_backend('local')
+    policy = ws.nearest(tiny, k=2)
+    version = ws.create_version(
+        f'one_{decode}', template=FEW_SHOT, demos=policy, output=ws.choice(labels, decode=decode, restrict='demos')
+    )
+    before = local.calls
+    run = ws.evaluate(version, tiny, 'dev', progress=False)
+    rows = run.rows().set_index('example_id')
+    found = demos.retrieve(policy, tiny.rows('dev'), dataset='tiny')
+    answers = store.lookup(rows['request_hash'])
+    single = {ex for ex in rows.index if len({d['expected'] for d in found[ex].demos}) == 1}
+    assert single and single != set(rows.index)  # the tickets give both kinds
+    assert local.calls - before == len(rows) - len(single) == run.calls  # the run counts model calls
+    for ex in single:
+        answer = answers[rows.loc[ex, 'request_hash']]
+        assert rows.loc[ex, 'prediction'] == found[ex].demos[0]['expected'] == answer['text']
+        assert (answer['prompt_tokens'], answer['finish_reason'], answer['error']) == (0, 'only_choice', None)
+        assert answer['scores'] == ({found[ex].demos[0]['expected']: 0.0} if decode == 'rank' else None)
+    for ex in set(rows.index) - single:
+        assert answers[rows.loc[ex, 'request_hash']]['prompt_tokens'] > 0

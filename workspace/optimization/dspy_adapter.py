@@ -123,9 +123,11 @@ class Ledger:
 
     def _tally(self, out: dict[str, Any], fresh: bool) -> dict[str, Any]:
         """Count one answered request: a model call if this ledger had to ask for it and no one had answered it
-        before, else a reuse; and its error, if it has one."""
+        before (and it needed a model), else a reuse; and its error, if it has one."""
         self.requests += 1
-        if fresh and not out['reused']:
+        if out.get('finish_reason') == backends.ONLY_CHOICE:
+            pass  # a choice with one possible label: answered without a model, neither a call nor a reuse
+        elif fresh and not out['reused']:
             self.calls += 1
             self.tokens += int(out.get('prompt_tokens') or 0) + int(out.get('completion_tokens') or 0)
         else:

@@ -22,7 +22,7 @@ from typing import Any
 import pandas as pd
 
 from workspace.config import utc_now
-from workspace.storage import tables
+from workspace.storage import backends, tables
 
 __all__ = ['Plan', 'Attempt', 'TrialLog', 'answered_by_run', 'list_optimizations', 'list_trials', 'optimizer_records']
 
@@ -94,9 +94,12 @@ def _duration(seconds: float) -> str:
 
 
 def answered_by_run(run_id: str) -> int:
-    """Return how many stored requests were first asked by this run (by any attempt): its real model calls."""
+    """Return how many stored requests were first asked by this run (by any attempt): its real model calls (a
+    choice with one possible label is stored too, but answered without a model)."""
     t = tables.requests()
-    return int(t.where(t.first_version_id.startswith(f'{run_id}/') | (t.first_version_id == run_id)).count())
+    mine = t.first_version_id.startswith(f'{run_id}/') | (t.first_version_id == run_id)
+    reasons = t.where(mine).select(reason=t.response.finish_reason).collect()['reason']
+    return sum(1 for reason in reasons if reason != backends.ONLY_CHOICE)
 
 
 @dataclass

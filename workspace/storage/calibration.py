@@ -22,7 +22,8 @@ Two options use the demos a request shows (most useful with demos retrieved per 
 - ``restrict='demos'``: the request's label set is the labels of its demos (in the version's label order), so
   the model chooses among the labels of the nearest examples. Fewer labels to score make `rank` and `calibrated`
   cheaper (docs/benchmarks.md), and the model cannot drift to a label no neighbour has. A request whose demos
-  hold none of the version's labels keeps them all.
+  hold none of the version's labels keeps them all; one whose demos all carry one label is answered with it
+  without a model call (`workspace.storage.backends.complete`).
 - ``vote=w`` (with `rank` or `calibrated`): the answer is the label with the largest
   ``(1 - w) * p_model(label) + w * share of the demos with that label``, the model's label probabilities mixed
   with the neighbours' vote; with ``vote_by='rank'`` the i-th nearest demo's vote weighs 1/i (distance-weighted

@@ -373,7 +373,9 @@ class Batch:
     """What `answer_many` did: every answer by hash, and which were called, waited for or found stored.
 
     `repeated` are the calls that a killed session had already sent without its answer arriving (in flight when it
-    died): the only calls a run started again pays twice.
+    died): the only calls a run started again pays twice. `called` holds every request this session answered,
+    `calls` counts those that reached a model (a choice with one possible label is answered without one,
+    `backends.complete`).
     """
 
     answers: dict[str, Answer]
@@ -385,7 +387,7 @@ class Batch:
     @property
     def calls(self) -> int:
         """Return the number of model calls this session made (retries included)."""
-        return len(self.called)
+        return sum(1 for k in self.called if self.answers[k]['finish_reason'] != backends.ONLY_CHOICE)
 
 
 #: Markers of an overloaded endpoint in a backend's error: the request is sent again at a lower concurrency.
@@ -478,7 +480,7 @@ def _row(key: str, request: Mapping[str, Any], origin: Origin, out: Mapping[str,
 
 def _call(request: Mapping[str, Any]) -> tuple[dict[str, Any] | None, BaseException | None]:
     try:
-        return dict(backends.get_backend(request['model']).complete(request)), None
+        return dict(backends.complete(request)), None
     except Exception as e:  # recorded on the request's row; the run goes on
         return None, e
 

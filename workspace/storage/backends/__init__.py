@@ -9,6 +9,8 @@ the environment when a request is sent; they are never part of a request, a tabl
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
+from typing import Any
 
 from workspace.config import settings
 from workspace.errors import BackendError
@@ -33,6 +35,9 @@ __all__ = [
     'ChatBackend',
     'RetryPolicy',
     'get_backend',
+    'complete',
+    'only_label',
+    'ONLY_CHOICE',
     'model_identity',
     'parse_model',
     'choice_grammar',
@@ -92,6 +97,44 @@ def _make_backend(spec: str) -> Backend:
         key_required=kind == 'groq',
         requests_per_minute=knobs.groq_rpm if kind == 'groq' else knobs.openai_rpm,
     )
+
+
+#: The finish reason of a choice answered without a model call: it had one possible label.
+ONLY_CHOICE = 'only_choice'
+
+
+def only_label(request: Mapping[str, Any]) -> str | None:
+    """Return the one label a choice request can be answered with, or None when there is a choice to make.
+
+    A `choice` constraint with a single label (a version with `restrict='demos'` whose retrieved neighbours all
+    carry one label) has one possible answer whatever the model would say: under the mask it can only spell that
+    label; ranked or calibrated, that label has all the probability.
+
+    >>> only_label({'constraint': {'choice': ['card_arrival'], 'decode': 'rank'}})
+    'card_arrival'
+    >>> only_label({'constraint': {'choice': ['a', 'b']}}) is None
+    True
+    """
+    constraint = request.get('constraint') or {}
+    labels = constraint.get('choice') if isinstance(constraint, Mapping) else None
+    if not labels or len(labels) != 1 or constraint.get('json_schema') is not None:
+        return None
+    params = request.get('params') or {}
+    if (params.get('temperature') or 0.0) != 0.0:
+        return None  # sampled: the model's own draw is what was asked for
+    return str(labels[0])
+
+
+def complete(request: Mapping[str, Any]) -> Completion:
+    """Answer one request: a choice with one possible label without a model call (0 tokens, 0 latency, so no
+    cost), any other request with its model's backend."""
+    label = only_label(request)
+    if label is None:
+        return get_backend(request['model']).complete(request)
+    out = Completion(text=label, prompt_tokens=0, completion_tokens=0, latency_s=0.0, finish_reason=ONLY_CHOICE)
+    if (request.get('constraint') or {}).get('decode', 'mask') != 'mask':
+        out['scores'] = {label: 0.0}  # the log-probability of the only label, normalized over the labels
+    return out
 
 
 def get_backend(spec: str) -> Backend:
