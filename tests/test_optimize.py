@@ -112,6 +112,11 @@ def test_optimizer_makes_a_version_with_lineage_and_trials(ws, tiny, local, opti
         meta['baseline_score'] == res.baseline_score and meta['accepted'] is False and meta['decision'] == res.decision
     )
     assert meta['calls'] == res.calls and meta['requests'] == res.requests and meta['metric'] == 'macro_f1'
+    assert (res.candidate_trial, res.candidate_score, res.candidate_n) == (
+        meta['trial'],
+        meta['dev_score'],
+        meta['dev_n'],
+    )
     assert meta['tokens'] >= 0 and meta['wall_s'] > 0 and isinstance(meta['config'], dict)
 
     # one trials row per candidate evaluation, the baseline first, the winner's content and scores among them

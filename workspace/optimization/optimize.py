@@ -114,6 +114,10 @@ class OptimizeResult:
     wall_s: float
     plan: Plan | None = None
     references: References | None = None
+    #: the top candidate's trial, dev score and dev rows (also when its version existed before, with its own meta)
+    candidate_trial: int | None = None
+    candidate_score: float | None = None
+    candidate_n: int | None = None
 
     def __repr__(self) -> str:
         stopped = f', stopped by {self.stopped_by}' if self.stopped_by else ''
@@ -566,6 +570,7 @@ def optimize(
         if decision.accepted
         else base.value
     )
+    top = next((c for c in candidates if c.trial == decision.trial), None)
     status = 'stopped' if search.stop else 'done'
     attempt.update(
         **counts(ledger, search.trials, clock), status=status, stopped_by=search.stop.reason if search.stop else None,
@@ -591,6 +596,9 @@ def optimize(
         baseline_score=base.value,
         best_score=float(best_score),
         best_trial=decision.trial if decision.accepted and decision.trial is not None else base.trial,
+        candidate_trial=None if top is None else top.trial,
+        candidate_score=None if top is None else float(top.value),
+        candidate_n=None if top is None else len(top.predictions),
         n_trials=len(search.trials),
         stopped_by=search.stop.reason if search.stop else None,
         requests=ledger.requests,
