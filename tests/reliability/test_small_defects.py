@@ -58,7 +58,9 @@ def test_the_attempt_count_is_in_the_rows_error(ws, tiny_tickets, monkeypatch):
         monkeypatch.setenv('OPENAI_BASE_URL', f'{server.url}/v1')
         monkeypatch.setenv('WORKSPACE_BREAKER_FAILURES', '100')
         data = ws.import_dataset('tiny', tiny_tickets, input='text', expected='category', split='split', id='id')
-        version = ws.create_version('r', template='T: {{ text }}', model='openai:fake', output=ws.choice(['BILLING']))
+        # two labels: a choice of one is answered without a model call
+        labels = ws.choice(['BILLING', 'DELIVERY'])
+        version = ws.create_version('r', template='T: {{ text }}', model='openai:fake', output=labels)
         run = ws.evaluate(version, data, 'dev', progress=False)
         errors = set(run.rows()['error'])
         assert len(server.received) == 6 * 3 and run.errors == 6
