@@ -507,6 +507,11 @@ def serve(command: Callable[[list[str]], int], idle_minutes: float | None = None
     in the foreground."""
     idle = float(os.environ.get(IDLE_ENV) or DEFAULT_IDLE_MINUTES) if idle_minutes is None else idle_minutes
     path, log = address(), _log_path()
+    if threading.current_thread() is threading.main_thread():
+        # A client's Ctrl-C reaches a command as KeyboardInterrupt (`_thread.interrupt_main`), which does nothing
+        # while SIGINT is ignored; a process started in the background of a script inherits it ignored (and
+        # Python then keeps it so). The server runs in a session of its own: no terminal's Ctrl-C reaches it.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     _preload()
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     # Another server may have bound it while this one loaded: the first one keeps it.
