@@ -271,8 +271,8 @@ def bench_set(name: str, dataset: ws.Dataset, template: str) -> list[str]:
         cand_pred, cand_cost = _evaluate(res.candidate, dataset, 'untouched')
         accepted = 'accepted' if res.accepted else 'not accepted'
         label = f'optimized: {_describe(res.candidate)} ({accepted})'
-        dev_score, dev_n = _candidate_dev(res)
-        lines.append(row(label, f'{dev_score:.3f} (n = {dev_n})', cand_pred, cand_cost, True))
+        # the run's figures for it: its version may be one made before with the same content, with that one's meta
+        lines.append(row(label, f'{res.candidate_score:.3f} (n = {res.candidate_n})', cand_pred, cand_cost, True))
         details.append(
             f'- the optimized version on the untouched slice: {cand_cost["row_s"]:.2f} s a row '
             f'({cand_cost["model_s"]:.2f} s of it in the model, {cand_cost["prompt_tokens"]:.0f} prompt tokens a row)'
@@ -300,12 +300,6 @@ def _speeds(trials: pd.DataFrame) -> str:
     return '; '.join(f'{k} {w / max(c, 1):.2f}' for k, (w, c) in sorted(spent.items(), key=lambda kv: kv[0]))
 
 
-def _candidate_dev(res: Any) -> tuple[float, int]:
-    """Return the top candidate's dev score and rows, as the run scored it (its version may be one made before with
-    the same content, bench_speed's, whose meta is that version's)."""
-    return float(res.candidate_score), int(res.candidate_n)
-
-
 def bench_anytime(dataset: ws.Dataset) -> list[str]:
     """A 3-minute budget on banking77: what the run returns. Its answers are forgotten afterwards, so the 15-minute
     run that follows starts from an empty request store."""
@@ -319,7 +313,7 @@ def bench_anytime(dataset: ws.Dataset) -> list[str]:
         '### banking77 with a 3-minute budget',
         '',
         f'- returned in {wall:.0f} s: {"a scored candidate, " + _describe(top) if top else "no candidate"} '
-        f'(dev {_candidate_dev(res)[0]:.3f} on {_candidate_dev(res)[1]} rows; '
+        f'(dev {res.candidate_score:.3f} on {res.candidate_n} rows; '
         f'{"accepted" if res.accepted else "not accepted"}), stopped by {res.stopped_by or "nothing"}'
         if top
         else f'- returned in {wall:.0f} s with no candidate: {res.decision}',
