@@ -593,3 +593,32 @@ def test_drift_flags_the_week_a_slots_inputs_narrow_and_no_stable_week(ws):
         ['window', 'new_members', 'centre_shift', 'centre_noise', 'centre_p']
     ].to_string()
     assert 'centre shift' in flagged['reasons'].iloc[0]
+
+
+def test_two_templates_sharing_only_an_ending_are_split_and_its_one_offs_stay_out(ws):
+    """FLAN's `{text}\\n\\nIs the sentiment of this review positive or negative?` and `Please tell me the sentiment of
+    the following review: {text}` both end with the options list, and their first prompts made one young family
+    whose template left each one's wording in its slots (`this` ... `positive or negative?` beside `Please tell
+    me` ... `the following`). That mixture is split; and three one-offs of other patterns, which share that
+    ending too, stay apart instead of making a family of their own on a piece of the first template's text."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / 'datasets' / 'prompt_collections'))
+    import make_collections
+
+    log, _ = make_collections.make('flan', seed=1)
+    lines = [(x, t) for x, t in zip(log.lines, log.truth) if x['app'] == 'review_sentiment']
+    ws.ingest_prompts(pd.DataFrame([x for x, _ in lines]), source_name='review sentiment')
+    raw = tables.raw_prompts()
+    family_of = {r['prompt']: r['family_id'] for r in raw.select(raw.prompt, raw.family_id).collect()}
+    held: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    for x, t in lines:
+        if t['kind'] == 'template':
+            held[family_of[x['prompt']]][t['family']] += 1
+    main = {name: max(held, key=lambda f: held[f][name]) for name in ('imdb_reviews/4', 'imdb_reviews/6')}
+    assert main['imdb_reviews/4'] != main['imdb_reviews/6'], dict(held[main['imdb_reviews/4']])
+    for name, family in main.items():
+        assert held[family][name] >= 0.95 * sum(held[family].values()), dict(held[family])
+    sizes = collections.Counter(family_of.values())
+    one_offs = {x['prompt'] for x, t in lines if t['kind'] == 'one_off'}
+    assert one_offs and all(sizes[family_of[p]] < 3 for p in one_offs), [sizes[family_of[p]] for p in one_offs]

@@ -393,6 +393,23 @@ def _sub_template(template: Template, texts: Sequence[str]) -> bool:
     return False
 
 
+def _wording(template: Template, texts: Sequence[str]) -> bool:
+    """Return whether `texts` hold the same short value in two or more slots of the family's `template`,
+    SPLIT_WORDS words in all: the wording of another template, which the mixed template leaves in its slots
+    (`Please tell me` ... `the following` beside `this` ... `positive or negative?`). An enum (the same customer)
+    fills one slot; the same input sent again (one text translated into several languages) is a long value, no
+    wording."""
+    found = [template.spans(t) for t in texts]
+    if len(texts) < 2 or any(s is None for s in found):
+        return False
+    equal = []
+    for i in range(len(template.slots)):
+        values = {t[s[i][0] : s[i][1]].strip() for t, s in zip(texts, found) if s is not None}
+        if len(values) == 1 and (value := values.pop()):
+            equal.append(words(tokenize(value)))
+    return len(equal) >= 2 and max(equal) <= SHORT_VALUE and sum(equal) >= SPLIT_WORDS
+
+
 def _unbalanced(text: str) -> bool:
     return any(text.count(o) != text.count(c) for o, c in ('{}', '[]', '()')) or text.count('"') % 2 == 1
 
@@ -745,9 +762,10 @@ class Engine:
         for edge, shared in ((fit.start, common_prefix([text, member])), (fit.end, common_suffix([text, member]))):
             if not edge or not _solid(tokenize(shared)):
                 continue  # a short value at the edge (`{name} wants a refund ...`): judged by the draft below
-            test = str.startswith if shared == text[: len(shared)] else str.endswith
+            start = shared == text[: len(shared)]
+            test = str.startswith if start else str.endswith
             others = {f for f, _, t in recent if f != state.id and test(t, shared)}
-            if len(others) < 2:
+            if not others or (len(others) == 1 and not self._inside(others.pop(), shared, start)):
                 return True
         if not any(_solid(tokenize(piece)) for piece in fit.shared[1:-1]):
             return False
@@ -761,6 +779,21 @@ class Engine:
                 if len(others) >= 2:
                     return False
         return True
+
+    def _inside(self, family_id: str, shared: str, start: bool) -> bool:
+        """Return whether `shared` is part of another family's template text at that edge, which goes on with
+        solid text of its own (`Is the sentiment of this review positive or negative?` before the options list it
+        shares with two one-offs): two prompts sharing only a piece of another template's constant text are not one
+        template for it. The other family's mined template decides, not its latest prompts: values often share a
+        tail by chance (`familyFriendly[no]`), and a template mined from a few members may hold such a tail too: only a
+        trusted template (mined from TRUST members) decides."""
+        other = self.states.get(family_id)
+        if other is None or other.template is None or other.mined_at < TRUST:
+            return False
+        piece = other.template.pieces[0 if start else -1]
+        if start:
+            return piece.startswith(shared) and _solid(tokenize(piece[len(shared) :]))
+        return piece.endswith(shared) and _solid(tokenize(piece[: len(piece) - len(shared)]))
 
     def _reason(self, state: FamilyState, vector: np.ndarray, how: str, **extra: Any) -> dict[str, Any]:
         near = sorted(
@@ -936,7 +969,11 @@ class Engine:
             return
         # a group is another template when its values of some slot vary but all start (or end) with the same
         # phrase; a group of equal values (an enum: the same customer) is no template
-        apart = [g for g in linked if _sub_template(family, [members[i][1] for i in g])]
+        apart = [
+            g
+            for g in linked
+            if _sub_template(family, [members[i][1] for i in g]) or _wording(family, [members[i][1] for i in g])
+        ]
         kept = next((g for g in linked if g not in apart), linked[0])
         for group in apart:
             if group is not kept:
