@@ -399,12 +399,12 @@ def _wording(template: Template, texts: Sequence[str]) -> bool:
     (`Please tell me` ... `the following` beside `this` ... `positive or negative?`). An enum (the same customer)
     fills one slot; the same input sent again (one text translated into several languages) is a long value, no
     wording."""
-    found = [template.spans(t) for t in texts]
-    if len(texts) < 2 or any(s is None for s in found):
+    spans = [s for s in map(template.spans, texts) if s is not None]
+    if len(texts) < 2 or len(spans) < len(texts):
         return False
     equal = []
     for i in range(len(template.slots)):
-        values = {t[s[i][0] : s[i][1]].strip() for t, s in zip(texts, found) if s is not None}
+        values = {t[s[i][0] : s[i][1]].strip() for t, s in zip(texts, spans)}
         if len(values) == 1 and (value := values.pop()):
             equal.append(words(tokenize(value)))
     return len(equal) >= 2 and max(equal) <= SHORT_VALUE and sum(equal) >= SPLIT_WORDS
@@ -968,12 +968,10 @@ class Engine:
         if len(linked) < 2 or sum(map(len, linked)) < SPLIT_COVER * len(members):
             return
         # a group is another template when its values of some slot vary but all start (or end) with the same
-        # phrase; a group of equal values (an enum: the same customer) is no template
-        apart = [
-            g
-            for g in linked
-            if _sub_template(family, [members[i][1] for i in g]) or _wording(family, [members[i][1] for i in g])
-        ]
+        # phrase, or when it holds another template's wording in two or more slots; a group of equal values in one
+        # slot (an enum: the same customer) is no template
+        texts = [[members[i][1] for i in g] for g in linked]
+        apart = [g for g, t in zip(linked, texts) if _sub_template(family, t) or _wording(family, t)]
         kept = next((g for g in linked if g not in apart), linked[0])
         for group in apart:
             if group is not kept:
