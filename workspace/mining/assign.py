@@ -28,8 +28,11 @@ An application (`app`) is a hard boundary: a prompt is only compared with famili
 
 from __future__ import annotations
 
+import bisect
 import collections
 import datetime
+import functools
+import itertools
 import math
 import re
 from collections.abc import Callable, Iterable, Sequence
@@ -336,12 +339,18 @@ def _parse(template: Template, text: str) -> dict[str, str] | None:
     return found if found is not None or text == text.rstrip() else template.parse(text.rstrip())
 
 
+@functools.lru_cache(maxsize=4096)
+def _values(template: Template, text: str) -> dict[str, str] | None:
+    """`_parse`, remembered: `_refine` reads the same latest members after every join (do not change the result)."""
+    return _parse(template, text)
+
+
 def _first_words(tokens: Sequence[str], n: int = 3) -> tuple[str, ...]:
-    return tuple(t.lower() for t in tokens if any(c.isalnum() for c in t))[:n]
+    return tuple(itertools.islice((t.lower() for t in tokens if any(c.isalnum() for c in t)), n))
 
 
 def _last_words(tokens: Sequence[str], n: int = 3) -> tuple[str, ...]:
-    return tuple(t.lower() for t in reversed(tokens) if any(c.isalnum() for c in t))[:n]
+    return tuple(itertools.islice((t.lower() for t in reversed(tokens) if any(c.isalnum() for c in t)), n))
 
 
 def _edge(values: Sequence[str], suffix: bool) -> str:
@@ -439,6 +448,27 @@ def _shared_edges(a: str, b: str) -> int:
     start = common_prefix([a, b])
     end = common_suffix([a, b]) if len(start) < min(len(a), len(b)) else ''
     return len(_WORDS.findall(start)) + len(_WORDS.findall(end))
+
+
+class _Edges:
+    """One text read once for `_shared_edges` against many others (the mixture split compares every pair of up to
+    32 members): its reversed text and where its words start and end. A run of word characters cut by the shared
+    text's edge is still a word, so the words of its first `n` characters are those that start before `n`."""
+
+    __slots__ = ('text', 'reversed', 'starts', 'ends')
+
+    def __init__(self, text: str) -> None:
+        self.text, self.reversed = text, text[::-1]
+        found = [m.span() for m in _WORDS.finditer(text)]
+        self.starts = [s for s, _ in found]
+        self.ends = [e for _, e in found]
+
+    def shared(self, other: _Edges) -> int:
+        """The same count as `_shared_edges(self.text, other.text)`."""
+        a, b = self.text, other.text
+        start = len(common_prefix([a, b]))
+        end = len(common_prefix([self.reversed, other.reversed])) if start < min(len(a), len(b)) else 0
+        return bisect.bisect_left(self.starts, start) + len(self.ends) - bisect.bisect_right(self.ends, len(a) - end)
 
 
 class Engine:
@@ -921,10 +951,10 @@ class Engine:
         recent = list(self._recent(state))
         if template is None or not template.slots or len(recent) < 2 * REFINE_K:
             return
-        latest = [_parse(template, t) for _, t, _ in recent[-REFINE_K:]]
+        latest = [_values(template, t) for _, t, _ in recent[-REFINE_K:]]
         if any(p is None for p in latest):
             return
-        before = [p for p in (_parse(template, t) for _, t, _ in recent[-2 * REFINE_K : -REFINE_K]) if p is not None]
+        before = [p for p in (_values(template, t) for _, t, _ in recent[-2 * REFINE_K : -REFINE_K]) if p is not None]
         for slot in template.slots:
             for suffix in (False, True):
                 trim = str.rstrip if suffix else str.lstrip
@@ -957,9 +987,11 @@ class Engine:
                 i = parent[i]
             return i
 
+        edges = [_Edges(text) for _, text, _ in members]
         for i in range(len(members)):
             for j in range(i + 1, len(members)):
-                if _shared_edges(members[i][1], members[j][1]) >= base + SPLIT_WORDS:
+                # members already linked are not compared again (the groups are the same)
+                if root(i) != root(j) and edges[i].shared(edges[j]) >= base + SPLIT_WORDS:
                     parent[root(i)] = root(j)
         groups: dict[int, list[int]] = collections.defaultdict(list)
         for i in range(len(members)):

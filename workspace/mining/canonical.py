@@ -42,6 +42,7 @@ __all__ = [
 SlotType = Literal['integer', 'number', 'date', 'email', 'url', 'id', 'enum', 'text']
 
 _TOKEN = re.compile(r'\w+|\s+|([^\w\s])\1*')  # a run of one punctuation mark ('---', '##') is one token
+_TOKEN_GROUPS = re.compile(r'(\w+|\s+|([^\w\s])\2*)')  # the same, the token as group 1 (findall runs in C)
 _WORD = re.compile(r'\w')
 _WORDS = re.compile(r'\w+')
 #: Tokens of a prompt that take part in an alignment: a longer prompt is aligned on its head and tail, so a huge
@@ -77,7 +78,7 @@ def tokenize(text: str) -> list[str]:
 @functools.lru_cache(maxsize=8192)
 def _tokens(text: str) -> tuple[str, ...]:
     # assignment tokenizes a family's latest members again for every prompt it compares with them
-    return tuple(m.group(0) for m in _TOKEN.finditer(text))
+    return tuple(m[0] for m in _TOKEN_GROUPS.findall(text))
 
 
 def common_prefix(texts: Sequence[str]) -> str:
@@ -465,7 +466,23 @@ def _draft(pieces: Sequence[str]) -> Template:
     return Template(tuple(pieces), tuple(Slot(f's{i}', 'text') for i in range(len(pieces) - 1)))
 
 
-def _balance(pieces: list[str], texts: Sequence[str]) -> list[str]:
+class _Parses:
+    """The members' values under draft pieces, parsed once per distinct pieces: the steps of `_build` read the same
+    draft again for every slot they do not change."""
+
+    def __init__(self, texts: Sequence[str]) -> None:
+        self.texts = texts
+        self._done: dict[tuple[str, ...], list[dict[str, str]]] = {}
+
+    def __call__(self, pieces: Sequence[str]) -> list[dict[str, str]]:
+        key = tuple(pieces)
+        if key not in self._done:
+            draft = _draft(key)
+            self._done[key] = [p for p in (draft.parse(t) for t in self.texts) if p is not None]
+        return self._done[key]
+
+
+def _balance(pieces: list[str], parses: _Parses) -> list[str]:
     """Join a slot with the next while most of its values open a bracket or quote they do not close.
 
     The keys of a JSON object pasted into a prompt are shared by every member, but the object is one value.
@@ -479,20 +496,20 @@ def _balance(pieces: list[str], texts: Sequence[str]) -> list[str]:
         pieces[i] = piece[start if i > 0 else 0 : end if i < last else len(piece)]
     i = 0
     while i < len(pieces) - 2:
-        parsed = [p for p in (_draft(pieces).parse(t) for t in texts) if p is not None]
+        parsed = parses(pieces)
         if parsed and sum(_unbalanced(p[f's{i}']) for p in parsed) > len(parsed) / 2:
             del pieces[i + 1]
         else:
             i += 1
     # a slot empty in nearly every member (a trailing space on a few) is no slot
-    parsed = [p for p in (_draft(pieces).parse(t) for t in texts) if p is not None]
+    parsed = parses(pieces)
     for i in reversed(range(len(pieces) - 1)):
         if parsed and sum(1 for p in parsed if p[f's{i}'].strip()) < 0.1 * len(parsed):
             pieces[i : i + 2] = [pieces[i] + pieces[i + 1]]
     return pieces
 
 
-def _claim_marks(pieces: list[str], texts: Sequence[str]) -> list[str]:
+def _claim_marks(pieces: list[str], parses: _Parses) -> list[str]:
     """Give a sentence mark that follows a slot in every member to the slot's values when they are sentences.
 
     Every abstract ends with a full stop, so the stop looks like template text; but a template that adds a mark
@@ -503,7 +520,7 @@ def _claim_marks(pieces: list[str], texts: Sequence[str]) -> list[str]:
         after = pieces[i + 1]
         if not after or after[0] not in '.?!' or (len(after) > 1 and not after[1].isspace()):
             continue
-        parsed = [p for p in (_draft(pieces).parse(t) for t in texts) if p is not None]
+        parsed = parses(pieces)
         values = [p[f's{i}'].rstrip() for p in parsed]
         if not values or any(v.endswith(('.', '?', '!')) for v in values):
             continue
@@ -516,7 +533,7 @@ def _claim_marks(pieces: list[str], texts: Sequence[str]) -> list[str]:
 _PLAIN = re.compile(r"[\w ,'\u2019-]+")
 
 
-def _join_phrases(pieces: list[str], texts: Sequence[str]) -> list[str]:
+def _join_phrases(pieces: list[str], parses: _Parses) -> list[str]:
     """Join two slots separated only by a short plain phrase (three words at most, no line break or label) when
     both hold text of a few words: a phrase most values happen to use ('coffee shop' in reviews of coffee shops),
     not template text, which sits on lines of its own or ends in a mark ('\nHypothesis: ', ' via ')."""
@@ -524,7 +541,7 @@ def _join_phrases(pieces: list[str], texts: Sequence[str]) -> list[str]:
     while i < len(pieces) - 1:
         piece = pieces[i]
         if piece.strip() and _PLAIN.fullmatch(piece) and len(_WORDS.findall(piece)) <= 3:
-            parsed = [p for p in (_draft(pieces).parse(t) for t in texts) if p is not None]
+            parsed = parses(pieces)
             left = [len(p[f's{i - 1}'].split()) for p in parsed]  # words a space apart: an email is one
             right = [len(p[f's{i}'].split()) for p in parsed]
             if parsed and sum(left) >= 3 * len(parsed) and sum(right) >= 3 * len(parsed):
@@ -534,10 +551,10 @@ def _join_phrases(pieces: list[str], texts: Sequence[str]) -> list[str]:
     return pieces
 
 
-def _build(pieces: list[str], texts: Sequence[str]) -> tuple[Template, int]:
+def _build(pieces: list[str], parses: _Parses) -> tuple[Template, int]:
     """Type and name the slots of `pieces` from the members it parses; return the template and how many it parses."""
-    pieces = _claim_marks(_join_phrases(_balance(list(pieces), texts), texts), texts)
-    parsed = [p for p in (_draft(pieces).parse(t) for t in texts) if p is not None]
+    pieces = _claim_marks(_join_phrases(_balance(list(pieces), parses), parses), parses)
+    parsed = parses(pieces)
     taken: set[str] = set()
     slots = []
     for i in range(len(pieces) - 1):
@@ -575,6 +592,7 @@ def mine(texts: Sequence[str], *, min_support: float = MIN_SUPPORT) -> Template:
     # is tried too (a short member may miss an optional piece)
     candidates = list(dict.fromkeys([by_length[0], by_length[len(by_length) // 2]]))[: 1 if len(texts) >= 8 else 2]
     best: tuple[tuple[int, int], Template] | None = None
+    parses = _Parses(texts)
     for ref in candidates:
         others = [tokens[i] for i in range(len(texts)) if i != ref][-SUPPORT_SAMPLE:]
         support = _support(tokens[ref], others)
@@ -585,7 +603,7 @@ def mine(texts: Sequence[str], *, min_support: float = MIN_SUPPORT) -> Template:
             mask = _drop_bare(tokens[ref], _snap(tokens[ref], mask))
             pieces = _pieces(tokens[ref], mask)
             pieces[0], pieces[-1] = head + pieces[0], pieces[-1] + tail
-            template, parsed = _build(pieces, texts)
+            template, parsed = _build(pieces, parses)
             key = (parsed, sum(len(p) for p in template.pieces))  # fits the most members, then keeps the most text
             if best is None or key > best[0]:
                 best = (key, template)

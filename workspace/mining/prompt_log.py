@@ -489,7 +489,9 @@ def _apply(batch_id: str, plan: dict[str, Any], vectors: dict[str, np.ndarray] |
     if plan['history']:
         tables.insert_new(tables.family_history(), [_times(r, 'at') for r in plan['history']], 'event_id')
     journal = tables.ingest_journal()
-    journal.update({'status': 'done', 'done_at': utc_now()}, where=journal.batch_id == batch_id)
+    # the plan is dropped from the row once applied: an update writes the row again, and a plan of 5,000 lines is
+    # megabytes (the earlier row version keeps it in the store's history)
+    journal.update({'status': 'done', 'done_at': utc_now(), 'plan_text': None}, where=journal.batch_id == batch_id)
 
 
 def _write_families(state: Any, rows: list[dict[str, Any]]) -> None:

@@ -105,7 +105,9 @@ class Embedder:
         tokenizer, weights = self._load()
         # Tokenized together (the tokenizer's batch runs on every core; without padding a text's tokens are its own),
         # then summed one text at a time in float64 in a fixed order: the vector cannot depend on other texts.
-        for i, encoding in enumerate(tokenizer.encode_batch(list(texts), add_special_tokens=False)):
+        # encode_batch_fast (tokenizers 0.20+) gives the same ids without the character offsets, a fifth faster
+        encode = getattr(tokenizer, 'encode_batch_fast', tokenizer.encode_batch)
+        for i, encoding in enumerate(encode(list(texts), add_special_tokens=False)):
             ids = np.asarray(encoding.ids or [_UNKNOWN], dtype=np.int64)
             total = np.zeros(DIMENSIONS, dtype=np.float64)
             for start in range(0, len(ids), _CHUNK):

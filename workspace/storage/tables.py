@@ -770,7 +770,8 @@ def ingest_journal() -> pxt.Table:
             'status': pxt.String,  # pending or done
             'plan': pxt.Json,  # the plan, or {'in': 'plan_text'}
             'done_at': pxt.Timestamp | None,
-            # the plan as JSON text: Pixeltable walks every value of a Json cell on insert (a second for 5,000 lines)
+            # the plan as JSON text (Pixeltable walks every value of a Json cell on insert: a second for 5,000 lines);
+            # None once the batch is applied
             'plan_text': pxt.String | None,
         },
         'batch_id',
