@@ -450,25 +450,43 @@ def _shared_edges(a: str, b: str) -> int:
     return len(_WORDS.findall(start)) + len(_WORDS.findall(end))
 
 
-class _Edges:
-    """One text read once for `_shared_edges` against many others (the mixture split compares every pair of up to
-    32 members): its reversed text and where its words start and end. A run of word characters cut by the shared
-    text's edge is still a word, so the words of its first `n` characters are those that start before `n`."""
-
-    __slots__ = ('text', 'reversed', 'starts', 'ends')
-
-    def __init__(self, text: str) -> None:
-        self.text, self.reversed = text, text[::-1]
+def _pair_shares(texts: Sequence[str]) -> list[list[int]]:
+    """Return `_shared_edges(texts[i], texts[j])` for every pair (the mixture split compares every pair of up to 32
+    members). Hand-written rather than pairwise: sorted, two texts share the shortest of the common prefixes of the
+    neighbours between them, so only neighbours are compared; and the words of a text's first `n` characters are
+    those that start before `n` (a run of word characters cut by the shared text's edge is still a word)."""
+    n = len(texts)
+    starts, ends = [], []
+    for text in texts:
         found = [m.span() for m in _WORDS.finditer(text)]
-        self.starts = [s for s, _ in found]
-        self.ends = [e for _, e in found]
+        starts.append([a for a, _ in found])
+        ends.append([b for _, b in found])
+    heads, tails = _pair_prefixes(texts), _pair_prefixes([t[::-1] for t in texts])
+    out = [[0] * n for _ in range(n)]
+    for i in range(n):
+        a = texts[i]
+        for j in range(n):
+            if i == j:
+                continue
+            head = heads[i][j]
+            tail = tails[i][j] if head < min(len(a), len(texts[j])) else 0
+            out[i][j] = bisect.bisect_left(starts[i], head) + len(ends[i]) - bisect.bisect_right(ends[i], len(a) - tail)
+    return out
 
-    def shared(self, other: _Edges) -> int:
-        """The same count as `_shared_edges(self.text, other.text)`."""
-        a, b = self.text, other.text
-        start = len(common_prefix([a, b]))
-        end = len(common_prefix([self.reversed, other.reversed])) if start < min(len(a), len(b)) else 0
-        return bisect.bisect_left(self.starts, start) + len(self.ends) - bisect.bisect_right(self.ends, len(a) - end)
+
+def _pair_prefixes(texts: Sequence[str]) -> list[list[int]]:
+    """Return the length of the common prefix of every pair of texts, comparing only neighbours in sorted order."""
+    n = len(texts)
+    order = sorted(range(n), key=texts.__getitem__)
+    adjacent = [len(common_prefix([texts[order[k]], texts[order[k + 1]]])) for k in range(n - 1)]
+    out = [[0] * n for _ in range(n)]
+    for k in range(n):
+        shortest = -1
+        for m in range(k + 1, n):
+            step = adjacent[m - 1]
+            shortest = step if shortest < 0 or step < shortest else shortest
+            out[order[k]][order[m]] = out[order[m]][order[k]] = shortest
+    return out
 
 
 class Engine:
@@ -987,11 +1005,10 @@ class Engine:
                 i = parent[i]
             return i
 
-        edges = [_Edges(text) for _, text, _ in members]
+        shares = _pair_shares([text for _, text, _ in members])
         for i in range(len(members)):
             for j in range(i + 1, len(members)):
-                # members already linked are not compared again (the groups are the same)
-                if root(i) != root(j) and edges[i].shared(edges[j]) >= base + SPLIT_WORDS:
+                if shares[i][j] >= base + SPLIT_WORDS:
                     parent[root(i)] = root(j)
         groups: dict[int, list[int]] = collections.defaultdict(list)
         for i in range(len(members)):

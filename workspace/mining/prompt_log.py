@@ -24,6 +24,7 @@ prompt's family is always in `families()`.
 
 from __future__ import annotations
 
+import collections
 import datetime
 import hashlib
 import json
@@ -31,7 +32,8 @@ import logging
 import re
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,6 +59,7 @@ log = logging.getLogger(__name__)
 #: The `source` that ingests the workspace's own request store (the prompts its evaluations sent).
 REQUEST_STORE = 'request_store'
 BATCH = 5000  # log lines written as one unit (one journal row)
+EMBED_CHUNK = 256  # new prompts embedded at a time, ahead of their assignment
 #: What PostgreSQL cannot store (NUL) or UTF-8 cannot encode (a lone surrogate, from a broken escape): other
 #: control characters are kept, as real prompts carry them (a \x18 from a PDF in an abstract).
 _BAD = re.compile('[\x00\ud800-\udfff]')
@@ -306,12 +309,12 @@ def _batch(
     for line in lines:
         by_hash.setdefault(line.hash, []).append(line)
     fresh = [h for h in by_hash if h not in known]  # in time order (the lines are)
-    vectors = embed([by_hash[h][0].text for h in fresh]) if fresh else np.zeros((0, 0))
     now = utc_now()
-    raw_rows = [
-        _assigned_row(engine, h, by_hash[h], vector, source, seq + i, now, report)
-        for i, (h, vector) in enumerate(zip(fresh, vectors))
-    ]
+    vectors: list[np.ndarray] = []
+    raw_rows = []
+    for i, (h, vector) in enumerate(zip(fresh, _embedded([by_hash[h][0].text for h in fresh]))):
+        vectors.append(vector)
+        raw_rows.append(_assigned_row(engine, h, by_hash[h], vector, source, seq + i, now, report))
     _follow_moves(engine.moves, raw_rows)
     seen_rows = _seen_again(by_hash, known)
     batch_id = hashlib.sha256(''.join(x.id for x in lines).encode()).hexdigest()[:32]
@@ -339,6 +342,24 @@ def _batch(
         state.changed = False
     engine.templates_out, engine.moves = [], []
     return seq + len(raw_rows)
+
+
+def _embedded(texts: list[str]) -> Iterator[np.ndarray]:
+    """Yield the texts' vectors in order, embedding the next chunks in a thread while the caller assigns this one.
+
+    The tokenizer runs outside the GIL, so on two cores most of the embedding hides behind the assignment (pure
+    Python); a text's vector depends on that text alone, so chunking changes no vector.
+    """
+    chunks = [texts[i : i + EMBED_CHUNK] for i in range(0, len(texts), EMBED_CHUNK)]
+    with ThreadPoolExecutor(1, thread_name_prefix='embed') as pool:
+        ahead = collections.deque(pool.submit(embed, c) for c in chunks[:2])
+        for following in [*chunks[2:], None, None]:
+            if not ahead:
+                return
+            done = ahead.popleft().result()
+            if following is not None:
+                ahead.append(pool.submit(embed, following))
+            yield from done
 
 
 def _assigned_row(
