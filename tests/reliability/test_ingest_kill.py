@@ -123,3 +123,30 @@ def test_a_nul_character_is_refused_before_anything_is_written(ws, log_file, tmp
     lines[250] = json.dumps({**bad, 'prompt': bad['prompt'].replace('\x00', '')})
     path.write_text('\n'.join(lines) + '\n', encoding='utf-8')
     assert ws.ingest_prompts(path, meta=['app']).new_lines == LINES
+
+
+def test_a_plan_stored_as_plain_json_by_an_earlier_release_is_completed(ws, log_file):
+    """Plans are stored deflated now; a pending plan an earlier release stored as plain JSON is still read."""
+    from workspace.mining import prompt_log
+
+    clean = ws.ingest_prompts(log_file, meta=['app'])
+    assert clean.new_lines == LINES
+    expected = _state()
+    import pixeltable as pxt
+
+    from workspace import config
+
+    pxt.drop_dir(config.ROOT_DIR, force=True)
+    kill_at(f'sys.argv = ["-", {str(log_file)!r}, "10000"]\n' + INGEST, 'ingest.journaled')
+    journal = tables.ingest_journal()
+    (row,) = journal.where(journal.status == 'pending').select(journal.batch_id, journal.plan_text).collect()
+    assert row['plan_text'].startswith('zlib+base64:')
+    plain = json.dumps(prompt_log._unpack(row['plan_text']))
+    journal.update({'plan_text': plain}, where=journal.batch_id == row['batch_id'])
+
+    assert ws.ingest_prompts(log_file, meta=['app']).recovered == 1
+    after = _state()
+    _counts_agree(ws, after)
+    assert after['members'] == expected['members']
+    done = journal.where(journal.batch_id == row['batch_id']).select(journal.status, journal.plan_text).collect()[0]
+    assert (done['status'], done['plan_text']) == ('done', None), 'an applied plan is dropped from its row'

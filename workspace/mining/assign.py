@@ -167,6 +167,22 @@ def _short_run(tokens: Sequence[str]) -> bool:
     return n >= 2 or (n == 1 and any(not t.isspace() and not t[:1].isalnum() for t in tokens))
 
 
+def _same_run(a: list[str], b: list[str], limit: int, *, tail: bool = False) -> int:
+    """Return how many tokens (up to `limit`) two lists share at their start (or end). Hand-written: slices a block
+    at a time, doubling, compare in C where a loop over tokens would not; long shared instructions are common."""
+    at, step, n, m = 0, 16, len(a), len(b)
+    while at < limit:
+        end = min(at + step, limit)
+        same = a[n - end : n - at] == b[m - end : m - at] if tail else a[at:end] == b[at:end]
+        if same:
+            at, step = end, step * 2
+        elif step > 1:
+            step //= 2
+        else:
+            break
+    return at
+
+
 def align(prompt: Sequence[str], pieces: Sequence[Sequence[str]], *, young: bool = False) -> Fit:
     """Align a prompt's tokens with a template's constant pieces (tokens, a slot between each two).
 
@@ -183,12 +199,8 @@ def align(prompt: Sequence[str], pieces: Sequence[Sequence[str]], *, young: bool
     # the shared start and end are matched without aligning (a long instruction costs nothing); they stop at slots
     lo = slots[0] if slots else len(b)
     hi = len(b) - slots[-1] if slots else len(b)
-    pre = 0
-    while pre < min(len(a), lo) and a[pre] == b[pre]:
-        pre += 1
-    suf = 0
-    while suf < min(len(a) - pre, len(b) - pre, hi) and a[len(a) - 1 - suf] == b[len(b) - 1 - suf]:
-        suf += 1
+    pre = _same_run(a, b, min(len(a), lo))
+    suf = _same_run(a, b, min(len(a) - pre, len(b) - pre, hi), tail=True)
     if young and pre and not _solid(b[:pre]):
         pre = 0
     if young and suf and not _solid(b[len(b) - suf :]):

@@ -24,6 +24,7 @@ prompt's family is always in `families()`.
 
 from __future__ import annotations
 
+import base64
 import collections
 import datetime
 import hashlib
@@ -31,6 +32,7 @@ import json
 import logging
 import re
 import time
+import zlib
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -331,7 +333,7 @@ def _batch(
                 'created_at': now,
                 'status': 'pending',
                 'plan': {'in': 'plan_text'},
-                'plan_text': json.dumps(plan, ensure_ascii=False, separators=(',', ':')),
+                'plan_text': _pack(plan),
             }
         ],  # fmt: skip
         'batch_id',
@@ -544,6 +546,24 @@ def _write_moves(raw: Any, moves: list[dict[str, Any]]) -> None:
         stored.add(move['to'])
 
 
+_PACKED = 'zlib+base64:'
+
+
+def _pack(plan: dict[str, Any]) -> str:
+    """Return a batch's plan as journal text: JSON, deflated and in base64. A plan of 5,000 lines is megabytes of
+    repetitive text; deflated here it is a quarter of that, and PostgreSQL gives up compressing it at once (its own
+    compression of the plain text took longer than writing the rest of the batch's journal row)."""
+    raw = json.dumps(plan, ensure_ascii=False, separators=(',', ':')).encode('utf-8')
+    return _PACKED + base64.b64encode(zlib.compress(raw, 1)).decode('ascii')
+
+
+def _unpack(text: str) -> dict[str, Any]:
+    """Read a plan written by `_pack`, or as plain JSON (journals written before plans were deflated)."""
+    if text.startswith(_PACKED):
+        return json.loads(zlib.decompress(base64.b64decode(text[len(_PACKED) :])).decode('utf-8'))
+    return json.loads(text)
+
+
 def recover() -> int:
     """Complete the batches an interrupted ingest left pending (in the order they were written); return how many."""
     journal = tables.ingest_journal()
@@ -552,7 +572,7 @@ def recover() -> int:
     )
     for row in pending:
         stored = journal.where(journal.batch_id == row['batch_id']).select(journal.plan, journal.plan_text).collect()[0]
-        plan = json.loads(stored['plan_text']) if stored['plan_text'] is not None else stored['plan']
+        plan = _unpack(stored['plan_text']) if stored['plan_text'] is not None else stored['plan']
         log.warning('completing batch %s of an interrupted ingest', row['batch_id'])
         _apply(row['batch_id'], plan)
     return len(pending)
