@@ -28,10 +28,8 @@ An application (`app`) is a hard boundary: a prompt is only compared with famili
 
 from __future__ import annotations
 
-import bisect
 import collections
 import datetime
-import functools
 import itertools
 import math
 import re
@@ -351,10 +349,21 @@ def _parse(template: Template, text: str) -> dict[str, str] | None:
     return found if found is not None or text == text.rstrip() else template.parse(text.rstrip())
 
 
-@functools.lru_cache(maxsize=4096)
+_VALUES: dict[tuple[int, str], tuple[Template, dict[str, str] | None]] = {}
+
+
 def _values(template: Template, text: str) -> dict[str, str] | None:
-    """`_parse`, remembered: `_refine` reads the same latest members after every join (do not change the result)."""
-    return _parse(template, text)
+    """`_parse`, remembered (do not change the result): `_refine` reads the same latest members after every join.
+    Keyed by the template's identity (hashing a template hashes all its slots' common values); the entry holds the
+    template, so its id cannot be reused while the entry lives."""
+    key = (id(template), text)
+    found = _VALUES.get(key)
+    if found is not None and found[0] is template:
+        return found[1]
+    if len(_VALUES) >= 8192:
+        _VALUES.clear()
+    values = _VALUES[key] = (template, _parse(template, text))
+    return values[1]
 
 
 def _first_words(tokens: Sequence[str], n: int = 3) -> tuple[str, ...]:
@@ -368,6 +377,8 @@ def _last_words(tokens: Sequence[str], n: int = 3) -> tuple[str, ...]:
 def _edge(values: Sequence[str], suffix: bool) -> str:
     """Return the text all values start (or end) with, cut back to a token boundary."""
     if suffix:
+        if any(not v or v[-1] != values[0][-1] for v in values):
+            return ''  # no common end: nothing to reverse
         return _edge([v[::-1] for v in values], False)[::-1]
     common = common_prefix(values)
     if not common or all(v == common for v in values):
@@ -462,42 +473,35 @@ def _shared_edges(a: str, b: str) -> int:
     return len(_WORDS.findall(start)) + len(_WORDS.findall(end))
 
 
-def _pair_shares(texts: Sequence[str]) -> list[list[int]]:
+def _pair_shares(texts: Sequence[str]) -> np.ndarray:
     """Return `_shared_edges(texts[i], texts[j])` for every pair (the mixture split compares every pair of up to 32
     members). Hand-written rather than pairwise: sorted, two texts share the shortest of the common prefixes of the
     neighbours between them, so only neighbours are compared; and the words of a text's first `n` characters are
     those that start before `n` (a run of word characters cut by the shared text's edge is still a word)."""
     n = len(texts)
-    starts, ends = [], []
-    for text in texts:
-        found = [m.span() for m in _WORDS.finditer(text)]
-        starts.append([a for a, _ in found])
-        ends.append([b for _, b in found])
     heads, tails = _pair_prefixes(texts), _pair_prefixes([t[::-1] for t in texts])
-    out = [[0] * n for _ in range(n)]
-    for i in range(n):
-        a = texts[i]
-        for j in range(n):
-            if i == j:
-                continue
-            head = heads[i][j]
-            tail = tails[i][j] if head < min(len(a), len(texts[j])) else 0
-            out[i][j] = bisect.bisect_left(starts[i], head) + len(ends[i]) - bisect.bisect_right(ends[i], len(a) - tail)
+    lengths = np.array([len(t) for t in texts])
+    tails = np.where(heads < np.minimum.outer(lengths, lengths), tails, 0)
+    out = np.zeros((n, n), dtype=np.int64)
+    for i, text in enumerate(texts):
+        spans = np.array([m.span() for m in _WORDS.finditer(text)], dtype=np.int64).reshape(-1, 2)
+        out[i] = np.searchsorted(spans[:, 0], heads[i], side='left') + len(spans)
+        out[i] -= np.searchsorted(spans[:, 1], len(text) - tails[i], side='right')
+    np.fill_diagonal(out, 0)
     return out
 
 
-def _pair_prefixes(texts: Sequence[str]) -> list[list[int]]:
+def _pair_prefixes(texts: Sequence[str]) -> np.ndarray:
     """Return the length of the common prefix of every pair of texts, comparing only neighbours in sorted order."""
     n = len(texts)
     order = sorted(range(n), key=texts.__getitem__)
-    adjacent = [len(common_prefix([texts[order[k]], texts[order[k + 1]]])) for k in range(n - 1)]
-    out = [[0] * n for _ in range(n)]
-    for k in range(n):
-        shortest = -1
-        for m in range(k + 1, n):
-            step = adjacent[m - 1]
-            shortest = step if shortest < 0 or step < shortest else shortest
-            out[order[k]][order[m]] = out[order[m]][order[k]] = shortest
+    adjacent = np.array([len(common_prefix([texts[order[k]], texts[order[k + 1]]])) for k in range(n - 1)], np.int64)
+    ranked = np.zeros((n, n), dtype=np.int64)
+    for k in range(n - 1):
+        ranked[k, k + 1 :] = np.minimum.accumulate(adjacent[k:])
+    ranked = np.maximum(ranked, ranked.T)
+    out = np.empty_like(ranked)
+    out[np.ix_(order, order)] = ranked
     return out
 
 
