@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import collections
 import datetime
+import functools
 import itertools
 import math
 import re
@@ -484,11 +485,18 @@ def _pair_shares(texts: Sequence[str]) -> np.ndarray:
     tails = np.where(heads < np.minimum.outer(lengths, lengths), tails, 0)
     out = np.zeros((n, n), dtype=np.int64)
     for i, text in enumerate(texts):
-        spans = np.array([m.span() for m in _WORDS.finditer(text)], dtype=np.int64).reshape(-1, 2)
-        out[i] = np.searchsorted(spans[:, 0], heads[i], side='left') + len(spans)
-        out[i] -= np.searchsorted(spans[:, 1], len(text) - tails[i], side='right')
+        starts, ends = _word_spans(text)
+        out[i] = np.searchsorted(starts, heads[i], side='left') + len(starts)
+        out[i] -= np.searchsorted(ends, len(text) - tails[i], side='right')
     np.fill_diagonal(out, 0)
     return out
+
+
+@functools.lru_cache(maxsize=4096)
+def _word_spans(text: str) -> tuple[np.ndarray, np.ndarray]:
+    """Where each word of a text starts and ends (a member is compared again each time its family is mined)."""
+    spans = np.array([m.span() for m in _WORDS.finditer(text)], dtype=np.int64).reshape(-1, 2)
+    return spans[:, 0].copy(), spans[:, 1].copy()
 
 
 def _pair_prefixes(texts: Sequence[str]) -> np.ndarray:

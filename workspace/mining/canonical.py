@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import itertools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -303,7 +304,7 @@ class Template:
 
 def _support(reference: list[str], others: Sequence[list[str]]) -> list[float]:
     """Return, for each reference token, the share of `others` that contain it at its place in the alignment."""
-    counts = [0] * len(reference)
+    marks = [0] * (len(reference) + 1)  # +1 where a counted block starts, -1 after it ends: one pass sums them
     matcher = difflib.SequenceMatcher(None, autojunk=False)
     matcher.set_seq2(reference)
     for tokens in others:
@@ -315,9 +316,9 @@ def _support(reference: list[str], others: Sequence[list[str]]) -> list[float]:
             block = reference[b : b + size]
             edge = (a == 0 and b == 0) or (a + size == len(tokens) and b + size == len(reference))
             if size and (edge or size >= 4 or any(_WORD.match(t) or '\n' in t for t in block)):
-                for i in range(b, b + size):
-                    counts[i] += 1
-    return [c / len(others) for c in counts]
+                marks[b] += 1
+                marks[b + size] -= 1
+    return [c / len(others) for c in itertools.accumulate(marks[:-1])]
 
 
 def _runs(mask: list[bool]) -> list[tuple[int, int]]:
