@@ -18,7 +18,8 @@ the bundled generated log. Each is ingested with the defaults into a fresh works
   32 members are counted as extra);
 - speed: log lines ingested a second (read, check, embed, assign, mine, journal, write) into a workspace whose
   tables exist, beside Drain3 (drain3-improved, numbers masked) clustering the same prompts, and whether ingesting
-  the log in two halves gives the same families.
+  the log in two halves gives the same families; *second half lines/s* is the second of those ingests (the whole
+  log again, as a log that grew is, into the workspace holding the first half): its new lines a second.
 
     python bench/families.py            # seed 2 (the defaults were chosen on seed 1), all collections
     python bench/families.py 1 flan     # another seed, some collections
@@ -226,9 +227,10 @@ def _drain(first: dict[str, tuple], order: list[str]) -> dict[str, Any]:
             'lines': len(items)}  # fmt: skip
 
 
-def _halves(log: Path, full: dict[str, str]) -> bool:
+def _halves(log: Path, full: dict[str, str]) -> tuple[bool, tuple[int, float]]:
     """Ingest the log in two halves (split at a line, not a day); return whether the families are the ones of one
-    ingest (the same partition of the distinct prompts)."""
+    ingest (the same partition of the distinct prompts), and the second ingest's new lines and seconds: the whole
+    log again, as a log that grew is, into the workspace holding the first half (a day's log into last week's)."""
     import workspace as ws
 
     _fresh()
@@ -237,10 +239,12 @@ def _halves(log: Path, full: dict[str, str]) -> bool:
     part.write_text(''.join(text[: len(text) // 2]), encoding='utf-8')
     ws.ingest_prompts(part, source_name='log')
     part.write_text(''.join(text), encoding='utf-8')
+    started = time.perf_counter()
     ws.ingest_prompts(part, source_name='log')
+    seconds = time.perf_counter() - started
     halves = _assigned()
     groups = lambda m: {frozenset(h for h in m if m[h] == f) for f in set(m.values())}  # noqa: E731
-    return groups(halves) == groups(full)
+    return groups(halves) == groups(full), (len(text) - len(text) // 2, seconds)
 
 
 def score(folder: Path, *, halves: bool = True) -> dict[str, Any]:
@@ -283,7 +287,7 @@ def score(folder: Path, *, halves: bool = True) -> dict[str, Any]:
         'drain': _drain(first, list(family_of)) if importlib.util.find_spec('drain3') else None,
     }
     if halves:
-        out['halves'] = _halves(folder / 'log.jsonl', family_of)
+        out['halves'], out['next'] = _halves(folder / 'log.jsonl', family_of)
     return out
 
 
@@ -299,11 +303,12 @@ def _row(r: dict[str, Any]) -> str:
         else '- | - | -'
     )
     halves = {True: 'same', False: 'differ', None: '-'}[r.get('halves')]
+    following = f'{r["next"][0] / r["next"][1]:,.0f}' if r.get('next') else '-'
     return (
         f'| {r["name"]} | {r["lines"]:,} | {r["prompts"]:,} | {r["apps"]} | {r["templates"]} | {r["families"]} | '
         f'{r["ari"]:.3f} | {hit / max(total, 1):.3f} | {found}/{versions} | {absorbed}/{one_offs} | '
         f'{d["hits"]}/{d["events"]} | {len(d["alarms"])} | {d["extra_versions"]} | {r["lines"] / r["seconds"]:,.0f} | '
-        f'{halves} | {drain_cells} |'
+        f'{halves} | {following} | {drain_cells} |'
     )
 
 
@@ -341,6 +346,9 @@ def run(seed: int = SEED, names: list[str] | None = None) -> list[str]:
         },
         'seconds': sum(r['seconds'] for r in results),
         'halves': all(r.get('halves') for r in results),
+        'next': (sum(r['next'][0] for r in results), sum(r['next'][1] for r in results))
+        if all(r.get('next') for r in results)
+        else None,
         'drain': None,
     }
     drains = [r['drain'] for r in results if r['drain']]
@@ -358,8 +366,8 @@ def run(seed: int = SEED, names: list[str] | None = None) -> list[str]:
         f'### Prompt families on prompt collections (seed {seed}; defaults chosen on seed 1)\n',
         '| collection | lines | distinct prompts | apps | templates | families | ARI | slots exact | template '
         'versions found | one-offs absorbed (3+) | drift found | false alarms | extra versions | ingest lines/s | '
-        'two halves | Drain3 ARI | Drain3 slots | Drain3 prompts/s |',
-        '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|',
+        'two halves | second half lines/s | Drain3 ARI | Drain3 slots | Drain3 prompts/s |',
+        '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|',
         *[_row(r) for r in results],
         _row(total),
     ]

@@ -283,6 +283,7 @@ class FamilyState:
     retired: set[int] = field(default_factory=set)  # versions a later one mined from more members replaced
     recent: collections.deque[Member] = field(default_factory=lambda: collections.deque(maxlen=MINE_SAMPLE))
     recent_loaded: bool = True
+    recent_hashes: list[str] | None = None  # its latest members as stored, while `recent` is not loaded yet
     mined_at: int = 0  # members when its template was last mined
     candidate_of: str | None = None  # the family this one may be an edit of
     candidate_since: datetime.datetime | None = None
