@@ -622,3 +622,38 @@ def test_two_templates_sharing_only_an_ending_are_split_and_its_one_offs_stay_ou
     sizes = collections.Counter(family_of.values())
     one_offs = {x['prompt'] for x, t in lines if t['kind'] == 'one_off'}
     assert one_offs and all(sizes[family_of[p]] < 3 for p in one_offs), [sizes[family_of[p]] for p in one_offs]
+
+
+def _latest_by_seq(family_id: str) -> list[str]:
+    raw = tables.raw_prompts()
+    rows = raw.where(raw.family_id == family_id).order_by(raw.seq).select(raw.prompt_hash).collect()
+    return [r['prompt_hash'] for r in rows][-32:]
+
+
+def test_a_familys_latest_members_come_back_with_its_state_and_follow_a_split(ws, log_file):
+    """The next ingest gets each family's latest members from the stored state, read by key in one go, not with a
+    query per family; a split by hand leaves them true for both families."""
+    from workspace.mining.families import load_engine
+
+    ws.ingest_prompts(log_file)
+
+    def no_query(family_id: str) -> list:
+        raise AssertionError(f'the members of {family_id} were queried one family at a time')
+
+    engine = load_engine()
+    engine.load_recent = no_query
+    active = [s for s in engine.states.values() if s.status == 'active']
+    assert len(active) >= 5
+    for state in active:  # read without a query, the members it had in memory, oldest first
+        assert [h for h, _, _ in engine._recent(state)] == _latest_by_seq(state.id)
+        assert all(text and at is not None for _, text, at in state.recent)
+
+    family = max(active, key=lambda s: s.n)
+    moved = _latest_by_seq(family.id)[-3:]  # its three latest members leave
+    new = split_family(family.id, moved, note='test split')
+    engine = load_engine()
+    engine.load_recent = no_query
+    for family_id in (family.id, new.id):
+        state = engine.states[family_id]
+        assert [h for h, _, _ in engine._recent(state)] == _latest_by_seq(family_id)
+    assert set(_latest_by_seq(new.id)).isdisjoint(h for h, _, _ in engine.states[family.id].recent)
