@@ -657,3 +657,22 @@ def test_a_familys_latest_members_come_back_with_its_state_and_follow_a_split(ws
         state = engine.states[family_id]
         assert [h for h, _, _ in engine._recent(state)] == _latest_by_seq(family_id)
     assert set(_latest_by_seq(new.id)).isdisjoint(h for h, _, _ in engine.states[family.id].recent)
+
+
+def test_stored_latest_members_that_left_the_family_are_not_trusted(ws, log_file):
+    """A merge or split by hand killed before it stored the members it left: the family's members are then read
+    by its id, never taken from the stale list."""
+    from workspace.mining.families import load_engine
+
+    ws.ingest_prompts(log_file)
+    state = tables.families()
+    families = sorted(load_engine().states.values(), key=lambda s: -s.n)
+    family, other = families[0], families[1]
+    row = state.where(state.family_id == family.id).select(state.state).collect()[0]
+    stale = {**row['state'], 'recent': row['state']['recent'][:-1] + _latest_by_seq(other.id)[-1:]}
+    state.update({'state': stale}, where=state.family_id == family.id)
+
+    engine = load_engine()
+    assert not engine.states[family.id].recent_loaded  # not preloaded from a list that holds another family's
+    assert [h for h, _, _ in engine._recent(engine.states[family.id])] == _latest_by_seq(family.id)
+    assert engine.states[other.id].recent_loaded

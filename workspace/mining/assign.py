@@ -351,20 +351,20 @@ def _parse(template: Template, text: str) -> dict[str, str] | None:
     return found if found is not None or text == text.rstrip() else template.parse(text.rstrip())
 
 
-_VALUES: dict[tuple[int, str], tuple[Template, dict[str, str] | None]] = {}
+Parsed = dict[tuple[int, str], tuple[Template, dict[str, str] | None]]
 
 
-def _values(template: Template, text: str) -> dict[str, str] | None:
-    """`_parse`, remembered (do not change the result): `_refine` reads the same latest members after every join.
-    Keyed by the template's identity (hashing a template hashes all its slots' common values); the entry holds the
-    template, so its id cannot be reused while the entry lives."""
+def _values(cache: Parsed, template: Template, text: str) -> dict[str, str] | None:
+    """`_parse`, remembered in an engine's `cache` (do not change the result): `_refine` reads the same latest
+    members after every join. Keyed by the template's identity (hashing a template hashes all its slots' common
+    values); the entry holds the template, so its id cannot be reused while the entry lives."""
     key = (id(template), text)
-    found = _VALUES.get(key)
+    found = cache.get(key)
     if found is not None and found[0] is template:
         return found[1]
-    if len(_VALUES) >= 8192:
-        _VALUES.clear()
-    values = _VALUES[key] = (template, _parse(template, text))
+    if len(cache) >= 8192:
+        cache.clear()
+    values = cache[key] = (template, _parse(template, text))
     return values[1]
 
 
@@ -537,6 +537,7 @@ class Engine:
         app_recent: Iterable[tuple[str | None, Recent]] = (),
     ) -> None:
         self.states: dict[str, FamilyState] = {}
+        self._parsed: Parsed = {}  # the latest members' values, by template (see `_values`)
         self.vectors = vectors if vectors is not None else {}
         self.snippets = snippets if snippets is not None else {}
         self.load_recent = load_recent
@@ -994,10 +995,14 @@ class Engine:
         recent = list(self._recent(state))
         if template is None or not template.slots or len(recent) < 2 * REFINE_K:
             return
-        latest = [_values(template, t) for _, t, _ in recent[-REFINE_K:]]
+        latest = [_values(self._parsed, template, t) for _, t, _ in recent[-REFINE_K:]]
         if any(p is None for p in latest):
             return
-        before = [p for p in (_values(template, t) for _, t, _ in recent[-2 * REFINE_K : -REFINE_K]) if p is not None]
+        before = [
+            p
+            for p in (_values(self._parsed, template, t) for _, t, _ in recent[-2 * REFINE_K : -REFINE_K])
+            if p is not None
+        ]
         for slot in template.slots:
             for suffix in (False, True):
                 trim = str.rstrip if suffix else str.lstrip

@@ -91,8 +91,10 @@ def _recent_loader(family_id: str) -> list[Member]:
     return [(r['prompt_hash'], r['prompt'], r['first_seen']) for r in reversed(list(rows))]
 
 
-def load_engine() -> Engine:
-    """Return an assignment engine over the active families' state as stored (members are read when needed)."""
+def load_engine(apps: set[str | None] | None = None) -> Engine:
+    """Return an assignment engine over the active families' state as stored. The latest members of the families of
+    `apps` (the applications of the lines to assign; None: all) updated last are read at once; the others' when
+    needed."""
     state_table = tables.families()
     rows = list(state_table.where(state_table.status == 'active').collect())
     versions: dict[str, list[tuple[int, Template]]] = collections.defaultdict(list)
@@ -133,7 +135,14 @@ def load_engine() -> Engine:
         for r in raw.where(raw.prompt_hash.isin(keys)).select(raw.prompt_hash, raw.vector, raw.prompt).collect():
             vectors[r['prompt_hash']] = np.asarray(r['vector'], dtype=np.float32)
             snippets[r['prompt_hash']] = r['prompt'][:120]
-    _load_recent(raw, states)
+    _load_recent(raw, [s for s in states if apps is None or s.app in apps])
+    stored = {s.id: s.recent_hashes for s in states if not s.recent_loaded and s.recent_hashes is not None}
+
+    def load_recent(family_id: str) -> list[Member]:
+        hashes = stored.get(family_id)
+        found = _stored_members(raw, {family_id: hashes}).get(family_id) if hashes is not None else None
+        return found if found is not None else _recent_loader(family_id)
+
     last = raw.select(last=pxtf.max(raw.first_seen)).collect()[0]['last'] if raw.count() else None
     taken = [
         r['family_id']
@@ -144,7 +153,7 @@ def load_engine() -> Engine:
         app_recent=_app_recent({s.app for s in states}),
         vectors=vectors,
         snippets=snippets,
-        load_recent=_recent_loader,
+        load_recent=load_recent,
         embed=embed,
         dimensions=DIMENSIONS,
         last=last,
@@ -158,22 +167,33 @@ def _load_recent(raw: Any, states: list[FamilyState]) -> None:
 
     One query per family (by family id, in seq order) cost about 10 ms each: a day's log touching 200 families
     spent 2 s on them, more than assigning it."""
-    chosen, count = [], 0
+    chosen, count = {}, 0
     for state in sorted(states, key=lambda s: s.times[-1] if s.times else s.created_at, reverse=True):
         if state.recent_hashes is not None and count + len(state.recent_hashes) <= RECENT_PRELOAD:
-            chosen.append(state)
+            chosen[state.id] = state
             count += len(state.recent_hashes)
-    hashes = [h for s in chosen for h in s.recent_hashes or ()]
-    found: dict[str, tuple[str, datetime.datetime]] = {}
-    for start in range(0, len(hashes), 5000):
-        keys = hashes[start : start + 5000]
-        for r in raw.where(raw.prompt_hash.isin(keys)).select(raw.prompt_hash, raw.prompt, raw.first_seen).collect():
-            found[r['prompt_hash']] = (r['prompt'], r['first_seen'])
-    for state in chosen:
-        members = state.recent_hashes or []
-        if all(h in found for h in members):  # else (a prompt gone from the table) it is read by family id
-            state.recent.extend((h, *found[h]) for h in members)
-            state.recent_loaded = True
+    found = _stored_members(raw, {i: s.recent_hashes or [] for i, s in chosen.items()})
+    for family_id, members in found.items():
+        state = chosen[family_id]
+        state.recent.extend(members)
+        state.recent_loaded = True
+
+
+def _stored_members(raw: Any, hashes: dict[str, list[str]]) -> dict[str, list[Member]]:
+    """Return each family's stored latest members, in their stored order, read by key: only for the families whose
+    members are all still in the table and in that family (a merge or split by hand killed before it stored the
+    members it left makes the family read by its id instead)."""
+    wanted = [h for members in hashes.values() for h in members]
+    rows: dict[str, dict[str, Any]] = {}
+    for start in range(0, len(wanted), 5000):
+        keys = wanted[start : start + 5000]
+        query = raw.where(raw.prompt_hash.isin(keys)).select(raw.prompt_hash, raw.prompt, raw.first_seen, raw.family_id)
+        rows.update({r['prompt_hash']: r for r in query.collect()})
+    out = {}
+    for family_id, members in hashes.items():
+        if all(h in rows and rows[h]['family_id'] == family_id for h in members):
+            out[family_id] = [(h, rows[h]['prompt'], rows[h]['first_seen']) for h in members]
+    return out
 
 
 def _app_recent(apps: set[str | None]) -> list[tuple[str | None, tuple[str, str, str]]]:

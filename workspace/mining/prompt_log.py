@@ -294,7 +294,7 @@ def ingest_prompts(
             raw, 'prompt_hash', list({x.hash for x in new_lines}), 'occurrences', 'first_seen', 'last_seen', 'expected'
         )
         report.seen_prompts = len(known)
-        engine = load_engine()
+        engine = load_engine(apps={x.app for x in new_lines})
         seq = raw.count()
         for start in range(0, len(new_lines), BATCH):
             seq = _batch(engine, new_lines[start : start + BATCH], known, name, seq, report)
@@ -353,7 +353,8 @@ def _embedded(texts: list[str]) -> Iterator[np.ndarray]:
     Python); a text's vector depends on that text alone, so chunking changes no vector.
     """
     chunks = [texts[i : i + EMBED_CHUNK] for i in range(0, len(texts), EMBED_CHUNK)]
-    with ThreadPoolExecutor(1, thread_name_prefix='embed') as pool:
+    pool = ThreadPoolExecutor(1, thread_name_prefix='embed')
+    try:
         ahead = collections.deque(pool.submit(embed, c) for c in chunks[:2])
         for following in [*chunks[2:], None, None]:
             if not ahead:
@@ -362,6 +363,8 @@ def _embedded(texts: list[str]) -> Iterator[np.ndarray]:
             if following is not None:
                 ahead.append(pool.submit(embed, following))
             yield from done
+    finally:  # the caller stopped (an error while assigning): chunks not started are not embedded
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _assigned_row(

@@ -768,7 +768,7 @@ def ingest_journal() -> pxt.Table:
             'source': pxt.String,
             'created_at': pxt.Timestamp,
             'status': pxt.String,  # pending or done
-            'plan': pxt.Json,  # the plan, or {'in': 'plan_text'}
+            'plan': pxt.Json,  # the plan, or {'in': 'plan_text'} (kept when the batch is done and plan_text emptied)
             'done_at': pxt.Timestamp | None,
             # the plan as JSON text (Pixeltable walks every value of a Json cell on insert: a second for 5,000 lines);
             # None once the batch is applied
