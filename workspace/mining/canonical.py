@@ -42,8 +42,8 @@ __all__ = [
 
 SlotType = Literal['integer', 'number', 'date', 'email', 'url', 'id', 'enum', 'text']
 
-_TOKEN = re.compile(r'\w+|\s+|([^\w\s])\1*')  # a run of one punctuation mark ('---', '##') is one token
-_TOKEN_GROUPS = re.compile(r'(\w+|\s+|([^\w\s])\2*)')  # the same, the token as group 1 (findall runs in C)
+# a run of one punctuation mark ('---', '##') is one token; the whole token is group 1, so findall runs in C
+_TOKEN = re.compile(r'(\w+|\s+|([^\w\s])\2*)')
 _WORD = re.compile(r'\w')
 _WORDS = re.compile(r'\w+')
 #: Tokens of a prompt that take part in an alignment: a longer prompt is aligned on its head and tail, so a huge
@@ -79,7 +79,7 @@ def tokenize(text: str) -> list[str]:
 @functools.lru_cache(maxsize=8192)
 def _tokens(text: str) -> tuple[str, ...]:
     # assignment tokenizes a family's latest members again for every prompt it compares with them
-    return tuple(m[0] for m in _TOKEN_GROUPS.findall(text))
+    return tuple(m[0] for m in _TOKEN.findall(text))
 
 
 def common_prefix(texts: Sequence[str]) -> str:
