@@ -7,7 +7,6 @@ import collections
 import json
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 from conftest import ROOT
@@ -35,11 +34,8 @@ def _assigned(ws) -> dict[str, tuple]:
     from workspace.storage import tables
 
     raw = tables.raw_prompts()
-    rows = raw.select(raw.prompt_hash, raw.family_id, raw.confidence, raw.reason, raw.seq, raw.vector).collect()
-    return {
-        r['prompt_hash']: (r['family_id'], r['confidence'], json.dumps(r['reason']), r['seq'], r['vector'])
-        for r in rows
-    }
+    rows = raw.select(raw.prompt_hash, raw.family_id, raw.confidence, raw.reason, raw.seq).collect()
+    return {r['prompt_hash']: (r['family_id'], r['confidence'], json.dumps(r['reason']), r['seq']) for r in rows}
 
 
 def test_ingest_dedups_and_reingest_adds_nothing(ws, log_file):
@@ -68,10 +64,8 @@ def test_appending_assigns_only_new_prompts_and_leaves_old_rows_untouched(ws, lo
     report = ws.ingest_prompts(log_file, meta=['app'])
     assert report.new_lines == 300 and report.already_ingested == 400
     after = _assigned(ws)
-    for h, (family, confidence, reason, seq, vector) in before.items():
-        f2, c2, r2, s2, v2 = after[h]
-        assert (f2, c2, r2, s2) == (family, confidence, reason, seq)
-        assert np.array_equal(v2, vector)
+    for h, row in before.items():
+        assert after[h] == row
     new = set(after) - set(before)
     assert len(new) == report.new_prompts > 0
     assert min(after[h][3] for h in new) == len(before)  # assigned after every old row
@@ -676,3 +670,29 @@ def test_stored_latest_members_that_left_the_family_are_not_trusted(ws, log_file
     assert not engine.states[family.id].recent_loaded  # not preloaded from a list that holds another family's
     assert [h for h, _, _ in engine._recent(engine.states[family.id])] == _latest_by_seq(family.id)
     assert engine.states[other.id].recent_loaded
+
+
+def test_a_raw_prompts_table_with_stored_vectors_from_an_earlier_release_goes_on_without_them(ws, tmp_path):
+    """Raw prompts no longer store their embedding (the embedder gives a text the same vector every time); a table
+    from an earlier release loses the column when opened, keeps every row, and ingest and search go on."""
+    from udfs.embed import embed_text
+
+    lines = _lines(400)
+    first, rest = tmp_path / 'first.jsonl', tmp_path / 'rest.jsonl'
+    first.write_text(''.join(lines[:200]), encoding='utf-8')
+    rest.write_text(''.join(lines), encoding='utf-8')
+    ws.ingest_prompts(first, source_name='log')
+    raw = tables.raw_prompts()
+    raw.add_computed_column(vector=embed_text(raw.prompt))  # as an earlier release stored it
+    before = {r['prompt_hash']: r['family_id'] for r in raw.select(raw.prompt_hash, raw.family_id).collect()}
+
+    raw = tables.raw_prompts()
+    assert 'vector' not in raw.columns()
+    assert {r['prompt_hash']: r['family_id'] for r in raw.select(raw.prompt_hash, raw.family_id).collect()} == before
+    report = ws.ingest_prompts(rest, source_name='log')
+    assert report.new_lines == 200 and report.new_prompts > 0
+    joined = [r for r in raw.where(raw.seq >= len(before)).select(raw.reason).collect()]
+    assert any(r['reason'].get('nearest_members') for r in joined)  # the exemplars' vectors were embedded again
+    text = json.loads(lines[300])['prompt']
+    found = ws.similar(text, k=1)
+    assert found['prompt'][0] == text and found['score'][0] == pytest.approx(1.0, abs=1e-4)

@@ -126,15 +126,22 @@ def load_engine(apps: set[str | None] | None = None) -> Engine:
         state.times.extend(_time(x) for x in extra.get('times', []))
         state.keys = [(tuple(k[0]), tuple(k[1]), k[2] if len(k) > 2 else -1) for k in extra.get('keys', [])]
         states.append(state)
-    vectors: dict[str, np.ndarray] = {}
-    snippets: dict[str, str] = {}
-    hashes = [h for s in states for h in s.exemplars]
+    texts: dict[str, str] = {}
+    # a family only takes prompts of its own application: those of the log's are the ones a reason can name
+    hashes = [h for s in states if apps is None or s.app in apps for h in s.exemplars]
     raw = tables.raw_prompts()
     for start in range(0, len(hashes), 5000):
         keys = hashes[start : start + 5000]
-        for r in raw.where(raw.prompt_hash.isin(keys)).select(raw.prompt_hash, raw.vector, raw.prompt).collect():
-            vectors[r['prompt_hash']] = np.asarray(r['vector'], dtype=np.float32)
-            snippets[r['prompt_hash']] = r['prompt'][:120]
+        texts.update(
+            {
+                r['prompt_hash']: r['prompt']
+                for r in raw.where(raw.prompt_hash.isin(keys)).select(raw.prompt_hash, raw.prompt).collect()
+            }
+        )
+    # the exemplars' vectors (the nearest members a reason names) are embedded again: reading stored ones cost as
+    # much, and storing them cost half of each raw prompt's insert
+    vectors = dict(zip(texts, embed(list(texts.values()))))
+    snippets = {h: text[:120] for h, text in texts.items()}
     _load_recent(raw, [s for s in states if apps is None or s.app in apps])
     stored = {s.id: s.recent_hashes for s in states if not s.recent_loaded and s.recent_hashes is not None}
 
@@ -666,12 +673,13 @@ def _remine(family_id: str) -> None:
     rows = list(
         raw.where(raw.family_id == family_id)
         .order_by(raw.seq)
-        .select(raw.prompt_hash, raw.prompt, raw.vector, raw.first_seen)
+        .select(raw.prompt_hash, raw.prompt, raw.first_seen)
         .collect()
     )
     row = _state_row(family_id)
     extra = dict(row['state'] or {})
-    total = np.sum([np.asarray(r['vector'], dtype=np.float64) for r in rows], axis=0) if rows else np.zeros(DIMENSIONS)
+    vectors = embed([r['prompt'] for r in rows]).astype(np.float64)
+    total = np.sum(list(vectors), axis=0) if rows else np.zeros(DIMENSIONS)
     row.update(total=total.astype(np.float32), n=len(rows), updated_at=utc_now())
     row['exemplars'] = [r['prompt_hash'] for r in rows[:4]] + [r['prompt_hash'] for r in rows[4:]][-12:]
     texts = [r['prompt'] for r in rows[-MINE_SAMPLE:]]

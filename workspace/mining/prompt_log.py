@@ -312,10 +312,8 @@ def _batch(
         by_hash.setdefault(line.hash, []).append(line)
     fresh = [h for h in by_hash if h not in known]  # in time order (the lines are)
     now = utc_now()
-    vectors: list[np.ndarray] = []
     raw_rows = []
     for i, (h, vector) in enumerate(zip(fresh, _embedded([by_hash[h][0].text for h in fresh]))):
-        vectors.append(vector)
         raw_rows.append(_assigned_row(engine, h, by_hash[h], vector, source, seq + i, now, report))
     _follow_moves(engine.moves, raw_rows)
     seen_rows = _seen_again(by_hash, known)
@@ -339,7 +337,7 @@ def _batch(
         'batch_id',
     )
     pause_point('ingest.journaled')
-    _apply(batch_id, plan, dict(zip(fresh, vectors)))
+    _apply(batch_id, plan, fresh=True)
     for state in engine.changed():
         state.changed = False
     engine.templates_out, engine.moves = [], []
@@ -470,12 +468,11 @@ def _times(row: dict[str, Any], *names: str) -> dict[str, Any]:
     return {**row, **{n: datetime.datetime.fromisoformat(row[n]) for n in names if row.get(n) is not None}}
 
 
-def _apply(batch_id: str, plan: dict[str, Any], vectors: dict[str, np.ndarray] | None = None) -> None:
+def _apply(batch_id: str, plan: dict[str, Any], *, fresh: bool = False) -> None:
     """Write one batch's plan. Every step can be repeated (keyed inserts, updates to absolute values), so a plan
-    applied again after a kill completes it; families come before the prompts that point to them. `vectors` are
-    the new prompts' embeddings when the ingest still has them (a plan completed later embeds them again); then
-    its rows were checked new moments ago, and are inserted without reading first which keys exist."""
-    fresh = vectors is not None
+    applied again after a kill completes it; families come before the prompts that point to them. `fresh`: the
+    ingest that made the plan applies it, its rows checked new moments ago, so they are inserted without reading
+    first which keys exist."""
     families = [_times(r, 'created_at', 'updated_at') for r in plan['families']]
     for r in families:
         r['total'] = np.asarray(r['total'], dtype=np.float32)
@@ -501,10 +498,6 @@ def _apply(batch_id: str, plan: dict[str, Any], vectors: dict[str, np.ndarray] |
         tables.upsert(state, merged)
     if plan['raw']:
         rows = [_times(r, 'first_seen', 'last_seen', 'assigned_at') for r in plan['raw']]
-        if vectors is None:  # the embedder gives a text the same vector every time
-            vectors = dict(zip([r['prompt_hash'] for r in rows], embed([r['prompt'] for r in rows])))
-        for r in rows:
-            r['vector'] = vectors[r['prompt_hash']]
         tables.insert_new(raw, rows, 'prompt_hash', likely_new=fresh)
     pause_point('ingest.raw')
     if plan['seen']:

@@ -43,10 +43,12 @@ def _prompt_index() -> Any:
     raw, index = tables.raw_prompts(), tables.prompt_index()
     done = index.select(top=pxtf.max(index.seq)).collect()[0]['top']
     start = -1 if done is None else done
-    missing = raw.where(raw.seq > start).select(raw.prompt_hash, raw.seq, raw.vector)
+    missing = raw.where(raw.seq > start).select(raw.prompt_hash, raw.seq, raw.prompt)
     rows = [dict(r) for r in missing.collect()]
-    if rows:
-        tables.insert_new(index, rows, 'prompt_hash')
+    for begin in range(0, len(rows), 5000):  # raw prompts store no vector: the embedder gives each one again
+        chunk = rows[begin : begin + 5000]
+        vectors = embed([r.pop('prompt') for r in chunk])
+        tables.insert_new(index, [{**r, 'vector': v} for r, v in zip(chunk, vectors)], 'prompt_hash')
     return index
 
 

@@ -694,13 +694,15 @@ __all__ += [
 
 
 def raw_prompts() -> pxt.Table:
-    """One row per distinct raw prompt (by content hash): its text, embedding, count, first and last seen, family.
+    """One row per distinct raw prompt (by content hash): its text, count, first and last seen, family.
 
-    The embedding (`vector`, from the project's embedder) is a stored column written at ingest, because family
-    assignment needs it in Python anyway. It carries no index: an index maintained on every insert costs ten times
-    the insert, so similarity search keeps its own (`prompt_index`), brought up to date when it is searched.
+    Its embedding is not stored: the project's embedder gives a text the same vector every time (EMBEDDER_ID is in
+    the table's metadata), and Pixeltable writes an array of 256 floats to a file beside the row with metadata of
+    its own, which was half the cost of inserting a raw prompt (133 against 67 us a row, docs/families.md). Who
+    needs vectors embeds the text: family assignment at ingest, a family's exemplars when a workspace is loaded,
+    and similarity search, which keeps its own index (`prompt_index`), brought up to date when it is searched.
     """
-    from workspace.storage.embeddings import DIMENSIONS, EMBEDDER_ID
+    from workspace.storage.embeddings import EMBEDDER_ID
 
     table = open_table(RAW_PROMPTS)
     if table is not None:
@@ -708,13 +710,14 @@ def raw_prompts() -> pxt.Table:
             table.add_columns({'app': pxt.String | None}, if_exists='ignore')
         if any(i['name'] == RAW_PROMPTS_INDEX for i in _indexes(table)):  # made by an earlier release
             table.drop_embedding_index(idx_name=RAW_PROMPTS_INDEX)
+        if 'vector' in table.columns():  # stored by an earlier release; the embedder gives it again from the text
+            table.drop_column('vector')
         return table
     return _open_or_create(
         RAW_PROMPTS,
         {
             'prompt_hash': pxt.String,
             'prompt': pxt.String,
-            'vector': pxt.Array[(DIMENSIONS,), pxt.Float],  # type: ignore[misc]
             'occurrences': pxt.Int,
             'first_seen': pxt.Timestamp,
             'last_seen': pxt.Timestamp,
