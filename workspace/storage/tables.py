@@ -711,7 +711,7 @@ def raw_prompts() -> pxt.Table:
         if any(i['name'] == RAW_PROMPTS_INDEX for i in _indexes(table)):  # made by an earlier release
             table.drop_embedding_index(idx_name=RAW_PROMPTS_INDEX)
         if 'vector' in table.columns():  # stored by an earlier release; the embedder gives it again from the text
-            table.drop_column('vector')
+            table.drop_column('vector', if_not_exists='ignore')  # another process may drop it first
         return table
     return _open_or_create(
         RAW_PROMPTS,
