@@ -691,8 +691,56 @@ def test_a_raw_prompts_table_with_stored_vectors_from_an_earlier_release_goes_on
     assert {r['prompt_hash']: r['family_id'] for r in raw.select(raw.prompt_hash, raw.family_id).collect()} == before
     report = ws.ingest_prompts(rest, source_name='log')
     assert report.new_lines == 200 and report.new_prompts > 0
-    joined = [r for r in raw.where(raw.seq >= len(before)).select(raw.reason).collect()]
-    assert any(r['reason'].get('nearest_members') for r in joined)  # the exemplars' vectors were embedded again
+    from workspace.storage.embeddings import embed
+
+    text_of = {r['prompt_hash']: r['prompt'] for r in raw.select(raw.prompt_hash, raw.prompt).collect()}
+    joined = [r for r in raw.where(raw.seq >= len(before)).select(raw.prompt, raw.reason).collect()]
+    named = [(r['prompt'], m) for r in joined for m in r['reason'].get('nearest_members', [])]
+    assert named  # the exemplars' vectors were embedded again, and give the similarities stored vectors gave
+    for prompt, member in named[:50]:
+        expected = round(float(embed([text_of[member['prompt_hash']]])[0] @ embed([prompt])[0]), 4)
+        assert member['similarity'] == expected
     text = json.loads(lines[300])['prompt']
     found = ws.similar(text, k=1)
     assert found['prompt'][0] == text and found['score'][0] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_a_column_computed_from_an_earlier_releases_vector_is_named_not_dropped(ws, log_file):
+    from udfs.embed import embed_text
+
+    ws.ingest_prompts(log_file)
+    raw = tables.raw_prompts()
+    raw.add_computed_column(vector=embed_text(raw.prompt))
+    raw.add_computed_column(first=raw.vector[0])  # the user's own column, computed from it
+    with pytest.raises(errors.FamilyError, match='vector, stored by an earlier release, cannot be dropped'):
+        tables.raw_prompts()
+    assert raw.count() > 0 and 'first' in raw.columns()  # nothing lost
+
+
+def test_a_search_stopped_while_indexing_resumes_without_a_gap(ws, log_file, monkeypatch):
+    """The similarity index is filled a chunk at a time in seq order: a search stopped between two chunks (a
+    Ctrl-C, a kill) leaves no prompt out of the index for good, though updates return rows out of seq order."""
+    from workspace.mining import similar
+
+    ws.ingest_prompts(log_file)
+    raw = tables.raw_prompts()
+    raw.update({'occurrences': raw.occurrences + 1}, where=raw.seq % 3 == 0)  # rows come back out of seq order
+    monkeypatch.setattr(similar, 'INDEX_CHUNK', 40)
+    real, calls = similar.embed, []
+
+    def stops_on_the_second_chunk(texts):
+        calls.append(len(texts))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(texts)
+
+    monkeypatch.setattr(similar, 'embed', stops_on_the_second_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        ws.similar('Where is my parcel?', k=1, among='prompts')
+    assert 0 < tables.prompt_index().count() < raw.count()
+    monkeypatch.setattr(similar, 'embed', real)
+    assert len(ws.similar('Where is my parcel?', k=3, among='prompts')) == 3
+    index = tables.prompt_index()
+    assert {r['prompt_hash'] for r in index.select(index.prompt_hash).collect()} == {
+        r['prompt_hash'] for r in raw.select(raw.prompt_hash).collect()
+    }

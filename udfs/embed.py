@@ -17,5 +17,5 @@ __all__ = ['embed_text']
 
 @pxt.udf(batch_size=64)
 def embed_text(text: Batch[str]) -> Batch[pxt.Array[(embeddings.DIMENSIONS,), pxt.Float]]:
-    """Text in, its 384-dimensional L2-normalized embedding out (workspace.storage.embeddings, all-MiniLM-L6-v2 int8)."""
+    """Text in, its 256-dimensional L2-normalized embedding out (workspace.storage.embeddings, WordLlama l2_supercat)."""
     return list(embeddings.embed(text))

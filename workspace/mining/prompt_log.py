@@ -1,8 +1,8 @@
 """Raw prompts: ingest a log of prompts an application sent, deduplicated by content hash, into families.
 
 ```
-prompt_workspace/raw_prompts          one row per distinct prompt (sha256 of its text): embedding, count, first and
-                                      last seen, meta of its first occurrence, logged response, application, family
+prompt_workspace/raw_prompts          one row per distinct prompt (sha256 of its text): count, first and last seen,
+                                      meta of its first occurrence, logged response, application, family
 prompt_workspace/prompt_occurrences   one row per log line: which prompt, when (an id derived from the line's content)
 prompt_workspace/ingest_journal       one row per batch: everything the batch writes, written before it
 ```

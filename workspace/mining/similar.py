@@ -1,7 +1,7 @@
 """Similarity search over raw prompts, prompt version templates and model outputs, with the project's embedder.
 
-- prompts: a Pixeltable embedding index over the raw prompts' vectors (`prompt_index`, `.similarity()`), so it
-  scales with the log; brought up to date with the prompts ingested since the last search when it is searched;
+- prompts: a Pixeltable embedding index over the raw prompts' vectors, kept in `prompt_index` (`.similarity()`), so
+  it scales with the log; brought up to date with the prompts ingested since the last search when it is searched;
 - versions: the templates of the versions table, embedded at query time (a workspace has hundreds of versions at
   most, a few milliseconds to embed);
 - outputs: the answers in the request store (what models actually said, whichever evaluation asked), embedded at
@@ -24,6 +24,8 @@ __all__ = ['similar']
 
 Among = Literal['prompts', 'versions', 'outputs']
 
+INDEX_CHUNK = 5000  # raw prompts embedded and added to the similarity index at a time
+
 
 def _ranked(text: str, items: list[dict], field: str, k: int) -> pd.DataFrame:
     if not items:
@@ -43,10 +45,12 @@ def _prompt_index() -> Any:
     raw, index = tables.raw_prompts(), tables.prompt_index()
     done = index.select(top=pxtf.max(index.seq)).collect()[0]['top']
     start = -1 if done is None else done
-    missing = raw.where(raw.seq > start).select(raw.prompt_hash, raw.seq, raw.prompt)
+    # in seq order, so that a search stopped between two chunks resumes after the last one it indexed (rows updated
+    # since they were inserted do not come back in seq order)
+    missing = raw.where(raw.seq > start).order_by(raw.seq).select(raw.prompt_hash, raw.seq, raw.prompt)
     rows = [dict(r) for r in missing.collect()]
-    for begin in range(0, len(rows), 5000):  # raw prompts store no vector: the embedder gives each one again
-        chunk = rows[begin : begin + 5000]
+    for begin in range(0, len(rows), INDEX_CHUNK):  # raw prompts store no vector: the embedder gives each one again
+        chunk = rows[begin : begin + INDEX_CHUNK]
         vectors = embed([r.pop('prompt') for r in chunk])
         tables.insert_new(index, [{**r, 'vector': v} for r, v in zip(chunk, vectors)], 'prompt_hash')
     return index

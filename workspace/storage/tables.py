@@ -17,12 +17,12 @@ prompt_workspace/
   executions          one row per prompt served to an application (render or complete), with its violations
   api_keys            the HTTP server's API keys: name, scope, SHA-256 of the key
   experiments         the A/B split each prompt's serving follows
-  raw_prompts         one row per distinct raw prompt of an ingested log: embedding, count, first/last seen, family
+  raw_prompts         one row per distinct raw prompt of an ingested log: count, first/last seen, family (no vector)
   prompt_occurrences  one row per ingested log line: which raw prompt, when
   families            one row per prompt family: the state incremental assignment reads
   family_templates    one row per template version of a family, with its events
   family_history      merges and splits of families, by hand or by assignment
-  prompt_index        raw prompts' vectors under an embedding index, for similarity search
+  prompt_index        raw prompts' vectors (embedded when searched) under an embedding index, for similarity search
   ingest_journal      what each batch of an ingest writes, written first, so a killed ingest is completed
 ```
 """
@@ -711,7 +711,16 @@ def raw_prompts() -> pxt.Table:
         if any(i['name'] == RAW_PROMPTS_INDEX for i in _indexes(table)):  # made by an earlier release
             table.drop_embedding_index(idx_name=RAW_PROMPTS_INDEX)
         if 'vector' in table.columns():  # stored by an earlier release; the embedder gives it again from the text
-            table.drop_column('vector', if_not_exists='ignore')  # another process may drop it first
+            try:
+                table.drop_column('vector', if_not_exists='ignore')  # another process may drop it first
+            except pxt.Error as e:  # a column or view of the user's computed from it
+                from workspace.errors import FamilyError
+
+                raise FamilyError(
+                    f'{RAW_PROMPTS}.vector, stored by an earlier release, cannot be dropped: {e}. Raw prompts no '
+                    'longer store their vector (embed the prompt with udfs.embed.embed_text instead); drop what '
+                    'is computed from it, then ingest again'
+                ) from e
         return table
     return _open_or_create(
         RAW_PROMPTS,
