@@ -744,3 +744,25 @@ def test_a_search_stopped_while_indexing_resumes_without_a_gap(ws, log_file, mon
     assert {r['prompt_hash'] for r in index.select(index.prompt_hash).collect()} == {
         r['prompt_hash'] for r in raw.select(raw.prompt_hash).collect()
     }
+
+
+def test_each_applications_latest_prompts_are_read_whatever_its_share_of_the_log(ws):
+    """A later ingest reads each application's latest prompts in windows of the whole log; an application that
+    sent a few prompts long ago gets them, as one query per application gave."""
+    from workspace.mining.assign import APP_RECENT
+    from workspace.mining.families import _app_recent
+
+    rows = [{'prompt': f'Rare app question number {i}: is {i} prime?', 'app': 'rare',
+             'timestamp': f'2026-09-01T00:{i:02d}:00Z'} for i in range(5)]  # fmt: skip
+    rows += [{'prompt': f'Busy app ticket {i}: my order {i * 7} is late', 'app': 'busy' if i % 3 else 'mid',
+              'timestamp': f'2026-09-{2 + i // 1440:02d}T{i // 60 % 24:02d}:{i % 60:02d}:00Z'} for i in range(1500)]  # fmt: skip
+    ws.ingest_prompts(pd.DataFrame(rows), source_name='apps')
+    raw = tables.raw_prompts()
+    expected = []
+    for app in ['busy', 'mid', 'rare']:
+        latest = raw.where(raw.app == app).order_by(raw.seq, asc=False).limit(APP_RECENT)
+        found = list(latest.select(raw.family_id, raw.prompt_hash, raw.prompt, raw.reason).collect())
+        expected += [(app, (r['reason']['assigned_to'], r['prompt_hash'], r['prompt'])) for r in reversed(found)]
+    assert [a for a, _ in expected].count('rare') == 5 and [a for a, _ in expected].count('busy') == APP_RECENT
+    assert _app_recent({'rare', 'busy', 'mid'}) == expected
+    assert _app_recent({'rare'}) == [x for x in expected if x[0] == 'rare']

@@ -157,7 +157,7 @@ def load_engine(apps: set[str | None] | None = None) -> Engine:
     ]
     return Engine(
         states,
-        app_recent=_app_recent({s.app for s in states}),
+        app_recent=_app_recent({s.app for s in states if apps is None or s.app in apps}),
         vectors=vectors,
         snippets=snippets,
         load_recent=load_recent,
@@ -205,20 +205,32 @@ def _stored_members(raw: Any, hashes: dict[str, list[str]]) -> dict[str, list[Me
 
 def _app_recent(apps: set[str | None]) -> list[tuple[str | None, tuple[str, str, str]]]:
     """Return each application's latest prompts (APP_RECENT), oldest first, with the families they were assigned to
-    (where they are now for prompts ingested before the reason recorded it)."""
+    (where they are now for prompts ingested before the reason recorded it).
+
+    Read a window of the latest prompts at a time (by seq, every application's at once), widening it until every
+    application has APP_RECENT or the table is read: one query per application cost about 25 ms, 0.8 s of a later
+    ingest of the bench's logs (30 applications).
+    """
     raw = tables.raw_prompts()
-    out = []
-    for app in sorted(apps, key=lambda a: (a is not None, a or '')):
-        rows = (
-            raw.where(raw.app == app)  # None: Pixeltable's IS NULL
-            .order_by(raw.seq, asc=False)
-            .limit(APP_RECENT)
-            .select(raw.family_id, raw.prompt_hash, raw.prompt, raw.reason)
+    top = raw.select(top=pxtf.max(raw.seq)).collect()[0]['top']
+    found: dict[str | None, list[dict[str, Any]]] = {app: [] for app in apps}
+    high, span = (top + 1 if top is not None else 0), APP_RECENT * max(len(apps), 1) * 2
+    while high > 0 and any(len(rows) < APP_RECENT for rows in found.values()):
+        low = max(0, high - span)
+        window = (
+            raw.where((raw.seq >= low) & (raw.seq < high))
+            .select(raw.app, raw.seq, raw.family_id, raw.prompt_hash, raw.prompt, assigned=raw.reason.assigned_to)
             .collect()
         )
-        for r in reversed(list(rows)):
-            assigned = (r['reason'] or {}).get('assigned_to', r['family_id'])
-            out.append((app, (assigned, r['prompt_hash'], r['prompt'])))
+        for r in sorted(window, key=lambda r: -r['seq']):
+            rows = found.get(r['app'])
+            if rows is not None and len(rows) < APP_RECENT:
+                rows.append(r)
+        high, span = low, span * 4
+    out = []
+    for app in sorted(apps, key=lambda a: (a is not None, a or '')):
+        for r in reversed(found[app]):
+            out.append((app, (r['assigned'] or r['family_id'], r['prompt_hash'], r['prompt'])))
     return out
 
 
