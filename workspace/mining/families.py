@@ -126,9 +126,10 @@ def load_engine(apps: set[str | None] | None = None) -> Engine:
         state.times.extend(_time(x) for x in extra.get('times', []))
         state.keys = [(tuple(k[0]), tuple(k[1]), k[2] if len(k) > 2 else -1) for k in extra.get('keys', [])]
         states.append(state)
+    # a family only takes prompts of its own application: only the log's applications' families are read ahead
+    local = [s for s in states if apps is None or s.app in apps]
     texts: dict[str, str] = {}
-    # a family only takes prompts of its own application: those of the log's are the ones a reason can name
-    hashes = [h for s in states if apps is None or s.app in apps for h in s.exemplars]
+    hashes = [h for s in local for h in s.exemplars]
     raw = tables.raw_prompts()
     for start in range(0, len(hashes), 5000):
         keys = hashes[start : start + 5000]
@@ -142,7 +143,7 @@ def load_engine(apps: set[str | None] | None = None) -> Engine:
     # much, and storing them cost half of each raw prompt's insert
     vectors = dict(zip(texts, embed(list(texts.values()))))
     snippets = {h: text[:120] for h, text in texts.items()}
-    _load_recent(raw, [s for s in states if apps is None or s.app in apps])
+    _load_recent(raw, local)
     stored = {s.id: s.recent_hashes for s in states if not s.recent_loaded and s.recent_hashes is not None}
 
     def load_recent(family_id: str) -> list[Member]:
@@ -157,7 +158,7 @@ def load_engine(apps: set[str | None] | None = None) -> Engine:
     ]
     return Engine(
         states,
-        app_recent=_app_recent({s.app for s in states if apps is None or s.app in apps}),
+        app_recent=_app_recent({s.app for s in local}),
         vectors=vectors,
         snippets=snippets,
         load_recent=load_recent,
@@ -690,8 +691,7 @@ def _remine(family_id: str) -> None:
     )
     row = _state_row(family_id)
     extra = dict(row['state'] or {})
-    vectors = embed([r['prompt'] for r in rows]).astype(np.float64)
-    total = np.sum(list(vectors), axis=0) if rows else np.zeros(DIMENSIONS)
+    total = embed([r['prompt'] for r in rows]).astype(np.float64).sum(axis=0)  # zeros for no rows
     row.update(total=total.astype(np.float32), n=len(rows), updated_at=utc_now())
     row['exemplars'] = [r['prompt_hash'] for r in rows[:4]] + [r['prompt_hash'] for r in rows[4:]][-12:]
     texts = [r['prompt'] for r in rows[-MINE_SAMPLE:]]
