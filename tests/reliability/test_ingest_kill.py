@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import zlib
 from pathlib import Path
 
 import pytest
@@ -125,8 +127,10 @@ def test_a_nul_character_is_refused_before_anything_is_written(ws, log_file, tmp
     assert ws.ingest_prompts(path, meta=['app']).new_lines == LINES
 
 
-def test_a_plan_stored_as_plain_json_by_an_earlier_release_is_completed(ws, log_file):
-    """Plans are stored deflated now; a pending plan an earlier release stored as plain JSON is still read."""
+@pytest.mark.parametrize('earlier', ['plain JSON', 'deflated'])
+def test_a_plan_stored_by_an_earlier_release_is_completed(ws, log_file, earlier):
+    """Plans are stored compressed with zstd now; a pending plan an earlier release stored as plain JSON, or
+    deflated with zlib, is still read."""
     from workspace.mining import prompt_log
 
     clean = ws.ingest_prompts(log_file, meta=['app'])
@@ -140,8 +144,11 @@ def test_a_plan_stored_as_plain_json_by_an_earlier_release_is_completed(ws, log_
     kill_at(f'sys.argv = ["-", {str(log_file)!r}, "10000"]\n' + INGEST, 'ingest.journaled')
     journal = tables.ingest_journal()
     (row,) = journal.where(journal.status == 'pending').select(journal.batch_id, journal.plan_text).collect()
-    assert row['plan_text'].startswith('zlib+base64:')
-    plain = json.dumps(prompt_log._unpack(row['plan_text']))
+    assert row['plan_text'].startswith('zstd+base64:')
+    plan = prompt_log._unpack(row['plan_text'])
+    plain = json.dumps(plan, ensure_ascii=False, separators=(',', ':'))
+    if earlier == 'deflated':  # as the release before wrote it
+        plain = 'zlib+base64:' + base64.b64encode(zlib.compress(plain.encode('utf-8'), 1)).decode('ascii')
     journal.update({'plan_text': plain}, where=journal.batch_id == row['batch_id'])
 
     assert ws.ingest_prompts(log_file, meta=['app']).recovered == 1

@@ -16,6 +16,7 @@ from __future__ import annotations
 import collections
 import functools
 import itertools
+import operator
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -213,9 +214,12 @@ def _distinctive(piece: str) -> bool:
 
 def words(tokens: Sequence[str]) -> int:
     """Return how many of `tokens` are words (letters or digits): what template sizes and edits are counted in."""
-    if '_' not in ''.join(tokens):  # a token of `tokenize` is all word characters or none: counted in C
-        return sum(map(str.isalnum, tokens))
-    return sum(1 for t in tokens if t[:1].isalnum() or t[:1] == '_')
+    # A token of `tokenize` is all word characters (\w: alphanumeric or '_') or none, so a word token is alphanumeric
+    # or holds a '_', and no other token holds one: both counted in C.
+    n = sum(map(str.isalnum, tokens))
+    if '_' in ''.join(tokens):
+        n += sum(map(operator.contains, tokens, itertools.repeat('_')))
+    return n
 
 
 @dataclass(frozen=True)
