@@ -49,6 +49,7 @@ from workspace.mining.canonical import (
     mine,
     template_events,
     tokenize,
+    word_counts,
     words,
 )
 
@@ -138,6 +139,7 @@ def _beyond_chance(
     way anchor their neighbours in turn.
     """
     keep = [_long(b[bi : bi + size]) for _, bi, size in blocks]
+    counts: tuple[list[int], list[int]] | None = None  # the words before each token of a and b, once needed
     grown = True
     while grown:
         grown = False
@@ -148,8 +150,13 @@ def _beyond_chance(
             after = next(((x, y) for x, y, _ in [k for k, ok in zip(blocks[i + 1 :], keep[i + 1 :]) if ok]), None)
             start_a, start_b = before or (pre, pre)
             end_a, end_b = after or (len(a) - suf, len(b) - suf)
-            gaps = (a[start_a:ai], b[start_b:bi], a[ai + size : end_a], b[bi + size : end_b])
-            if max(words(g) for g in gaps) <= SHORT_VALUE:
+            if counts is None:  # the gaps' words without slicing them: long values make long gaps, and every
+                counts = (word_counts(a), word_counts(b))  # short run is judged again while runs are kept
+            in_a, in_b = counts
+            # the words of a[start_a:ai], b[start_b:bi], a[ai + size : end_a] and b[bi + size : end_b]
+            gap = max(in_a[ai] - in_a[start_a], in_b[bi] - in_b[start_b])
+            gap = max(gap, in_a[end_a] - in_a[ai + size], in_b[end_b] - in_b[bi + size])
+            if gap <= SHORT_VALUE:
                 keep[i] = grown = True
     return [block for block, ok in zip(blocks, keep) if ok]
 
