@@ -49,7 +49,6 @@ from workspace.mining.canonical import (
     mine,
     template_events,
     tokenize,
-    word_counts,
     words,
 )
 
@@ -139,7 +138,6 @@ def _beyond_chance(
     way anchor their neighbours in turn.
     """
     keep = [_long(b[bi : bi + size]) for _, bi, size in blocks]
-    counts: tuple[list[int], list[int]] | None = None  # the words before each token of a and b, once needed
     grown = True
     while grown:
         grown = False
@@ -150,15 +148,24 @@ def _beyond_chance(
             after = next(((x, y) for x, y, _ in [k for k, ok in zip(blocks[i + 1 :], keep[i + 1 :]) if ok]), None)
             start_a, start_b = before or (pre, pre)
             end_a, end_b = after or (len(a) - suf, len(b) - suf)
-            if counts is None:  # the gaps' words without slicing them: long values make long gaps, and every
-                counts = (word_counts(a), word_counts(b))  # short run is judged again while runs are kept
-            in_a, in_b = counts
-            # the words of a[start_a:ai], b[start_b:bi], a[ai + size : end_a] and b[bi + size : end_b]
-            gap = max(in_a[ai] - in_a[start_a], in_b[bi] - in_b[start_b])
-            gap = max(gap, in_a[end_a] - in_a[ai + size], in_b[end_b] - in_b[bi + size])
-            if gap <= SHORT_VALUE:
+            gaps = ((a, start_a, ai), (b, start_b, bi), (a, ai + size, end_a), (b, bi + size, end_b))
+            if not any(_more_words(tokens, start, end, SHORT_VALUE) for tokens, start, end in gaps):
                 keep[i] = grown = True
     return [block for block, ok in zip(blocks, keep) if ok]
+
+
+def _more_words(tokens: Sequence[str], start: int, end: int, limit: int) -> bool:
+    """Return whether `tokens[start:end]` holds more than `limit` words: `words` of the slice, but it stops at
+    the first word past the limit (hand-written: a gap between two runs can be most of a long text, and only
+    whether it is short matters)."""
+    n = 0
+    for i in range(start, end):
+        token = tokens[i]
+        if token.isalnum() or '_' in token:  # a word token (see `words`)
+            n += 1
+            if n > limit:
+                return True
+    return False
 
 
 def _after_short_value(value_a: Sequence[str], value_b: Sequence[str], run: Sequence[str]) -> bool:
@@ -590,7 +597,8 @@ class Engine:
             self._index_template(state, template)
 
     def _unit(self, total: np.ndarray) -> np.ndarray:
-        return (total / max(float(np.linalg.norm(total)), 1e-12)).astype(np.float32)
+        # np.linalg.norm of a vector is np.sqrt(x.dot(x)) after checks that cost as much again (a join each)
+        return (total / max(float(np.sqrt(total.dot(total))), 1e-12)).astype(np.float32)
 
     def _set_centre(self, state: FamilyState) -> None:
         ids, matrix = self._apps[state.app]

@@ -222,13 +222,6 @@ def words(tokens: Sequence[str]) -> int:
     return n
 
 
-def word_counts(tokens: Sequence[str]) -> list[int]:
-    """Return the running count of words before each token, and after the last: the words of `tokens[i:j]` are
-    `counts[j] - counts[i]`, without slicing (`words` of many pieces of one long list)."""
-    flags = map(operator.or_, map(str.isalnum, tokens), map(operator.contains, tokens, itertools.repeat('_')))
-    return list(itertools.accumulate(flags, initial=0))
-
-
 @dataclass(frozen=True)
 class Template:
     """Constant pieces with one slot between each two: `pieces[0] {{ slots[0] }} pieces[1] ... pieces[-1]`.
