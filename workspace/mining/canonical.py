@@ -116,6 +116,26 @@ def clip(tokens: list[str], limit: int = MAX_TOKENS) -> list[str]:
     return tokens[:half] + tokens[-half:]
 
 
+def clipped_tokens(text: str, limit: int) -> list[str]:
+    """Return `clip(tokenize(text), limit)`, tokenizing only the head and the tail of a long text (a family's long
+    members are mined again and again, each time with new edges cut off, so the cache of `tokenize` misses).
+
+    Hand-written: a token ends where the kind of character changes, so the tokens of a text's first characters
+    are its first tokens but for the last one, which may be cut, and those of its last characters are its last
+    tokens but for the first one.
+    """
+    half = limit // 2
+    window = 16 * half  # characters; a token averages about four
+    if len(text) > 2 * window:
+        head = [m[0] for m in _TOKEN.findall(text, 0, window)]
+        tail = [m[0] for m in _TOKEN.findall(text, len(text) - window)]
+        whole_head, whole_tail = len(head) - 1, len(tail) - 1  # tokens that may be cut left out
+        if whole_head >= half and whole_tail >= half and whole_head + whole_tail > limit:
+            # the windows do not overlap, so the text has more than `limit` tokens: `clip` keeps its head and tail
+            return head[:half] + tail[len(tail) - half :]
+    return clip(tokenize(text), limit)
+
+
 # --- slot types --------------------------------------------------------------------------------------------------
 
 _MONTHS = r'(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Sept|Oct|Nov|Dec)[a-z]*\.?'
@@ -591,7 +611,7 @@ def mine(texts: Sequence[str], *, min_support: float = MIN_SUPPORT) -> Template:
     # long shared instruction costs nothing. Cut at whitespace, so text glued to a value stays with the value.
     head, tail = _common_edges(texts)
     middles = [t[len(head) : len(t) - len(tail)] for t in texts]
-    tokens = [clip(tokenize(m), MIDDLE_TOKENS) for m in middles]
+    tokens = [clipped_tokens(m, MIDDLE_TOKENS) for m in middles]
     by_length = sorted(range(len(texts)), key=lambda i: (len(tokens[i]), i))
     # the shortest member has the least value text to mistake for template text; with few members the median one
     # is tried too (a short member may miss an optional piece)
