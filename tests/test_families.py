@@ -74,6 +74,27 @@ def test_appending_assigns_only_new_prompts_and_leaves_old_rows_untouched(ws, lo
     assert joined >= 0.9 * report.new_prompts
 
 
+def test_an_ingest_leaves_the_cycle_collector_as_it_found_it(ws, log_file, tmp_path):
+    """An ingest pauses Python's cycle collector for each step (a batch allocates hundreds of thousands of objects)
+    and gives it back as it was: on after it, and still off when the caller had turned it off."""
+    import gc
+
+    lines = log_file.read_text(encoding='utf-8').splitlines(keepends=True)
+    first, second = tmp_path / 'first.jsonl', tmp_path / 'second.jsonl'
+    first.write_text(''.join(lines[:200]), encoding='utf-8')
+    second.write_text(''.join(lines[200:]), encoding='utf-8')
+    was = gc.isenabled()
+    try:
+        gc.enable()
+        assert ws.ingest_prompts(first, meta=['app']).new_lines == 200
+        assert gc.isenabled()
+        gc.disable()
+        assert ws.ingest_prompts(second, meta=['app']).new_lines == len(lines) - 200
+        assert not gc.isenabled()
+    finally:
+        (gc.enable if was else gc.disable)()
+
+
 def test_families_match_the_truth_and_give_reasons(ws, log_file):
     from workspace.mining.prompt_log import prompt_hash
 

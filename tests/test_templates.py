@@ -8,7 +8,8 @@ import pytest
 from conftest import ROOT
 
 from udfs.render import render
-from workspace.mining.canonical import infer_type, mine, template_events, tokenize
+from workspace.mining.assign import _more_words
+from workspace.mining.canonical import clip, clipped_tokens, infer_type, mine, template_events, tokenize, words
 
 
 @pytest.mark.parametrize(
@@ -41,6 +42,65 @@ def test_tokens_join_back_to_the_text():
     text = 'Hi Zoë,\n\n{"a": [1, 2]} --- 会議は午後3時\tok'
     assert ''.join(tokenize(text)) == text
     assert '---' in tokenize('a --- b')
+
+
+# texts with every kind of token: words with and without '_', digits and other alphanumerics, runs of one mark
+TOKEN_KINDS = [
+    'Order AO-12 (paid)',
+    'snake_case and __dunder__ _lead trail_ a_b_c',
+    'Zoë ½ ² 会議は午後3時 — done!!!?? ok',
+    '  \n\n\t---...  x',
+    '',
+]
+
+
+def _word_tokens(tokens: list[str]) -> int:  # the definition: a token that starts with a word character
+    return sum(1 for t in tokens if t[:1].isalnum() or t[:1] == '_')
+
+
+def test_words_are_the_tokens_of_word_characters_whatever_they_hold():
+    for text in TOKEN_KINDS + [' '.join(TOKEN_KINDS) * 3]:
+        tokens = tokenize(text)
+        assert words(tokens) == _word_tokens(tokens), text
+        for start in range(len(tokens) + 1):  # the gap test counts the words of a slice up to a limit
+            for end in range(start, min(len(tokens), start + 12) + 1):
+                for limit in (0, 1, 3):
+                    assert _more_words(tokens, start, end, limit) == (_word_tokens(tokens[start:end]) > limit)
+
+
+def test_a_long_texts_head_and_tail_tokens_are_those_of_the_whole_text():
+    """Mining aligns the head and tail of a long member's tokens; they are read from the ends of the text only."""
+    runs = ['word', ' ', 'x' * 3000, '!!!', '\n\n', 'snake_case', '?', '   ', 'é²']
+    texts = [
+        ' '.join(TOKEN_KINDS) * 200,  # far longer than the windows read
+        'a' * 20_000 + ' b',  # a word longer than a window: read whole
+        '!' * 10_000 + 'x y ' * 3000,
+        ''.join(runs[(i * 7) % len(runs)] for i in range(5000)),
+    ]
+    for text in texts:
+        for cut in (0, 1, 5, 333):
+            middle = text[cut : len(text) - cut]
+            for limit in (400, 401, 60):
+                assert clipped_tokens(middle, limit) == clip(tokenize(middle), limit)
+
+
+def test_a_retry_with_a_line_break_added_keeps_the_ending_every_member_shares():
+    """A member sent again with a space or line break at its end is the same prompt: the ending all members share
+    stays template text, with the line break before it (it went to the values before: `{{ value }}TL;DR:`, and
+    every value read back ended with a line break); trailing whitespace every member has stays in the template."""
+    abstracts = [
+        'We study sparse attention in long documents and show gains on three benchmarks.',
+        'We propose a simple baseline for few-shot segmentation that beats prior work.',
+        'This paper analyzes the loss landscape of deep residual networks at scale.\n\n',  # blank lines after it
+        'We introduce a dataset of annotated proofs and evaluate four provers on it.',
+    ]
+    texts = [f'{a}\nTL;DR:' for a in abstracts]
+    for retried in (texts[0] + '\n', texts[2] + ' ', texts[3] + '\n\n'):
+        template = mine([*texts, retried])
+        assert template.jinja == '{{ value }}\nTL;DR:'
+        assert [template.parse(t) for t in texts] == [{'value': a} for a in abstracts]
+    template = mine([t + '\n' for t in texts] + [texts[1] + '\n\n'])
+    assert template.jinja == '{{ value }}\nTL;DR:\n'
 
 
 SUPPORT = (

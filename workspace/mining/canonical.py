@@ -605,6 +605,13 @@ def mine(texts: Sequence[str], *, min_support: float = MIN_SUPPORT) -> Template:
     texts = list(dict.fromkeys(texts))
     if not texts:
         raise ValueError('mine() needs at least one text')
+    # A retry with whitespace added at its end (a space, a line break) is the same prompt: the members are mined
+    # with only the trailing whitespace all of them have, or the ending every other member shares turns into a slot
+    # (`Data: {{ data }}` for `Data: {{ data }}. Describe it in a sentence.`)
+    trailing = [t[len(t.rstrip()) :] for t in texts]
+    kept = common_suffix(trailing)
+    if any(w != kept for w in trailing):
+        texts = list(dict.fromkeys(t.rstrip() + kept for t in texts))
     if len(texts) == 1:
         return Template((texts[0],))
     # The text every member starts (ends) with is constant without aligning: only the middles are aligned, so a
