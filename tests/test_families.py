@@ -95,6 +95,24 @@ def test_an_ingest_leaves_the_cycle_collector_as_it_found_it(ws, log_file, tmp_p
         (gc.enable if was else gc.disable)()
 
 
+def test_a_journaled_plan_reads_back_as_written_with_or_without_zstd(monkeypatch):
+    """A batch's plan is stored compressed with zstd; a pyarrow without zstd stores it deflated (and says what to
+    install when it meets a plan it cannot read), and both read back the same plan."""
+    from workspace.errors import WorkspaceError
+    from workspace.mining import prompt_log
+
+    plan = {'raw': [{'prompt': 'Résumé:\n{{ x }} — 会議', 'confidence': 0.8125, 'reason': {'how': 'parsed'}}],
+            'families': [{'total': [0.1, -2.5e-08, 3.0]}], 'moves': [], 'seen': [], 'n': {1: 'int key'}}  # fmt: skip
+    expected = {**plan, 'n': {'1': 'int key'}}  # keys are text in JSON, as json.dumps writes them
+    packed = prompt_log._pack(plan)
+    assert packed.startswith('zstd+base64:') and prompt_log._unpack(packed) == expected
+    monkeypatch.setattr(prompt_log, '_zstd', lambda: None)
+    deflated = prompt_log._pack(plan)
+    assert deflated.startswith('zlib+base64:') and prompt_log._unpack(deflated) == expected
+    with pytest.raises(WorkspaceError, match='zstd, which this pyarrow lacks; install'):
+        prompt_log._unpack(packed)
+
+
 def test_families_match_the_truth_and_give_reasons(ws, log_file):
     from workspace.mining.prompt_log import prompt_hash
 

@@ -587,15 +587,23 @@ def _pack(plan: dict[str, Any]) -> str:
     dependencies already) compresses five times faster than zlib, and smaller: 0.19 s of a 5,000-line plan's 0.2 s
     went to the two stdlib calls before (docs/families.md)."""
     raw = orjson.dumps(plan, option=orjson.OPT_NON_STR_KEYS)
-    packed = _zstd().compress(raw, asbytes=True)
-    return f'{_PACKED}{len(raw)}:{base64.b64encode(packed).decode("ascii")}'
+    codec = _zstd()
+    if codec is None:  # a pyarrow built without zstd: deflated, as the release before wrote plans
+        return _DEFLATED + base64.b64encode(zlib.compress(raw, 1)).decode('ascii')
+    return f'{_PACKED}{len(raw)}:{base64.b64encode(codec.compress(raw, asbytes=True)).decode("ascii")}'
 
 
 def _unpack(text: str) -> dict[str, Any]:
     """Read a plan written by `_pack`, or by an earlier release (deflated, or plain JSON)."""
     if text.startswith(_PACKED):
+        codec = _zstd()
+        if codec is None:
+            raise DatasetError(
+                'a pending ingest was journaled with zstd, which this pyarrow lacks; install a pyarrow built with '
+                "zstd (the PyPI wheels are: pip install --force-reinstall 'pyarrow>=14') and ingest again"
+            )
         size, _, data = text[len(_PACKED) :].partition(':')
-        return orjson.loads(_zstd().decompress(base64.b64decode(data), decompressed_size=int(size), asbytes=True))
+        return orjson.loads(codec.decompress(base64.b64decode(data), decompressed_size=int(size), asbytes=True))
     if text.startswith(_DEFLATED):
         return json.loads(zlib.decompress(base64.b64decode(text[len(_DEFLATED) :])).decode('utf-8'))
     return json.loads(text)
@@ -603,9 +611,10 @@ def _unpack(text: str) -> dict[str, Any]:
 
 @functools.cache
 def _zstd() -> Any:
+    """Return pyarrow's zstd codec (level 1), or None when this pyarrow was built without it."""
     import pyarrow as pa  # imported on first use: `import workspace` stays fast
 
-    return pa.Codec('zstd', compression_level=1)
+    return pa.Codec('zstd', compression_level=1) if pa.Codec.is_available('zstd') else None
 
 
 def recover() -> int:
