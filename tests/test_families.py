@@ -805,3 +805,89 @@ def test_each_applications_latest_prompts_are_read_whatever_its_share_of_the_log
     assert [a for a, _ in expected].count('rare') == 5 and [a for a, _ in expected].count('busy') == APP_RECENT
     assert _app_recent({'rare', 'busy', 'mid'}) == expected
     assert _app_recent({'rare'}) == [x for x in expected if x[0] == 'rare']
+
+
+# FLAN's e2e_nlg pattern 3 with real E2E meaning representations (seed 1 of bench/families.py), in the order sent; the
+# eighth is pattern 8 with the same restaurant's data as the seventh
+E2E_SEQUENCE = [
+    (
+        '2026-09-07T05:20:08',
+        'Data: name[The Wrestlers], eatType[coffee shop], food[Chinese], priceRange[moderate], area[riverside], familyFriendly[no], near[Raja Indian Cuisine]. What is a sentence that describe this data?',
+    ),
+    (
+        '2026-09-08T03:45:21',
+        'Data: name[Cocum], eatType[coffee shop], food[Chinese], priceRange[high], customer rating[1 out of 5], familyFriendly[no]. What is a sentence that describe this data?',
+    ),
+    (
+        '2026-09-08T11:48:18',
+        'Data: name[Wildwood], eatType[coffee shop], food[English], priceRange[high], customer rating[average], near[Ranch]. What is a sentence that describe this data?',
+    ),
+    (
+        '2026-09-09T23:26:45',
+        'Data: name[Midsummer House], customer rating[3 out of 5], near[The Bakers]. What is a sentence that describe this data?',
+    ),
+    (
+        '2026-09-10T21:51:31',
+        'Data: name[The Punter], eatType[coffee shop], food[English], priceRange[£20-25], customer rating[high], familyFriendly[no], near[Café Sicilia]. What is a sentence that describe this data?',
+    ),
+    (
+        '2026-09-11T06:43:39',
+        'Data: name[The Punter], customer rating[average], area[city centre], familyFriendly[no]. What is a sentence that describe this data?',
+    ),
+    (
+        '2026-09-12T00:48:49',
+        'Data: name[The Eagle], eatType[coffee shop], food[English], priceRange[£20-25], customer rating[high], area[riverside], familyFriendly[no], near[Burger King]. What is a sentence that describe this data?',
+    ),
+    (
+        '2026-09-12T10:11:49',
+        'Data: name[The Eagle], customer rating[1 out of 5], area[riverside], familyFriendly[yes], near[Café Brazil]\n\nSentence about the following data: ',
+    ),
+    (
+        '2026-09-12T11:14:56',
+        'Data: name[Fitzbillies], eatType[coffee shop], food[English], priceRange[high], customer rating[average], area[riverside], familyFriendly[yes]. What is a sentence that describe this data?',
+    ),
+    (
+        '2026-09-15T01:08:11',
+        'Data: name[Bibimbap House], area[riverside], near[Café Sicilia]. What is a sentence that describe this data?',
+    ),
+    (
+        '2026-09-15T04:25:47',
+        'Data: name[Alimentum], area[riverside], familyFriendly[yes], near[Burger King]. What is a sentence that describe this data?',
+    ),
+    (
+        '2026-09-16T03:01:40',
+        'Data: name[Cocum], eatType[coffee shop], food[Chinese], priceRange[high], customer rating[average], familyFriendly[yes]. What is a sentence that describe this data?',
+    ),
+    (
+        '2026-09-19T08:47:17',
+        'Data: name[The Eagle], customer rating[1 out of 5], area[riverside], familyFriendly[yes], near[Café Brazil]. What is a sentence that describe this data?',
+    ),
+    (
+        '2026-09-21T03:12:02',
+        'Data: name[The Cambridge Blue], eatType[coffee shop], customer rating[1 out of 5], area[riverside], familyFriendly[yes], near[Burger King]. What is a sentence that describe this data?',
+    ),
+    (
+        '2026-09-23T02:08:23',
+        'Data: name[Aromi], eatType[coffee shop], food[English], customer rating[average], area[riverside], familyFriendly[yes]. What is a sentence that describe this data?',
+    ),
+    (
+        '2026-09-23T03:33:45',
+        'Data: name[The Cambridge Blue], eatType[coffee shop], customer rating[1 out of 5], area[riverside], familyFriendly[yes], near[Burger King]. What is a sentence that describe this data?\n\n',
+    ),
+]
+
+
+def test_a_prompt_of_another_template_that_joined_leaves_the_template_parsing_the_rest(ws):
+    """The eighth prompt, another template with the seventh's data, joined the young family; mined from those
+    eight, the template was `Data: {{ data }}` (one word: it parses nothing) and replaced the version that parsed
+    them, so the next prompts, without one of the pairs most had, each started a family of their own."""
+    rows = [{'prompt': text, 'timestamp': at + 'Z', 'app': 'restaurant_text'} for at, text in E2E_SEQUENCE]
+    ws.ingest_prompts(pd.DataFrame(rows), source_name='e2e')
+    raw = tables.raw_prompts()
+    family = {r['prompt']: r['family_id'] for r in raw.select(raw.prompt, raw.family_id).collect()}
+    ours = {family[t] for _, t in E2E_SEQUENCE if 'What is a sentence' in t}
+    assert len(ours) == 1, ours
+    (family_id,) = ours
+    templates = [t.jinja for _, t, _ in ws.get_family(family_id).templates()]
+    assert 'Data: {{ data }}. What is a sentence that describe this data?' in templates, templates
+    assert 'Data: {{ data }}' not in templates

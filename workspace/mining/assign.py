@@ -359,6 +359,11 @@ def best_version(versions: Iterable[tuple[int, Template]], text: str) -> tuple[i
     return best
 
 
+def _usable(template: Template) -> bool:
+    """Return whether a template has enough constant text to parse prompts by: two words, or six characters."""
+    return template.size >= 2 or len(''.join(template.pieces).strip()) >= 6
+
+
 def _parse(template: Template, text: str) -> dict[str, str] | None:
     """Return a member's slot values, reading a near duplicate with whitespace added at its end as its original."""
     found = template.parse(text)
@@ -662,7 +667,7 @@ class Engine:
             state = self.states[family_id]
             if state.status != 'active' or state.mined_at < TRUST:
                 continue  # a template mined from a few members may be too loose yet: its members decide
-            usable = [(n, t) for n, t in state.versions() if t.size >= 2 or len(''.join(t.pieces).strip()) >= 6]
+            usable = [(n, t) for n, t in state.versions() if _usable(t)]
             found = best_version(usable, text)
             if found is None:
                 continue
@@ -967,7 +972,9 @@ class Engine:
         template = mine(texts)
         state.mined_at = state.n
         active = state.versions()
-        if any(t.pieces == template.pieces for _, t in active):
+        if any(t.pieces == template.pieces for _, t in active) or (active and not _usable(template)):
+            # a template of under two words (`Data: {{ data }}`, mined when a prompt of another template with the
+            # same input joined) parses no prompt: it neither becomes a version nor retires the one that does
             return template
         parsed_new = {i for i, t in enumerate(texts) if template.spans(t) is not None}
         best_old = max((sum(t.spans(x) is not None for x in texts) for _, t in active), default=0)
