@@ -606,8 +606,9 @@ def mine(texts: Sequence[str], *, min_support: float = MIN_SUPPORT) -> Template:
     if not texts:
         raise ValueError('mine() needs at least one text')
     # A retry with whitespace added at its end (a space, a line break) is the same prompt: the members are mined
-    # with only the trailing whitespace all of them have, or the ending every other member shares turns into a slot
-    # (`Data: {{ data }}` for `Data: {{ data }}. Describe it in a sentence.`)
+    # with only the trailing whitespace all of them have. Otherwise the ending they share is no common edge, and
+    # where some value ends in line breaks, the line break before the ending went to every value
+    # (`{{ value }}TL;DR:` for `{{ value }}\nTL;DR:`)
     trailing = [t[len(t.rstrip()) :] for t in texts]
     kept = common_suffix(trailing)
     if any(w != kept for w in trailing):
