@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import json
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -891,3 +892,31 @@ def test_a_prompt_of_another_template_that_joined_leaves_the_template_parsing_th
     templates = [t.jinja for _, t, _ in ws.get_family(family_id).templates()]
     assert 'Data: {{ data }}. What is a sentence that describe this data?' in templates, templates
     assert 'Data: {{ data }}' not in templates
+
+
+def test_a_template_trusted_with_a_value_its_first_members_shared_is_merged_into_its_looser_self(ws):
+    """FLAN's e2e_nlg pattern 6 (seed 1 of bench/families.py): a young family grew by shared ends, so its first eight
+    members all ended their data with `near[Burger King]` and the template trusted from them holds it; prompts
+    without it went to another family, whose template is the same text without the value. Once that template parses
+    every member of the first, the two are one family, and its history says why."""
+    sys.path.insert(0, str(ROOT / 'datasets' / 'prompt_collections'))
+    import make_collections
+
+    if not make_collections.SHARED.is_dir():
+        pytest.skip(f'{make_collections.SHARED} is absent: the collection renders its inputs from it')
+    log, _ = make_collections.make('flan', seed=1)
+    rows = [line for line, t in zip(log.lines, log.truth) if t['family'] == 'e2e_nlg/6' and t['kind'] == 'template']
+    ws.ingest_prompts(pd.DataFrame(rows[:80]), source_name='e2e_nlg/6')
+    raw = tables.raw_prompts()
+    family = {r['prompt']: r['family_id'] for r in raw.select(raw.prompt, raw.family_id).collect()}
+    (largest, size), *_ = collections.Counter(family.values()).most_common()
+    assert size >= 35, size  # the two families held 23 and 15 of the 80 prompts before
+    burger_king = [
+        p
+        for p in family
+        if p.endswith('near[Burger King]\n\nCan you represent the content in this sentence in data form?')
+    ]
+    assert len(burger_king) >= 10 and {family[p] for p in burger_king} == {largest}
+    history = ws.get_family(largest).history()
+    merges = [e for events in history.loc[history['what'] == 'merge', 'events'] for e in events]
+    assert any(e['note'] == 'its template is this one with a value it froze' for e in merges), history

@@ -75,6 +75,7 @@ YOUNG_TEMPLATE = 5  # members a young family's template is mined from before a p
 _WORDS = re.compile(r'\w+')
 _KEY = 12  # characters of a template's first (or last) piece that index it
 LOOSE_VALUES = 2  # times the words of the latest members' values a prompt joining a template loosely may hold
+ABSORB_WORDS = 4  # words a trusted template may have beyond a looser one of its application that parses its members
 SHORT_VALUE = 4  # words of a value on either side of a short run two young members share
 ALIGN_TOKENS = 600  # tokens of two middles aligned whole; longer ones on their head and tail
 
@@ -952,6 +953,8 @@ class Engine:
             mined = self._mine(state, at)
             if state.n in MINE_AT[1:] and mined is not None:
                 self._split_mixture(state, mined, at)
+            if state.status == 'active' and state.mined_at >= TRUST:
+                self._absorb_tighter(state, at)
         else:
             self._refine(state, at)
 
@@ -1109,6 +1112,58 @@ class Engine:
         if state.n >= TEMPLATE_MIN:
             self._mine(state, at)
         return new
+
+    def _absorb_tighter(self, state: FamilyState, at: datetime.datetime) -> None:
+        """Merge into `state` the trusted families of its application whose template is its own with a few words
+        more, where its template has a slot, and whose latest members its template parses: the same template, whose
+        first members happened to share a value (`near[Burger King]` before the ending of every one of them, the
+        young family having grown by shared ends), so that each later prompt without it became a family of its own.
+        """
+        own = [t for _, t in state.versions() if _usable(t)]
+        if not own:
+            return
+        template = own[-1]
+        keys: set[str] = set()
+        first, last = template.pieces[0], template.pieces[-1]
+        if first:
+            for length in self._lengths:
+                keys |= self._by_prefix.get((state.app, first[:length]), set())
+        if last:
+            for length in self._lengths:
+                keys |= self._by_suffix.get((state.app, last[-length:]), set())
+        for family_id in sorted(keys - {state.id}):
+            other = self.states[family_id]
+            if other.status != 'active' or other.mined_at < TRUST or other.template is None:
+                continue
+            if not template.size < other.template.size <= template.size + ABSORB_WORDS:
+                continue
+            members = list(self._recent(other))
+            if not members or any(_parse(template, t) is None for _, t, _ in members):
+                continue
+            self._merge_into(state, other, at)
+
+    def _merge_into(self, state: FamilyState, other: FamilyState, at: datetime.datetime) -> None:
+        state.total = state.total + other.total
+        state.n += other.n
+        state.changed = True
+        merged = sorted([*self._recent(state), *self._recent(other)], key=lambda m: (m[2], m[0]))
+        state.recent.clear()
+        state.recent.extend(merged)
+        times = sorted([*state.times, *other.times])
+        state.times.clear()
+        state.times.extend(times)
+        for h in other.exemplars:
+            if h not in state.exemplars:
+                state.exemplars.append(h)
+        state.exemplars[:] = state.exemplars[:4] + state.exemplars[4:][-(EXEMPLARS - 4) :]
+        self._set_centre(state)
+        other.status, other.merged_into, other.changed = 'merged', state.id, True
+        other.candidate_of = None
+        self._remove(other)
+        self.moves.append(
+            Move('merge', state.id, other.id, None, other.n, at, 'its template is this one with a value it froze')
+        )
+        other.n = 0
 
     # --- candidate edits ---------------------------------------------------------------------------------------
 
