@@ -1143,15 +1143,19 @@ class Engine:
             self._merge_into(state, other, at)
 
     def _merge_into(self, state: FamilyState, other: FamilyState, at: datetime.datetime) -> None:
+        times = sorted([*state.times, *other.times])
+        state.times.clear()
+        state.times.extend(times)
+        self._take_in(state, other, at, 'its template is this one with a value it froze')
+
+    def _take_in(self, state: FamilyState, other: FamilyState, at: datetime.datetime, note: str) -> None:
+        """Merge `other` into `state` (its members, total, latest members and exemplars; not its times) and record it."""
         state.total = state.total + other.total
         state.n += other.n
         state.changed = True
         merged = sorted([*self._recent(state), *self._recent(other)], key=lambda m: (m[2], m[0]))
         state.recent.clear()
         state.recent.extend(merged)
-        times = sorted([*state.times, *other.times])
-        state.times.clear()
-        state.times.extend(times)
         for h in other.exemplars:
             if h not in state.exemplars:
                 state.exemplars.append(h)
@@ -1160,9 +1164,7 @@ class Engine:
         other.status, other.merged_into, other.changed = 'merged', state.id, True
         other.candidate_of = None
         self._remove(other)
-        self.moves.append(
-            Move('merge', state.id, other.id, None, other.n, at, 'its template is this one with a value it froze')
-        )
+        self.moves.append(Move('merge', state.id, other.id, None, other.n, at, note))
         other.n = 0
 
     # --- candidate edits ---------------------------------------------------------------------------------------
@@ -1196,26 +1198,12 @@ class Engine:
     def _merge_edit(self, old: FamilyState, new: FamilyState, at: datetime.datetime) -> None:
         texts = [t for _, t, _ in self._recent(new)]
         template = mine(texts) if len(texts) > 1 else Template((texts[0],))
-        old.total = old.total + new.total
-        old.n += new.n
-        old.changed = True
-        merged = sorted([*self._recent(old), *self._recent(new)], key=lambda m: (m[2], m[0]))
-        old.recent.clear()
-        old.recent.extend(merged)
         old.times.extend(new.times)
-        for h in new.exemplars:
-            if h not in old.exemplars:
-                old.exemplars.append(h)
-        old.exemplars[:] = old.exemplars[:4] + old.exemplars[4:][-(EXEMPLARS - 4) :]
+        edited_since = new.candidate_since
+        self._take_in(old, new, at, 'an edit of the template: its next version')
         self._version(old, template, at, texts)
         old.mined_at = old.n
-        old.edited_since = new.candidate_since
-        self._set_centre(old)
-        new.status, new.merged_into, new.changed = 'merged', old.id, True
-        new.candidate_of = None
-        self._remove(new)
-        self.moves.append(Move('merge', old.id, new.id, None, new.n, at, 'an edit of the template: its next version'))
-        new.n = 0
+        old.edited_since = edited_since
 
     # --- reading -----------------------------------------------------------------------------------------------
 
