@@ -7,6 +7,7 @@ import collections
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -589,21 +590,25 @@ def test_another_encoding_of_a_task_is_not_absorbed_by_its_template(ws):
     assert one_offs and all(sizes[family_of[p]] < 3 for p in one_offs), [sizes[family_of[p]] for p in one_offs]
 
 
-def test_drift_flags_the_week_a_slots_inputs_narrow_and_no_stable_week(ws):
-    """A template's queries (50 a week) are banking77's whole range for four weeks, then only the card intents (the
-    narrowing the collections inject): the centre of its slot values shifts that week, against the four weeks
-    before, and in no stable week (nor the next, against the narrowed week)."""
-    import datetime
-    import random
-    import sys
-
+def _banking_queries() -> tuple[Any, list[dict]]:
+    """Return banking77's inputs as the prompt collections read them, and its distinct queries (skip without them)."""
     sys.path.insert(0, str(ROOT / 'datasets' / 'prompt_collections'))
     import make_collections
 
     if not make_collections.SHARED.is_dir():
         pytest.skip(f'{make_collections.SHARED} is absent: the queries are banking77 queries from it')
     inputs = make_collections.shared_inputs()['banking77']
-    rows = list({r['text'].strip(): r for r in inputs.rows}.values())
+    return inputs, list({r['text'].strip(): r for r in inputs.rows}.values())
+
+
+def test_drift_flags_the_week_a_slots_inputs_narrow_and_no_stable_week(ws):
+    """A template's queries (50 a week) are banking77's whole range for four weeks, then only the card intents (the
+    narrowing the collections inject): the centre of its slot values shifts that week, against the four weeks
+    before, and in no stable week (nor the next, against the narrowed week)."""
+    import datetime
+    import random
+
+    inputs, rows = _banking_queries()
     rng = random.Random(7)
     rng.shuffle(rows)
     narrow = [r for r in rows if inputs.narrow(r)][:100]
@@ -627,6 +632,39 @@ def test_drift_flags_the_week_a_slots_inputs_narrow_and_no_stable_week(ws):
         ['window', 'new_members', 'centre_shift', 'centre_noise', 'centre_p']
     ].to_string()
     assert 'centre shift' in flagged['reasons'].iloc[0]
+
+
+def test_drift_flags_inputs_narrowing_to_prompts_sent_before(ws):
+    """Queries drawn (with repeats) from 200 banking77 queries for four weeks, then only from the card queries among
+    them: the narrowed weeks send few prompts not seen before (under the 20 a test needs), but the prompts they
+    send sit elsewhere. The centre is tested on the distinct prompts sent in a window, so the first narrowed week
+    is flagged, and no other (the next is compared with the narrowed one)."""
+    import datetime
+    import random
+
+    inputs, rows = _banking_queries()
+    rng = random.Random(11)
+    rng.shuffle(rows)
+    wide = rows[:200]
+    narrow = [r for r in wide if inputs.narrow(r)]
+    lines = []
+    for week in range(6):
+        for i in range(40):
+            query = rng.choice(narrow if week >= 4 else wide)
+            at = datetime.datetime(2026, 9, 7, tzinfo=datetime.timezone.utc) + datetime.timedelta(
+                days=7 * week + i % 7, hours=(i * 5) % 24, minutes=i
+            )
+            lines.append({'prompt': f'Route this banking query to the right team.\nQuery: {query["text"].strip()}',
+                          'timestamp': at.isoformat()})  # fmt: skip
+    ws.ingest_prompts(pd.DataFrame(lines), source_name='six weeks with repeats')
+    (family_id,) = ws.families()['family_id']
+    report = ws.drift(family_id, window='week')
+    table = report.table.set_index(report.table['window'].dt.date.astype(str))
+    assert table.loc['2026-10-05', 'new_members'] < 20 <= table.loc['2026-10-05', 'prompts_sent'], table.to_string()
+    assert [w.date().isoformat() for w in report.flagged['window']] == ['2026-10-05'], report.table[
+        ['window', 'new_members', 'prompts_sent', 'centre_shift', 'centre_noise', 'centre_p']
+    ].to_string()
+    assert 'centre shift' in report.flagged['reasons'].iloc[0]
 
 
 def test_two_templates_sharing_only_an_ending_are_split_and_its_one_offs_stay_out(ws):
