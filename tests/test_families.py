@@ -667,6 +667,67 @@ def test_drift_flags_inputs_narrowing_to_prompts_sent_before(ws):
     assert 'centre shift' in report.flagged['reasons'].iloc[0]
 
 
+def test_a_centre_shift_of_one_window_only_is_noted_not_flagged(ws):
+    """One week of card queries among wide weeks (a burst, not drift), and a narrowing in the log's last week: the
+    burst is noted in its window's reasons but not flagged (the week after is back where it was), and the last
+    week's shift waits for the next window to confirm it."""
+    import datetime
+    import random
+
+    inputs, rows = _banking_queries()
+    rng = random.Random(5)
+    rng.shuffle(rows)
+    narrow = [r for r in rows if inputs.narrow(r)]
+    wide = [r for r in rows if not inputs.narrow(r)]
+    lines = []
+    for week in range(7):
+        pool = narrow if week in (4, 6) else wide
+        for i in range(40):
+            query = pool.pop()
+            at = datetime.datetime(2026, 9, 7, tzinfo=datetime.timezone.utc) + datetime.timedelta(
+                days=7 * week + i % 7, hours=(i * 5) % 24, minutes=i
+            )
+            lines.append({'prompt': f'Route this banking query to the right team.\nQuery: {query["text"].strip()}',
+                          'timestamp': at.isoformat()})  # fmt: skip
+    ws.ingest_prompts(pd.DataFrame(lines), source_name='a burst, then a narrowing at the end')
+    (family_id,) = ws.families()['family_id']
+    report = ws.drift(family_id, window='week')
+    table = report.table.set_index(report.table['window'].dt.date.astype(str))
+    shown = table[['centre_noise', 'centre_p', 'centre_next', 'reasons']].to_string()
+    assert report.flagged.empty, shown
+    assert 'in this window only' in table.loc['2026-10-05', 'reasons'], shown
+    assert 'to be confirmed by the next window' in table.loc['2026-10-19', 'reasons'], shown
+
+
+def test_the_centre_is_not_compared_across_a_template_edit(ws):
+    """promptsource's e2e_nlg `generate_text_restaurant` was edited (2021 clean-up): the loop over the meaning
+    representation renders other separators, which sit in the slot values. Once the edit is merged as the
+    template's next version, the week it began mixes both wordings and is not tested for a centre shift, and the
+    next weeks are compared with weeks of the edited wording only; before, that week was flagged at 21 times the
+    shuffled shift."""
+    sys.path.insert(0, str(ROOT / 'datasets' / 'prompt_collections'))
+    import make_collections
+
+    if not make_collections.SHARED.is_dir():
+        pytest.skip(f'{make_collections.SHARED} is absent: the inputs are e2e_nlg meaning representations from it')
+    log, _ = make_collections.make('promptsource', seed=4)
+    name = 'e2e_nlg/generate_text_restaurant'
+    lines = [x for x, t in zip(log.lines, log.truth) if t['family'] == name]
+    ws.ingest_prompts(pd.DataFrame(lines), source_name=name)
+    family_id = ws.families()['family_id'].iloc[0]  # the largest
+    merges = ws.get_family(family_id).history().query("what == 'merge'")
+    assert len(merges) == 1 and 'an edit of the template' in merges['events'].iloc[0][0]['note']
+    edited = [
+        x['timestamp'] for x, t in zip(log.lines, log.truth) if t['family'] == name and t['template_version'] == 2
+    ]
+    week = pd.Timestamp(min(edited)).floor('D') - pd.Timedelta(days=pd.Timestamp(min(edited)).weekday())
+    report = ws.drift(family_id, window='week')
+    table = report.table.set_index('window')
+    shown = table[['prompts_sent', 'centre_noise', 'centre_p', 'reasons']].to_string()
+    assert pd.isna(table.loc[week, 'centre_p']) and table.loc[week, 'prompts_sent'] >= 20, shown
+    assert not table['reasons'].str.contains('centre shift').any(), shown
+
+
 def test_two_templates_sharing_only_an_ending_are_split_and_its_one_offs_stay_out(ws):
     """FLAN's `{text}\\n\\nIs the sentiment of this review positive or negative?` and `Please tell me the sentiment of
     the following review: {text}` both end with the options list, and their first prompts made one young family

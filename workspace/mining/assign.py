@@ -62,6 +62,7 @@ MINE_SAMPLE = 32  # latest members a template is mined from
 CANDIDATES = 5  # families compared per prompt by embedding: the nearest centres of its application
 EXEMPLARS = 16
 MIN_SHARED = 3  # words two prompts of a young family must share
+EDIT_NOTE = 'an edit of the template: its next version'  # how the merge of a candidate edit is recorded
 EDIT_WORDS = 16  # words inserted or deleted that an edit of a template may have (inserted: at most its size)
 REPLACED_P = 0.01  # a candidate edit is merged when the edited family's silence has this probability at its rate
 PARALLEL = 2  # prompts the edited family still gets after the candidate appeared that make the two templates
@@ -1200,7 +1201,7 @@ class Engine:
         template = mine(texts) if len(texts) > 1 else Template((texts[0],))
         old.times.extend(new.times)
         edited_since = new.candidate_since
-        self._take_in(old, new, at, 'an edit of the template: its next version')
+        self._take_in(old, new, at, EDIT_NOTE)
         self._version(old, template, at, texts)
         old.mined_at = old.n
         old.edited_since = edited_since

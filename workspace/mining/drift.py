@@ -18,7 +18,12 @@ three statistics:
   within the baseline, minus twice across the two: an unbiased estimate of the squared distance between the two
   mean vectors (a linear-kernel MMD, Gretton et al. 2012), zero on average when nothing moved. It is compared with
   the same statistic for the prompts shuffled between the two (2,000 times): flagged when it is CENTRE_TIMES
-  times the median size of the shuffled ones and larger than all but 0.1% of them (p < 0.001). Slot values rather
+  times the median size of the shuffled ones and larger than all but 0.1% of them (p < 0.001), and the next window
+  shows it too against the same baseline (half that size, p < 0.01): drift lasts, a shift by chance does not. A
+  shift of one window only is noted in its reasons, and one in the last window waits for the next. The window in
+  which an edit of the template began (merged as its next version) is not tested, and the windows after it are
+  compared with windows of the edited wording only: an edit can change how the inputs render in the slots (a
+  loop's separators). Slot values rather
   than whole prompts, so that an edit of the template's constant text (recorded as a template event) is not taken
   for drift of what flows through it; the prompts sent in the window rather than those first seen in it, so that
   inputs drawn from a narrower pool, which repeat prompts sent before, still count. (The plain distance between
@@ -47,6 +52,7 @@ from scipy.spatial.distance import jensenshannon
 from workspace.display.formats import p_phrase, percent
 from workspace.display.frames import shown
 from workspace.errors import FamilyError
+from workspace.mining.assign import EDIT_NOTE
 from workspace.mining.families import Family, get_family
 from workspace.storage import tables
 from workspace.storage.embeddings import embed
@@ -61,6 +67,7 @@ JS_FLAG = 0.2
 CENTRE_TIMES = 8.0  # a centre shift is flagged at this many times the size of shuffled windows' (chosen on seed 1)
 CENTRE_BASELINE = 4  # windows the centre is compared with (since its last flagged shift)
 PERMUTATIONS = 2000  # shuffles behind the centre shift's p-value (so that it can reach P_VALUE)
+CONFIRM_P = 0.01  # the next window confirms a centre shift at half its flag level (CENTRE_TIMES / 2) and this p
 
 
 @dataclass(frozen=True)
@@ -169,6 +176,19 @@ def _centre(before: np.ndarray, after: np.ndarray, seed: int = 0) -> tuple[float
     return distance, observed / max(float(np.median(np.abs(shuffled))), 1e-12), p
 
 
+def _edit_starts(family_id: str, members: pd.DataFrame) -> list[pd.Timestamp]:
+    """Return when each edit of the family's template merged into it began: the first prompt of the edited wording
+    (it was a family of its own, a candidate edit, until it was merged)."""
+    h = tables.family_history()
+    rows = h.where((h.family_id == family_id) & (h.action == 'merge')).select(h.other_id, h.note).collect()
+    edits = {r['other_id'] for r in rows if r['note'] == EDIT_NOTE}
+    if not edits:
+        return []
+    came_from = members['reason'].map(lambda r: r.get('assigned_to') if isinstance(r, dict) else None)
+    first = pd.to_datetime(members['first_seen'], utc=True)
+    return [first[came_from == e].min() for e in sorted(edits) if (came_from == e).any()]
+
+
 def drift(family: Family | str, *, window: Window = 'week') -> DriftReport:
     """Return a family's traffic share, slot value distributions and centre per window, each window compared
     with the one before, with a flag where a statistic crosses its threshold (see the module docstring).
@@ -200,6 +220,11 @@ def drift(family: Family | str, *, window: Window = 'week') -> DriftReport:
         end = start + length
         return bool(first_line <= start and (last_line >= end or end > log_end))
 
+    edits = _edit_starts(fam.id, members)
+
+    def edited(start: pd.Timestamp) -> bool:
+        return any(start <= e < start + length for e in edits)
+
     traffic = lines.groupby('window').agg(total=('ours', 'size'), family=('ours', 'sum'))
     members['window'] = _window_start(pd.to_datetime(members['first_seen'], utc=True), window)
     slots = list(template.slots) if template is not None else []
@@ -214,9 +239,12 @@ def drift(family: Family | str, *, window: Window = 'week') -> DriftReport:
     # the centre's baseline: the distinct prompts sent in each of up to CENTRE_BASELINE windows before, since its
     # last flagged shift (a prompt sent in several of them counts in each)
     earlier: collections.deque[list[str]] = collections.deque(maxlen=CENTRE_BASELINE)
-    for start, counts in traffic.iterrows():
+    starts = list(traffic.index)
+    for i, (start, counts) in enumerate(traffic.iterrows()):
         parsed = [s for s in members.loc[members['window'] == start, 'slots'] if isinstance(s, dict)]
         sent = sorted(sent_in.get(start, ()))
+        following = starts[i + 1] if i + 1 < len(starts) else None
+        after = sorted(sent_in.get(following, ())) if following is not None and not edited(following) else []
         share = counts['family'] / counts['total'] if counts['total'] else 0.0
         row: dict[str, Any] = {
             'window': start,
@@ -231,8 +259,10 @@ def drift(family: Family | str, *, window: Window = 'week') -> DriftReport:
             'centre_shift': None,
             'centre_noise': None,
             'centre_p': None,
+            'centre_next': None,
         }
-        reasons = []
+        reasons: list[str] = []
+        notes: list[str] = []  # what is not (yet) a flag
         if previous is not None:
             _, before, old_share, old_family, old_total = previous
             ratio = (share + 1e-9) / (old_share + 1e-9)
@@ -249,19 +279,33 @@ def drift(family: Family | str, *, window: Window = 'week') -> DriftReport:
                 if js >= JS_FLAG and p < P_VALUE:
                     reasons.append(f'slot {slot!r} JS distance {js:.2f} ({p_phrase(p)})')
             baseline = [h for window_sent in earlier for h in window_sent]
-            if len(baseline) >= MIN_MEMBERS and len(sent) >= MIN_MEMBERS:
-                shift, times, p = _centre(
-                    np.array([vectors[h] for h in baseline]), np.array([vectors[h] for h in sent])
-                )
+            if edited(start):
+                # the template's wording changed in this window, and with it how its inputs render in the slots
+                # (a loop's separators): the centre starts again from the next window
+                earlier.clear()
+            elif len(baseline) >= MIN_MEMBERS and len(sent) >= MIN_MEMBERS:
+                before_vectors = np.array([vectors[h] for h in baseline])
+                shift, times, p = _centre(before_vectors, np.array([vectors[h] for h in sent]))
                 row.update(centre_shift=shift, centre_noise=times, centre_p=p)
                 if times >= CENTRE_TIMES and p < P_VALUE:
-                    reasons.append(f"centre shift {shift:.3f}, {times:.1f} times the shuffled windows' ({p_phrase(p)})")
-                    earlier.clear()
+                    # a shift by chance does not last: the next window, against the same baseline, must show it too
+                    said = f"centre shift {shift:.3f}, {times:.1f} times the shuffled windows' ({p_phrase(p)})"
+                    if len(after) < MIN_MEMBERS:
+                        notes.append(f'{said}; to be confirmed by the next window')
+                    else:
+                        _, kept, kept_p = _centre(before_vectors, np.array([vectors[h] for h in after]))
+                        row['centre_next'] = kept
+                        if kept >= CENTRE_TIMES / 2 and kept_p < CONFIRM_P:
+                            reasons.append(f'{said}, and {kept:.1f} times in the next window ({p_phrase(kept_p)})')
+                            earlier.clear()
+                        else:
+                            notes.append(f'{said} in this window only (the next: {kept:.1f} times)')
         row['flag'] = bool(reasons)
-        row['reasons'] = '; '.join(reasons)
+        row['reasons'] = '; '.join(reasons + notes)
         rows.append(row)
         previous = (start, parsed, share, int(counts['family']), int(counts['total']))
-        earlier.append(sent)
+        if not edited(start):
+            earlier.append(sent)
     return DriftReport(fam.id, window, pd.DataFrame(rows))
 
 
