@@ -728,6 +728,28 @@ def test_the_centre_is_not_compared_across_a_template_edit(ws):
     assert not table['reasons'].str.contains('centre shift').any(), shown
 
 
+def test_prompts_of_a_template_that_is_a_label_after_a_long_slot_make_one_family(ws):
+    """promptsource's scitldr `gpt_2_style` is an abstract, then `\\nTL;DR:`: two of its prompts share two words, a
+    line of their own at the end. They used to need three shared words, so each prompt started a family of its own
+    (286 families for 286 prompts on one rendering of the collections); a whole line shared at an edge is enough."""
+    sys.path.insert(0, str(ROOT / 'datasets' / 'prompt_collections'))
+    import make_collections
+
+    if not make_collections.SHARED.is_dir():
+        pytest.skip(f'{make_collections.SHARED} is absent: the abstracts are scitldr abstracts from it')
+    papers = make_collections.shared_inputs()['scitldr'].rows[:30]
+    rows = [{'prompt': ' '.join(p['source']) + '\nTL;DR:', 'timestamp': f'2026-09-{7 + i // 5:02d}T{i % 5:02d}:00:00Z'}
+            for i, p in enumerate(papers)]  # fmt: skip
+    ws.ingest_prompts(pd.DataFrame(rows), source_name='gpt_2_style')
+    families = ws.families()
+    assert list(families['size']) == [30], families[['family_id', 'size']]
+    family = ws.get_family(families['family_id'].iloc[0])
+    assert family.jinja.endswith('\nTL;DR:')
+    assert [list(family.template.parse(r['prompt']).values()) for r in rows[:3]] == [
+        [' '.join(p['source'])] for p in papers[:3]
+    ]
+
+
 def test_two_templates_sharing_only_an_ending_are_split_and_its_one_offs_stay_out(ws):
     """FLAN's `{text}\\n\\nIs the sentiment of this review positive or negative?` and `Please tell me the sentiment of
     the following review: {text}` both end with the options list, and their first prompts made one young family

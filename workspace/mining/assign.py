@@ -478,6 +478,18 @@ def _edge_shared(a: str, b: str) -> bool:
     return False
 
 
+def _edge_line(a: str, b: str) -> bool:
+    """Return whether two texts end (or start) with the same whole line of two words or more, after (before) a line
+    break (`...training.\nTL;DR:` and `...control.\nTL;DR:`): a template whose only text is a label after a long
+    slot shares fewer than MIN_SHARED words, and a line two free texts end with by chance is rare."""
+    suffix, prefix = common_suffix([a, b]), common_prefix([a, b])
+    lines = [
+        suffix[suffix.index('\n') :] if '\n' in suffix else '',
+        prefix[: prefix.rindex('\n')] if '\n' in prefix else '',
+    ]
+    return any(len(_WORDS.findall(line)) >= 2 for line in lines)
+
+
 def _near_edges(a: str, b: str) -> bool:
     """Return whether two texts share a word among their first (or last) few: a shared run may follow (precede)
     a short value at their start (end)."""
@@ -805,7 +817,11 @@ class Engine:
             if not _edge_shared(text, member) and not _near_edges(text, member):
                 continue  # no solid shared start or end, nor a word shared near one: no need to align
             fit = align(tokens, [tokenize(member)], young=True)
-            if fit.matched < MIN_SHARED or not (fit.start or fit.end) or fit.edge >= 2:
+            if (
+                (fit.matched < MIN_SHARED and not _edge_line(text, member))
+                or not (fit.start or fit.end)
+                or fit.edge >= 2
+            ):
                 continue  # an edge one has and the other lacks is a section added: another template
             draft = Template(fit.shared, tuple(Slot(f's{i}', 'text') for i in range(len(fit.shared) - 1)))
             if draft.spans(text) is None or draft.spans(member) is None:
