@@ -750,6 +750,29 @@ def test_prompts_of_a_template_that_is_a_label_after_a_long_slot_make_one_family
     ]
 
 
+def test_a_version_of_the_template_split_off_is_retired_in_the_family_that_stays(ws):
+    """Natural Instructions sends multirc_identify_bad_question in several encodings: the prompt alone, the same
+    with a definition before it, or with explained examples after it. A young family took prompts of two of them,
+    mined a version from that mixture and was split; the version stayed with the definition's family and parsed
+    the third encoding's prompts (they start as the prompt alone does) into it, and its next versions then began
+    with a slot and took every encoding. A version that parses none of the members that stay, and some that moved,
+    is retired with the split: each family holds one encoding."""
+    sys.path.insert(0, str(ROOT / 'datasets' / 'prompt_collections'))
+    import make_collections
+
+    log, _ = make_collections.make('natural_instructions', seed=3)
+    app = 'multirc_identify_bad_question'
+    lines = [(x, t) for x, t in zip(log.lines, log.truth) if x['app'] == app]
+    ws.ingest_prompts(pd.DataFrame([x for x, _ in lines]), source_name=app)
+    raw = tables.raw_prompts()
+    family_of = {r['prompt']: r['family_id'] for r in raw.select(raw.prompt, raw.family_id).collect()}
+    held: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    for x, t in lines:
+        held[family_of[x['prompt']]][t['family']] += 1
+    mixed = {f: dict(c) for f, c in held.items() if len(c) > 1 and sum(c.values()) >= 10}
+    assert not mixed, mixed
+
+
 def test_two_templates_sharing_only_an_ending_are_split_and_its_one_offs_stay_out(ws):
     """FLAN's `{text}\\n\\nIs the sentiment of this review positive or negative?` and `Please tell me the sentiment of
     the following review: {text}` both end with the options list, and their first prompts made one young family

@@ -1128,6 +1128,13 @@ class Engine:
             self._index_young(new, texts[-1])
         if state.n >= TEMPLATE_MIN:
             self._mine(state, at)
+        # a version mined while the family held both templates (or from the other one's members) that parses none of
+        # the members that stay but some that moved is the other template's: left, it went on parsing that template's
+        # later prompts (and a third encoding of the task sharing its start) into this family
+        stay = [t for _, t, _ in state.recent]
+        for number, template in state.versions():
+            if all(_parse(template, t) is None for t in stay) and any(_parse(template, t) is not None for t in texts):
+                state.retired.add(number)
         return new
 
     def _absorb_tighter(self, state: FamilyState, at: datetime.datetime) -> None:
