@@ -773,6 +773,53 @@ def test_a_version_of_the_template_split_off_is_retired_in_the_family_that_stays
     assert not mixed, mixed
 
 
+def test_a_share_taken_over_by_a_new_family_of_its_application_is_noted_not_flagged(ws):
+    """Two applications with two templates each. In the fourth week one template of the first application is
+    reworded beyond an edit (a new family takes its traffic, a few stragglers still come); the same week one
+    template of the second application just falls to a trickle. Both shares fall; the first is a change of its
+    prompts, noted with the family that took its traffic over, and only the second is flagged as share drift."""
+    import datetime
+    import random
+
+    _, rows = _banking_queries()
+    rng = random.Random(3)
+    queries = iter(rng.sample([r['text'].strip() for r in rows], 1400))
+    texts = {
+        'route': 'Route this banking query to the right team.\nQuery: {}',
+        'routed': 'You are the triage assistant of a retail bank. Read the message below, decide which team should '
+        'handle it and answer with the name of the team only.\nMessage: {}',
+        'help': 'Which of our help pages answers this question? {}',
+        'faq': 'Find the FAQ entry for this customer question: {}',
+        'tone': 'Rate how upset this customer sounds, from 1 to 5: {}',
+    }
+    lines = []
+    for week in range(6):
+        plan = {('first', 'help'): 30, ('second', 'faq'): 30, ('second', 'tone'): 30}
+        plan[('first', 'route')] = 30 if week < 3 else 2 if week == 4 else 0
+        plan[('first', 'routed')] = 30 if week >= 3 else 0
+        plan[('second', 'faq')] = 30 if week < 3 else 3
+        for (app, name), n in plan.items():
+            for i in range(n):
+                at = datetime.datetime(2026, 9, 7, tzinfo=datetime.timezone.utc) + datetime.timedelta(
+                    days=7 * week + i % 7, hours=(i * 5) % 24, minutes=len(lines) % 60
+                )
+                lines.append({'prompt': texts[name].format(next(queries)), 'timestamp': at.isoformat(), 'app': app})
+    ws.ingest_prompts(pd.DataFrame(lines), source_name='two applications')
+    raw = tables.raw_prompts()
+    family_of = {r['prompt']: r['family_id'] for r in raw.select(raw.prompt, raw.family_id).collect()}
+
+    def report(name: str) -> pd.DataFrame:
+        first = next(x['prompt'] for x in lines if x['prompt'].startswith(texts[name].split('{')[0]))
+        table = ws.drift(family_of[first], window='week').table
+        return table.set_index(table['window'].dt.date.astype(str))
+
+    route, faq = report('route'), report('faq')
+    assert not route['flag'].any(), route[['share', 'share_p', 'reasons']].to_string()
+    assert 'taken over by' in route.loc['2026-09-28', 'reasons'], route[['share', 'reasons']].to_string()
+    assert list(faq.index[faq['flag']]) == ['2026-09-28'], faq[['share', 'share_p', 'reasons']].to_string()
+    assert faq.loc['2026-09-28', 'reasons'].startswith('share')
+
+
 def test_two_templates_sharing_only_an_ending_are_split_and_its_one_offs_stay_out(ws):
     """FLAN's `{text}\\n\\nIs the sentiment of this review positive or negative?` and `Please tell me the sentiment of
     the following review: {text}` both end with the options list, and their first prompts made one young family

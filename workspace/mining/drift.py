@@ -189,6 +189,23 @@ def _edit_starts(family_id: str, members: pd.DataFrame) -> list[pd.Timestamp]:
     return [first[came_from == e].min() for e in sorted(edits) if (came_from == e).any()]
 
 
+def _app_families(family_id: str) -> dict[str, Any]:
+    """Return the other families of a family's application: when each was first seen, and each prompt's family."""
+    raw = tables.raw_prompts()
+    apps = [r['app'] for r in raw.where(raw.family_id == family_id).select(raw.app).limit(1).collect()]
+    app = apps[0] if apps else None
+    same_app = raw.app == app if app is not None else raw.app == None  # noqa: E711 (Pixeltable's IS NULL)
+    rows = raw.where(same_app & (raw.family_id != family_id)).select(raw.prompt_hash, raw.family_id, raw.first_seen)
+    family_of: dict[str, str] = {}
+    first: dict[str, pd.Timestamp] = {}
+    for r in rows.collect():
+        family_of[r['prompt_hash']] = r['family_id']
+        at = pd.Timestamp(r['first_seen'])
+        at = at.tz_localize('UTC') if at.tzinfo is None else at.tz_convert('UTC')
+        first[r['family_id']] = min(first.get(r['family_id'], at), at)
+    return {'family_of': family_of, 'hashes': set(family_of), 'first': first}
+
+
 def drift(family: Family | str, *, window: Window = 'week') -> DriftReport:
     """Return a family's traffic share, slot value distributions and centre per window, each window compared
     with the one before, with a flag where a statistic crosses its threshold (see the module docstring).
@@ -221,6 +238,16 @@ def drift(family: Family | str, *, window: Window = 'week') -> DriftReport:
         return bool(first_line <= start and (last_line >= end or end > log_end))
 
     edits = _edit_starts(fam.id, members)
+    siblings = _app_families(fam.id)
+
+    def newcomers(before: pd.Timestamp, start: pd.Timestamp) -> dict[str, int]:
+        # the families of its application first seen since the window before, with their lines in this window
+        new = {f for f, first in siblings['first'].items() if before <= first < start + length}
+        if not new:
+            return {}
+        here = lines[(lines['window'] == start) & lines['prompt_hash'].isin(siblings['hashes'])]
+        counts = here['prompt_hash'].map(siblings['family_of']).value_counts()
+        return {f: int(counts.get(f, 0)) for f in new if counts.get(f, 0)}
 
     def edited(start: pd.Timestamp) -> bool:
         return any(start <= e < start + length for e in edits)
@@ -272,7 +299,17 @@ def drift(family: Family | str, *, window: Window = 'week') -> DriftReport:
                 others = table[0][1] + table[1][1]
                 row['share_p'] = float(stats.chi2_contingency(table)[1]) if others else 1.0
                 if (ratio >= SHARE_RATIO or ratio <= 1 / SHARE_RATIO) and row['share_p'] < P_VALUE:
-                    reasons.append(f'share {percent(old_share)} -> {percent(share)} ({p_phrase(row["share_p"])})')
+                    said = f'share {percent(old_share)} -> {percent(share)} ({p_phrase(row["share_p"])})'
+                    fell = old_share * counts['total'] - counts['family']
+                    taken = newcomers(previous[0], start) if ratio < 1 else {}
+                    if taken and sum(taken.values()) >= fell:
+                        # its traffic went to families of its application that appeared meanwhile: its template's
+                        # prompts changed (an edit not recorded as a version), not the traffic it gets
+                        top = sorted(taken, key=lambda f: (-taken[f], f))
+                        more = f' and {len(top) - 3} more' if len(top) > 3 else ''
+                        notes.append(f'{said}; taken over by {", ".join(top[:3])}{more}, new since the window before')
+                    else:
+                        reasons.append(said)
             if len(before) >= MIN_MEMBERS and len(parsed) >= MIN_MEMBERS:
                 js, slot, p = _slot_js(before, parsed, slots)
                 row.update(slot_js=js, slot=slot, slot_p=p)
