@@ -8,7 +8,9 @@ three statistics:
   the family's life: a window in which its first line came has a share of part of a window (a new template, an
   edit not yet recorded as a version appears; its first seen says so), and so has the window in which its last
   line came while the log goes on after it (a template retired, or edited into another family; its last seen
-  says so). Neither is drift of the traffic the template gets;
+  says so). Neither is drift of the traffic the template gets; nor is a fall that families of its application
+  first seen since the window before took over (its prompts changed, an edit not recorded as a version): it is
+  noted in the window's reasons with those families;
 - slots: for each enum slot (and integer or number slot, in five bins of the earlier window's quantiles), the
   Jensen-Shannon distance (base 2, scipy) between the two windows' value distributions; flagged when one is >= 0.2
   and a chi-square test gives p < 0.001;
