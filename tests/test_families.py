@@ -459,9 +459,10 @@ def test_a_real_log_ingested_in_two_parts_gives_the_families_of_one_ingest(ws, t
 
 
 def test_drift_flags_a_share_change_but_not_a_template_appearing_or_retired(ws):
-    """A template whose traffic triples is flagged in that week; a template that starts sending on a Thursday (its
-    first week is part of a week) is a template appearing, and one that stops on a Tuesday a template retired:
-    neither is drift of its share, and neither is the steady one."""
+    """A template whose traffic quadruples (and stays so the next week) is flagged in that week; a template that
+    starts sending on a Thursday (its first week is part of a week) is a template appearing, and one that stops on a
+    Tuesday a template retired: neither is drift of its share, and neither is the steady one."""
+    import datetime
     import random
 
     rng = random.Random(3)
@@ -479,7 +480,7 @@ def test_drift_flags_a_share_change_but_not_a_template_appearing_or_retired(ws):
         'stops': lambda: f'Check the invoice {rng.randint(1, 99_999)} of {rng.choice(nouns)} supplies for errors.',
     }
     weeks = [{'steady': 200, 'grows': 20, 'stops': 60}, {'steady': 200, 'appears': 15, 'grows': 20, 'stops': 10},
-             {'steady': 200, 'appears': 60, 'grows': 80}]  # fmt: skip
+             {'steady': 200, 'appears': 60, 'grows': 80}, {'steady': 200, 'appears': 60, 'grows': 80}]  # fmt: skip
     # days of the week (from Monday, 0) a template sends on: every day, but Thursday to Sunday in the week it
     # appears and Monday and Tuesday in the week it stops
     days = {('appears', 1): (3, 4, 5, 6), ('stops', 1): (0, 1)}
@@ -490,7 +491,8 @@ def test_drift_flags_a_share_change_but_not_a_template_appearing_or_retired(ws):
             for i in range(n):
                 prompt = templates[name]()
                 truth[prompt] = name
-                at = f'2026-09-{7 + 7 * week + on[i % len(on)]:02d}T{(i * 7) % 24:02d}:{i % 60:02d}:00Z'
+                day = datetime.date(2026, 9, 7) + datetime.timedelta(days=7 * week + on[i % len(on)])
+                at = f'{day.isoformat()}T{(i * 7) % 24:02d}:{i % 60:02d}:00Z'
                 rows.append({'prompt': prompt, 'timestamp': at})
     ws.ingest_prompts(pd.DataFrame(rows), source_name='three weeks')
     raw = tables.raw_prompts()
@@ -818,6 +820,37 @@ def test_a_share_taken_over_by_a_new_family_of_its_application_is_noted_not_flag
     assert 'taken over by' in route.loc['2026-09-28', 'reasons'], route[['share', 'reasons']].to_string()
     assert list(faq.index[faq['flag']]) == ['2026-09-28'], faq[['share', 'share_p', 'reasons']].to_string()
     assert faq.loc['2026-09-28', 'reasons'].startswith('share')
+
+
+def test_a_share_change_of_one_window_only_is_noted_not_flagged(ws):
+    """A template's traffic triples for one week and falls back the next: a burst, not a change of the traffic it
+    gets. It is noted in that week's reasons and not flagged; the steady template beside it is neither."""
+    import datetime
+    import random
+
+    rng = random.Random(8)
+    nouns = ['cat', 'parcel', 'invoice', 'river', 'lamp', 'garden', 'engine', 'letter', 'bridge', 'kettle']
+    templates = {
+        'steady': lambda: f'Check the invoice {rng.randint(1, 99_999)} of {rng.choice(nouns)} supplies for errors.',
+        'burst': lambda: (
+            f'Route this support ticket to a team: order {rng.randint(1, 99_999)} for '
+            f'{rng.choice(["Ann", "Bob", "Carla", "Dmitri"])} was {rng.choice(["late", "lost", "broken"])}.'
+        ),
+    }
+    rows, truth = [], {}
+    for week, burst in enumerate([30, 30, 90, 30, 30]):
+        for name, n in (('steady', 100), ('burst', burst)):
+            for i in range(n):
+                prompt = templates[name]()
+                truth[prompt] = name
+                day = datetime.date(2026, 9, 7) + datetime.timedelta(days=7 * week + i % 7)
+                rows.append({'prompt': prompt, 'timestamp': f'{day.isoformat()}T{(i * 7) % 24:02d}:{i % 60:02d}:00Z'})
+    ws.ingest_prompts(pd.DataFrame(rows), source_name='a burst')
+    raw = tables.raw_prompts()
+    family_of = {truth[r['prompt']]: r['family_id'] for r in raw.select(raw.prompt, raw.family_id).collect()}
+    steady, burst = (ws.drift(family_of[name], window='week').table for name in ('steady', 'burst'))
+    assert not steady['flag'].any() and not burst['flag'].any(), burst[['window', 'share', 'reasons']].to_string()
+    assert 'in this window only' in burst['reasons'].iloc[2], burst[['window', 'share', 'reasons']].to_string()
 
 
 def test_two_templates_sharing_only_an_ending_are_split_and_its_one_offs_stay_out(ws):

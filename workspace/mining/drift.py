@@ -4,7 +4,8 @@ Each window (a day or a week) is compared with the window before it (the centre:
 three statistics:
 
 - share: the family's log lines over all log lines in the window; flagged when it changes by half or more
-  (x1.5 or /1.5) and a chi-square test of the two windows' counts gives p < 0.001. Both windows must lie within
+  (x1.5 or /1.5) and a chi-square test of the two windows' counts gives p < 0.001, and the next window, against the
+  same window before, shows it too (x1.22 or /1.22, the square root, with p < 0.05). Both windows must lie within
   the family's life: a window in which its first line came has a share of part of a window (a new template, an
   edit not yet recorded as a version appears; its first seen says so), and so has the window in which its last
   line came while the log goes on after it (a template retired, or edited into another family; its last seen
@@ -21,7 +22,7 @@ three statistics:
   mean vectors (a linear-kernel MMD, Gretton et al. 2012), zero on average when nothing moved. It is compared with
   the same statistic for the prompts shuffled between the two (2,000 times): flagged when it is CENTRE_TIMES
   times the median size of the shuffled ones and larger than all but 0.1% of them (p < 0.001), and the next window
-  shows it too against the same baseline (half that size, p < 0.01): drift lasts, a shift by chance does not. A
+  shows it too against the same baseline (half that size, p < 0.05): drift lasts, a shift by chance does not. A
   shift of one window only is noted in its reasons, and one in the last window waits for the next. The window in
   which an edit of the template began (merged as its next version) is not tested, and the windows after it are
   compared with windows of the edited wording only: an edit can change how the inputs render in the slots (a
@@ -69,7 +70,7 @@ JS_FLAG = 0.2
 CENTRE_TIMES = 8.0  # a centre shift is flagged at this many times the size of shuffled windows' (chosen on seed 1)
 CENTRE_BASELINE = 4  # windows the centre is compared with (since its last flagged shift)
 PERMUTATIONS = 2000  # shuffles behind the centre shift's p-value (so that it can reach P_VALUE)
-CONFIRM_P = 0.01  # the next window confirms a centre shift at half its flag level (CENTRE_TIMES / 2) and this p
+CONFIRM_P = 0.05  # the next window confirms a change at half its flag level and this p (chosen on seeds 1, 3, 4)
 
 
 @dataclass(frozen=True)
@@ -208,6 +209,114 @@ def _app_families(family_id: str) -> dict[str, Any]:
     return {'family_of': family_of, 'hashes': set(family_of), 'first': first}
 
 
+class _Windows:
+    """What `drift` reads once for a family: its log lines by window, its life, its template edits, the other
+    families of its application, and the embedded slot values of the prompts it sent in each window."""
+
+    def __init__(self, fam: Family, members: pd.DataFrame, window: Window) -> None:
+        occ = tables.prompt_occurrences()
+        lines = pd.DataFrame(list(occ.select(occ.prompt_hash, occ.at).collect()), columns=['prompt_hash', 'at'])
+        lines['at'] = pd.to_datetime(lines['at'], utc=True)
+        lines['window'] = _window_start(lines['at'], window)
+        lines['ours'] = lines['prompt_hash'].isin(set(members['prompt_hash']))
+        life = lines.loc[lines['ours'], 'at']
+        self.lines, self.first_line, self.last_line, self.log_end = lines, life.min(), life.max(), lines['at'].max()
+        self.length = pd.Timedelta(days=7 if window == 'week' else 1)
+        self.traffic = lines.groupby('window').agg(total=('ours', 'size'), family=('ours', 'sum'))
+        self.edits = _edit_starts(fam.id, members)
+        self.siblings = _app_families(fam.id)
+        # the centre's inputs: the distinct prompts the family sent in each window (a prompt sent again counts again
+        # in a later window), each embedded once
+        values = {
+            h: '\n'.join(v.values()) for h, v in zip(members['prompt_hash'], members['slots']) if isinstance(v, dict)
+        }
+        ours = lines[lines['ours'] & lines['prompt_hash'].isin(values)]
+        self.sent_in = ours.groupby('window')['prompt_hash'].unique()
+        order = sorted(values)
+        self.vectors = dict(zip(order, embed([values[h] for h in order]))) if order else {}
+
+    def lived(self, start: pd.Timestamp) -> bool:
+        """Return whether the family sent prompts through the whole window: it did not appear in it, nor stop in it
+        while the log goes on after it (a window the log's end cuts short is cut for every family alike)."""
+        end = start + self.length
+        return bool(self.first_line <= start and (self.last_line >= end or end > self.log_end))
+
+    def edited(self, start: pd.Timestamp) -> bool:
+        """Return whether an edit of the family's template began in the window."""
+        return any(start <= e < start + self.length for e in self.edits)
+
+    def sent(self, start: pd.Timestamp | None) -> list[str]:
+        return sorted(self.sent_in.get(start, ())) if start is not None else []
+
+    def newcomers(self, before: pd.Timestamp, start: pd.Timestamp) -> dict[str, int]:
+        """Return the families of its application first seen since the window `before`, with their lines in this
+        window."""
+        new = {f for f, first in self.siblings['first'].items() if before <= first < start + self.length}
+        if not new:
+            return {}
+        lines = self.lines
+        here = lines[(lines['window'] == start) & lines['prompt_hash'].isin(self.siblings['hashes'])]
+        counts = here['prompt_hash'].map(self.siblings['family_of']).value_counts()
+        return {f: int(counts.get(f, 0)) for f in new if counts.get(f, 0)}
+
+    def share(self, row: dict[str, Any], start: Any, base: tuple, following: Any) -> tuple[list[str], list[str], bool]:
+        """Test the window's share against the window `base` (start, share, lines, all lines); return the reasons,
+        the notes, and whether the change was of this window only (a burst: the next window is compared with `base`)."""
+        counts = self.traffic.loc[start]
+        share = counts['family'] / counts['total'] if counts['total'] else 0.0
+        old_start, old_share, old_family, old_total = base
+        table = [[counts['family'], counts['total'] - counts['family']], [old_family, old_total - old_family]]
+        if not (old_family > 0 and self.lived(old_start) and self.lived(start)):
+            return [], [], False
+        # a log with this family alone has a share of 100% in every window: nothing to test
+        row['share_p'] = float(stats.chi2_contingency(table)[1]) if table[0][1] + table[1][1] else 1.0
+        ratio = (share + 1e-9) / (old_share + 1e-9)
+        if not ((ratio >= SHARE_RATIO or ratio <= 1 / SHARE_RATIO) and row['share_p'] < P_VALUE):
+            return [], [], False
+        said = f'share {percent(old_share)} -> {percent(share)} ({p_phrase(row["share_p"])})'
+        taken = self.newcomers(old_start, start) if ratio < 1 else {}
+        if taken and sum(taken.values()) >= old_share * counts['total'] - counts['family']:
+            # its traffic went to families of its application that appeared meanwhile: its template's prompts
+            # changed (an edit not recorded as a version), not the traffic it gets
+            top = sorted(taken, key=lambda f: (-taken[f], f))
+            more = f' and {len(top) - 3} more' if len(top) > 3 else ''
+            return [], [f'{said}; taken over by {", ".join(top[:3])}{more}, new since the window before'], False
+        if following is None or not self.lived(following):
+            return [], [f'{said}; to be confirmed by the next window'], False
+        # a change of traffic lasts: the next window, against the same window before, shows it too
+        later = self.traffic.loc[following]
+        kept_share = later['family'] / later['total'] if later['total'] else 0.0
+        kept = (kept_share + 1e-9) / (old_share + 1e-9)
+        pair = [[later['family'], later['total'] - later['family']], table[1]]
+        kept_p = float(stats.chi2_contingency(pair)[1]) if pair[0][1] + pair[1][1] else 1.0
+        lasting = kept >= SHARE_RATIO**0.5 if ratio > 1 else kept <= SHARE_RATIO**-0.5
+        if lasting and kept_p < CONFIRM_P:
+            return [f'{said}, and {percent(kept_share)} in the next window ({p_phrase(kept_p)})'], [], False
+        return [], [f'{said} in this window only (the next: {percent(kept_share)})'], True
+
+    def centre(
+        self, row: dict[str, Any], baseline: list[str], sent: list[str], after: list[str]
+    ) -> tuple[list[str], list[str]]:
+        """Test the centre of what the window sent against `baseline` (the prompts the windows before sent), the
+        window `after` confirming; return the reasons (a flag: the baseline starts again) and the notes."""
+        if len(baseline) < MIN_MEMBERS or len(sent) < MIN_MEMBERS:
+            return [], []
+        before = np.array([self.vectors[h] for h in baseline])
+        shift, times, p = _centre(before, np.array([self.vectors[h] for h in sent]))
+        row.update(centre_shift=shift, centre_noise=times, centre_p=p)
+        if not (times >= CENTRE_TIMES and p < P_VALUE):
+            return [], []
+        # a shift by chance does not last: the next window, against the same baseline, must show it too
+        said = f"centre shift {shift:.3f}, {times:.1f} times the shuffled windows' ({p_phrase(p)})"
+        if len(after) < MIN_MEMBERS:
+            return [], [f'{said}; to be confirmed by the next window']
+        _, kept, kept_p = _centre(before, np.array([self.vectors[h] for h in after]))
+        row['centre_next'] = kept
+        if kept >= CENTRE_TIMES / 2 and kept_p < CONFIRM_P:
+            return [f'{said}, and {kept:.1f} times in the next window ({p_phrase(kept_p)})'], []
+        return [], [f'{said} in this window only (the next: {kept:.1f} times)']
+
+
 def drift(family: Family | str, *, window: Window = 'week') -> DriftReport:
     """Return a family's traffic share, slot value distributions and centre per window, each window compared
     with the one before, with a flag where a statistic crosses its threshold (see the module docstring).
@@ -218,133 +327,56 @@ def drift(family: Family | str, *, window: Window = 'week') -> DriftReport:
     if window not in ('day', 'week'):
         raise FamilyError(f"window {window!r} is not one of 'day', 'week'")
     fam = get_family(family)
-    template = fam.template
     members = fam.members()
     if members.empty:
         raise FamilyError(f'family {fam.id!r} has no members')
-    occ = tables.prompt_occurrences()
-    lines = pd.DataFrame(list(occ.select(occ.prompt_hash, occ.at).collect()), columns=['prompt_hash', 'at'])
-    lines['at'] = pd.to_datetime(lines['at'], utc=True)
-    lines['window'] = _window_start(lines['at'], window)
-    ours = set(members['prompt_hash'])
-    lines['ours'] = lines['prompt_hash'].isin(ours)
-    life = lines.loc[lines['ours'], 'at']
-    first_line, last_line = life.min(), life.max()
-    length = pd.Timedelta(days=7 if window == 'week' else 1)
-    log_end = lines['at'].max()
-
-    def lived(start: pd.Timestamp) -> bool:
-        # the family sent prompts through the whole window: it did not appear in it, nor stop in it while the log
-        # goes on after it (a window the log's end cuts short is cut for every family alike)
-        end = start + length
-        return bool(first_line <= start and (last_line >= end or end > log_end))
-
-    edits = _edit_starts(fam.id, members)
-    siblings = _app_families(fam.id)
-
-    def newcomers(before: pd.Timestamp, start: pd.Timestamp) -> dict[str, int]:
-        # the families of its application first seen since the window before, with their lines in this window
-        new = {f for f, first in siblings['first'].items() if before <= first < start + length}
-        if not new:
-            return {}
-        here = lines[(lines['window'] == start) & lines['prompt_hash'].isin(siblings['hashes'])]
-        counts = here['prompt_hash'].map(siblings['family_of']).value_counts()
-        return {f: int(counts.get(f, 0)) for f in new if counts.get(f, 0)}
-
-    def edited(start: pd.Timestamp) -> bool:
-        return any(start <= e < start + length for e in edits)
-
-    traffic = lines.groupby('window').agg(total=('ours', 'size'), family=('ours', 'sum'))
+    w = _Windows(fam, members, window)
     members['window'] = _window_start(pd.to_datetime(members['first_seen'], utc=True), window)
-    slots = list(template.slots) if template is not None else []
-    # the centre's inputs: the distinct prompts the family sent in each window (a prompt sent again counts again in
-    # a later window), each embedded once
-    values = {h: '\n'.join(s.values()) for h, s in zip(members['prompt_hash'], members['slots']) if isinstance(s, dict)}
-    sent_in = lines[lines['ours'] & lines['prompt_hash'].isin(values)].groupby('window')['prompt_hash'].unique()
-    order = sorted(values)
-    vectors = dict(zip(order, embed([values[h] for h in order]))) if order else {}
+    slots = list(fam.template.slots) if fam.template is not None else []
     rows = []
-    previous: tuple[Any, list[dict], float, int, int] | None = None
+    before: list[dict] | None = None  # the members first seen in the window before (the slots' test)
+    base: tuple | None = None  # the window the share is compared with: the one before, or before a burst
     # the centre's baseline: the distinct prompts sent in each of up to CENTRE_BASELINE windows before, since its
     # last flagged shift (a prompt sent in several of them counts in each)
     earlier: collections.deque[list[str]] = collections.deque(maxlen=CENTRE_BASELINE)
-    starts = list(traffic.index)
-    for i, (start, counts) in enumerate(traffic.iterrows()):
+    starts = list(w.traffic.index)
+    for i, (start, counts) in enumerate(w.traffic.iterrows()):
         parsed = [s for s in members.loc[members['window'] == start, 'slots'] if isinstance(s, dict)]
-        sent = sorted(sent_in.get(start, ()))
         following = starts[i + 1] if i + 1 < len(starts) else None
-        after = sorted(sent_in.get(following, ())) if following is not None and not edited(following) else []
         share = counts['family'] / counts['total'] if counts['total'] else 0.0
-        row: dict[str, Any] = {
-            'window': start,
-            'traffic': int(counts['family']),
-            'share': share,
-            'new_members': int((members['window'] == start).sum()),
-            'prompts_sent': len(sent),
-            'share_p': None,
-            'slot_js': None,
-            'slot': None,
-            'slot_p': None,
-            'centre_shift': None,
-            'centre_noise': None,
-            'centre_p': None,
-            'centre_next': None,
-        }
+        row: dict[str, Any] = {'window': start, 'traffic': int(counts['family']), 'share': share,
+                               'new_members': int((members['window'] == start).sum()),
+                               'prompts_sent': len(w.sent(start)), 'share_p': None, 'slot_js': None, 'slot': None,
+                               'slot_p': None, 'centre_shift': None, 'centre_noise': None, 'centre_p': None,
+                               'centre_next': None}  # fmt: skip
         reasons: list[str] = []
         notes: list[str] = []  # what is not (yet) a flag
-        if previous is not None:
-            _, before, old_share, old_family, old_total = previous
-            ratio = (share + 1e-9) / (old_share + 1e-9)
-            table = [[counts['family'], counts['total'] - counts['family']], [old_family, old_total - old_family]]
-            if old_family > 0 and lived(previous[0]) and lived(start):
-                # a log with this family alone has a share of 100% in every window: nothing to test
-                others = table[0][1] + table[1][1]
-                row['share_p'] = float(stats.chi2_contingency(table)[1]) if others else 1.0
-                if (ratio >= SHARE_RATIO or ratio <= 1 / SHARE_RATIO) and row['share_p'] < P_VALUE:
-                    said = f'share {percent(old_share)} -> {percent(share)} ({p_phrase(row["share_p"])})'
-                    fell = old_share * counts['total'] - counts['family']
-                    taken = newcomers(previous[0], start) if ratio < 1 else {}
-                    if taken and sum(taken.values()) >= fell:
-                        # its traffic went to families of its application that appeared meanwhile: its template's
-                        # prompts changed (an edit not recorded as a version), not the traffic it gets
-                        top = sorted(taken, key=lambda f: (-taken[f], f))
-                        more = f' and {len(top) - 3} more' if len(top) > 3 else ''
-                        notes.append(f'{said}; taken over by {", ".join(top[:3])}{more}, new since the window before')
-                    else:
-                        reasons.append(said)
+        burst = False
+        if base is not None and before is not None:
+            reasons, notes, burst = w.share(row, start, base, following)
             if len(before) >= MIN_MEMBERS and len(parsed) >= MIN_MEMBERS:
                 js, slot, p = _slot_js(before, parsed, slots)
                 row.update(slot_js=js, slot=slot, slot_p=p)
                 if js >= JS_FLAG and p < P_VALUE:
                     reasons.append(f'slot {slot!r} JS distance {js:.2f} ({p_phrase(p)})')
-            baseline = [h for window_sent in earlier for h in window_sent]
-            if edited(start):
+            if w.edited(start):
                 # the template's wording changed in this window, and with it how its inputs render in the slots
                 # (a loop's separators): the centre starts again from the next window
                 earlier.clear()
-            elif len(baseline) >= MIN_MEMBERS and len(sent) >= MIN_MEMBERS:
-                before_vectors = np.array([vectors[h] for h in baseline])
-                shift, times, p = _centre(before_vectors, np.array([vectors[h] for h in sent]))
-                row.update(centre_shift=shift, centre_noise=times, centre_p=p)
-                if times >= CENTRE_TIMES and p < P_VALUE:
-                    # a shift by chance does not last: the next window, against the same baseline, must show it too
-                    said = f"centre shift {shift:.3f}, {times:.1f} times the shuffled windows' ({p_phrase(p)})"
-                    if len(after) < MIN_MEMBERS:
-                        notes.append(f'{said}; to be confirmed by the next window')
-                    else:
-                        _, kept, kept_p = _centre(before_vectors, np.array([vectors[h] for h in after]))
-                        row['centre_next'] = kept
-                        if kept >= CENTRE_TIMES / 2 and kept_p < CONFIRM_P:
-                            reasons.append(f'{said}, and {kept:.1f} times in the next window ({p_phrase(kept_p)})')
-                            earlier.clear()
-                        else:
-                            notes.append(f'{said} in this window only (the next: {kept:.1f} times)')
+            else:
+                after = w.sent(following) if following is not None and not w.edited(following) else []
+                flagged, noted = w.centre(row, [h for sent in earlier for h in sent], w.sent(start), after)
+                reasons, notes = reasons + flagged, notes + noted
+                if flagged:
+                    earlier.clear()
         row['flag'] = bool(reasons)
         row['reasons'] = '; '.join(reasons + notes)
         rows.append(row)
-        previous = (start, parsed, share, int(counts['family']), int(counts['total']))
-        if not edited(start):
-            earlier.append(sent)
+        before = parsed
+        if not burst:  # a share that changed for this window only: the next window is compared with the one before
+            base = (start, share, int(counts['family']), int(counts['total']))
+        if not w.edited(start):
+            earlier.append(w.sent(start))
     return DriftReport(fam.id, window, pd.DataFrame(rows))
 
 
