@@ -603,11 +603,26 @@ def _banking_queries() -> tuple[Any, list[dict]]:
     return inputs, list({r['text'].strip(): r for r in inputs.rows}.values())
 
 
+def _routed(weeks: list[list[dict]]) -> list[dict]:
+    """Return the log lines of a routing template sending each week's queries (weeks from Monday 2026-09-07),
+    spread over the days and hours of its week."""
+    import datetime
+
+    lines = []
+    for week, queries in enumerate(weeks):
+        for i, query in enumerate(queries):
+            at = datetime.datetime(2026, 9, 7, tzinfo=datetime.timezone.utc) + datetime.timedelta(
+                days=7 * week + i % 7, hours=(i * 5) % 24, minutes=i
+            )
+            lines.append({'prompt': f'Route this banking query to the right team.\nQuery: {query["text"].strip()}',
+                          'timestamp': at.isoformat()})  # fmt: skip
+    return lines
+
+
 def test_drift_flags_the_week_a_slots_inputs_narrow_and_no_stable_week(ws):
     """A template's queries (50 a week) are banking77's whole range for four weeks, then only the card intents (the
     narrowing the collections inject): the centre of its slot values shifts that week, against the four weeks
     before, and in no stable week (nor the next, against the narrowed week)."""
-    import datetime
     import random
 
     inputs, rows = _banking_queries()
@@ -615,18 +630,8 @@ def test_drift_flags_the_week_a_slots_inputs_narrow_and_no_stable_week(ws):
     rng.shuffle(rows)
     narrow = [r for r in rows if inputs.narrow(r)][:100]
     wide = [r for r in rows if not any(r is n for n in narrow)][:200]  # the whole range, card intents included
-    lines = []
-    for week in range(6):
-        pool = narrow if week >= 4 else wide
-        for i in range(50):
-            query = pool.pop()
-            day = datetime.datetime(2026, 9, 7, tzinfo=datetime.timezone.utc) + datetime.timedelta(
-                days=7 * week + i % 7, hours=(i * 5) % 24, minutes=i
-            )
-            at = day.isoformat()
-            lines.append({'prompt': f'Route this banking query to the right team.\nQuery: {query["text"].strip()}',
-                          'timestamp': at})  # fmt: skip
-    ws.ingest_prompts(pd.DataFrame(lines), source_name='six weeks')
+    weeks = [[(narrow if week >= 4 else wide).pop() for _ in range(50)] for week in range(6)]
+    ws.ingest_prompts(pd.DataFrame(_routed(weeks)), source_name='six weeks')
     (family_id,) = ws.families()['family_id']
     report = ws.drift(family_id, window='week')
     flagged = report.flagged
@@ -641,7 +646,6 @@ def test_drift_flags_inputs_narrowing_to_prompts_sent_before(ws):
     them: the narrowed weeks send few prompts not seen before (under the 20 a test needs), but the prompts they
     send sit elsewhere. The centre is tested on the distinct prompts sent in a window, so the first narrowed week
     is flagged, and no other (the next is compared with the narrowed one)."""
-    import datetime
     import random
 
     inputs, rows = _banking_queries()
@@ -649,16 +653,8 @@ def test_drift_flags_inputs_narrowing_to_prompts_sent_before(ws):
     rng.shuffle(rows)
     wide = rows[:200]
     narrow = [r for r in wide if inputs.narrow(r)]
-    lines = []
-    for week in range(6):
-        for i in range(40):
-            query = rng.choice(narrow if week >= 4 else wide)
-            at = datetime.datetime(2026, 9, 7, tzinfo=datetime.timezone.utc) + datetime.timedelta(
-                days=7 * week + i % 7, hours=(i * 5) % 24, minutes=i
-            )
-            lines.append({'prompt': f'Route this banking query to the right team.\nQuery: {query["text"].strip()}',
-                          'timestamp': at.isoformat()})  # fmt: skip
-    ws.ingest_prompts(pd.DataFrame(lines), source_name='six weeks with repeats')
+    weeks = [[rng.choice(narrow if week >= 4 else wide) for _ in range(40)] for week in range(6)]
+    ws.ingest_prompts(pd.DataFrame(_routed(weeks)), source_name='six weeks with repeats')
     (family_id,) = ws.families()['family_id']
     report = ws.drift(family_id, window='week')
     table = report.table.set_index(report.table['window'].dt.date.astype(str))
@@ -673,7 +669,6 @@ def test_a_centre_shift_of_one_window_only_is_noted_not_flagged(ws):
     """One week of card queries among wide weeks (a burst, not drift), and a narrowing in the log's last week: the
     burst is noted in its window's reasons but not flagged (the week after is back where it was), and the last
     week's shift waits for the next window to confirm it."""
-    import datetime
     import random
 
     inputs, rows = _banking_queries()
@@ -681,17 +676,8 @@ def test_a_centre_shift_of_one_window_only_is_noted_not_flagged(ws):
     rng.shuffle(rows)
     narrow = [r for r in rows if inputs.narrow(r)]
     wide = [r for r in rows if not inputs.narrow(r)]
-    lines = []
-    for week in range(7):
-        pool = narrow if week in (4, 6) else wide
-        for i in range(40):
-            query = pool.pop()
-            at = datetime.datetime(2026, 9, 7, tzinfo=datetime.timezone.utc) + datetime.timedelta(
-                days=7 * week + i % 7, hours=(i * 5) % 24, minutes=i
-            )
-            lines.append({'prompt': f'Route this banking query to the right team.\nQuery: {query["text"].strip()}',
-                          'timestamp': at.isoformat()})  # fmt: skip
-    ws.ingest_prompts(pd.DataFrame(lines), source_name='a burst, then a narrowing at the end')
+    weeks = [[(narrow if week in (4, 6) else wide).pop() for _ in range(40)] for week in range(7)]
+    ws.ingest_prompts(pd.DataFrame(_routed(weeks)), source_name='a burst, then a narrowing at the end')
     (family_id,) = ws.families()['family_id']
     report = ws.drift(family_id, window='week')
     table = report.table.set_index(report.table['window'].dt.date.astype(str))

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import base64
 import collections
+import functools
 import html
 import io
 from dataclasses import dataclass
@@ -223,8 +224,8 @@ class _Windows:
         self.lines, self.first_line, self.last_line, self.log_end = lines, life.min(), life.max(), lines['at'].max()
         self.length = pd.Timedelta(days=7 if window == 'week' else 1)
         self.traffic = lines.groupby('window').agg(total=('ours', 'size'), family=('ours', 'sum'))
+        self.family_id = fam.id
         self.edits = _edit_starts(fam.id, members)
-        self.siblings = _app_families(fam.id)
         # the centre's inputs: the distinct prompts the family sent in each window (a prompt sent again counts again
         # in a later window), each embedded once
         values = {
@@ -247,6 +248,11 @@ class _Windows:
 
     def sent(self, start: pd.Timestamp | None) -> list[str]:
         return sorted(self.sent_in.get(start, ())) if start is not None else []
+
+    @functools.cached_property
+    def siblings(self) -> dict[str, Any]:
+        # read only when the share falls: the other families of the application
+        return _app_families(self.family_id)
 
     def newcomers(self, before: pd.Timestamp, start: pd.Timestamp) -> dict[str, int]:
         """Return the families of its application first seen since the window `before`, with their lines in this
@@ -343,10 +349,11 @@ def drift(family: Family | str, *, window: Window = 'week') -> DriftReport:
     for i, (start, counts) in enumerate(w.traffic.iterrows()):
         parsed = [s for s in members.loc[members['window'] == start, 'slots'] if isinstance(s, dict)]
         following = starts[i + 1] if i + 1 < len(starts) else None
+        sent = w.sent(start)
         share = counts['family'] / counts['total'] if counts['total'] else 0.0
         row: dict[str, Any] = {'window': start, 'traffic': int(counts['family']), 'share': share,
                                'new_members': int((members['window'] == start).sum()),
-                               'prompts_sent': len(w.sent(start)), 'share_p': None, 'slot_js': None, 'slot': None,
+                               'prompts_sent': len(sent), 'share_p': None, 'slot_js': None, 'slot': None,
                                'slot_p': None, 'centre_shift': None, 'centre_noise': None, 'centre_p': None,
                                'centre_next': None}  # fmt: skip
         reasons: list[str] = []
@@ -365,7 +372,7 @@ def drift(family: Family | str, *, window: Window = 'week') -> DriftReport:
                 earlier.clear()
             else:
                 after = w.sent(following) if following is not None and not w.edited(following) else []
-                flagged, noted = w.centre(row, [h for sent in earlier for h in sent], w.sent(start), after)
+                flagged, noted = w.centre(row, [h for hashes in earlier for h in hashes], sent, after)
                 reasons, notes = reasons + flagged, notes + noted
                 if flagged:
                     earlier.clear()
@@ -376,7 +383,7 @@ def drift(family: Family | str, *, window: Window = 'week') -> DriftReport:
         if not burst:  # a share that changed for this window only: the next window is compared with the one before
             base = (start, share, int(counts['family']), int(counts['total']))
         if not w.edited(start):
-            earlier.append(w.sent(start))
+            earlier.append(sent)
     return DriftReport(fam.id, window, pd.DataFrame(rows))
 
 
